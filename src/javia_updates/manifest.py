@@ -1,0 +1,385 @@
+"""The package manifest and its Ed25519 signature (DESIGN.md section 3). Pure.
+
+A package is three objects: ``manifest.json`` (canonical UTF-8 JSON),
+``manifest.sig`` (JSON naming the algorithm, the key id and a base64 signature)
+and ``payload.tar.gz``. The signature covers the exact bytes of
+``manifest.json``; :func:`verify_manifest` checks those bytes against a trusted
+key *before* parsing them, so nothing an attacker wrote is interpreted first.
+
+Everything here works on bytes and key objects; reading key files and keyring
+directories lives in :mod:`javia_updates.keys`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from javia_updates.errors import ManifestError, SignatureError
+from javia_updates.models import UpdateType
+from javia_updates.versioning import Version
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "SIGNATURE_NAME",
+    "PAYLOAD_NAME",
+    "APT_NAME_PATTERN",
+    "FileEntry",
+    "ArchiveInfo",
+    "Manifest",
+    "Signature",
+    "canonical_json",
+    "key_id_for",
+    "sign_manifest",
+    "verify_manifest",
+    "validate_apt_package",
+]
+
+MANIFEST_FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+PAYLOAD_NAME = "payload.tar.gz"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 4096
+
+# Debian policy 5.6.1: package names are lower case letters, digits, '+', '-' and
+# '.', at least two characters, starting with an alphanumeric. An optional
+# '=version' pins a version (Debian policy 5.6.12: epoch, upstream, revision).
+APT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_APT_VERSION_PATTERN = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+_APP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialise ``value`` canonically: sorted keys, ``,``/``:`` separators, UTF-8.
+
+    The same value always gives the same bytes, which is what the signature
+    covers (DESIGN.md section 3).
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def validate_apt_package(spec: str) -> str:
+    """Return ``spec`` if it is a Debian package name with an optional ``=version``.
+
+    Raises:
+        ManifestError: when the name breaks Debian policy 5.6.1 (for example it
+            starts with ``-`` and would be read as an option by apt).
+    """
+    if not isinstance(spec, str):
+        raise ManifestError("system package must be a string such as 'libasound2' or 'sox=14.4.2'")
+    name, sep, version = spec.partition("=")
+    if not APT_NAME_PATTERN.fullmatch(name) or (sep and not _APT_VERSION_PATTERN.fullmatch(version)):
+        raise ManifestError(
+            f"invalid system package {spec[:80]!r}: expected a Debian package name "
+            "(lower case letters, digits, '+', '-', '.'; starting with a letter or digit), "
+            "optionally '=version', e.g. 'libasound2' or 'sox=14.4.2'"
+        )
+    return spec
+
+
+def _check_relative_path(path: str) -> str:
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise ValueError(
+            f"unsafe file path {path[:120]!r}: expected a relative path without '..', '.', "
+            "empty parts or backslashes"
+        )
+    return path
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class FileEntry(_Frozen):
+    """One regular file of the application tree: relative path, SHA-256, bytes, mode."""
+
+    path: str
+    sha256: str
+    size: int = Field(ge=0)
+    mode: int = Field(ge=0, le=0o777, description="permission bits; no setuid/setgid/sticky")
+
+    _path = field_validator("path")(_check_relative_path)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256_PATTERN.fullmatch(value):
+            raise ValueError("sha256 must be 64 lower-case hex digits")
+        return value
+
+
+class ArchiveInfo(_Frozen):
+    """The payload archive: file name, SHA-256 and size in bytes."""
+
+    name: str = PAYLOAD_NAME
+    sha256: str
+    size: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256_PATTERN.fullmatch(value):
+            raise ValueError("sha256 must be 64 lower-case hex digits")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if value not in (PAYLOAD_NAME,):
+            raise ValueError(f"archive name must be {PAYLOAD_NAME!r}")
+        return value
+
+
+class Manifest(_Frozen):
+    """The signed description of a package (DESIGN.md section 3).
+
+    ``files`` lists every regular file of the payload, sorted by path and unique;
+    ``unpacked_size`` is their total size in bytes; ``created_at`` is UTC.
+    """
+
+    format: int = MANIFEST_FORMAT
+    app: str
+    version: str
+    created_at: datetime
+    update_type: UpdateType
+    description: str = Field(default="", max_length=10_000)
+    system_packages: tuple[str, ...] = ()
+    files: tuple[FileEntry, ...]
+    archive: ArchiveInfo
+    unpacked_size: int = Field(ge=0)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: int) -> int:
+        if value != MANIFEST_FORMAT:
+            raise ValueError(f"unsupported manifest format {value}: this javia reads format 1")
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        if not _APP_PATTERN.fullmatch(value):
+            raise ValueError("app must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        Version.parse(value)
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("created_at must carry a UTC offset")
+        # Whole seconds: the canonical form writes no fraction.
+        return value.astimezone(timezone.utc).replace(microsecond=0)
+
+    @field_validator("system_packages")
+    @classmethod
+    def _apt(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for spec in value:
+            try:
+                validate_apt_package(spec)
+            except ManifestError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _sorted_unique(cls, value: tuple[FileEntry, ...]) -> tuple[FileEntry, ...]:
+        paths = [entry.path for entry in value]
+        if paths != sorted(paths) or len(set(paths)) != len(paths):
+            raise ValueError("files must be sorted by path with no path listed twice")
+        # A path may not be both a file and a directory prefix of another file.
+        as_set = set(paths)
+        for path in paths:
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                if "/".join(parts[:depth]) in as_set:
+                    raise ValueError(f"{path!r} lies below {'/'.join(parts[:depth])!r}, a file")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        total = sum(entry.size for entry in self.files)
+        if total != self.unpacked_size:
+            raise ValueError(
+                f"unpacked_size {self.unpacked_size} does not equal the sum of file sizes {total}"
+            )
+
+    @property
+    def parsed_version(self) -> Version:
+        """The version as a :class:`Version`."""
+        return Version.parse(self.version)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The manifest as plain JSON values (times as ISO 8601 with ``Z``)."""
+        data = self.model_dump(mode="json")
+        data["created_at"] = self.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return data
+
+    def to_bytes(self) -> bytes:
+        """The canonical ``manifest.json`` bytes (what gets signed)."""
+        return canonical_json(self.to_json_dict())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse ``manifest.json`` bytes.
+
+        Does *not* check a signature: call :func:`verify_manifest` on bytes from
+        anyone but yourself.
+
+        Raises:
+            ManifestError: for non-UTF-8, non-JSON, a non-object, missing,
+                extra or ill-typed fields; the message names the field.
+        """
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ManifestError(f"manifest is not UTF-8 JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise ManifestError("manifest must be a JSON object")
+        try:
+            return cls.model_validate(value)
+        except ValidationError as error:
+            raise ManifestError(f"invalid manifest: {_describe(error)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(part) for part in item["loc"]) or "manifest"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
+
+
+class Signature(_Frozen):
+    """The content of ``manifest.sig``."""
+
+    algorithm: str = "ed25519"
+    key_id: str
+    signature: str = Field(description="base64 of the 64-byte Ed25519 signature")
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes of ``manifest.sig``."""
+        return canonical_json(self.model_dump())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Signature:
+        """Parse ``manifest.sig`` bytes.
+
+        Raises:
+            SignatureError: for an empty, oversized or malformed signature file,
+                an algorithm other than ``ed25519``, a key id that is not 16 hex
+                digits, or a signature that is not base64 of 64 bytes.
+        """
+        if not data:
+            raise SignatureError("signature file is empty")
+        if len(data) > MAX_SIGNATURE_BYTES:
+            raise SignatureError(f"signature file is larger than {MAX_SIGNATURE_BYTES} bytes")
+        try:
+            value = json.loads(data.decode("utf-8"))
+            parsed = cls.model_validate(value)
+        except (UnicodeDecodeError, json.JSONDecodeError, ValidationError, TypeError):
+            raise SignatureError(
+                'signature file is not JSON of the form {"algorithm": "ed25519", '
+                '"key_id": "<16 hex>", "signature": "<base64>"}'
+            ) from None
+        if parsed.algorithm != "ed25519":
+            raise SignatureError(f"unsupported signature algorithm {parsed.algorithm[:40]!r}: expected ed25519")
+        if not _KEY_ID_PATTERN.fullmatch(parsed.key_id):
+            raise SignatureError("signature key_id must be 16 lower-case hex digits")
+        parsed.raw_signature()
+        return parsed
+
+    def raw_signature(self) -> bytes:
+        """The 64 signature bytes.
+
+        Raises:
+            SignatureError: if the field is not base64 of exactly 64 bytes.
+        """
+        try:
+            raw = base64.b64decode(self.signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise SignatureError("signature is not valid base64") from None
+        if len(raw) != 64:
+            raise SignatureError(f"signature decodes to {len(raw)} bytes: expected 64 (Ed25519)")
+        return raw
+
+
+def key_id_for(public_key: Ed25519PublicKey) -> str:
+    """Key id: the first 16 hex digits of SHA-256 of the raw 32-byte public key."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> Signature:
+    """Sign the exact ``manifest_bytes`` with ``private_key``."""
+    raw = private_key.sign(manifest_bytes)
+    return Signature(
+        key_id=key_id_for(private_key.public_key()),
+        signature=base64.b64encode(raw).decode("ascii"),
+    )
+
+
+def verify_manifest(
+    manifest_bytes: bytes,
+    signature_bytes: bytes,
+    keyring: Mapping[str, Ed25519PublicKey],
+) -> Manifest:
+    """Verify the signature over ``manifest_bytes``, then parse them.
+
+    Args:
+        manifest_bytes: the exact bytes of ``manifest.json`` as received.
+        signature_bytes: the bytes of ``manifest.sig``.
+        keyring: trusted public keys by key id; empty means nothing is trusted.
+
+    Returns:
+        The parsed manifest.
+
+    Raises:
+        SignatureError: the keyring is empty (fail closed), the signature file is
+            malformed, its key is not trusted, or the signature does not verify.
+        ManifestError: the signed bytes are not a valid manifest.
+    """
+    if not keyring:
+        raise SignatureError("no trusted keys configured: refusing every package (fail closed)")
+    signature = Signature.from_bytes(signature_bytes)
+    public_key = keyring.get(signature.key_id)
+    if public_key is None:
+        raise SignatureError(f"package signed by key {signature.key_id}, which is not in the keyring")
+    try:
+        public_key.verify(signature.raw_signature(), manifest_bytes)
+    except InvalidSignature:
+        raise SignatureError(
+            f"signature by key {signature.key_id} does not match the manifest bytes"
+        ) from None
+    return Manifest.from_bytes(manifest_bytes)
