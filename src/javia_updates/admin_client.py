@@ -1,0 +1,222 @@
+"""HTTP client for the operator's side of the API (DESIGN.md section 6).
+
+Used by ``javia publish``, ``javia devices``, ``javia updates`` and ``javia demo``.
+Every call carries the admin key in ``X-API-Key``. Errors become
+:class:`ApiError` with the HTTP status and the server's ``detail`` message, or
+:class:`ServerUnreachableError` when no HTTP answer came back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from javia_updates.errors import JaviaError
+
+__all__ = ["AdminClient", "ApiError", "ServerUnreachableError"]
+
+ProgressCallback = Callable[[int], None]
+
+
+class ApiError(JaviaError):
+    """The server answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status (4xx: the request was wrong; 5xx: a server bug).
+        detail: the server's explanation.
+    """
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(f"server refused ({status_code}): {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class ServerUnreachableError(JaviaError):
+    """No HTTP answer: connection refused, DNS failure or timeout."""
+
+
+class _ProgressReader:
+    """A read-only file wrapper that reports bytes read to ``progress``."""
+
+    def __init__(self, handle: BinaryIO, progress: ProgressCallback | None) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        if chunk and self._progress is not None:
+            self._progress(len(chunk))
+        return chunk
+
+    def fileno(self) -> int:
+        """Lets httpx size the upload (Content-Length) without reading it."""
+        return self._handle.fileno()
+
+    def __iter__(self):  # httpx streams iterables chunk by chunk
+        while chunk := self.read(64 * 1024):
+            yield chunk
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI validation errors
+        return "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}" for item in detail
+        )
+    return str(detail)
+
+
+class AdminClient:
+    """Operator access to a javia server.
+
+    Args:
+        server_url: base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: the admin API key (``JAVIA_API_KEY`` on the server).
+        timeout: seconds for connect and each read; uploads get no overall limit.
+        transport: an ``httpx`` transport, for tests against an in-process app.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.server_url,
+            headers={"X-API-Key": api_key},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ServerUnreachableError(
+                f"cannot reach the javia server at {self.server_url}: {error or type(error).__name__}"
+            ) from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # Devices -------------------------------------------------------------
+    def list_devices(self, *, limit: int = 1000, offset: int = 0, **filters: Any) -> list[dict]:
+        """``GET /api/v1/devices/``: devices as JSON objects (see ``models.DeviceOut``)."""
+        params = {"limit": limit, "offset": offset, **{k: v for k, v in filters.items() if v is not None}}
+        body = self._request("GET", "/api/v1/devices/", params=params)
+        return body["items"] if isinstance(body, dict) else body
+
+    def get_device(self, device_uuid: str) -> dict:
+        """``GET /api/v1/devices/{uuid}``."""
+        return self._request("GET", f"/api/v1/devices/{device_uuid}")
+
+    def device_history(self, device_uuid: str) -> list[dict]:
+        """``GET /api/v1/devices/{uuid}/updates``: the device's update rows, newest first."""
+        body = self._request("GET", f"/api/v1/devices/{device_uuid}/updates")
+        return body["items"] if isinstance(body, dict) else body
+
+    def register_device(self, **body: Any) -> dict:
+        """``POST /api/v1/devices/register``; the answer holds the one-time device token."""
+        return self._request("POST", "/api/v1/devices/register", json=body)
+
+    # Updates -------------------------------------------------------------
+    def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[dict]:
+        """``GET /api/v1/updates/``: published updates with per-status counts."""
+        body = self._request("GET", "/api/v1/updates/", params={"limit": limit, "offset": offset})
+        return body["items"] if isinstance(body, dict) else body
+
+    def get_update(self, update: str | int) -> dict:
+        """``GET /api/v1/updates/{id or vX.Y.Z}``."""
+        return self._request("GET", f"/api/v1/updates/{update}")
+
+    def update_devices(self, update: str | int) -> list[dict]:
+        """``GET /api/v1/updates/{id}/devices``: per-device progress rows."""
+        body = self._request("GET", f"/api/v1/updates/{update}/devices", params={"limit": 1000})
+        return body["items"] if isinstance(body, dict) else body
+
+    def plan_update(self, update: str | int) -> list[dict]:
+        """``GET /api/v1/updates/{id}/plan``: who installs a published update, when and why."""
+        body = self._request("GET", f"/api/v1/updates/{update}/plan")
+        return body["items"] if isinstance(body, dict) else body
+
+    def plan_new_update(
+        self, *, update_type: str, version: str, targets: Sequence[str] | None = None
+    ) -> list[dict]:
+        """``POST /api/v1/updates/plan``: the dry run of a publish."""
+        payload: dict[str, Any] = {"update_type": update_type, "version": version}
+        if targets:
+            payload["targets"] = list(targets)
+        body = self._request("POST", "/api/v1/updates/plan", json=payload)
+        return body["items"] if isinstance(body, dict) else body
+
+    def publish(
+        self,
+        *,
+        manifest_path: Path,
+        signature_path: Path,
+        payload_path: Path,
+        update_type: str | None = None,
+        targets: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict:
+        """``POST /api/v1/updates/``: upload the three package objects.
+
+        The payload is streamed from disk; ``progress(n)`` is called with each
+        chunk's size in bytes.
+
+        Raises:
+            ApiError: 409 when the version exists, 400/422 for a bad package.
+            ServerUnreachableError: when the upload could not be sent.
+        """
+        data: dict[str, str] = {}
+        if update_type:
+            data["update_type"] = update_type
+        if targets:
+            data["targets"] = ",".join(targets)
+        with payload_path.open("rb") as payload:
+            files = {
+                "manifest": ("manifest.json", manifest_path.read_bytes(), "application/json"),
+                "signature": ("manifest.sig", signature_path.read_bytes(), "application/json"),
+                "payload": (
+                    payload_path.name,
+                    _ProgressReader(payload, progress),  # type: ignore[arg-type]
+                    "application/gzip",
+                ),
+            }
+            return self._request(
+                "POST",
+                "/api/v1/updates/",
+                data=data,
+                files=files,
+                timeout=httpx.Timeout(self._client.timeout.connect, read=None, write=None),
+            )
+
+    @staticmethod
+    def file_size(path: Path) -> int:
+        """Size of ``path`` in bytes (for progress bars)."""
+        return os.stat(path).st_size

@@ -1,0 +1,290 @@
+"""``javia publish``: package, sign and publish an update (DESIGN.md sections 3, 4, 8).
+
+Scripted::
+
+    javia publish ./pi_client --version v1.2.3 --description "Bug fixes" --type scheduled
+
+In a terminal with no options it asks its questions (questionary). ``--output DIR``
+writes the signed package directory instead of uploading it; ``--dry-run``
+shows who would install when, without publishing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from javia_updates.cli.common import (
+    ApiKeyOption,
+    JsonOption,
+    OperatorSettings,
+    ServerOption,
+    admin_client,
+    console,
+    fail,
+    friendly_errors,
+    print_json,
+)
+from javia_updates.errors import JaviaError, SigningKeyError
+from javia_updates.models import UpdateType
+from javia_updates.versioning import Version
+
+TYPE_HELP = {
+    UpdateType.SCHEDULED: "installs in each device's 02:00 local maintenance window",
+    UpdateType.URGENT: "installs after 1 h without voice activity, at the latest in the window",
+    UpdateType.INSTANT: "installs now on every device seen in the last 5 minutes",
+}
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _parse_targets(values: list[str] | None) -> list[str]:
+    targets: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                targets.append(str(uuid.UUID(part)))
+            except ValueError:
+                fail(f"invalid --target {part!r}: expected a device uuid such as {uuid.uuid4()}")
+    return targets
+
+
+def _parse_system_packages(value: str | None) -> list[str]:
+    from javia_updates.manifest import validate_apt_package
+
+    names = [name.strip() for name in (value or "").split(",") if name.strip()]
+    with friendly_errors():
+        for name in names:
+            validate_apt_package(name)
+    return names
+
+
+def _wizard(app_dir: Path, current: Version | None) -> dict:
+    """Ask the publish questions in a terminal; returns the chosen values."""
+    import questionary
+
+    base = current or Version(0, 0, 0)
+    choices = [
+        questionary.Choice(f"{base.bump('patch')}  patch: fixes only", str(base.bump("patch"))),
+        questionary.Choice(f"{base.bump('minor')}  minor: new features", str(base.bump("minor"))),
+        questionary.Choice(f"{base.bump('major')}  major: breaking changes", str(base.bump("major"))),
+        questionary.Choice("other…", "other"),
+    ]
+    shown = f" (VERSION says {current})" if current else ""
+    version = questionary.select(f"Version to publish{shown}", choices=choices).unsafe_ask()
+    if version == "other":
+        version = questionary.text(
+            "Version (vX.Y.Z)", validate=lambda text: Version.is_valid(text) or "expected vX.Y.Z, e.g. v1.2.3"
+        ).unsafe_ask()
+    description = questionary.text("Description (what changes for users)").unsafe_ask()
+    update_type = questionary.select(
+        "Update type",
+        choices=[questionary.Choice(f"{t.value:<9} {TYPE_HELP[t]}", t.value) for t in UpdateType],
+    ).unsafe_ask()
+    packages = questionary.text("System packages to apt-install (comma-separated, empty for none)").unsafe_ask()
+    return {
+        "version": version,
+        "description": description,
+        "update_type": update_type,
+        "system_packages": packages,
+    }
+
+
+def _load_key(path: Path):
+    from javia_updates.keys import load_private_key
+
+    passphrase_env = os.environ.get("JAVIA_SIGNING_KEY_PASSPHRASE")
+    try:
+        return load_private_key(path, passphrase_env.encode() if passphrase_env else None)
+    except SigningKeyError as error:
+        if "passphrase" not in str(error).lower() or passphrase_env or not _interactive():
+            raise
+    secret = typer.prompt(f"Passphrase for {path}", hide_input=True)
+    return load_private_key(path, secret.encode())
+
+
+def _write_version(app_dir: Path, version: Version) -> None:
+    target = app_dir / "VERSION"
+    temporary = target.with_name(".VERSION.tmp")
+    temporary.write_text(f"{version}\n", encoding="ascii")
+    os.replace(temporary, target)
+
+
+def publish(
+    app_dir: Path = typer.Argument(Path("pi_client"), help="The application directory to package."),
+    version: str | None = typer.Option(None, "--version", help="New version, vX.Y.Z."),
+    description: str | None = typer.Option(None, "--description", "-m", help="What changes."),
+    update_type: str | None = typer.Option(
+        None, "--type", help="scheduled (02:00 window), urgent (after 1 h idle) or instant (now)."
+    ),
+    system_packages: str | None = typer.Option(
+        None, "--system-packages", help="Comma-separated apt packages the release needs."
+    ),
+    target: list[str] | None = typer.Option(
+        None, "--target", help="Device uuid to target (repeatable; default: every device)."
+    ),
+    key: Path | None = typer.Option(
+        None, "--key", envvar="JAVIA_SIGNING_KEY", help="Private signing key (PEM)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Write the signed package to this directory instead of uploading."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show who would install when; publish nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Package, sign and publish an update of the application."""
+    from javia_updates.packaging import build_package, read_app_version
+
+    if not app_dir.is_dir():
+        fail(f"application directory {app_dir} does not exist (expected a folder with a VERSION file)")
+    with friendly_errors():
+        current = read_app_version(app_dir)
+
+    asked = False
+    if version is None and update_type is None and _interactive():
+        answers = _wizard(app_dir, current)
+        version, description = answers["version"], answers["description"]
+        update_type, system_packages = answers["update_type"], answers["system_packages"]
+        asked = True
+    if version is None:
+        fail("missing --version: expected vX.Y.Z, e.g. v1.2.3")
+    if update_type is None:
+        fail("missing --type: expected one of scheduled, urgent, instant")
+    with friendly_errors():
+        new_version = Version.parse(version)
+        kind = UpdateType.parse(update_type)
+    if current is not None and new_version < current:
+        fail(f"{new_version} is older than {app_dir}/VERSION ({current}): publish a higher version")
+    packages = _parse_system_packages(system_packages)
+    targets = _parse_targets(target)
+    description = description or ""
+
+    if dry_run:
+        from javia_updates.cli.updates import plan_table
+
+        with friendly_errors(), admin_client(server, api_key) as client:
+            plans = client.plan_new_update(
+                update_type=kind.value, version=str(new_version), targets=targets or None
+            )
+        if as_json:
+            print_json(plans)
+        else:
+            console.print(plan_table(plans, f"dry run: {kind.value} update {new_version} (nothing published)"))
+        return
+
+    settings = OperatorSettings()
+    key_path = key or settings.signing_key
+    if not key_path.exists():
+        fail(f"signing key {key_path} not found: create one with 'javia keys generate' or pass --key")
+
+    if asked:
+        console.print(
+            f"\n[bold]{new_version}[/bold] ({kind.value}: {TYPE_HELP[kind]})\n"
+            f"  from {app_dir}  description: {description or '—'}\n"
+            f"  system packages: {', '.join(packages) or 'none'}  targets: "
+            f"{', '.join(targets) or 'every device'}"
+        )
+    if kind is UpdateType.INSTANT and output is None and not yes:
+        if not _interactive():
+            fail("an instant update installs now on every online device: pass --yes to confirm")
+        if not typer.confirm("Install now on every online targeted device?", default=False):
+            fail("cancelled, nothing published")
+    elif asked and not yes and not typer.confirm("Publish?", default=True):
+        fail("cancelled, nothing published")
+
+    with friendly_errors():
+        private_key = _load_key(key_path)
+        now = datetime.now(timezone.utc)
+        if output is not None:
+            built = build_package(
+                app_dir,
+                output,
+                version=new_version,
+                update_type=kind,
+                description=description,
+                system_packages=packages,
+                private_key=private_key,
+                now=now,
+                write_version_file=False,
+            )
+            _write_version(app_dir, new_version)
+            if as_json:
+                print_json({"directory": str(built.directory), "manifest": built.manifest.to_json_dict()})
+            else:
+                console.print(
+                    f"wrote signed package {new_version} ({len(built.manifest.files)} files, "
+                    f"{built.manifest.archive.size} bytes) to {built.directory}"
+                )
+            return
+        with tempfile.TemporaryDirectory(prefix="javia-publish-") as workspace:
+            built = build_package(
+                app_dir,
+                Path(workspace) / "package",
+                version=new_version,
+                update_type=kind,
+                description=description,
+                system_packages=packages,
+                private_key=private_key,
+                now=now,
+                write_version_file=False,
+            )
+            result = _upload(built, kind, targets, server, api_key, quiet=as_json)
+        _write_version(app_dir, new_version)
+    if as_json:
+        print_json(result)
+        return
+    counts = result.get("status_counts") or {}
+    console.print(
+        f"[green]published[/green] {result['version']} as update {result['id']} ({kind.value}); "
+        f"{sum(counts.values())} device(s) scheduled so far. "
+        f"Follow it with: javia updates show {result['version']}"
+    )
+
+
+def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, quiet: bool) -> dict:
+    size = built.payload_path.stat().st_size
+    with admin_client(server, api_key) as client:
+        if quiet:
+            return client.publish(
+                manifest_path=built.manifest_path,
+                signature_path=built.signature_path,
+                payload_path=built.payload_path,
+                update_type=kind.value,
+                targets=targets or None,
+            )
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"uploading {built.manifest.version}", total=size)
+            try:
+                return client.publish(
+                    manifest_path=built.manifest_path,
+                    signature_path=built.signature_path,
+                    payload_path=built.payload_path,
+                    update_type=kind.value,
+                    targets=targets or None,
+                    progress=lambda n: progress.advance(task, n),
+                )
+            except JaviaError:
+                progress.stop()
+                raise

@@ -1,0 +1,28 @@
+"""``javia server``: run the update server (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from javia_updates.cli.common import fail, friendly_errors
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Database and packages (default ./javia-data, or JAVIA_DATA_DIR)."
+    ),
+) -> None:
+    """Run the update server. The admin key comes from JAVIA_API_KEY or the settings file."""
+    try:
+        from javia_updates.server import run
+        from javia_updates.settings import ServerSettings
+    except ImportError as error:
+        fail(f"the server needs the server extra: pip install 'javia[server]' ({error.name} missing)")
+    with friendly_errors():
+        overrides = {"data_dir": data_dir} if data_dir is not None else {}
+        settings = ServerSettings(**overrides)
+        run(settings, host=host, port=port)

@@ -1,0 +1,57 @@
+"""Example voice-assistant application used by ``javia demo`` and the tests.
+
+It stands in for the real assistant: it starts, announces which release it
+runs, and idles until it is stopped. It reads its version from ``VERSION`` in
+its working directory (the release directory the agent started it in) and, when
+``JAVIA_APP_STATUS_FILE`` is set, writes ``{"version", "pid", "started_at"}``
+there so a test or the demo can see which release is really running.
+
+Set ``JAVIA_EXAMPLE_FAIL=1`` in a release's environment, or ship a file named
+``FAIL`` in the release, to make it exit with status 1 right after starting
+(an unhealthy release, for rollback demonstrations).
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+running = True
+
+
+def _stop(signum, frame):
+    global running
+    running = False
+
+
+def main() -> int:
+    release = Path.cwd()
+    version = (release / "VERSION").read_text(encoding="ascii").strip()
+    if os.environ.get("JAVIA_EXAMPLE_FAIL") == "1" or (release / "FAIL").exists():
+        print(f"assistant {version}: failing on purpose", flush=True)
+        return 1
+    status_file = os.environ.get("JAVIA_APP_STATUS_FILE")
+    if status_file:
+        record = {
+            "version": version,
+            "pid": os.getpid(),
+            "started_at": datetime.now(timezone.utc).isoformat(),
+            "release_dir": str(release),
+        }
+        temporary = Path(status_file + ".tmp")
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(temporary, status_file)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"assistant {version} listening (pid {os.getpid()})", flush=True)
+    while running:
+        time.sleep(0.2)
+    print(f"assistant {version} stopping", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
