@@ -1,56 +1,457 @@
 """When a device may install an update (DESIGN.md section 4). Pure: no I/O.
 
-CONTRACT STUB — the signatures below are fixed; the bodies are being written.
-Every function takes ``now`` (an aware datetime) instead of reading a clock.
+Every function here takes ``now`` (an aware datetime) instead of reading a
+clock, and returns aware UTC datetimes. Device-local time uses the device's
+IANA timezone (``Europe/Berlin``), read from the ``tzdata``/system zone
+database through :mod:`zoneinfo`.
+
+The rules, in one place:
+
+* A **maintenance window** starts at 02:00 device-local time and lasts
+  ``window_seconds`` (default 3 h, measured in real elapsed seconds, so a
+  window that spans a DST change is still 3 h long). A 02:00 that does not
+  exist (spring-forward gap) means the first instant after the gap; a 02:00
+  that occurs twice (fall-back) means the first occurrence only. Formally: the
+  window of local date *d* starts at the earliest instant whose local wall
+  clock reads *d* 02:00 or later (:func:`window_start_on`).
+* Within a window each device starts at a stable **offset** derived from the
+  SHA-256 of its uuid, spread uniformly over the first two thirds of the window
+  so a device that starts at its offset still has a third of the window to
+  finish (:func:`window_offset_seconds`).
+* **scheduled**: install at the device's slot in the next window; a device that
+  missed its window waits for the following one (:func:`current_install_plan`).
+* **urgent**: install once the application has been idle for ``idle_seconds``
+  (default 1 h) continuously; at the latest at the device's slot in the next
+  window.
+* **instant**: install at the next check; at publish only devices seen within
+  the last 300 s (inclusive) get a row, the others get it at their next
+  heartbeat (:func:`is_online`, :func:`plan_rollout`).
+* **Supersession**: the highest pending version wins and installs with the
+  most urgent timing among the rows it supersedes (:func:`most_urgent`).
+* **Clock**: a Raspberry Pi has no real-time clock, so the agent calls
+  :func:`decide_install` with the server's time from the heartbeat response
+  plus the monotonic time elapsed since.
+
+Example:
+    >>> from datetime import datetime, timezone
+    >>> after = datetime(2027, 3, 13, 20, 0, tzinfo=timezone.utc)
+    >>> next_window_start(after, "Europe/Berlin").isoformat()
+    '2027-03-14T01:00:00+00:00'
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from javia_updates.models import InstallDirective, UpdateType
+from javia_updates.errors import ScheduleError, VersionError
+from javia_updates.models import InstallDirective, UpdateType, validate_timezone
+from javia_updates.versioning import Version
+
+__all__ = [
+    "DEFAULT_WINDOW_START",
+    "DEFAULT_WINDOW_SECONDS",
+    "DEFAULT_IDLE_SECONDS",
+    "ONLINE_WITHIN_SECONDS",
+    "OFFSET_SPREAD_NUMERATOR",
+    "OFFSET_SPREAD_DENOMINATOR",
+    "MAX_WINDOW_SECONDS",
+    "ScheduleError",
+    "next_window_start",
+    "window_start_on",
+    "current_window",
+    "window_offset_seconds",
+    "is_online",
+    "most_urgent",
+    "describe_duration",
+    "InstallPlan",
+    "plan_install",
+    "current_install_plan",
+    "InstallDecision",
+    "decide_install",
+    "DeviceFacts",
+    "DevicePlan",
+    "plan_rollout",
+]
 
 DEFAULT_WINDOW_START = time(2, 0)
 DEFAULT_WINDOW_SECONDS = 3 * 3600
 DEFAULT_IDLE_SECONDS = 3600
 ONLINE_WITHIN_SECONDS = 300
 
+#: Device offsets are spread over the first 2/3 of the window (see
+#: :func:`window_offset_seconds`): the last third is the margin in which a
+#: device that starts at its offset downloads, installs and health-checks.
+OFFSET_SPREAD_NUMERATOR = 2
+OFFSET_SPREAD_DENOMINATOR = 3
+
+#: A window may last at most one day (seconds); longer windows would overlap
+#: the next day's.
+MAX_WINDOW_SECONDS = 24 * 3600
+
+_URGENCY = {UpdateType.SCHEDULED: 0, UpdateType.URGENT: 1, UpdateType.INSTANT: 2}
+_LOCAL_FORMAT = "%Y-%m-%d %H:%M %Z"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _aware(name: str, value: datetime) -> datetime:
+    """Return ``value`` if it is an aware datetime, else raise ScheduleError."""
+    if not isinstance(value, datetime):
+        raise ScheduleError(
+            f"{name} must be a datetime with a timezone, e.g. 2027-03-14T02:00:00+00:00; "
+            f"got {type(value).__name__}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ScheduleError(
+            f"{name} must be timezone-aware (naive datetimes are ambiguous), "
+            f"e.g. 2027-03-14T02:00:00+00:00; got {value.isoformat()}"
+        )
+    return value
+
+
+def _zone(timezone: str) -> ZoneInfo:
+    """The ZoneInfo for an IANA name; ScheduleError naming an example otherwise."""
+    return ZoneInfo(validate_timezone(timezone))
+
+
+def _window_time(at: time) -> time:
+    if not isinstance(at, time) or at.tzinfo is not None:
+        raise ScheduleError(
+            "window start must be a local wall-clock time without timezone, e.g. time(2, 0)"
+        )
+    return at
+
+
+def _window_seconds(window_seconds: int) -> int:
+    if (
+        isinstance(window_seconds, bool)
+        or not isinstance(window_seconds, int)
+        or not 0 < window_seconds <= MAX_WINDOW_SECONDS
+    ):
+        raise ScheduleError(
+            f"window length must be a whole number of seconds from 1 to {MAX_WINDOW_SECONDS}, "
+            f"e.g. 10800 for 3 h; got {window_seconds!r}"
+        )
+    return window_seconds
+
+
+def _idle_required(idle_seconds: int) -> int:
+    if isinstance(idle_seconds, bool) or not isinstance(idle_seconds, int) or idle_seconds < 0:
+        raise ScheduleError(
+            f"idle time must be a whole non-negative number of seconds, e.g. 3600; "
+            f"got {idle_seconds!r}"
+        )
+    return idle_seconds
+
+
+def _update_type(update_type: UpdateType | str) -> UpdateType:
+    if isinstance(update_type, UpdateType):
+        return update_type
+    if isinstance(update_type, str):
+        return UpdateType.parse(update_type)
+    raise ScheduleError(
+        f"unknown update type {update_type!r}: expected one of scheduled, urgent, instant"
+    )
+
+
+def _device_uuid(device_uuid: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(device_uuid, uuid.UUID):
+        return device_uuid
+    try:
+        return uuid.UUID(str(device_uuid))
+    except ValueError:
+        raise ScheduleError(
+            f"invalid device uuid {device_uuid!r}: expected the form "
+            "123e4567-e89b-12d3-a456-426614174000"
+        ) from None
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def _wall(instant_seconds: int, zone: ZoneInfo) -> datetime:
+    """Naive local wall-clock time of a whole-second POSIX timestamp."""
+    return datetime.fromtimestamp(instant_seconds, zone).replace(tzinfo=None)
+
+
+def window_start_on(local_date: date, timezone: str, at: time = DEFAULT_WINDOW_START) -> datetime:
+    """The maintenance-window start belonging to one local calendar date.
+
+    That is the earliest instant whose local wall clock reads ``local_date`` ``at``
+    or later (DESIGN.md section 4): normally ``at`` itself; the first occurrence
+    when ``at`` occurs twice (fall-back); the first instant after the gap when the
+    gap swallowed ``at`` (spring-forward, or a skipped day such as
+    Pacific/Apia on 2011-12-30, whose window starts at 2011-12-31 00:00 local).
+
+    Args:
+        local_date: the device-local calendar date.
+        timezone: IANA timezone of the device, e.g. ``Europe/Berlin``.
+        at: local wall-clock start of the window, naive (default 02:00).
+
+    Returns:
+        The window start as an aware UTC datetime.
+
+    Raises:
+        ScheduleError: unknown timezone, an ``at`` with a tzinfo, or a date so far
+            out that it cannot be represented.
+    """
+    zone = _zone(timezone)
+    _window_time(at)
+    try:
+        return _resolve(local_date, at, zone)
+    except OverflowError:
+        raise ScheduleError(
+            f"date {local_date.isoformat()} is out of range for scheduling"
+        ) from None
+
+
+def _resolve(local_date: date, at: time, zone: ZoneInfo) -> datetime:
+    wall = datetime.combine(local_date, at)
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        # The wall time exists; with fold=0 zoneinfo gives its first occurrence (PEP 495).
+        return first
+    # A gap: fold=0 applies the offset before the transition, fold=1 the one after,
+    # so the transition instant lies in (after_offset, before_offset]. Offsets and
+    # transitions in the zone database are whole seconds: bisect for the earliest
+    # second whose wall clock has reached ``wall``.
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    low = math.floor(min(first, second).timestamp())  # wall clock still before ``wall``
+    high = math.ceil(max(first, second).timestamp())  # wall clock at or past ``wall``
+    if _wall(low, zone) >= wall or _wall(high, zone) < wall:  # pragma: no cover - defensive
+        raise ScheduleError(f"cannot resolve {wall.isoformat()} in timezone {zone.key}")
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _wall(middle, zone) >= wall:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
+
+
+def _candidates(around: datetime, zone: ZoneInfo, at: time, days: range) -> list[datetime]:
+    local_date = around.astimezone(zone).date()
+    return [_resolve(local_date + timedelta(days=d), at, zone) for d in days]
+
 
 def next_window_start(after: datetime, timezone: str, at: time = DEFAULT_WINDOW_START) -> datetime:
-    """Earliest maintenance-window start strictly later than ``after`` (aware UTC result).
+    """Earliest maintenance-window start strictly later than ``after`` (DESIGN.md section 4).
 
-    A 02:00 inside a spring-forward gap means the first instant after the gap; a
-    02:00 that occurs twice means the first occurrence.
+    A window starts at ``at`` (02:00) device-local time. A 02:00 inside a
+    spring-forward gap means the first instant after the gap; a 02:00 that occurs
+    twice (fall-back) means the first occurrence, so an ``after`` between the two
+    occurrences gets the next day's window. ``after`` exactly at a window start
+    gets the next one.
+
+    Consecutive window starts are 24 h apart, except around a UTC-offset change:
+    at most 24 h plus the largest backward shift (25 h for a 1 h fall-back; in
+    the zone database for 1990-2090 no shift exceeds that bound, see
+    ``docs/update-types.md``), and as little as 2 h when a whole day is skipped
+    (Pacific/Apia, 2011-12-30).
+
+    Args:
+        after: an aware datetime (any offset).
+        timezone: IANA timezone of the device, e.g. ``Europe/Berlin``.
+        at: local wall-clock start of the window, naive (default 02:00).
+
+    Returns:
+        The window start as an aware UTC datetime, strictly later than ``after``.
+
+    Raises:
+        ScheduleError: (a ``ValueError``) when ``after`` is naive, the timezone is
+            unknown (the message names ``Europe/Berlin`` as an example), ``at``
+            carries a tzinfo, or the date is out of range.
+
+    Example:
+        >>> from datetime import datetime, timedelta, timezone
+        >>> est = timezone(timedelta(hours=-5))
+        >>> next_window_start(datetime(2027, 3, 13, 20, 0, tzinfo=est), "America/New_York")
+        datetime.datetime(2027, 3, 14, 7, 0, tzinfo=datetime.timezone.utc)
     """
-    raise NotImplementedError
+    _aware("after", after)
+    zone = _zone(timezone)
+    _window_time(at)
+    try:
+        candidates = _candidates(after, zone, at, range(-1, 4))
+    except OverflowError:
+        raise ScheduleError(f"{after.isoformat()} is out of range for scheduling") from None
+    return min(c for c in candidates if c > after)
 
 
-def window_offset_seconds(device_uuid: uuid.UUID | str, window_seconds: int = DEFAULT_WINDOW_SECONDS) -> int:
-    """Stable per-device start offset inside a window, in whole seconds, in [0, window_seconds)."""
-    raise NotImplementedError
+def _latest_window_start(now: datetime, zone: ZoneInfo, at: time) -> datetime:
+    """The latest window start at or before ``now``."""
+    return max(c for c in _candidates(now, zone, at, range(-3, 2)) if c <= now)
 
 
-def is_online(last_seen: datetime | None, now: datetime, within_seconds: int = ONLINE_WITHIN_SECONDS) -> bool:
-    """Whether ``last_seen`` is within ``within_seconds`` of ``now`` (inclusive)."""
-    raise NotImplementedError
+def current_window(
+    now: datetime,
+    timezone: str,
+    *,
+    window_start: time = DEFAULT_WINDOW_START,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+) -> tuple[datetime, datetime] | None:
+    """The maintenance window open at ``now``, if any.
+
+    Args:
+        now: an aware datetime.
+        timezone: IANA timezone of the device.
+        window_start: local wall-clock start of windows, naive (default 02:00).
+        window_seconds: window length in seconds (1 to 86400).
+
+    Returns:
+        ``(start, end)`` as aware UTC datetimes with ``start <= now < end`` for the
+        latest window that started at or before ``now``, or None outside a window.
+
+    Raises:
+        ScheduleError: naive ``now``, unknown timezone, or a bad window length.
+    """
+    _aware("now", now)
+    zone = _zone(timezone)
+    _window_time(window_start)
+    _window_seconds(window_seconds)
+    try:
+        start = _latest_window_start(now, zone, window_start)
+    except OverflowError:
+        raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
+    end = start + timedelta(seconds=window_seconds)
+    return (start, end) if now < end else None
 
 
-def most_urgent(types: Iterable[UpdateType]) -> UpdateType:
-    """instant > urgent > scheduled."""
-    raise NotImplementedError
+def window_offset_seconds(
+    device_uuid: uuid.UUID | str, window_seconds: int = DEFAULT_WINDOW_SECONDS
+) -> int:
+    """Stable per-device start offset inside a window, in whole seconds, in [0, window_seconds).
+
+    The offset is SHA-256 of the canonical lower-case uuid string
+    (``123e4567-e89b-12d3-a456-426614174000``), read as a big-endian integer,
+    modulo the spread: the first 2/3 of the window (``window_seconds * 2 // 3``,
+    at least 1). A fleet in one timezone therefore spreads its downloads evenly
+    over the first two hours of a 3 h window, and the device with the latest
+    offset still has an hour to download, install and health-check
+    (DESIGN.md section 4). The same uuid always gets the same offset, on the
+    server and on the device, whatever the Python version or process.
+
+    Args:
+        device_uuid: the device's uuid, as a UUID or any string ``uuid.UUID`` accepts.
+        window_seconds: window length in seconds (1 to 86400).
+
+    Returns:
+        The offset in seconds, ``0 <= offset < max(1, window_seconds * 2 // 3)``.
+
+    Raises:
+        ScheduleError: an unparsable uuid or a bad window length.
+    """
+    parsed = _device_uuid(device_uuid)
+    _window_seconds(window_seconds)
+    spread = max(1, window_seconds * OFFSET_SPREAD_NUMERATOR // OFFSET_SPREAD_DENOMINATOR)
+    digest = hashlib.sha256(str(parsed).encode("ascii")).digest()
+    return int.from_bytes(digest, "big") % spread
+
+
+# --------------------------------------------------------------------------- small rules
+
+
+def is_online(
+    last_seen: datetime | None, now: datetime, within_seconds: int = ONLINE_WITHIN_SECONDS
+) -> bool:
+    """Whether ``last_seen`` is within ``within_seconds`` of ``now``, inclusive (DESIGN.md section 4).
+
+    300 s ago counts as online, 301 s does not. A ``last_seen`` slightly in the
+    future (server replicas whose clocks differ) counts as online.
+
+    Args:
+        last_seen: the device's last heartbeat as recorded by the server (aware),
+            or None for a device never seen.
+        now: an aware datetime.
+        within_seconds: the online threshold in seconds (default 300).
+
+    Returns:
+        True when the device was seen within the threshold; False for None.
+
+    Raises:
+        ScheduleError: a naive ``now`` or ``last_seen``.
+    """
+    _aware("now", now)
+    if last_seen is None:
+        return False
+    _aware("last_seen", last_seen)
+    return now - last_seen <= timedelta(seconds=within_seconds)
+
+
+def most_urgent(types: Iterable[UpdateType | str]) -> UpdateType:
+    """The most urgent of ``types``: instant > urgent > scheduled (DESIGN.md section 4, supersession).
+
+    The highest pending version installs with the most urgent timing among the
+    rows it supersedes, since packages are cumulative.
+
+    Args:
+        types: update types (``UpdateType`` or their string values).
+
+    Returns:
+        The most urgent type.
+
+    Raises:
+        ScheduleError: (a ``ValueError``) when ``types`` is empty or holds an
+            unknown type.
+    """
+    parsed = [_update_type(t) for t in types]
+    if not parsed:
+        raise ScheduleError("most_urgent needs at least one update type, got none")
+    return max(parsed, key=_URGENCY.__getitem__)
+
+
+def describe_duration(seconds: float) -> str:
+    """A short human duration: ``42 s``, ``5 min``, ``2 h 13 min``, ``3 d 4 h``.
+
+    Args:
+        seconds: a non-negative duration in seconds; fractions are rounded down.
+
+    Returns:
+        The two largest non-zero units (days, hours, minutes), or seconds below a
+        minute.
+    """
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total} s"
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{v} {unit}" for v, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if v]
+    return " ".join(parts[:2])
+
+
+# --------------------------------------------------------------------------- server side
 
 
 @dataclass(frozen=True, slots=True)
 class InstallPlan:
-    """When one device installs one update: UTC instants, seconds."""
+    """When one device installs one update: UTC instants, seconds.
+
+    Attributes:
+        install_at: UTC instant from which the device may install (instant: now;
+            scheduled: its slot in the window; urgent: the deadline slot).
+        window_end: UTC end of the maintenance window (scheduled, urgent), None
+            for instant.
+        idle_seconds_required: urgent only: seconds of continuous application
+            idle time after which the device may install before ``install_at``.
+        reason: one line for operators, with the local time.
+    """
 
     install_at: datetime
     window_end: datetime | None
     idle_seconds_required: int | None
     reason: str
+
+
+def _local(instant: datetime, zone: ZoneInfo) -> str:
+    return instant.astimezone(zone).strftime(_LOCAL_FORMAT)
 
 
 def plan_install(
@@ -63,19 +464,412 @@ def plan_install(
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
     idle_seconds: int = DEFAULT_IDLE_SECONDS,
 ) -> InstallPlan:
-    """The plan for a device that gets (or re-checks) a row of ``update_type`` at ``now``."""
-    raise NotImplementedError
+    """The plan for a device that gets (or re-checks) a row of ``update_type`` at ``now``.
+
+    DESIGN.md section 4:
+
+    * instant: ``install_at = now``; no window, no idle requirement.
+    * scheduled: the device's slot = window start + :func:`window_offset_seconds`.
+      If ``now`` lies inside a window whose slot for this device is still ahead
+      (or exactly now), that window; otherwise the next window.
+      ``window_end`` = window start + ``window_seconds``.
+    * urgent: as scheduled (the slot is the deadline), plus
+      ``idle_seconds_required = idle_seconds``.
+
+    Args:
+        update_type: the (most urgent, after supersession) update type.
+        now: an aware datetime, the server's clock.
+        timezone: IANA timezone of the device.
+        device_uuid: the device's uuid (decides its offset in the window).
+        window_start: local wall-clock start of windows, naive (default 02:00).
+        window_seconds: window length in seconds (1 to 86400, default 3 h).
+        idle_seconds: urgent: continuous idle time in seconds (default 1 h).
+
+    Returns:
+        The plan, instants in UTC.
+
+    Raises:
+        ScheduleError: naive ``now``, unknown timezone or update type, a bad uuid,
+            window length or idle time.
+    """
+    kind = _update_type(update_type)
+    _aware("now", now)
+    zone = _zone(timezone)
+    _window_time(window_start)
+    _window_seconds(window_seconds)
+    _idle_required(idle_seconds)
+    offset = window_offset_seconds(device_uuid, window_seconds)
+    now_utc = now.astimezone(UTC)
+    if kind is UpdateType.INSTANT:
+        return InstallPlan(now_utc, None, None, "instant: installs at its next check")
+
+    length = timedelta(seconds=window_seconds)
+    try:
+        start = _latest_window_start(now_utc, zone, window_start)
+        if not (now_utc < start + length and start + timedelta(seconds=offset) >= now_utc):
+            start = next_window_start(now_utc, zone.key, window_start)
+    except OverflowError:
+        raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
+    slot = start + timedelta(seconds=offset)
+    end = start + length
+    if kind is UpdateType.SCHEDULED:
+        start_local = start.astimezone(zone)
+        end_local = end.astimezone(zone)
+        reason = (
+            f"scheduled: maintenance window {start_local:%H:%M}–{end_local:%H:%M} {zone.key}, "
+            f"starts {_local(slot, zone)}"
+        )
+        return InstallPlan(slot, end, None, reason)
+    reason = f"urgent: after {describe_duration(idle_seconds)} idle, at the latest {_local(slot, zone)}"
+    return InstallPlan(slot, end, idle_seconds, reason)
+
+
+def current_install_plan(
+    update_type: UpdateType,
+    install_at: datetime,
+    window_end: datetime | None,
+    *,
+    now: datetime,
+    timezone: str,
+    device_uuid: uuid.UUID | str,
+    window_start: time = DEFAULT_WINDOW_START,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    idle_seconds: int = DEFAULT_IDLE_SECONDS,
+) -> InstallPlan:
+    """The plan a pending row should carry at ``now``: the stored one, or the next window's.
+
+    "A device that missed its window waits for the following one" (DESIGN.md
+    section 4). The server calls this when it hands a pending row to a device:
+
+    * instant: the stored plan stays valid (the device installs at its check).
+    * scheduled and urgent: while ``now < window_end`` the stored plan stays
+      valid (a late device may still install inside its window); once the window
+      has closed, the row is re-planned with :func:`plan_install` for the next
+      window, whose slot becomes the new ``install_at`` (for urgent, the new
+      deadline: a device that was off during its deadline window is not forced
+      to install in the middle of the day; idle time still lets it install
+      earlier).
+    * a stored scheduled/urgent plan without ``window_end`` (should not happen)
+      is re-planned.
+
+    Args:
+        update_type: the row's (effective) update type.
+        install_at: the stored ``install_at`` (aware).
+        window_end: the stored window end (aware), or None.
+        now: an aware datetime, the server's clock.
+        timezone: IANA timezone of the device.
+        device_uuid: the device's uuid.
+        window_start: local wall-clock start of windows, naive (default 02:00).
+        window_seconds: window length in seconds (1 to 86400, default 3 h).
+        idle_seconds: urgent: continuous idle time in seconds (default 1 h).
+
+    Returns:
+        The stored plan (same instants, a fresh ``reason``) while valid, else the
+        next window's plan; ``install_at`` changed iff the row must be updated.
+
+    Raises:
+        ScheduleError: as :func:`plan_install`, or a naive ``install_at``/``window_end``.
+    """
+    kind = _update_type(update_type)
+    _aware("install_at", install_at)
+    _aware("now", now)
+    zone = _zone(timezone)
+    _idle_required(idle_seconds)
+    if kind is UpdateType.INSTANT:
+        return InstallPlan(
+            install_at.astimezone(UTC), None, None, "instant: installs at its next check"
+        )
+    if window_end is not None:
+        _aware("window_end", window_end)
+        if now < window_end:
+            local = _local(install_at, zone)
+            if kind is UpdateType.SCHEDULED:
+                reason = f"scheduled: in its maintenance window, from {local} ({zone.key})"
+                return InstallPlan(install_at.astimezone(UTC), window_end.astimezone(UTC), None, reason)
+            reason = f"urgent: after {describe_duration(idle_seconds)} idle, at the latest {local}"
+            return InstallPlan(
+                install_at.astimezone(UTC), window_end.astimezone(UTC), idle_seconds, reason
+            )
+    return plan_install(
+        kind,
+        now=now,
+        timezone=timezone,
+        device_uuid=device_uuid,
+        window_start=window_start,
+        window_seconds=window_seconds,
+        idle_seconds=idle_seconds,
+    )
+
+
+# --------------------------------------------------------------------------- agent side
 
 
 @dataclass(frozen=True, slots=True)
 class InstallDecision:
-    """The agent's answer to "may I install now?"."""
+    """The agent's answer to "may I install now?".
+
+    Attributes:
+        install_now: True to start downloading/installing now.
+        reason: one line for the agent's log.
+        wake_at: when asking again is worthwhile (aware UTC, on the server's
+            clock), or None when only the next heartbeat can change the answer.
+    """
 
     install_now: bool
     reason: str
     wake_at: datetime | None
 
 
-def decide_install(directive: InstallDirective, *, now: datetime, idle_seconds: float | None) -> InstallDecision:
-    """The one policy call of the agent: may the device install ``directive`` at ``now``?"""
-    raise NotImplementedError
+def decide_install(
+    directive: InstallDirective, *, now: datetime, idle_seconds: float | None
+) -> InstallDecision:
+    """The one policy call of the agent: may the device install ``directive`` at ``now``?
+
+    ``now`` is the server's clock as the agent knows it: ``server_time`` from the
+    last heartbeat response plus the monotonic time elapsed since (a Raspberry Pi
+    has no real-time clock; DESIGN.md section 4). The rules:
+
+    * instant: install now.
+    * scheduled: install if ``install_at <= now < window_end``; before the slot,
+      wait (``wake_at = install_at``); after the window, do not install: the
+      server re-plans the row for the next window (``wake_at`` None).
+    * urgent: install if the application has been idle for at least
+      ``idle_seconds_required`` (default 1 h when the directive omits it), or at
+      the deadline: ``install_at <= now`` while the window is open (``now <
+      window_end``, or no ``window_end``). Otherwise ``wake_at`` is the earlier
+      of the deadline and the moment the idle requirement would be met if the
+      application stays idle. A deadline whose window has closed no longer
+      forces an install (the device was off during it; the server re-plans the
+      deadline for the next window); idle time still does.
+
+    ``idle_seconds`` None means the agent has no idle measurement (the
+    application never recorded activity): the idle path is closed and an urgent
+    update installs at its deadline. Treating "never recorded" as idle could
+    restart an application in use that simply does not report activity; an agent
+    that wants the other behaviour passes the time since it started.
+
+    The directive's ``status`` is not consulted: resuming an interrupted
+    download or install is the agent's state machine's business.
+
+    Args:
+        directive: the pending install directive from the heartbeat response.
+        now: aware datetime on the server's clock.
+        idle_seconds: seconds the application has been idle continuously,
+            measured with a monotonic clock, or None when unknown.
+
+    Returns:
+        The decision.
+
+    Raises:
+        ScheduleError: a naive ``now`` or directive datetime, or a negative
+            ``idle_seconds``.
+    """
+    _aware("now", now)
+    install_at = _aware("install_at", directive.install_at)
+    window_end = directive.window_end
+    if window_end is not None:
+        _aware("window_end", window_end)
+    if idle_seconds is not None and (math.isnan(idle_seconds) or idle_seconds < 0):
+        raise ScheduleError(f"idle time must be a non-negative number of seconds, got {idle_seconds!r}")
+    version = directive.version
+    at_utc = install_at.astimezone(UTC)
+    now_utc = now.astimezone(UTC)
+
+    if directive.update_type is UpdateType.INSTANT:
+        return InstallDecision(True, f"instant update {version}: install now", None)
+
+    window_open = window_end is None or now < window_end
+    if directive.update_type is UpdateType.SCHEDULED:
+        if now < install_at:
+            return InstallDecision(
+                False, f"scheduled update {version}: waiting for its slot at {at_utc:%Y-%m-%d %H:%M} UTC", at_utc
+            )
+        if window_open:
+            return InstallDecision(True, f"scheduled update {version}: in its maintenance window", None)
+        assert window_end is not None  # window_open is False only with a window_end
+        return InstallDecision(
+            False,
+            f"scheduled update {version}: its maintenance window closed at "
+            f"{window_end.astimezone(UTC):%Y-%m-%d %H:%M} UTC; the server re-plans it "
+            "for the next window",
+            None,
+        )
+
+    required = directive.idle_seconds_required
+    if required is None:
+        required = DEFAULT_IDLE_SECONDS
+    if idle_seconds is not None and idle_seconds >= required:
+        return InstallDecision(
+            True,
+            f"urgent update {version}: application idle for {describe_duration(idle_seconds)} "
+            f"(needs {describe_duration(required)})",
+            None,
+        )
+    if install_at <= now and window_open:
+        return InstallDecision(
+            True, f"urgent update {version}: deadline {at_utc:%Y-%m-%d %H:%M} UTC reached", None
+        )
+    idle_wake = (
+        now_utc + timedelta(seconds=required - idle_seconds) if idle_seconds is not None else None
+    )
+    if install_at > now:
+        wake_at = at_utc if idle_wake is None else min(at_utc, idle_wake)
+        idle_text = (
+            "idle time unknown"
+            if idle_seconds is None
+            else f"idle for {describe_duration(idle_seconds)} of {describe_duration(required)}"
+        )
+        return InstallDecision(
+            False,
+            f"urgent update {version}: {idle_text}; deadline {at_utc:%Y-%m-%d %H:%M} UTC",
+            wake_at,
+        )
+    return InstallDecision(
+        False,
+        f"urgent update {version}: its deadline window has closed; waiting for "
+        f"{describe_duration(required)} idle until the server re-plans it",
+        idle_wake,
+    )
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What the rollout plan needs to know about one targeted device.
+
+    Attributes:
+        device_uuid: the device's uuid.
+        device_name: its display name, if any.
+        timezone: its IANA timezone.
+        last_seen: its last heartbeat (aware, server clock), None if never seen.
+        current_version: the ``vX.Y.Z`` it runs, None if unknown.
+    """
+
+    device_uuid: uuid.UUID
+    device_name: str | None
+    timezone: str
+    last_seen: datetime | None
+    current_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """Whether and when one device gets an update, for ``--dry-run`` and ``updates plan``.
+
+    Attributes:
+        device_uuid: the device's uuid.
+        device_name: its display name, if any.
+        gets_row: whether publishing creates its ``device_updates`` row now.
+        install_at_utc: when it installs (urgent: the deadline), aware UTC; None
+            when it is not known at publish time.
+        install_at_local: the same instant in the device's timezone.
+        timezone: the device's IANA timezone.
+        reason: one line saying why.
+    """
+
+    device_uuid: uuid.UUID
+    device_name: str | None
+    gets_row: bool
+    install_at_utc: datetime | None
+    install_at_local: datetime | None
+    timezone: str
+    reason: str
+
+
+def plan_rollout(
+    update_type: UpdateType,
+    version: str,
+    devices: Iterable[DeviceFacts],
+    *,
+    now: datetime,
+    window_start: time = DEFAULT_WINDOW_START,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    idle_seconds: int = DEFAULT_IDLE_SECONDS,
+) -> list[DevicePlan]:
+    """Who would install ``version`` when, if it were published at ``now``.
+
+    Pure preview of the publish rules (DESIGN.md section 4), one plan per device
+    in input order:
+
+    * a device that already runs ``version`` or newer gets no row
+      ("already runs v1.2.3");
+    * instant: devices seen within the last 300 s get a row and install at their
+      next check; the others get no row now, and get it at their next heartbeat;
+    * scheduled/urgent: every device gets a row; the plan is :func:`plan_install`'s,
+      with a note for devices that are offline.
+
+    Args:
+        update_type: the update type to publish.
+        version: the version to publish, ``vX.Y.Z``.
+        devices: the targeted devices.
+        now: an aware datetime, the server's clock.
+        window_start: local wall-clock start of windows, naive (default 02:00).
+        window_seconds: window length in seconds (default 3 h).
+        idle_seconds: urgent: continuous idle time in seconds (default 1 h).
+
+    Returns:
+        One :class:`DevicePlan` per device.
+
+    Raises:
+        VersionError: ``version`` is not ``vX.Y.Z``.
+        ScheduleError: naive ``now``, unknown update type or device timezone.
+    """
+    kind = _update_type(update_type)
+    target = Version.parse(version)
+    _aware("now", now)
+    plans: list[DevicePlan] = []
+    for device in devices:
+        zone = _zone(device.timezone)
+        running = _parse_or_none(device.current_version)
+
+        def plan(gets_row: bool, at: datetime | None, reason: str, d: DeviceFacts = device) -> DevicePlan:
+            local = at.astimezone(zone) if at is not None else None
+            return DevicePlan(d.device_uuid, d.device_name, gets_row, at, local, d.timezone, reason)
+
+        if running is not None and running >= target:
+            newer = "" if running == target else f" (newer than {target})"
+            plans.append(plan(False, None, f"already runs {running}{newer}"))
+            continue
+        online = is_online(device.last_seen, now)
+        if device.last_seen is None:
+            absence = "never seen"
+        else:
+            absence = f"offline for {describe_duration((now - device.last_seen).total_seconds())}"
+        if kind is UpdateType.INSTANT:
+            if online:
+                plans.append(plan(True, now.astimezone(UTC), "online: installs at its next check"))
+            else:
+                plans.append(
+                    plan(
+                        False,
+                        None,
+                        f"{absence} (> {ONLINE_WITHIN_SECONDS} s): gets it at its next heartbeat "
+                        "and installs then",
+                    )
+                )
+            continue
+        result = plan_install(
+            kind,
+            now=now,
+            timezone=device.timezone,
+            device_uuid=device.device_uuid,
+            window_start=window_start,
+            window_seconds=window_seconds,
+            idle_seconds=idle_seconds,
+        )
+        reason = result.reason
+        if not online:
+            reason += f"; {absence}: installs only if back before its window ends, else a later one"
+        plans.append(plan(True, result.install_at, reason))
+    return plans
+
+
+def _parse_or_none(text: str | None) -> Version | None:
+    if text is None:
+        return None
+    try:
+        return Version.parse(text)
+    except VersionError:
+        return None
