@@ -240,7 +240,8 @@ class Manifest(_Frozen):
     def to_json_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (times as ISO 8601 with ``Z``)."""
         data = self.model_dump(mode="json")
-        data["created_at"] = self.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # isoformat, not strftime("%Y"): the year must always have four digits.
+        data["created_at"] = self.created_at.isoformat().replace("+00:00", "Z")
         return data
 
     def to_bytes(self) -> bytes:
