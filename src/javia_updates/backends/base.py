@@ -1,0 +1,562 @@
+"""Storage behind one interface (DESIGN.md section 5).
+
+A :class:`Backend` is a metadata :class:`Store` (devices, updates,
+device_updates, audit log) plus a :class:`BlobStore` (package objects). The
+service layer talks only to these two interfaces; implementations register by
+``NAME``::
+
+    @register_backend
+    class MyBackend(Backend):
+        NAME = "mine"
+
+        @classmethod
+        def from_settings(cls, settings):
+            return cls(MyStore(settings.database_url), MyBlobStore(...))
+
+Built-in backends register on import of :mod:`javia_updates.backends`; others
+can do the same from an entry point in the ``javia.backends`` group.
+
+Update progress moves only forward (:data:`ALLOWED_PREVIOUS`, the one table of
+legal transitions). Every store must apply a transition as one conditional
+write (``UPDATE ... WHERE status IN (allowed previous)``), so that concurrent
+server replicas can never move a row backwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from javia_updates.errors import BackendError
+from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
+
+if TYPE_CHECKING:
+    from javia_updates.settings import ServerSettings
+
+__all__ = [
+    "ALLOWED_PREVIOUS",
+    "AuditEntry",
+    "AuditRecord",
+    "Backend",
+    "BlobStore",
+    "DeviceQuery",
+    "DeviceRecord",
+    "DeviceUpdateRecord",
+    "NewDevice",
+    "NewDeviceUpdate",
+    "NewUpdate",
+    "Page",
+    "Store",
+    "TransitionResult",
+    "UpdateRecord",
+    "backend_names",
+    "create_backend",
+    "get_backend_class",
+    "register_backend",
+]
+
+T = TypeVar("T")
+
+_S = UpdateStatus
+#: Legal transitions of a ``device_updates`` row: target status → statuses it
+#: may come from (DESIGN.md section 5). Progress moves only forward; a step the
+#: agent did not report (its ``downloading`` report was lost, say) may be
+#: skipped. Final statuses (completed, failed, rolled_back, superseded,
+#: cancelled) have no way out, so a failed version is never offered again.
+ALLOWED_PREVIOUS: Mapping[UpdateStatus, frozenset[UpdateStatus]] = {
+    _S.PENDING: frozenset(),
+    _S.DOWNLOADING: frozenset({_S.PENDING}),
+    _S.INSTALLING: frozenset({_S.PENDING, _S.DOWNLOADING}),
+    _S.COMPLETED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
+    _S.FAILED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
+    _S.ROLLED_BACK: frozenset({_S.DOWNLOADING, _S.INSTALLING}),
+    _S.SUPERSEDED: frozenset({_S.PENDING}),
+    _S.CANCELLED: frozenset({_S.PENDING}),
+}
+
+#: Statuses of a row the device is working on right now.
+IN_FLIGHT_STATUSES = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list: the items and how many match in all."""
+
+    items: list[T]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit log line to write with a change: who (``admin``, ``device:<uuid>``), what, details."""
+
+    actor: str
+    action: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A stored audit log line; ``at`` is UTC."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A device to register. ``token_hash`` is the SHA-256 hex of its token."""
+
+    device_uuid: uuid.UUID
+    device_name: str | None
+    timezone: str
+    metadata: dict[str, Any]
+    token_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A stored device. ``status`` is what it last reported, not yet the derived one."""
+
+    id: int
+    device_uuid: uuid.UUID
+    device_name: str | None
+    registered_at: datetime
+    last_seen: datetime | None
+    current_version: str | None
+    timezone: str
+    status: DeviceStatus
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """Filters for :meth:`Store.list_devices`.
+
+    Attributes:
+        derived_status: keep devices whose *derived* status is this one: offline
+            means never seen, last seen before ``offline_before``, or reporting
+            offline; online/updating means seen since and reporting that.
+        offline_before: the instant before which a last heartbeat means offline
+            (now − 3 heartbeat intervals); required with ``derived_status``.
+        current_version: keep devices reporting exactly this version.
+    """
+
+    derived_status: DeviceStatus | None = None
+    offline_before: datetime | None = None
+    current_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewUpdate:
+    """An update to publish; ``package_url`` is the blob store key of its objects."""
+
+    version: str
+    version_numbers: tuple[int, int, int]
+    update_type: UpdateType
+    description: str
+    package_url: str
+    system_packages: tuple[str, ...]
+    app: str
+    key_id: str
+    archive_size: int
+    archive_sha256: str
+    manifest: bytes
+    signature: bytes
+    targets: tuple[uuid.UUID, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """A published update (without the manifest and signature bytes)."""
+
+    id: int
+    version: str
+    created_at: datetime
+    update_type: UpdateType
+    description: str
+    package_url: str
+    requires_system_packages: bool
+    system_packages: tuple[str, ...]
+    app: str
+    key_id: str
+    archive_size: int
+    archive_sha256: str
+    targets: tuple[uuid.UUID, ...] | None
+
+    def targets_device(self, device_uuid: uuid.UUID) -> bool:
+        """Whether this update is meant for ``device_uuid`` (None targets every device)."""
+        return self.targets is None or device_uuid in self.targets
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeviceUpdate:
+    """A ``device_updates`` row to create (status ``pending``); instants UTC."""
+
+    device_id: int
+    install_type: UpdateType
+    scheduled_for: datetime
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdateRecord:
+    """One device's progress on one update, with the names a reader needs."""
+
+    id: int
+    device_id: int
+    device_uuid: uuid.UUID
+    device_name: str | None
+    update_id: int
+    version: str
+    update_type: UpdateType
+    install_type: UpdateType
+    archive_size: int
+    status: UpdateStatus
+    scheduled_for: datetime
+    window_end: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    """The row after a transition attempt; ``changed`` False: it was already there or beyond."""
+
+    record: DeviceUpdateRecord
+    changed: bool
+
+
+# --------------------------------------------------------------------------- interfaces
+
+
+class Store(ABC):
+    """Metadata storage: devices, updates, device_updates and the audit log.
+
+    Every method is one transaction. Instants are aware UTC datetimes.
+    Methods raise :class:`~javia_updates.errors.NotFoundError` for a missing
+    row, :class:`~javia_updates.errors.ConflictError` for a write that
+    conflicts with what is stored, and :class:`BackendError` when the database
+    itself fails.
+    """
+
+    # devices ---------------------------------------------------------------
+    @abstractmethod
+    def create_device(self, device: NewDevice, *, now: datetime, audit: AuditEntry) -> DeviceRecord:
+        """Register ``device`` and write ``audit``, atomically.
+
+        Raises:
+            ConflictError: the uuid (or, astronomically unlikely, token hash) exists.
+        """
+
+    @abstractmethod
+    def get_device(self, device_uuid: uuid.UUID) -> DeviceRecord:
+        """The device with ``device_uuid``.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+
+    @abstractmethod
+    def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
+        """The device whose token hashes to ``token_hash`` (SHA-256 hex), if any."""
+
+    @abstractmethod
+    def list_devices(self, query: DeviceQuery, *, limit: int, offset: int) -> Page[DeviceRecord]:
+        """Devices matching ``query``, oldest registration first."""
+
+    @abstractmethod
+    def devices_for_targets(self, targets: Sequence[uuid.UUID] | None) -> list[DeviceRecord]:
+        """Every device named in ``targets`` (None: every registered device).
+
+        Raises:
+            NotFoundError: a uuid in ``targets`` is not registered; the message lists them.
+        """
+
+    @abstractmethod
+    def record_heartbeat(
+        self,
+        device_id: int,
+        *,
+        now: datetime,
+        current_version: str | None,
+        status: DeviceStatus,
+        metadata: dict[str, Any],
+    ) -> DeviceRecord:
+        """Store a heartbeat: last_seen = ``now`` and what the device reported."""
+
+    # updates ---------------------------------------------------------------
+    @abstractmethod
+    def create_update(
+        self,
+        update: NewUpdate,
+        rows: Sequence[NewDeviceUpdate],
+        *,
+        now: datetime,
+        audit: AuditEntry,
+    ) -> UpdateRecord:
+        """Publish ``update`` with its pending device rows and ``audit``, in ONE transaction.
+
+        Raises:
+            ConflictError: the version is already published; the message names
+                the existing update's id.
+        """
+
+    @abstractmethod
+    def get_update(self, update_id: int) -> UpdateRecord:
+        """The update with ``update_id``.
+
+        Raises:
+            NotFoundError: no such update.
+        """
+
+    @abstractmethod
+    def get_update_by_version(self, version: str) -> UpdateRecord:
+        """The update published as ``version`` (``vX.Y.Z``).
+
+        Raises:
+            NotFoundError: no such update.
+        """
+
+    @abstractmethod
+    def get_package_documents(self, update_id: int) -> tuple[bytes, bytes]:
+        """The exact stored ``manifest.json`` and ``manifest.sig`` bytes.
+
+        Raises:
+            NotFoundError: no such update.
+        """
+
+    @abstractmethod
+    def list_updates(
+        self, *, limit: int, offset: int, update_type: UpdateType | None = None
+    ) -> Page[UpdateRecord]:
+        """Updates, highest version first."""
+
+    @abstractmethod
+    def updates_newer_than(self, version: tuple[int, int, int] | None) -> list[UpdateRecord]:
+        """Every update with a version above ``version`` (None: all), highest first."""
+
+    @abstractmethod
+    def status_counts(self, update_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Per update, how many device rows are in each status."""
+
+    # device updates ----------------------------------------------------------
+    @abstractmethod
+    def list_device_updates(
+        self,
+        *,
+        update_id: int | None = None,
+        device_id: int | None = None,
+        status: UpdateStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[DeviceUpdateRecord]:
+        """Rows filtered by update, device and status; highest version first, then device."""
+
+    @abstractmethod
+    def get_device_update(self, device_id: int, update_id: int) -> DeviceUpdateRecord:
+        """The row of ``device_id`` for ``update_id``.
+
+        Raises:
+            NotFoundError: the device has no row for that update.
+        """
+
+    @abstractmethod
+    def add_device_update(
+        self, update_id: int, row: NewDeviceUpdate, *, now: datetime, audit: AuditEntry
+    ) -> bool:
+        """Create one pending row (reconciliation); False if the row already existed."""
+
+    @abstractmethod
+    def transition(
+        self,
+        device_update_id: int,
+        status: UpdateStatus,
+        *,
+        now: datetime,
+        error_message: str | None = None,
+        audit: AuditEntry,
+    ) -> TransitionResult:
+        """Move a row to ``status`` if :data:`ALLOWED_PREVIOUS` allows it; atomic.
+
+        A row already in ``status``, or past it, is left alone (``changed`` False).
+        ``started_at`` is set on the first move off ``pending``, ``completed_at``
+        on reaching a final status, and on ``completed`` the device's
+        ``current_version`` becomes the update's version if that is newer.
+
+        Raises:
+            NotFoundError: no such row.
+        """
+
+    @abstractmethod
+    def reschedule(
+        self,
+        device_update_id: int,
+        *,
+        install_type: UpdateType,
+        scheduled_for: datetime,
+        window_end: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Change the timing of a row that is still pending; False if it no longer is."""
+
+    # audit -------------------------------------------------------------------
+    @abstractmethod
+    def list_audit(self, *, limit: int, offset: int) -> Page[AuditRecord]:
+        """Audit log lines, newest first."""
+
+    # lifecycle ---------------------------------------------------------------
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class BlobStore(ABC):
+    """Package objects, kept per package under a key (e.g. ``v1.2.3/ab12...``).
+
+    Names are plain file names (``manifest.json``, ``manifest.sig``,
+    ``payload.tar.gz``). Writes are atomic: an object is either absent or
+    complete, never half written.
+    """
+
+    @abstractmethod
+    def put_bytes(self, key: str, name: str, data: bytes) -> None:
+        """Store ``data`` as object ``name`` of package ``key``."""
+
+    @abstractmethod
+    def put_file(self, key: str, name: str, source: Path) -> None:
+        """Store the file ``source`` as object ``name``; ``source`` is consumed (moved or removed)."""
+
+    @abstractmethod
+    def size(self, key: str, name: str) -> int:
+        """The object's size in bytes.
+
+        Raises:
+            NotFoundError: no such object.
+        """
+
+    @abstractmethod
+    def iter_range(
+        self, key: str, name: str, start: int, end: int, *, chunk_size: int = 256 * 1024
+    ) -> Iterator[bytes]:
+        """Yield bytes ``start`` to ``end`` (exclusive) of the object, in chunks.
+
+        Raises:
+            NotFoundError: no such object (raised before the first chunk).
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove every object of package ``key`` (nothing if absent)."""
+
+    @abstractmethod
+    def upload_dir(self) -> Path:
+        """A local directory for streaming uploads into, on the same file system if possible."""
+
+
+class Backend(ABC):
+    """A named pair of :class:`Store` and :class:`BlobStore`.
+
+    Subclasses set ``NAME`` and implement :meth:`from_settings`.
+    """
+
+    NAME: ClassVar[str]
+
+    def __init__(self, store: Store, blobs: BlobStore) -> None:
+        self.store = store
+        self.blobs = blobs
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: ServerSettings) -> Backend:
+        """Build the backend from server settings (does not create the schema)."""
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Bring storage up to date (run migrations, create directories)."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+        self.store.close()
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Backend]] = {}
+_ENTRY_POINT_GROUP = "javia.backends"
+_entry_points_loaded = False
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Register a backend class under its ``NAME`` (usable as a class decorator).
+
+    Raises:
+        BackendError: ``NAME`` is missing or empty, or already registered by another class.
+    """
+    name = getattr(cls, "NAME", None)
+    if not isinstance(name, str) or not name:
+        raise BackendError(f"backend class {cls.__qualname__} has no NAME")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls:
+        raise BackendError(
+            f"backend name {name!r} is already registered by {existing.__module__}."
+            f"{existing.__qualname__}: choose another NAME"
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group=_ENTRY_POINT_GROUP):
+        cls = entry_point.load()
+        if _REGISTRY.get(getattr(cls, "NAME", None)) is not cls:
+            register_backend(cls)
+
+
+def backend_names() -> list[str]:
+    """Names of every registered backend, sorted."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``.
+
+    Raises:
+        BackendError: no backend of that name; the message lists the known ones.
+    """
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise BackendError(f"unknown backend {name!r}: expected one of {known}") from None
+
+
+def create_backend(settings: ServerSettings) -> Backend:
+    """Build the backend named by ``settings.backend``.
+
+    Raises:
+        BackendError: unknown backend name, or it cannot be opened.
+    """
+    return get_backend_class(settings.backend).from_settings(settings)

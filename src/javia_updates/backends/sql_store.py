@@ -1,0 +1,735 @@
+"""The metadata store on SQLAlchemy Core (DESIGN.md section 5).
+
+One implementation for SQLite (the ``local`` backend) and PostgreSQL: only
+portable SQL, tables from :mod:`javia_updates.backends.schema`. Every public
+method is one transaction.
+
+On SQLite each connection gets ``journal_mode=WAL`` (readers do not block the
+writer), ``busy_timeout`` (a writer waits up to 5 s for the lock instead of
+failing at once) and ``foreign_keys=ON``. Write transactions begin with
+``BEGIN IMMEDIATE``, which takes the write lock up front: a transaction that
+first reads and then writes can otherwise fail with "database is locked" when
+another writer committed in between.
+
+Status transitions are single conditional ``UPDATE ... WHERE status IN
+(allowed previous)`` statements (:data:`~javia_updates.backends.base.ALLOWED_PREVIOUS`),
+so two server replicas can never move a row backwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from javia_updates.backends.base import (
+    ALLOWED_PREVIOUS,
+    IN_FLIGHT_STATUSES,
+    AuditEntry,
+    AuditRecord,
+    DeviceQuery,
+    DeviceRecord,
+    DeviceUpdateRecord,
+    NewDevice,
+    NewDeviceUpdate,
+    NewUpdate,
+    Page,
+    Store,
+    TransitionResult,
+    UpdateRecord,
+)
+from javia_updates.backends.schema import Tables, UTCDateTime, build_tables
+from javia_updates.errors import BackendError, ConflictError, NotFoundError
+from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
+from javia_updates.versioning import Version
+
+__all__ = ["SQLStore", "make_engine", "SQLITE_BUSY_TIMEOUT_MS"]
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+_IN_CHUNK = 500  # uuids per IN (...) list
+
+
+def make_engine(database_url: str) -> Engine:
+    """Create an engine for ``database_url``, with javia's SQLite connection set-up.
+
+    Raises:
+        BackendError: the URL is malformed or names a driver that is not installed.
+    """
+    try:
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite":
+            engine = create_engine(url, connect_args={"check_same_thread": False})
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError, ValueError) as error:
+        raise BackendError(f"cannot open database {_redact(database_url)}: {error}") from None
+    return engine
+
+
+def _redact(database_url: str) -> str:
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - never echo a malformed URL that may hold a password
+        return "<database url>"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module (it would not BEGIN
+        # before SELECTs); SQLAlchemy emits BEGIN itself in _on_begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("javia_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class SQLStore(Store):
+    """The :class:`~javia_updates.backends.base.Store` on SQLAlchemy Core.
+
+    Args:
+        engine: from :func:`make_engine`; the schema must exist (run the
+            migrations first, :func:`javia_updates.backends.migrations.upgrade`).
+        schema: the PostgreSQL schema holding the tables (None on SQLite).
+    """
+
+    def __init__(self, engine: Engine, *, schema: str | None = None) -> None:
+        self.engine = engine
+        self.tables: Tables = build_tables(schema)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                yield connection
+        except SQLAlchemyError as error:
+            raise BackendError(f"database read failed: {_short(error)}") from error
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; IntegrityError passes through for the caller to map."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execution_options(javia_write=True)
+                with connection.begin():
+                    yield connection
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise BackendError(f"database write failed: {_short(error)}") from error
+
+    def _audit(self, connection: Connection, entry: AuditEntry, now: datetime) -> None:
+        connection.execute(
+            self.tables.audit_log.insert().values(
+                at=now, actor=entry.actor, action=entry.action, details=entry.details
+            )
+        )
+
+    # ------------------------------------------------------------------ devices
+    def _device_from_row(self, row: Any) -> DeviceRecord:
+        return DeviceRecord(
+            id=row.id,
+            device_uuid=uuid.UUID(row.device_uuid),
+            device_name=row.device_name,
+            registered_at=row.registered_at,
+            last_seen=row.last_seen,
+            current_version=row.current_version,
+            timezone=row.timezone,
+            status=DeviceStatus(row.status),
+            metadata=dict(row.metadata or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _device_columns(self) -> list[Any]:
+        d = self.tables.devices
+        return [c for c in d.c if c.name != "token_hash"]
+
+    def create_device(self, device: NewDevice, *, now: datetime, audit: AuditEntry) -> DeviceRecord:
+        """Insert the device and its audit line in one transaction.
+
+        Raises:
+            ConflictError: ``device_uuid`` is already registered.
+        """
+        d = self.tables.devices
+        try:
+            with self._write() as connection:
+                result = connection.execute(
+                    d.insert().values(
+                        device_uuid=str(device.device_uuid),
+                        device_name=device.device_name,
+                        registered_at=now,
+                        last_seen=None,
+                        current_version=None,
+                        timezone=device.timezone,
+                        status=DeviceStatus.OFFLINE.value,
+                        metadata=device.metadata,
+                        token_hash=device.token_hash,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                device_id = result.inserted_primary_key[0]
+                self._audit(connection, audit, now)
+                row = connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+        except IntegrityError:
+            raise ConflictError(
+                f"device {device.device_uuid} is already registered: register it under a new "
+                "uuid, or omit device_uuid to get one"
+            ) from None
+        return self._device_from_row(row)
+
+    def get_device(self, device_uuid: uuid.UUID) -> DeviceRecord:
+        """The device, or NotFoundError."""
+        d = self.tables.devices
+        with self._read() as connection:
+            row = connection.execute(
+                select(*self._device_columns()).where(d.c.device_uuid == str(device_uuid))
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"device {device_uuid} is not registered")
+        return self._device_from_row(row)
+
+    def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
+        """The device holding the token with this SHA-256 hex, or None."""
+        d = self.tables.devices
+        with self._read() as connection:
+            row = connection.execute(
+                select(*self._device_columns()).where(d.c.token_hash == token_hash)
+            ).one_or_none()
+        return None if row is None else self._device_from_row(row)
+
+    def _device_conditions(self, query: DeviceQuery) -> list[Any]:
+        d = self.tables.devices
+        conditions: list[Any] = []
+        if query.current_version is not None:
+            conditions.append(d.c.current_version == query.current_version)
+        if query.derived_status is not None:
+            if query.offline_before is None:
+                raise ValueError("DeviceQuery.derived_status needs offline_before")
+            cutoff = literal(query.offline_before, UTCDateTime())
+            if query.derived_status is DeviceStatus.OFFLINE:
+                conditions.append(
+                    or_(
+                        d.c.last_seen.is_(None),
+                        d.c.last_seen < cutoff,
+                        d.c.status == DeviceStatus.OFFLINE.value,
+                    )
+                )
+            else:
+                conditions.append(
+                    and_(d.c.last_seen >= cutoff, d.c.status == query.derived_status.value)
+                )
+        return conditions
+
+    def list_devices(self, query: DeviceQuery, *, limit: int, offset: int) -> Page[DeviceRecord]:
+        """Devices matching ``query``, in registration order."""
+        d = self.tables.devices
+        conditions = self._device_conditions(query)
+        with self._read() as connection:
+            total = connection.execute(select(func.count()).select_from(d).where(*conditions)).scalar_one()
+            rows = connection.execute(
+                select(*self._device_columns())
+                .where(*conditions)
+                .order_by(d.c.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return Page([self._device_from_row(row) for row in rows], total)
+
+    def devices_for_targets(self, targets: Sequence[uuid.UUID] | None) -> list[DeviceRecord]:
+        """Every targeted device, in registration order.
+
+        Raises:
+            NotFoundError: some targets are not registered devices (all are listed).
+        """
+        d = self.tables.devices
+        columns = self._device_columns()
+        with self._read() as connection:
+            if targets is None:
+                rows = connection.execute(select(*columns).order_by(d.c.id)).all()
+            else:
+                wanted = [str(target) for target in dict.fromkeys(targets)]
+                rows = []
+                for start in range(0, len(wanted), _IN_CHUNK):
+                    chunk = wanted[start : start + _IN_CHUNK]
+                    rows.extend(connection.execute(select(*columns).where(d.c.device_uuid.in_(chunk))).all())
+                rows.sort(key=lambda row: row.id)
+                missing = set(wanted) - {row.device_uuid for row in rows}
+                if missing:
+                    shown = ", ".join(sorted(missing)[:10])
+                    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                    raise NotFoundError(
+                        f"targets name devices that are not registered: {shown}{more}"
+                    )
+        return [self._device_from_row(row) for row in rows]
+
+    def record_heartbeat(
+        self,
+        device_id: int,
+        *,
+        now: datetime,
+        current_version: str | None,
+        status: DeviceStatus,
+        metadata: dict[str, Any],
+    ) -> DeviceRecord:
+        """Set last_seen, the reported version, status and metadata.
+
+        Raises:
+            NotFoundError: the device was deleted meanwhile.
+        """
+        d = self.tables.devices
+        with self._write() as connection:
+            result = connection.execute(
+                d.update()
+                .where(d.c.id == device_id)
+                .values(
+                    last_seen=now,
+                    current_version=current_version,
+                    status=status.value,
+                    metadata=metadata,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise NotFoundError(f"device {device_id} is not registered")
+            row = connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+        return self._device_from_row(row)
+
+    # ------------------------------------------------------------------ updates
+    def _update_columns(self) -> list[Any]:
+        u = self.tables.updates
+        return [c for c in u.c if c.name not in ("manifest", "signature")]
+
+    @staticmethod
+    def _update_from_row(row: Any) -> UpdateRecord:
+        targets = None if row.targets is None else tuple(uuid.UUID(t) for t in row.targets)
+        return UpdateRecord(
+            id=row.id,
+            version=row.version,
+            created_at=row.created_at,
+            update_type=UpdateType(row.update_type),
+            description=row.description,
+            package_url=row.package_url,
+            requires_system_packages=bool(row.requires_system_packages),
+            system_packages=tuple(row.system_packages or ()),
+            app=row.app,
+            key_id=row.key_id,
+            archive_size=row.archive_size,
+            archive_sha256=row.archive_sha256,
+            targets=targets,
+        )
+
+    def _existing_version_conflict(self, version: str) -> ConflictError:
+        try:
+            existing = self.get_update_by_version(version)
+            where = f" (update {existing.id})"
+        except NotFoundError:
+            where = ""
+        return ConflictError(f"version {version} is already published{where}; publish a higher version")
+
+    def create_update(
+        self,
+        update: NewUpdate,
+        rows: Sequence[NewDeviceUpdate],
+        *,
+        now: datetime,
+        audit: AuditEntry,
+    ) -> UpdateRecord:
+        """Insert the update, all its device rows (one executemany) and the audit line, atomically.
+
+        Raises:
+            ConflictError: the version is already published.
+        """
+        u = self.tables.updates
+        du = self.tables.device_updates
+        major, minor, patch = update.version_numbers
+        try:
+            with self._write() as connection:
+                existing = connection.execute(
+                    select(u.c.id).where(u.c.version == update.version)
+                ).scalar_one_or_none()
+                if existing is not None:
+                    raise ConflictError(
+                        f"version {update.version} is already published (update {existing}); "
+                        "publish a higher version"
+                    )
+                result = connection.execute(
+                    u.insert().values(
+                        version=update.version,
+                        version_major=major,
+                        version_minor=minor,
+                        version_patch=patch,
+                        created_at=now,
+                        update_type=update.update_type.value,
+                        description=update.description,
+                        package_url=update.package_url,
+                        requires_system_packages=bool(update.system_packages),
+                        system_packages=list(update.system_packages),
+                        app=update.app,
+                        key_id=update.key_id,
+                        archive_size=update.archive_size,
+                        archive_sha256=update.archive_sha256,
+                        manifest=update.manifest,
+                        signature=update.signature,
+                        targets=None if update.targets is None else [str(t) for t in update.targets],
+                    )
+                )
+                update_id = result.inserted_primary_key[0]
+                if rows:
+                    connection.execute(
+                        du.insert(),
+                        [
+                            {
+                                "device_id": row.device_id,
+                                "update_id": update_id,
+                                "status": UpdateStatus.PENDING.value,
+                                "install_type": row.install_type.value,
+                                "scheduled_for": row.scheduled_for,
+                                "window_end": row.window_end,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for row in rows
+                        ],
+                    )
+                self._audit(
+                    connection,
+                    AuditEntry(audit.actor, audit.action, {**audit.details, "update_id": update_id}),
+                    now,
+                )
+                stored = connection.execute(select(*self._update_columns()).where(u.c.id == update_id)).one()
+        except IntegrityError:
+            # Another publisher inserted the same version between our check and insert.
+            raise self._existing_version_conflict(update.version) from None
+        return self._update_from_row(stored)
+
+    def get_update(self, update_id: int) -> UpdateRecord:
+        """The update, or NotFoundError."""
+        u = self.tables.updates
+        with self._read() as connection:
+            row = connection.execute(select(*self._update_columns()).where(u.c.id == update_id)).one_or_none()
+        if row is None:
+            raise NotFoundError(f"update {update_id} does not exist")
+        return self._update_from_row(row)
+
+    def get_update_by_version(self, version: str) -> UpdateRecord:
+        """The update published as ``version``, or NotFoundError."""
+        u = self.tables.updates
+        with self._read() as connection:
+            row = connection.execute(
+                select(*self._update_columns()).where(u.c.version == version)
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no update is published as version {version}")
+        return self._update_from_row(row)
+
+    def get_package_documents(self, update_id: int) -> tuple[bytes, bytes]:
+        """The stored manifest and signature bytes, exactly as uploaded."""
+        u = self.tables.updates
+        with self._read() as connection:
+            row = connection.execute(
+                select(u.c.manifest, u.c.signature).where(u.c.id == update_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"update {update_id} does not exist")
+        return bytes(row.manifest), bytes(row.signature)
+
+    def _version_order(self) -> list[Any]:
+        u = self.tables.updates
+        return [u.c.version_major.desc(), u.c.version_minor.desc(), u.c.version_patch.desc()]
+
+    def list_updates(
+        self, *, limit: int, offset: int, update_type: UpdateType | None = None
+    ) -> Page[UpdateRecord]:
+        """Updates, highest version first."""
+        u = self.tables.updates
+        conditions = [] if update_type is None else [u.c.update_type == update_type.value]
+        with self._read() as connection:
+            total = connection.execute(select(func.count()).select_from(u).where(*conditions)).scalar_one()
+            rows = connection.execute(
+                select(*self._update_columns())
+                .where(*conditions)
+                .order_by(*self._version_order())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return Page([self._update_from_row(row) for row in rows], total)
+
+    def updates_newer_than(self, version: tuple[int, int, int] | None) -> list[UpdateRecord]:
+        """Updates above ``version`` (numeric order), highest first."""
+        u = self.tables.updates
+        conditions: list[Any] = []
+        if version is not None:
+            major, minor, patch = version
+            conditions.append(
+                or_(
+                    u.c.version_major > major,
+                    and_(u.c.version_major == major, u.c.version_minor > minor),
+                    and_(
+                        u.c.version_major == major,
+                        u.c.version_minor == minor,
+                        u.c.version_patch > patch,
+                    ),
+                )
+            )
+        with self._read() as connection:
+            rows = connection.execute(
+                select(*self._update_columns()).where(*conditions).order_by(*self._version_order())
+            ).all()
+        return [self._update_from_row(row) for row in rows]
+
+    def status_counts(self, update_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """``{update_id: {status: count}}``; updates without rows map to ``{}``."""
+        du = self.tables.device_updates
+        counts: dict[int, dict[str, int]] = {update_id: {} for update_id in update_ids}
+        if not update_ids:
+            return counts
+        with self._read() as connection:
+            rows = connection.execute(
+                select(du.c.update_id, du.c.status, func.count())
+                .where(du.c.update_id.in_(list(update_ids)))
+                .group_by(du.c.update_id, du.c.status)
+            ).all()
+        for update_id, status, count in rows:
+            counts[update_id][status] = count
+        return counts
+
+    # ------------------------------------------------------------------ device updates
+    def _device_update_select(self) -> Any:
+        du, d, u = self.tables.device_updates, self.tables.devices, self.tables.updates
+        return select(
+            du,
+            d.c.device_uuid,
+            d.c.device_name,
+            u.c.version,
+            u.c.update_type,
+            u.c.archive_size,
+        ).select_from(du.join(d, du.c.device_id == d.c.id).join(u, du.c.update_id == u.c.id))
+
+    @staticmethod
+    def _device_update_from_row(row: Any) -> DeviceUpdateRecord:
+        return DeviceUpdateRecord(
+            id=row.id,
+            device_id=row.device_id,
+            device_uuid=uuid.UUID(row.device_uuid),
+            device_name=row.device_name,
+            update_id=row.update_id,
+            version=row.version,
+            update_type=UpdateType(row.update_type),
+            install_type=UpdateType(row.install_type),
+            archive_size=row.archive_size,
+            status=UpdateStatus(row.status),
+            scheduled_for=row.scheduled_for,
+            window_end=row.window_end,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
+            error_message=row.error_message,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def list_device_updates(
+        self,
+        *,
+        update_id: int | None = None,
+        device_id: int | None = None,
+        status: UpdateStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[DeviceUpdateRecord]:
+        """Rows by update/device/status, highest version first, then by device."""
+        du = self.tables.device_updates
+        conditions: list[Any] = []
+        if update_id is not None:
+            conditions.append(du.c.update_id == update_id)
+        if device_id is not None:
+            conditions.append(du.c.device_id == device_id)
+        if status is not None:
+            conditions.append(du.c.status == status.value)
+        query = (
+            self._device_update_select()
+            .where(*conditions)
+            .order_by(*self._version_order(), du.c.device_id)
+            .offset(offset)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as connection:
+            total = connection.execute(select(func.count()).select_from(du).where(*conditions)).scalar_one()
+            rows = connection.execute(query).all()
+        return Page([self._device_update_from_row(row) for row in rows], total)
+
+    def _load_device_update(self, connection: Connection, device_update_id: int) -> DeviceUpdateRecord:
+        du = self.tables.device_updates
+        row = connection.execute(
+            self._device_update_select().where(du.c.id == device_update_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"device update row {device_update_id} does not exist")
+        return self._device_update_from_row(row)
+
+    def get_device_update(self, device_id: int, update_id: int) -> DeviceUpdateRecord:
+        """The row of ``device_id`` for ``update_id``, or NotFoundError."""
+        du = self.tables.device_updates
+        with self._read() as connection:
+            row = connection.execute(
+                self._device_update_select().where(
+                    du.c.device_id == device_id, du.c.update_id == update_id
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"update {update_id} is not assigned to this device")
+        return self._device_update_from_row(row)
+
+    def add_device_update(
+        self, update_id: int, row: NewDeviceUpdate, *, now: datetime, audit: AuditEntry
+    ) -> bool:
+        """Insert one pending row; False if the (device, update) row already exists."""
+        du = self.tables.device_updates
+        try:
+            with self._write() as connection:
+                connection.execute(
+                    du.insert().values(
+                        device_id=row.device_id,
+                        update_id=update_id,
+                        status=UpdateStatus.PENDING.value,
+                        install_type=row.install_type.value,
+                        scheduled_for=row.scheduled_for,
+                        window_end=row.window_end,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                self._audit(connection, audit, now)
+        except IntegrityError:
+            return False
+        return True
+
+    def transition(
+        self,
+        device_update_id: int,
+        status: UpdateStatus,
+        *,
+        now: datetime,
+        error_message: str | None = None,
+        audit: AuditEntry,
+    ) -> TransitionResult:
+        """One conditional UPDATE; see :meth:`Store.transition`."""
+        du, d = self.tables.device_updates, self.tables.devices
+        allowed = ALLOWED_PREVIOUS[status]
+        values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        now_literal = literal(now, UTCDateTime())
+        if status in IN_FLIGHT_STATUSES or status in FINAL_STATUSES:
+            values["started_at"] = func.coalesce(du.c.started_at, now_literal)
+        if status in FINAL_STATUSES:
+            values["completed_at"] = now
+        if error_message is not None:
+            values["error_message"] = error_message
+        try:
+            with self._write() as connection:
+                changed = False
+                if allowed:
+                    result = connection.execute(
+                        du.update()
+                        .where(du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed]))
+                        .values(**values)
+                    )
+                    changed = result.rowcount == 1
+                record = self._load_device_update(connection, device_update_id)
+                if changed:
+                    self._audit(connection, audit, now)
+                    if status is UpdateStatus.COMPLETED:
+                        self._raise_current_version(connection, record, now)
+        except IntegrityError as error:  # pragma: no cover - no constraint can fail here
+            raise BackendError(f"database write failed: {_short(error)}") from error
+        return TransitionResult(record, changed)
+
+    def _raise_current_version(self, connection: Connection, record: DeviceUpdateRecord, now: datetime) -> None:
+        d = self.tables.devices
+        running = connection.execute(
+            select(d.c.current_version).where(d.c.id == record.device_id)
+        ).scalar_one_or_none()
+        installed = Version.parse(record.version)
+        if running is not None and Version.is_valid(running) and Version.parse(running) >= installed:
+            return
+        connection.execute(
+            d.update()
+            .where(d.c.id == record.device_id)
+            .values(current_version=record.version, updated_at=now)
+        )
+
+    def reschedule(
+        self,
+        device_update_id: int,
+        *,
+        install_type: UpdateType,
+        scheduled_for: datetime,
+        window_end: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Retime a row only while it is pending (conditional UPDATE)."""
+        du = self.tables.device_updates
+        with self._write() as connection:
+            result = connection.execute(
+                du.update()
+                .where(du.c.id == device_update_id, du.c.status == UpdateStatus.PENDING.value)
+                .values(
+                    install_type=install_type.value,
+                    scheduled_for=scheduled_for,
+                    window_end=window_end,
+                    updated_at=now,
+                )
+            )
+        return result.rowcount == 1
+
+    # ------------------------------------------------------------------ audit
+    def list_audit(self, *, limit: int, offset: int) -> Page[AuditRecord]:
+        """Audit lines, newest first."""
+        a = self.tables.audit_log
+        with self._read() as connection:
+            total = connection.execute(select(func.count()).select_from(a)).scalar_one()
+            rows = connection.execute(
+                select(a).order_by(a.c.id.desc()).limit(limit).offset(offset)
+            ).all()
+        return Page(
+            [AuditRecord(row.id, row.at, row.actor, row.action, dict(row.details or {})) for row in rows],
+            total,
+        )
+
+
+def _short(error: SQLAlchemyError) -> str:
+    original = getattr(error, "orig", None)
+    return str(original if original is not None else error).splitlines()[0][:300]

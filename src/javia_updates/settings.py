@@ -1,0 +1,127 @@
+"""Settings of the update server (DESIGN.md sections 4, 5 and 6).
+
+Values come, highest priority first, from keyword arguments, the environment
+(``JAVIA_*``, e.g. ``JAVIA_API_KEY``, ``JAVIA_DATA_DIR``) and a TOML file whose
+path is ``JAVIA_CONFIG`` (default ``~/.config/javia/server.toml``; a missing
+file is simply not read). Durations are in seconds, sizes in bytes, the window
+start is a device-local wall-clock time.
+
+Example ``server.toml``::
+
+    api_key = "change-me"
+    data_dir = "/var/lib/javia-server"
+    window_start = "02:00:00"
+    window_seconds = 10800
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import time
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from javia_updates.errors import JaviaError
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ServerSettings", "SettingsError", "config_path"]
+
+DEFAULT_CONFIG_PATH = Path("~/.config/javia/server.toml")
+GIB = 1024**3
+
+
+class SettingsError(JaviaError):
+    """The server's settings are incomplete or inconsistent (e.g. no admin API key)."""
+
+
+def config_path() -> Path:
+    """The settings file: ``$JAVIA_CONFIG`` or ``~/.config/javia/server.toml``."""
+    return Path(os.environ.get("JAVIA_CONFIG") or DEFAULT_CONFIG_PATH).expanduser()
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server needs to run, with documented units.
+
+    Attributes:
+        api_key: the admin API key (``X-API-Key``); the server refuses to start
+            without one (:meth:`require_api_key`).
+        backend: storage backend name (DESIGN.md section 5); ``local`` is
+            SQLite + files under ``data_dir``.
+        data_dir: database (by default) and package files.
+        database_url: SQLAlchemy URL; None means ``sqlite:///<data_dir>/javia.db``.
+        heartbeat_interval_seconds: the poll interval the server tells devices;
+            a device silent for more than 3 intervals is shown ``offline``.
+        window_start: device-local start of the maintenance window (02:00).
+        window_seconds: maintenance window length in seconds (3 h).
+        urgent_idle_seconds: idle time before an urgent update installs (1 h).
+        instant_online_seconds: an instant update reaches, at publish, devices
+            seen within this many seconds (inclusive; DESIGN.md section 4).
+        max_upload_bytes: largest accepted publish request body, in bytes.
+        trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
+            then verifies the signature on the server too, to refuse early. The
+            agent's own check is what enforces trust.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
+
+    api_key: SecretStr | None = None
+    backend: str = "local"
+    data_dir: Path = Path("./javia-data")
+    database_url: str | None = None
+    heartbeat_interval_seconds: int = Field(default=300, ge=5, le=86_400)
+    window_start: time = time(2, 0)
+    window_seconds: int = Field(default=10_800, ge=1, le=86_400)
+    urgent_idle_seconds: int = Field(default=3600, ge=0, le=7 * 86_400)
+    instant_online_seconds: int = Field(default=300, ge=0, le=86_400)
+    max_upload_bytes: int = Field(default=2 * GIB, ge=1024)
+    trusted_keys_dir: Path | None = None
+
+    @field_validator("window_start")
+    @classmethod
+    def _naive_window_start(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("window_start is a device-local wall-clock time such as 02:00, without offset")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments over ``JAVIA_*`` environment over the TOML file."""
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=config_path()),
+        )
+
+    def resolved_database_url(self) -> str:
+        """The database URL: ``database_url``, or the SQLite file in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'javia.db').expanduser().absolute()}"
+
+    def require_api_key(self) -> str:
+        """The admin API key.
+
+        Raises:
+            SettingsError: no key is configured; the message says how to set one.
+        """
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        if not key.strip():
+            raise SettingsError(
+                "no admin API key configured: set JAVIA_API_KEY (or api_key in "
+                f"{config_path()}) to a long random secret, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return key
