@@ -1,0 +1,351 @@
+"""A whole javia installation on one machine: server, devices, agents, apps.
+
+``javia demo`` uses it to show the update loop end to end, and the end-to-end
+tests use it to drive real processes: one ``javia server`` process on
+127.0.0.1, and per device a directory with its own agent configuration,
+keyring, install root (``releases/``, ``current``), state directory, one
+``javia agent run`` process and the application process that agent starts.
+Nothing here is simulated: every process is the real program a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from javia_updates.admin_client import AdminClient
+from javia_updates.errors import JaviaError
+
+__all__ = ["LocalFleet", "FleetDevice", "FleetError", "example_app_dir", "javia_command", "free_port"]
+
+
+class FleetError(JaviaError):
+    """A fleet process failed to start or a command it ran failed."""
+
+
+def javia_command() -> list[str]:
+    """argv prefix that runs this installation's ``javia`` CLI."""
+    return [sys.executable, "-m", "javia_updates.cli.main"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def example_app_dir() -> Path:
+    """The bundled example application (``VERSION`` + ``app.py``)."""
+    return Path(str(resources.files("javia_updates") / "example_app"))
+
+
+@dataclass
+class FleetDevice:
+    """One simulated Raspberry Pi: its directories, agent process and identity."""
+
+    name: str
+    timezone: str
+    root: Path
+    device_uuid: str = ""
+    agent: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        """The agent's TOML configuration."""
+        return self.root / "etc" / "agent.toml"
+
+    @property
+    def install_root(self) -> Path:
+        """``releases/`` and the ``current`` link."""
+        return self.root / "opt" / "app"
+
+    @property
+    def state_dir(self) -> Path:
+        """The agent's state, outbox, app pid file and logs."""
+        return self.root / "var"
+
+    @property
+    def keyring_dir(self) -> Path:
+        """Trusted public keys."""
+        return self.root / "etc" / "keys"
+
+    @property
+    def app_status_file(self) -> Path:
+        """Where the example app writes ``{"version", "pid", "started_at"}``."""
+        return self.root / "app-status.json"
+
+    @property
+    def agent_log(self) -> Path:
+        """The agent process's output."""
+        return self.root / "agent.log"
+
+    def app_status(self) -> dict[str, Any] | None:
+        """What the running application says about itself, or None."""
+        try:
+            return json.loads(self.app_status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def app_running(self) -> bool:
+        """Whether the application process recorded in the status file is alive."""
+        status = self.app_status()
+        if not status:
+            return False
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+
+
+@dataclass
+class LocalFleet:
+    """Server + devices on loopback, each a real process.
+
+    Args:
+        root: an empty working directory for everything (data, keys, devices).
+        heartbeat_seconds: the server's heartbeat interval (300 in production).
+        health_seconds: how long a new release must stay up to count as good.
+    """
+
+    root: Path
+    heartbeat_seconds: float = 1.0
+    health_seconds: float = 1.0
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    port: int = field(default_factory=free_port)
+    devices: list[FleetDevice] = field(default_factory=list)
+    server: subprocess.Popen[bytes] | None = None
+    private_key_path: Path | None = None
+    public_key_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> AdminClient:
+        """An admin client for the fleet's server."""
+        return AdminClient(self.url, self.api_key)
+
+    # Processes -----------------------------------------------------------
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def run_javia(self, args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+        """Run one ``javia`` command to completion; returns stdout.
+
+        Raises:
+            FleetError: it exited non-zero (the message holds its stderr).
+        """
+        result = subprocess.run(
+            [*javia_command(), *args],
+            env=self._env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise FleetError(
+                f"'javia {' '.join(args[:2])}' exited {result.returncode}: "
+                f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            )
+        return result.stdout
+
+    def start_server(self, *, extra_env: dict[str, str] | None = None, timeout: float = 20) -> None:
+        """Start ``javia server`` and wait until it answers its health check."""
+        data_dir = self.root / "server"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "JAVIA_API_KEY": self.api_key,
+            "JAVIA_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat_seconds),
+            "JAVIA_CONFIG": str(self.root / "no-server-config.toml"),
+            **(extra_env or {}),
+        }
+        log = (self.root / "server.log").open("ab")
+        self.server = subprocess.Popen(
+            [*javia_command(), "server", "--port", str(self.port), "--data-dir", str(data_dir)],
+            env=self._env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise FleetError(f"server exited {self.server.returncode}: {self._tail(self.root / 'server.log')}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise FleetError(f"server did not answer within {timeout} s: {self._tail(self.root / 'server.log')}")
+
+    @staticmethod
+    def _tail(path: Path, size: int = 1500) -> str:
+        try:
+            return path.read_text(errors="replace")[-size:]
+        except OSError:
+            return "(no log)"
+
+    def generate_key(self) -> None:
+        """Create the operator's signing key pair under ``root/operator``."""
+        from javia_updates.keys import generate_keypair
+
+        paths = generate_keypair(self.root / "operator", name="javia-signing")
+        self.private_key_path, self.public_key_path = paths.private_path, paths.public_path
+
+    def agent_env(self, device: FleetDevice) -> dict[str, str]:
+        """Environment for that device's agent commands (fast intervals for the demo)."""
+        return {
+            "JAVIA_AGENT_HEALTH_SECONDS": str(self.health_seconds),
+            "JAVIA_AGENT_HEARTBEAT_JITTER": "0.1",
+            "JAVIA_AGENT_ACTIVITY_POLL_SECONDS": "0.5",
+            "JAVIA_AGENT_STOP_TIMEOUT_SECONDS": "5",
+        }
+
+    def add_device(self, name: str, timezone: str, initial_package: Path | None = None) -> FleetDevice:
+        """Register a device with ``javia agent register`` and provision its first release.
+
+        The first release is installed from ``initial_package`` with
+        ``javia agent install`` (the same code path as a network update), which
+        also starts the application.
+        """
+        device = FleetDevice(name=name, timezone=timezone, root=self.root / "devices" / name)
+        device.keyring_dir.mkdir(parents=True, exist_ok=True)
+        if self.public_key_path is not None:
+            shutil.copy2(self.public_key_path, device.keyring_dir / self.public_key_path.name)
+        device.config_path.parent.mkdir(parents=True, exist_ok=True)
+        app_env = json.dumps({"JAVIA_APP_STATUS_FILE": str(device.app_status_file)})
+        self.run_javia(
+            [
+                "agent", "register",
+                "--server", self.url,
+                "--api-key", self.api_key,
+                "--name", name,
+                "--timezone", timezone,
+                "--config", str(device.config_path),
+                "--install-root", str(device.install_root),
+                "--state-dir", str(device.state_dir),
+                "--keyring", str(device.keyring_dir),
+                "--token-file", str(device.root / "etc" / "device-token"),
+                "--service-mode", "command",
+                "--start-command", json.dumps([sys.executable, "app.py"]),
+                "--app-env", app_env,
+                "--heartbeat-interval", str(self.heartbeat_seconds),
+            ],
+            env=self.agent_env(device),
+        )
+        device.device_uuid = self._read_uuid(device)
+        if initial_package is not None:
+            self.run_javia(
+                ["agent", "install", str(initial_package), "--config", str(device.config_path)],
+                env=self.agent_env(device),
+            )
+        self.devices.append(device)
+        return device
+
+    @staticmethod
+    def _read_uuid(device: FleetDevice) -> str:
+        import tomllib
+
+        config = tomllib.loads(device.config_path.read_text(encoding="utf-8"))
+        return str(config["device_uuid"])
+
+    def start_agent(self, device: FleetDevice) -> None:
+        """Start ``javia agent run`` for ``device`` in the background."""
+        log = device.agent_log.open("ab")
+        device.agent = subprocess.Popen(
+            [*javia_command(), "agent", "run", "--config", str(device.config_path)],
+            env=self._env(self.agent_env(device)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def build_package(self, app_dir: Path, version: str, update_type: str, output: Path) -> Path:
+        """``javia publish --output``: a signed package directory on disk."""
+        self.run_javia(
+            [
+                "publish", str(app_dir),
+                "--version", version,
+                "--type", update_type,
+                "--description", f"example release {version}",
+                "--key", str(self.private_key_path),
+                "--output", str(output),
+            ]
+        )
+        return output
+
+    def publish(self, app_dir: Path, version: str, update_type: str, description: str = "") -> dict:
+        """``javia publish`` to the fleet's server; returns the published update."""
+        out = self.run_javia(
+            [
+                "publish", str(app_dir),
+                "--version", version,
+                "--type", update_type,
+                "--description", description or f"example release {version}",
+                "--key", str(self.private_key_path),
+                "--server", self.url,
+                "--api-key", self.api_key,
+                "--yes", "--json",
+            ]
+        )
+        return json.loads(out)
+
+    def stop(self) -> None:
+        """Stop every agent, every application and the server (only our own processes)."""
+        for device in self.devices:
+            if device.agent is not None and device.agent.poll() is None:
+                device.agent.send_signal(signal.SIGTERM)
+        for device in self.devices:
+            if device.agent is not None:
+                try:
+                    device.agent.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    device.agent.kill()
+                    device.agent.wait()
+            self._stop_app(device)
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
+    @staticmethod
+    def _stop_app(device: FleetDevice) -> None:
+        from javia_agent.services import CommandService
+
+        service = CommandService(
+            [sys.executable, "app.py"],
+            current_link=device.install_root / "current",
+            pid_file=device.state_dir / "app.pid",
+            log_file=device.state_dir / "app.log",
+            activity_file=device.state_dir / "activity.json",
+            stop_timeout_seconds=5,
+        )
+        try:
+            service.stop()
+        except JaviaError:
+            pass
