@@ -1,0 +1,445 @@
+"""The agent's main loop: heartbeat, report, decide, install, sleep (DESIGN.md section 7).
+
+One cycle (:meth:`Agent.run_once`):
+
+1. heartbeat with the running version and device metadata; the answer carries
+   the server's time, the heartbeat interval and any pending install
+   directive (one request per interval, ANCHORS.md "Polling");
+2. deliver queued status reports (the outbox);
+3. ask :func:`javia_updates.scheduling.decide_install` whether to install now,
+   with the *server's* time — ``server_time`` of the last heartbeat plus the
+   monotonic time elapsed since (a Pi has no RTC; its wall clock is never
+   used for this) — and the application's idle time;
+4. install when told.
+
+:meth:`Agent.run_forever` repeats it, sleeping until the next heartbeat
+(interval with jitter) or the decision's ``wake_at``, whichever is first. The
+sleep is interruptible: SIGTERM or SIGINT lets the current step finish safely
+(a download pauses for a later resume) and the loop exits with status 0.
+Network errors back off with jitter and never end the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import shutil
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from javia_agent._fs import atomic_write
+from javia_agent.activity import IdleTracker
+from javia_agent.client import DeviceClient
+from javia_agent.clock import Clock
+from javia_agent.config import AgentConfig, read_token
+from javia_agent.errors import AgentError
+from javia_agent.installer import InstallOutcome, Installer, InstallResult
+from javia_agent.outbox import Outbox
+from javia_agent.services import AppService, CommandService, SystemdService, application_environment
+from javia_updates.errors import JaviaError
+from javia_updates.models import (
+    DeviceStatus,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    StatusReport,
+    UpdateStatus,
+)
+from javia_updates.scheduling import InstallDecision, decide_install
+
+__all__ = ["CycleResult", "Agent", "agent_version", "device_metadata", "build_service"]
+
+logger = logging.getLogger(__name__)
+
+#: First delay after a failed heartbeat, in seconds; doubles per failure up to the interval.
+BACKOFF_BASE_SECONDS = 30.0
+#: After an install ran, heartbeat again this soon to announce the new version.
+AFTER_INSTALL_SECONDS = 1.0
+MIN_SLEEP_SECONDS = 1.0
+
+
+def agent_version() -> str:
+    """The installed javia distribution's version, or ``unknown``."""
+    try:
+        from importlib.metadata import version
+
+        return version("javia")
+    except Exception:  # noqa: BLE001 - informative only
+        return "unknown"
+
+
+def _read_text(path: Path, limit: int = 4096) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _os_pretty_name(os_release: Path) -> str | None:
+    text = _read_text(os_release)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.partition("=")[2].strip().strip('"').strip("'") or None
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def device_metadata(
+    install_root: Path,
+    *,
+    ip_address: str | None,
+    model_file: Path = Path("/proc/device-tree/model"),
+    os_release: Path = Path("/etc/os-release"),
+) -> dict[str, Any]:
+    """The inventory sent with each heartbeat. No external lookups.
+
+    Returns:
+        ``hardware_model`` (from the device tree, on a Pi), ``os_version``
+        (``PRETTY_NAME`` of os-release), ``python_version``, ``ip_address``
+        (the local address of the connection to the server), ``hostname``,
+        ``free_disk_bytes`` of the file system holding ``install_root`` and
+        ``agent_version``. Unknown values are left out.
+    """
+    model = _read_text(model_file)
+    values: dict[str, Any] = {
+        "hardware_model": model.strip("\x00\n ") if model else None,
+        "os_version": _os_pretty_name(os_release),
+        "python_version": platform.python_version(),
+        "ip_address": ip_address,
+        "hostname": socket.gethostname(),
+        "free_disk_bytes": _free_bytes(Path(install_root)),
+        "agent_version": agent_version(),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def build_service(config: AgentConfig) -> AppService:
+    """The application service the configuration names (systemd or command)."""
+    paths = config.paths
+    if config.service_mode == "command":
+        return CommandService(
+            config.start_command,
+            current_link=paths.current_link,
+            pid_file=paths.pid_file,
+            log_file=paths.app_log,
+            activity_file=paths.activity_file,
+            app_env=config.app_env,
+            stop_timeout_seconds=config.stop_timeout_seconds,
+        )
+
+    def environment() -> dict[str, str]:
+        release = paths.current_link.resolve()
+        return application_environment(release, paths.activity_file, config.app_env)
+
+    return SystemdService(config.service_name, environment=environment, env_file=paths.app_env_file)
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one :meth:`Agent.run_once` did.
+
+    Attributes:
+        response: the heartbeat answer.
+        server_now: the server-clock instant the decision used (aware UTC).
+        decision: the policy's answer, or ``None`` without a pending update.
+        outcome: the install's outcome if one ran.
+        reports_delivered: queued reports delivered this cycle.
+        sleep_seconds: how long to wait before the next cycle.
+    """
+
+    response: HeartbeatResponse
+    server_now: datetime
+    decision: InstallDecision | None
+    outcome: InstallOutcome | None
+    reports_delivered: int
+    sleep_seconds: float
+
+
+class Agent:
+    """The device agent. Collaborators are injected; see :meth:`from_config`.
+
+    Args:
+        config: the agent configuration.
+        client: the device API client.
+        installer: the installer (shares ``outbox`` through its reporter).
+        outbox: queued status reports.
+        idle: the application's idle-time tracker.
+        clock: the monotonic clock (server time is extrapolated on it).
+        rng: randomness for jitter (seeded in tests).
+        decide: the install policy (``decide_install``).
+        metadata: returns the heartbeat inventory.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        client: DeviceClient,
+        installer: Installer,
+        outbox: Outbox,
+        idle: IdleTracker,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        decide: Callable[..., InstallDecision] = decide_install,
+        metadata: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.installer = installer
+        self.outbox = outbox
+        self.idle = idle
+        self.clock = clock or Clock()
+        self.rng = rng or random.Random()
+        self._decide = decide
+        self._metadata = metadata or (
+            lambda: device_metadata(config.install_root, ip_address=client.local_address)
+        )
+        self._stop = threading.Event()
+        self._server_time: datetime | None = None
+        self._server_time_at: float | None = None  # monotonic reading when it arrived
+        self.interval_seconds = config.heartbeat_interval_seconds
+        self._failures = 0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, *, clock: Clock | None = None) -> Agent:
+        """Wire a real agent from the configuration (token file, service mode, paths).
+
+        Raises:
+            ConfigError: the device is not registered (no server URL, uuid or
+                token), or the server URL is insecure.
+        """
+        from javia_agent.errors import ConfigError
+
+        if not config.server_url or config.device_uuid is None:
+            raise ConfigError(
+                "this device is not registered: run javia agent register --server URL --api-key KEY"
+            )
+        token = read_token(config.token_file)
+        client = DeviceClient(
+            config.server_url,
+            device_uuid=config.device_uuid,
+            token=token,
+            ca_bundle=config.ca_bundle,
+            allow_insecure_http=config.allow_insecure_http,
+            timeout_seconds=config.request_timeout_seconds,
+            user_agent=f"javia-agent/{agent_version()}",
+        )
+        clock = clock or Clock()
+        outbox = Outbox(config.paths.outbox_dir)
+        agent: Agent
+        service = build_service(config)
+
+        def report(update_id: int, status: UpdateStatus, message: str | None) -> None:
+            outbox.enqueue(
+                update_id, StatusReport(status=status, error_message=message, reported_at=clock.wall())
+            )
+            outbox.flush(client.report_status)
+
+        installer = Installer.from_config(
+            config,
+            service,
+            client=client,
+            reporter=report,
+            clock=clock,
+            should_stop=lambda: agent.stopping,
+        )
+        idle = IdleTracker(config.paths.activity_file, monotonic=clock.monotonic)
+        agent = cls(config, client=client, installer=installer, outbox=outbox, idle=idle, clock=clock)
+        return agent
+
+    # -- control ------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (SIGTERM, SIGINT or :meth:`stop`)."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the loop to exit after the current step."""
+        self._stop.set()
+
+    def server_now(self) -> datetime | None:
+        """The server's clock now: last ``server_time`` + monotonic seconds since it arrived."""
+        if self._server_time is None or self._server_time_at is None:
+            return None
+        elapsed = max(0.0, self.clock.monotonic() - self._server_time_at)
+        return self._server_time + timedelta(seconds=elapsed)
+
+    def start(self) -> InstallOutcome | None:
+        """Recover an interrupted update; in command mode, make sure the application runs.
+
+        Returns:
+            The outcome of a recovered update, if there was one.
+        """
+        outcome = self.installer.recover()
+        if outcome is not None:
+            logger.info("recovered update %s: %s (%s)", outcome.version, outcome.result, outcome.reason)
+        if self.config.service_mode == "command" and self.installer.current_release() is not None:
+            service = self.installer.service
+            if not service.is_active():
+                logger.info("starting the application (%s)", self.installer.current_release())
+                service.start()
+        self.outbox.flush(self.client.report_status)
+        return outcome
+
+    # -- one cycle ------------------------------------------------------------------
+
+    def _jittered(self, seconds: float) -> float:
+        jitter = self.config.heartbeat_jitter
+        return seconds * (1.0 + self.rng.uniform(-jitter, jitter))
+
+    def run_once(self, now: datetime | None = None) -> CycleResult:
+        """Heartbeat, deliver reports, decide, install if told.
+
+        Args:
+            now: the server-clock instant to decide with (tests); default the
+                extrapolated server time (:meth:`server_now`).
+
+        Returns:
+            What happened and how long to sleep before the next cycle.
+
+        Raises:
+            NetworkError, ServerError, AuthenticationError: the heartbeat failed.
+            StateError: the state file cannot be read or written.
+        """
+        state = self.installer.load_state()
+        request = HeartbeatRequest(
+            current_version=self.installer.current_release(),
+            status=DeviceStatus.UPDATING if state.update is not None else DeviceStatus.ONLINE,
+            metadata=self._metadata(),
+        )
+        response = self.client.heartbeat(request)
+        self._server_time = response.server_time.astimezone(timezone.utc)
+        self._server_time_at = self.clock.monotonic()
+        if response.heartbeat_interval_seconds and response.heartbeat_interval_seconds > 0:
+            self.interval_seconds = float(response.heartbeat_interval_seconds)
+        delivered = self.outbox.flush(self.client.report_status)
+
+        server_now = now or self.server_now() or self._server_time
+        directive = response.update
+        decision: InstallDecision | None = None
+        outcome: InstallOutcome | None = None
+        sleep = self._jittered(self.interval_seconds)
+        if directive is None:
+            logger.info("heartbeat ok: no pending update (next in %.0f s)", sleep)
+        else:
+            idle = self.idle.idle_seconds()
+            decision = self._decide(directive, now=server_now, idle_seconds=idle)
+            logger.info("update %s (%s): %s", directive.version, directive.update_type, decision.reason)
+            if decision.install_now and not self.stopping:
+                outcome = self.installer.install(directive)
+                logger.info("update %s: %s%s", outcome.version, outcome.result,
+                            f" ({outcome.reason})" if outcome.reason else "")
+                delivered += self.outbox.flush(self.client.report_status)
+                if outcome.result in (InstallResult.COMPLETED, InstallResult.FAILED, InstallResult.ROLLED_BACK,
+                                      InstallResult.ABANDONED):
+                    sleep = AFTER_INSTALL_SECONDS
+                elif outcome.result == InstallResult.RETRY_LATER:
+                    sleep = min(sleep, self._backoff(1))
+            elif decision.wake_at is not None:
+                until = (decision.wake_at - server_now).total_seconds()
+                sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
+        self._write_status(response, decision)
+        return CycleResult(response, server_now, decision, outcome, delivered, max(0.0, sleep))
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = max(MIN_SLEEP_SECONDS, self.interval_seconds)
+        delay = min(ceiling, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+        return self.rng.uniform(delay / 2, delay)
+
+    def _write_status(self, response: HeartbeatResponse, decision: InstallDecision | None) -> None:
+        """Record the last heartbeat for ``javia agent status`` (informative, not fsynced)."""
+        body = {
+            "server_time": response.server_time.isoformat(),
+            "received_at": self.clock.wall().isoformat(),
+            "heartbeat_interval_seconds": self.interval_seconds,
+            "update": response.update.model_dump(mode="json") if response.update else None,
+            "decision": (
+                {
+                    "install_now": decision.install_now,
+                    "reason": decision.reason,
+                    "wake_at": decision.wake_at.isoformat() if decision.wake_at else None,
+                }
+                if decision
+                else None
+            ),
+        }
+        try:
+            atomic_write(
+                self.config.paths.heartbeat_file,
+                json.dumps(body, indent=2).encode("utf-8"),
+                durable=False,
+            )
+        except OSError as error:
+            logger.warning("cannot write %s: %s", self.config.paths.heartbeat_file, error)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` (monotonic), polling the activity file, until stopped."""
+        deadline = self.clock.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, self.config.activity_poll_seconds))
+            self.idle.poll()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            logger.info("received %s: finishing the current step, then exiting", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run_forever(self) -> int:
+        """Run cycles until stopped; never crashes on network or server errors.
+
+        Returns:
+            0, the exit status after SIGTERM/SIGINT or :meth:`stop`.
+        """
+        self._install_signal_handlers()
+        logger.info("javia agent %s starting for device %s", agent_version(), self.config.device_uuid)
+        try:
+            self.start()
+        except JaviaError as error:
+            logger.error("start-up: %s", error)
+        while not self._stop.is_set():
+            try:
+                result = self.run_once()
+            except AgentError as error:
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                logger.warning("%s (retry in %.0f s)", error, delay)
+            except JaviaError as error:
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                logger.error("%s (retry in %.0f s)", error, delay)
+            else:
+                self._failures = 0
+                delay = result.sleep_seconds
+            self._wait(delay)
+        logger.info("javia agent stopped")
+        return 0

@@ -1,0 +1,395 @@
+"""``javia agent ...``: the commands run on a device (DESIGN.md sections 3 and 7).
+
+Mounted by the root CLI as ``javia agent``. Every command takes ``--config
+PATH`` (env ``JAVIA_AGENT_CONFIG``, default ``/etc/javia/agent.toml``). Errors
+are one red line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shlex
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from javia_agent.config import (
+    CONFIG_PATH_ENV,
+    AgentConfig,
+    check_server_url,
+    load_config,
+    write_config,
+    write_token_file,
+)
+from javia_agent.errors import ConfigError
+from javia_updates.errors import JaviaError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Run and inspect the javia agent on a device.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_out = Console()
+_err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    envvar=CONFIG_PATH_ENV,
+    help="Agent configuration file (TOML).",
+    show_default="/etc/javia/agent.toml",
+)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def _friendly(function: F) -> F:
+    """Turn javia errors (and file-system errors) into one red line and exit 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except JaviaError as error:
+            _fail(_escape(str(error)))
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            _fail(_escape(f"{error.strerror or error}{where}"))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def _argv(text: str | None, what: str) -> list[str] | None:
+    """A command given as a JSON list or a shell-quoted string."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{what} is not a JSON list of strings: {error}") from None
+        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+            raise ConfigError(f"{what} must be a JSON list of strings, e.g. [\"python3\", \"app.py\"]")
+        return value
+    try:
+        parts = shlex.split(text)
+    except ValueError as error:
+        raise ConfigError(f"{what} is not a valid command line: {error}") from None
+    if not parts:
+        raise ConfigError(f"{what} is empty: expected e.g. 'python3 app.py'")
+    return parts
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+@app.command()
+@_friendly
+def register(
+    server: str = typer.Option(..., "--server", help="Server base URL, e.g. https://updates.example.org."),
+    api_key: str = typer.Option(
+        ..., "--api-key", envvar="JAVIA_API_KEY", help="Admin API key (used once; never stored)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Device name shown to operators."),
+    timezone: str | None = typer.Option(None, "--timezone", help="IANA timezone, e.g. Europe/Berlin."),
+    device_uuid: str | None = typer.Option(None, "--uuid", help="Use this device uuid (default: server picks)."),
+    config_path: Path | None = ConfigOption,
+    token_file: Path | None = typer.Option(None, "--token-file", help="Where to store the device token (0600)."),
+    install_root: Path | None = typer.Option(None, "--install-root", help="releases/ and current live here."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="State, downloads, outbox, activity."),
+    keyring: Path | None = typer.Option(None, "--keyring", help="Directory of trusted *.pub keys."),
+    service_mode: str | None = typer.Option(None, "--service-mode", help="systemd or command."),
+    service_name: str | None = typer.Option(None, "--service-name", help="systemd unit of the application."),
+    start_command: str | None = typer.Option(
+        None, "--start-command", help="Command mode: argv as a JSON list or a shell-quoted string."
+    ),
+    health_command: str | None = typer.Option(
+        None, "--health-command", help="Optional health check command (JSON list or string)."
+    ),
+    app_env: str | None = typer.Option(None, "--app-env", help="Extra app environment as a JSON object."),
+    heartbeat_interval: float | None = typer.Option(None, "--heartbeat-interval", help="Seconds."),
+    health_seconds: float | None = typer.Option(None, "--health-seconds", help="Seconds a new release must stay up."),
+    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM CA bundle for the server's TLS."),
+    allow_insecure_http: bool = typer.Option(
+        False, "--allow-insecure-http", help="Allow plain http:// to a non-loopback server."
+    ),
+    force: bool = typer.Option(False, "--force", help="Register again although already registered."),
+) -> None:
+    """Register this device with the server; write the configuration and the token file."""
+    from javia_agent.agent import device_metadata
+    from javia_agent.client import DeviceClient
+    from javia_updates.models import DeviceRegisterRequest
+
+    overrides: dict[str, Any] = {"server_url": server}
+    for key, value in {
+        "device_name": name,
+        "timezone": timezone,
+        "token_file": token_file,
+        "install_root": install_root,
+        "state_dir": state_dir,
+        "keyring_dir": keyring,
+        "service_mode": service_mode,
+        "service_name": service_name,
+        "start_command": _argv(start_command, "--start-command"),
+        "health_command": _argv(health_command, "--health-command"),
+        "heartbeat_interval_seconds": heartbeat_interval,
+        "health_seconds": health_seconds,
+        "ca_bundle": ca_bundle,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    if allow_insecure_http:
+        overrides["allow_insecure_http"] = True
+    if app_env is not None:
+        try:
+            env = json.loads(app_env)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--app-env is not a JSON object: {error}") from None
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ConfigError('--app-env must be a JSON object of strings, e.g. {"LANG": "C.UTF-8"}')
+        overrides["app_env"] = env
+    config = load_config(config_path, **overrides)
+    path = _config_path(config_path)
+    if config.device_uuid is not None and config.token_file.exists() and not force:
+        raise ConfigError(
+            f"already registered as {config.device_uuid} ({path}); pass --force to register again"
+        )
+    url = check_server_url(server, allow_insecure_http=config.allow_insecure_http)
+    request = DeviceRegisterRequest(
+        device_uuid=uuid.UUID(device_uuid) if device_uuid else None,
+        device_name=config.device_name,
+        timezone=config.timezone,
+        metadata={},
+    )
+    with DeviceClient(
+        url,
+        ca_bundle=config.ca_bundle,
+        allow_insecure_http=config.allow_insecure_http,
+        timeout_seconds=config.request_timeout_seconds,
+    ) as client:
+        request.metadata.update(device_metadata(config.install_root, ip_address=None))
+        registered = client.register(api_key, request)
+    config = config.model_copy(update={"device_uuid": registered.device_uuid, "server_url": url})
+    write_token_file(config.token_file, registered.device_token)
+    write_config(config, path)
+    _out.print(
+        f"registered device {registered.device_uuid}"
+        + (f" ({registered.device_name})" if registered.device_name else "")
+        + f"; configuration {path}, token {config.token_file}",
+        highlight=False,
+    )
+
+
+def _config_path(config_path: Path | None) -> Path:
+    import os
+
+    from javia_agent.config import DEFAULT_CONFIG_PATH
+
+    return Path(config_path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+@app.command()
+@_friendly
+def run(
+    once: bool = typer.Option(False, "--once", help="Run one heartbeat cycle and exit."),
+    config_path: Path | None = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the agent: heartbeat, decide, install; until SIGTERM."""
+    from javia_agent.agent import Agent
+
+    _setup_logging(verbose)
+    config = load_config(config_path)
+    agent = Agent.from_config(config)
+    try:
+        if once:
+            agent.start()
+            result = agent.run_once()
+            outcome = result.outcome
+            line = f"heartbeat ok at {result.response.server_time.isoformat()}"
+            if result.decision is not None:
+                line += f"; {result.decision.reason}"
+            if outcome is not None:
+                line += f"; {outcome.version}: {outcome.result}"
+                if outcome.reason:
+                    line += f" ({outcome.reason})"
+            _out.print(line, highlight=False)
+            return
+        code = agent.run_forever()
+    finally:
+        agent.client.close()
+    raise typer.Exit(code)
+
+
+@app.command()
+@_friendly
+def status(
+    config_path: Path | None = ConfigOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the running version, update state, last heartbeat and pending update."""
+    from javia_agent.agent import build_service
+    from javia_agent.outbox import Outbox
+    from javia_agent.state import StateStore
+
+    config = load_config(config_path)
+    paths = config.paths
+    state = StateStore(paths.state_file).load()
+    try:
+        current: str | None = Path(paths.current_link.readlink()).name
+    except OSError:
+        current = None
+    try:
+        heartbeat = json.loads(paths.heartbeat_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        heartbeat = None
+    try:
+        app_active: bool | None = build_service(config).is_active()
+    except JaviaError:
+        app_active = None
+    body = {
+        "device_uuid": str(config.device_uuid) if config.device_uuid else None,
+        "server_url": config.server_url,
+        "current_version": current,
+        "committed_version": state.current_version,
+        "app_active": app_active,
+        "state": str(state.state),
+        "update": state.update.model_dump(mode="json") if state.update else None,
+        "failed_versions": state.failed_versions,
+        "queued_reports": len(Outbox(paths.outbox_dir)),
+        "last_heartbeat": heartbeat,
+    }
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    _print_status(body)
+
+
+def _print_status(body: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("device", body["device_uuid"] or "not registered")
+    table.add_row("server", body["server_url"] or "-")
+    table.add_row("running version", body["current_version"] or "none")
+    table.add_row("application", {True: "active", False: "not running", None: "unknown"}[body["app_active"]])
+    update = body["update"]
+    state = body["state"]
+    if update:
+        state += f" ({update['version']}, update {update['update_id']})"
+    table.add_row("update state", state)
+    heartbeat = body["last_heartbeat"]
+    if heartbeat:
+        table.add_row("last heartbeat", f"{heartbeat['received_at']} (server time {heartbeat['server_time']})")
+        pending = heartbeat.get("update")
+        decision = heartbeat.get("decision")
+        if pending:
+            text = f"{pending['version']} ({pending['update_type']})"
+            if decision:
+                text += f": {decision['reason']}"
+            table.add_row("pending update", text)
+        else:
+            table.add_row("pending update", "none")
+    else:
+        table.add_row("last heartbeat", "never")
+    if body["failed_versions"]:
+        table.add_row("failed versions", ", ".join(body["failed_versions"]))
+    table.add_row("queued reports", str(body["queued_reports"]))
+    _out.print(table)
+
+
+@app.command()
+@_friendly
+def activity(
+    file: Path | None = typer.Option(
+        None, "--file", help="Activity file (default $JAVIA_ACTIVITY_FILE, else from the configuration)."
+    ),
+    config_path: Path | None = ConfigOption,
+) -> None:
+    """Record that the application was just used (urgent updates wait for idle time)."""
+    import os
+
+    from javia_agent.activity import ACTIVITY_FILE_ENV, record_activity
+
+    if file is None and not os.environ.get(ACTIVITY_FILE_ENV):
+        file = load_config(config_path).paths.activity_file
+    record_activity(file)
+
+
+@app.command()
+@_friendly
+def verify(
+    package_dir: Path = typer.Argument(..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."),
+    keyring: Path | None = typer.Option(
+        None, "--keyring", help="Directory of trusted *.pub keys (default: the configured keyring)."
+    ),
+    current_version: str | None = typer.Option(
+        None, "--current-version", help="Refuse versions not newer than this vX.Y.Z."
+    ),
+    config_path: Path | None = ConfigOption,
+) -> None:
+    """Run every check installation runs, short of writing; exit 0 if accepted, 1 if not."""
+    from javia_agent.verification import verify_package_dir
+    from javia_updates.keys import load_keyring
+    from javia_updates.versioning import Version
+
+    if keyring is None:
+        keyring = load_config(config_path).keyring_dir
+    floor = Version.parse(current_version) if current_version else None
+    verified = verify_package_dir(package_dir, load_keyring(keyring), current_version=floor)
+    manifest = verified.manifest
+    _out.print(
+        f"accepted: {manifest.app} {manifest.version} ({manifest.update_type}), "
+        f"signed by key {verified.key_id}, {len(manifest.files)} files, {manifest.unpacked_size} bytes",
+        highlight=False,
+    )
+
+
+@app.command()
+@_friendly
+def install(
+    package_dir: Path = typer.Argument(..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."),
+    config_path: Path | None = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each step."),
+) -> None:
+    """Install a package directory (USB stick, field service) as a network update would."""
+    from javia_agent.agent import build_service
+    from javia_agent.installer import Installer, InstallResult
+
+    if verbose:
+        _setup_logging(True)
+    config: AgentConfig = load_config(config_path)
+    installer = Installer.from_config(config, build_service(config))
+    outcome = installer.install_from_directory(package_dir)
+    if outcome.result != InstallResult.COMPLETED:
+        _fail(_escape(f"{outcome.version} {outcome.result}: {outcome.reason}"))
+    _out.print(f"installed {outcome.version}; it is running", highlight=False)

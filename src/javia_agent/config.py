@@ -1,0 +1,337 @@
+"""Agent configuration and on-disk layout (DESIGN.md section 7).
+
+Settings come, highest priority first, from keyword arguments, the environment
+(``JAVIA_AGENT_<FIELD>``, e.g. ``JAVIA_AGENT_SERVER_URL``; lists and tables as
+JSON), and the TOML file (default ``/etc/javia/agent.toml``, ``--config PATH``
+on every command). ``javia agent register`` writes that file with tomli-w.
+The device token never appears in the configuration: it lives in
+``token_file`` (mode 0600).
+
+Layout::
+
+    <install_root>/releases/<version>/   complete, verified release trees
+    <install_root>/current -> releases/<version>
+    <state_dir>/state.json               the update state machine
+    <state_dir>/heartbeat.json           last heartbeat, for `javia agent status`
+    <state_dir>/downloads/<update_id>/   manifest, signature, payload(.partial)
+    <state_dir>/outbox/                  status reports not yet delivered
+    <state_dir>/activity.json            the application's last activity
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import tomli_w
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from javia_agent._fs import atomic_write
+from javia_agent.errors import ConfigError
+from javia_updates.models import validate_timezone
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "AgentPaths",
+    "load_config",
+    "write_config",
+    "write_token_file",
+    "read_token",
+    "check_server_url",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/javia/agent.toml")
+CONFIG_PATH_ENV = "JAVIA_AGENT_CONFIG"
+
+_config_file: ContextVar[Path | None] = ContextVar("javia_agent_config_file", default=None)
+
+
+class AgentConfig(BaseSettings):
+    """Everything the agent needs to know about its device (DESIGN.md section 7).
+
+    Durations are in seconds, sizes in bytes. Build it with :func:`load_config`
+    so the TOML file is read; constructing it directly reads only keyword
+    arguments and the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="ignore")
+
+    server_url: str | None = Field(default=None, description="base URL of the javia server")
+    device_uuid: uuid.UUID | None = None
+    device_name: str | None = None
+    token_file: Path = Path("/etc/javia/device-token")
+    install_root: Path = Path("/opt/javia/app")
+    state_dir: Path = Path("/var/lib/javia")
+    keyring_dir: Path = Path("/etc/javia/keys")
+    heartbeat_interval_seconds: float = Field(default=300.0, gt=0)
+    heartbeat_jitter: float = Field(default=0.1, ge=0, le=0.5, description="fraction of the interval")
+    service_mode: Literal["systemd", "command"] = "systemd"
+    service_name: str = "javia-app.service"
+    start_command: list[str] = Field(default_factory=list, description="argv; cwd = current release")
+    app_env: dict[str, str] = Field(default_factory=dict)
+    stop_timeout_seconds: float = Field(default=10.0, gt=0)
+    ca_bundle: Path | None = None
+    allow_insecure_http: bool = False
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    health_seconds: float = Field(default=30.0, ge=0)
+    health_command: list[str] | None = None
+    health_command_timeout_seconds: float = Field(default=60.0, gt=0)
+    setup_command: list[str] | None = Field(
+        default=None, description="argv run in a staged release before the switch (e.g. pip install)"
+    )
+    apt_command: list[str] = Field(
+        default_factory=lambda: ["apt-get", "install", "--yes", "--no-install-recommends", "--"],
+        description="argv prefix installing the manifest's signed system_packages",
+    )
+    keep_releases: int = Field(default=1, ge=0, description="previous releases kept besides current")
+    max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
+    activity_file: Path | None = Field(default=None, description="default <state_dir>/activity.json")
+    activity_poll_seconds: float = Field(default=15.0, gt=0)
+    timezone: str = "UTC"
+
+    _tz = field_validator("timezone")(validate_timezone)
+
+    @field_validator("start_command", "health_command", "setup_command", "apt_command")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not isinstance(part, str) for part in value):
+            raise ValueError("a command must be a list of strings (argv), e.g. ['python3', 'app.py']")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def paths(self) -> AgentPaths:
+        """The on-disk layout derived from ``install_root`` and ``state_dir``."""
+        return AgentPaths.from_config(self)
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    """Where the agent keeps releases and state (DESIGN.md section 7)."""
+
+    install_root: Path
+    state_dir: Path
+    activity_file: Path
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> AgentPaths:
+        """Paths for ``config``; the activity file defaults to ``<state_dir>/activity.json``."""
+        activity = config.activity_file or config.state_dir / "activity.json"
+        return cls(install_root=config.install_root, state_dir=config.state_dir, activity_file=activity)
+
+    @property
+    def releases_dir(self) -> Path:
+        """``<install_root>/releases``: one complete tree per version."""
+        return self.install_root / "releases"
+
+    @property
+    def current_link(self) -> Path:
+        """``<install_root>/current``: symlink to the running release."""
+        return self.install_root / "current"
+
+    def release_dir(self, version: str) -> Path:
+        """``<install_root>/releases/<version>``."""
+        return self.releases_dir / version
+
+    @property
+    def state_file(self) -> Path:
+        """``<state_dir>/state.json``."""
+        return self.state_dir / "state.json"
+
+    @property
+    def heartbeat_file(self) -> Path:
+        """``<state_dir>/heartbeat.json``: last heartbeat answer, informative."""
+        return self.state_dir / "heartbeat.json"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """``<state_dir>/downloads``."""
+        return self.state_dir / "downloads"
+
+    def download_dir(self, update_id: int) -> Path:
+        """``<state_dir>/downloads/<update_id>``."""
+        return self.downloads_dir / str(update_id)
+
+    @property
+    def outbox_dir(self) -> Path:
+        """``<state_dir>/outbox``: queued status reports."""
+        return self.state_dir / "outbox"
+
+    @property
+    def lock_file(self) -> Path:
+        """``<state_dir>/install.lock``: one installing process at a time."""
+        return self.state_dir / "install.lock"
+
+    @property
+    def pid_file(self) -> Path:
+        """``<state_dir>/app.pid``: the application's pid in command mode."""
+        return self.state_dir / "app.pid"
+
+    @property
+    def app_log(self) -> Path:
+        """``<state_dir>/app.log``: the application's output in command mode."""
+        return self.state_dir / "app.log"
+
+    @property
+    def app_env_file(self) -> Path:
+        """``<state_dir>/app.env``: environment for a systemd unit's ``EnvironmentFile=``."""
+        return self.state_dir / "app.env"
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
+    """Load the configuration: ``overrides`` over environment over the TOML file.
+
+    Args:
+        path: the TOML file; ``None`` means ``$JAVIA_AGENT_CONFIG`` or
+            ``/etc/javia/agent.toml``. A missing file is not an error (all
+            defaults apply); an unreadable or malformed one is.
+        **overrides: field values that win over every other source.
+
+    Raises:
+        ConfigError: the file is not valid TOML, or a value is invalid; the
+            message names the field.
+    """
+    if path is None:
+        path = Path(os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"configuration {path} is not a file (expected a TOML file)")
+    token = _config_file.set(path if path.exists() else None)
+    try:
+        return AgentConfig(**overrides)
+    except ValidationError as error:
+        raise ConfigError(f"invalid agent configuration ({path}): {_describe(error)}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read configuration {path}: permission denied") from None
+    except ValueError as error:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"configuration {path} is not valid TOML: {error}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        problems.append(f"{where}: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def write_config(config: AgentConfig, path: Path) -> None:
+    """Write ``config`` as TOML to ``path`` (atomically, mode 0644).
+
+    Only fields that differ from the defaults, plus the identity fields, are
+    written, so later defaults still apply. The device token is never part of
+    it.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    defaults = AgentConfig.model_construct()
+    data: dict[str, Any] = {}
+    for name in AgentConfig.model_fields:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name not in ("server_url", "device_uuid") and value == getattr(defaults, name, None):
+            continue
+        if isinstance(value, (Path, uuid.UUID)):
+            value = str(value)
+        data[name] = value
+    try:
+        atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
+    except OSError as error:
+        raise ConfigError(f"cannot write configuration {path}: {error.strerror or error}") from None
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Store the device token in ``path`` with mode 0600 (never wider, even briefly).
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    try:
+        atomic_write(Path(path), token.encode("utf-8") + b"\n", mode=0o600)
+    except OSError as error:
+        raise ConfigError(f"cannot write token file {path}: {error.strerror or error}") from None
+
+
+def read_token(path: Path) -> str:
+    """Read the device token from ``path``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or empty (run ``javia
+            agent register`` first).
+    """
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"device token file {path} does not exist: register the device first "
+            "(javia agent register --server URL --api-key KEY)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read device token file {path}: {error}") from None
+    if not token:
+        raise ConfigError(f"device token file {path} is empty: register the device again")
+    return token
+
+
+def check_server_url(url: str, *, allow_insecure_http: bool) -> str:
+    """Return ``url`` without a trailing slash if the agent may talk to it.
+
+    ``https://`` is always allowed; plain ``http://`` only to a loopback host
+    (``localhost``, ``127.0.0.0/8``, ``::1``) unless ``allow_insecure_http`` is
+    set, because the device token would otherwise cross the network in clear.
+
+    Raises:
+        ConfigError: the URL is not ``http(s)://host[:port][/path]``, or is plain
+            http to another host without ``allow_insecure_http``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid server URL {url[:200]!r}: expected https://host[:port]")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"invalid server URL {url[:200]!r}: no credentials, query or fragment")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"refusing plain http to {parts.hostname}: use https://, or set "
+            "allow_insecure_http = true for a trusted network"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

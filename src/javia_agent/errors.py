@@ -1,0 +1,93 @@
+"""Errors raised by the javia agent (DESIGN.md sections 1 and 7).
+
+Every error derives from :class:`javia_updates.errors.JaviaError`, so the
+``javia agent`` commands turn it into one red line and a non-zero exit. As in
+python-tuf there are two families: the server or network failed
+(:class:`NetworkError`, :class:`ServerError`, :class:`DownloadError`) — worth a
+retry later — and the device itself cannot proceed (:class:`ConfigError`,
+:class:`ServiceError`, :class:`StateError`). Bad package *data* is reported
+with the shared :class:`~javia_updates.errors.PackageError`,
+:class:`~javia_updates.errors.SignatureError` and
+:class:`~javia_updates.errors.ManifestError`.
+"""
+
+from __future__ import annotations
+
+from javia_updates.errors import JaviaError
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "NetworkError",
+    "ServerError",
+    "AuthenticationError",
+    "DownloadError",
+    "DownloadTooLargeError",
+    "DownloadCancelledError",
+    "ServiceError",
+    "InstallError",
+    "StateError",
+    "CrashLoopError",
+]
+
+
+class AgentError(JaviaError):
+    """Root of the agent's own errors.
+
+    Attributes:
+        status_code: the HTTP status of the server's answer when the error
+            comes from one, else ``None``.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ConfigError(AgentError):
+    """The agent configuration is missing, unreadable or invalid."""
+
+
+class NetworkError(AgentError):
+    """The server could not be reached, or the connection broke (no HTTP status)."""
+
+
+class ServerError(AgentError):
+    """The server answered with an HTTP error status (``status_code`` is set)."""
+
+
+class AuthenticationError(ServerError):
+    """The server refused the device token or admin key (HTTP 401 or 403)."""
+
+
+class DownloadError(AgentError):
+    """A download ended short, or the server's answer did not fit the request."""
+
+
+class DownloadTooLargeError(DownloadError):
+    """The server sent more bytes than the signed size (DESIGN.md section 3)."""
+
+
+class DownloadCancelledError(DownloadError):
+    """The download was stopped on request (the agent is shutting down); the partial file is kept."""
+
+
+class ServiceError(AgentError):
+    """The application service could not be stopped, started or queried."""
+
+
+class InstallError(AgentError):
+    """A staging step failed: installing signed system packages or the setup command."""
+
+
+class StateError(AgentError):
+    """The persisted update state is unreadable, or an install is already running."""
+
+
+class CrashLoopError(StateError):
+    """One update saved its state too often: the agent is in a crash loop.
+
+    Raised when a step would exceed the cap on state saves per update (a
+    Mender-style loop breaker, STYLE.md); the update is then failed or rolled
+    back to the old release.
+    """

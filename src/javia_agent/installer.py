@@ -1,0 +1,864 @@
+"""Download, verify, stage, switch, health-check, commit or roll back (DESIGN.md section 7).
+
+The :class:`Installer` is the only part of the agent that changes what runs.
+Its order is the safety argument:
+
+1. **Download** the manifest and signature, and verify them
+   (:func:`~javia_agent.verification.verify_metadata`: trusted key,
+   newer than the running version, the version the server offered) *before*
+   downloading the payload, which then streams to a ``.partial`` file capped
+   at the signed size and resumable.
+2. **Verify** the payload's size and SHA-256
+   (:func:`~javia_agent.verification.verify_archive`).
+3. **Stage** it into ``releases/<version>``
+   (:func:`~javia_agent.verification.extract_payload` writes a private staging
+   directory and renames it into place only when every member checked out),
+   install its signed system packages and run the optional setup command.
+   Any failure up to here: report ``failed``; the running release was never
+   touched.
+4. **Switch**: only now stop the service, replace the ``current`` symlink
+   atomically (new link + ``os.replace`` + fsync of the directory), start it.
+5. **Health check**: the service must stay active for ``health_seconds`` and
+   the optional health command must exit 0 (a release is "good" only after
+   this — RAUC's good/bad slots, STYLE.md).
+6. **Commit** (report ``completed``) or **roll back**: point ``current`` at
+   the previous release, restart it, report ``rolled_back`` with the reason.
+
+Each step is saved in the state file before it runs
+(:mod:`javia_agent.state`); :meth:`Installer.recover` continues or undoes an
+update interrupted by a crash or power loss, so the device always ends up on
+a complete old or new release.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from javia_agent import verification
+from javia_agent._fs import atomic_write, fsync_directory
+from javia_agent.client import DeviceClient
+from javia_agent.clock import Clock
+from javia_agent.config import AgentConfig, AgentPaths
+from javia_agent.errors import (
+    AuthenticationError,
+    CrashLoopError,
+    DownloadCancelledError,
+    DownloadError,
+    DownloadTooLargeError,
+    InstallError,
+    NetworkError,
+    ServerError,
+    StateError,
+)
+from javia_agent.services import AppService, application_environment
+from javia_agent.state import (
+    POST_SWITCH_STATES,
+    PRE_SWITCH_STATES,
+    RECOVERY,
+    AgentState,
+    Recovery,
+    StateStore,
+    UpdateRecord,
+    UpdateSource,
+    UpdateState,
+)
+from javia_updates.errors import JaviaError
+from javia_updates.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME, Manifest
+from javia_updates.models import InstallDirective, UpdateStatus
+from javia_updates.packaging import read_package_dir
+from javia_updates.versioning import Version
+
+__all__ = ["InstallResult", "InstallOutcome", "Reporter", "Installer"]
+
+logger = logging.getLogger(__name__)
+
+#: Sends (or queues) one status report: (update id, status, error message or None).
+Reporter = Callable[[int, UpdateStatus, "str | None"], None]
+Keyring = Mapping[str, Ed25519PublicKey]
+
+_MAX_ERROR_CHARS = 2000
+_APT_TIMEOUT_SECONDS = 1800.0
+_SETUP_TIMEOUT_SECONDS = 1800.0
+
+
+class InstallResult(StrEnum):
+    """How an install attempt ended."""
+
+    COMPLETED = "completed"  # the new release is running and committed
+    FAILED = "failed"  # refused before the switch; the old release kept running
+    ROLLED_BACK = "rolled_back"  # the new release was unhealthy; the old one runs again
+    RETRY_LATER = "retry_later"  # network trouble or shutdown; state kept to resume
+    SKIPPED = "skipped"  # this version failed before: never installed again
+    ALREADY_RUNNING = "already_running"  # the offered version is the running one; reported completed
+    ABANDONED = "abandoned"  # the update disappeared from the server (superseded, cancelled)
+
+
+@dataclass(frozen=True)
+class InstallOutcome:
+    """The result of :meth:`Installer.install` and friends."""
+
+    result: InstallResult
+    version: str
+    reason: str | None = None
+
+
+class _RetryLater(Exception):
+    pass
+
+
+class _Abandon(Exception):
+    pass
+
+
+@dataclass
+class _Run:
+    """One update being driven through its steps: the latest saved state."""
+
+    state: AgentState
+    directive: InstallDirective | None = None
+    manifest: Manifest | None = None
+
+    @property
+    def record(self) -> UpdateRecord:
+        if self.state.update is None:  # pragma: no cover - guarded by callers
+            raise RuntimeError("no update in progress")
+        return self.state.update
+
+
+@dataclass
+class Installer:
+    """Installs releases safely; see the module docstring for the steps.
+
+    Attributes:
+        paths: the on-disk layout.
+        service: the application service (systemd or command).
+        keyring: returns the trusted keys; read at every install so a key
+            dropped into the keyring directory is used without a restart.
+        client: the device API client; needed for server updates only.
+        reporter: queues status reports (server updates only).
+        clock: monotonic clock and sleep for the health window.
+        health_seconds: how long the new release must stay active.
+        health_poll_seconds: how often ``is_active`` is asked meanwhile.
+        health_command: optional argv run in the new release after the health
+            window; exit 0 means healthy.
+        health_command_timeout_seconds: limit for the health command.
+        setup_command: optional argv run in the staged release before the
+            switch (e.g. installing its Python requirements); exit 0 required.
+        apt_command: argv prefix to install the manifest's signed
+            ``system_packages`` (package names are appended).
+        app_env: extra environment for the application and those commands.
+        keep_releases: previous releases kept besides the current one.
+        max_state_saves: the crash-loop breaker (see :class:`StateStore`).
+        should_stop: polled during downloads; True stops them for a resume later.
+        runner: runs commands (``subprocess.run``-compatible; injectable).
+    """
+
+    paths: AgentPaths
+    service: AppService
+    keyring: Callable[[], Keyring]
+    client: DeviceClient | None = None
+    reporter: Reporter | None = None
+    clock: Clock = field(default_factory=Clock)
+    health_seconds: float = 30.0
+    health_poll_seconds: float = 0.25
+    health_command: Sequence[str] | None = None
+    health_command_timeout_seconds: float = 60.0
+    setup_command: Sequence[str] | None = None
+    apt_command: Sequence[str] = ("apt-get", "install", "--yes", "--no-install-recommends", "--")
+    app_env: Mapping[str, str] = field(default_factory=dict)
+    keep_releases: int = 1
+    max_state_saves: int = 30
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+    runner: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run
+
+    def __post_init__(self) -> None:
+        self.store = StateStore(self.paths.state_file, max_saves=self.max_state_saves)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AgentConfig,
+        service: AppService,
+        *,
+        client: DeviceClient | None = None,
+        reporter: Reporter | None = None,
+        clock: Clock | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Installer:
+        """An installer set up from the agent configuration."""
+        from javia_updates.keys import load_keyring
+
+        keyring_dir = config.keyring_dir
+        return cls(
+            paths=config.paths,
+            service=service,
+            keyring=lambda: load_keyring(keyring_dir),
+            client=client,
+            reporter=reporter,
+            clock=clock or Clock(),
+            health_seconds=config.health_seconds,
+            health_command=config.health_command,
+            health_command_timeout_seconds=config.health_command_timeout_seconds,
+            setup_command=config.setup_command,
+            apt_command=tuple(config.apt_command),
+            app_env=dict(config.app_env),
+            keep_releases=config.keep_releases,
+            max_state_saves=config.max_state_saves,
+            should_stop=should_stop or (lambda: False),
+        )
+
+    # -- what runs -----------------------------------------------------------------
+
+    def current_release(self) -> str | None:
+        """The version ``current`` points to (``releases/<version>``), or ``None``."""
+        try:
+            target = Path(os.readlink(self.paths.current_link))
+        except (FileNotFoundError, OSError):
+            return None
+        name = target.name
+        return name if Version.is_valid(name) else None
+
+    def running_version(self) -> Version | None:
+        """The running release's version, the anti-rollback floor; ``None`` if none."""
+        name = self.current_release()
+        return Version.parse(name) if name is not None else None
+
+    def load_state(self) -> AgentState:
+        """The saved state (read-only use: ``javia agent status``)."""
+        return self.store.load()
+
+    # -- public operations ----------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``<state_dir>/install.lock``: one installing process at a time.
+
+        Raises:
+            StateError: another process (the agent daemon or ``javia agent
+                install``) holds it.
+        """
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(
+                    f"another javia agent process is installing (lock {self.paths.lock_file}); "
+                    "try again when it is done"
+                ) from None
+            yield
+        finally:
+            os.close(descriptor)
+
+    def recover(self) -> InstallOutcome | None:
+        """Finish or undo an update interrupted by a crash (the recovery table).
+
+        Called when the agent starts. Pre-switch states only get their debris
+        removed (a half-written staging directory); the update continues when
+        the server next says to install. Post-switch states converge now:
+        health check, commit, roll back or report, per
+        :data:`javia_agent.state.RECOVERY`.
+
+        Returns:
+            The outcome of a recovered post-switch update, else ``None``.
+
+        Raises:
+            StateError: another process is installing, or the state file
+                cannot be read or written.
+        """
+        with self._locked():
+            return self._recover_locked()
+
+    def install(self, directive: InstallDirective) -> InstallOutcome:
+        """Install the update a server directive names (or resume it).
+
+        Args:
+            directive: the pending update from the heartbeat answer; its
+                ``version`` must be the signed manifest's.
+
+        Returns:
+            The outcome; reports are queued through ``reporter`` on the way
+            (downloading → installing → completed | failed | rolled_back).
+
+        Raises:
+            StateError: another process is installing, or state I/O failed.
+            RuntimeError: no client was configured.
+        """
+        if self.client is None:
+            raise RuntimeError("Installer.install needs a DeviceClient")
+        with self._locked():
+            self._recover_locked()
+            state = self.store.load()
+            version = directive.version
+            if version in state.failed_versions:
+                return InstallOutcome(
+                    InstallResult.SKIPPED, version, f"{version} failed on this device before"
+                )
+            if self.current_release() == version:
+                self._report(directive.update_id, UpdateStatus.COMPLETED, None)
+                return InstallOutcome(InstallResult.ALREADY_RUNNING, version, "already running")
+            run = _Run(state=state, directive=directive)
+            record = state.update
+            resume = (
+                record is not None
+                and record.source == UpdateSource.SERVER
+                and record.update_id == directive.update_id
+                and record.version == version
+                and record.state in PRE_SWITCH_STATES
+            )
+            if record is not None and not resume:
+                self._abandon(run, f"superseded by update {directive.update_id} ({version})")
+            if resume and record is not None:
+                self._save(run, record.state, attempts=record.attempts + 1)
+                start = record.state
+                logger.info("resuming update %s (%s) at %s", version, directive.update_id, start)
+            else:
+                running = self.current_release()
+                new = UpdateRecord(
+                    update_id=directive.update_id,
+                    version=version,
+                    previous_version=running,
+                    state=UpdateState.DOWNLOADING,
+                    source=UpdateSource.SERVER,
+                    size=directive.size,
+                    attempts=1,
+                    started_at=self.clock.wall(),
+                )
+                run.state = self.store.save(run.state.model_copy(update={"update": new}))
+                start = UpdateState.DOWNLOADING
+                logger.info("installing update %s (%s), running %s", version, directive.update_id, running)
+            return self._advance(run, start)
+
+    def install_from_directory(self, package_dir: Path) -> InstallOutcome:
+        """Install a package directory (USB stick, field service): ``javia agent install``.
+
+        The same steps as a network update from "verify" on, without reports.
+        The version must be newer than the running one; versions that failed
+        before *are* accepted here (a person asked for them explicitly).
+
+        Raises:
+            StateError: another process is installing, or an update is being
+                switched right now.
+            PackageError, SignatureError, ManifestError: the package is refused
+                before anything was written (missing files, untrusted key,
+                downgrade).
+        """
+        package_dir = Path(package_dir).resolve()
+        with self._locked():
+            self._recover_locked()
+            state = self.store.load()
+            manifest_bytes, signature_bytes, _ = read_package_dir(package_dir)
+            verified = verification.verify_metadata(
+                manifest_bytes,
+                signature_bytes,
+                self.keyring(),
+                current_version=self.running_version(),
+            )
+            run = _Run(state=state, manifest=verified.manifest)
+            if state.update is not None:
+                self._abandon(run, "a package directory is being installed instead")
+            record = UpdateRecord(
+                update_id=None,
+                version=verified.manifest.version,
+                previous_version=self.current_release(),
+                state=UpdateState.VERIFYING,
+                source=UpdateSource.DIRECTORY,
+                package_dir=str(package_dir),
+                size=verified.manifest.archive.size,
+                attempts=1,
+                started_at=self.clock.wall(),
+            )
+            run.state = self.store.save(run.state.model_copy(update={"update": record}))
+            logger.info("installing %s from %s", record.version, package_dir)
+            return self._advance(run, UpdateState.VERIFYING)
+
+    def abandon_pending(self, reason: str) -> bool:
+        """Drop a paused pre-switch server update (e.g. the server withdrew it).
+
+        Returns:
+            Whether an update was dropped. Post-switch updates are never
+            dropped: they must converge first.
+
+        Raises:
+            StateError: another process is installing.
+        """
+        with self._locked():
+            state = self.store.load()
+            record = state.update
+            if record is None or record.state not in PRE_SWITCH_STATES:
+                return False
+            self._abandon(_Run(state=state), reason)
+            return True
+
+    # -- the state machine ------------------------------------------------------------
+
+    def _save(self, run: _Run, step: UpdateState, **changes: object) -> None:
+        record = run.record.model_copy(update={"state": step, **changes})
+        run.state = self.store.save(run.state.model_copy(update={"update": record}))
+
+    def _package_dir(self, record: UpdateRecord) -> Path:
+        if record.source == UpdateSource.DIRECTORY:
+            return Path(record.package_dir or "")
+        return self.paths.download_dir(record.update_id or 0)
+
+    def _advance(self, run: _Run, start: UpdateState) -> InstallOutcome:
+        """Drive ``run`` from the saved step ``start`` to its end."""
+        step = start
+        if step in PRE_SWITCH_STATES:
+            try:
+                self._pre_switch(run, step)
+            except _RetryLater as error:
+                return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
+            except _Abandon as error:
+                self._abandon(run, str(error))
+                return InstallOutcome(InstallResult.ABANDONED, run.record.version, str(error))
+            except (JaviaError, OSError, subprocess.SubprocessError) as error:
+                return self._fail(run, _reason(error))
+            step = UpdateState.SWITCHING
+        if step == UpdateState.SWITCHING:
+            try:
+                self._save(run, UpdateState.SWITCHING)
+                self._switch(run)
+            except (JaviaError, OSError) as error:
+                return self._roll_back(run, f"switching to {run.record.version} failed: {_reason(error)}")
+            step = UpdateState.HEALTH_CHECK
+        if step == UpdateState.HEALTH_CHECK:
+            try:
+                self._save(run, UpdateState.HEALTH_CHECK)
+                problem = self._health_check(run.record.version)
+            except (JaviaError, OSError) as error:
+                problem = _reason(error)
+            if problem is not None:
+                return self._roll_back(run, problem)
+            step = UpdateState.COMMITTING
+        if step == UpdateState.COMMITTING:
+            return self._commit(run)
+        if step == UpdateState.ROLLING_BACK:
+            return self._roll_back(run, run.record.error or "interrupted while rolling back")
+        if step == UpdateState.REPORTING:
+            return self._report_final(run)
+        raise RuntimeError(f"cannot advance an update from state {step}")  # pragma: no cover
+
+    def _pre_switch(self, run: _Run, step: UpdateState) -> None:
+        """Download (server updates), verify and stage; raise to fail, retry or abandon."""
+        record = run.record
+        package_dir = self._package_dir(record)
+        if step == UpdateState.DOWNLOADING:
+            self._report(record.update_id, UpdateStatus.DOWNLOADING, None)
+            self._download(run, package_dir)
+            step = UpdateState.VERIFYING
+        if step == UpdateState.VERIFYING:
+            self._save(run, UpdateState.VERIFYING)
+            manifest_bytes, signature_bytes, payload = read_package_dir(package_dir)
+            verified = verification.verify_metadata(
+                manifest_bytes,
+                signature_bytes,
+                self.keyring(),
+                current_version=self.running_version(),
+                expected_version=record.version,
+            )
+            run.manifest = verified.manifest
+            verification.verify_archive(payload, verified.manifest)
+            step = UpdateState.STAGING
+        if step == UpdateState.STAGING:
+            self._save(run, UpdateState.STAGING)
+            self._report(record.update_id, UpdateStatus.INSTALLING, None)
+            if run.manifest is None:  # resumed at staging: re-establish trust from disk
+                manifest_bytes, signature_bytes, _ = read_package_dir(package_dir)
+                run.manifest = verification.verify_metadata(
+                    manifest_bytes,
+                    signature_bytes,
+                    self.keyring(),
+                    current_version=self.running_version(),
+                    expected_version=record.version,
+                ).manifest
+            self._stage(run.manifest, package_dir / PAYLOAD_NAME)
+
+    def _download(self, run: _Run, package_dir: Path) -> None:
+        """Fetch and verify the metadata, then stream the payload (resumable)."""
+        directive = run.directive
+        client = self.client
+        if directive is None or client is None:  # pragma: no cover - guarded by install()
+            raise RuntimeError("downloading needs a directive and a client")
+        package_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path = package_dir / MANIFEST_NAME
+        signature_path = package_dir / SIGNATURE_NAME
+        try:
+            if manifest_path.exists() and signature_path.exists():
+                manifest_bytes, signature_bytes = manifest_path.read_bytes(), signature_path.read_bytes()
+            else:
+                manifest_bytes = client.download_manifest(directive.manifest_url)
+                signature_bytes = client.download_signature(directive.signature_url)
+            verified = verification.verify_metadata(
+                manifest_bytes,
+                signature_bytes,
+                self.keyring(),
+                current_version=self.running_version(),
+                expected_version=directive.version,
+            )
+            # Only verified metadata is kept on disk, for a resume after a crash.
+            atomic_write(manifest_path, manifest_bytes)
+            atomic_write(signature_path, signature_bytes)
+            run.manifest = verified.manifest
+            size = verified.manifest.archive.size
+            if size != directive.size:
+                logger.warning(
+                    "server says the payload is %d bytes, the signed manifest %d: using the signed size",
+                    directive.size,
+                    size,
+                )
+            client.download_payload(
+                directive.download_url,
+                package_dir / PAYLOAD_NAME,
+                size,
+                resume=True,
+                should_stop=self.should_stop,
+            )
+        except DownloadTooLargeError:
+            raise
+        except (NetworkError, DownloadCancelledError, DownloadError, AuthenticationError) as error:
+            logger.warning("download of %s paused: %s", directive.version, error)
+            raise _RetryLater(str(error)) from None
+        except ServerError as error:
+            if error.status_code in (404, 410):
+                raise _Abandon(f"update {directive.update_id} is gone from the server ({error})") from None
+            if error.status_code is None or error.status_code >= 500 or error.status_code == 429:
+                logger.warning("download of %s paused: %s", directive.version, error)
+                raise _RetryLater(str(error)) from None
+            raise
+
+    def _stage(self, manifest: Manifest, payload: Path) -> None:
+        """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""
+        release = self.paths.release_dir(manifest.version)
+        self.paths.releases_dir.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(release):
+            if self.current_release() == manifest.version:  # pragma: no cover - refused earlier
+                raise InstallError(f"{manifest.version} is the running release")
+            _remove_tree(release)  # left over from an interrupted staging
+        verification.extract_payload(payload, manifest, release)
+        try:
+            if manifest.system_packages:
+                self._run_command(
+                    [*self.apt_command, *manifest.system_packages],
+                    what="installing system packages",
+                    cwd=release,
+                    env={"DEBIAN_FRONTEND": "noninteractive"},
+                    timeout=_APT_TIMEOUT_SECONDS,
+                )
+            if self.setup_command:
+                self._run_command(
+                    list(self.setup_command),
+                    what="the setup command",
+                    cwd=release,
+                    env=application_environment(release, self.paths.activity_file, self.app_env),
+                    timeout=_SETUP_TIMEOUT_SECONDS,
+                )
+        except BaseException:
+            _remove_tree(release)
+            raise
+
+    def _run_command(
+        self, argv: list[str], *, what: str, cwd: Path, env: Mapping[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[bytes]:
+        full_env = {**os.environ, **env}
+        try:
+            result = self.runner(
+                argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise InstallError(f"{what} ({argv[0]}) did not finish within {timeout:.0f} s") from None
+        except OSError as error:
+            raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
+        if result.returncode != 0:
+            raise InstallError(
+                f"{what} ({argv[0]}) exited with status {result.returncode}: {_tail(result)}"
+            )
+        return result
+
+    def _point_current(self, version: str | None) -> None:
+        """Make ``current`` point at ``releases/<version>`` atomically (None: remove it)."""
+        link = self.paths.current_link
+        root = self.paths.install_root
+        if version is None:
+            if os.path.lexists(link):
+                link.unlink()
+                fsync_directory(root)
+            return
+        temporary = root / f"current.tmp-{os.getpid()}"
+        if os.path.lexists(temporary):
+            temporary.unlink()
+        os.symlink(Path("releases") / version, temporary)
+        os.replace(temporary, link)
+        fsync_directory(root)
+
+    def _switch(self, run: _Run) -> None:
+        version = run.record.version
+        logger.info("switching to %s: stopping the application", version)
+        self.service.stop()
+        self._point_current(version)
+        logger.info("current -> releases/%s; starting the application", version)
+        self.service.start()
+
+    def _health_check(self, version: str) -> str | None:
+        """None if the running new release is healthy, else the reason it is not."""
+        started = self.clock.monotonic()
+        deadline = started + self.health_seconds
+        while True:
+            if not self.service.is_active():
+                elapsed = self.clock.monotonic() - started
+                return f"{version} stopped running {elapsed:.1f} s into its {self.health_seconds:g} s health check"
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                break
+            self.clock.sleep(min(self.health_poll_seconds, remaining))
+        if self.health_command:
+            release = self.paths.release_dir(version)
+            try:
+                self._run_command(
+                    list(self.health_command),
+                    what="the health command",
+                    cwd=release,
+                    env=application_environment(release, self.paths.activity_file, self.app_env),
+                    timeout=self.health_command_timeout_seconds,
+                )
+            except InstallError as error:
+                return f"{version} is unhealthy: {error}"
+            if not self.service.is_active():
+                return f"{version} stopped running during its health command"
+        logger.info("%s passed its health check (%g s)", version, self.health_seconds)
+        return None
+
+    def _commit(self, run: _Run) -> InstallOutcome:
+        """The point of no return: installed version and final status written together."""
+        record = run.record
+        try:
+            self._save(run, UpdateState.COMMITTING)
+        except CrashLoopError as error:
+            return self._roll_back(run, str(error))
+        self._prune_releases(keep_previous=record.previous_version)
+        self._remove_download(record)
+        run.state = self.store.save(
+            run.state.model_copy(
+                update={
+                    "current_version": record.version,
+                    "update": record.model_copy(
+                        update={"state": UpdateState.REPORTING, "final_status": UpdateStatus.COMPLETED}
+                    ),
+                }
+            )
+        )
+        logger.info("committed %s", record.version)
+        return self._report_final(run)
+
+    def _roll_back(self, run: _Run, reason: str) -> InstallOutcome:
+        """Point ``current`` back at the previous release, restart it, report rolled_back."""
+        record = run.record
+        logger.warning("rolling back %s: %s", record.version, reason)
+        try:
+            self._save(run, UpdateState.ROLLING_BACK, error=_clip(reason))
+        except CrashLoopError as error:
+            reason = f"{reason}; {error}"
+        else:
+            previous = record.previous_version
+            try:
+                self.service.stop()
+            except JaviaError as error:
+                logger.error("stopping %s during rollback failed: %s", record.version, error)
+            if previous is not None and self.paths.release_dir(previous).is_dir():
+                self._point_current(previous)
+                try:
+                    self.service.start()
+                except JaviaError as error:
+                    reason = f"{reason}; restarting {previous} failed too: {error}"
+                    logger.error("restarting %s after rollback failed: %s", previous, error)
+            else:
+                self._point_current(None)
+            if self.current_release() != record.version:
+                _remove_tree(self.paths.release_dir(record.version))
+        self._remove_download(record)
+        return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
+
+    def _fail(self, run: _Run, reason: str) -> InstallOutcome:
+        """A pre-switch failure: the running release was never touched."""
+        record = run.record
+        logger.error("update %s failed: %s", record.version, reason)
+        if self.current_release() != record.version:
+            _remove_tree(self.paths.release_dir(record.version))
+        self._remove_download(record)
+        return self._finish(run, UpdateStatus.FAILED, reason)
+
+    def _finish(self, run: _Run, status: UpdateStatus, reason: str) -> InstallOutcome:
+        record = run.record
+        failed = list(run.state.failed_versions)
+        if record.source == UpdateSource.SERVER and record.version not in failed:
+            failed.append(record.version)
+        run.state = self.store.save(
+            run.state.model_copy(
+                update={
+                    "failed_versions": failed,
+                    "update": record.model_copy(
+                        update={
+                            "state": UpdateState.REPORTING,
+                            "final_status": status,
+                            "error": _clip(reason),
+                        }
+                    ),
+                }
+            )
+        )
+        return self._report_final(run)
+
+    def _report_final(self, run: _Run) -> InstallOutcome:
+        record = run.record
+        status = record.final_status or UpdateStatus.FAILED
+        self._report(record.update_id if record.source == UpdateSource.SERVER else None, status, record.error)
+        run.state = self.store.save(run.state.model_copy(update={"update": None}))
+        result = {
+            UpdateStatus.COMPLETED: InstallResult.COMPLETED,
+            UpdateStatus.ROLLED_BACK: InstallResult.ROLLED_BACK,
+        }.get(status, InstallResult.FAILED)
+        return InstallOutcome(result, record.version, record.error)
+
+    def _abandon(self, run: _Run, reason: str) -> None:
+        """Drop a pre-switch update without a report (the server moved on)."""
+        record = run.record
+        if record.state not in PRE_SWITCH_STATES:
+            raise StateError(
+                f"update {record.version} is in state {record.state}: it must finish before another starts"
+            )
+        logger.info("abandoning update %s: %s", record.version, reason)
+        if self.current_release() != record.version:
+            _remove_tree(self.paths.release_dir(record.version))
+        self._remove_download(record)
+        run.state = self.store.save(run.state.model_copy(update={"update": None}))
+
+    def _report(self, update_id: int | None, status: UpdateStatus, message: str | None) -> None:
+        if update_id is None or self.reporter is None:
+            return
+        try:
+            self.reporter(update_id, status, _clip(message) if message else None)
+        except (OSError, JaviaError) as error:
+            logger.error("could not queue the %s report for update %s: %s", status, update_id, error)
+
+    # -- recovery and housekeeping ----------------------------------------------------
+
+    def _recover_locked(self) -> InstallOutcome | None:
+        state = self.store.load()
+        self._remove_debris(state)
+        record = state.update
+        if record is None:
+            return None
+        action = RECOVERY[record.state]
+        run = _Run(state=state)
+        logger.info("found update %s in state %s after a restart: %s", record.version, record.state, action)
+        if record.state in PRE_SWITCH_STATES:
+            if record.source == UpdateSource.DIRECTORY:
+                self._abandon(run, "interrupted; run javia agent install again")
+            elif action == Recovery.RESTAGE and self.current_release() != record.version:
+                _remove_tree(self.paths.release_dir(record.version))
+            return None  # continues when the server next says to install
+        if action == Recovery.CHECK_CURRENT:
+            if self.current_release() == record.version:
+                return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
+            return self._resume_post_switch(run, UpdateState.SWITCHING)
+        if action == Recovery.RECHECK_HEALTH:
+            if self.current_release() == record.version:
+                return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
+            return self._roll_back(run, "the agent restarted during the health check")
+        if action == Recovery.COMMIT:
+            return self._commit(run)
+        if action == Recovery.ROLL_BACK:
+            return self._roll_back(run, record.error or "interrupted while rolling back")
+        if action == Recovery.REPORT:
+            return self._report_final(run)
+        raise RuntimeError(f"no recovery for state {record.state}")  # pragma: no cover
+
+    def _resume_post_switch(self, run: _Run, step: UpdateState) -> InstallOutcome:
+        if step == UpdateState.HEALTH_CHECK:
+            try:
+                self.service.start()  # no-op if it is running; needed after a reboot in command mode
+            except JaviaError as error:
+                return self._roll_back(run, f"{run.record.version} did not start again: {error}")
+        return self._advance(run, step)
+
+    def _remove_debris(self, state: AgentState) -> None:
+        """Remove stale staging directories, temporary links and other updates' downloads."""
+        releases = self.paths.releases_dir
+        if releases.is_dir():
+            for entry in releases.iterdir():
+                if not Version.is_valid(entry.name):
+                    logger.info("removing stale staging entry %s", entry)
+                    _remove_tree(entry)
+        root = self.paths.install_root
+        if root.is_dir():
+            for entry in root.glob("current.tmp-*"):
+                entry.unlink(missing_ok=True)
+        downloads = self.paths.downloads_dir
+        keep = None
+        if state.update is not None and state.update.source == UpdateSource.SERVER:
+            keep = str(state.update.update_id)
+        if downloads.is_dir():
+            for entry in downloads.iterdir():
+                if entry.name != keep:
+                    logger.info("removing stale download %s", entry)
+                    _remove_tree(entry)
+
+    def _remove_download(self, record: UpdateRecord) -> None:
+        if record.source == UpdateSource.SERVER and record.update_id is not None:
+            _remove_tree(self.paths.download_dir(record.update_id))
+
+    def _prune_releases(self, keep_previous: str | None) -> None:
+        """Keep the current release and ``keep_releases`` previous ones; delete the rest."""
+        current = self.current_release()
+        releases = self.paths.releases_dir
+        if current is None or not releases.is_dir():
+            return
+        others = sorted(
+            (entry.name for entry in releases.iterdir() if Version.is_valid(entry.name) and entry.name != current),
+            key=Version.parse,
+            reverse=True,
+        )
+        if keep_previous in others:
+            others.remove(keep_previous)
+            others.insert(0, keep_previous)
+        for name in others[self.keep_releases :]:
+            logger.info("removing old release %s", name)
+            _remove_tree(releases / name)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return text
+
+
+def _tail(result: subprocess.CompletedProcess[bytes]) -> str:
+    output = (result.stderr or b"") + (result.stdout or b"")
+    lines = output.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1][:300] if lines else "no output"
