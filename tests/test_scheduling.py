@@ -580,3 +580,27 @@ def test_urgent_rollout_explains_the_idle_rule() -> None:
 def test_rollout_refuses_a_bad_version() -> None:
     with pytest.raises(VersionError):
         plan_rollout(UpdateType.INSTANT, "1.2.3", [], now=NOW)
+
+
+def test_rollout_uses_the_servers_online_threshold() -> None:
+    fleet = [facts("kitchen", seen_ago=100)]
+    (strict,) = plan_rollout(UpdateType.INSTANT, "v1.2.3", fleet, now=NOW, online_within_seconds=60)
+    (default,) = plan_rollout(UpdateType.INSTANT, "v1.2.3", fleet, now=NOW)
+    assert not strict.gets_row and "(> 60 s)" in strict.reason
+    assert default.gets_row
+
+
+def test_reason_names_both_abbreviations_when_clocks_go_back_inside_the_window() -> None:
+    result = plan(UpdateType.SCHEDULED, utc(2027, 10, 30, 12, 0))
+    assert result.install_at == utc(2027, 10, 31, 0, 31, 55)
+    assert result.window_end == utc(2027, 10, 31, 3, 0)  # 3 h: 02:00 CEST to 04:00 CET
+    assert result.reason == (
+        "scheduled: maintenance window 02:00 CEST–04:00 CET Europe/Berlin, starts 2027-10-31 02:31 CEST"
+    )
+
+
+def test_stored_plan_keeps_its_operator_reason() -> None:
+    stored = plan(UpdateType.SCHEDULED, utc(2027, 6, 10, 12, 0))
+    assert replan(stored, UpdateType.SCHEDULED, utc(2027, 6, 10, 20, 0)).reason == stored.reason
+    urgent = plan(UpdateType.URGENT, utc(2027, 6, 10, 12, 0))
+    assert replan(urgent, UpdateType.URGENT, utc(2027, 6, 10, 20, 0)).reason == urgent.reason

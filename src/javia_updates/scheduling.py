@@ -511,17 +511,23 @@ def plan_install(
     except OverflowError:
         raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
     slot = start + timedelta(seconds=offset)
-    end = start + length
-    if kind is UpdateType.SCHEDULED:
-        start_local = start.astimezone(zone)
-        end_local = end.astimezone(zone)
-        reason = (
-            f"scheduled: maintenance window {start_local:%H:%M}–{end_local:%H:%M} {zone.key}, "
-            f"starts {_local(slot, zone)}"
-        )
-        return InstallPlan(slot, end, None, reason)
-    reason = f"urgent: after {describe_duration(idle_seconds)} idle, at the latest {_local(slot, zone)}"
-    return InstallPlan(slot, end, idle_seconds, reason)
+    return _window_plan(kind, start, start + length, slot, zone, idle_seconds)
+
+
+def _window_plan(
+    kind: UpdateType, start: datetime, end: datetime, slot: datetime, zone: ZoneInfo, idle_seconds: int
+) -> InstallPlan:
+    """A scheduled or urgent plan with its operator-facing reason (local times)."""
+    if kind is UpdateType.URGENT:
+        reason = f"urgent: after {describe_duration(idle_seconds)} idle, at the latest {_local(slot, zone)}"
+        return InstallPlan(slot, end, idle_seconds, reason)
+    start_local, end_local = start.astimezone(zone), end.astimezone(zone)
+    if start_local.tzname() == end_local.tzname():
+        hours = f"{start_local:%H:%M}–{end_local:%H:%M}"
+    else:  # clocks change inside the window: say so, or 02:00–04:00 looks like 2 h
+        hours = f"{start_local:%H:%M %Z}–{end_local:%H:%M %Z}"
+    reason = f"scheduled: maintenance window {hours} {zone.key}, starts {_local(slot, zone)}"
+    return InstallPlan(slot, end, None, reason)
 
 
 def current_install_plan(
@@ -582,14 +588,12 @@ def current_install_plan(
     if window_end is not None:
         _aware("window_end", window_end)
         if now < window_end:
-            local = _local(install_at, zone)
-            if kind is UpdateType.SCHEDULED:
-                reason = f"scheduled: in its maintenance window, from {local} ({zone.key})"
-                return InstallPlan(install_at.astimezone(UTC), window_end.astimezone(UTC), None, reason)
-            reason = f"urgent: after {describe_duration(idle_seconds)} idle, at the latest {local}"
-            return InstallPlan(
-                install_at.astimezone(UTC), window_end.astimezone(UTC), idle_seconds, reason
-            )
+            end = window_end.astimezone(UTC)
+            slot = install_at.astimezone(UTC)
+            # The stored row does not keep its window start; the window length
+            # gives it back (or the slot, should the setting have changed since).
+            start = min(slot, end - timedelta(seconds=_window_seconds(window_seconds)))
+            return _window_plan(kind, start, end, slot, zone, idle_seconds)
     return plan_install(
         kind,
         now=now,
@@ -787,6 +791,7 @@ def plan_rollout(
     window_start: time = DEFAULT_WINDOW_START,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
     idle_seconds: int = DEFAULT_IDLE_SECONDS,
+    online_within_seconds: int = ONLINE_WITHIN_SECONDS,
 ) -> list[DevicePlan]:
     """Who would install ``version`` when, if it were published at ``now``.
 
@@ -796,7 +801,8 @@ def plan_rollout(
     * a device that already runs ``version`` or newer gets no row
       ("already runs v1.2.3");
     * instant: devices seen within the last 300 s get a row and install at their
-      next check; the others get no row now, and get it at their next heartbeat;
+      next check; the others get no row now, and get it at their next heartbeat
+      (reconciliation);
     * scheduled/urgent: every device gets a row; the plan is :func:`plan_install`'s,
       with a note for devices that are offline.
 
@@ -808,6 +814,8 @@ def plan_rollout(
         window_start: local wall-clock start of windows, naive (default 02:00).
         window_seconds: window length in seconds (default 3 h).
         idle_seconds: urgent: continuous idle time in seconds (default 1 h).
+        online_within_seconds: instant: the online threshold in seconds
+            (inclusive, default 300); pass the server's setting.
 
     Returns:
         One :class:`DevicePlan` per device.
@@ -832,7 +840,7 @@ def plan_rollout(
             newer = "" if running == target else f" (newer than {target})"
             plans.append(plan(False, None, f"already runs {running}{newer}"))
             continue
-        online = is_online(device.last_seen, now)
+        online = is_online(device.last_seen, now, online_within_seconds)
         if device.last_seen is None:
             absence = "never seen"
         else:
@@ -845,7 +853,7 @@ def plan_rollout(
                     plan(
                         False,
                         None,
-                        f"{absence} (> {ONLINE_WITHIN_SECONDS} s): gets it at its next heartbeat "
+                        f"{absence} (> {online_within_seconds} s): gets it at its next heartbeat "
                         "and installs then",
                     )
                 )
