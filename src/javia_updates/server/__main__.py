@@ -1,0 +1,35 @@
+"""``python -m javia_updates.server [--host H] [--port P] [--data-dir DIR]``: run the server.
+
+The same as ``javia server``, without the CLI's dependencies; used by systemd
+units and tests. Settings as in :class:`javia_updates.settings.ServerSettings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from javia_updates.errors import JaviaError
+from javia_updates.server import run
+from javia_updates.settings import ServerSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the server; 1 with one line on stderr on a javia error."""
+    parser = argparse.ArgumentParser(prog="python -m javia_updates.server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="database and packages directory")
+    arguments = parser.parse_args(argv)
+    try:
+        overrides = {"data_dir": arguments.data_dir} if arguments.data_dir is not None else {}
+        run(ServerSettings(**overrides), host=arguments.host, port=arguments.port)
+    except JaviaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The FastAPI application (DESIGN.md section 6): ``create_app(settings)``.
+
+Start-up builds the backend named in the settings, creates its directories,
+runs the database migrations and refuses to start without an admin API key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+
+from javia_updates import __version__
+from javia_updates.backends import Backend, create_backend
+from javia_updates.server.errors import install_error_handlers
+from javia_updates.server.routes import audit, devices, health, updates
+from javia_updates.service import API_PREFIX, UpdateService
+from javia_updates.settings import ServerSettings
+
+__all__ = ["create_app", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The real clock: now, aware UTC."""
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
+    """Build the server application.
+
+    Args:
+        settings: server settings; ``api_key`` must be set.
+        clock: returns the current aware UTC time; tests inject a fixed one.
+        backend: an already built backend (default: the one named in settings);
+            it is prepared (directories, migrations) here either way.
+
+    Returns:
+        The FastAPI app; OpenAPI docs at ``/docs``.
+
+    Raises:
+        SettingsError: no admin API key is configured.
+        BackendError: the backend is unknown or its storage cannot be prepared.
+        SigningKeyError: ``trusted_keys_dir`` is set but cannot be read.
+    """
+    api_key = settings.require_api_key()
+    backend = backend if backend is not None else create_backend(settings)
+    backend.prepare()
+    service = UpdateService(backend, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        backend.close()
+
+    app = FastAPI(
+        title="javia update server",
+        version=__version__,
+        description="Over-the-air updates for a fleet of Raspberry Pi voice assistants.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.clock = clock or utc_now
+    app.state.api_key = api_key
+    install_error_handlers(app)
+    for module in (health, devices, updates, audit):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

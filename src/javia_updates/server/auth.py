@@ -1,0 +1,131 @@
+"""Who is calling: the operator (admin API key) or one device (its bearer token).
+
+DESIGN.md section 6: admin calls carry ``X-API-Key``, compared in constant time
+(:func:`hmac.compare_digest`); devices carry ``Authorization: Bearer <token>``,
+looked up by the token's SHA-256, and may touch only their own records. A
+device token never opens an admin route (403), the admin key never acts as a
+device (403): each side has its own credential.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from javia_updates.backends.base import DeviceRecord
+from javia_updates.service import UpdateService
+
+__all__ = [
+    "Caller",
+    "get_now",
+    "get_service",
+    "require_admin",
+    "require_admin_or_device",
+    "require_device",
+    "ensure_same_device",
+]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin API key")
+_bearer = HTTPBearer(auto_error=False, description="device token from registration")
+
+ApiKey = Annotated[str | None, Depends(_api_key_header)]
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def get_service(request: Request) -> UpdateService:
+    """The application's :class:`UpdateService`."""
+    return request.app.state.service
+
+
+def get_now(request: Request) -> datetime:
+    """The application's clock (aware UTC; injectable for tests)."""
+    return request.app.state.clock()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: the operator (``device`` None) or one device."""
+
+    device: DeviceRecord | None
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the caller holds the admin API key."""
+        return self.device is None
+
+
+def _check_admin_key(request: Request, presented: str) -> None:
+    expected: str = request.app.state.api_key
+    if not hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8")):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key in X-API-Key")
+
+
+def _device_for(request: Request, credentials: HTTPAuthorizationCredentials) -> DeviceRecord:
+    device = get_service(request).authenticate_device(credentials.credentials)
+    if device is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid device token: expected 'Authorization: Bearer <token from registration>'",
+            headers=_BEARER_CHALLENGE,
+        )
+    return device
+
+
+def require_admin(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
+    """Admin routes: a valid ``X-API-Key``; a device token alone is refused with 403."""
+    if api_key is None:
+        if bearer is not None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, "this route is for operators: devices cannot use it"
+            )
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header with the admin API key"
+        )
+    _check_admin_key(request, api_key)
+    return Caller(device=None)
+
+
+def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
+    """Device routes: a valid ``Authorization: Bearer <device token>``."""
+    if bearer is None:
+        if api_key is not None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "this route is for the device itself: send its token as 'Authorization: Bearer <token>'",
+            )
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing device token: expected 'Authorization: Bearer <token from registration>'",
+            headers=_BEARER_CHALLENGE,
+        )
+    return _device_for(request, bearer)
+
+
+def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
+    """Routes open to the operator and to devices (each then limited to its own records)."""
+    if api_key is not None:
+        _check_admin_key(request, api_key)
+        return Caller(device=None)
+    if bearer is not None:
+        return Caller(device=_device_for(request, bearer))
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing credentials: send X-API-Key (operator) or 'Authorization: Bearer <device token>'",
+        headers=_BEARER_CHALLENGE,
+    )
+
+
+def ensure_same_device(device: DeviceRecord, device_uuid: uuid.UUID) -> None:
+    """Refuse (403) a device acting on another device's records."""
+    if device.device_uuid != device_uuid:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "a device may only access its own records"
+        )

@@ -1,0 +1,113 @@
+"""Errors as HTTP answers: every 4xx body is ``{"detail": "<what was wrong>"}``.
+
+One table maps javia's error classes to status codes (the first class in an
+error's MRO that is listed wins); request validation errors become 422 with
+one readable line; an unexpected exception is a bug and becomes a logged 500
+that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from javia_updates.errors import (
+    BackendError,
+    ConflictError,
+    InvalidTransitionError,
+    JaviaError,
+    ManifestError,
+    NotFoundError,
+    PackageError,
+    ScheduleError,
+    SignatureError,
+    SigningKeyError,
+    VersionError,
+)
+from javia_updates.server.uploads import UploadError, UploadTooLargeError
+from javia_updates.service import InvalidRequestError
+
+__all__ = ["STATUS_FOR_ERROR", "describe_validation_error", "install_error_handlers", "status_for"]
+
+logger = logging.getLogger("javia.server")
+
+#: javia error class → HTTP status.
+STATUS_FOR_ERROR: Mapping[type[JaviaError], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    InvalidTransitionError: 409,
+    VersionError: 422,
+    ScheduleError: 422,
+    ManifestError: 422,
+    InvalidRequestError: 422,
+    UploadError: 422,
+    SignatureError: 400,
+    PackageError: 400,
+    UploadTooLargeError: 413,
+    SigningKeyError: 500,
+    BackendError: 503,
+    JaviaError: 400,
+}
+
+
+def status_for(error: JaviaError) -> int:
+    """The HTTP status for ``error`` (most specific listed class wins)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR_ERROR:
+            return STATUS_FOR_ERROR[cls]  # type: ignore[index]
+    return 400
+
+
+def describe_validation_error(error: RequestValidationError, limit: int = 5) -> str:
+    """One line naming each bad field and what was expected."""
+    problems: list[str] = []
+    for item in error.errors()[:limit]:
+        location = [str(part) for part in item.get("loc", ())]
+        kind = item.get("type", "")
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if kind == "json_invalid":
+            problems.append(f"request body is not valid JSON ({item.get('ctx', {}).get('error', message)})")
+            continue
+        where = ".".join(location[1:] if location and location[0] in ("body", "query", "path", "header") else location)
+        source = location[0] if location else "request"
+        if kind == "missing":
+            problems.append(f"{source} field {where!r} is required")
+        else:
+            problems.append(f"{source} field {where!r}: {message}" if where else f"{source}: {message}")
+    more = len(error.errors()) - limit
+    if more > 0:
+        problems.append(f"and {more} more problems")
+    return "; ".join(problems) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(JaviaError)
+    async def _javia_error(request: Request, error: JaviaError) -> JSONResponse:
+        code = status_for(error)
+        if code >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, error)
+            detail = str(error) if code == 503 else "internal server error"
+            return JSONResponse({"detail": detail}, status_code=code)
+        return JSONResponse({"detail": str(error)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_error(error)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": error.detail}, status_code=error.status_code, headers=getattr(error, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("%s %s failed unexpectedly", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)

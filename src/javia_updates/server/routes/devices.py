@@ -1,0 +1,132 @@
+"""Device routes: registration and lists (operator), heartbeat, check and status (device)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path, Query, status
+
+from javia_updates.backends.base import DeviceRecord
+from javia_updates.models import (
+    DeviceOut,
+    DeviceRegistered,
+    DeviceRegisterRequest,
+    DeviceStatus,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    StatusReport,
+    StatusReportResult,
+    UpdateCheckResponse,
+    UpdateStatus,
+)
+from javia_updates.server.auth import (
+    Caller,
+    ensure_same_device,
+    get_now,
+    get_service,
+    require_admin,
+    require_admin_or_device,
+    require_device,
+)
+from javia_updates.server.schemas import DevicePage, DeviceUpdatePage
+from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+Service = Annotated[UpdateService, Depends(get_service)]
+Now = Annotated[datetime, Depends(get_now)]
+Admin = Annotated[Caller, Depends(require_admin)]
+AnyCaller = Annotated[Caller, Depends(require_admin_or_device)]
+Device = Annotated[DeviceRecord, Depends(require_device)]
+DeviceUuid = Annotated[uuid.UUID, Path(description="the device's uuid")]
+UpdateId = Annotated[int, Path(ge=1, le=MAX_DATABASE_INTEGER, description="the update's id")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_DATABASE_INTEGER, description="items to skip")]
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=DeviceRegistered)
+def register_device(
+    body: DeviceRegisterRequest, service: Service, now: Now, _: Admin
+) -> DeviceRegistered:
+    """Register a device; the answer holds its token, shown this once only (409 if the uuid exists)."""
+    return service.register_device(body, now=now)
+
+
+@router.get("/", response_model=DevicePage)
+def list_devices(
+    service: Service,
+    now: Now,
+    _: Admin,
+    status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
+    version: Annotated[str | None, Query(max_length=80, description="vX.Y.Z the device runs")] = None,
+    online: Annotated[bool | None, Query(description="derived status is not offline")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> DevicePage:
+    """Devices in registration order; ``status`` is derived (offline after 3 silent intervals)."""
+    page = service.list_devices(
+        now=now, status=status_filter, version=version, online=online, limit=limit, offset=offset
+    )
+    return DevicePage(items=page.items, total=page.total, limit=limit, offset=offset)
+
+
+@router.get("/{device_uuid}", response_model=DeviceOut)
+def get_device(device_uuid: DeviceUuid, service: Service, now: Now, _: Admin) -> DeviceOut:
+    """One device."""
+    return service.get_device(device_uuid, now=now)
+
+
+@router.get("/{device_uuid}/updates", response_model=DeviceUpdatePage)
+def device_history(
+    device_uuid: DeviceUuid,
+    service: Service,
+    caller: AnyCaller,
+    status_filter: Annotated[UpdateStatus | None, Query(alias="status")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> DeviceUpdatePage:
+    """A device's update rows, highest version first (the operator, or that device)."""
+    if caller.device is not None:
+        ensure_same_device(caller.device, device_uuid)
+    page = service.device_history(device_uuid, status=status_filter, limit=limit, offset=offset)
+    return DeviceUpdatePage(items=page.items, total=page.total, limit=limit, offset=offset)
+
+
+@router.post("/{device_uuid}/heartbeat", response_model=HeartbeatResponse)
+def heartbeat(
+    device_uuid: DeviceUuid,
+    service: Service,
+    now: Now,
+    device: Device,
+    body: Annotated[HeartbeatRequest | None, Body()] = None,
+) -> HeartbeatResponse:
+    """Record the device's heartbeat; answer with the server's clock and any install directive."""
+    ensure_same_device(device, device_uuid)
+    return service.heartbeat(device, body or HeartbeatRequest(), now=now)
+
+
+@router.get("/{device_uuid}/updates/check", response_model=UpdateCheckResponse)
+def check_update(device_uuid: DeviceUuid, service: Service, now: Now, caller: AnyCaller) -> UpdateCheckResponse:
+    """The device's pending update and when it may install (the operator, or that device)."""
+    if caller.device is not None:
+        ensure_same_device(caller.device, device_uuid)
+        device = caller.device
+    else:
+        device = service.find_device(device_uuid)
+    return service.check_update(device, now=now)
+
+
+@router.post("/{device_uuid}/updates/{update_id}/status", response_model=StatusReportResult)
+def report_status(
+    device_uuid: DeviceUuid,
+    update_id: UpdateId,
+    body: StatusReport,
+    service: Service,
+    now: Now,
+    device: Device,
+) -> StatusReportResult:
+    """The device reports progress on an update; repeated or late reports answer ``changed: false``."""
+    ensure_same_device(device, device_uuid)
+    return service.report_status(device, update_id, body, now=now)

@@ -1,0 +1,232 @@
+"""Update routes: publish, list, plan (operator); package objects (operator or a targeted device)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from javia_updates.backends.base import UpdateRecord
+from javia_updates.manifest import PAYLOAD_NAME
+from javia_updates.models import UpdateOut, UpdateStatus, UpdateType
+from javia_updates.server.auth import Caller, get_now, get_service, require_admin, require_admin_or_device
+from javia_updates.server.ranges import RangeNotSatisfiableError, parse_byte_range
+from javia_updates.server.schemas import DeviceUpdatePage, PlanList, PlanRequest, UpdatePage
+from javia_updates.server.uploads import receive_package_upload
+from javia_updates.service import MAX_DATABASE_INTEGER, InvalidRequestError, PackageUpload, UpdateService
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/updates", tags=["updates"])
+
+Service = Annotated[UpdateService, Depends(get_service)]
+Now = Annotated[datetime, Depends(get_now)]
+Admin = Annotated[Caller, Depends(require_admin)]
+AnyCaller = Annotated[Caller, Depends(require_admin_or_device)]
+Reference = Annotated[
+    str, Path(max_length=80, description="the update's id (e.g. 4) or version (e.g. v1.2.3)")
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_DATABASE_INTEGER, description="items to skip")]
+
+
+def _parse_targets(text: str | None) -> list[uuid.UUID] | None:
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InvalidRequestError(
+            "targets is empty: give comma-separated device uuids, or omit it to update every device"
+        )
+    targets = []
+    for item in items:
+        try:
+            targets.append(uuid.UUID(item))
+        except ValueError:
+            raise InvalidRequestError(
+                f"targets: {item[:60]!r} is not a device uuid "
+                "(expected e.g. 3f2b8c1e-5d4a-4e2f-9a7b-1c2d3e4f5a6b, comma-separated)"
+            ) from None
+    return targets
+
+
+def _parse_update_type(text: str | None) -> UpdateType | None:
+    if text is None or not text.strip():
+        return None
+    return UpdateType.parse(text.strip())
+
+
+@router.get("/", response_model=UpdatePage)
+def list_updates(
+    service: Service,
+    _: Admin,
+    update_type: Annotated[UpdateType | None, Query()] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> UpdatePage:
+    """Published updates, highest version first, with per-status device counts."""
+    page = service.list_updates(update_type=update_type, limit=limit, offset=offset)
+    return UpdatePage(items=page.items, total=page.total, limit=limit, offset=offset)
+
+
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UpdateOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["manifest", "signature", "payload"],
+                        "properties": {
+                            "manifest": {"type": "string", "format": "binary"},
+                            "signature": {"type": "string", "format": "binary"},
+                            "payload": {"type": "string", "format": "binary"},
+                            "targets": {"type": "string", "description": "comma-separated uuids"},
+                            "update_type": {"type": "string", "enum": [t.value for t in UpdateType]},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def publish_update(request: Request, service: Service, now: Now, _: Admin) -> UpdateOut:
+    """Publish a signed package: multipart files manifest, signature, payload; fields targets, update_type.
+
+    The payload is streamed to disk while hashed; 400 if it does not match the
+    manifest, 409 if the version exists, 413 above the upload limit.
+    """
+    settings = service.settings
+    upload_dir = await run_in_threadpool(service.upload_dir)
+    received = await receive_package_upload(
+        request, upload_dir=upload_dir, max_bytes=settings.max_upload_bytes
+    )
+    try:
+        targets = _parse_targets(received.fields.get("targets"))
+        update_type = _parse_update_type(received.fields.get("update_type"))
+    except BaseException:
+        received.payload_path.unlink(missing_ok=True)
+        raise
+    return await run_in_threadpool(
+        service.publish_update,
+        PackageUpload(
+            manifest_bytes=received.manifest,
+            signature_bytes=received.signature,
+            payload_path=received.payload_path,
+            payload_size=received.payload_size,
+            payload_sha256=received.payload_sha256,
+        ),
+        now=now,
+        targets=targets,
+        update_type=update_type,
+    )
+
+
+@router.post("/plan", response_model=PlanList)
+def plan_new_update(body: PlanRequest, service: Service, now: Now, _: Admin) -> PlanList:
+    """Dry run of a publish: who would install when, and why."""
+    return PlanList(
+        items=service.plan_new_update(body.update_type, body.version, body.targets, now=now)
+    )
+
+
+@router.get("/{reference}", response_model=UpdateOut)
+def get_update(reference: Reference, service: Service, _: Admin) -> UpdateOut:
+    """One update (by id or by version) with per-status device counts."""
+    return service.get_update(reference)
+
+
+@router.get("/{reference}/devices", response_model=DeviceUpdatePage)
+def update_devices(
+    reference: Reference,
+    service: Service,
+    _: Admin,
+    status_filter: Annotated[UpdateStatus | None, Query(alias="status")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> DeviceUpdatePage:
+    """Per-device progress of one update."""
+    page = service.update_devices(reference, status=status_filter, limit=limit, offset=offset)
+    return DeviceUpdatePage(items=page.items, total=page.total, limit=limit, offset=offset)
+
+
+@router.get("/{reference}/plan", response_model=PlanList)
+def plan_published(reference: Reference, service: Service, now: Now, _: Admin) -> PlanList:
+    """Who installs a published update when, from its rows."""
+    return PlanList(items=service.plan_published(reference, now=now))
+
+
+def _readable_update(service: UpdateService, reference: str, caller: Caller) -> UpdateRecord:
+    update = service.resolve_update(reference)
+    if caller.device is not None and not service.device_may_read(caller.device, update.id):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"update {update.id} is not assigned to this device"
+        )
+    return update
+
+
+@router.get("/{reference}/manifest", response_class=Response)
+def get_manifest(reference: Reference, service: Service, caller: AnyCaller) -> Response:
+    """The exact ``manifest.json`` bytes that were signed."""
+    update = _readable_update(service, reference, caller)
+    manifest, _signature = service.package_documents(update)
+    return Response(manifest, media_type="application/json")
+
+
+@router.get("/{reference}/signature", response_class=Response)
+def get_signature(reference: Reference, service: Service, caller: AnyCaller) -> Response:
+    """The exact ``manifest.sig`` bytes."""
+    update = _readable_update(service, reference, caller)
+    _manifest, signature = service.package_documents(update)
+    return Response(signature, media_type="application/json")
+
+
+@router.get("/{reference}/download", response_class=StreamingResponse)
+def download(reference: Reference, request: Request, service: Service, caller: AnyCaller) -> Response:
+    """``payload.tar.gz``, streamed; honours ``Range: bytes=N-`` / ``bytes=N-M`` (206) and ``If-Range``.
+
+    The ETag is the archive's SHA-256 (the same bytes always have the same
+    tag); an ``If-Range`` with another tag gets the whole object (200).
+    """
+    update = _readable_update(service, reference, caller)
+    size = update.archive_size
+    etag = f'"{update.archive_sha256}"'
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Content-Disposition": f'attachment; filename="{update.version}-{PAYLOAD_NAME}"',
+    }
+    try:
+        byte_range = parse_byte_range(request.headers.get("range"), size)
+    except RangeNotSatisfiableError:
+        return JSONResponse(
+            {"detail": f"requested range is outside the payload of {size} bytes: expected bytes=N- with N < {size}"},
+            status_code=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+        )
+    if_range = request.headers.get("if-range")
+    if byte_range is not None and if_range is not None and if_range.strip() != etag:
+        byte_range = None
+    if byte_range is None:
+        chunks = service.payload_range(update, 0, size)
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(chunks, media_type="application/gzip", headers=headers)
+    first, last = byte_range
+    chunks = service.payload_range(update, first, last + 1)
+    headers["Content-Length"] = str(last - first + 1)
+    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    return StreamingResponse(
+        chunks,
+        status_code=status.HTTP_206_PARTIAL_CONTENT,
+        media_type="application/gzip",
+        headers=headers,
+    )
+

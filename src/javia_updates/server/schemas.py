@@ -1,0 +1,87 @@
+"""Response and request bodies that only the HTTP API has (lists, plan requests).
+
+The shared wire models live in :mod:`javia_updates.models`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from javia_updates.models import DeviceOut, DeviceUpdateOut, UpdateOut, UpdateType
+from javia_updates.service import PlanEntry
+from javia_updates.versioning import Version
+
+__all__ = [
+    "AuditOut",
+    "AuditPage",
+    "DevicePage",
+    "DeviceUpdatePage",
+    "Health",
+    "Page",
+    "PlanList",
+    "PlanRequest",
+    "UpdatePage",
+]
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``items``, the ``total`` matching, and the window asked for."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+DevicePage = Page[DeviceOut]
+UpdatePage = Page[UpdateOut]
+DeviceUpdatePage = Page[DeviceUpdateOut]
+
+
+class AuditOut(BaseModel):
+    """One audit log line: when (UTC), who, what."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    details: dict
+
+
+AuditPage = Page[AuditOut]
+
+
+class PlanList(BaseModel):
+    """A rollout plan: one entry per targeted device."""
+
+    items: list[PlanEntry]
+
+
+class PlanRequest(BaseModel):
+    """``POST /api/v1/updates/plan``: the dry run of a publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    update_type: UpdateType
+    version: str = Field(description="vX.Y.Z")
+    targets: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        Version.parse(value)
+        return value
+
+
+class Health(BaseModel):
+    """``GET /api/v1/health``."""
+
+    status: str
+    version: str
+    server_time: datetime

@@ -1,0 +1,1016 @@
+"""The server's use cases: register, heartbeat, check, report, publish, list, plan.
+
+No HTTP here: the FastAPI routes (:mod:`javia_updates.server`) translate
+requests into these calls and errors into status codes. Every method that
+depends on the time takes ``now`` (an aware datetime: the injected clock), so
+the update-type rules are tested without sleeps.
+
+The rules (DESIGN.md section 4), where they are applied:
+
+* **publish** (:meth:`UpdateService.publish_update`): scheduled and urgent
+  updates get a pending row for every targeted device, timed by
+  :func:`javia_updates.scheduling.plan_install`; instant updates only for
+  targeted devices seen within ``instant_online_seconds`` (inclusive), to
+  install at once. Devices that already run the version or a newer one get no
+  row. The update and all its rows are written in one transaction.
+* **heartbeat / check** (:meth:`UpdateService.heartbeat`,
+  :meth:`UpdateService.check_update`), in this order:
+
+  1. *reconciliation*: if the newest update that targets the device and is
+     newer than what it runs has no row for it (registered after the publish,
+     or offline during an instant publish), the row is created now with that
+     update's rule;
+  2. pending rows for versions the device already runs become ``superseded``;
+  3. if a row is ``downloading`` or ``installing``, that one is the directive
+     and nothing else changes until it finishes;
+  4. *supersession*: the highest pending version wins; it takes the most
+     urgent timing among the pending rows (instant > urgent > scheduled,
+     :func:`javia_updates.scheduling.most_urgent`), then the others become
+     ``superseded``;
+  5. a scheduled/urgent row whose window has closed is re-planned for the next
+     window (:func:`javia_updates.scheduling.current_install_plan`).
+
+  A ``failed`` or ``rolled_back`` row is final: that version is never offered
+  to that device again, a newer one is.
+* **status reports** (:meth:`UpdateService.report_status`) move a row only
+  forward (:data:`javia_updates.backends.base.ALLOWED_PREVIOUS`). Repeating
+  the current status, or reporting one the row is already past (a late or
+  duplicated report, e.g. ``downloading`` after ``completed``), is answered
+  with the stored status and ``changed=False`` rather than an error: the
+  agent's report queue then drains instead of retrying forever, and the row
+  keeps its final status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel
+
+from javia_updates import scheduling
+from javia_updates.backends.base import (
+    IN_FLIGHT_STATUSES,
+    AuditEntry,
+    AuditRecord,
+    Backend,
+    DeviceQuery,
+    DeviceRecord,
+    DeviceUpdateRecord,
+    NewDevice,
+    NewDeviceUpdate,
+    NewUpdate,
+    Page,
+    UpdateRecord,
+)
+from javia_updates.errors import (
+    ConflictError,
+    JaviaError,
+    NotFoundError,
+    PackageError,
+    VersionError,
+)
+from javia_updates.manifest import (
+    MANIFEST_NAME,
+    PAYLOAD_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    Signature,
+    verify_manifest,
+)
+from javia_updates.models import (
+    DeviceOut,
+    DeviceRegistered,
+    DeviceRegisterRequest,
+    DeviceStatus,
+    DeviceUpdateOut,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    InstallDirective,
+    StatusReport,
+    StatusReportResult,
+    UpdateCheckResponse,
+    UpdateOut,
+    UpdateStatus,
+    UpdateType,
+)
+from javia_updates.settings import ServerSettings
+from javia_updates.versioning import EXPECTED_FORM, Version
+
+__all__ = [
+    "API_PREFIX",
+    "InvalidRequestError",
+    "MAX_METADATA_BYTES",
+    "OFFLINE_AFTER_INTERVALS",
+    "PackageUpload",
+    "PlanEntry",
+    "UpdateService",
+    "derive_status",
+    "hash_token",
+    "new_device_token",
+]
+
+API_PREFIX = "/api/v1"
+#: A device silent for more than this many heartbeat intervals is shown offline.
+OFFLINE_AFTER_INTERVALS = 3
+#: Largest ``metadata`` object a device or operator may store, as JSON bytes.
+MAX_METADATA_BYTES = 64 * 1024
+#: Row ids and version numbers must fit a signed 64-bit integer column.
+MAX_DATABASE_INTEGER = 2**63 - 1
+_HASH_CHUNK = 1024 * 1024
+
+
+class InvalidRequestError(JaviaError, ValueError):
+    """A request's input is invalid in a way no narrower error names.
+
+    For example an empty target list, oversized metadata, or an update
+    reference that is neither an id nor a version. Maps to HTTP 422.
+    """
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def new_device_token() -> str:
+    """A fresh device token: 32 random bytes (256 bits), URL-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of ``token``: what the database stores instead of the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def derive_status(device: DeviceRecord, *, now: datetime, heartbeat_interval_seconds: int) -> DeviceStatus:
+    """The status operators see: ``offline`` if never seen or silent too long, else the reported one.
+
+    A device is offline when its last heartbeat is *more* than
+    ``OFFLINE_AFTER_INTERVALS`` (3) heartbeat intervals before ``now``; exactly
+    three intervals ago still counts as online (hawkBit's "overdue" idea, with
+    a margin for two lost heartbeats).
+    """
+    if device.last_seen is None:
+        return DeviceStatus.OFFLINE
+    limit = timedelta(seconds=OFFLINE_AFTER_INTERVALS * heartbeat_interval_seconds)
+    if now - device.last_seen > limit:
+        return DeviceStatus.OFFLINE
+    return device.status
+
+
+def _version_or_none(text: str | None) -> Version | None:
+    if text is None or not Version.is_valid(text):
+        return None
+    return Version.parse(text)
+
+
+def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(metadata, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise InvalidRequestError(
+            "metadata must be a JSON object of strings, numbers, booleans, lists and objects "
+            "(no NaN or Infinity)"
+        ) from None
+    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise InvalidRequestError(
+            f"metadata is {len(encoded.encode('utf-8'))} bytes as JSON: at most {MAX_METADATA_BYTES} allowed"
+        )
+    return metadata
+
+
+def _check_version_range(version: Version) -> None:
+    if max(version.major, version.minor, version.patch) > MAX_DATABASE_INTEGER:
+        raise VersionError(
+            f"version {str(version)[:60]} has a number above {MAX_DATABASE_INTEGER}: expected {EXPECTED_FORM}"
+        )
+
+
+def _file_size_and_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PackageUpload:
+    """The three package objects of a publish request.
+
+    Attributes:
+        manifest_bytes: the exact ``manifest.json`` bytes (what was signed).
+        signature_bytes: the ``manifest.sig`` bytes.
+        payload_path: a file holding ``payload.tar.gz``, preferably in the blob
+            store's upload directory; :meth:`UpdateService.publish_update`
+            consumes it (moves it into the blob store or deletes it).
+        payload_size: its size in bytes if already measured while receiving.
+        payload_sha256: its SHA-256 hex if already computed while receiving.
+    """
+
+    manifest_bytes: bytes
+    signature_bytes: bytes
+    payload_path: Path
+    payload_size: int | None = None
+    payload_sha256: str | None = None
+
+
+class PlanEntry(BaseModel):
+    """Whether and when one device installs an update (dry run or published).
+
+    Attributes:
+        device_uuid: the device.
+        device_name: its display name, if any.
+        timezone: its IANA timezone.
+        gets_row: publish creates (or created) its ``device_updates`` row.
+        status: the row's status for a published update, else None.
+        install_at_utc: when it installs (urgent: the deadline), UTC; None if not
+            known yet.
+        install_at_local: the same instant in the device's timezone.
+        reason: one line saying why.
+    """
+
+    device_uuid: uuid.UUID
+    device_name: str | None
+    timezone: str
+    gets_row: bool
+    status: UpdateStatus | None = None
+    install_at_utc: datetime | None
+    install_at_local: datetime | None
+    reason: str
+
+
+# --------------------------------------------------------------------------- service
+
+
+class UpdateService:
+    """The use cases of the update server, over one :class:`~javia_updates.backends.base.Backend`.
+
+    Args:
+        backend: metadata store and blob store (already prepared/migrated).
+        settings: intervals, window and limits.
+        keyring: trusted public keys by key id for the server-side signature
+            check at publish; None loads ``settings.trusted_keys_dir`` if set,
+            else signatures are only checked for form (the agent enforces trust).
+
+    Raises:
+        SigningKeyError: ``settings.trusted_keys_dir`` cannot be read.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        settings: ServerSettings,
+        *,
+        keyring: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.store = backend.store
+        self.blobs = backend.blobs
+        self.settings = settings
+        if keyring is None and settings.trusted_keys_dir is not None:
+            from javia_updates.keys import load_keyring
+
+            keyring = load_keyring(settings.trusted_keys_dir)
+        self.keyring = keyring
+
+    # ------------------------------------------------------------------ conversions
+    def _status(self, device: DeviceRecord, now: datetime) -> DeviceStatus:
+        return derive_status(
+            device, now=now, heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds
+        )
+
+    def _offline_before(self, now: datetime) -> datetime:
+        return now - timedelta(
+            seconds=OFFLINE_AFTER_INTERVALS * self.settings.heartbeat_interval_seconds
+        )
+
+    def device_out(self, device: DeviceRecord, *, now: datetime) -> DeviceOut:
+        """The operator's view of ``device`` with its derived status."""
+        return DeviceOut(
+            id=device.id,
+            device_uuid=device.device_uuid,
+            device_name=device.device_name,
+            registered_at=device.registered_at,
+            last_seen=device.last_seen,
+            current_version=device.current_version,
+            timezone=device.timezone,
+            status=self._status(device, now),
+            metadata=device.metadata,
+            created_at=device.created_at,
+            updated_at=device.updated_at,
+        )
+
+    @staticmethod
+    def _update_out(update: UpdateRecord, counts: dict[str, int]) -> UpdateOut:
+        return UpdateOut(
+            id=update.id,
+            version=update.version,
+            created_at=update.created_at,
+            update_type=update.update_type,
+            description=update.description,
+            package_url=f"{API_PREFIX}/updates/{update.id}/download",
+            requires_system_packages=update.requires_system_packages,
+            system_packages=list(update.system_packages),
+            size=update.archive_size,
+            key_id=update.key_id,
+            targets=None if update.targets is None else list(update.targets),
+            status_counts=counts,
+        )
+
+    @staticmethod
+    def _device_update_out(row: DeviceUpdateRecord) -> DeviceUpdateOut:
+        return DeviceUpdateOut(
+            device_uuid=row.device_uuid,
+            device_name=row.device_name,
+            update_id=row.update_id,
+            version=row.version,
+            status=row.status,
+            scheduled_for=row.scheduled_for,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
+            error_message=row.error_message,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _directive(self, row: DeviceUpdateRecord) -> InstallDirective:
+        base = f"{API_PREFIX}/updates/{row.update_id}"
+        return InstallDirective(
+            update_id=row.update_id,
+            version=row.version,
+            update_type=row.install_type,
+            status=row.status,
+            install_at=row.scheduled_for,
+            window_end=row.window_end,
+            idle_seconds_required=(
+                self.settings.urgent_idle_seconds if row.install_type is UpdateType.URGENT else None
+            ),
+            size=row.archive_size,
+            manifest_url=f"{base}/manifest",
+            signature_url=f"{base}/signature",
+            download_url=f"{base}/download",
+        )
+
+    def _plan(self, update_type: UpdateType, device: DeviceRecord, now: datetime) -> scheduling.InstallPlan:
+        return scheduling.plan_install(
+            update_type,
+            now=now,
+            timezone=device.timezone,
+            device_uuid=device.device_uuid,
+            window_start=self.settings.window_start,
+            window_seconds=self.settings.window_seconds,
+            idle_seconds=self.settings.urgent_idle_seconds,
+        )
+
+    def _new_row(self, update_type: UpdateType, device: DeviceRecord, now: datetime) -> NewDeviceUpdate:
+        plan = self._plan(update_type, device, now)
+        return NewDeviceUpdate(device.id, update_type, plan.install_at, plan.window_end)
+
+    # ------------------------------------------------------------------ devices
+    def register_device(
+        self, request: DeviceRegisterRequest, *, now: datetime, actor: str = "admin"
+    ) -> DeviceRegistered:
+        """Register a device and return its token, which is shown this once only.
+
+        Raises:
+            ConflictError: the uuid is already registered.
+            InvalidRequestError: the metadata is too large or not plain JSON.
+        """
+        device_uuid = request.device_uuid or uuid.uuid4()
+        token = new_device_token()
+        device = self.store.create_device(
+            NewDevice(
+                device_uuid=device_uuid,
+                device_name=request.device_name,
+                timezone=request.timezone,
+                metadata=_check_metadata(request.metadata),
+                token_hash=hash_token(token),
+            ),
+            now=now,
+            audit=AuditEntry(
+                actor,
+                "device.register",
+                {"device_uuid": str(device_uuid), "device_name": request.device_name},
+            ),
+        )
+        return DeviceRegistered(
+            device_uuid=device.device_uuid,
+            device_token=token,
+            device_name=device.device_name,
+            timezone=device.timezone,
+            registered_at=device.registered_at,
+        )
+
+    def authenticate_device(self, token: str) -> DeviceRecord | None:
+        """The device holding ``token``, or None for an unknown or malformed token."""
+        if not token or len(token) > 512:
+            return None
+        return self.store.find_device_by_token_hash(hash_token(token))
+
+    def find_device(self, device_uuid: uuid.UUID) -> DeviceRecord:
+        """The stored device.
+
+        Raises:
+            NotFoundError: not registered.
+        """
+        return self.store.get_device(device_uuid)
+
+    def get_device(self, device_uuid: uuid.UUID, *, now: datetime) -> DeviceOut:
+        """One device as operators see it.
+
+        Raises:
+            NotFoundError: not registered.
+        """
+        return self.device_out(self.store.get_device(device_uuid), now=now)
+
+    def list_devices(
+        self,
+        *,
+        now: datetime,
+        status: DeviceStatus | None = None,
+        version: str | None = None,
+        online: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[DeviceOut]:
+        """Devices in registration order, filtered by derived status, version, online.
+
+        Raises:
+            VersionError: ``version`` is not ``vX.Y.Z``.
+        """
+        if version is not None:
+            Version.parse(version)
+        query = DeviceQuery(
+            derived_status=status,
+            offline_before=self._offline_before(now),
+            online=online,
+            current_version=version,
+        )
+        page = self.store.list_devices(query, limit=limit, offset=offset)
+        return Page([self.device_out(device, now=now) for device in page.items], page.total)
+
+    def device_history(
+        self,
+        device_uuid: uuid.UUID,
+        *,
+        status: UpdateStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[DeviceUpdateOut]:
+        """A device's update rows, highest version first.
+
+        Raises:
+            NotFoundError: not registered.
+        """
+        device = self.store.get_device(device_uuid)
+        page = self.store.list_device_updates(device_id=device.id, status=status, limit=limit, offset=offset)
+        return Page([self._device_update_out(row) for row in page.items], page.total)
+
+    def heartbeat(
+        self, device: DeviceRecord, request: HeartbeatRequest, *, now: datetime
+    ) -> HeartbeatResponse:
+        """Record a heartbeat and answer with the server's clock and any install directive.
+
+        Stores ``last_seen = now``, the reported version (kept if the device
+        sends none) and status, and merges the reported metadata into the
+        stored one (top-level keys; the device's values win). Then reconciles
+        and picks the directive as described in this module's docstring.
+
+        Raises:
+            InvalidRequestError: the metadata is too large or not plain JSON.
+            NotFoundError: the device was deleted meanwhile.
+        """
+        metadata = _check_metadata({**device.metadata, **request.metadata})
+        stored = self.store.record_heartbeat(
+            device.id,
+            now=now,
+            current_version=request.current_version or device.current_version,
+            status=request.status,
+            metadata=metadata,
+        )
+        return HeartbeatResponse(
+            server_time=now,
+            heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
+            update=self._directive_for(stored, now),
+        )
+
+    def check_update(self, device: DeviceRecord, *, now: datetime) -> UpdateCheckResponse:
+        """The pending update of ``device`` and when it may install (reconciles like a heartbeat)."""
+        directive = self._directive_for(device, now)
+        return UpdateCheckResponse(
+            device_uuid=device.device_uuid,
+            server_time=now,
+            current_version=device.current_version,
+            update_available=directive is not None,
+            update=directive,
+        )
+
+    def _newest_targeting(self, device: DeviceRecord, running: Version | None) -> UpdateRecord | None:
+        numbers = None if running is None else (running.major, running.minor, running.patch)
+        for update in self.store.updates_newer_than(numbers):
+            if update.targets_device(device.device_uuid):
+                return update
+        return None
+
+    def _supersede(self, row: DeviceUpdateRecord, device: DeviceRecord, reason: str, now: datetime) -> None:
+        self.store.transition(
+            row.id,
+            UpdateStatus.SUPERSEDED,
+            now=now,
+            error_message=reason,
+            audit=AuditEntry(
+                "server",
+                "device_update.superseded",
+                {"device_uuid": str(device.device_uuid), "update_id": row.update_id, "reason": reason},
+            ),
+        )
+
+    def _directive_for(self, device: DeviceRecord, now: datetime) -> InstallDirective | None:
+        running = _version_or_none(device.current_version)
+
+        def load() -> list[DeviceUpdateRecord]:
+            return self.store.list_device_updates(device_id=device.id).items
+
+        rows = load()
+
+        # 1. Reconciliation: the newest update meant for this device, if it has no row.
+        newest = self._newest_targeting(device, running)
+        if newest is not None and all(row.update_id != newest.id for row in rows):
+            created = self.store.add_device_update(
+                newest.id,
+                self._new_row(newest.update_type, device, now),
+                now=now,
+                audit=AuditEntry(
+                    "server",
+                    "device_update.reconciled",
+                    {"device_uuid": str(device.device_uuid), "update_id": newest.id, "version": newest.version},
+                ),
+            )
+            if created:
+                rows = load()
+
+        # 2. Pending rows for versions the device already runs are done with.
+        live: list[DeviceUpdateRecord] = []
+        for row in rows:
+            if row.status is not UpdateStatus.PENDING:
+                continue
+            if running is not None and Version.parse(row.version) <= running:
+                self._supersede(row, device, f"device already runs {running}", now)
+            else:
+                live.append(row)
+
+        # 3. A row in flight finishes first; it stays the directive.
+        in_flight = [row for row in rows if row.status in IN_FLIGHT_STATUSES]
+        if in_flight:
+            return self._directive(max(in_flight, key=lambda row: Version.parse(row.version)))
+        if not live:
+            return None
+
+        # 4. Supersession: the highest version, with the most urgent timing.
+        winner = max(live, key=lambda row: Version.parse(row.version))
+        kind = scheduling.most_urgent(row.install_type for row in live)
+        donor = winner
+        if kind is not winner.install_type:
+            donor = min(
+                (row for row in live if row.install_type is kind), key=lambda row: row.scheduled_for
+            )
+        # 5. Re-plan a closed window (and adopt the donor's timing).
+        plan = scheduling.current_install_plan(
+            kind,
+            donor.scheduled_for,
+            donor.window_end,
+            now=now,
+            timezone=device.timezone,
+            device_uuid=device.device_uuid,
+            window_start=self.settings.window_start,
+            window_seconds=self.settings.window_seconds,
+            idle_seconds=self.settings.urgent_idle_seconds,
+        )
+        timing = (kind, plan.install_at, plan.window_end)
+        if timing != (winner.install_type, winner.scheduled_for, winner.window_end):
+            still_pending = self.store.reschedule(
+                winner.id,
+                install_type=kind,
+                scheduled_for=plan.install_at,
+                window_end=plan.window_end,
+                now=now,
+            )
+            winner = self.store.get_device_update(device.id, winner.update_id)
+            if not still_pending and winner.status not in IN_FLIGHT_STATUSES:
+                return None
+        for row in live:
+            if row.id != winner.id:
+                self._supersede(row, device, f"superseded by {winner.version}", now)
+        return self._directive(winner)
+
+    def report_status(
+        self, device: DeviceRecord, update_id: int, report: StatusReport, *, now: datetime
+    ) -> StatusReportResult:
+        """Apply a device's progress report on ``update_id``; idempotent.
+
+        Returns:
+            The row's status after the report; ``changed`` is False when the row
+            already had that status or was past it (see the module docstring).
+
+        Raises:
+            NotFoundError: the device has no row for that update.
+        """
+        row = self.store.get_device_update(device.id, update_id)
+        result = self.store.transition(
+            row.id,
+            report.status,
+            now=now,
+            error_message=report.error_message,
+            audit=AuditEntry(
+                f"device:{device.device_uuid}",
+                "device_update.status",
+                {
+                    "update_id": update_id,
+                    "version": row.version,
+                    "from": row.status.value,
+                    "to": report.status.value,
+                    "error_message": report.error_message,
+                },
+            ),
+        )
+        return StatusReportResult(
+            update_id=update_id,
+            device_uuid=device.device_uuid,
+            status=result.record.status,
+            changed=result.changed,
+        )
+
+    # ------------------------------------------------------------------ updates
+    def resolve_update(self, reference: str | int) -> UpdateRecord:
+        """The update named by an id (``4``) or a version (``v1.2.3``).
+
+        Raises:
+            NotFoundError: no such update.
+            VersionError: it starts with ``v`` but is not ``vX.Y.Z``.
+            InvalidRequestError: it is neither.
+        """
+        if isinstance(reference, int):
+            update_id = reference
+        else:
+            text = reference.strip()
+            if text.startswith("v"):
+                return self.store.get_update_by_version(str(Version.parse(text)))
+            if not (text.isascii() and text.isdigit()) or len(text) > 19:
+                raise InvalidRequestError(
+                    f"invalid update reference {text[:40]!r}: expected an update id such as 4 "
+                    "or a version such as v1.2.3"
+                )
+            update_id = int(text)
+        if not 1 <= update_id <= MAX_DATABASE_INTEGER:
+            raise NotFoundError(f"update {update_id} does not exist")
+        return self.store.get_update(update_id)
+
+    def get_update(self, reference: str | int) -> UpdateOut:
+        """One update with its per-status device counts.
+
+        Raises:
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+        """
+        update = self.resolve_update(reference)
+        return self._update_out(update, self.store.status_counts([update.id])[update.id])
+
+    def list_updates(
+        self, *, update_type: UpdateType | None = None, limit: int = 100, offset: int = 0
+    ) -> Page[UpdateOut]:
+        """Updates, highest version first, with per-status device counts."""
+        page = self.store.list_updates(limit=limit, offset=offset, update_type=update_type)
+        counts = self.store.status_counts([update.id for update in page.items])
+        return Page([self._update_out(update, counts[update.id]) for update in page.items], page.total)
+
+    def update_devices(
+        self,
+        reference: str | int,
+        *,
+        status: UpdateStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[DeviceUpdateOut]:
+        """Per-device progress rows of one update.
+
+        Raises:
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+        """
+        update = self.resolve_update(reference)
+        page = self.store.list_device_updates(update_id=update.id, status=status, limit=limit, offset=offset)
+        return Page([self._device_update_out(row) for row in page.items], page.total)
+
+    def device_may_read(self, device: DeviceRecord, update_id: int) -> bool:
+        """Whether ``device`` has a row for ``update_id`` (and so may fetch its package)."""
+        try:
+            self.store.get_device_update(device.id, update_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def package_documents(self, update: UpdateRecord) -> tuple[bytes, bytes]:
+        """The exact stored ``manifest.json`` and ``manifest.sig`` bytes."""
+        return self.store.get_package_documents(update.id)
+
+    def payload_range(self, update: UpdateRecord, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the payload archive, in chunks.
+
+        Raises:
+            NotFoundError: the blob store has lost the object.
+        """
+        return self.blobs.iter_range(update.package_url, PAYLOAD_NAME, start, end)
+
+    def audit_log(self, *, limit: int = 100, offset: int = 0) -> Page[AuditRecord]:
+        """Audit log lines (registrations, publishes, status changes), newest first."""
+        return self.store.list_audit(limit=limit, offset=offset)
+
+    def upload_dir(self) -> Path:
+        """Where a streamed upload should be written before :meth:`publish_update`."""
+        return self.blobs.upload_dir()
+
+    def publish_update(
+        self,
+        upload: PackageUpload,
+        *,
+        now: datetime,
+        targets: Sequence[uuid.UUID] | None = None,
+        update_type: UpdateType | None = None,
+        actor: str = "admin",
+    ) -> UpdateOut:
+        """Publish a signed package and create its device rows, atomically.
+
+        The checks, in order: the signature file's form; the manifest (its
+        version must be ``vX.Y.Z``); the signature itself if the server has a
+        keyring; ``update_type`` equals the signed one if given (the signed type
+        is what devices obey); the payload's size and SHA-256 equal the
+        manifest's ``archive``; the version is not published yet; every target
+        is registered. Only then are the objects stored and the rows written.
+
+        Args:
+            upload: the three objects; ``upload.payload_path`` is consumed.
+            now: the server's clock.
+            targets: device uuids to update; None means every registered device.
+            update_type: the type the operator asked for, or None.
+            actor: who publishes, for the audit log.
+
+        Returns:
+            The update with per-status counts of the rows just created.
+
+        Raises:
+            SignatureError: malformed signature file, or (with a keyring) an
+                untrusted key or a signature that does not verify.
+            ManifestError: the manifest is malformed (bad version included).
+            VersionError: a version number does not fit the database.
+            PackageError: requested type differs from the signed one, or the
+                payload does not match the manifest (expected vs actual).
+            ConflictError: the version is already published.
+            NotFoundError: a target is not a registered device.
+            InvalidRequestError: ``targets`` is an empty list.
+        """
+        payload_path = Path(upload.payload_path)
+        try:
+            Signature.from_bytes(upload.signature_bytes)
+            if self.keyring is not None:
+                manifest = verify_manifest(upload.manifest_bytes, upload.signature_bytes, self.keyring)
+            else:
+                manifest = Manifest.from_bytes(upload.manifest_bytes)
+            version = manifest.parsed_version
+            _check_version_range(version)
+            if update_type is not None and update_type is not manifest.update_type:
+                raise PackageError(
+                    f"update_type {update_type.value} was requested but the signed manifest says "
+                    f"{manifest.update_type.value}: omit update_type, or sign a package of type "
+                    f"{update_type.value}"
+                )
+            self._check_payload(manifest, upload, payload_path)
+            if targets is not None and not targets:
+                raise InvalidRequestError(
+                    "targets is empty: give device uuids, or omit targets to update every device"
+                )
+            try:
+                existing = self.store.get_update_by_version(manifest.version)
+            except NotFoundError:
+                pass
+            else:
+                raise self._version_conflict(manifest.version, existing.id)
+            unique_targets = None if targets is None else tuple(dict.fromkeys(targets))
+            devices = self.store.devices_for_targets(unique_targets)
+            rows = self._rows_for_publish(manifest.update_type, version, devices, now)
+
+            key = f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
+            self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
+            self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
+            self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
+            new_update = NewUpdate(
+                version=manifest.version,
+                version_numbers=(version.major, version.minor, version.patch),
+                update_type=manifest.update_type,
+                description=manifest.description,
+                package_url=key,
+                system_packages=tuple(manifest.system_packages),
+                app=manifest.app,
+                key_id=Signature.from_bytes(upload.signature_bytes).key_id,
+                archive_size=manifest.archive.size,
+                archive_sha256=manifest.archive.sha256,
+                manifest=upload.manifest_bytes,
+                signature=upload.signature_bytes,
+                targets=unique_targets,
+            )
+            try:
+                update = self.store.create_update(
+                    new_update,
+                    rows,
+                    now=now,
+                    audit=AuditEntry(
+                        actor,
+                        "update.publish",
+                        {
+                            "version": manifest.version,
+                            "update_type": manifest.update_type.value,
+                            "devices": len(rows),
+                            "targets": None if unique_targets is None else [str(t) for t in unique_targets],
+                        },
+                    ),
+                )
+            except JaviaError:
+                self._discard_unless_used(manifest.version, key)
+                raise
+        finally:
+            payload_path.unlink(missing_ok=True)
+        counts = self.store.status_counts([update.id])[update.id]
+        return self._update_out(update, counts)
+
+    @staticmethod
+    def _version_conflict(version: str, update_id: int) -> ConflictError:
+        return ConflictError(
+            f"version {version} is already published (update {update_id}); publish a higher version"
+        )
+
+    def _discard_unless_used(self, version: str, key: str) -> None:
+        try:
+            if self.store.get_update_by_version(version).package_url == key:
+                return  # a concurrent publish of the very same package won; its objects are ours
+        except JaviaError:
+            pass
+        self.blobs.delete(key)
+
+    @staticmethod
+    def _check_payload(manifest: Manifest, upload: PackageUpload, payload_path: Path) -> None:
+        if upload.payload_size is not None and upload.payload_sha256 is not None:
+            size, sha256 = upload.payload_size, upload.payload_sha256
+        else:
+            try:
+                size, sha256 = _file_size_and_sha256(payload_path)
+            except OSError as error:
+                raise PackageError(f"cannot read the payload: {error.strerror}") from None
+        expected = manifest.archive
+        problems = []
+        if size != expected.size:
+            problems.append(f"size is {size} bytes, the manifest says {expected.size}")
+        if sha256 != expected.sha256:
+            problems.append(f"sha256 is {sha256}, the manifest says {expected.sha256}")
+        if problems:
+            raise PackageError(
+                f"{PAYLOAD_NAME} does not match the signed manifest: " + "; ".join(problems)
+                + " (upload the payload built together with this manifest)"
+            )
+
+    def _rows_for_publish(
+        self, update_type: UpdateType, version: Version, devices: Sequence[DeviceRecord], now: datetime
+    ) -> list[NewDeviceUpdate]:
+        rows: list[NewDeviceUpdate] = []
+        for device in devices:
+            running = _version_or_none(device.current_version)
+            if running is not None and running >= version:
+                continue
+            if update_type is UpdateType.INSTANT:
+                if scheduling.is_online(device.last_seen, now, self.settings.instant_online_seconds):
+                    rows.append(NewDeviceUpdate(device.id, UpdateType.INSTANT, now, None))
+                continue
+            rows.append(self._new_row(update_type, device, now))
+        return rows
+
+    # ------------------------------------------------------------------ plans
+    def _facts(self, device: DeviceRecord) -> scheduling.DeviceFacts:
+        return scheduling.DeviceFacts(
+            device_uuid=device.device_uuid,
+            device_name=device.device_name,
+            timezone=device.timezone,
+            last_seen=device.last_seen,
+            current_version=device.current_version,
+        )
+
+    def _rollout(
+        self, update_type: UpdateType, version: str, devices: Sequence[DeviceRecord], now: datetime
+    ) -> list[scheduling.DevicePlan]:
+        return scheduling.plan_rollout(
+            update_type,
+            version,
+            [self._facts(device) for device in devices],
+            now=now,
+            window_start=self.settings.window_start,
+            window_seconds=self.settings.window_seconds,
+            idle_seconds=self.settings.urgent_idle_seconds,
+        )
+
+    @staticmethod
+    def _entry(plan: scheduling.DevicePlan, **changes: Any) -> PlanEntry:
+        values: dict[str, Any] = {
+            "device_uuid": plan.device_uuid,
+            "device_name": plan.device_name,
+            "timezone": plan.timezone,
+            "gets_row": plan.gets_row,
+            "install_at_utc": plan.install_at_utc,
+            "install_at_local": plan.install_at_local,
+            "reason": plan.reason,
+        }
+        values.update(changes)
+        return PlanEntry(**values)
+
+    def plan_new_update(
+        self,
+        update_type: UpdateType,
+        version: str,
+        targets: Sequence[uuid.UUID] | None,
+        *,
+        now: datetime,
+    ) -> list[PlanEntry]:
+        """Dry run: who would install ``version`` when, if published now.
+
+        Raises:
+            VersionError: ``version`` is not ``vX.Y.Z``.
+            ConflictError: ``version`` is already published.
+            NotFoundError: a target is not registered.
+        """
+        parsed = Version.parse(version)
+        try:
+            existing = self.store.get_update_by_version(str(parsed))
+        except NotFoundError:
+            pass
+        else:
+            raise self._version_conflict(str(parsed), existing.id)
+        devices = self.store.devices_for_targets(None if targets is None else tuple(dict.fromkeys(targets)))
+        return [self._entry(plan) for plan in self._rollout(update_type, str(parsed), devices, now)]
+
+    def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
+        """Who installs a published update when, from its rows (and the rules for devices without one).
+
+        Raises:
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+        """
+        update = self.resolve_update(reference)
+        if update.targets is None:
+            devices = self.store.devices_for_targets(None)
+        else:
+            devices = self.store.devices_for_targets(update.targets)
+        rows = {row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items}
+        by_uuid = {plan.device_uuid: plan for plan in self._rollout(update.update_type, update.version, devices, now)}
+        entries: list[PlanEntry] = []
+        for device in devices:
+            plan = by_uuid[device.device_uuid]
+            row = rows.get(device.id)
+            if row is None:
+                reason = plan.reason
+                if plan.gets_row:
+                    reason = f"no row yet: gets it at its next heartbeat; {reason}"
+                entries.append(self._entry(plan, gets_row=False, reason=reason))
+                continue
+            if row.status is UpdateStatus.PENDING:
+                current = scheduling.current_install_plan(
+                    row.install_type,
+                    row.scheduled_for,
+                    row.window_end,
+                    now=now,
+                    timezone=device.timezone,
+                    device_uuid=device.device_uuid,
+                    window_start=self.settings.window_start,
+                    window_seconds=self.settings.window_seconds,
+                    idle_seconds=self.settings.urgent_idle_seconds,
+                )
+                at, reason = current.install_at, current.reason
+            else:
+                at = row.completed_at or row.started_at
+                reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
+            local = None if at is None else at.astimezone(ZoneInfo(device.timezone))
+            entries.append(
+                self._entry(
+                    plan,
+                    gets_row=True,
+                    status=row.status,
+                    install_at_utc=at,
+                    install_at_local=local,
+                    reason=reason,
+                )
+            )
+        return entries
+
