@@ -129,14 +129,18 @@ def test_lord_howe_half_hour_shift() -> None:
     assert start == utc(2027, 10, 2, 15, 30)
     assert start.astimezone(fixed(11)).time() == time(2, 30)
     # Fall back 2027-04-04 02:00 +11 -> 01:30 +10:30: 01:30-02:00 doubles, 02:00 occurs once.
-    assert next_window_start(utc(2027, 4, 3, 0, 0), "Australia/Lord_Howe") == utc(2027, 4, 3, 15, 30)
+    assert next_window_start(utc(2027, 4, 3, 0, 0), "Australia/Lord_Howe") == utc(
+        2027, 4, 3, 15, 30
+    )
 
 
 def test_two_hour_shift_in_antarctica_troll() -> None:
     # Troll moves +00 -> +02 at 01:00 UTC (local 01:00 -> 03:00) and back at 01:00 UTC
     # (local 03:00 -> 01:00), so 02:00 is swallowed in March and doubled in October.
     assert next_window_start(utc(2027, 3, 27, 12, 0), "Antarctica/Troll") == utc(2027, 3, 28, 1, 0)
-    assert next_window_start(utc(2027, 10, 30, 12, 0), "Antarctica/Troll") == utc(2027, 10, 31, 0, 0)
+    assert next_window_start(utc(2027, 10, 30, 12, 0), "Antarctica/Troll") == utc(
+        2027, 10, 31, 0, 0
+    )
     # Between the first (00:00Z) and the second (02:00Z) 02:00: next day's window.
     assert next_window_start(utc(2027, 10, 31, 1, 0), "Antarctica/Troll") == utc(2027, 11, 1, 2, 0)
 
@@ -293,8 +297,15 @@ def test_most_urgent_of_nothing_is_an_error() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0 s"), (42.9, "42 s"), (300, "5 min"), (3600, "1 h"), (7980, "2 h 13 min"),
-     (90061, "1 d 1 h"), (3 * 86400 + 59, "3 d")],
+    [
+        (0, "0 s"),
+        (42.9, "42 s"),
+        (300, "5 min"),
+        (3600, "1 h"),
+        (7980, "2 h 13 min"),
+        (90061, "1 d 1 h"),
+        (3 * 86400 + 59, "3 d"),
+    ],
 )
 def test_describe_duration(seconds: float, text: str) -> None:
     assert describe_duration(seconds) == text
@@ -303,14 +314,18 @@ def test_describe_duration(seconds: float, text: str) -> None:
 # --------------------------------------------------------------------------- plan_install
 
 
-def plan(update_type: UpdateType | str, now: datetime, zone: str = "Europe/Berlin", **kw) -> InstallPlan:
+def plan(
+    update_type: UpdateType | str, now: datetime, zone: str = "Europe/Berlin", **kw
+) -> InstallPlan:
     return plan_install(update_type, now=now, timezone=zone, device_uuid=DEVICE, **kw)
 
 
 def test_instant_installs_at_its_next_check() -> None:
     now = datetime(2027, 6, 10, 14, 0, tzinfo=fixed(2))
     result = plan(UpdateType.INSTANT, now)
-    assert result == InstallPlan(utc(2027, 6, 10, 12, 0), None, None, "instant: installs at its next check")
+    assert result == InstallPlan(
+        utc(2027, 6, 10, 12, 0), None, None, "instant: installs at its next check"
+    )
     assert result.install_at.tzinfo is UTC
 
 
@@ -346,7 +361,9 @@ def test_scheduled_on_the_berlin_spring_forward_night() -> None:
 
 
 def test_scheduled_on_the_new_york_spring_forward_night() -> None:
-    result = plan(UpdateType.SCHEDULED, datetime(2027, 3, 13, 20, 0, tzinfo=fixed(-5)), "America/New_York")
+    result = plan(
+        UpdateType.SCHEDULED, datetime(2027, 3, 13, 20, 0, tzinfo=fixed(-5)), "America/New_York"
+    )
     assert result.install_at == utc(2027, 3, 14, 7, 31, 55)
     assert result.reason.endswith("starts 2027-03-14 03:31 EDT")
 
@@ -386,8 +403,12 @@ def test_plan_install_refuses_bad_input() -> None:
 
 def replan(stored: InstallPlan, update_type: UpdateType, now: datetime) -> InstallPlan:
     return current_install_plan(
-        update_type, stored.install_at, stored.window_end,
-        now=now, timezone="Europe/Berlin", device_uuid=DEVICE,
+        update_type,
+        stored.install_at,
+        stored.window_end,
+        now=now,
+        timezone="Europe/Berlin",
+        device_uuid=DEVICE,
     )
 
 
@@ -423,12 +444,24 @@ def test_instant_plan_is_never_replanned() -> None:
 # --------------------------------------------------------------------------- decide_install
 
 
-def directive(update_type: UpdateType, install_at: datetime, window_end: datetime | None = None,
-              idle: int | None = None) -> InstallDirective:
+def directive(
+    update_type: UpdateType,
+    install_at: datetime,
+    window_end: datetime | None = None,
+    idle: int | None = None,
+) -> InstallDirective:
     return InstallDirective(
-        update_id=7, version="v1.2.3", update_type=update_type, status=UpdateStatus.PENDING,
-        install_at=install_at, window_end=window_end, idle_seconds_required=idle, size=1024,
-        manifest_url="/m", signature_url="/s", download_url="/d",
+        update_id=7,
+        version="v1.2.3",
+        update_type=update_type,
+        status=UpdateStatus.PENDING,
+        install_at=install_at,
+        window_end=window_end,
+        idle_seconds_required=idle,
+        size=1024,
+        manifest_url="/m",
+        signature_url="/s",
+        download_url="/d",
     )
 
 
@@ -436,25 +469,35 @@ SLOT, END = utc(2027, 6, 11, 0, 31, 55), utc(2027, 6, 11, 3, 0)
 
 
 def test_instant_directive_installs_now() -> None:
-    decision = decide_install(directive(UpdateType.INSTANT, utc(2027, 6, 10, 12, 0)),
-                              now=utc(2027, 6, 10, 12, 4), idle_seconds=0)
+    decision = decide_install(
+        directive(UpdateType.INSTANT, utc(2027, 6, 10, 12, 0)),
+        now=utc(2027, 6, 10, 12, 4),
+        idle_seconds=0,
+    )
     assert decision.install_now and decision.wake_at is None
 
 
 def test_scheduled_waits_for_its_slot_and_wakes_there() -> None:
-    decision = decide_install(directive(UpdateType.SCHEDULED, SLOT, END),
-                              now=SLOT - timedelta(seconds=1), idle_seconds=None)
+    decision = decide_install(
+        directive(UpdateType.SCHEDULED, SLOT, END),
+        now=SLOT - timedelta(seconds=1),
+        idle_seconds=None,
+    )
     assert not decision.install_now
     assert decision.wake_at == SLOT
 
 
 @pytest.mark.parametrize("now", [SLOT, SLOT + timedelta(hours=1), END - timedelta(microseconds=1)])
 def test_scheduled_installs_inside_its_window(now: datetime) -> None:
-    assert decide_install(directive(UpdateType.SCHEDULED, SLOT, END), now=now, idle_seconds=None).install_now
+    assert decide_install(
+        directive(UpdateType.SCHEDULED, SLOT, END), now=now, idle_seconds=None
+    ).install_now
 
 
 def test_scheduled_after_the_window_waits_for_the_server_to_replan() -> None:
-    decision = decide_install(directive(UpdateType.SCHEDULED, SLOT, END), now=END, idle_seconds=99999)
+    decision = decide_install(
+        directive(UpdateType.SCHEDULED, SLOT, END), now=END, idle_seconds=99999
+    )
     assert not decision.install_now
     assert decision.wake_at is None
     assert "re-plans" in decision.reason
@@ -462,7 +505,9 @@ def test_scheduled_after_the_window_waits_for_the_server_to_replan() -> None:
 
 def test_decision_uses_the_given_clock_in_any_offset() -> None:
     now = (SLOT + timedelta(seconds=5)).astimezone(fixed(-10))
-    assert decide_install(directive(UpdateType.SCHEDULED, SLOT, END), now=now, idle_seconds=None).install_now
+    assert decide_install(
+        directive(UpdateType.SCHEDULED, SLOT, END), now=now, idle_seconds=None
+    ).install_now
 
 
 def test_urgent_installs_after_an_hour_of_idle_long_before_the_deadline() -> None:
@@ -529,8 +574,13 @@ def test_decide_install_refuses_bad_clock_or_idle_values() -> None:
 NOW = utc(2027, 6, 10, 12, 0)
 
 
-def facts(name: str, zone: str = "Europe/Berlin", seen_ago: float | None = 30,
-          version: str | None = "v1.2.2", device: uuid.UUID = DEVICE) -> DeviceFacts:
+def facts(
+    name: str,
+    zone: str = "Europe/Berlin",
+    seen_ago: float | None = 30,
+    version: str | None = "v1.2.2",
+    device: uuid.UUID = DEVICE,
+) -> DeviceFacts:
     seen = None if seen_ago is None else NOW - timedelta(seconds=seen_ago)
     return DeviceFacts(device, name, zone, seen, version)
 
@@ -545,7 +595,10 @@ def test_instant_rollout_gives_rows_to_online_devices_only() -> None:
     assert kitchen.gets_row and kitchen.install_at_utc == NOW
     assert kitchen.reason == "online: installs at its next check"
     assert not garage.gets_row and garage.install_at_utc is None
-    assert garage.reason == "offline for 2 h 13 min (> 300 s): gets it at its next heartbeat and installs then"
+    assert (
+        garage.reason
+        == "offline for 2 h 13 min (> 300 s): gets it at its next heartbeat and installs then"
+    )
     assert not attic.gets_row
     assert attic.reason.startswith("never seen (> 300 s)")
 

@@ -39,7 +39,9 @@ def wall(instant: datetime, zone: ZoneInfo) -> datetime:
     return instant.astimezone(zone).replace(tzinfo=None)
 
 
-def first_window_start_by_walking(after: datetime, zone: ZoneInfo, at: time) -> tuple[datetime, timedelta]:
+def first_window_start_by_walking(
+    after: datetime, zone: ZoneInfo, at: time
+) -> tuple[datetime, timedelta]:
     """The oracle: walk the wall clock from 30 h before ``after`` in minute steps.
 
     Returns the first instant later than ``after`` at which the wall clock reaches
@@ -106,7 +108,9 @@ def instants_near_offset_changes(draw: st.DrawFn) -> tuple[str, datetime]:
         if draw(st.booleans()):
             instant += timedelta(microseconds=draw(st.integers(0, 999_999)))
     else:
-        instant = datetime(year, 1, 1, tzinfo=UTC) + timedelta(seconds=draw(st.integers(0, 365 * 86400)))
+        instant = datetime(year, 1, 1, tzinfo=UTC) + timedelta(
+            seconds=draw(st.integers(0, 365 * 86400))
+        )
     return zone_name, instant
 
 
@@ -142,8 +146,11 @@ def window_times_inside_a_change(draw: st.DrawFn) -> tuple[str, datetime, time]:
 
 anywhere = st.tuples(
     st.sampled_from(ZONES),
-    st.datetimes(min_value=FIRST.replace(tzinfo=None), max_value=LAST.replace(tzinfo=None),
-                 timezones=st.just(UTC)),
+    st.datetimes(
+        min_value=FIRST.replace(tzinfo=None),
+        max_value=LAST.replace(tzinfo=None),
+        timezones=st.just(UTC),
+    ),
 )
 
 
@@ -222,14 +229,18 @@ def test_a_window_start_is_never_its_own_successor(zone_and_instant: tuple[str, 
 
 @settings(max_examples=300)
 @given(st.uuids(), st.integers(1, 86400))
-def test_offset_is_stable_and_inside_the_first_two_thirds(device: uuid.UUID, window_seconds: int) -> None:
+def test_offset_is_stable_and_inside_the_first_two_thirds(
+    device: uuid.UUID, window_seconds: int
+) -> None:
     offset = window_offset_seconds(device, window_seconds)
     assert offset == window_offset_seconds(str(device).upper(), window_seconds)
     assert 0 <= offset < max(1, window_seconds * 2 // 3)
 
 
 @given(
-    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2080, 1, 1), timezones=st.just(UTC)),
+    st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2080, 1, 1), timezones=st.just(UTC)
+    ),
     st.integers(-10_000, 10_000),
 )
 def test_online_means_seen_within_300_seconds(now: datetime, seconds_ago: int) -> None:
@@ -245,15 +256,21 @@ def test_online_means_seen_within_300_seconds(now: datetime, seconds_ago: int) -
     st.sampled_from([600, 3600, 3 * 3600, 6 * 3600]),
 )
 def test_plans_fall_inside_a_window_with_time_to_finish(
-    zone_and_instant: tuple[str, datetime], device: uuid.UUID, update_type: UpdateType, window_seconds: int
+    zone_and_instant: tuple[str, datetime],
+    device: uuid.UUID,
+    update_type: UpdateType,
+    window_seconds: int,
 ) -> None:
     zone_name, now = zone_and_instant
-    plan = plan_install(update_type, now=now, timezone=zone_name, device_uuid=device,
-                        window_seconds=window_seconds)
+    plan = plan_install(
+        update_type, now=now, timezone=zone_name, device_uuid=device, window_seconds=window_seconds
+    )
     assert plan.window_end is not None
     start = plan.window_end - timedelta(seconds=window_seconds)
     assert next_window_start(start - timedelta(microseconds=1), zone_name) == start  # a real window
-    assert plan.install_at - start == timedelta(seconds=window_offset_seconds(device, window_seconds))
+    assert plan.install_at - start == timedelta(
+        seconds=window_offset_seconds(device, window_seconds)
+    )
     assert now <= plan.install_at < plan.window_end
     assert plan.window_end - plan.install_at > timedelta(seconds=window_seconds // 3 - 1)
     # The plan is the earliest possible: the previous window's slot for this device had passed.
@@ -265,10 +282,17 @@ def test_plans_fall_inside_a_window_with_time_to_finish(
 
     # And the agent, handed this plan, installs exactly inside [install_at, window_end).
     directive = InstallDirective(
-        update_id=1, version="v1.0.0", update_type=update_type, status=UpdateStatus.PENDING,
-        install_at=plan.install_at, window_end=plan.window_end,
-        idle_seconds_required=plan.idle_seconds_required, size=1,
-        manifest_url="/m", signature_url="/s", download_url="/d",
+        update_id=1,
+        version="v1.0.0",
+        update_type=update_type,
+        status=UpdateStatus.PENDING,
+        install_at=plan.install_at,
+        window_end=plan.window_end,
+        idle_seconds_required=plan.idle_seconds_required,
+        size=1,
+        manifest_url="/m",
+        signature_url="/s",
+        download_url="/d",
     )
     before = decide_install(directive, now=plan.install_at - timedelta(seconds=1), idle_seconds=0)
     assert not before.install_now and before.wake_at == plan.install_at

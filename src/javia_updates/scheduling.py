@@ -54,29 +54,29 @@ from javia_updates.models import InstallDirective, UpdateType, validate_timezone
 from javia_updates.versioning import Version
 
 __all__ = [
-    "DEFAULT_WINDOW_START",
-    "DEFAULT_WINDOW_SECONDS",
     "DEFAULT_IDLE_SECONDS",
-    "ONLINE_WITHIN_SECONDS",
-    "OFFSET_SPREAD_NUMERATOR",
-    "OFFSET_SPREAD_DENOMINATOR",
+    "DEFAULT_WINDOW_SECONDS",
+    "DEFAULT_WINDOW_START",
     "MAX_WINDOW_SECONDS",
-    "ScheduleError",
-    "next_window_start",
-    "window_start_on",
-    "current_window",
-    "window_offset_seconds",
-    "is_online",
-    "most_urgent",
-    "describe_duration",
-    "InstallPlan",
-    "plan_install",
-    "current_install_plan",
-    "InstallDecision",
-    "decide_install",
+    "OFFSET_SPREAD_DENOMINATOR",
+    "OFFSET_SPREAD_NUMERATOR",
+    "ONLINE_WITHIN_SECONDS",
     "DeviceFacts",
     "DevicePlan",
+    "InstallDecision",
+    "InstallPlan",
+    "ScheduleError",
+    "current_install_plan",
+    "current_window",
+    "decide_install",
+    "describe_duration",
+    "is_online",
+    "most_urgent",
+    "next_window_start",
+    "plan_install",
     "plan_rollout",
+    "window_offset_seconds",
+    "window_start_on",
 ]
 
 DEFAULT_WINDOW_START = time(2, 0)
@@ -515,7 +515,12 @@ def plan_install(
 
 
 def _window_plan(
-    kind: UpdateType, start: datetime, end: datetime, slot: datetime, zone: ZoneInfo, idle_seconds: int
+    kind: UpdateType,
+    start: datetime,
+    end: datetime,
+    slot: datetime,
+    zone: ZoneInfo,
+    idle_seconds: int,
 ) -> InstallPlan:
     """A scheduled or urgent plan with its operator-facing reason (local times)."""
     if kind is UpdateType.URGENT:
@@ -674,7 +679,9 @@ def decide_install(
     if window_end is not None:
         _aware("window_end", window_end)
     if idle_seconds is not None and (math.isnan(idle_seconds) or idle_seconds < 0):
-        raise ScheduleError(f"idle time must be a non-negative number of seconds, got {idle_seconds!r}")
+        raise ScheduleError(
+            f"idle time must be a non-negative number of seconds, got {idle_seconds!r}"
+        )
     version = directive.version
     at_utc = install_at.astimezone(UTC)
     now_utc = now.astimezone(UTC)
@@ -686,10 +693,14 @@ def decide_install(
     if directive.update_type is UpdateType.SCHEDULED:
         if now < install_at:
             return InstallDecision(
-                False, f"scheduled update {version}: waiting for its slot at {at_utc:%Y-%m-%d %H:%M} UTC", at_utc
+                False,
+                f"scheduled update {version}: waiting for its slot at {at_utc:%Y-%m-%d %H:%M} UTC",
+                at_utc,
             )
         if window_open:
-            return InstallDecision(True, f"scheduled update {version}: in its maintenance window", None)
+            return InstallDecision(
+                True, f"scheduled update {version}: in its maintenance window", None
+            )
         assert window_end is not None  # window_open is False only with a window_end
         return InstallDecision(
             False,
@@ -832,9 +843,8 @@ def plan_rollout(
         zone = _zone(device.timezone)
         running = _parse_or_none(device.current_version)
 
-        def plan(gets_row: bool, at: datetime | None, reason: str, d: DeviceFacts = device) -> DevicePlan:
-            local = at.astimezone(zone) if at is not None else None
-            return DevicePlan(d.device_uuid, d.device_name, gets_row, at, local, d.timezone, reason)
+        def plan(gets_row: bool, at: datetime | None, reason: str) -> DevicePlan:
+            return _device_plan(device, zone, gets_row, at, reason)  # noqa: B023 - called at once
 
         if running is not None and running >= target:
             newer = "" if running == target else f" (newer than {target})"
@@ -872,6 +882,15 @@ def plan_rollout(
             reason += f"; {absence}: installs only if back before its window ends, else a later one"
         plans.append(plan(True, result.install_at, reason))
     return plans
+
+
+def _device_plan(
+    device: DeviceFacts, zone: ZoneInfo, gets_row: bool, at: datetime | None, reason: str
+) -> DevicePlan:
+    local = at.astimezone(zone) if at is not None else None
+    return DevicePlan(
+        device.device_uuid, device.device_name, gets_row, at, local, device.timezone, reason
+    )
 
 
 def _parse_or_none(text: str | None) -> Version | None:
