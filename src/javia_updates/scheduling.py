@@ -251,10 +251,10 @@ def next_window_start(after: datetime, timezone: str, at: time = DEFAULT_WINDOW_
     gets the next one.
 
     Consecutive window starts are 24 h apart, except around a UTC-offset change:
-    at most 24 h plus the largest backward shift (25 h for a 1 h fall-back; in
-    the zone database for 1990-2090 no shift exceeds that bound, see
-    ``docs/update-types.md``), and as little as 2 h when a whole day is skipped
-    (Pacific/Apia, 2011-12-30).
+    at most 24 h plus that night's backward shift (25 h for a 1 h fall-back; the
+    longest in the zone database for 1990-2090 is 31 h, Antarctica/Vostok in
+    1994), and as little as 2 h when a whole day is skipped (Pacific/Apia,
+    2011-12-30). See ``docs/update-types.md``.
 
     Args:
         after: an aware datetime (any offset).
