@@ -14,7 +14,7 @@ import os
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,7 +31,7 @@ from javia_updates.manifest import (
 )
 from javia_updates.models import UpdateType
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def keyring_for(*keys: Ed25519PrivateKey) -> dict[str, Ed25519PublicKey]:
@@ -80,25 +80,28 @@ class Member:
 
 def write_archive(path: Path, members: Iterable[Member]) -> None:
     """Write ``members`` as a gzip tar exactly as given (no name clean-up)."""
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-            for member in members:
-                info = tarfile.TarInfo(member.name)
-                info.type = member.type
-                info.mode = member.mode
-                info.linkname = member.linkname
-                info.mtime = 0
-                info.pax_headers = dict(member.pax)
-                if member.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-                    info.devmajor, info.devminor = 1, 3
-                if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                    info.size = len(member.data) if member.size is None else member.size
-                    data = member.data
-                    if len(data) < info.size:
-                        data = data + b"\0" * (info.size - len(data))
-                    archive.addfile(info, io.BytesIO(data))
-                else:
-                    archive.addfile(info)
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        for member in members:
+            info = tarfile.TarInfo(member.name)
+            info.type = member.type
+            info.mode = member.mode
+            info.linkname = member.linkname
+            info.mtime = 0
+            info.pax_headers = dict(member.pax)
+            if member.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+                info.devmajor, info.devminor = 1, 3
+            if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                info.size = len(member.data) if member.size is None else member.size
+                data = member.data
+                if len(data) < info.size:
+                    data = data + b"\0" * (info.size - len(data))
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                archive.addfile(info)
 
 
 def entry(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
@@ -121,9 +124,20 @@ def write_signed_package(
     so signature and archive checks pass whatever the members are.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    payload = directory / PAYLOAD_NAME
-    write_archive(payload, members)
-    data = payload.read_bytes()
+    write_archive(directory / PAYLOAD_NAME, members)
+    return sign_package_dir(directory, files, key, version=version, app=app)
+
+
+def sign_package_dir(
+    directory: Path,
+    files: Iterable[FileEntry],
+    key: Ed25519PrivateKey,
+    *,
+    version: str = "v1.0.0",
+    app: str = "voice",
+) -> Manifest:
+    """Sign a manifest listing ``files`` for whatever ``directory/payload.tar.gz`` holds."""
+    data = (directory / PAYLOAD_NAME).read_bytes()
     listed = tuple(sorted(files, key=lambda item: item.path))
     manifest = Manifest(
         app=app,

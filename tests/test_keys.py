@@ -60,7 +60,9 @@ def test_a_generated_key_signs_what_its_public_key_verifies(tmp_path: Path) -> N
     signature = sign_manifest(b"manifest bytes", private)
     assert signature.key_id == paths.key_id
     # Raises InvalidSignature if the pair does not match.
-    load_public_key(paths.public_path).verify(base64.b64decode(signature.signature), b"manifest bytes")
+    load_public_key(paths.public_path).verify(
+        base64.b64decode(signature.signature), b"manifest bytes"
+    )
 
 
 def test_passphrase_protects_the_private_key(tmp_path: Path) -> None:
@@ -179,7 +181,9 @@ def test_keyring_holds_every_pub_file_and_ignores_other_files(tmp_path: Path) ->
 
 def test_a_keyring_file_that_does_not_parse_is_named(tmp_path: Path) -> None:
     (tmp_path / "good.pub").write_bytes(generate_keypair(tmp_path / "k").public_path.read_bytes())
-    (tmp_path / "bad.pub").write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
+    (tmp_path / "bad.pub").write_text(
+        "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"
+    )
     with pytest.raises(SigningKeyError) as caught:
         load_keyring(tmp_path)
     assert "bad.pub" in str(caught.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,35 +67,44 @@ def manifests(draw: st.DrawFn) -> Manifest:
             st.datetimes(
                 min_value=datetime(1, 1, 2),
                 max_value=datetime(9999, 12, 30),
-                timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))]),
+                timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
             )
         ),
         update_type=draw(st.sampled_from(list(UpdateType))),
         description=draw(st.text(max_size=200)),
         system_packages=tuple(
-            draw(st.lists(st.from_regex(r"[a-z0-9][a-z0-9+.-]{1,20}(=[0-9][a-z0-9.+~-]{0,8})?", fullmatch=True), max_size=4))
+            draw(
+                st.lists(
+                    st.from_regex(
+                        r"[a-z0-9][a-z0-9+.-]{1,20}(=[0-9][a-z0-9.+~-]{0,8})?", fullmatch=True
+                    ),
+                    max_size=4,
+                )
+            )
         ),
         files=files,
-        archive=ArchiveInfo(sha256=draw(hex64), size=draw(st.integers(min_value=0, max_value=2**40))),
+        archive=ArchiveInfo(
+            sha256=draw(hex64), size=draw(st.integers(min_value=0, max_value=2**40))
+        ),
         unpacked_size=sum(entry.size for entry in files),
     )
 
 
 def small_manifest(**changes: object) -> Manifest:
-    data: dict[str, object] = dict(
-        app="voice-assistant",
-        version="v1.2.3",
-        created_at=datetime(2025, 3, 30, 1, 30, tzinfo=timezone.utc),
-        update_type=UpdateType.URGENT,
-        description="Fix wake word",
-        system_packages=("sox", "libasound2=1.2.8-1"),
-        files=(
+    data: dict[str, object] = {
+        "app": "voice-assistant",
+        "version": "v1.2.3",
+        "created_at": datetime(2025, 3, 30, 1, 30, tzinfo=UTC),
+        "update_type": UpdateType.URGENT,
+        "description": "Fix wake word",
+        "system_packages": ("sox", "libasound2=1.2.8-1"),
+        "files": (
             FileEntry(path="VERSION", sha256="a" * 64, size=7, mode=0o644),
             FileEntry(path="app/main.py", sha256="b" * 64, size=100, mode=0o755),
         ),
-        archive=ArchiveInfo(sha256="c" * 64, size=321),
-        unpacked_size=107,
-    )
+        "archive": ArchiveInfo(sha256="c" * 64, size=321),
+        "unpacked_size": 107,
+    }
     data.update(changes)
     return Manifest(**data)  # type: ignore[arg-type]
 
@@ -109,7 +118,10 @@ def test_canonical_bytes_round_trip_and_are_stable(manifest: Manifest) -> None:
     assert parsed.to_bytes() == data
     # Canonical JSON: sorted keys, no whitespace between tokens.
     value = json.loads(data)
-    assert json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() == data
+    assert (
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        == data
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,7 +182,10 @@ def test_empty_keyring_fails_closed_even_for_a_valid_signature() -> None:
         (b'{"algorithm":"ed25519","key_id":"0123456789abcdef"}', "not JSON"),
         (b'{"algorithm":"rsa","key_id":"0123456789abcdef","signature":"AA=="}', "algorithm"),
         (b'{"algorithm":"ed25519","key_id":"XYZ","signature":"AA=="}', "16 lower-case hex"),
-        (b'{"algorithm":"ed25519","key_id":"0123456789abcdef","signature":"not base64!"}', "base64"),
+        (
+            b'{"algorithm":"ed25519","key_id":"0123456789abcdef","signature":"not base64!"}',
+            "base64",
+        ),
         (b'{"algorithm":"ed25519","key_id":"0123456789abcdef","signature":"AAAA"}', "expected 64"),
         (b"x" * 5000, "larger than"),
     ],
@@ -205,7 +220,9 @@ def test_key_id_is_the_first_16_hex_digits_of_sha256_of_the_raw_public_key() -> 
         ({"created_at": datetime(2025, 1, 1)}, "created_at"),
     ],
 )
-def test_invalid_manifests_are_refused_naming_the_field(changes: dict[str, object], field: str) -> None:
+def test_invalid_manifests_are_refused_naming_the_field(
+    changes: dict[str, object], field: str
+) -> None:
     data = small_manifest().to_json_dict()
     data.update({key: value for key, value in changes.items()})
     if isinstance(data.get("created_at"), datetime):
@@ -217,9 +234,7 @@ def test_invalid_manifests_are_refused_naming_the_field(changes: dict[str, objec
     assert field in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "path", ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\\b", ""]
-)
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\\b", ""])
 def test_unsafe_file_paths_cannot_be_listed(path: str) -> None:
     with pytest.raises(ValueError, match="unsafe file path"):
         FileEntry(path=path, sha256="a" * 64, size=1, mode=0o644)
@@ -245,8 +260,11 @@ def test_files_must_be_sorted_unique_and_not_nested_below_a_file() -> None:
 @pytest.mark.parametrize(
     ("created_at", "written"),
     [
-        (datetime(2025, 3, 30, 3, 30, 15, 999, tzinfo=timezone(timedelta(hours=2))), "2025-03-30T01:30:15Z"),
-        (datetime(999, 1, 1, tzinfo=timezone.utc), "0999-01-01T00:00:00Z"),
+        (
+            datetime(2025, 3, 30, 3, 30, 15, 999, tzinfo=timezone(timedelta(hours=2))),
+            "2025-03-30T01:30:15Z",
+        ),
+        (datetime(999, 1, 1, tzinfo=UTC), "0999-01-01T00:00:00Z"),
     ],
 )
 def test_created_at_is_written_as_utc_whole_seconds(created_at: datetime, written: str) -> None:

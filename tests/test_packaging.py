@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packages_helpers import NOW, keyring_for, make_app
 
 from javia_updates.errors import ManifestError, PackageError, VersionError
 from javia_updates.manifest import verify_manifest
@@ -18,28 +19,26 @@ from javia_updates.models import UpdateType
 from javia_updates.packaging import (
     PAYLOAD_MTIME,
     BuiltPackage,
-    collect_files,
     build_package,
+    collect_files,
     read_app_version,
     read_package_dir,
     sanitize_app_name,
 )
 from javia_updates.versioning import Version
 
-from packages_helpers import NOW, keyring_for, make_app
-
 KEY = Ed25519PrivateKey.generate()
 
 
 def build(app: Path, out: Path, version: str = "v1.1.0", **options: object) -> BuiltPackage:
-    arguments: dict[str, object] = dict(
-        version=Version.parse(version),
-        update_type=UpdateType.SCHEDULED,
-        description="nightly",
-        system_packages=(),
-        private_key=KEY,
-        now=NOW,
-    )
+    arguments: dict[str, object] = {
+        "version": Version.parse(version),
+        "update_type": UpdateType.SCHEDULED,
+        "description": "nightly",
+        "system_packages": (),
+        "private_key": KEY,
+        "now": NOW,
+    }
     arguments.update(options)
     return build_package(app, out, **arguments)  # type: ignore[arg-type]
 
@@ -150,7 +149,9 @@ def test_special_mode_bits_are_stripped(tmp_path: Path) -> None:
 
 def test_package_is_signed_lists_every_file_and_holds_the_new_version(tmp_path: Path) -> None:
     app = make_app(tmp_path / "app", {"main.py": "print(1)\n", "lib/util.py": "u = 2\n"})
-    built = build(app, tmp_path / "out", version="v1.1.0", system_packages=["sox", "libasound2=1.2.8-1"])
+    built = build(
+        app, tmp_path / "out", version="v1.1.0", system_packages=["sox", "libasound2=1.2.8-1"]
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "manifest.json",
         "manifest.sig",
@@ -241,7 +242,8 @@ def test_read_app_version(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["-oAPT::Update::Pre-Invoke::=touch /tmp/pwned", "Sox", "sox;reboot", "a", "sox=", "sox==1"]
+    "bad",
+    ["-oAPT::Update::Pre-Invoke::=touch /tmp/pwned", "Sox", "sox;reboot", "a", "sox=", "sox==1"],
 )
 def test_invalid_system_packages_are_refused_before_anything_is_written(
     tmp_path: Path, bad: str

@@ -14,6 +14,8 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packages_helpers import (
+    NOW,
+    Member,
+    entry,
+    keyring_for,
+    make_app,
+    sign_package_dir,
+    snapshot,
+    write_signed_package,
+)
 
 from javia_agent import verification
 from javia_agent.verification import (
@@ -35,16 +47,6 @@ from javia_updates.manifest import FileEntry, Manifest
 from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package, read_package_dir
 from javia_updates.versioning import Version
-
-from packages_helpers import (
-    NOW,
-    Member,
-    entry,
-    keyring_for,
-    make_app,
-    snapshot,
-    write_signed_package,
-)
 
 KEY = Ed25519PrivateKey.generate()
 KEYRING = keyring_for(KEY)
@@ -269,35 +271,30 @@ def test_hostile_member_is_refused_by_verify_without_writing(layout: Layout, nam
     )
 
 
-def test_archive_that_is_not_gzip_is_refused(layout: Layout) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [b"this is not gzip at all" * 10, gzip.compress(b"gzip, but no tar inside" * 100), b""],
+    ids=["not gzip", "gzip of garbage", "empty"],
+)
+def test_payload_that_is_not_a_tar_gz_is_refused(layout: Layout, payload: bytes) -> None:
     layout.package.mkdir()
-    manifest = write_signed_package(layout.package, [], [], KEY)
-    payload = layout.package / "payload.tar.gz"
-    payload.write_bytes(b"this is not gzip at all" * 10)
-    # Re-sign a manifest naming the new archive, so only the format is wrong.
-    import hashlib
-
-    from javia_updates.manifest import ArchiveInfo, sign_manifest
-
-    data = payload.read_bytes()
-    manifest = manifest.model_copy(
-        update={"archive": ArchiveInfo(sha256=hashlib.sha256(data).hexdigest(), size=len(data))}
-    )
+    (layout.package / "payload.tar.gz").write_bytes(payload)
+    manifest = sign_package_dir(layout.package, [entry("a.txt", b"a")], KEY)
     assert_refused(
         layout,
-        lambda: extract_payload(payload, manifest, layout.destination),
-        "not a readable tar.gz archive",
+        lambda: extract_payload(layout.package / "payload.tar.gz", manifest, layout.destination),
+        "payload is not a readable tar.gz archive",
     )
-    (layout.package / "manifest.json").write_bytes(manifest.to_bytes())
-    (layout.package / "manifest.sig").write_bytes(sign_manifest(manifest.to_bytes(), KEY).to_bytes())
     assert_refused(
         layout,
         lambda: verify_package_dir(layout.package, KEYRING, current_version=None),
-        "not a readable tar.gz archive",
+        "payload is not a readable tar.gz archive",
     )
 
 
-def test_bomb_is_stopped_without_inflating_it(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bomb_is_stopped_without_inflating_it(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest, _ = _write_hostile(layout, "gzip bomb member past unpacked_size")
     inflated = 0
     real_read = gzip.GzipFile.read
@@ -321,7 +318,11 @@ def test_bomb_is_stopped_without_inflating_it(layout: Layout, monkeypatch: pytes
 def good_package(layout: Layout) -> Path:
     app = make_app(
         layout.root / "app",
-        {"main.py": "print('hello')\n", "voice/wake.py": "WORD = 'javia'\n", "bin/run": "#!/bin/sh\n"},
+        {
+            "main.py": "print('hello')\n",
+            "voice/wake.py": "WORD = 'javia'\n",
+            "bin/run": "#!/bin/sh\n",
+        },
     )
     os.chmod(app / "bin" / "run", 0o755)
     build(app, layout.package, version="v1.0.0")
@@ -376,7 +377,9 @@ def test_key_not_in_keyring_is_refused(layout: Layout) -> None:
 
 def test_valid_signature_but_altered_archive_is_refused(layout: Layout, good_package: Path) -> None:
     manifest_bytes, signature_bytes, payload = read_package_dir(good_package)
-    manifest = verify_metadata(manifest_bytes, signature_bytes, KEYRING, current_version=None).manifest
+    manifest = verify_metadata(
+        manifest_bytes, signature_bytes, KEYRING, current_version=None
+    ).manifest
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF
     payload.write_bytes(bytes(data))
@@ -415,7 +418,7 @@ def test_archive_is_not_opened_before_its_hash_checks_out(
 
     monkeypatch.setattr(tarfile, "open", recording_open)
     monkeypatch.setattr(gzip, "GzipFile", RecordingGzip)
-    manifest_bytes, signature_bytes, payload = read_package_dir(good_package)
+    manifest_bytes, _, payload = read_package_dir(good_package)
     manifest = Manifest.from_bytes(manifest_bytes)
     original = payload.read_bytes()
     tampered = bytearray(original)
@@ -455,21 +458,30 @@ def test_signed_older_or_same_version_is_refused(
         )
 
 
-def test_numeric_order_decides_what_is_newer(good_package: Path) -> None:
-    manifest_bytes, signature_bytes, _ = read_package_dir(good_package)
-    # v1.0.0 is newer than v0.10.0 although "v0.10.0" > "v1.0.0" is false as text too;
-    # the opposite case: v0.99.0 is older than v1.0.0.
-    verified = verify_metadata(
-        manifest_bytes, signature_bytes, KEYRING, current_version=Version.parse("v0.99.0")
+def test_numeric_order_decides_what_is_newer(layout: Layout) -> None:
+    app = make_app(layout.root / "app", {"main.py": ""})
+    build(app, layout.root / "v1.10.0", version="v1.10.0")
+    build(app, layout.root / "v1.9.0", version="v1.9.0")
+    # As text "v1.10.0" < "v1.9.0"; as versions it is newer and must be accepted.
+    verified = verify_package_dir(
+        layout.root / "v1.10.0", KEYRING, current_version=Version.parse("v1.9.0")
     )
-    assert verified.manifest.version == "v1.0.0"
+    assert verified.manifest.version == "v1.10.0"
+    with pytest.raises(PackageError, match="v1.9.0 is not newer than the running v1.10.0"):
+        verify_package_dir(
+            layout.root / "v1.9.0", KEYRING, current_version=Version.parse("v1.10.0")
+        )
 
 
 def test_mix_and_match_of_update_and_package_is_refused(good_package: Path) -> None:
     manifest_bytes, signature_bytes, _ = read_package_dir(good_package)
     with pytest.raises(PackageError, match="signed manifest is for v1.0.0, but v1.3.0 was offered"):
         verify_metadata(
-            manifest_bytes, signature_bytes, KEYRING, current_version=None, expected_version="v1.3.0"
+            manifest_bytes,
+            signature_bytes,
+            KEYRING,
+            current_version=None,
+            expected_version="v1.3.0",
         )
     with pytest.raises(PackageError, match="for app 'app', but this device runs 'other'"):
         verify_metadata(
@@ -549,7 +561,7 @@ def test_staging_directory_lies_next_to_the_destination(
 def _site_package(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.submodule_search_locations
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def test_real_third_party_trees_round_trip_byte_for_byte(layout: Layout) -> None:
@@ -583,3 +595,16 @@ def test_real_third_party_trees_round_trip_byte_for_byte(layout: Layout) -> None
         assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(source.stat().st_mode) & 0o777
     assert (layout.destination / "VERSION").read_text() == "v1.0.0\n"
     assert not any(path.is_symlink() for path in layout.destination.rglob("*"))
+
+
+def test_verification_imports_nothing_a_device_does_not_install() -> None:
+    # DESIGN.md section 1: the agent must not pull in server-only libraries.
+    code = (
+        "import sys, javia_agent.verification, javia_updates.keys;"
+        "bad = sorted(m for m in ('fastapi', 'sqlalchemy', 'alembic', 'uvicorn', 'questionary')"
+        " if m in sys.modules); print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

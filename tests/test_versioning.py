@@ -86,8 +86,8 @@ def test_text_round_trips(major: int, minor: int, patch: int) -> None:
 
 @given(st.tuples(numbers, numbers, numbers), st.tuples(numbers, numbers, numbers))
 def test_order_equals_tuple_order(left: tuple[int, int, int], right: tuple[int, int, int]) -> None:
-    a = Version.parse("v%d.%d.%d" % left)
-    b = Version.parse("v%d.%d.%d" % right)
+    a = Version.parse("v{}.{}.{}".format(*left))
+    b = Version.parse("v{}.{}.{}".format(*right))
     assert (a < b) == (left < right)
     assert (a == b) == (left == right)
     assert (a > b) == (left > right)

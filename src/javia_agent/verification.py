@@ -41,18 +41,18 @@ from typing import BinaryIO, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from javia_updates.errors import PackageError
-from javia_updates.manifest import Manifest, Signature, verify_manifest
+from javia_updates.manifest import FileEntry, Manifest, Signature, verify_manifest
 from javia_updates.packaging import read_package_dir
 from javia_updates.versioning import Version
 
 __all__ = [
-    "VerifiedPackage",
-    "verify_metadata",
-    "verify_archive",
-    "extract_payload",
-    "check_payload",
-    "verify_package_dir",
     "DIRECTORY_MODE",
+    "VerifiedPackage",
+    "check_payload",
+    "extract_payload",
+    "verify_archive",
+    "verify_metadata",
+    "verify_package_dir",
 ]
 
 #: Permission bits of the directories created on extraction.
@@ -295,6 +295,7 @@ class _StagingSink:
     _open_files: list[_WrittenFile] = field(default_factory=list)
 
     def _open_parent(self, parts: list[str], create: bool) -> int:
+        _check_parts(parts)
         descriptor = os.open(self.root, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
         try:
             for part in parts:
@@ -320,6 +321,7 @@ class _StagingSink:
 
     def open_file(self, path: str, mode: int) -> _FileSink:
         *parents, name = path.split("/")
+        _check_parts([name])
         directory = self._open_parent(parents, create=True)
         try:
             descriptor = os.open(
@@ -331,6 +333,14 @@ class _StagingSink:
         finally:
             os.close(directory)
         return _WrittenFile(descriptor, mode & 0o777)
+
+
+def _check_parts(parts: list[str]) -> None:
+    # Defence in depth: the member checks refuse these paths before any sink
+    # sees them; the staging sink refuses them again rather than trust that.
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\x00" in part:
+            raise PackageError(f"refusing to write the unsafe path component {part!r}")
 
 
 def _unsafe_path_reason(name: str) -> str | None:
@@ -395,80 +405,19 @@ def _walk_members(payload: BinaryIO, manifest: Manifest, sink: _Sink) -> None:
         + (member_limit + 1) * (_HEADER_ALLOWANCE_PER_MEMBER + 2 * longest_path)
         + _TRAILER_ALLOWANCE
     )
-    seen: set[str] = set()
-    member_count = 0
-    unpacked = 0
 
-    decompressed = gzip.GzipFile(fileobj=payload, mode="rb")
-    capped = _CappedReader(decompressed, inflate_limit)  # type: ignore[arg-type]
-    try:
-        archive = tarfile.open(fileobj=capped, mode="r|")  # type: ignore[call-overload]
-    except PackageError:
-        raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise PackageError(f"payload is not a readable tar.gz archive: {error}") from None
-
-    with archive:
-        while True:
-            try:
-                member = archive.next()
-            except PackageError:
-                raise
-            except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeError) as error:
-                raise PackageError(
-                    f"payload is corrupt after {member_count} members: {error}"
-                ) from None
-            if member is None:
-                break
-            name = member.name
-            member_count += 1
-            if member_count > member_limit:
-                raise PackageError(
-                    f"archive has more members than the {member_limit} the manifest allows "
-                    f"(files and their directories), at {_shown(name)}: refusing it"
-                )
-            reason = _unsafe_path_reason(name)
-            if reason is not None:
-                raise PackageError(f"archive member {_shown(name)} has {reason}: refusing it")
-            if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
-                raise PackageError(
-                    f"archive member {_shown(name)} is {_member_kind(member)}: only regular "
-                    "files and directories are allowed"
-                )
-            if member.mode & 0o7000:
-                raise PackageError(
-                    f"archive member {_shown(name)} has mode {member.mode:o} with a setuid, "
-                    "setgid or sticky bit: refusing it"
-                )
-            if name in seen:
-                raise PackageError(f"archive member {_shown(name)} appears twice: refusing it")
-            seen.add(name)
-
-            if member.type == tarfile.DIRTYPE:
-                if name not in directories:
-                    raise PackageError(
-                        f"archive directory {_shown(name)} holds no file listed in the manifest: "
-                        "refusing it"
-                    )
-                _sink_call(sink.make_directory, name)
-                continue
-
-            entry = files.get(name)
-            if entry is None:
-                raise PackageError(
-                    f"archive member {_shown(name)} is not listed in the signed manifest: refusing it"
-                )
-            if member.size != entry.size:
-                raise PackageError(
-                    f"archive member {_shown(name)} is {member.size} bytes, but the manifest "
-                    f"lists {entry.size} bytes: refusing it"
-                )
-            if unpacked + member.size > manifest.unpacked_size:
-                raise PackageError(
-                    f"archive member {_shown(name)} takes the unpacked size past the signed "
-                    f"{manifest.unpacked_size} bytes: refusing it"
-                )
-            unpacked += _copy_member(archive, member, entry.sha256, entry.size, entry.mode, sink)
+    # Decompress here rather than with tarfile's 'r|gz', so that the inflated
+    # stream itself (tar headers included, not only file data) is capped.
+    with gzip.GzipFile(fileobj=payload, mode="rb") as decompressed:
+        capped = _CappedReader(decompressed, inflate_limit)  # type: ignore[arg-type]
+        try:
+            archive = tarfile.open(fileobj=capped, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115 - closed by the with below
+        except PackageError:
+            raise
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            raise PackageError(f"payload is not a readable tar.gz archive: {error}") from None
+        with archive:
+            seen = _walk_archive(archive, manifest, files, directories, member_limit, sink)
 
     missing = sorted(set(files) - seen)
     if missing:
@@ -478,11 +427,89 @@ def _walk_members(payload: BinaryIO, manifest: Manifest, sink: _Sink) -> None:
         )
 
 
-def _sink_call(function, *args):  # type: ignore[no-untyped-def]
+def _walk_archive(
+    archive: tarfile.TarFile,
+    manifest: Manifest,
+    files: dict[str, FileEntry],
+    directories: set[str],
+    member_limit: int,
+    sink: _Sink,
+) -> set[str]:
+    """The member loop of :func:`_walk_members`; returns the names seen."""
+    seen: set[str] = set()
+    member_count = 0
+    unpacked = 0
+    while True:
+        try:
+            member = archive.next()
+        except PackageError:
+            raise
+        except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeError) as error:
+            raise PackageError(
+                f"payload is corrupt after {member_count} members: {error}"
+            ) from None
+        if member is None:
+            break
+        name = member.name
+        member_count += 1
+        if member_count > member_limit:
+            raise PackageError(
+                f"archive has more members than the {member_limit} the manifest allows "
+                f"(files and their directories), at {_shown(name)}: refusing it"
+            )
+        reason = _unsafe_path_reason(name)
+        if reason is not None:
+            raise PackageError(f"archive member {_shown(name)} has {reason}: refusing it")
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+            raise PackageError(
+                f"archive member {_shown(name)} is {_member_kind(member)}: only regular "
+                "files and directories are allowed"
+            )
+        if member.mode & 0o7000:
+            raise PackageError(
+                f"archive member {_shown(name)} has mode {member.mode:o} with a setuid, "
+                "setgid or sticky bit: refusing it"
+            )
+        if name in seen:
+            raise PackageError(f"archive member {_shown(name)} appears twice: refusing it")
+        seen.add(name)
+
+        if member.type == tarfile.DIRTYPE:
+            if name not in directories:
+                raise PackageError(
+                    f"archive directory {_shown(name)} holds no file listed in the manifest: "
+                    "refusing it"
+                )
+            with _writing(name):
+                sink.make_directory(name)
+            continue
+
+        entry = files.get(name)
+        if entry is None:
+            raise PackageError(
+                f"archive member {_shown(name)} is not listed in the signed manifest: refusing it"
+            )
+        if member.size != entry.size:
+            raise PackageError(
+                f"archive member {_shown(name)} is {member.size} bytes, but the manifest "
+                f"lists {entry.size} bytes: refusing it"
+            )
+        if unpacked + member.size > manifest.unpacked_size:
+            raise PackageError(
+                f"archive member {_shown(name)} takes the unpacked size past the signed "
+                f"{manifest.unpacked_size} bytes: refusing it"
+            )
+        unpacked += _copy_member(archive, member, entry.sha256, entry.size, entry.mode, sink)
+    return seen
+
+
+@contextlib.contextmanager
+def _writing(name: str) -> Iterator[None]:
+    """Turn a failed write (disk full, I/O error) into a one-line PackageError."""
     try:
-        return function(*args)
+        yield
     except OSError as error:
-        raise PackageError(f"cannot write {_shown(str(args[0]))}: {error.strerror or error}") from None
+        raise PackageError(f"cannot write {_shown(name)}: {error.strerror or error}") from None
 
 
 def _copy_member(
@@ -497,7 +524,8 @@ def _copy_member(
     source = archive.extractfile(member)
     if source is None:  # pragma: no cover - regular members always have data
         raise PackageError(f"archive member {_shown(name)} has no data")
-    output = _sink_call(sink.open_file, name, mode)
+    with _writing(name):
+        output = sink.open_file(name, mode)
     digest = hashlib.sha256()
     copied = 0
     try:
@@ -517,9 +545,11 @@ def _copy_member(
                     f"{expected_size} bytes: refusing it"
                 )
             digest.update(chunk)
-            _sink_call(output.write, chunk)
+            with _writing(name):
+                output.write(chunk)
     finally:
-        _sink_call(output.finish)
+        with _writing(name):
+            output.finish()
     if copied != expected_size:
         raise PackageError(
             f"archive member {_shown(name)} holds {copied} bytes, but the manifest lists "
@@ -587,13 +617,17 @@ def extract_payload(payload_path: Path, manifest: Manifest, destination: Path) -
         try:
             os.mkdir(staging, 0o700)
         except OSError as error:
-            raise PackageError(f"cannot create staging directory {staging}: {error.strerror}") from None
+            raise PackageError(
+                f"cannot create staging directory {staging}: {error.strerror}"
+            ) from None
         try:
             _walk_members(payload, manifest, _StagingSink(staging))
             os.sync()
             os.chmod(staging, DIRECTORY_MODE)
             if os.path.lexists(destination):
-                raise PackageError(f"{destination} appeared during extraction: refusing to replace it")
+                raise PackageError(
+                    f"{destination} appeared during extraction: refusing to replace it"
+                )
             os.rename(staging, destination)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)

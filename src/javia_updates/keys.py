@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
@@ -35,13 +36,13 @@ from javia_updates.manifest import key_id_for
 
 __all__ = [
     "DEFAULT_KEY_NAME",
-    "PUBLIC_KEY_SUFFIX",
     "PRIVATE_KEY_SUFFIX",
+    "PUBLIC_KEY_SUFFIX",
     "KeyPairPaths",
     "generate_keypair",
+    "load_keyring",
     "load_private_key",
     "load_public_key",
-    "load_keyring",
 ]
 
 DEFAULT_KEY_NAME = "javia-signing"
@@ -157,7 +158,9 @@ def generate_keypair(
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
-        raise SigningKeyError(f"cannot create key directory {directory}: {error.strerror}") from None
+        raise SigningKeyError(
+            f"cannot create key directory {directory}: {error.strerror}"
+        ) from None
 
     private_key = Ed25519PrivateKey.generate()
     encryption = BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
@@ -171,7 +174,9 @@ def generate_keypair(
     except SigningKeyError:
         private_path.unlink(missing_ok=True)
         raise
-    return KeyPairPaths(private_path=private_path, public_path=public_path, key_id=key_id_for(public_key))
+    return KeyPairPaths(
+        private_path=private_path, public_path=public_path, key_id=key_id_for(public_key)
+    )
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
@@ -224,7 +229,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
         raise SigningKeyError(
             f"{path} is not a valid PEM PKCS#8 private key (expected an Ed25519 key)"
         ) from None
-    except Exception as error:  # cryptography raises UnsupportedAlgorithm for odd keys
+    except UnsupportedAlgorithm as error:
         raise SigningKeyError(f"cannot load private key {path}: {error}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(
@@ -248,7 +253,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         )
     try:
         key = load_pem_public_key(data)
-    except Exception:  # ValueError, UnsupportedAlgorithm
+    except (ValueError, UnsupportedAlgorithm):
         raise SigningKeyError(
             f"{path} is not a valid PEM public key (expected an Ed25519 SubjectPublicKeyInfo)"
         ) from None

@@ -33,9 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from javia_updates.errors import ManifestError, PackageError, VersionError
 from javia_updates.manifest import (
@@ -56,14 +57,14 @@ from javia_updates.versioning import EXPECTED_FORM, Version
 __all__ = [
     "DEFAULT_EXCLUDES",
     "IGNORE_FILE_NAME",
-    "VERSION_FILE_NAME",
     "PAYLOAD_MTIME",
-    "SourceFile",
+    "VERSION_FILE_NAME",
     "BuiltPackage",
     "ExcludeRules",
+    "SourceFile",
+    "build_package",
     "collect_files",
     "read_app_version",
-    "build_package",
     "read_package_dir",
     "sanitize_app_name",
 ]
@@ -163,8 +164,12 @@ class ExcludeRules:
             if not body:
                 continue
             self._patterns.append(
-                _Pattern(text=text, glob=("/" if anchored else "") + body,
-                         directory_only=directory_only, negated=negated)
+                _Pattern(
+                    text=text,
+                    glob=("/" if anchored else "") + body,
+                    directory_only=directory_only,
+                    negated=negated,
+                )
             )
 
     @property
@@ -257,7 +262,10 @@ def collect_files(app_dir: Path) -> list[SourceFile]:
         for entry in entries:
             relative = f"{prefix}{entry.name}"
             absolute = Path(entry.path)
-            info = entry.stat(follow_symlinks=False)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as error:
+                raise PackageError(f"cannot read {relative}: {error.strerror}") from None
             is_directory = stat.S_ISDIR(info.st_mode)
             if rules.excludes(relative, is_directory):
                 continue
@@ -290,10 +298,6 @@ def collect_files(app_dir: Path) -> list[SourceFile]:
     return found
 
 
-def _version_line(text: str) -> str:
-    return text[:-1] if text.endswith("\n") else text
-
-
 def read_app_version(app_dir: Path) -> Version | None:
     """Read the application's ``VERSION`` file (DESIGN.md section 2).
 
@@ -319,7 +323,7 @@ def read_app_version(app_dir: Path) -> Version | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise VersionError(f"{path} is not UTF-8 text: expected one line {EXPECTED_FORM}") from None
-    line = _version_line(text)
+    line = text.removesuffix("\n")
     if not Version.is_valid(line):
         shown = line if len(line) <= 40 else line[:40] + "…"
         raise VersionError(f"{path} holds {shown!r}: expected one line {EXPECTED_FORM}")
@@ -416,11 +420,15 @@ def _write_payload(
     )
     entries: list[FileEntry] = []
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    with open(os.open(archive_path, flags, 0o644), "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL, mtime=0
-    ) as compressed, tarfile.open(
-        fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
-    ) as archive:
+    with (
+        open(os.open(archive_path, flags, 0o644), "wb") as raw,
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL, mtime=0
+        ) as compressed,
+        tarfile.open(
+            fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+        ) as archive,
+    ):
         for path, is_directory in members:
             if is_directory:
                 archive.addfile(_tar_info(path, size=0, mode=DIRECTORY_MODE, directory=True))
@@ -428,10 +436,14 @@ def _write_payload(
             if path == VERSION_FILE_NAME:
                 reader = _HashingReader(io.BytesIO(version_bytes), advance)
                 info = _tar_info(path, size=len(version_bytes), mode=version_mode, directory=False)
-                archive.addfile(info, reader)  # type: ignore[arg-type]
+                archive.addfile(info, reader)
                 entries.append(
-                    FileEntry(path=path, sha256=reader.digest.hexdigest(), size=info.size,
-                              mode=version_mode)
+                    FileEntry(
+                        path=path,
+                        sha256=reader.digest.hexdigest(),
+                        size=info.size,
+                        mode=version_mode,
+                    )
                 )
                 continue
             source = by_path[path]
@@ -454,7 +466,7 @@ def _add_source(
         reader = _HashingReader(handle, advance)
         member = _tar_info(source.path, size=info.st_size, mode=mode, directory=False)
         try:
-            archive.addfile(member, reader)  # type: ignore[arg-type]
+            archive.addfile(member, reader)
         except OSError as error:
             raise PackageError(
                 f"{source.path} changed while it was being packaged ({error}): try again"
@@ -464,6 +476,17 @@ def _add_source(
     return FileEntry(
         path=source.path, sha256=reader.digest.hexdigest(), size=info.st_size, mode=mode
     )
+
+
+def _new_manifest(**fields: Any) -> Manifest:
+    try:
+        return Manifest(**fields)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()[:3]
+        )
+        raise ManifestError(f"cannot build the manifest: {problems}") from None
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -570,7 +593,9 @@ def build_package(
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise PackageError(f"cannot create output directory {output_dir}: {error.strerror}") from None
+        raise PackageError(
+            f"cannot create output directory {output_dir}: {error.strerror}"
+        ) from None
     existing = [p.name for p in (manifest_path, signature_path, payload_path) if os.path.lexists(p)]
     if existing:
         raise PackageError(
@@ -584,7 +609,7 @@ def build_package(
         temporary_payload.unlink(missing_ok=True)
         entries = _write_payload(temporary_payload, sources, version_bytes, version_mode, progress)
         archive_sha256, archive_size = _sha256_of(temporary_payload)
-        manifest = Manifest(
+        manifest = _new_manifest(
             app=name,
             version=str(version),
             created_at=now,
@@ -608,7 +633,9 @@ def build_package(
     except FileExistsError as error:
         for path in written:
             path.unlink(missing_ok=True)
-        raise PackageError(f"{error.filename} appeared while packaging: refusing to overwrite it") from None
+        raise PackageError(
+            f"{error.filename} appeared while packaging: refusing to overwrite it"
+        ) from None
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
