@@ -921,6 +921,7 @@ class UpdateService:
             window_start=self.settings.window_start,
             window_seconds=self.settings.window_seconds,
             idle_seconds=self.settings.urgent_idle_seconds,
+            online_within_seconds=self.settings.instant_online_seconds,
         )
 
     @staticmethod
