@@ -52,12 +52,11 @@ from javia_updates.models import (
     UpdateCheckResponse,
 )
 
-__all__ = ["API_PREFIX", "CHUNK_BYTES", "DeviceClient"]
+__all__ = ["API_PREFIX", "DeviceClient"]
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-CHUNK_BYTES = 64 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 M = TypeVar("M", bound=BaseModel)
@@ -415,7 +414,7 @@ class DeviceClient:
                     handle.truncate(offset)  # 200: from scratch; 206: drop anything past offset
                     handle.seek(offset)
                     try:
-                        for chunk in response.iter_raw(CHUNK_BYTES):
+                        for chunk in response.iter_raw():
                             if received + len(chunk) > expected_size:
                                 handle.close()
                                 partial.unlink(missing_ok=True)

@@ -1,0 +1,232 @@
+"""Installer: real packages, a real app process, real file system (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from javia_agent.client import DeviceClient
+from javia_agent.installer import InstallResult
+from javia_agent.state import StateStore, UpdateState
+from javia_updates.models import InstallDirective, UpdateStatus
+
+from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
+
+
+def _install_initial(device: Device, signer: Signer, make_package: PackageFactory, version: str = "v1.0.0") -> None:
+    outcome = make_installer(device, signer).install_from_directory(make_package(version).directory)
+    assert outcome.result == InstallResult.COMPLETED, outcome
+    device.wait_for_app(version)
+
+
+def test_package_directory_install_starts_the_first_release(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    package = make_package("v1.0.0")
+    outcome = make_installer(device, signer).install_from_directory(package.directory)
+
+    assert outcome.result == InstallResult.COMPLETED
+    assert device.current() == "v1.0.0"
+    status = device.wait_for_app("v1.0.0")
+    assert Path(status["release_dir"]) == device.paths.release_dir("v1.0.0").resolve()
+    assert status["activity_file"] == str(device.paths.activity_file)
+    assert device.reports == []  # no server, no reports
+    assert StateStore(device.paths.state_file).load().current_version == "v1.0.0"
+
+
+def test_network_update_switches_and_restarts_on_the_new_version(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    old_pid = device.app_status()["pid"]
+    directive = InstallDirective.model_validate(serve_package(file_server, 7, make_package("v1.1.0")))
+    with DeviceClient(file_server.url, device_uuid="00000000-0000-0000-0000-000000000001", token="t") as client:
+        outcome = make_installer(device, signer, client=client).install(directive)
+
+    assert outcome.result == InstallResult.COMPLETED, outcome
+    assert device.current() == "v1.1.0"
+    status = device.wait_for_app("v1.1.0")
+    assert status["pid"] != old_pid
+    assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING, UpdateStatus.COMPLETED]
+    assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.0.0", "v1.1.0"]
+    assert not any(device.paths.downloads_dir.iterdir())
+    state = StateStore(device.paths.state_file).load()
+    assert state.current_version == "v1.1.0" and state.update is None
+
+
+UUID = "00000000-0000-0000-0000-000000000001"
+
+
+def _client(server: FileServer) -> DeviceClient:
+    return DeviceClient(server.url, device_uuid=UUID, token="device-token")
+
+
+def _directive(server: FileServer, update_id: int, package, **options) -> InstallDirective:  # noqa: ANN001
+    return InstallDirective.model_validate(serve_package(server, update_id, package, **options))
+
+
+def test_untrusted_signature_keeps_the_old_release_running_and_reports_failed(
+    device: Device, signer: Signer, other_signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    old_pid = device.app_status()["pid"]
+    directive = _directive(file_server, 8, make_package("v1.1.0", key=other_signer.private_key))
+    with _client(file_server) as client:
+        installer = make_installer(device, signer, client=client)
+        outcome = installer.install(directive)
+        again = installer.install(directive)
+
+    assert outcome.result == InstallResult.FAILED
+    assert "not in the keyring" in (outcome.reason or "")
+    assert device.current() == "v1.0.0"
+    assert device.wait_for_app("v1.0.0")["pid"] == old_pid  # never stopped
+    assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.FAILED]
+    assert "not in the keyring" in (device.reports[-1][2] or "")
+    # The payload was never downloaded: the metadata is verified first.
+    assert not any(path.endswith("/download") for path, _ in file_server.requests)
+    assert [p.name for p in device.paths.releases_dir.iterdir()] == ["v1.0.0"]
+    # A failed version is never installed again.
+    assert again.result == InstallResult.SKIPPED
+    assert StateStore(device.paths.state_file).load().failed_versions == ["v1.1.0"]
+
+
+def test_tampered_payload_is_refused_before_extraction(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    old_pid = device.app_status()["pid"]
+    package = make_package("v1.1.0")
+    directive = _directive(file_server, 9, package)
+    payload = bytearray(package.payload_path.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF  # same size, one bit flipped
+    file_server.routes[directive.download_url].data = bytes(payload)
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client).install(directive)
+
+    assert outcome.result == InstallResult.FAILED
+    assert "SHA-256" in (outcome.reason or "")
+    assert device.current() == "v1.0.0"
+    assert device.wait_for_app("v1.0.0")["pid"] == old_pid
+    assert [p.name for p in device.paths.releases_dir.iterdir()] == ["v1.0.0"]
+    assert device.statuses()[-1] == UpdateStatus.FAILED
+
+
+def test_offered_version_must_match_the_signed_manifest(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    fields = serve_package(file_server, 10, make_package("v1.1.0"))
+    fields["version"] = "v1.2.0"  # a server mixing one update's metadata with another
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client).install(InstallDirective.model_validate(fields))
+    assert outcome.result == InstallResult.FAILED
+    assert "v1.1.0" in (outcome.reason or "") and device.current() == "v1.0.0"
+
+
+def test_downgrade_is_refused(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package, "v1.1.0")
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client).install(
+            _directive(file_server, 11, make_package("v1.0.0"))
+        )
+    assert outcome.result == InstallResult.FAILED
+    assert "downgrade" in (outcome.reason or "")
+    assert device.current() == "v1.1.0"
+
+
+def test_unhealthy_release_is_rolled_back_and_the_old_one_runs_again(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    directive = _directive(file_server, 12, make_package("v1.1.0", fail=True))
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client).install(directive)
+
+    assert outcome.result == InstallResult.ROLLED_BACK
+    assert "stopped running" in (outcome.reason or "")
+    assert device.current() == "v1.0.0"
+    device.wait_for_app("v1.0.0")
+    assert device.statuses() == [
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.INSTALLING,
+        UpdateStatus.ROLLED_BACK,
+    ]
+    assert "v1.1.0 stopped running" in (device.reports[-1][2] or "")
+    assert [p.name for p in device.paths.releases_dir.iterdir()] == ["v1.0.0"]
+    state = StateStore(device.paths.state_file).load()
+    assert state.current_version == "v1.0.0" and state.failed_versions == ["v1.1.0"]
+
+
+def test_failing_health_command_rolls_back(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    import sys
+
+    _install_initial(device, signer, make_package)
+    check = [sys.executable, "-c", "import sys; print('no microphone'); sys.exit(3)"]
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client, health_command=check).install(
+            _directive(file_server, 13, make_package("v1.1.0"))
+        )
+    assert outcome.result == InstallResult.ROLLED_BACK
+    assert "status 3" in (outcome.reason or "") and "no microphone" in (outcome.reason or "")
+    assert device.current() == "v1.0.0"
+    device.wait_for_app("v1.0.0")
+
+
+def test_first_release_that_is_unhealthy_leaves_nothing_running(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    outcome = make_installer(device, signer).install_from_directory(make_package("v1.0.0", fail=True).directory)
+    assert outcome.result == InstallResult.ROLLED_BACK
+    assert device.current() is None and not device.service.is_active()
+
+
+def test_old_releases_are_pruned_keeping_one_previous(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    for version in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        outcome = make_installer(device, signer).install_from_directory(make_package(version).directory)
+        assert outcome.result == InstallResult.COMPLETED
+    assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.1.0", "v1.2.0"]
+    device.wait_for_app("v1.2.0")
+
+
+def test_setup_command_failure_fails_before_the_switch(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    import sys
+
+    _install_initial(device, signer, make_package)
+    old_pid = device.app_status()["pid"]
+    setup = [sys.executable, "-c", "import sys; sys.exit('pip: no network')"]
+    outcome = make_installer(device, signer, setup_command=setup).install_from_directory(
+        make_package("v1.1.0").directory
+    )
+    assert outcome.result == InstallResult.FAILED
+    assert "pip: no network" in (outcome.reason or "")
+    assert device.current() == "v1.0.0" and device.wait_for_app("v1.0.0")["pid"] == old_pid
+    assert not device.paths.release_dir("v1.1.0").exists()
+
+
+def test_signed_system_packages_are_installed_with_apt_before_the_switch(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def runner(argv, **kwargs):  # noqa: ANN001, ANN003
+        calls.append(list(argv))
+        assert kwargs["env"]["DEBIAN_FRONTEND"] == "noninteractive"
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    package = make_package("v1.0.0", system_packages=("sox", "libasound2"))
+    outcome = make_installer(device, signer, runner=runner).install_from_directory(package.directory)
+    assert outcome.result == InstallResult.COMPLETED
+    assert calls == [["apt-get", "install", "--yes", "--no-install-recommends", "--", "sox", "libasound2"]]

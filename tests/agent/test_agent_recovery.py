@@ -1,0 +1,286 @@
+"""Crash recovery: one test per saved state (STYLE.md, Mender's recovery table).
+
+A crash is simulated by raising :class:`Crash` (a ``BaseException`` the
+installer does not catch) at an exact point; a new :class:`Installer` on the
+same directories then plays the restarted agent. Whatever the step, the
+device must end on a complete old or new release and report the outcome.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from javia_agent import installer as installer_module
+from javia_agent.client import DeviceClient
+from javia_agent.installer import Installer, InstallResult
+from javia_agent.state import StateStore, UpdateState
+from javia_updates.models import InstallDirective, UpdateStatus
+
+from .helpers import (
+    Crash,
+    CrashingService,
+    Device,
+    FileServer,
+    PackageFactory,
+    Signer,
+    make_installer,
+    serve_package,
+)
+
+UUID = "00000000-0000-0000-0000-000000000002"
+
+
+@pytest.fixture
+def running_v1(device: Device, signer: Signer, make_package: PackageFactory) -> Device:
+    outcome = make_installer(device, signer).install_from_directory(make_package("v1.0.0").directory)
+    assert outcome.result == InstallResult.COMPLETED
+    device.wait_for_app("v1.0.0")
+    return device
+
+
+@pytest.fixture
+def client(file_server: FileServer):  # noqa: ANN201
+    with DeviceClient(file_server.url, device_uuid=UUID, token="device-token") as client:
+        yield client
+
+
+def _saved_state(device: Device) -> UpdateState:
+    return StateStore(device.paths.state_file).load().state
+
+
+def _crash_then_restart(first: Installer, directive: InstallDirective, expected: UpdateState) -> None:
+    with pytest.raises(Crash):
+        first.install(directive)
+    assert _saved_state_of(first) == expected
+
+
+def _saved_state_of(installer: Installer) -> UpdateState:
+    return StateStore(installer.paths.state_file).load().state
+
+
+def test_interrupted_download_keeps_the_partial_file_and_resumes_with_range(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    package = make_package("v1.1.0", extra_files={"model.bin": random.Random(1).randbytes(300_000)})
+    assert package.manifest.archive.size > 200_000
+    directive = InstallDirective.model_validate(serve_package(file_server, 20, package, cut_after=100_000))
+    first = make_installer(running_v1, signer, client=client).install(directive)
+    assert first.result == InstallResult.RETRY_LATER
+    assert _saved_state(running_v1) == UpdateState.DOWNLOADING
+    partial = running_v1.paths.download_dir(20) / "payload.tar.gz.partial"
+    assert partial.stat().st_size == 100_000
+
+    restarted = make_installer(running_v1, signer, client=client)
+    assert restarted.recover() is None
+    assert partial.stat().st_size == 100_000  # kept for the resume
+    outcome = restarted.install(directive)
+
+    assert outcome.result == InstallResult.COMPLETED
+    downloads = [range_ for path, range_ in file_server.requests if path.endswith("/download")]
+    assert downloads == [None, "bytes=100000-"]
+    running_v1.wait_for_app("v1.1.0")
+
+
+def test_crash_while_verifying_reverifies_without_downloading_again(
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 21, make_package("v1.1.0")))
+    real = installer_module.verification.verify_archive
+    calls = []
+
+    def crash_once(*args):  # noqa: ANN002, ANN202
+        calls.append(args)
+        if len(calls) == 1:
+            raise Crash("power loss while hashing")
+        return real(*args)
+
+    monkeypatch.setattr(installer_module.verification, "verify_archive", crash_once)
+    _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.VERIFYING)
+
+    restarted = make_installer(running_v1, signer, client=client)
+    assert restarted.recover() is None
+    outcome = restarted.install(directive)
+    assert outcome.result == InstallResult.COMPLETED
+    assert sum(path.endswith("/download") for path, _ in file_server.requests) == 1
+    running_v1.wait_for_app("v1.1.0")
+
+
+def test_crash_while_staging_removes_the_half_written_release_and_stages_again(
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 22, make_package("v1.1.0")))
+    real = installer_module.verification.extract_payload
+    releases = running_v1.paths.releases_dir
+
+    def crash_half_way(payload, manifest, destination):  # noqa: ANN001, ANN202
+        (releases / ".staging-v1.1.0-0123456789abcdef").mkdir()
+        (releases / ".staging-v1.1.0-0123456789abcdef" / "app.py").write_text("half")
+        destination.mkdir()
+        (destination / "app.py").write_text("half")
+        raise Crash("power loss while extracting")
+
+    monkeypatch.setattr(installer_module.verification, "extract_payload", crash_half_way)
+    _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.STAGING)
+    monkeypatch.setattr(installer_module.verification, "extract_payload", real)
+
+    restarted = make_installer(running_v1, signer, client=client)
+    assert restarted.recover() is None
+    assert sorted(p.name for p in releases.iterdir()) == ["v1.0.0"]  # debris gone, old release intact
+    assert running_v1.current() == "v1.0.0"
+
+    outcome = restarted.install(directive)
+    assert outcome.result == InstallResult.COMPLETED
+    assert (releases / "v1.1.0" / "app.py").read_text() != "half"
+    running_v1.wait_for_app("v1.1.0")
+
+
+def test_crash_after_the_switch_rechecks_health_and_commits(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 23, make_package("v1.1.0")))
+    crashing = CrashingService(running_v1.service, {"start": 1})  # dies right after starting v1.1.0
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.SWITCHING
+    )
+    assert running_v1.current() == "v1.1.0"
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+
+    assert outcome is not None and outcome.result == InstallResult.COMPLETED
+    assert running_v1.statuses()[-1] == UpdateStatus.COMPLETED
+    running_v1.wait_for_app("v1.1.0")
+    assert StateStore(running_v1.paths.state_file).load().current_version == "v1.1.0"
+
+
+def test_crash_during_the_switch_before_current_moved_redoes_the_switch(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 24, make_package("v1.1.0")))
+    crashing = CrashingService(running_v1.service, {"stop": 1})
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.SWITCHING
+    )
+    assert running_v1.current() == "v1.0.0"
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+
+    assert outcome is not None and outcome.result == InstallResult.COMPLETED
+    assert running_v1.current() == "v1.1.0"
+    running_v1.wait_for_app("v1.1.0")
+
+
+def test_crash_during_health_check_of_a_bad_release_rolls_back_on_restart(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 25, make_package("v1.1.0", fail=True)))
+    crashing = CrashingService(running_v1.service, {"is_active": 1})
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.HEALTH_CHECK
+    )
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+
+    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
+    assert running_v1.current() == "v1.0.0"
+    running_v1.wait_for_app("v1.0.0")
+    assert running_v1.statuses()[-1] == UpdateStatus.ROLLED_BACK
+
+
+def test_crash_while_committing_commits_on_restart(
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 26, make_package("v1.1.0")))
+
+    def crash(self, keep_previous):  # noqa: ANN001, ANN202
+        raise Crash("power loss while pruning")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Installer, "_prune_releases", crash)
+        _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.COMMITTING)
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+    assert outcome is not None and outcome.result == InstallResult.COMPLETED
+    assert running_v1.statuses()[-1] == UpdateStatus.COMPLETED
+    assert StateStore(running_v1.paths.state_file).load().current_version == "v1.1.0"
+    running_v1.wait_for_app("v1.1.0")
+
+
+def test_crash_while_rolling_back_finishes_the_rollback_on_restart(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 27, make_package("v1.1.0", fail=True)))
+    crashing = CrashingService(running_v1.service, {"start": 2})  # the old release's restart
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.ROLLING_BACK
+    )
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
+    assert running_v1.current() == "v1.0.0"
+    running_v1.wait_for_app("v1.0.0")
+    assert not running_v1.paths.release_dir("v1.1.0").exists()
+
+
+def test_crash_while_reporting_reports_again_on_restart(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 28, make_package("v1.1.0")))
+
+    def reporter(update_id, status, message):  # noqa: ANN001, ANN202
+        if status == UpdateStatus.COMPLETED:
+            raise Crash("power loss while queueing the report")
+        running_v1.reporter(update_id, status, message)
+
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, reporter=reporter), directive, UpdateState.REPORTING
+    )
+    assert UpdateStatus.COMPLETED not in running_v1.statuses()
+
+    outcome = make_installer(running_v1, signer, client=client).recover()
+    assert outcome is not None and outcome.result == InstallResult.COMPLETED
+    assert running_v1.reports[-1] == (28, UpdateStatus.COMPLETED, None)
+    assert _saved_state(running_v1) == UpdateState.IDLE
+
+
+def test_crash_loop_is_broken_by_the_save_cap_and_rolls_back(
+    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+) -> None:
+    directive = InstallDirective.model_validate(serve_package(file_server, 29, make_package("v1.1.0")))
+    crashing = CrashingService(running_v1.service, {"is_active": 1})
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client, service=crashing, max_state_saves=6),
+        directive,
+        UpdateState.HEALTH_CHECK,
+    )
+    outcome = None
+    for _ in range(10):  # every restart dies in the health check again
+        crashing = CrashingService(running_v1.service, {"is_active": 1})
+        restarted = make_installer(running_v1, signer, client=client, service=crashing, max_state_saves=6)
+        try:
+            outcome = restarted.recover()
+            break
+        except Crash:
+            continue
+    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
+    assert "crash loop" in (outcome.reason or "")
+    assert running_v1.current() == "v1.0.0"
+    running_v1.wait_for_app("v1.0.0")
+    state = StateStore(running_v1.paths.state_file).load()
+    assert state.failed_versions == ["v1.1.0"] and state.update is None
