@@ -152,11 +152,14 @@ class DeviceQuery:
             offline; online/updating means seen since and reporting that.
         offline_before: the instant before which a last heartbeat means offline
             (now − 3 heartbeat intervals); required with ``derived_status``.
+        online: True keeps devices whose derived status is not offline, False
+            those whose derived status is offline; needs ``offline_before``.
         current_version: keep devices reporting exactly this version.
     """
 
     derived_status: DeviceStatus | None = None
     offline_before: datetime | None = None
+    online: bool | None = None
     current_version: str | None = None
 
 

@@ -236,22 +236,24 @@ class SQLStore(Store):
         conditions: list[Any] = []
         if query.current_version is not None:
             conditions.append(d.c.current_version == query.current_version)
-        if query.derived_status is not None:
-            if query.offline_before is None:
-                raise ValueError("DeviceQuery.derived_status needs offline_before")
-            cutoff = literal(query.offline_before, UTCDateTime())
-            if query.derived_status is DeviceStatus.OFFLINE:
-                conditions.append(
-                    or_(
-                        d.c.last_seen.is_(None),
-                        d.c.last_seen < cutoff,
-                        d.c.status == DeviceStatus.OFFLINE.value,
-                    )
-                )
-            else:
-                conditions.append(
-                    and_(d.c.last_seen >= cutoff, d.c.status == query.derived_status.value)
-                )
+        if query.derived_status is None and query.online is None:
+            return conditions
+        if query.offline_before is None:
+            raise ValueError("DeviceQuery.derived_status and .online need offline_before")
+        cutoff = literal(query.offline_before, UTCDateTime())
+        offline = or_(
+            d.c.last_seen.is_(None),
+            d.c.last_seen < cutoff,
+            d.c.status == DeviceStatus.OFFLINE.value,
+        )
+        if query.derived_status is DeviceStatus.OFFLINE:
+            conditions.append(offline)
+        elif query.derived_status is not None:
+            conditions.append(and_(d.c.last_seen >= cutoff, d.c.status == query.derived_status.value))
+        if query.online is True:
+            conditions.append(and_(d.c.last_seen >= cutoff, d.c.status != DeviceStatus.OFFLINE.value))
+        elif query.online is False:
+            conditions.append(offline)
         return conditions
 
     def list_devices(self, query: DeviceQuery, *, limit: int, offset: int) -> Page[DeviceRecord]:
@@ -352,14 +354,6 @@ class SQLStore(Store):
             targets=targets,
         )
 
-    def _existing_version_conflict(self, version: str) -> ConflictError:
-        try:
-            existing = self.get_update_by_version(version)
-            where = f" (update {existing.id})"
-        except NotFoundError:
-            where = ""
-        return ConflictError(f"version {version} is already published{where}; publish a higher version")
-
     def create_update(
         self,
         update: NewUpdate,
@@ -431,9 +425,17 @@ class SQLStore(Store):
                     now,
                 )
                 stored = connection.execute(select(*self._update_columns()).where(u.c.id == update_id)).one()
-        except IntegrityError:
-            # Another publisher inserted the same version between our check and insert.
-            raise self._existing_version_conflict(update.version) from None
+        except IntegrityError as error:
+            # Another publisher inserted the same version between our check and
+            # insert; anything else (a device deleted meanwhile) is a plain failure.
+            try:
+                existing = self.get_update_by_version(update.version)
+            except NotFoundError:
+                raise BackendError(f"publishing {update.version} failed: {_short(error)}") from None
+            raise ConflictError(
+                f"version {update.version} is already published (update {existing.id}); "
+                "publish a higher version"
+            ) from None
         return self._update_from_row(stored)
 
     def get_update(self, update_id: int) -> UpdateRecord:
@@ -634,7 +636,11 @@ class SQLStore(Store):
                     )
                 )
                 self._audit(connection, audit, now)
-        except IntegrityError:
+        except IntegrityError as error:
+            try:
+                self.get_device_update(row.device_id, update_id)
+            except NotFoundError:
+                raise BackendError(f"cannot add the device update row: {_short(error)}") from None
             return False
         return True
 
@@ -648,7 +654,7 @@ class SQLStore(Store):
         audit: AuditEntry,
     ) -> TransitionResult:
         """One conditional UPDATE; see :meth:`Store.transition`."""
-        du, d = self.tables.device_updates, self.tables.devices
+        du = self.tables.device_updates
         allowed = ALLOWED_PREVIOUS[status]
         values: dict[str, Any] = {"status": status.value, "updated_at": now}
         now_literal = literal(now, UTCDateTime())

@@ -55,11 +55,11 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
     """
     from javia_updates.backends.sql_store import _redact
 
-    if database_url.startswith("sqlite:///"):
-        database_path = Path(database_url.removeprefix("sqlite:///"))
-        if str(database_path) not in ("", ":memory:"):
-            database_path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if database_url.startswith("sqlite:///"):
+            database_path = Path(database_url.removeprefix("sqlite:///"))
+            if str(database_path) not in ("", ":memory:"):
+                database_path.parent.mkdir(parents=True, exist_ok=True)
         command.upgrade(alembic_config(database_url, schema=schema), revision)
     except (SQLAlchemyError, OSError) as error:
         raise BackendError(f"cannot migrate database {_redact(database_url)}: {error}") from None
