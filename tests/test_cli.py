@@ -73,7 +73,7 @@ def test_instant_publish_without_a_terminal_needs_yes(app_dir: Path, tmp_path: P
     assert javia("keys", "generate", "--output", str(key)).returncode == 0
     result = javia(
         "publish", str(app_dir), "--version", "v1.0.1", "--type", "instant",
-        "--key", str(key / "javia-signing.key"), "--api-key", "x", "--server", "http://127.0.0.1:9",
+        "--key", str(key / "javia-signing.pem"), "--api-key", "x", "--server", "http://127.0.0.1:9",
     )
     assert_one_clean_error(result, "--yes")
     assert (app_dir / "VERSION").read_text().strip() == "v1.0.0"
@@ -97,7 +97,7 @@ def test_output_writes_a_verifiable_package_and_bumps_version(app_dir: Path, tmp
     out = tmp_path / "pkg"
     result = javia(
         "publish", str(app_dir), "--version", "v1.0.1", "--type", "urgent",
-        "--key", str(keys / "javia-signing.key"), "--output", str(out),
+        "--key", str(keys / "javia-signing.pem"), "--output", str(out),
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.sig", "payload.tar.gz"]

@@ -32,7 +32,7 @@ console = Console()
 error_console = Console(stderr=True)
 
 DEFAULT_OPERATOR_CONFIG = Path("~/.config/javia/operator.toml").expanduser()
-DEFAULT_SIGNING_KEY = Path("~/.config/javia/keys/javia-signing.key").expanduser()
+DEFAULT_SIGNING_KEY = Path("~/.config/javia/keys/javia-signing.pem").expanduser()
 
 
 def _operator_config_path() -> Path:

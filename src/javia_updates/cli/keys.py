@@ -16,7 +16,7 @@ def generate(
     output: Path = typer.Option(
         DEFAULT_SIGNING_KEY.parent, "--output", "-o", help="Directory for the key pair."
     ),
-    name: str = typer.Option("javia-signing", "--name", help="File name stem: NAME.key, NAME.pub."),
+    name: str = typer.Option("javia-signing", "--name", help="File name stem: NAME.pem (private), NAME.pub."),
     passphrase: bool = typer.Option(
         False, "--passphrase", help="Ask for a passphrase to encrypt the private key."
     ),
@@ -24,7 +24,7 @@ def generate(
 ) -> None:
     """Generate an Ed25519 key pair; the private key is written with mode 0600.
 
-    Copy NAME.pub into every device's keyring (/etc/javia/keys); keep NAME.key
+    Copy NAME.pub into every device's keyring (/etc/javia/keys); keep NAME.pem
     on the operator's machine only.
     """
     from javia_updates.keys import generate_keypair
@@ -40,13 +40,13 @@ def generate(
 
 
 @app.command("show")
-def show(path: Path = typer.Argument(..., help="A .pub or .key file.")) -> None:
+def show(path: Path = typer.Argument(..., help="A public (.pub) or private (.pem) key file.")) -> None:
     """Print the key id of a public or private key file."""
     from javia_updates.keys import load_private_key, load_public_key
     from javia_updates.manifest import key_id_for
 
     with friendly_errors():
-        if path.suffix == ".pub":
+        if path.suffix == ".pub":  # else a private key (.pem)
             public = load_public_key(path)
         else:
             public = load_private_key(path).public_key()
