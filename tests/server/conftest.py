@@ -44,6 +44,17 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No JAVIA_* variable or settings file of the machine running the tests leaks in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("JAVIA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-such-server.toml"))
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

@@ -209,7 +209,7 @@ def download(reference: Reference, request: Request, service: Service, caller: A
     except RangeNotSatisfiableError:
         return JSONResponse(
             {"detail": f"requested range is outside the payload of {size} bytes: expected bytes=N- with N < {size}"},
-            status_code=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
+            status_code=416,
             headers={**headers, "Content-Range": f"bytes */{size}"},
         )
     if_range = request.headers.get("if-range")
