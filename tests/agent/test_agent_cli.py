@@ -1,0 +1,192 @@
+"""``javia agent ...`` commands: exit codes, one-line errors, configuration files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from javia_agent.cli import app
+from javia_agent.config import AgentConfig, load_config, write_config, write_token_file
+
+from .helpers import PackageFactory, Signer
+
+runner = CliRunner()
+TOKEN = "s3cret-device-token-value"
+
+
+def _javia() -> list[str]:
+    return [sys.executable, "-m", "javia_updates.cli.main"]
+
+
+def test_verify_accepts_a_good_package(signer: Signer, make_package: PackageFactory) -> None:
+    package = make_package("v1.0.0")
+    result = runner.invoke(app, ["verify", str(package.directory), "--keyring", str(signer.keyring_dir)])
+    assert result.exit_code == 0, result.output
+    assert "accepted: assistant v1.0.0" in result.output and signer.key_id in result.output
+
+
+def test_verify_refuses_with_exit_1_and_one_line(
+    signer: Signer, other_signer: Signer, make_package: PackageFactory, tmp_path: Path
+) -> None:
+    keyring = ["--keyring", str(signer.keyring_dir)]
+    untrusted = runner.invoke(app, ["verify", str(make_package("v1.0.0", key=other_signer.private_key).directory), *keyring])
+    downgrade = runner.invoke(
+        app, ["verify", str(make_package("v1.0.0").directory), *keyring, "--current-version", "v1.2.0"]
+    )
+    missing = runner.invoke(app, ["verify", str(tmp_path / "nothing"), *keyring])
+    empty_keyring = runner.invoke(
+        app, ["verify", str(make_package("v1.0.0").directory), "--keyring", str(tmp_path / "no-keys")]
+    )
+    for result, words in (
+        (untrusted, "not in the keyring"),
+        (downgrade, "downgrade"),
+        (missing, "does not exist"),
+        (empty_keyring, "no trusted keys"),
+    ):
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.output
+        assert "Traceback" not in result.output
+
+
+def test_verify_through_the_javia_command_prints_no_traceback(
+    other_signer: Signer, signer: Signer, make_package: PackageFactory
+) -> None:
+    package = make_package("v1.0.0")
+    payload = package.payload_path.read_bytes()
+    tampered = package.directory.parent / "tampered"
+    tampered.mkdir(exist_ok=True)
+    for name in ("manifest.json", "manifest.sig"):
+        (tampered / name).write_bytes((package.directory / name).read_bytes())
+    (tampered / "payload.tar.gz").write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
+    ok = subprocess.run(
+        [*_javia(), "agent", "verify", str(package.directory), "--keyring", str(signer.keyring_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    bad = subprocess.run(
+        [*_javia(), "agent", "verify", str(tampered), "--keyring", str(signer.keyring_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert bad.returncode == 1
+    assert "SHA-256" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def _device_config(tmp_path: Path, signer: Signer, **extra) -> Path:  # noqa: ANN003
+    settings = {
+        "server_url": "http://127.0.0.1:9",
+        "device_uuid": "00000000-0000-0000-0000-0000000000d1",
+        "token_file": tmp_path / "etc" / "token",
+        "install_root": tmp_path / "opt" / "app",
+        "state_dir": tmp_path / "var",
+        "keyring_dir": signer.keyring_dir,
+        "service_mode": "command",
+        "start_command": [sys.executable, "app.py"],
+        "app_env": {"TEST_APP_STATUS": str(tmp_path / "status.json")},
+        "health_seconds": 0.5,
+        **extra,
+    }
+    config = AgentConfig(**settings)
+    path = tmp_path / "etc" / "agent.toml"
+    write_config(config, path)
+    write_token_file(config.token_file, TOKEN)
+    return path
+
+
+def _stop_app(config_path: Path) -> None:
+    from javia_agent.agent import build_service
+
+    build_service(load_config(config_path)).stop()
+
+
+def test_install_status_and_activity_commands(tmp_path: Path, signer: Signer, make_package: PackageFactory) -> None:
+    config = _device_config(tmp_path, signer)
+    try:
+        result = runner.invoke(app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        assert "installed v1.0.0" in result.output
+
+        again = runner.invoke(app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)])
+        assert again.exit_code == 1 and "not newer" in again.output
+
+        status = runner.invoke(app, ["status", "--json", "--config", str(config)])
+        assert status.exit_code == 0, status.output
+        body = json.loads(status.output)
+        assert body["current_version"] == "v1.0.0" and body["app_active"] is True
+        assert body["state"] == "idle" and body["last_heartbeat"] is None
+        human = runner.invoke(app, ["status", "--config", str(config)])
+        assert "v1.0.0" in human.output and "never" in human.output
+
+        activity = runner.invoke(app, ["activity", "--config", str(config)])
+        assert activity.exit_code == 0, activity.output
+        assert json.loads((tmp_path / "var" / "activity.json").read_text())["counter"] == 1
+    finally:
+        _stop_app(config)
+
+
+def test_config_file_environment_and_flags_priority(tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _device_config(tmp_path, signer)
+    written = tomllib.loads(path.read_text())
+    assert TOKEN not in path.read_text()  # the token lives in its own 0600 file only
+    assert written["service_mode"] == "command"
+    assert oct((tmp_path / "etc" / "token").stat().st_mode & 0o777) == "0o600"
+    assert load_config(path).health_seconds == 0.5
+    monkeypatch.setenv("JAVIA_AGENT_HEALTH_SECONDS", "7")
+    assert load_config(path).health_seconds == 7.0
+    assert load_config(path, health_seconds=9).health_seconds == 9.0
+    (tmp_path / "bad.toml").write_text("health_seconds = [")
+    result = runner.invoke(app, ["status", "--config", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 1 and "not valid TOML" in result.output
+
+
+def test_register_refuses_plain_http_to_another_host(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["register", "--server", "http://192.0.2.10:8000", "--api-key", "k", "--config", str(tmp_path / "a.toml")],
+    )
+    assert result.exit_code == 1
+    assert "refusing plain http" in result.output
+    assert not (tmp_path / "a.toml").exists()
+
+
+def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(tmp_path: Path, signer: Signer) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _device_config(tmp_path, signer, server_url=f"http://127.0.0.1:{port}")
+    agent = subprocess.Popen(
+        [*_javia(), "agent", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "JAVIA_AGENT_CONFIG": ""},
+    )
+    try:
+        log = tmp_path / "seen"
+        deadline = time.monotonic() + 30
+        output = b""
+        # Wait until it has tried once and is backing off.
+        while time.monotonic() < deadline and b"retry in" not in output:
+            line = agent.stdout.readline() if agent.stdout else b""
+            output += line
+        assert b"retry in" in output, output
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=10)
+        output += agent.stdout.read() if agent.stdout else b""
+        log.write_bytes(output)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert code == 0
+    assert b"Traceback" not in output and b"stopped" in output
