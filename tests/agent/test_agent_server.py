@@ -1,0 +1,145 @@
+"""The agent against the real javia server over loopback (DESIGN.md sections 6 and 7).
+
+The lead's end-to-end tests drive whole processes; this one stays in-process
+to check the contract between :class:`DeviceClient`/:class:`Agent` and
+``javia_updates.server``: registration, heartbeat directives, downloads with
+``Range``, and status reports that reach ``completed``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from javia_agent.agent import Agent, build_service
+from javia_agent.cli import app as agent_cli
+from javia_agent.client import DeviceClient
+from javia_agent.config import load_config
+from javia_agent.installer import InstallResult
+
+from .helpers import PackageFactory, Signer
+
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+
+class LiveServer:
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url
+        self.api_key = api_key
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    from javia_updates.server.app import create_app
+    from javia_updates.settings import ServerSettings
+
+    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-server-config.toml"))
+    api_key = secrets.token_urlsafe(24)
+    settings = ServerSettings(api_key=api_key, data_dir=tmp_path / "server-data", heartbeat_interval_seconds=5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "server did not start"
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", api_key)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def test_agent_registers_installs_an_instant_update_and_reports_completed(
+    tmp_path: Path, live_server: LiveServer, signer: Signer, make_package: PackageFactory
+) -> None:
+    from javia_updates.admin_client import AdminClient
+
+    config_path = tmp_path / "etc" / "agent.toml"
+    registered = CliRunner().invoke(
+        agent_cli,
+        [
+            "register",
+            "--server", live_server.url,
+            "--api-key", live_server.api_key,
+            "--name", "pi-kitchen",
+            "--timezone", "Europe/Berlin",
+            "--config", str(config_path),
+            "--token-file", str(tmp_path / "etc" / "token"),
+            "--install-root", str(tmp_path / "opt" / "app"),
+            "--state-dir", str(tmp_path / "var"),
+            "--keyring", str(signer.keyring_dir),
+            "--service-mode", "command",
+            "--start-command", f'["{sys.executable}", "app.py"]',
+            "--app-env", f'{{"TEST_APP_STATUS": "{tmp_path / "status.json"}"}}',
+            "--health-seconds", "0.5",
+        ],
+    )
+    assert registered.exit_code == 0, registered.output
+    config = load_config(config_path)
+    assert config.device_uuid is not None and config.timezone == "Europe/Berlin"
+
+    installed = CliRunner().invoke(agent_cli, ["install", str(make_package("v1.0.0").directory), "--config", str(config_path)])
+    assert installed.exit_code == 0, installed.output
+
+    agent = Agent.from_config(config)
+    try:
+        first = agent.run_once()  # the server learns the device runs v1.0.0
+        assert first.response.update is None
+
+        package = make_package("v1.1.0")
+        with AdminClient(live_server.url, live_server.api_key) as admin:
+            update = admin.publish(
+                manifest_path=package.manifest_path,
+                signature_path=package.signature_path,
+                payload_path=package.payload_path,
+                update_type="instant",
+            )
+            result = agent.run_once()
+            assert result.outcome is not None, result.decision
+            assert result.outcome.result == InstallResult.COMPLETED, result.outcome
+            assert len(agent.outbox) == 0  # every report delivered
+
+            agent.run_once()  # heartbeat with the new version
+            rows = admin.update_devices(update["id"])
+            device = admin.get_device(str(config.device_uuid))
+
+        assert [(row["device_uuid"], row["status"]) for row in rows] == [(str(config.device_uuid), "completed")]
+        assert device["current_version"] == "v1.1.0"
+        assert device["metadata"]["ip_address"] == "127.0.0.1"
+        assert device["metadata"]["hostname"]
+        assert agent.installer.current_release() == "v1.1.0"
+    finally:
+        build_service(config).stop()
+        agent.client.close()
+
+
+def test_a_device_token_cannot_be_used_for_another_device(live_server: LiveServer) -> None:
+    from javia_agent.errors import AuthenticationError, ServerError
+    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest
+
+    with DeviceClient(live_server.url) as client:
+        first = client.register(live_server.api_key, DeviceRegisterRequest(device_name="a"))
+    with DeviceClient(live_server.url) as client:
+        second = client.register(live_server.api_key, DeviceRegisterRequest(device_name="b"))
+    with DeviceClient(live_server.url, device_uuid=second.device_uuid, token=first.device_token) as client:
+        with pytest.raises(ServerError) as error:
+            client.heartbeat(HeartbeatRequest())
+    assert error.value.status_code in (401, 403, 404)
+    with DeviceClient(live_server.url) as client, pytest.raises(AuthenticationError):
+        client.register("wrong-key", DeviceRegisterRequest())
