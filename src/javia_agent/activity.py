@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from javia_agent._fs import atomic_write
 from javia_agent.clock import boottime
 
-__all__ = ["ACTIVITY_FILE_ENV", "DEFAULT_ACTIVITY_FILE", "record_activity", "IdleTracker"]
+__all__ = ["ACTIVITY_FILE_ENV", "DEFAULT_ACTIVITY_FILE", "IdleTracker", "record_activity"]
 
 #: Set by the agent in the application's environment.
 ACTIVITY_FILE_ENV = "JAVIA_ACTIVITY_FILE"
@@ -60,7 +60,7 @@ def record_activity(path: Path | str | None = None, *, now: datetime | None = No
     if path is None:
         path = os.environ.get(ACTIVITY_FILE_ENV) or DEFAULT_ACTIVITY_FILE
     path = Path(path)
-    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    stamp = (now or datetime.now(UTC)).astimezone(UTC)
     body = {
         "counter": _read_counter(path) + 1,
         "wall_time": stamp.isoformat(),

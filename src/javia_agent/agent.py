@@ -31,7 +31,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
 from javia_agent.errors import AgentError
-from javia_agent.installer import InstallOutcome, Installer, InstallResult
+from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
 from javia_updates.errors import JaviaError
@@ -54,7 +54,7 @@ from javia_updates.models import (
 )
 from javia_updates.scheduling import InstallDecision, decide_install
 
-__all__ = ["CycleResult", "Agent", "agent_version", "device_metadata", "build_service"]
+__all__ = ["Agent", "CycleResult", "agent_version", "build_service", "device_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,8 @@ class Agent:
 
         def report(update_id: int, status: UpdateStatus, message: str | None) -> None:
             outbox.enqueue(
-                update_id, StatusReport(status=status, error_message=message, reported_at=clock.wall())
+                update_id,
+                StatusReport(status=status, error_message=message, reported_at=clock.wall()),
             )
             outbox.flush(client.report_status)
 
@@ -262,7 +263,9 @@ class Agent:
             should_stop=lambda: agent.stopping,
         )
         idle = IdleTracker(config.paths.activity_file, monotonic=clock.monotonic)
-        agent = cls(config, client=client, installer=installer, outbox=outbox, idle=idle, clock=clock)
+        agent = cls(
+            config, client=client, installer=installer, outbox=outbox, idle=idle, clock=clock
+        )
         return agent
 
     # -- control ------------------------------------------------------------------
@@ -291,7 +294,9 @@ class Agent:
         """
         outcome = self.installer.recover()
         if outcome is not None:
-            logger.info("recovered update %s: %s (%s)", outcome.version, outcome.result, outcome.reason)
+            logger.info(
+                "recovered update %s: %s (%s)", outcome.version, outcome.result, outcome.reason
+            )
         if self.config.service_mode == "command" and self.installer.current_release() is not None:
             service = self.installer.service
             if not service.is_active():
@@ -327,7 +332,7 @@ class Agent:
             metadata=self._metadata(),
         )
         response = self.client.heartbeat(request)
-        self._server_time = response.server_time.astimezone(timezone.utc)
+        self._server_time = response.server_time.astimezone(UTC)
         self._server_time_at = self.clock.monotonic()
         if response.heartbeat_interval_seconds and response.heartbeat_interval_seconds > 0:
             self.interval_seconds = float(response.heartbeat_interval_seconds)
@@ -343,14 +348,24 @@ class Agent:
         else:
             idle = self.idle.idle_seconds()
             decision = self._decide(directive, now=server_now, idle_seconds=idle)
-            logger.info("update %s (%s): %s", directive.version, directive.update_type, decision.reason)
+            logger.info(
+                "update %s (%s): %s", directive.version, directive.update_type, decision.reason
+            )
             if decision.install_now and not self.stopping:
                 outcome = self.installer.install(directive)
-                logger.info("update %s: %s%s", outcome.version, outcome.result,
-                            f" ({outcome.reason})" if outcome.reason else "")
+                logger.info(
+                    "update %s: %s%s",
+                    outcome.version,
+                    outcome.result,
+                    f" ({outcome.reason})" if outcome.reason else "",
+                )
                 delivered += self.outbox.flush(self.client.report_status)
-                if outcome.result in (InstallResult.COMPLETED, InstallResult.FAILED, InstallResult.ROLLED_BACK,
-                                      InstallResult.ABANDONED):
+                if outcome.result in (
+                    InstallResult.COMPLETED,
+                    InstallResult.FAILED,
+                    InstallResult.ROLLED_BACK,
+                    InstallResult.ABANDONED,
+                ):
                     sleep = AFTER_INSTALL_SECONDS
                 elif outcome.result == InstallResult.RETRY_LATER:
                     sleep = min(sleep, self._backoff(1))
@@ -408,7 +423,9 @@ class Agent:
             return
 
         def handler(signum: int, frame: object) -> None:
-            logger.info("received %s: finishing the current step, then exiting", signal.Signals(signum).name)
+            logger.info(
+                "received %s: finishing the current step, then exiting", signal.Signals(signum).name
+            )
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)
@@ -421,7 +438,9 @@ class Agent:
             0, the exit status after SIGTERM/SIGINT or :meth:`stop`.
         """
         self._install_signal_handlers()
-        logger.info("javia agent %s starting for device %s", agent_version(), self.config.device_uuid)
+        logger.info(
+            "javia agent %s starting for device %s", agent_version(), self.config.device_uuid
+        )
         try:
             self.start()
         except JaviaError as error:

@@ -89,7 +89,7 @@ def _argv(text: str | None, what: str) -> list[str] | None:
         except json.JSONDecodeError as error:
             raise ConfigError(f"{what} is not a JSON list of strings: {error}") from None
         if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
-            raise ConfigError(f"{what} must be a JSON list of strings, e.g. [\"python3\", \"app.py\"]")
+            raise ConfigError(f'{what} must be a JSON list of strings, e.g. ["python3", "app.py"]')
         return value
     try:
         parts = shlex.split(text)
@@ -113,34 +113,56 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 @_friendly
 def register(
-    server: str = typer.Option(..., "--server", help="Server base URL, e.g. https://updates.example.org."),
+    server: str = typer.Option(
+        ..., "--server", help="Server base URL, e.g. https://updates.example.org."
+    ),
     api_key: str = typer.Option(
         ..., "--api-key", envvar="JAVIA_API_KEY", help="Admin API key (used once; never stored)."
     ),
     name: str | None = typer.Option(None, "--name", help="Device name shown to operators."),
-    timezone: str | None = typer.Option(None, "--timezone", help="IANA timezone, e.g. Europe/Berlin."),
-    device_uuid: str | None = typer.Option(None, "--uuid", help="Use this device uuid (default: server picks)."),
+    timezone: str | None = typer.Option(
+        None, "--timezone", help="IANA timezone, e.g. Europe/Berlin."
+    ),
+    device_uuid: str | None = typer.Option(
+        None, "--uuid", help="Use this device uuid (default: server picks)."
+    ),
     config_path: Path | None = ConfigOption,
-    token_file: Path | None = typer.Option(None, "--token-file", help="Where to store the device token (0600)."),
-    install_root: Path | None = typer.Option(None, "--install-root", help="releases/ and current live here."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help="State, downloads, outbox, activity."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="Where to store the device token (0600)."
+    ),
+    install_root: Path | None = typer.Option(
+        None, "--install-root", help="releases/ and current live here."
+    ),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="State, downloads, outbox, activity."
+    ),
     keyring: Path | None = typer.Option(None, "--keyring", help="Directory of trusted *.pub keys."),
     service_mode: str | None = typer.Option(None, "--service-mode", help="systemd or command."),
-    service_name: str | None = typer.Option(None, "--service-name", help="systemd unit of the application."),
+    service_name: str | None = typer.Option(
+        None, "--service-name", help="systemd unit of the application."
+    ),
     start_command: str | None = typer.Option(
         None, "--start-command", help="Command mode: argv as a JSON list or a shell-quoted string."
     ),
     health_command: str | None = typer.Option(
         None, "--health-command", help="Optional health check command (JSON list or string)."
     ),
-    app_env: str | None = typer.Option(None, "--app-env", help="Extra app environment as a JSON object."),
+    app_env: str | None = typer.Option(
+        None, "--app-env", help="Extra app environment as a JSON object."
+    ),
     heartbeat_interval: float | None = typer.Option(None, "--heartbeat-interval", help="Seconds."),
-    health_seconds: float | None = typer.Option(None, "--health-seconds", help="Seconds a new release must stay up."),
-    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM CA bundle for the server's TLS."),
+    health_seconds: float | None = typer.Option(
+        None, "--health-seconds", help="Seconds a new release must stay up."
+    ),
+    ca_bundle: Path | None = typer.Option(
+        None, "--ca-bundle", help="PEM CA bundle for the server's TLS."
+    ),
     allow_insecure_http: bool = typer.Option(
         False, "--allow-insecure-http", help="Allow plain http:// to a non-loopback server."
     ),
-    force: bool = typer.Option(False, "--force", help="Register again although already registered."),
+    force: bool = typer.Option(
+        False, "--force", help="Register again although already registered."
+    ),
 ) -> None:
     """Register this device with the server; write the configuration and the token file."""
     from javia_agent.agent import device_metadata
@@ -173,7 +195,9 @@ def register(
         except json.JSONDecodeError as error:
             raise ConfigError(f"--app-env is not a JSON object: {error}") from None
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise ConfigError('--app-env must be a JSON object of strings, e.g. {"LANG": "C.UTF-8"}')
+            raise ConfigError(
+                '--app-env must be a JSON object of strings, e.g. {"LANG": "C.UTF-8"}'
+            )
         overrides["app_env"] = env
     config = load_config(config_path, **overrides)
     path = _config_path(config_path)
@@ -301,7 +325,9 @@ def _print_status(body: dict[str, Any]) -> None:
     table.add_row("device", body["device_uuid"] or "not registered")
     table.add_row("server", body["server_url"] or "-")
     table.add_row("running version", body["current_version"] or "none")
-    table.add_row("application", {True: "active", False: "not running", None: "unknown"}[body["app_active"]])
+    table.add_row(
+        "application", {True: "active", False: "not running", None: "unknown"}[body["app_active"]]
+    )
     update = body["update"]
     state = body["state"]
     if update:
@@ -309,7 +335,9 @@ def _print_status(body: dict[str, Any]) -> None:
     table.add_row("update state", state)
     heartbeat = body["last_heartbeat"]
     if heartbeat:
-        table.add_row("last heartbeat", f"{heartbeat['received_at']} (server time {heartbeat['server_time']})")
+        table.add_row(
+            "last heartbeat", f"{heartbeat['received_at']} (server time {heartbeat['server_time']})"
+        )
         pending = heartbeat.get("update")
         decision = heartbeat.get("decision")
         if pending:
@@ -331,7 +359,9 @@ def _print_status(body: dict[str, Any]) -> None:
 @_friendly
 def activity(
     file: Path | None = typer.Option(
-        None, "--file", help="Activity file (default $JAVIA_ACTIVITY_FILE, else from the configuration)."
+        None,
+        "--file",
+        help="Activity file (default $JAVIA_ACTIVITY_FILE, else from the configuration).",
     ),
     config_path: Path | None = ConfigOption,
 ) -> None:
@@ -348,7 +378,9 @@ def activity(
 @app.command()
 @_friendly
 def verify(
-    package_dir: Path = typer.Argument(..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."),
+    package_dir: Path = typer.Argument(
+        ..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."
+    ),
     keyring: Path | None = typer.Option(
         None, "--keyring", help="Directory of trusted *.pub keys (default: the configured keyring)."
     ),
@@ -377,7 +409,9 @@ def verify(
 @app.command()
 @_friendly
 def install(
-    package_dir: Path = typer.Argument(..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."),
+    package_dir: Path = typer.Argument(
+        ..., help="Directory with manifest.json, manifest.sig, payload.tar.gz."
+    ),
     config_path: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each step."),
 ) -> None:

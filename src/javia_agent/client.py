@@ -25,7 +25,7 @@ import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -136,7 +136,7 @@ class DeviceClient:
         if self._owns_client:
             self._http.close()
 
-    def __enter__(self) -> DeviceClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -170,7 +170,9 @@ class DeviceClient:
                 )
             return url
         if not url.startswith("/"):
-            raise DownloadError(f"invalid download URL {url[:200]!r}: expected a path such as /api/v1/...")
+            raise DownloadError(
+                f"invalid download URL {url[:200]!r}: expected a path such as /api/v1/..."
+            )
         return url
 
     def _note_local_address(self, response: httpx.Response) -> None:
@@ -196,7 +198,9 @@ class DeviceClient:
         try:
             response = self._http.request(method, path, headers=headers, json=json)
         except httpx.TransportError as error:
-            raise NetworkError(f"{what}: cannot reach {self.base_url}: {error or type(error).__name__}") from None
+            raise NetworkError(
+                f"{what}: cannot reach {self.base_url}: {error or type(error).__name__}"
+            ) from None
         self._note_local_address(response)
         if response.status_code >= 400:
             raise _http_error(response, what)
@@ -292,7 +296,9 @@ class DeviceClient:
                         raise DownloadTooLargeError(f"{what} is larger than {limit} bytes: refused")
                 return bytes(data)
         except httpx.TransportError as error:
-            raise NetworkError(f"{what}: download interrupted: {error or type(error).__name__}") from None
+            raise NetworkError(
+                f"{what}: download interrupted: {error or type(error).__name__}"
+            ) from None
 
     def download_manifest(self, url: str) -> bytes:
         """Download ``manifest.json`` bytes (at most 16 MiB).
@@ -358,12 +364,16 @@ class DeviceClient:
             os.replace(partial, dest)
             return dest
         for _ in range(3):
-            restart = self._stream_payload(target, partial, offset, expected_size, should_stop, progress)
+            restart = self._stream_payload(
+                target, partial, offset, expected_size, should_stop, progress
+            )
             if restart is None:
                 os.replace(partial, dest)
                 return dest
             offset = restart
-        raise DownloadError("payload download: the server's range answers made no sense; try again later")
+        raise DownloadError(
+            "payload download: the server's range answers made no sense; try again later"
+        )
 
     def _stream_payload(
         self,
@@ -402,7 +412,11 @@ class DeviceClient:
                 else:
                     raise DownloadError(f"{what}: unexpected HTTP {status}")
                 declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and offset + int(declared) > expected_size:
+                if (
+                    declared is not None
+                    and declared.isdigit()
+                    and offset + int(declared) > expected_size
+                ):
                     partial.unlink(missing_ok=True)
                     raise DownloadTooLargeError(
                         f"{what}: server announces {offset + int(declared)} bytes, "
@@ -426,7 +440,11 @@ class DeviceClient:
                             received += len(chunk)
                             if progress is not None:
                                 progress(received, expected_size)
-                            if should_stop is not None and should_stop() and received < expected_size:
+                            if (
+                                should_stop is not None
+                                and should_stop()
+                                and received < expected_size
+                            ):
                                 raise DownloadCancelledError(
                                     f"{what} stopped at {received} of {expected_size} bytes; will resume"
                                 )

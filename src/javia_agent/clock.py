@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-__all__ = ["boottime", "Clock"]
+__all__ = ["Clock", "boottime"]
 
 
 def boottime() -> float:
@@ -27,7 +27,7 @@ def boottime() -> float:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

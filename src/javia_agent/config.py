@@ -46,11 +46,11 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
     "AgentPaths",
+    "check_server_url",
     "load_config",
+    "read_token",
     "write_config",
     "write_token_file",
-    "read_token",
-    "check_server_url",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/javia/agent.toml")
@@ -77,10 +77,14 @@ class AgentConfig(BaseSettings):
     state_dir: Path = Path("/var/lib/javia")
     keyring_dir: Path = Path("/etc/javia/keys")
     heartbeat_interval_seconds: float = Field(default=300.0, gt=0)
-    heartbeat_jitter: float = Field(default=0.1, ge=0, le=0.5, description="fraction of the interval")
+    heartbeat_jitter: float = Field(
+        default=0.1, ge=0, le=0.5, description="fraction of the interval"
+    )
     service_mode: Literal["systemd", "command"] = "systemd"
     service_name: str = "javia-app.service"
-    start_command: list[str] = Field(default_factory=list, description="argv; cwd = current release")
+    start_command: list[str] = Field(
+        default_factory=list, description="argv; cwd = current release"
+    )
     app_env: dict[str, str] = Field(default_factory=dict)
     stop_timeout_seconds: float = Field(default=10.0, gt=0)
     ca_bundle: Path | None = None
@@ -90,15 +94,20 @@ class AgentConfig(BaseSettings):
     health_command: list[str] | None = None
     health_command_timeout_seconds: float = Field(default=60.0, gt=0)
     setup_command: list[str] | None = Field(
-        default=None, description="argv run in a staged release before the switch (e.g. pip install)"
+        default=None,
+        description="argv run in a staged release before the switch (e.g. pip install)",
     )
     apt_command: list[str] = Field(
         default_factory=lambda: ["apt-get", "install", "--yes", "--no-install-recommends", "--"],
         description="argv prefix installing the manifest's signed system_packages",
     )
-    keep_releases: int = Field(default=1, ge=0, description="previous releases kept besides current")
+    keep_releases: int = Field(
+        default=1, ge=0, description="previous releases kept besides current"
+    )
     max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
-    activity_file: Path | None = Field(default=None, description="default <state_dir>/activity.json")
+    activity_file: Path | None = Field(
+        default=None, description="default <state_dir>/activity.json"
+    )
     activity_poll_seconds: float = Field(default=15.0, gt=0)
     timezone: str = "UTC"
 
@@ -108,7 +117,9 @@ class AgentConfig(BaseSettings):
     @classmethod
     def _argv(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not isinstance(part, str) for part in value):
-            raise ValueError("a command must be a list of strings (argv), e.g. ['python3', 'app.py']")
+            raise ValueError(
+                "a command must be a list of strings (argv), e.g. ['python3', 'app.py']"
+            )
         return value
 
     @classmethod
@@ -144,7 +155,9 @@ class AgentPaths:
     def from_config(cls, config: AgentConfig) -> AgentPaths:
         """Paths for ``config``; the activity file defaults to ``<state_dir>/activity.json``."""
         activity = config.activity_file or config.state_dir / "activity.json"
-        return cls(install_root=config.install_root, state_dir=config.state_dir, activity_file=activity)
+        return cls(
+            install_root=config.install_root, state_dir=config.state_dir, activity_file=activity
+        )
 
     @property
     def releases_dir(self) -> Path:

@@ -17,17 +17,17 @@ from javia_updates.errors import JaviaError
 
 __all__ = [
     "AgentError",
-    "ConfigError",
-    "NetworkError",
-    "ServerError",
     "AuthenticationError",
+    "ConfigError",
+    "CrashLoopError",
+    "DownloadCancelledError",
     "DownloadError",
     "DownloadTooLargeError",
-    "DownloadCancelledError",
-    "ServiceError",
     "InstallError",
+    "NetworkError",
+    "ServerError",
+    "ServiceError",
     "StateError",
-    "CrashLoopError",
 ]
 
 

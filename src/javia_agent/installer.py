@@ -63,7 +63,6 @@ from javia_agent.errors import (
 )
 from javia_agent.services import AppService, application_environment
 from javia_agent.state import (
-    POST_SWITCH_STATES,
     PRE_SWITCH_STATES,
     RECOVERY,
     AgentState,
@@ -79,7 +78,7 @@ from javia_updates.models import InstallDirective, UpdateStatus
 from javia_updates.packaging import read_package_dir
 from javia_updates.versioning import Version
 
-__all__ = ["InstallResult", "InstallOutcome", "Reporter", "Installer"]
+__all__ = ["InstallOutcome", "InstallResult", "Installer", "Reporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,9 @@ class InstallResult(StrEnum):
     ROLLED_BACK = "rolled_back"  # the new release was unhealthy; the old one runs again
     RETRY_LATER = "retry_later"  # network trouble or shutdown; state kept to resume
     SKIPPED = "skipped"  # this version failed before: never installed again
-    ALREADY_RUNNING = "already_running"  # the offered version is the running one; reported completed
+    ALREADY_RUNNING = (
+        "already_running"  # the offered version is the running one; reported completed
+    )
     ABANDONED = "abandoned"  # the update disappeared from the server (superseded, cancelled)
 
 
@@ -338,7 +339,9 @@ class Installer:
                 )
                 run.state = self.store.save(run.state.model_copy(update={"update": new}))
                 start = UpdateState.DOWNLOADING
-                logger.info("installing update %s (%s), running %s", version, directive.update_id, running)
+                logger.info(
+                    "installing update %s (%s), running %s", version, directive.update_id, running
+                )
             return self._advance(run, start)
 
     def install_from_directory(self, package_dir: Path) -> InstallOutcome:
@@ -432,7 +435,9 @@ class Installer:
                 self._save(run, UpdateState.SWITCHING)
                 self._switch(run)
             except (JaviaError, OSError) as error:
-                return self._roll_back(run, f"switching to {run.record.version} failed: {_reason(error)}")
+                return self._roll_back(
+                    run, f"switching to {run.record.version} failed: {_reason(error)}"
+                )
             step = UpdateState.HEALTH_CHECK
         if step == UpdateState.HEALTH_CHECK:
             try:
@@ -497,7 +502,10 @@ class Installer:
         signature_path = package_dir / SIGNATURE_NAME
         try:
             if manifest_path.exists() and signature_path.exists():
-                manifest_bytes, signature_bytes = manifest_path.read_bytes(), signature_path.read_bytes()
+                manifest_bytes, signature_bytes = (
+                    manifest_path.read_bytes(),
+                    signature_path.read_bytes(),
+                )
             else:
                 manifest_bytes = client.download_manifest(directive.manifest_url)
                 signature_bytes = client.download_signature(directive.signature_url)
@@ -533,7 +541,9 @@ class Installer:
             raise _RetryLater(str(error)) from None
         except ServerError as error:
             if error.status_code in (404, 410):
-                raise _Abandon(f"update {directive.update_id} is gone from the server ({error})") from None
+                raise _Abandon(
+                    f"update {directive.update_id} is gone from the server ({error})"
+                ) from None
             if error.status_code is None or error.status_code >= 500 or error.status_code == 429:
                 logger.warning("download of %s paused: %s", directive.version, error)
                 raise _RetryLater(str(error)) from None
@@ -578,7 +588,9 @@ class Installer:
                 argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            raise InstallError(f"{what} ({argv[0]}) did not finish within {timeout:.0f} s") from None
+            raise InstallError(
+                f"{what} ({argv[0]}) did not finish within {timeout:.0f} s"
+            ) from None
         except OSError as error:
             raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
         if result.returncode != 0:
@@ -654,7 +666,10 @@ class Installer:
                 update={
                     "current_version": record.version,
                     "update": record.model_copy(
-                        update={"state": UpdateState.REPORTING, "final_status": UpdateStatus.COMPLETED}
+                        update={
+                            "state": UpdateState.REPORTING,
+                            "final_status": UpdateStatus.COMPLETED,
+                        }
                     ),
                 }
             )
@@ -723,7 +738,9 @@ class Installer:
     def _report_final(self, run: _Run) -> InstallOutcome:
         record = run.record
         status = record.final_status or UpdateStatus.FAILED
-        self._report(record.update_id if record.source == UpdateSource.SERVER else None, status, record.error)
+        self._report(
+            record.update_id if record.source == UpdateSource.SERVER else None, status, record.error
+        )
         run.state = self.store.save(run.state.model_copy(update={"update": None}))
         result = {
             UpdateStatus.COMPLETED: InstallResult.COMPLETED,
@@ -750,7 +767,9 @@ class Installer:
         try:
             self.reporter(update_id, status, _clip(message) if message else None)
         except (OSError, JaviaError) as error:
-            logger.error("could not queue the %s report for update %s: %s", status, update_id, error)
+            logger.error(
+                "could not queue the %s report for update %s: %s", status, update_id, error
+            )
 
     # -- recovery and housekeeping ----------------------------------------------------
 
@@ -762,7 +781,9 @@ class Installer:
             return None
         action = RECOVERY[record.state]
         run = _Run(state=state)
-        logger.info("found update %s in state %s after a restart: %s", record.version, record.state, action)
+        logger.info(
+            "found update %s in state %s after a restart: %s", record.version, record.state, action
+        )
         if record.state in PRE_SWITCH_STATES:
             if record.source == UpdateSource.DIRECTORY:
                 self._abandon(run, "interrupted; run javia agent install again")
@@ -826,7 +847,11 @@ class Installer:
         if current is None or not releases.is_dir():
             return
         others = sorted(
-            (entry.name for entry in releases.iterdir() if Version.is_valid(entry.name) and entry.name != current),
+            (
+                entry.name
+                for entry in releases.iterdir()
+                if Version.is_valid(entry.name) and entry.name != current
+            ),
             key=Version.parse,
             reverse=True,
         )

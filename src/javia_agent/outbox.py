@@ -23,7 +23,7 @@ from javia_agent._fs import atomic_write
 from javia_agent.errors import AuthenticationError, NetworkError, ServerError
 from javia_updates.models import StatusReport
 
-__all__ = ["QueuedReport", "Outbox"]
+__all__ = ["Outbox", "QueuedReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,11 @@ class Outbox:
             except (NetworkError, AuthenticationError):
                 break
             except ServerError as error:
-                if error.status_code is None or error.status_code >= 500 or error.status_code == 429:
+                if (
+                    error.status_code is None
+                    or error.status_code >= 500
+                    or error.status_code == 429
+                ):
                     break
                 logger.warning(
                     "server refused report %s for update %s (%s): dropped",

@@ -33,8 +33,8 @@ from javia_agent.errors import ServiceError
 __all__ = [
     "RELEASE_DIR_ENV",
     "AppService",
-    "SystemdService",
     "CommandService",
+    "SystemdService",
     "application_environment",
     "write_environment_file",
 ]
@@ -91,7 +91,9 @@ def write_environment_file(path: Path, env: Mapping[str, str]) -> None:
     lines = []
     for name, value in sorted(env.items()):
         if not name.replace("_", "a").isalnum() or name[0].isdigit() or "\n" in value:
-            raise ServiceError(f"cannot pass environment variable {name!r}: invalid name or newline")
+            raise ServiceError(
+                f"cannot pass environment variable {name!r}: invalid name or newline"
+            )
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'{name}="{escaped}"\n')
     try:
@@ -122,7 +124,9 @@ class SystemdService:
         timeout_seconds: float = 120.0,
     ) -> None:
         if not unit or unit.startswith("-") or "/" in unit:
-            raise ServiceError(f"invalid systemd unit name {unit!r}: expected e.g. javia-app.service")
+            raise ServiceError(
+                f"invalid systemd unit name {unit!r}: expected e.g. javia-app.service"
+            )
         self.unit = unit
         self._environment = environment
         self._env_file = env_file
@@ -237,7 +241,9 @@ class CommandService:
     def _read_pid(self) -> tuple[int, int | None] | None:
         try:
             data = json.loads(self.pid_file.read_text())
-            return int(data["pid"]), (int(data["start_ticks"]) if data.get("start_ticks") is not None else None)
+            return int(data["pid"]), (
+                int(data["start_ticks"]) if data.get("start_ticks") is not None else None
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
@@ -283,7 +289,9 @@ class CommandService:
         try:
             release = self.current_link.resolve(strict=True)
         except (FileNotFoundError, RuntimeError):
-            raise ServiceError(f"{self.current_link} does not point to an installed release") from None
+            raise ServiceError(
+                f"{self.current_link} does not point to an installed release"
+            ) from None
         env = os.environ.copy()
         env.update(application_environment(release, self.activity_file, self.app_env))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -300,10 +308,16 @@ class CommandService:
                     close_fds=True,
                 )
         except OSError as error:
-            raise ServiceError(f"cannot start {self.argv[0]!r} in {release}: {error.strerror}") from None
+            raise ServiceError(
+                f"cannot start {self.argv[0]!r} in {release}: {error.strerror}"
+            ) from None
         _CHILDREN[child.pid] = child
         stat = _proc_stat(child.pid)
-        record = {"pid": child.pid, "start_ticks": stat[1] if stat else None, "release": str(release)}
+        record = {
+            "pid": child.pid,
+            "start_ticks": stat[1] if stat else None,
+            "release": str(release),
+        }
         atomic_write(self.pid_file, json.dumps(record).encode("utf-8"), mode=0o644)
         logger.info("started application pid %d in %s", child.pid, release)
 

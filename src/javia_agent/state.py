@@ -34,16 +34,16 @@ from javia_agent.errors import CrashLoopError, StateError
 from javia_updates.models import UpdateStatus
 
 __all__ = [
-    "UpdateState",
-    "UpdateSource",
-    "Recovery",
-    "TRANSITIONS",
-    "RECOVERY",
-    "PRE_SWITCH_STATES",
     "POST_SWITCH_STATES",
-    "UpdateRecord",
+    "PRE_SWITCH_STATES",
+    "RECOVERY",
+    "TRANSITIONS",
     "AgentState",
+    "Recovery",
     "StateStore",
+    "UpdateRecord",
+    "UpdateSource",
+    "UpdateState",
 ]
 
 logger = logging.getLogger(__name__)

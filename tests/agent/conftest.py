@@ -27,6 +27,7 @@ from javia_updates.versioning import Version
 
 from .helpers import APP_SOURCE, NOW, Device, FileServer, PackageFactory, Signer, handler_for
 
+
 @pytest.fixture(scope="session")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
     directory = tmp_path_factory.mktemp("signing")
@@ -59,7 +60,13 @@ def make_package(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Pa
         extra_files: dict[str, bytes] | None = None,
         system_packages: tuple[str, ...] = (),
     ) -> BuiltPackage:
-        cache_key = (version, fail, id(key), tuple(sorted((extra_files or {}).items())), system_packages)
+        cache_key = (
+            version,
+            fail,
+            id(key),
+            tuple(sorted((extra_files or {}).items())),
+            system_packages,
+        )
         if cache_key in built:
             return built[cache_key]
         name = f"{version}-{len(built)}"
@@ -126,7 +133,9 @@ def file_server() -> Iterator[FileServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(server))
     httpd.daemon_threads = True
     server.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield server
@@ -134,5 +143,3 @@ def file_server() -> Iterator[FileServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-
-

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from javia_updates.keys import load_keyring
 from javia_updates.models import UpdateStatus
 from javia_updates.packaging import BuiltPackage
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 #: The test application: reads VERSION from its cwd (the release directory),
 #: exits 1 at once if the release ships a FAIL file, else writes
@@ -85,9 +85,9 @@ class Device:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.app_status()
-            if status and status["version"] == version and self.service.is_active():
-                if self.service.pid() == status["pid"]:
-                    return status
+            running = status and status["version"] == version and self.service.is_active()
+            if running and self.service.pid() == status["pid"]:
+                return status
             time.sleep(0.02)
         raise AssertionError(f"app {version} did not come up; status {self.app_status()}")
 
@@ -157,7 +157,7 @@ def handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # silence
             return
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        def do_GET(self) -> None:
             range_header = self.headers.get("Range")
             server.requests.append((self.path, range_header))
             route = server.routes.get(self.path)
@@ -211,7 +211,9 @@ def handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve_package(server: FileServer, update_id: int, package: BuiltPackage, **payload_options: Any) -> dict[str, Any]:
+def serve_package(
+    server: FileServer, update_id: int, package: BuiltPackage, **payload_options: Any
+) -> dict[str, Any]:
     """Serve ``package`` under the API paths; return the directive's fields."""
     base = f"/api/v1/updates/{update_id}"
     server.add(f"{base}/manifest", package.manifest_bytes, content_type="application/json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ def test_idle_time_ignores_wall_clock_jumps_in_the_activity_file(tmp_path: Path)
     path = tmp_path / "activity.json"
     clock = FakeClock()
     tracker = IdleTracker(path, monotonic=clock)
-    wall = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+    wall = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
     record_activity(path, now=wall)
     assert tracker.idle_seconds() == 0.0

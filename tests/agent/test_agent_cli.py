@@ -30,7 +30,9 @@ def _javia() -> list[str]:
 
 def test_verify_accepts_a_good_package(signer: Signer, make_package: PackageFactory) -> None:
     package = make_package("v1.0.0")
-    result = runner.invoke(app, ["verify", str(package.directory), "--keyring", str(signer.keyring_dir)])
+    result = runner.invoke(
+        app, ["verify", str(package.directory), "--keyring", str(signer.keyring_dir)]
+    )
     assert result.exit_code == 0, result.output
     assert "accepted: assistant v1.0.0" in result.output and signer.key_id in result.output
 
@@ -39,13 +41,18 @@ def test_verify_refuses_with_exit_1_and_one_line(
     signer: Signer, other_signer: Signer, make_package: PackageFactory, tmp_path: Path
 ) -> None:
     keyring = ["--keyring", str(signer.keyring_dir)]
-    untrusted = runner.invoke(app, ["verify", str(make_package("v1.0.0", key=other_signer.private_key).directory), *keyring])
+    untrusted = runner.invoke(
+        app,
+        ["verify", str(make_package("v1.0.0", key=other_signer.private_key).directory), *keyring],
+    )
     downgrade = runner.invoke(
-        app, ["verify", str(make_package("v1.0.0").directory), *keyring, "--current-version", "v1.2.0"]
+        app,
+        ["verify", str(make_package("v1.0.0").directory), *keyring, "--current-version", "v1.2.0"],
     )
     missing = runner.invoke(app, ["verify", str(tmp_path / "nothing"), *keyring])
     empty_keyring = runner.invoke(
-        app, ["verify", str(make_package("v1.0.0").directory), "--keyring", str(tmp_path / "no-keys")]
+        app,
+        ["verify", str(make_package("v1.0.0").directory), "--keyring", str(tmp_path / "no-keys")],
     )
     for result, words in (
         (untrusted, "not in the keyring"),
@@ -55,7 +62,9 @@ def test_verify_refuses_with_exit_1_and_one_line(
     ):
         assert result.exit_code == 1, result.output
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.output
+        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (
+            result.output
+        )
         assert "Traceback" not in result.output
 
 
@@ -70,12 +79,25 @@ def test_verify_through_the_javia_command_prints_no_traceback(
         (tampered / name).write_bytes((package.directory / name).read_bytes())
     (tampered / "payload.tar.gz").write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))
     ok = subprocess.run(
-        [*_javia(), "agent", "verify", str(package.directory), "--keyring", str(signer.keyring_dir)],
-        capture_output=True, text=True, timeout=60,
+        [
+            *_javia(),
+            "agent",
+            "verify",
+            str(package.directory),
+            "--keyring",
+            str(signer.keyring_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     bad = subprocess.run(
         [*_javia(), "agent", "verify", str(tampered), "--keyring", str(signer.keyring_dir)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert bad.returncode == 1
@@ -83,7 +105,7 @@ def test_verify_through_the_javia_command_prints_no_traceback(
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def _device_config(tmp_path: Path, signer: Signer, **extra) -> Path:  # noqa: ANN003
+def _device_config(tmp_path: Path, signer: Signer, **extra) -> Path:
     settings = {
         "server_url": "http://127.0.0.1:9",
         "device_uuid": "00000000-0000-0000-0000-0000000000d1",
@@ -110,14 +132,20 @@ def _stop_app(config_path: Path) -> None:
     build_service(load_config(config_path)).stop()
 
 
-def test_install_status_and_activity_commands(tmp_path: Path, signer: Signer, make_package: PackageFactory) -> None:
+def test_install_status_and_activity_commands(
+    tmp_path: Path, signer: Signer, make_package: PackageFactory
+) -> None:
     config = _device_config(tmp_path, signer)
     try:
-        result = runner.invoke(app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)])
+        result = runner.invoke(
+            app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)]
+        )
         assert result.exit_code == 0, result.output
         assert "installed v1.0.0" in result.output
 
-        again = runner.invoke(app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)])
+        again = runner.invoke(
+            app, ["install", str(make_package("v1.0.0").directory), "--config", str(config)]
+        )
         assert again.exit_code == 1 and "not newer" in again.output
 
         status = runner.invoke(app, ["status", "--json", "--config", str(config)])
@@ -135,7 +163,9 @@ def test_install_status_and_activity_commands(tmp_path: Path, signer: Signer, ma
         _stop_app(config)
 
 
-def test_config_file_environment_and_flags_priority(tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_file_environment_and_flags_priority(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _device_config(tmp_path, signer)
     written = tomllib.loads(path.read_text())
     assert TOKEN not in path.read_text()  # the token lives in its own 0600 file only
@@ -153,14 +183,24 @@ def test_config_file_environment_and_flags_priority(tmp_path: Path, signer: Sign
 def test_register_refuses_plain_http_to_another_host(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["register", "--server", "http://192.0.2.10:8000", "--api-key", "k", "--config", str(tmp_path / "a.toml")],
+        [
+            "register",
+            "--server",
+            "http://192.0.2.10:8000",
+            "--api-key",
+            "k",
+            "--config",
+            str(tmp_path / "a.toml"),
+        ],
     )
     assert result.exit_code == 1
     assert "refusing plain http" in result.output
     assert not (tmp_path / "a.toml").exists()
 
 
-def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(tmp_path: Path, signer: Signer) -> None:
+def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
+    tmp_path: Path, signer: Signer
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -29,7 +29,7 @@ PATH = "/api/v1/updates/1/download"
 
 
 @pytest.fixture
-def client(file_server: FileServer):  # noqa: ANN201
+def client(file_server: FileServer):
     with DeviceClient(file_server.url, device_uuid=UUID, token="secret-token") as client:
         yield client
 
@@ -99,7 +99,9 @@ def test_a_short_body_keeps_the_partial_for_a_resume(
     assert (tmp_path / "payload.tar.gz.partial").stat().st_size == 1000
 
 
-def test_should_stop_pauses_the_download(client: DeviceClient, file_server: FileServer, tmp_path: Path) -> None:
+def test_should_stop_pauses_the_download(
+    client: DeviceClient, file_server: FileServer, tmp_path: Path
+) -> None:
     file_server.add(PATH, DATA)
     with pytest.raises(DownloadError, match="will resume"):
         client.download_payload(PATH, tmp_path / "p", len(DATA), should_stop=lambda: True)
@@ -115,7 +117,9 @@ def test_oversized_signature_is_refused(client: DeviceClient, file_server: FileS
         client.download_signature("/api/v1/updates/1/signature")
 
 
-def test_http_errors_carry_the_status_code(client: DeviceClient, file_server: FileServer, tmp_path: Path) -> None:
+def test_http_errors_carry_the_status_code(
+    client: DeviceClient, file_server: FileServer, tmp_path: Path
+) -> None:
     with pytest.raises(ServerError) as missing:
         client.download_manifest("/api/v1/updates/404/manifest")
     assert missing.value.status_code == 404
@@ -130,9 +134,11 @@ def test_unreachable_server_is_a_network_error_without_status() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound but not listening: connection refused
-        with DeviceClient(f"http://127.0.0.1:{port}", device_uuid=UUID, token="t") as client:
-            with pytest.raises(NetworkError) as error:
-                client.heartbeat(HeartbeatRequest())
+        with (
+            DeviceClient(f"http://127.0.0.1:{port}", device_uuid=UUID, token="t") as client,
+            pytest.raises(NetworkError) as error,
+        ):
+            client.heartbeat(HeartbeatRequest())
     assert error.value.status_code is None
     assert f"127.0.0.1:{port}" in str(error.value)
 
@@ -174,11 +180,15 @@ def test_device_calls_carry_the_bearer_token_and_parse_answers() -> None:
                 200, json={"server_time": "2025-06-01T12:00:00Z", "heartbeat_interval_seconds": 120}
             )
         return httpx.Response(
-            200, json={"update_id": 5, "device_uuid": UUID, "status": "downloading", "changed": True}
+            200,
+            json={"update_id": 5, "device_uuid": UUID, "status": "downloading", "changed": True},
         )
 
     with DeviceClient(
-        "https://updates.example.org", device_uuid=UUID, token="tok", transport=httpx.MockTransport(handler)
+        "https://updates.example.org",
+        device_uuid=UUID,
+        token="tok",
+        transport=httpx.MockTransport(handler),
     ) as client:
         answer = client.heartbeat(HeartbeatRequest(current_version="v1.0.0"))
         result = client.report_status(5, StatusReport(status=UpdateStatus.DOWNLOADING))
@@ -195,6 +205,10 @@ def test_device_calls_carry_the_bearer_token_and_parse_answers() -> None:
 
 def test_a_malformed_answer_is_a_server_error() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"unexpected": True}))
-    with DeviceClient("https://u.example.org", device_uuid=UUID, token="t", transport=transport) as client:
-        with pytest.raises(ServerError, match="unexpected answer"):
-            client.heartbeat(HeartbeatRequest())
+    with (
+        DeviceClient(
+            "https://u.example.org", device_uuid=UUID, token="t", transport=transport
+        ) as client,
+        pytest.raises(ServerError, match="unexpected answer"),
+    ):
+        client.heartbeat(HeartbeatRequest())

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-
-import pytest
 
 from javia_agent.client import DeviceClient
 from javia_agent.installer import InstallResult
-from javia_agent.state import StateStore, UpdateState
+from javia_agent.state import StateStore
 from javia_updates.models import InstallDirective, UpdateStatus
 
 from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
 
 
-def _install_initial(device: Device, signer: Signer, make_package: PackageFactory, version: str = "v1.0.0") -> None:
+def _install_initial(
+    device: Device, signer: Signer, make_package: PackageFactory, version: str = "v1.0.0"
+) -> None:
     outcome = make_installer(device, signer).install_from_directory(make_package(version).directory)
     assert outcome.result == InstallResult.COMPLETED, outcome
     device.wait_for_app(version)
@@ -42,15 +40,23 @@ def test_network_update_switches_and_restarts_on_the_new_version(
 ) -> None:
     _install_initial(device, signer, make_package)
     old_pid = device.app_status()["pid"]
-    directive = InstallDirective.model_validate(serve_package(file_server, 7, make_package("v1.1.0")))
-    with DeviceClient(file_server.url, device_uuid="00000000-0000-0000-0000-000000000001", token="t") as client:
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 7, make_package("v1.1.0"))
+    )
+    with DeviceClient(
+        file_server.url, device_uuid="00000000-0000-0000-0000-000000000001", token="t"
+    ) as client:
         outcome = make_installer(device, signer, client=client).install(directive)
 
     assert outcome.result == InstallResult.COMPLETED, outcome
     assert device.current() == "v1.1.0"
     status = device.wait_for_app("v1.1.0")
     assert status["pid"] != old_pid
-    assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING, UpdateStatus.COMPLETED]
+    assert device.statuses() == [
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.INSTALLING,
+        UpdateStatus.COMPLETED,
+    ]
     assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.0.0", "v1.1.0"]
     assert not any(device.paths.downloads_dir.iterdir())
     state = StateStore(device.paths.state_file).load()
@@ -64,12 +70,16 @@ def _client(server: FileServer) -> DeviceClient:
     return DeviceClient(server.url, device_uuid=UUID, token="device-token")
 
 
-def _directive(server: FileServer, update_id: int, package, **options) -> InstallDirective:  # noqa: ANN001
+def _directive(server: FileServer, update_id: int, package, **options) -> InstallDirective:
     return InstallDirective.model_validate(serve_package(server, update_id, package, **options))
 
 
 def test_untrusted_signature_keeps_the_old_release_running_and_reports_failed(
-    device: Device, signer: Signer, other_signer: Signer, make_package: PackageFactory, file_server: FileServer
+    device: Device,
+    signer: Signer,
+    other_signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
 ) -> None:
     _install_initial(device, signer, make_package)
     old_pid = device.app_status()["pid"]
@@ -121,7 +131,9 @@ def test_offered_version_must_match_the_signed_manifest(
     fields = serve_package(file_server, 10, make_package("v1.1.0"))
     fields["version"] = "v1.2.0"  # a server mixing one update's metadata with another
     with _client(file_server) as client:
-        outcome = make_installer(device, signer, client=client).install(InstallDirective.model_validate(fields))
+        outcome = make_installer(device, signer, client=client).install(
+            InstallDirective.model_validate(fields)
+        )
     assert outcome.result == InstallResult.FAILED
     assert "v1.1.0" in (outcome.reason or "") and device.current() == "v1.0.0"
 
@@ -182,7 +194,9 @@ def test_failing_health_command_rolls_back(
 def test_first_release_that_is_unhealthy_leaves_nothing_running(
     device: Device, signer: Signer, make_package: PackageFactory
 ) -> None:
-    outcome = make_installer(device, signer).install_from_directory(make_package("v1.0.0", fail=True).directory)
+    outcome = make_installer(device, signer).install_from_directory(
+        make_package("v1.0.0", fail=True).directory
+    )
     assert outcome.result == InstallResult.ROLLED_BACK
     assert device.current() is None and not device.service.is_active()
 
@@ -191,7 +205,9 @@ def test_old_releases_are_pruned_keeping_one_previous(
     device: Device, signer: Signer, make_package: PackageFactory
 ) -> None:
     for version in ("v1.0.0", "v1.1.0", "v1.2.0"):
-        outcome = make_installer(device, signer).install_from_directory(make_package(version).directory)
+        outcome = make_installer(device, signer).install_from_directory(
+            make_package(version).directory
+        )
         assert outcome.result == InstallResult.COMPLETED
     assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.1.0", "v1.2.0"]
     device.wait_for_app("v1.2.0")
@@ -221,12 +237,16 @@ def test_signed_system_packages_are_installed_with_apt_before_the_switch(
 
     calls: list[list[str]] = []
 
-    def runner(argv, **kwargs):  # noqa: ANN001, ANN003
+    def runner(argv, **kwargs):
         calls.append(list(argv))
         assert kwargs["env"]["DEBIAN_FRONTEND"] == "noninteractive"
         return subprocess.CompletedProcess(argv, 0, b"", b"")
 
     package = make_package("v1.0.0", system_packages=("sox", "libasound2"))
-    outcome = make_installer(device, signer, runner=runner).install_from_directory(package.directory)
+    outcome = make_installer(device, signer, runner=runner).install_from_directory(
+        package.directory
+    )
     assert outcome.result == InstallResult.COMPLETED
-    assert calls == [["apt-get", "install", "--yes", "--no-install-recommends", "--", "sox", "libasound2"]]
+    assert calls == [
+        ["apt-get", "install", "--yes", "--no-install-recommends", "--", "sox", "libasound2"]
+    ]

@@ -6,7 +6,7 @@ import json
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ from javia_updates.models import InstallDirective, StatusReport, UpdateStatus
 from javia_updates.scheduling import InstallDecision
 
 UUID = uuid.UUID("00000000-0000-0000-0000-0000000000a1")
-SERVER_TIME = datetime(2031, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+SERVER_TIME = datetime(2031, 3, 4, 5, 6, 7, tzinfo=UTC)
 # The device's own wall clock is years off (no RTC): it must never be used for decisions.
-DEVICE_WALL = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DEVICE_WALL = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FakeMonotonic:
@@ -69,7 +69,13 @@ class FakeApi:
             update_id = int(path.split("/")[-2])
             self.reports.append((update_id, json.loads(request.content)["status"]))
             return httpx.Response(
-                200, json={"update_id": update_id, "device_uuid": str(UUID), "status": "completed", "changed": True}
+                200,
+                json={
+                    "update_id": update_id,
+                    "device_uuid": str(UUID),
+                    "status": "completed",
+                    "changed": True,
+                },
             )
         return httpx.Response(404, json={"detail": "not found"})
 
@@ -113,7 +119,9 @@ class FakeInstaller:
         return InstallOutcome(self.result, directive.version)
 
 
-def _directive(update_type: str = "instant", install_at: datetime = SERVER_TIME, **extra: Any) -> dict[str, Any]:
+def _directive(
+    update_type: str = "instant", install_at: datetime = SERVER_TIME, **extra: Any
+) -> dict[str, Any]:
     return {
         "update_id": 4,
         "version": "v1.1.0",
@@ -137,7 +145,7 @@ class Harness:
     decisions: list[dict[str, Any]]
 
 
-def _harness(tmp_path: Path, api: FakeApi, decide=None, **config: Any) -> Harness:  # noqa: ANN001
+def _harness(tmp_path: Path, api: FakeApi, decide=None, **config: Any) -> Harness:
     clock = FakeMonotonic()
     settings = AgentConfig(
         server_url="https://updates.example.org",
@@ -147,11 +155,15 @@ def _harness(tmp_path: Path, api: FakeApi, decide=None, **config: Any) -> Harnes
         heartbeat_jitter=0.0,
         **config,
     )
-    client = DeviceClient(settings.server_url, device_uuid=UUID, token="t", transport=httpx.MockTransport(api))
+    client = DeviceClient(
+        settings.server_url, device_uuid=UUID, token="t", transport=httpx.MockTransport(api)
+    )
     installer = FakeInstaller()
     decisions: list[dict[str, Any]] = []
 
-    def recording_decide(directive: InstallDirective, *, now: datetime, idle_seconds: float | None) -> InstallDecision:
+    def recording_decide(
+        directive: InstallDirective, *, now: datetime, idle_seconds: float | None
+    ) -> InstallDecision:
         decisions.append({"now": now, "idle": idle_seconds})
         if decide is not None:
             return decide(directive, now=now, idle_seconds=idle_seconds)
@@ -187,7 +199,14 @@ def test_instant_update_is_installed_and_the_next_heartbeat_comes_soon(tmp_path:
 
 def test_decisions_use_the_server_clock_extrapolated_on_the_monotonic_clock(tmp_path: Path) -> None:
     install_at = SERVER_TIME + timedelta(minutes=10)
-    h = _harness(tmp_path, FakeApi(directive=_directive("scheduled", install_at, window_end=(install_at + timedelta(hours=3)).isoformat())))
+    h = _harness(
+        tmp_path,
+        FakeApi(
+            directive=_directive(
+                "scheduled", install_at, window_end=(install_at + timedelta(hours=3)).isoformat()
+            )
+        ),
+    )
     first = h.agent.run_once()
     assert h.decisions[0]["now"] == SERVER_TIME  # not the device's 1970 wall clock
     assert h.installer.installs == []
@@ -198,7 +217,11 @@ def test_decisions_use_the_server_clock_extrapolated_on_the_monotonic_clock(tmp_
 
 def test_sleep_is_the_earlier_of_heartbeat_and_wake_at(tmp_path: Path) -> None:
     install_at = SERVER_TIME + timedelta(seconds=42)
-    api = FakeApi(directive=_directive("scheduled", install_at, window_end=(install_at + timedelta(hours=3)).isoformat()))
+    api = FakeApi(
+        directive=_directive(
+            "scheduled", install_at, window_end=(install_at + timedelta(hours=3)).isoformat()
+        )
+    )
     h = _harness(tmp_path, api)
     result = h.agent.run_once()
     assert result.decision is not None and not result.decision.install_now
@@ -220,7 +243,10 @@ def test_urgent_update_waits_for_idle_time_measured_by_the_agent(tmp_path: Path)
     install_at = SERVER_TIME + timedelta(hours=12)
     api = FakeApi(
         directive=_directive(
-            "urgent", install_at, window_end=(install_at + timedelta(hours=3)).isoformat(), idle_seconds_required=3600
+            "urgent",
+            install_at,
+            window_end=(install_at + timedelta(hours=3)).isoformat(),
+            idle_seconds_required=3600,
         )
     )
     h = _harness(tmp_path, api)
@@ -267,7 +293,16 @@ def test_network_errors_back_off_with_jitter_and_never_end_the_loop(tmp_path: Pa
 
 
 def test_heartbeat_file_records_the_last_answer_for_status(tmp_path: Path) -> None:
-    h = _harness(tmp_path, FakeApi(directive=_directive("scheduled", SERVER_TIME + timedelta(hours=1), window_end=(SERVER_TIME + timedelta(hours=4)).isoformat())))
+    h = _harness(
+        tmp_path,
+        FakeApi(
+            directive=_directive(
+                "scheduled",
+                SERVER_TIME + timedelta(hours=1),
+                window_end=(SERVER_TIME + timedelta(hours=4)).isoformat(),
+            )
+        ),
+    )
     h.agent.run_once()
     body = json.loads((tmp_path / "var" / "heartbeat.json").read_text())
     assert body["update"]["version"] == "v1.1.0"
@@ -280,11 +315,15 @@ def test_device_metadata_reads_model_and_os_without_network(tmp_path: Path) -> N
     model.write_bytes(b"Raspberry Pi Zero 2 W Rev 1.0\x00")
     os_release = tmp_path / "os-release"
     os_release.write_text('NAME="Debian"\nPRETTY_NAME="Raspbian GNU/Linux 12 (bookworm)"\n')
-    metadata = device_metadata(tmp_path, ip_address="192.168.1.20", model_file=model, os_release=os_release)
+    metadata = device_metadata(
+        tmp_path, ip_address="192.168.1.20", model_file=model, os_release=os_release
+    )
     assert metadata["hardware_model"] == "Raspberry Pi Zero 2 W Rev 1.0"
     assert metadata["os_version"] == "Raspbian GNU/Linux 12 (bookworm)"
     assert metadata["ip_address"] == "192.168.1.20"
     assert metadata["free_disk_bytes"] > 0
     assert {"python_version", "hostname", "agent_version"} <= set(metadata)
-    missing = device_metadata(tmp_path, ip_address=None, model_file=tmp_path / "no", os_release=tmp_path / "no")
+    missing = device_metadata(
+        tmp_path, ip_address=None, model_file=tmp_path / "no", os_release=tmp_path / "no"
+    )
     assert "hardware_model" not in missing and "ip_address" not in missing

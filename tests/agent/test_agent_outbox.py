@@ -41,7 +41,11 @@ def test_reports_are_delivered_in_order_and_deleted(tmp_path: Path) -> None:
     _queue(outbox, UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING, UpdateStatus.COMPLETED)
     assert len(outbox) == 3
     assert outbox.flush(server.deliver) == 3
-    assert server.received == [(3, UpdateStatus.DOWNLOADING), (3, UpdateStatus.INSTALLING), (3, UpdateStatus.COMPLETED)]
+    assert server.received == [
+        (3, UpdateStatus.DOWNLOADING),
+        (3, UpdateStatus.INSTALLING),
+        (3, UpdateStatus.COMPLETED),
+    ]
     assert len(outbox) == 0
 
 
@@ -70,7 +74,10 @@ def test_a_temporary_refusal_stops_the_flush_and_keeps_the_order(tmp_path: Path,
     server.refuse[UpdateStatus.INSTALLING] = code
     _queue(outbox, UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING, UpdateStatus.COMPLETED)
     assert outbox.flush(server.deliver) == 1
-    assert [report.report.status for report in outbox.pending()] == [UpdateStatus.INSTALLING, UpdateStatus.COMPLETED]
+    assert [report.report.status for report in outbox.pending()] == [
+        UpdateStatus.INSTALLING,
+        UpdateStatus.COMPLETED,
+    ]
     del server.refuse[UpdateStatus.INSTALLING]
     assert outbox.flush(server.deliver) == 2
     assert [status for _, status in server.received] == [
@@ -106,4 +113,7 @@ def test_an_unreadable_report_file_is_dropped(tmp_path: Path) -> None:
     _queue(outbox, UpdateStatus.COMPLETED)
     server = FlakyServer()
     assert outbox.flush(server.deliver) == 2
-    assert [status for _, status in server.received] == [UpdateStatus.DOWNLOADING, UpdateStatus.COMPLETED]
+    assert [status for _, status in server.received] == [
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.COMPLETED,
+    ]

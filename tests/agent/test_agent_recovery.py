@@ -34,14 +34,16 @@ UUID = "00000000-0000-0000-0000-000000000002"
 
 @pytest.fixture
 def running_v1(device: Device, signer: Signer, make_package: PackageFactory) -> Device:
-    outcome = make_installer(device, signer).install_from_directory(make_package("v1.0.0").directory)
+    outcome = make_installer(device, signer).install_from_directory(
+        make_package("v1.0.0").directory
+    )
     assert outcome.result == InstallResult.COMPLETED
     device.wait_for_app("v1.0.0")
     return device
 
 
 @pytest.fixture
-def client(file_server: FileServer):  # noqa: ANN201
+def client(file_server: FileServer):
     with DeviceClient(file_server.url, device_uuid=UUID, token="device-token") as client:
         yield client
 
@@ -50,7 +52,9 @@ def _saved_state(device: Device) -> UpdateState:
     return StateStore(device.paths.state_file).load().state
 
 
-def _crash_then_restart(first: Installer, directive: InstallDirective, expected: UpdateState) -> None:
+def _crash_then_restart(
+    first: Installer, directive: InstallDirective, expected: UpdateState
+) -> None:
     with pytest.raises(Crash):
         first.install(directive)
     assert _saved_state_of(first) == expected
@@ -61,11 +65,17 @@ def _saved_state_of(installer: Installer) -> UpdateState:
 
 
 def test_interrupted_download_keeps_the_partial_file_and_resumes_with_range(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
     package = make_package("v1.1.0", extra_files={"model.bin": random.Random(1).randbytes(300_000)})
     assert package.manifest.archive.size > 200_000
-    directive = InstallDirective.model_validate(serve_package(file_server, 20, package, cut_after=100_000))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 20, package, cut_after=100_000)
+    )
     first = make_installer(running_v1, signer, client=client).install(directive)
     assert first.result == InstallResult.RETRY_LATER
     assert _saved_state(running_v1) == UpdateState.DOWNLOADING
@@ -91,18 +101,22 @@ def test_crash_while_verifying_reverifies_without_downloading_again(
     client: DeviceClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 21, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 21, make_package("v1.1.0"))
+    )
     real = installer_module.verification.verify_archive
     calls = []
 
-    def crash_once(*args):  # noqa: ANN002, ANN202
+    def crash_once(*args):
         calls.append(args)
         if len(calls) == 1:
             raise Crash("power loss while hashing")
         return real(*args)
 
     monkeypatch.setattr(installer_module.verification, "verify_archive", crash_once)
-    _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.VERIFYING)
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client), directive, UpdateState.VERIFYING
+    )
 
     restarted = make_installer(running_v1, signer, client=client)
     assert restarted.recover() is None
@@ -120,11 +134,13 @@ def test_crash_while_staging_removes_the_half_written_release_and_stages_again(
     client: DeviceClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 22, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 22, make_package("v1.1.0"))
+    )
     real = installer_module.verification.extract_payload
     releases = running_v1.paths.releases_dir
 
-    def crash_half_way(payload, manifest, destination):  # noqa: ANN001, ANN202
+    def crash_half_way(payload, manifest, destination):
         (releases / ".staging-v1.1.0-0123456789abcdef").mkdir()
         (releases / ".staging-v1.1.0-0123456789abcdef" / "app.py").write_text("half")
         destination.mkdir()
@@ -132,12 +148,16 @@ def test_crash_while_staging_removes_the_half_written_release_and_stages_again(
         raise Crash("power loss while extracting")
 
     monkeypatch.setattr(installer_module.verification, "extract_payload", crash_half_way)
-    _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.STAGING)
+    _crash_then_restart(
+        make_installer(running_v1, signer, client=client), directive, UpdateState.STAGING
+    )
     monkeypatch.setattr(installer_module.verification, "extract_payload", real)
 
     restarted = make_installer(running_v1, signer, client=client)
     assert restarted.recover() is None
-    assert sorted(p.name for p in releases.iterdir()) == ["v1.0.0"]  # debris gone, old release intact
+    assert sorted(p.name for p in releases.iterdir()) == [
+        "v1.0.0"
+    ]  # debris gone, old release intact
     assert running_v1.current() == "v1.0.0"
 
     outcome = restarted.install(directive)
@@ -147,12 +167,20 @@ def test_crash_while_staging_removes_the_half_written_release_and_stages_again(
 
 
 def test_crash_after_the_switch_rechecks_health_and_commits(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 23, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 23, make_package("v1.1.0"))
+    )
     crashing = CrashingService(running_v1.service, {"start": 1})  # dies right after starting v1.1.0
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.SWITCHING
+        make_installer(running_v1, signer, client=client, service=crashing),
+        directive,
+        UpdateState.SWITCHING,
     )
     assert running_v1.current() == "v1.1.0"
 
@@ -165,12 +193,20 @@ def test_crash_after_the_switch_rechecks_health_and_commits(
 
 
 def test_crash_during_the_switch_before_current_moved_redoes_the_switch(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 24, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 24, make_package("v1.1.0"))
+    )
     crashing = CrashingService(running_v1.service, {"stop": 1})
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.SWITCHING
+        make_installer(running_v1, signer, client=client, service=crashing),
+        directive,
+        UpdateState.SWITCHING,
     )
     assert running_v1.current() == "v1.0.0"
 
@@ -182,12 +218,20 @@ def test_crash_during_the_switch_before_current_moved_redoes_the_switch(
 
 
 def test_crash_during_health_check_of_a_bad_release_rolls_back_on_restart(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 25, make_package("v1.1.0", fail=True)))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 25, make_package("v1.1.0", fail=True))
+    )
     crashing = CrashingService(running_v1.service, {"is_active": 1})
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.HEALTH_CHECK
+        make_installer(running_v1, signer, client=client, service=crashing),
+        directive,
+        UpdateState.HEALTH_CHECK,
     )
 
     outcome = make_installer(running_v1, signer, client=client).recover()
@@ -206,14 +250,18 @@ def test_crash_while_committing_commits_on_restart(
     client: DeviceClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 26, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 26, make_package("v1.1.0"))
+    )
 
-    def crash(self, keep_previous):  # noqa: ANN001, ANN202
+    def crash(self, keep_previous):
         raise Crash("power loss while pruning")
 
     with monkeypatch.context() as patch:
         patch.setattr(Installer, "_prune_releases", crash)
-        _crash_then_restart(make_installer(running_v1, signer, client=client), directive, UpdateState.COMMITTING)
+        _crash_then_restart(
+            make_installer(running_v1, signer, client=client), directive, UpdateState.COMMITTING
+        )
 
     outcome = make_installer(running_v1, signer, client=client).recover()
     assert outcome is not None and outcome.result == InstallResult.COMPLETED
@@ -223,12 +271,20 @@ def test_crash_while_committing_commits_on_restart(
 
 
 def test_crash_while_rolling_back_finishes_the_rollback_on_restart(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 27, make_package("v1.1.0", fail=True)))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 27, make_package("v1.1.0", fail=True))
+    )
     crashing = CrashingService(running_v1.service, {"start": 2})  # the old release's restart
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing), directive, UpdateState.ROLLING_BACK
+        make_installer(running_v1, signer, client=client, service=crashing),
+        directive,
+        UpdateState.ROLLING_BACK,
     )
 
     outcome = make_installer(running_v1, signer, client=client).recover()
@@ -239,17 +295,25 @@ def test_crash_while_rolling_back_finishes_the_rollback_on_restart(
 
 
 def test_crash_while_reporting_reports_again_on_restart(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 28, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 28, make_package("v1.1.0"))
+    )
 
-    def reporter(update_id, status, message):  # noqa: ANN001, ANN202
+    def reporter(update_id, status, message):
         if status == UpdateStatus.COMPLETED:
             raise Crash("power loss while queueing the report")
         running_v1.reporter(update_id, status, message)
 
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, reporter=reporter), directive, UpdateState.REPORTING
+        make_installer(running_v1, signer, client=client, reporter=reporter),
+        directive,
+        UpdateState.REPORTING,
     )
     assert UpdateStatus.COMPLETED not in running_v1.statuses()
 
@@ -260,9 +324,15 @@ def test_crash_while_reporting_reports_again_on_restart(
 
 
 def test_crash_loop_is_broken_by_the_save_cap_and_rolls_back(
-    running_v1: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer, client: DeviceClient
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
 ) -> None:
-    directive = InstallDirective.model_validate(serve_package(file_server, 29, make_package("v1.1.0")))
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 29, make_package("v1.1.0"))
+    )
     crashing = CrashingService(running_v1.service, {"is_active": 1})
     _crash_then_restart(
         make_installer(running_v1, signer, client=client, service=crashing, max_state_saves=6),
@@ -272,7 +342,9 @@ def test_crash_loop_is_broken_by_the_save_cap_and_rolls_back(
     outcome = None
     for _ in range(10):  # every restart dies in the health check again
         crashing = CrashingService(running_v1.service, {"is_active": 1})
-        restarted = make_installer(running_v1, signer, client=client, service=crashing, max_state_saves=6)
+        restarted = make_installer(
+            running_v1, signer, client=client, service=crashing, max_state_saves=6
+        )
         try:
             outcome = restarted.recover()
             break

@@ -44,7 +44,9 @@ def live_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Liv
 
     monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-server-config.toml"))
     api_key = secrets.token_urlsafe(24)
-    settings = ServerSettings(api_key=api_key, data_dir=tmp_path / "server-data", heartbeat_interval_seconds=5)
+    settings = ServerSettings(
+        api_key=api_key, data_dir=tmp_path / "server-data", heartbeat_interval_seconds=5
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -75,26 +77,41 @@ def test_agent_registers_installs_an_instant_update_and_reports_completed(
         agent_cli,
         [
             "register",
-            "--server", live_server.url,
-            "--api-key", live_server.api_key,
-            "--name", "pi-kitchen",
-            "--timezone", "Europe/Berlin",
-            "--config", str(config_path),
-            "--token-file", str(tmp_path / "etc" / "token"),
-            "--install-root", str(tmp_path / "opt" / "app"),
-            "--state-dir", str(tmp_path / "var"),
-            "--keyring", str(signer.keyring_dir),
-            "--service-mode", "command",
-            "--start-command", f'["{sys.executable}", "app.py"]',
-            "--app-env", f'{{"TEST_APP_STATUS": "{tmp_path / "status.json"}"}}',
-            "--health-seconds", "0.5",
+            "--server",
+            live_server.url,
+            "--api-key",
+            live_server.api_key,
+            "--name",
+            "pi-kitchen",
+            "--timezone",
+            "Europe/Berlin",
+            "--config",
+            str(config_path),
+            "--token-file",
+            str(tmp_path / "etc" / "token"),
+            "--install-root",
+            str(tmp_path / "opt" / "app"),
+            "--state-dir",
+            str(tmp_path / "var"),
+            "--keyring",
+            str(signer.keyring_dir),
+            "--service-mode",
+            "command",
+            "--start-command",
+            f'["{sys.executable}", "app.py"]',
+            "--app-env",
+            f'{{"TEST_APP_STATUS": "{tmp_path / "status.json"}"}}',
+            "--health-seconds",
+            "0.5",
         ],
     )
     assert registered.exit_code == 0, registered.output
     config = load_config(config_path)
     assert config.device_uuid is not None and config.timezone == "Europe/Berlin"
 
-    installed = CliRunner().invoke(agent_cli, ["install", str(make_package("v1.0.0").directory), "--config", str(config_path)])
+    installed = CliRunner().invoke(
+        agent_cli, ["install", str(make_package("v1.0.0").directory), "--config", str(config_path)]
+    )
     assert installed.exit_code == 0, installed.output
 
     agent = Agent.from_config(config)
@@ -119,7 +136,9 @@ def test_agent_registers_installs_an_instant_update_and_reports_completed(
             rows = admin.update_devices(update["id"])
             device = admin.get_device(str(config.device_uuid))
 
-        assert [(row["device_uuid"], row["status"]) for row in rows] == [(str(config.device_uuid), "completed")]
+        assert [(row["device_uuid"], row["status"]) for row in rows] == [
+            (str(config.device_uuid), "completed")
+        ]
         assert device["current_version"] == "v1.1.0"
         assert device["metadata"]["ip_address"] == "127.0.0.1"
         assert device["metadata"]["hostname"]
@@ -137,9 +156,13 @@ def test_a_device_token_cannot_be_used_for_another_device(live_server: LiveServe
         first = client.register(live_server.api_key, DeviceRegisterRequest(device_name="a"))
     with DeviceClient(live_server.url) as client:
         second = client.register(live_server.api_key, DeviceRegisterRequest(device_name="b"))
-    with DeviceClient(live_server.url, device_uuid=second.device_uuid, token=first.device_token) as client:
-        with pytest.raises(ServerError) as error:
-            client.heartbeat(HeartbeatRequest())
+    with (
+        DeviceClient(
+            live_server.url, device_uuid=second.device_uuid, token=first.device_token
+        ) as client,
+        pytest.raises(ServerError) as error,
+    ):
+        client.heartbeat(HeartbeatRequest())
     assert error.value.status_code in (401, 403, 404)
     with DeviceClient(live_server.url) as client, pytest.raises(AuthenticationError):
         client.register("wrong-key", DeviceRegisterRequest())

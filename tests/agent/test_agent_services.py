@@ -28,7 +28,7 @@ def release(tmp_path: Path) -> Path:
     return directory
 
 
-def _service(tmp_path: Path, argv: list[str] | None = None, **options) -> CommandService:  # noqa: ANN003
+def _service(tmp_path: Path, argv: list[str] | None = None, **options) -> CommandService:
     return CommandService(
         argv or [sys.executable, "app.py"],
         current_link=tmp_path / "app" / "current",
@@ -59,7 +59,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_start_runs_the_app_in_the_current_release_and_stop_ends_it(tmp_path: Path, release: Path) -> None:
+def test_start_runs_the_app_in_the_current_release_and_stop_ends_it(
+    tmp_path: Path, release: Path
+) -> None:
     service = _service(tmp_path)
     service.start()
     try:
@@ -106,9 +108,11 @@ def test_an_app_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: Path, rel
     stubborn = [
         sys.executable,
         "-c",
-        "import signal, time, pathlib, os; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "pathlib.Path(os.environ['TEST_APP_STATUS']).write_text('{\"pid\": %d}' % os.getpid()); "
-        "time.sleep(60)",
+        (
+            "import signal, time, pathlib, os; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "pathlib.Path(os.environ['TEST_APP_STATUS']).write_text('{\"pid\": %d}' % os.getpid()); "
+            "time.sleep(60)"
+        ),
     ]
     service = _service(tmp_path, stubborn, stop_timeout_seconds=0.3)
     service.start()
@@ -154,14 +158,17 @@ def test_start_without_a_release_or_command_is_a_service_error(tmp_path: Path) -
 def test_systemd_service_runs_systemctl_and_writes_the_environment_file(tmp_path: Path) -> None:
     calls: list[list[str]] = []
 
-    def runner(argv, **kwargs):  # noqa: ANN001, ANN003
+    def runner(argv, **kwargs):
         calls.append(argv)
         code = 3 if argv[1] == "is-active" else 0
         return subprocess.CompletedProcess(argv, code, "", "")
 
     service = SystemdService(
         "javia-app.service",
-        environment=lambda: {"JAVIA_RELEASE_DIR": "/opt/javia/app/releases/v1.0.0", "QUOTE": 'say "hi"'},
+        environment=lambda: {
+            "JAVIA_RELEASE_DIR": "/opt/javia/app/releases/v1.0.0",
+            "QUOTE": 'say "hi"',
+        },
         env_file=tmp_path / "app.env",
         runner=runner,
     )
@@ -179,7 +186,7 @@ def test_systemd_service_runs_systemctl_and_writes_the_environment_file(tmp_path
 
 
 def test_systemd_failures_are_service_errors(tmp_path: Path) -> None:
-    def runner(argv, **kwargs):  # noqa: ANN001, ANN003
+    def runner(argv, **kwargs):
         return subprocess.CompletedProcess(argv, 5, "", "Unit javia-app.service not found.")
 
     with pytest.raises(ServiceError, match="not found"):

@@ -41,7 +41,9 @@ def test_save_round_trips_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_a_failed_write_leaves_the_previous_state_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_previous_state_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = StateStore(tmp_path / "state.json")
     store.save(_with(store.load(), UpdateState.DOWNLOADING))
     before = (tmp_path / "state.json").read_bytes()
@@ -57,11 +59,15 @@ def test_a_failed_write_leaves_the_previous_state_intact(tmp_path: Path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_saves_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_saves_are_fsynced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1]
+    )
     store = StateStore(tmp_path / "state.json")
     store.save(_with(store.load(), UpdateState.DOWNLOADING))
     assert events == ["fsync", "replace", "fsync"]  # file, rename, directory
@@ -75,7 +81,9 @@ def test_transitions_outside_the_table_are_refused(tmp_path: Path) -> None:
     state = store.save(_with(state, UpdateState.VERIFYING))
     state = store.save(_with(state, UpdateState.STAGING))
     state = store.save(_with(state, UpdateState.SWITCHING))
-    with pytest.raises(RuntimeError):  # past the switch there is no way back to idle but via a report
+    with pytest.raises(
+        RuntimeError
+    ):  # past the switch there is no way back to idle but via a report
         store.save(state.model_copy(update={"update": None}))
 
 
@@ -97,7 +105,9 @@ def test_the_save_cap_breaks_crash_loops_but_lets_a_rollback_through(tmp_path: P
         state = store.save(_with(state, UpdateState.DOWNLOADING))  # each restart re-saves
     with pytest.raises(CrashLoopError, match="crash loop"):
         store.save(_with(state, UpdateState.VERIFYING))
-    state = store.save(_with(state, UpdateState.REPORTING))  # reporting the failure is always allowed
+    state = store.save(
+        _with(state, UpdateState.REPORTING)
+    )  # reporting the failure is always allowed
     assert state.update is not None and state.update.saves == 6
 
 
