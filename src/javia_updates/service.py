@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -150,7 +151,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def derive_status(device: DeviceRecord, *, now: datetime, heartbeat_interval_seconds: int) -> DeviceStatus:
+def derive_status(
+    device: DeviceRecord, *, now: datetime, heartbeat_interval_seconds: float
+) -> DeviceStatus:
     """The status operators see: ``offline`` if never seen or silent too long, else the reported one.
 
     A device is offline when its last heartbeat is *more* than
@@ -501,7 +504,7 @@ class UpdateService:
         )
         return HeartbeatResponse(
             server_time=now,
-            heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
+            heartbeat_interval_seconds=max(1, math.ceil(self.settings.heartbeat_interval_seconds)),
             update=self._directive_for(stored, now),
         )
 

@@ -55,8 +55,9 @@ class ServerSettings(BaseSettings):
             SQLite + files under ``data_dir``.
         data_dir: database (by default) and package files.
         database_url: SQLAlchemy URL; None means ``sqlite:///<data_dir>/javia.db``.
-        heartbeat_interval_seconds: the poll interval the server tells devices;
-            a device silent for more than 3 intervals is shown ``offline``.
+        heartbeat_interval_seconds: the poll interval the server tells devices
+            (fractions only for demos and tests; the wire carries whole seconds,
+            rounded up); a device silent for more than 3 intervals is ``offline``.
         window_start: device-local start of the maintenance window (02:00).
         window_seconds: maintenance window length in seconds (3 h).
         urgent_idle_seconds: idle time before an urgent update installs (1 h).
@@ -74,7 +75,7 @@ class ServerSettings(BaseSettings):
     backend: str = "local"
     data_dir: Path = Path("./javia-data")
     database_url: str | None = None
-    heartbeat_interval_seconds: int = Field(default=300, ge=5, le=86_400)
+    heartbeat_interval_seconds: float = Field(default=300, gt=0, le=86_400)
     window_start: time = time(2, 0)
     window_seconds: int = Field(default=10_800, ge=1, le=86_400)
     urgent_idle_seconds: int = Field(default=3600, ge=0, le=7 * 86_400)
