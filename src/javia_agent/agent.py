@@ -40,7 +40,7 @@ from javia_agent.activity import IdleTracker
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
-from javia_agent.errors import AgentError
+from javia_agent.errors import AgentError, ConfigError
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
@@ -226,8 +226,6 @@ class Agent:
             ConfigError: the device is not registered (no server URL, uuid or
                 token), or the server URL is insecure.
         """
-        from javia_agent.errors import ConfigError
-
         if not config.server_url or config.device_uuid is None:
             raise ConfigError(
                 "this device is not registered: run javia agent register --server URL --api-key KEY"

@@ -359,6 +359,7 @@ class Installer:
                 downgrade).
         """
         package_dir = Path(package_dir).resolve()
+        read_package_dir(package_dir)  # refuse a missing or incomplete package before touching disk
         with self._locked():
             self._recover_locked()
             state = self.store.load()

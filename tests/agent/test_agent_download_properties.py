@@ -22,7 +22,7 @@ UUID = "00000000-0000-0000-0000-0000000000e1"
 RESUME_ANSWERS = ("honour", "ignore_range", "wrong_start", "refuse_416")
 
 
-def _server(data: bytes, cut: int, resume_answer: str, extra: bytes = b""):  # noqa: ANN202
+def _server(data: bytes, cut: int, resume_answer: str, extra: bytes = b""):
     """A MockTransport handler: the first answer breaks after ``cut`` bytes."""
     state = {"requests": 0}
 
