@@ -17,7 +17,7 @@ from javia_updates.backends import Backend, backend_names, create_backend, get_b
 from javia_updates.backends.base import ALLOWED_PREVIOUS, AuditEntry, NewDevice, NewDeviceUpdate, NewUpdate
 from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.migrations import current_revision, head_revision, offline_sql, upgrade
-from javia_updates.backends.schema import build_tables
+from javia_updates.backends.schema import build_tables, default_schema
 from javia_updates.backends.sql_store import SQLStore, make_engine
 from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, UpdateStatus, UpdateType
@@ -32,35 +32,67 @@ def _url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """An empty database: a SQLite file, or a fresh database on the throwaway PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return _url(tmp_path / "javia.db")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        from postgres import report_unavailable
+
+        report_unavailable("the psycopg driver is not installed (pip install 'psycopg[binary]')")
+    cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.create_database(f"javia_{uuid.uuid4().hex[:16]}")
+
+
 # --------------------------------------------------------------------------- migrations
 
 
-def test_migrations_build_the_schema_from_empty_and_rerun_as_a_no_op(tmp_path):
-    url = _url(tmp_path / "nested" / "javia.db")
-    assert not (tmp_path / "nested").exists()
+def test_migrations_build_the_schema_from_empty_and_rerun_as_a_no_op(database_url):
+    assert current_revision(database_url) is None
 
-    upgrade(url)
-    first = current_revision(url)
-    upgrade(url)  # second run: nothing to do, nothing breaks
+    upgrade(database_url)
+    first = current_revision(database_url)
+    upgrade(database_url)  # second run: nothing to do, nothing breaks
 
-    assert first == current_revision(url) == head_revision()
-    engine = make_engine(url)
+    assert first == current_revision(database_url) == head_revision()
+    engine = make_engine(database_url)
+    schema = default_schema(engine.dialect.name)
     try:
-        tables = set(inspect(engine).get_table_names())
+        tables = set(inspect(engine).get_table_names(schema=schema))
         assert {"devices", "updates", "device_updates", "audit_log", "alembic_version"} <= tables
+        version_table = f"{schema}.alembic_version" if schema else "alembic_version"
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+            assert connection.execute(text(f"SELECT count(*) FROM {version_table}")).scalar_one() == 1
     finally:
         engine.dispose()
 
 
-def test_migrated_database_equals_the_table_definitions(tmp_path):
-    url = _url(tmp_path / "javia.db")
+def test_sqlite_migration_creates_missing_directories(tmp_path):
+    url = _url(tmp_path / "nested" / "deeper" / "javia.db")
     upgrade(url)
-    engine = make_engine(url)
+    assert (tmp_path / "nested" / "deeper" / "javia.db").is_file()
+
+
+def test_migrated_database_equals_the_table_definitions(database_url):
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    schema = default_schema(engine.dialect.name)
     try:
         with engine.connect() as connection:
-            differences = compare_metadata(MigrationContext.configure(connection), build_tables().metadata)
+            # Alembic reports the connection's default schema as None; the
+            # test cluster's "javia" role has "javia" first on its search_path.
+            compared = None if connection.dialect.default_schema_name == schema else schema
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "include_schemas": bool(schema),
+                    "version_table_schema": compared,
+                },
+            )
+            differences = compare_metadata(context, build_tables(compared).metadata)
     finally:
         engine.dispose()
     assert differences == []
@@ -85,7 +117,16 @@ def test_an_unreachable_database_is_a_backend_error(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):  # type: ignore[no-untyped-def]
+def store(database_url):  # type: ignore[no-untyped-def]
+    """A migrated store on every database the backend supports."""
+    upgrade(database_url)
+    store = SQLStore(make_engine(database_url))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):  # type: ignore[no-untyped-def]
     url = _url(tmp_path / "javia.db")
     upgrade(url)
     store = SQLStore(make_engine(url))
@@ -93,7 +134,14 @@ def store(tmp_path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(store):
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgres_tables_live_in_the_javia_schema(store):
+    assert store.schema == "javia"
+    assert "devices" not in inspect(store.engine).get_table_names(schema="public")
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_store):
+    store = sqlite_store
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 5000
@@ -103,7 +151,7 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(store):
 def test_foreign_keys_are_enforced(store):
     row = NewDeviceUpdate(device_id=999, install_type=UpdateType.INSTANT, scheduled_for=NOW, window_end=None)
     update = _publish(store, "v1.0.0", [])
-    with pytest.raises(BackendError, match="FOREIGN KEY"):
+    with pytest.raises(BackendError, match="(?i)foreign key"):
         store.add_device_update(update.id, row, now=NOW, audit=AUDIT)
     assert store.list_device_updates(update_id=update.id).total == 0
 
@@ -160,14 +208,16 @@ def test_publish_inserts_all_device_rows_with_one_bulk_statement(store):
     finally:
         event.remove(store.engine, "before_cursor_execute", record)
 
-    inserts = [(sql, many) for sql, many in statements if sql.startswith("INSERT INTO device_updates")]
-    assert inserts == [(inserts[0][0], True)]
+    inserts = [(sql, many) for sql, many in statements if "INSERT INTO" in sql and "device_updates" in sql]
+    assert len(inserts) == 1  # one statement for all 60 rows, not one per row
+    if store.engine.dialect.name == "sqlite":
+        assert inserts[0][1] is True  # sent as one executemany
     assert store.status_counts([update.id]) == {update.id: {"pending": 60}}
 
 
 def test_publish_is_atomic_when_a_device_row_fails(store):
     device = store.create_device(_device(), now=NOW, audit=AUDIT)
-    with pytest.raises(BackendError, match="FOREIGN KEY") as caught:
+    with pytest.raises(BackendError, match="(?i)foreign key") as caught:
         _publish(store, "v1.0.0", [device.id, 424242])  # the second row breaks a foreign key
     assert not isinstance(caught.value, ConflictError)
     with pytest.raises(NotFoundError):
@@ -193,7 +243,7 @@ def test_two_replicas_never_move_a_row_backwards(store, tmp_path):
     device = store.create_device(_device(), now=NOW, audit=AUDIT)
     update = _publish(store, "v1.0.0", [device.id])
     row = store.get_device_update(device.id, update.id)
-    other = SQLStore(make_engine(str(store.engine.url)))  # a second server on the same database
+    other = SQLStore(make_engine(store.engine.url.render_as_string(hide_password=False)))  # a second server
     try:
         assert store.transition(row.id, UpdateStatus.COMPLETED, now=NOW, audit=AUDIT).changed
         late = other.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AUDIT)
@@ -334,3 +384,41 @@ def test_registry_refuses_a_second_class_under_a_taken_name():
     with pytest.raises(BackendError, match="already registered"):
         register_backend(Impostor)
     assert get_backend_class("local").__name__ == "LocalBackend"
+
+
+# --------------------------------------------------------------------------- the service on every database
+
+
+def test_update_rules_run_the_same_on_every_database(database_url, tmp_path, make_package):
+    from javia_updates.backends.local import LocalBackend
+    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
+    from javia_updates.service import UpdateService
+
+    settings = ServerSettings(api_key="k", data_dir=tmp_path / "data", database_url=database_url)
+    backend = LocalBackend.from_settings(settings)
+    backend.prepare()
+    service = UpdateService(backend, settings)
+    try:
+        registered = service.register_device(DeviceRegisterRequest(timezone="Europe/Berlin"), now=NOW)
+        device = service.find_device(registered.device_uuid)
+        assert service.authenticate_device(registered.device_token) == device
+        service.heartbeat(device, HeartbeatRequest(current_version="v1.0.0"), now=NOW)
+        service.publish_update(make_package("v1.1.0", "instant").upload(), now=NOW)
+        service.publish_update(make_package("v1.2.0", "scheduled").upload(), now=NOW)
+
+        later = NOW + timedelta(seconds=30)
+        directive = service.heartbeat(device, HeartbeatRequest(current_version="v1.0.0"), now=later).update
+        assert (directive.version, directive.update_type) == ("v1.2.0", UpdateType.INSTANT)
+
+        result = service.report_status(device, directive.update_id, StatusReport(status=UpdateStatus.COMPLETED), now=later)
+        assert result.changed
+        again = service.report_status(device, directive.update_id, StatusReport(status=UpdateStatus.DOWNLOADING), now=later)
+        assert (again.changed, again.status) == (False, UpdateStatus.COMPLETED)
+        assert service.get_device(device.device_uuid, now=later).current_version == "v1.2.0"
+        counts = {u.version: u.status_counts for u in service.list_updates().items}
+        assert counts == {"v1.2.0": {"completed": 1}, "v1.1.0": {"superseded": 1}}
+        assert [u.version for u in service.list_updates().items] == ["v1.2.0", "v1.1.0"]
+        assert service.list_devices(now=later, online=True).total == 1
+        assert service.list_devices(now=later + timedelta(hours=1), online=True).total == 0
+    finally:
+        backend.close()

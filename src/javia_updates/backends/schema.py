@@ -48,6 +48,7 @@ __all__ = [
     "Tables",
     "UTCDateTime",
     "build_tables",
+    "default_schema",
     "id_type",
     "json_type",
 ]
@@ -93,8 +94,17 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def json_type() -> Any:
-    """JSON; JSONB on PostgreSQL."""
-    return JSON().with_variant(JSONB(), "postgresql")
+    """JSON; JSONB on PostgreSQL. Python None is SQL NULL, not the JSON ``null``."""
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def default_schema(dialect_name: str) -> str | None:
+    """The schema javia's tables live in on a database of this dialect.
+
+    PostgreSQL: ``javia`` (out of reach of Supabase's public data API,
+    DESIGN.md section 5); SQLite has no schemas: None.
+    """
+    return POSTGRES_SCHEMA if dialect_name == "postgresql" else None
 
 
 def id_type() -> Any:

@@ -54,7 +54,7 @@ from javia_updates.backends.base import (
     TransitionResult,
     UpdateRecord,
 )
-from javia_updates.backends.schema import Tables, UTCDateTime, build_tables
+from javia_updates.backends.schema import Tables, UTCDateTime, build_tables, default_schema
 from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
 from javia_updates.versioning import Version
@@ -117,12 +117,14 @@ class SQLStore(Store):
     Args:
         engine: from :func:`make_engine`; the schema must exist (run the
             migrations first, :func:`javia_updates.backends.migrations.upgrade`).
-        schema: the PostgreSQL schema holding the tables (None on SQLite).
+        schema: the schema holding the tables; None: the dialect's default
+            (``javia`` on PostgreSQL, none on SQLite), as the migrations use.
     """
 
     def __init__(self, engine: Engine, *, schema: str | None = None) -> None:
         self.engine = engine
-        self.tables: Tables = build_tables(schema)
+        self.schema = schema if schema is not None else default_schema(engine.dialect.name)
+        self.tables: Tables = build_tables(self.schema)
 
     def close(self) -> None:
         """Close every pooled connection."""

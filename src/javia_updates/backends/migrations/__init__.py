@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import SQLAlchemyError
 
+from javia_updates.backends.schema import default_schema
 from javia_updates.errors import BackendError
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "offline_sql", "upgrade"]
@@ -26,13 +27,27 @@ __all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revisio
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 
+def _schema_for(database_url: str, schema: str | None) -> str | None:
+    if schema is not None:
+        return schema
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return default_schema(make_url(database_url).get_backend_name())
+    except ArgumentError:
+        return None
+
+
 def alembic_config(database_url: str, *, schema: str | None = None) -> Config:
     """An Alembic configuration for ``database_url`` with the shipped scripts.
 
     Args:
         database_url: SQLAlchemy URL, e.g. ``sqlite:////var/lib/javia/javia.db``.
-        schema: PostgreSQL schema for javia's tables (None: the default schema).
+        schema: schema for javia's tables; None: the dialect's default
+            (``javia`` on PostgreSQL, none on SQLite).
     """
+    schema = _schema_for(database_url, schema)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolates '%': a password with '%' in the URL must be escaped.
@@ -46,7 +61,8 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
 
     Args:
         database_url: SQLAlchemy URL of the database.
-        schema: PostgreSQL schema for javia's tables (None: the default schema).
+        schema: schema for javia's tables; None: the dialect's default
+            (``javia`` on PostgreSQL, none on SQLite).
         revision: target revision id, or ``"head"``.
 
     Raises:
@@ -94,6 +110,7 @@ def current_revision(database_url: str, *, schema: str | None = None) -> str | N
     """
     from javia_updates.backends.sql_store import _redact, make_engine
 
+    schema = _schema_for(database_url, schema)
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
