@@ -109,9 +109,9 @@ from javia_updates.versioning import EXPECTED_FORM, Version
 
 __all__ = [
     "API_PREFIX",
-    "InvalidRequestError",
     "MAX_METADATA_BYTES",
     "OFFLINE_AFTER_INTERVALS",
+    "InvalidRequestError",
     "PackageUpload",
     "PlanEntry",
     "UpdateService",
@@ -365,7 +365,9 @@ class UpdateService:
             download_url=f"{base}/download",
         )
 
-    def _plan(self, update_type: UpdateType, device: DeviceRecord, now: datetime) -> scheduling.InstallPlan:
+    def _plan(
+        self, update_type: UpdateType, device: DeviceRecord, now: datetime
+    ) -> scheduling.InstallPlan:
         return scheduling.plan_install(
             update_type,
             now=now,
@@ -376,7 +378,9 @@ class UpdateService:
             idle_seconds=self.settings.urgent_idle_seconds,
         )
 
-    def _new_row(self, update_type: UpdateType, device: DeviceRecord, now: datetime) -> NewDeviceUpdate:
+    def _new_row(
+        self, update_type: UpdateType, device: DeviceRecord, now: datetime
+    ) -> NewDeviceUpdate:
         plan = self._plan(update_type, device, now)
         return NewDeviceUpdate(device.id, update_type, plan.install_at, plan.window_end)
 
@@ -477,7 +481,9 @@ class UpdateService:
             NotFoundError: not registered.
         """
         device = self.store.get_device(device_uuid)
-        page = self.store.list_device_updates(device_id=device.id, status=status, limit=limit, offset=offset)
+        page = self.store.list_device_updates(
+            device_id=device.id, status=status, limit=limit, offset=offset
+        )
         return Page([self._device_update_out(row) for row in page.items], page.total)
 
     def heartbeat(
@@ -519,14 +525,18 @@ class UpdateService:
             update=directive,
         )
 
-    def _newest_targeting(self, device: DeviceRecord, running: Version | None) -> UpdateRecord | None:
+    def _newest_targeting(
+        self, device: DeviceRecord, running: Version | None
+    ) -> UpdateRecord | None:
         numbers = None if running is None else (running.major, running.minor, running.patch)
         for update in self.store.updates_newer_than(numbers):
             if update.targets_device(device.device_uuid):
                 return update
         return None
 
-    def _supersede(self, row: DeviceUpdateRecord, device: DeviceRecord, reason: str, now: datetime) -> None:
+    def _supersede(
+        self, row: DeviceUpdateRecord, device: DeviceRecord, reason: str, now: datetime
+    ) -> None:
         self.store.transition(
             row.id,
             UpdateStatus.SUPERSEDED,
@@ -535,7 +545,11 @@ class UpdateService:
             audit=AuditEntry(
                 "server",
                 "device_update.superseded",
-                {"device_uuid": str(device.device_uuid), "update_id": row.update_id, "reason": reason},
+                {
+                    "device_uuid": str(device.device_uuid),
+                    "update_id": row.update_id,
+                    "reason": reason,
+                },
             ),
         )
 
@@ -557,7 +571,11 @@ class UpdateService:
                 audit=AuditEntry(
                     "server",
                     "device_update.reconciled",
-                    {"device_uuid": str(device.device_uuid), "update_id": newest.id, "version": newest.version},
+                    {
+                        "device_uuid": str(device.device_uuid),
+                        "update_id": newest.id,
+                        "version": newest.version,
+                    },
                 ),
             )
             if created:
@@ -694,7 +712,9 @@ class UpdateService:
         """Updates, highest version first, with per-status device counts."""
         page = self.store.list_updates(limit=limit, offset=offset, update_type=update_type)
         counts = self.store.status_counts([update.id for update in page.items])
-        return Page([self._update_out(update, counts[update.id]) for update in page.items], page.total)
+        return Page(
+            [self._update_out(update, counts[update.id]) for update in page.items], page.total
+        )
 
     def update_devices(
         self,
@@ -710,7 +730,9 @@ class UpdateService:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
         """
         update = self.resolve_update(reference)
-        page = self.store.list_device_updates(update_id=update.id, status=status, limit=limit, offset=offset)
+        page = self.store.list_device_updates(
+            update_id=update.id, status=status, limit=limit, offset=offset
+        )
         return Page([self._device_update_out(row) for row in page.items], page.total)
 
     def device_may_read(self, device: DeviceRecord, update_id: int) -> bool:
@@ -784,7 +806,9 @@ class UpdateService:
         try:
             Signature.from_bytes(upload.signature_bytes)
             if self.keyring is not None:
-                manifest = verify_manifest(upload.manifest_bytes, upload.signature_bytes, self.keyring)
+                manifest = verify_manifest(
+                    upload.manifest_bytes, upload.signature_bytes, self.keyring
+                )
             else:
                 manifest = Manifest.from_bytes(upload.manifest_bytes)
             version = manifest.parsed_version
@@ -841,7 +865,9 @@ class UpdateService:
                             "version": manifest.version,
                             "update_type": manifest.update_type.value,
                             "devices": len(rows),
-                            "targets": None if unique_targets is None else [str(t) for t in unique_targets],
+                            "targets": None
+                            if unique_targets is None
+                            else [str(t) for t in unique_targets],
                         },
                     ),
                 )
@@ -884,12 +910,17 @@ class UpdateService:
             problems.append(f"sha256 is {sha256}, the manifest says {expected.sha256}")
         if problems:
             raise PackageError(
-                f"{PAYLOAD_NAME} does not match the signed manifest: " + "; ".join(problems)
+                f"{PAYLOAD_NAME} does not match the signed manifest: "
+                + "; ".join(problems)
                 + " (upload the payload built together with this manifest)"
             )
 
     def _rows_for_publish(
-        self, update_type: UpdateType, version: Version, devices: Sequence[DeviceRecord], now: datetime
+        self,
+        update_type: UpdateType,
+        version: Version,
+        devices: Sequence[DeviceRecord],
+        now: datetime,
     ) -> list[NewDeviceUpdate]:
         rows: list[NewDeviceUpdate] = []
         for device in devices:
@@ -897,7 +928,9 @@ class UpdateService:
             if running is not None and running >= version:
                 continue
             if update_type is UpdateType.INSTANT:
-                if scheduling.is_online(device.last_seen, now, self.settings.instant_online_seconds):
+                if scheduling.is_online(
+                    device.last_seen, now, self.settings.instant_online_seconds
+                ):
                     rows.append(NewDeviceUpdate(device.id, UpdateType.INSTANT, now, None))
                 continue
             rows.append(self._new_row(update_type, device, now))
@@ -963,7 +996,9 @@ class UpdateService:
             pass
         else:
             raise self._version_conflict(str(parsed), existing.id)
-        devices = self.store.devices_for_targets(None if targets is None else tuple(dict.fromkeys(targets)))
+        devices = self.store.devices_for_targets(
+            None if targets is None else tuple(dict.fromkeys(targets))
+        )
         return [self._entry(plan) for plan in self._rollout(update_type, str(parsed), devices, now)]
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
@@ -977,8 +1012,13 @@ class UpdateService:
             devices = self.store.devices_for_targets(None)
         else:
             devices = self.store.devices_for_targets(update.targets)
-        rows = {row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items}
-        by_uuid = {plan.device_uuid: plan for plan in self._rollout(update.update_type, update.version, devices, now)}
+        rows = {
+            row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items
+        }
+        by_uuid = {
+            plan.device_uuid: plan
+            for plan in self._rollout(update.update_type, update.version, devices, now)
+        }
         entries: list[PlanEntry] = []
         for device in devices:
             plan = by_uuid[device.device_uuid]
@@ -1001,7 +1041,8 @@ class UpdateService:
                     window_seconds=self.settings.window_seconds,
                     idle_seconds=self.settings.urgent_idle_seconds,
                 )
-                at, reason = current.install_at, current.reason
+                at: datetime | None = current.install_at
+                reason = current.reason
             else:
                 at = row.completed_at or row.started_at
                 reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
@@ -1017,4 +1058,3 @@ class UpdateService:
                 )
             )
         return entries
-

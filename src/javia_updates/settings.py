@@ -87,7 +87,9 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _naive_window_start(cls, value: time) -> time:
         if value.tzinfo is not None:
-            raise ValueError("window_start is a device-local wall-clock time such as 02:00, without offset")
+            raise ValueError(
+                "window_start is a device-local wall-clock time such as 02:00, without offset"
+            )
         return value
 
     @classmethod

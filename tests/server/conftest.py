@@ -128,13 +128,15 @@ class Package:
 
 def _payload(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
-        with tarfile.open(fileobj=zipped, mode="w") as archive:
-            for path, data in sorted(files.items()):
-                info = tarfile.TarInfo(path)
-                info.size = len(data)
-                info.mode = 0o644
-                archive.addfile(info, io.BytesIO(data))
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as archive,
+    ):
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -150,7 +152,10 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
         payload_override: bytes | None = None,
         **fields: Any,
     ) -> Package:
-        files = files or {"app.py": f"print('{version}')\n".encode(), "VERSION": f"{version}\n".encode()}
+        files = files or {
+            "app.py": f"print('{version}')\n".encode(),
+            "VERSION": f"{version}\n".encode(),
+        }
         payload = _payload(files)
         manifest: dict[str, Any] = {
             "format": 1,
@@ -161,7 +166,12 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
             "description": f"release {version}",
             "system_packages": [],
             "files": [
-                {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "mode": 0o644}
+                {
+                    "path": path,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "mode": 0o644,
+                }
                 for path, data in sorted(files.items())
             ],
             "archive": {

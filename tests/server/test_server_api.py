@@ -19,18 +19,31 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A registered device that has sent one heartbeat (so it is online)."""
-    body = client.post("/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin).json()
+    body = client.post(
+        "/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin
+    ).json()
     uid, token = body["device_uuid"], body["device_token"]
-    response = client.post(f"/api/v1/devices/{uid}/heartbeat", json={"current_version": "v1.0.0"}, headers=bearer(token))
+    response = client.post(
+        f"/api/v1/devices/{uid}/heartbeat",
+        json={"current_version": "v1.0.0"},
+        headers=bearer(token),
+    )
     assert response.status_code == 200
     return {"uuid": uid, "token": token, "headers": bearer(token)}
 
 
 @pytest.fixture
 def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
-    def do(version: str = "v1.1.0", update_type: str = "instant", data: dict | None = None, **kwargs: Any):
+    def do(
+        version: str = "v1.1.0",
+        update_type: str = "instant",
+        data: dict | None = None,
+        **kwargs: Any,
+    ):
         package = make_package(version, update_type, **kwargs)
-        response = client.post("/api/v1/updates/", files=package.files(), data=data or {}, headers=admin)
+        response = client.post(
+            "/api/v1/updates/", files=package.files(), data=data or {}, headers=admin
+        )
         return response, package
 
     return do
@@ -74,12 +87,12 @@ def test_server_without_api_key_refuses_to_start(tmp_path, monkeypatch):
 
 def test_admin_routes_need_the_api_key(client, device):
     assert_detail(client.get("/api/v1/devices/"), 401, "X-API-Key")
-    assert_detail(client.get("/api/v1/devices/", headers={"X-API-Key": "wrong"}), 401, "invalid API key")
+    assert_detail(
+        client.get("/api/v1/devices/", headers={"X-API-Key": "wrong"}), 401, "invalid API key"
+    )
     assert_detail(client.get("/api/v1/devices/", headers=device["headers"]), 403, "operators")
     assert_detail(client.get("/api/v1/updates/", headers=device["headers"]), 403)
-    assert_detail(
-        client.post("/api/v1/devices/register", json={}, headers=device["headers"]), 403
-    )
+    assert_detail(client.post("/api/v1/devices/register", json={}, headers=device["headers"]), 403)
 
 
 def test_device_routes_need_the_devices_own_token(client, admin, device):
@@ -87,15 +100,21 @@ def test_device_routes_need_the_devices_own_token(client, admin, device):
     other = client.post("/api/v1/devices/register", json={}, headers=admin).json()
     url = f"/api/v1/devices/{uid}/heartbeat"
     assert_detail(client.post(url, json={}), 401, "Bearer")
-    assert_detail(client.post(url, json={}, headers=bearer("not-a-token")), 401, "invalid device token")
-    assert_detail(client.post(url, json={}, headers=bearer(other["device_token"])), 403, "own records")
+    assert_detail(
+        client.post(url, json={}, headers=bearer("not-a-token")), 401, "invalid device token"
+    )
+    assert_detail(
+        client.post(url, json={}, headers=bearer(other["device_token"])), 403, "own records"
+    )
     assert_detail(client.post(url, json={}, headers=admin), 403, "device itself")
     assert client.post(url, json={}, headers=device["headers"]).status_code == 200
 
 
 def test_wrong_auth_scheme_is_refused(client, device):
     headers = {"Authorization": f"Basic {device['token']}"}
-    assert_detail(client.post(f"/api/v1/devices/{device['uuid']}/heartbeat", json={}, headers=headers), 401)
+    assert_detail(
+        client.post(f"/api/v1/devices/{device['uuid']}/heartbeat", json={}, headers=headers), 401
+    )
 
 
 def test_tokens_are_stored_only_as_hashes(client, admin, backend, device):
@@ -117,12 +136,21 @@ def test_register_returns_201_with_a_one_time_token(client, admin):
     wanted = str(uuid.uuid4())
     response = client.post(
         "/api/v1/devices/register",
-        json={"device_uuid": wanted, "device_name": "hall", "timezone": "Europe/Berlin", "metadata": {"room": "hall"}},
+        json={
+            "device_uuid": wanted,
+            "device_name": "hall",
+            "timezone": "Europe/Berlin",
+            "metadata": {"room": "hall"},
+        },
         headers=admin,
     )
     assert response.status_code == 201
     body = response.json()
-    assert body["device_uuid"] == wanted and body["timezone"] == "Europe/Berlin" and body["device_token"]
+    assert (
+        body["device_uuid"] == wanted
+        and body["timezone"] == "Europe/Berlin"
+        and body["device_token"]
+    )
     shown = client.get(f"/api/v1/devices/{wanted}", headers=admin).json()
     assert "device_token" not in shown and "token_hash" not in shown
     assert shown["metadata"] == {"room": "hall"} and shown["status"] == "offline"
@@ -131,11 +159,15 @@ def test_register_returns_201_with_a_one_time_token(client, admin):
 def test_registering_a_uuid_twice_is_a_conflict(client, admin):
     body = {"device_uuid": str(uuid.uuid4())}
     assert client.post("/api/v1/devices/register", json=body, headers=admin).status_code == 201
-    assert_detail(client.post("/api/v1/devices/register", json=body, headers=admin), 409, "already registered")
+    assert_detail(
+        client.post("/api/v1/devices/register", json=body, headers=admin), 409, "already registered"
+    )
 
 
 def test_unknown_timezone_is_422_naming_the_field_and_an_example(client, admin):
-    response = client.post("/api/v1/devices/register", json={"timezone": "Mars/Olympus"}, headers=admin)
+    response = client.post(
+        "/api/v1/devices/register", json={"timezone": "Mars/Olympus"}, headers=admin
+    )
     assert_detail(response, 422, "timezone", "Europe/Berlin")
 
 
@@ -153,7 +185,9 @@ def test_unknown_timezone_is_422_naming_the_field_and_an_example(client, admin):
 )
 def test_garbage_registration_bodies_get_a_readable_422(client, admin, body):
     response = client.post(
-        "/api/v1/devices/register", content=body, headers={**admin, "Content-Type": "application/json"}
+        "/api/v1/devices/register",
+        content=body,
+        headers={**admin, "Content-Type": "application/json"},
     )
     assert_detail(response, 422)
 
@@ -161,7 +195,9 @@ def test_garbage_registration_bodies_get_a_readable_422(client, admin, body):
 def test_device_list_paginates_and_filters(client, admin, clock):
     uuids = []
     for index in range(5):
-        body = client.post("/api/v1/devices/register", json={"device_name": f"d{index}"}, headers=admin).json()
+        body = client.post(
+            "/api/v1/devices/register", json={"device_name": f"d{index}"}, headers=admin
+        ).json()
         uuids.append(body["device_uuid"])
         if index < 2:
             client.post(
@@ -180,24 +216,38 @@ def test_device_list_paginates_and_filters(client, admin, clock):
     versioned = client.get("/api/v1/devices/", params={"version": "v1.0.0"}, headers=admin).json()
     assert versioned["total"] == 2
     clock.advance(seconds=3 * 300 + 1)
-    assert client.get("/api/v1/devices/", params={"online": "true"}, headers=admin).json()["total"] == 0
+    assert (
+        client.get("/api/v1/devices/", params={"online": "true"}, headers=admin).json()["total"]
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "ten"}, {"offset": 10**30}, {"status": "sleeping"}],
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"offset": -1},
+        {"limit": "ten"},
+        {"offset": 10**30},
+        {"status": "sleeping"},
+    ],
 )
 def test_bad_list_parameters_are_422(client, admin, params):
     assert_detail(client.get("/api/v1/devices/", params=params, headers=admin), 422)
 
 
 def test_version_filter_must_be_a_version(client, admin):
-    assert_detail(client.get("/api/v1/devices/", params={"version": "1.0"}, headers=admin), 422, "vX.Y.Z")
+    assert_detail(
+        client.get("/api/v1/devices/", params={"version": "1.0"}, headers=admin), 422, "vX.Y.Z"
+    )
 
 
 def test_device_paths_validate_the_uuid(client, admin):
     assert_detail(client.get("/api/v1/devices/not-a-uuid", headers=admin), 422, "device_uuid")
-    assert_detail(client.get(f"/api/v1/devices/{uuid.uuid4()}", headers=admin), 404, "not registered")
+    assert_detail(
+        client.get(f"/api/v1/devices/{uuid.uuid4()}", headers=admin), 404, "not registered"
+    )
 
 
 # --------------------------------------------------------------------------- heartbeat, check, status
@@ -209,7 +259,9 @@ def test_heartbeat_answers_server_time_interval_and_directive(client, device, pu
     clock.advance(seconds=20)
 
     body = client.post(
-        f"/api/v1/devices/{device['uuid']}/heartbeat", json={"current_version": "v1.0.0"}, headers=device["headers"]
+        f"/api/v1/devices/{device['uuid']}/heartbeat",
+        json={"current_version": "v1.0.0"},
+        headers=device["headers"],
     ).json()
 
     assert body["server_time"].startswith("2027-01-15T12:00:20")
@@ -251,9 +303,15 @@ def test_heartbeat_with_huge_numbers_or_oversized_metadata_never_500s(client, de
     url = f"/api/v1/devices/{device['uuid']}/heartbeat"
     big = client.post(url, json={"metadata": {"counter": 10**40}}, headers=device["headers"])
     assert big.status_code == 200
-    assert_detail(client.post(url, json={"metadata": {"x": "y" * 70_000}}, headers=device["headers"]), 422, "65536")
+    assert_detail(
+        client.post(url, json={"metadata": {"x": "y" * 70_000}}, headers=device["headers"]),
+        422,
+        "65536",
+    )
     nan = client.post(
-        url, content='{"metadata": {"load": NaN}}', headers={**device["headers"], "Content-Type": "application/json"}
+        url,
+        content='{"metadata": {"load": NaN}}',
+        headers={**device["headers"], "Content-Type": "application/json"},
     )
     assert 400 <= nan.status_code < 500
 
@@ -341,7 +399,9 @@ def test_publishing_an_existing_version_is_409(publish):
     first, _ = publish("v1.2.3")
     second, _ = publish("v1.2.3")
     assert_detail(
-        second, 409, f"version v1.2.3 is already published (update {first.json()['id']}); publish a higher version"
+        second,
+        409,
+        f"version v1.2.3 is already published (update {first.json()['id']}); publish a higher version",
     )
 
 
@@ -406,12 +466,20 @@ def test_malformed_manifest_is_422(client, admin, make_package):
 def test_missing_multipart_part_is_422(client, admin, make_package, missing, settings):
     files = make_package("v1.1.0").files()
     del files[missing]
-    assert_detail(client.post("/api/v1/updates/", files=files, headers=admin), 422, f"missing form part {missing}")
+    assert_detail(
+        client.post("/api/v1/updates/", files=files, headers=admin),
+        422,
+        f"missing form part {missing}",
+    )
     assert list((settings.data_dir / "uploads").iterdir()) == []
 
 
 def test_publish_refuses_non_multipart_and_unknown_parts(client, admin, make_package):
-    assert_detail(client.post("/api/v1/updates/", json={"version": "v1.0.0"}, headers=admin), 422, "multipart/form-data")
+    assert_detail(
+        client.post("/api/v1/updates/", json={"version": "v1.0.0"}, headers=admin),
+        422,
+        "multipart/form-data",
+    )
     assert_detail(
         client.post(
             "/api/v1/updates/",
@@ -422,16 +490,24 @@ def test_publish_refuses_non_multipart_and_unknown_parts(client, admin, make_pac
     )
     files = make_package("v1.1.0").files()
     files["extra"] = ("x", b"y", "text/plain")
-    assert_detail(client.post("/api/v1/updates/", files=files, headers=admin), 422, "unexpected form part 'extra'")
+    assert_detail(
+        client.post("/api/v1/updates/", files=files, headers=admin),
+        422,
+        "unexpected form part 'extra'",
+    )
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_upload_above_the_limit_is_413_naming_the_limit(tmp_path, clock, admin, make_package, chunked):
+def test_upload_above_the_limit_is_413_naming_the_limit(
+    tmp_path, clock, admin, make_package, chunked
+):
     import os
 
     import httpx
 
-    small = ServerSettings(api_key=admin["X-API-Key"], data_dir=tmp_path / "small", max_upload_bytes=2048)
+    small = ServerSettings(
+        api_key=admin["X-API-Key"], data_dir=tmp_path / "small", max_upload_bytes=2048
+    )
     package = make_package("v1.1.0", files={"noise.bin": os.urandom(4096)})
     request = httpx.Request("POST", "http://server/api/v1/updates/", files=package.files())
     body = request.read()
@@ -439,7 +515,9 @@ def test_upload_above_the_limit_is_413_naming_the_limit(tmp_path, clock, admin, 
     with TestClient(create_app(small, clock=clock)) as client:
         if chunked:  # no Content-Length: the limit is enforced while streaming
             response = client.post(
-                "/api/v1/updates/", content=iter([body[i : i + 512] for i in range(0, len(body), 512)]), headers=headers
+                "/api/v1/updates/",
+                content=iter([body[i : i + 512] for i in range(0, len(body), 512)]),
+                headers=headers,
             )
         else:
             response = client.post("/api/v1/updates/", content=body, headers=headers)
@@ -451,11 +529,18 @@ def test_upload_above_the_limit_is_413_naming_the_limit(tmp_path, clock, admin, 
 
 
 def test_updates_list_get_by_id_and_version_and_devices(client, admin, device, publish):
-    first, _ = publish("v1.9.0", "scheduled")
+    publish("v1.9.0", "scheduled")
     second, _ = publish("v1.10.0", "scheduled")
     listing = client.get("/api/v1/updates/", headers=admin).json()
-    assert [u["version"] for u in listing["items"]] == ["v1.10.0", "v1.9.0"] and listing["total"] == 2
-    assert client.get("/api/v1/updates/", params={"update_type": "instant"}, headers=admin).json()["total"] == 0
+    assert [u["version"] for u in listing["items"]] == ["v1.10.0", "v1.9.0"] and listing[
+        "total"
+    ] == 2
+    assert (
+        client.get("/api/v1/updates/", params={"update_type": "instant"}, headers=admin).json()[
+            "total"
+        ]
+        == 0
+    )
 
     by_id = client.get(f"/api/v1/updates/{second.json()['id']}", headers=admin).json()
     by_version = client.get("/api/v1/updates/v1.10.0", headers=admin).json()
@@ -463,7 +548,12 @@ def test_updates_list_get_by_id_and_version_and_devices(client, admin, device, p
 
     rows = client.get("/api/v1/updates/v1.10.0/devices", headers=admin).json()
     assert [(r["device_uuid"], r["status"]) for r in rows["items"]] == [(device["uuid"], "pending")]
-    assert client.get("/api/v1/updates/v1.10.0/devices", params={"status": "failed"}, headers=admin).json()["total"] == 0
+    assert (
+        client.get(
+            "/api/v1/updates/v1.10.0/devices", params={"status": "failed"}, headers=admin
+        ).json()["total"]
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -479,7 +569,9 @@ def test_updates_list_get_by_id_and_version_and_devices(client, admin, device, p
 )
 def test_bad_update_references(client, admin, reference, status, fragment):
     for suffix in ("", "/devices", "/plan", "/manifest", "/signature", "/download"):
-        assert_detail(client.get(f"/api/v1/updates/{reference}{suffix}", headers=admin), status, fragment)
+        assert_detail(
+            client.get(f"/api/v1/updates/{reference}{suffix}", headers=admin), status, fragment
+        )
 
 
 def test_plan_dry_run_and_published_plan(client, admin, device, publish):
@@ -488,7 +580,9 @@ def test_plan_dry_run_and_published_plan(client, admin, device, publish):
     assert [(e["device_uuid"], e["gets_row"]) for e in dry] == [(device["uuid"], True)]
 
     response, _ = publish("v1.1.0", "instant")
-    published = client.get(f"/api/v1/updates/{response.json()['id']}/plan", headers=admin).json()["items"]
+    published = client.get(f"/api/v1/updates/{response.json()['id']}/plan", headers=admin).json()[
+        "items"
+    ]
     assert published[0]["status"] == "pending" and published[0]["gets_row"] is True
 
 
@@ -498,7 +592,11 @@ def test_plan_dry_run_and_published_plan(client, admin, device, publish):
         ({"update_type": "instant", "version": "1.1.0"}, 422, "vX.Y.Z"),
         ({"update_type": "sometime", "version": "v1.1.0"}, 422, "update_type"),
         ({"update_type": "instant", "version": "v1.1.0", "targets": ["nope"]}, 422, "targets"),
-        ({"update_type": "instant", "version": "v1.1.0", "targets": [str(uuid.UUID(int=1))]}, 404, "not registered"),
+        (
+            {"update_type": "instant", "version": "v1.1.0", "targets": [str(uuid.UUID(int=1))]},
+            404,
+            "not registered",
+        ),
         ({"version": "v1.1.0"}, 422, "update_type"),
     ],
 )
@@ -510,8 +608,14 @@ def test_manifest_and_signature_are_the_exact_bytes(client, admin, device, publi
     response, package = publish("v1.1.0", "instant")
     update_id = response.json()["id"]
     for headers in (admin, device["headers"]):
-        assert client.get(f"/api/v1/updates/{update_id}/manifest", headers=headers).content == package.manifest
-        assert client.get(f"/api/v1/updates/{update_id}/signature", headers=headers).content == package.signature
+        assert (
+            client.get(f"/api/v1/updates/{update_id}/manifest", headers=headers).content
+            == package.manifest
+        )
+        assert (
+            client.get(f"/api/v1/updates/{update_id}/signature", headers=headers).content
+            == package.signature
+        )
 
 
 def test_a_device_without_a_row_cannot_fetch_the_package(client, admin, publish):
@@ -520,7 +624,9 @@ def test_a_device_without_a_row_cannot_fetch_the_package(client, admin, publish)
     update_id = response.json()["id"]
     for suffix in ("manifest", "signature", "download"):
         assert_detail(
-            client.get(f"/api/v1/updates/{update_id}/{suffix}", headers=bearer(stranger["device_token"])),
+            client.get(
+                f"/api/v1/updates/{update_id}/{suffix}", headers=bearer(stranger["device_token"])
+            ),
             403,
             "not assigned",
         )
@@ -533,7 +639,9 @@ def test_audit_log_records_register_publish_and_status(client, admin, device, pu
         json={"status": "downloading"},
         headers=device["headers"],
     )
-    actions = [line["action"] for line in client.get("/api/v1/audit", headers=admin).json()["items"]]
+    actions = [
+        line["action"] for line in client.get("/api/v1/audit", headers=admin).json()["items"]
+    ]
     assert actions[:3] == ["device_update.status", "update.publish", "device.register"]
     assert_detail(client.get("/api/v1/audit", headers=device["headers"]), 403)
 

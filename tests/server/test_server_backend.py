@@ -10,11 +10,25 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import event, inspect, text
 
-from javia_updates.backends import Backend, backend_names, create_backend, get_backend_class, register_backend
-from javia_updates.backends.base import ALLOWED_PREVIOUS, AuditEntry, NewDevice, NewDeviceUpdate, NewUpdate
+from javia_updates.backends import (
+    Backend,
+    backend_names,
+    create_backend,
+    get_backend_class,
+    register_backend,
+)
+from javia_updates.backends.base import (
+    ALLOWED_PREVIOUS,
+    AuditEntry,
+    NewDevice,
+    NewDeviceUpdate,
+    NewUpdate,
+)
 from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.migrations import current_revision, head_revision, offline_sql, upgrade
 from javia_updates.backends.schema import build_tables, default_schema
@@ -65,7 +79,9 @@ def test_migrations_build_the_schema_from_empty_and_rerun_as_a_no_op(database_ur
         assert {"devices", "updates", "device_updates", "audit_log", "alembic_version"} <= tables
         version_table = f"{schema}.alembic_version" if schema else "alembic_version"
         with engine.connect() as connection:
-            assert connection.execute(text(f"SELECT count(*) FROM {version_table}")).scalar_one() == 1
+            assert (
+                connection.execute(text(f"SELECT count(*) FROM {version_table}")).scalar_one() == 1
+            )
     finally:
         engine.dispose()
 
@@ -149,7 +165,9 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_store):
 
 
 def test_foreign_keys_are_enforced(store):
-    row = NewDeviceUpdate(device_id=999, install_type=UpdateType.INSTANT, scheduled_for=NOW, window_end=None)
+    row = NewDeviceUpdate(
+        device_id=999, install_type=UpdateType.INSTANT, scheduled_for=NOW, window_end=None
+    )
     update = _publish(store, "v1.0.0", [])
     with pytest.raises(BackendError, match="(?i)foreign key"):
         store.add_device_update(update.id, row, now=NOW, audit=AUDIT)
@@ -174,7 +192,9 @@ def _device(name: str | None = None) -> NewDevice:
     return NewDevice(uuid.uuid4(), name, "UTC", {}, token[:64])
 
 
-def _publish(store: SQLStore, version: str, device_ids: list[int], update_type=UpdateType.SCHEDULED):  # type: ignore[no-untyped-def]
+def _publish(
+    store: SQLStore, version: str, device_ids: list[int], update_type=UpdateType.SCHEDULED
+):  # type: ignore[no-untyped-def]
     numbers = tuple(int(part) for part in version[1:].split("."))
     update = NewUpdate(
         version=version,
@@ -191,7 +211,10 @@ def _publish(store: SQLStore, version: str, device_ids: list[int], update_type=U
         signature=b"{}",
         targets=None,
     )
-    rows = [NewDeviceUpdate(device_id, update_type, NOW, NOW + timedelta(hours=3)) for device_id in device_ids]
+    rows = [
+        NewDeviceUpdate(device_id, update_type, NOW, NOW + timedelta(hours=3))
+        for device_id in device_ids
+    ]
     return store.create_update(update, rows, now=NOW, audit=AuditEntry("admin", "update.publish"))
 
 
@@ -208,7 +231,9 @@ def test_publish_inserts_all_device_rows_with_one_bulk_statement(store):
     finally:
         event.remove(store.engine, "before_cursor_execute", record)
 
-    inserts = [(sql, many) for sql, many in statements if "INSERT INTO" in sql and "device_updates" in sql]
+    inserts = [
+        (sql, many) for sql, many in statements if "INSERT INTO" in sql and "device_updates" in sql
+    ]
     assert len(inserts) == 1  # one statement for all 60 rows, not one per row
     if store.engine.dialect.name == "sqlite":
         assert inserts[0][1] is True  # sent as one executemany
@@ -243,7 +268,9 @@ def test_two_replicas_never_move_a_row_backwards(store, tmp_path):
     device = store.create_device(_device(), now=NOW, audit=AUDIT)
     update = _publish(store, "v1.0.0", [device.id])
     row = store.get_device_update(device.id, update.id)
-    other = SQLStore(make_engine(store.engine.url.render_as_string(hide_password=False)))  # a second server
+    other = SQLStore(
+        make_engine(store.engine.url.render_as_string(hide_password=False))
+    )  # a second server
     try:
         assert store.transition(row.id, UpdateStatus.COMPLETED, now=NOW, audit=AUDIT).changed
         late = other.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AUDIT)
@@ -259,7 +286,9 @@ def test_concurrent_reports_change_a_row_exactly_once(store):
     results: list[bool] = []
 
     def send() -> None:
-        results.append(store.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AUDIT).changed)
+        results.append(
+            store.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AUDIT).changed
+        )
 
     threads = [threading.Thread(target=send) for _ in range(8)]
     for thread in threads:
@@ -297,7 +326,9 @@ def shared_store(tmp_path_factory):  # type: ignore[no-untyped-def]
 _counter = iter(range(1, 10**9))
 
 
-@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(reports=st.lists(st.sampled_from(list(UpdateStatus)), min_size=1, max_size=8))
 def test_any_report_sequence_only_moves_forward(shared_store, reports):
     device = shared_store.create_device(_device(), now=NOW, audit=AUDIT)
@@ -315,7 +346,9 @@ def test_any_report_sequence_only_moves_forward(shared_store, reports):
 
 def test_completion_raises_the_device_version_but_never_lowers_it(store):
     device = store.create_device(_device(), now=NOW, audit=AUDIT)
-    store.record_heartbeat(device.id, now=NOW, current_version="v2.0.0", status=device.status, metadata={})
+    store.record_heartbeat(
+        device.id, now=NOW, current_version="v2.0.0", status=device.status, metadata={}
+    )
     update = _publish(store, "v1.5.0", [device.id])
     row = store.get_device_update(device.id, update.id)
     store.transition(row.id, UpdateStatus.COMPLETED, now=NOW, audit=AUDIT)
@@ -326,10 +359,24 @@ def test_audit_log_records_each_change(store):
     device = store.create_device(_device(), now=NOW, audit=AuditEntry("admin", "device.register"))
     update = _publish(store, "v1.0.0", [device.id])
     row = store.get_device_update(device.id, update.id)
-    store.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AuditEntry("device:x", "device_update.status"))
-    store.transition(row.id, UpdateStatus.DOWNLOADING, now=NOW, audit=AuditEntry("device:x", "device_update.status"))
+    store.transition(
+        row.id,
+        UpdateStatus.DOWNLOADING,
+        now=NOW,
+        audit=AuditEntry("device:x", "device_update.status"),
+    )
+    store.transition(
+        row.id,
+        UpdateStatus.DOWNLOADING,
+        now=NOW,
+        audit=AuditEntry("device:x", "device_update.status"),
+    )
     actions = [entry.action for entry in store.list_audit(limit=10, offset=0).items]
-    assert actions == ["device_update.status", "update.publish", "device.register"]  # the repeat wrote nothing
+    assert actions == [
+        "device_update.status",
+        "update.publish",
+        "device.register",
+    ]  # the repeat wrote nothing
 
 
 # --------------------------------------------------------------------------- blobs
@@ -345,12 +392,15 @@ def test_blob_store_writes_atomically_and_serves_ranges(tmp_path):
     blobs.put_file("v1.0.0/abcd", "payload.tar.gz", source)
 
     directory = tmp_path / "packages" / "v1.0.0" / "abcd"
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "payload.tar.gz"]  # no temp files
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "manifest.json",
+        "payload.tar.gz",
+    ]  # no temp files
     assert not source.exists()
     assert blobs.size("v1.0.0/abcd", "payload.tar.gz") == 1024
-    assert b"".join(blobs.iter_range("v1.0.0/abcd", "payload.tar.gz", 250, 260, chunk_size=3)) == bytes(
-        range(250, 256)
-    ) + bytes(range(4))
+    assert b"".join(
+        blobs.iter_range("v1.0.0/abcd", "payload.tar.gz", 250, 260, chunk_size=3)
+    ) == bytes(range(250, 256)) + bytes(range(4))
     blobs.delete("v1.0.0/abcd")
     assert not (tmp_path / "packages" / "v1.0.0").exists()
     with pytest.raises(NotFoundError):
@@ -399,7 +449,9 @@ def test_update_rules_run_the_same_on_every_database(database_url, tmp_path, mak
     backend.prepare()
     service = UpdateService(backend, settings)
     try:
-        registered = service.register_device(DeviceRegisterRequest(timezone="Europe/Berlin"), now=NOW)
+        registered = service.register_device(
+            DeviceRegisterRequest(timezone="Europe/Berlin"), now=NOW
+        )
         device = service.find_device(registered.device_uuid)
         assert service.authenticate_device(registered.device_token) == device
         service.heartbeat(device, HeartbeatRequest(current_version="v1.0.0"), now=NOW)
@@ -407,12 +459,18 @@ def test_update_rules_run_the_same_on_every_database(database_url, tmp_path, mak
         service.publish_update(make_package("v1.2.0", "scheduled").upload(), now=NOW)
 
         later = NOW + timedelta(seconds=30)
-        directive = service.heartbeat(device, HeartbeatRequest(current_version="v1.0.0"), now=later).update
+        directive = service.heartbeat(
+            device, HeartbeatRequest(current_version="v1.0.0"), now=later
+        ).update
         assert (directive.version, directive.update_type) == ("v1.2.0", UpdateType.INSTANT)
 
-        result = service.report_status(device, directive.update_id, StatusReport(status=UpdateStatus.COMPLETED), now=later)
+        result = service.report_status(
+            device, directive.update_id, StatusReport(status=UpdateStatus.COMPLETED), now=later
+        )
         assert result.changed
-        again = service.report_status(device, directive.update_id, StatusReport(status=UpdateStatus.DOWNLOADING), now=later)
+        again = service.report_status(
+            device, directive.update_id, StatusReport(status=UpdateStatus.DOWNLOADING), now=later
+        )
         assert (again.changed, again.status) == (False, UpdateStatus.COMPLETED)
         assert service.get_device(device.device_uuid, now=later).current_version == "v1.2.0"
         counts = {u.version: u.status_counts for u in service.list_updates().items}

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,40 +31,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_healthy(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Poll the health route until the server answers (start-up, not policy); at most 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not come up:\n{log_path.read_text()}")
+        time.sleep(0.1)
+
+
 @pytest.fixture
-def server(tmp_path):  # type: ignore[no-untyped-def]
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A `python -m javia_updates.server` process on a free loopback port; (base URL, log file)."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
     env.update(JAVIA_API_KEY=API_KEY, JAVIA_CONFIG=str(tmp_path / "absent.toml"))
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # wait until the server answers (start-up, not policy)
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "server.log").read_text())
-            time.sleep(0.1)
-        yield base, tmp_path / "server.log"
-    finally:
-        process.terminate()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            wait_until_healthy(base, process, log_path)
+            yield base, log_path
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_register_publish_heartbeat_download_over_real_http(server, tmp_path):
@@ -86,11 +90,15 @@ def test_register_publish_heartbeat_download_over_real_http(server, tmp_path):
 
     with httpx.Client(base_url=base, timeout=30) as http:
         admin = {"X-API-Key": API_KEY}
-        registered = http.post("/api/v1/devices/register", json={"device_name": "pi"}, headers=admin)
+        registered = http.post(
+            "/api/v1/devices/register", json={"device_name": "pi"}, headers=admin
+        )
         assert registered.status_code == 201
         uid, token = registered.json()["device_uuid"], registered.json()["device_token"]
         device = {"Authorization": f"Bearer {token}"}
-        first = http.post(f"/api/v1/devices/{uid}/heartbeat", json={"current_version": "v1.0.0"}, headers=device)
+        first = http.post(
+            f"/api/v1/devices/{uid}/heartbeat", json={"current_version": "v1.0.0"}, headers=device
+        )
         assert first.status_code == 200 and first.json()["update"] is None
 
         with open(package.payload_path, "rb") as payload:
@@ -113,10 +121,14 @@ def test_register_publish_heartbeat_download_over_real_http(server, tmp_path):
 
         manifest = http.get(directive["manifest_url"], headers=device).content
         signature = http.get(directive["signature_url"], headers=device).content
-        trusted = verify_manifest(manifest, signature, {key_id_for(key.public_key()): key.public_key()})
+        trusted = verify_manifest(
+            manifest, signature, {key_id_for(key.public_key()): key.public_key()}
+        )
         # Download in two parts, as a resumed download would.
         cut = directive["size"] // 2
-        head = http.get(directive["download_url"], headers={**device, "Range": f"bytes=0-{cut - 1}"})
+        head = http.get(
+            directive["download_url"], headers={**device, "Range": f"bytes=0-{cut - 1}"}
+        )
         tail = http.get(directive["download_url"], headers={**device, "Range": f"bytes={cut}-"})
         assert (head.status_code, tail.status_code) == (206, 206)
         archive = head.content + tail.content

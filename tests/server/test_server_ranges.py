@@ -6,7 +6,8 @@ import hashlib
 import os
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from javia_updates.server.ranges import RangeNotSatisfiableError, parse_byte_range
 

@@ -8,7 +8,13 @@ from datetime import timedelta
 import pytest
 
 from javia_updates import scheduling
-from javia_updates.errors import ConflictError, ManifestError, NotFoundError, PackageError, SignatureError
+from javia_updates.errors import (
+    ConflictError,
+    ManifestError,
+    NotFoundError,
+    PackageError,
+    SignatureError,
+)
 from javia_updates.models import (
     DeviceRegisterRequest,
     DeviceStatus,
@@ -28,7 +34,10 @@ def statuses(service: UpdateService, version: str) -> dict[uuid.UUID, UpdateStat
 def report(service, device, directive, status: UpdateStatus, clock, message=None):  # type: ignore[no-untyped-def]
     fresh = service.find_device(device.device_uuid)
     return service.report_status(
-        fresh, directive.update_id, StatusReport(status=status, error_message=message), now=clock.now
+        fresh,
+        directive.update_id,
+        StatusReport(status=status, error_message=message),
+        now=clock.now,
     )
 
 
@@ -50,7 +59,10 @@ def test_scheduled_publish_gives_every_device_a_row_in_its_next_window(
     rows = {row.device_uuid: row for row in service.update_devices(update.id).items}
     for device in (berlin, tokyo, never_seen):
         expected = scheduling.plan_install(
-            UpdateType.SCHEDULED, now=clock.now, timezone=device.timezone, device_uuid=device.device_uuid
+            UpdateType.SCHEDULED,
+            now=clock.now,
+            timezone=device.timezone,
+            device_uuid=device.device_uuid,
         )
         assert rows[device.device_uuid].scheduled_for == expected.install_at
     # Berlin's 02:00 on the next morning is 01:00 UTC; the offset lies in the first 2 h.
@@ -58,7 +70,9 @@ def test_scheduled_publish_gives_every_device_a_row_in_its_next_window(
     assert clock.now.replace(day=16, hour=1) <= berlin_at < clock.now.replace(day=16, hour=3)
 
 
-def test_devices_already_on_the_version_or_newer_get_no_row(service, clock, register, beat, make_package):
+def test_devices_already_on_the_version_or_newer_get_no_row(
+    service, clock, register, beat, make_package
+):
     old, _ = register()
     same, _ = register()
     newer, _ = register()
@@ -71,7 +85,9 @@ def test_devices_already_on_the_version_or_newer_get_no_row(service, clock, regi
     assert statuses(service, update.version) == {old.device_uuid: UpdateStatus.PENDING}
 
 
-def test_urgent_directive_requires_the_configured_idle_time(service, clock, register, beat, make_package):
+def test_urgent_directive_requires_the_configured_idle_time(
+    service, clock, register, beat, make_package
+):
     device, _ = register(timezone="America/New_York")
     beat(device)
     service.publish_update(make_package("v1.1.0", "urgent").upload(), now=clock.now)
@@ -81,7 +97,10 @@ def test_urgent_directive_requires_the_configured_idle_time(service, clock, regi
     assert directive.update_type is UpdateType.URGENT
     assert directive.idle_seconds_required == service.settings.urgent_idle_seconds == 3600
     plan = scheduling.plan_install(
-        UpdateType.URGENT, now=clock.now, timezone="America/New_York", device_uuid=device.device_uuid
+        UpdateType.URGENT,
+        now=clock.now,
+        timezone="America/New_York",
+        device_uuid=device.device_uuid,
     )
     assert (directive.install_at, directive.window_end) == (plan.install_at, plan.window_end)
     assert directive.download_url == f"/api/v1/updates/{directive.update_id}/download"
@@ -112,11 +131,15 @@ def test_instant_publish_reaches_only_devices_seen_within_300_seconds_inclusive(
     assert set(statuses(service, "v1.1.0")) == {edge.device_uuid, never.device_uuid}
 
 
-def test_publish_with_targets_touches_only_those_devices(service, clock, register, beat, make_package):
+def test_publish_with_targets_touches_only_those_devices(
+    service, clock, register, beat, make_package
+):
     chosen, _ = register()
     other, _ = register()
     update = service.publish_update(
-        make_package("v1.1.0").upload(), now=clock.now, targets=[chosen.device_uuid, chosen.device_uuid]
+        make_package("v1.1.0").upload(),
+        now=clock.now,
+        targets=[chosen.device_uuid, chosen.device_uuid],
     )
     assert update.targets == [chosen.device_uuid]
     assert set(statuses(service, "v1.1.0")) == {chosen.device_uuid}
@@ -124,7 +147,9 @@ def test_publish_with_targets_touches_only_those_devices(service, clock, registe
     assert beat(other).update is None
 
 
-def test_unknown_target_refuses_the_publish_and_keeps_nothing(service, clock, register, make_package, settings):
+def test_unknown_target_refuses_the_publish_and_keeps_nothing(
+    service, clock, register, make_package, settings
+):
     register()
     package = make_package("v1.1.0")
     stranger = uuid.uuid4()
@@ -176,7 +201,9 @@ def test_payload_that_does_not_match_the_manifest_is_refused_with_expected_and_a
 def test_requested_type_must_equal_the_signed_type(service, clock, make_package):
     with pytest.raises(PackageError, match="signed manifest says scheduled"):
         service.publish_update(
-            make_package("v1.1.0", "scheduled").upload(), now=clock.now, update_type=UpdateType.INSTANT
+            make_package("v1.1.0", "scheduled").upload(),
+            now=clock.now,
+            update_type=UpdateType.INSTANT,
         )
 
 
@@ -198,7 +225,9 @@ def test_server_side_keyring_refuses_an_untrusted_signature(backend, settings, c
         strict.publish_update(make_package("v1.1.0").upload(), now=clock.now)
 
 
-def test_server_side_keyring_accepts_the_trusted_key(backend, settings, clock, make_package, signing_key):
+def test_server_side_keyring_accepts_the_trusted_key(
+    backend, settings, clock, make_package, signing_key
+):
     from javia_updates.manifest import key_id_for
 
     public = signing_key.public_key()
@@ -244,10 +273,14 @@ def test_reconciliation_offers_only_the_newest_update_that_targets_the_device(
 
     assert beat(late).update.version == "v1.2.0"
     history = service.device_history(late.device_uuid)
-    assert [(row.version, row.status) for row in history.items] == [("v1.2.0", UpdateStatus.PENDING)]
+    assert [(row.version, row.status) for row in history.items] == [
+        ("v1.2.0", UpdateStatus.PENDING)
+    ]
 
 
-def test_no_reconciliation_for_a_version_the_device_already_runs(service, clock, register, beat, make_package):
+def test_no_reconciliation_for_a_version_the_device_already_runs(
+    service, clock, register, beat, make_package
+):
     service.publish_update(make_package("v1.1.0").upload(), now=clock.now)
     late, _ = register()
     assert beat(late, "v1.1.0").update is None
@@ -332,7 +365,9 @@ def test_missed_window_is_replanned_for_the_next_one(service, clock, register, b
     assert stored.scheduled_for == second.install_at
 
 
-def test_inside_its_window_a_late_device_keeps_its_plan(service, clock, register, beat, make_package):
+def test_inside_its_window_a_late_device_keeps_its_plan(
+    service, clock, register, beat, make_package
+):
     device, _ = register()
     beat(device)
     service.publish_update(make_package("v1.1.0", "scheduled").upload(), now=clock.now)
@@ -368,7 +403,9 @@ def test_heartbeat_records_last_seen_version_status_and_merges_metadata(service,
     clock.advance(seconds=10)
     response = service.heartbeat(
         device,
-        HeartbeatRequest(current_version="v1.0.3", status=DeviceStatus.UPDATING, metadata={"cpu": 41}),
+        HeartbeatRequest(
+            current_version="v1.0.3", status=DeviceStatus.UPDATING, metadata={"cpu": 41}
+        ),
         now=clock.now,
     )
     assert response.server_time == clock.now
@@ -389,7 +426,9 @@ def test_metadata_larger_than_64_kib_is_refused(service, clock, register):
 # --------------------------------------------------------------------------- status reports
 
 
-def test_status_moves_forward_and_repeats_are_idempotent(service, clock, register, beat, make_package):
+def test_status_moves_forward_and_repeats_are_idempotent(
+    service, clock, register, beat, make_package
+):
     device, _ = register()
     beat(device)
     service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock.now)
@@ -431,17 +470,25 @@ def test_report_for_an_update_the_device_has_no_row_for_is_not_found(
     service, clock, register, beat, make_package
 ):
     device, _ = register()
-    update = service.publish_update(make_package("v1.1.0").upload(), now=clock.now, targets=[register()[0].device_uuid])
+    update = service.publish_update(
+        make_package("v1.1.0").upload(), now=clock.now, targets=[register()[0].device_uuid]
+    )
     with pytest.raises(NotFoundError, match="not assigned"):
-        service.report_status(device, update.id, StatusReport(status=UpdateStatus.DOWNLOADING), now=clock.now)
+        service.report_status(
+            device, update.id, StatusReport(status=UpdateStatus.DOWNLOADING), now=clock.now
+        )
 
 
 # --------------------------------------------------------------------------- derived status
 
 
-def test_device_is_offline_after_more_than_three_heartbeat_intervals(service, clock, register, beat):
+def test_device_is_offline_after_more_than_three_heartbeat_intervals(
+    service, clock, register, beat
+):
     device, _ = register()
-    assert service.get_device(device.device_uuid, now=clock.now).status is DeviceStatus.OFFLINE  # never seen
+    assert (
+        service.get_device(device.device_uuid, now=clock.now).status is DeviceStatus.OFFLINE
+    )  # never seen
     beat(device)
     seen = clock.now
     interval = service.settings.heartbeat_interval_seconds
@@ -462,7 +509,9 @@ def test_derive_status_keeps_the_reported_status_while_fresh(service, clock, reg
     device, _ = register()
     service.heartbeat(device, HeartbeatRequest(status=DeviceStatus.UPDATING), now=clock.now)
     fresh = service.find_device(device.device_uuid)
-    assert derive_status(fresh, now=clock.now, heartbeat_interval_seconds=300) is DeviceStatus.UPDATING
+    assert (
+        derive_status(fresh, now=clock.now, heartbeat_interval_seconds=300) is DeviceStatus.UPDATING
+    )
 
 
 # --------------------------------------------------------------------------- plans
@@ -475,9 +524,14 @@ def test_dry_run_plan_shows_who_installs_when(service, clock, register, beat):
     beat(online)
     beat(current, "v2.0.0")
 
-    plan = {entry.device_uuid: entry for entry in service.plan_new_update(UpdateType.INSTANT, "v1.1.0", None, now=clock.now)}
+    plan = {
+        entry.device_uuid: entry
+        for entry in service.plan_new_update(UpdateType.INSTANT, "v1.1.0", None, now=clock.now)
+    }
 
-    assert plan[online.device_uuid].gets_row and plan[online.device_uuid].install_at_utc == clock.now
+    assert (
+        plan[online.device_uuid].gets_row and plan[online.device_uuid].install_at_utc == clock.now
+    )
     assert not plan[offline.device_uuid].gets_row
     assert "next heartbeat" in plan[offline.device_uuid].reason
     assert "already runs v2.0.0" in plan[current.device_uuid].reason
@@ -520,10 +574,18 @@ def test_update_list_is_in_numeric_version_order(service, clock, make_package):
     assert [u.version for u in service.list_updates().items] == ["v1.10.0", "v1.9.0", "v1.2.0"]
 
 
-def test_sub_second_demo_interval_is_sent_as_whole_seconds_and_drives_offline(backend, settings, clock):
+def test_sub_second_demo_interval_is_sent_as_whole_seconds_and_drives_offline(
+    backend, settings, clock
+):
     fast = UpdateService(backend, settings.model_copy(update={"heartbeat_interval_seconds": 0.5}))
     registered = fast.register_device(DeviceRegisterRequest(), now=clock.now)
     device = fast.find_device(registered.device_uuid)
     assert fast.heartbeat(device, HeartbeatRequest(), now=clock.now).heartbeat_interval_seconds == 1
-    assert fast.get_device(device.device_uuid, now=clock.now + timedelta(seconds=1.5)).status is DeviceStatus.ONLINE
-    assert fast.get_device(device.device_uuid, now=clock.now + timedelta(seconds=1.6)).status is DeviceStatus.OFFLINE
+    assert (
+        fast.get_device(device.device_uuid, now=clock.now + timedelta(seconds=1.5)).status
+        is DeviceStatus.ONLINE
+    )
+    assert (
+        fast.get_device(device.device_uuid, now=clock.now + timedelta(seconds=1.6)).status
+        is DeviceStatus.OFFLINE
+    )

@@ -17,7 +17,11 @@ def test_defaults(tmp_path, monkeypatch):
     assert settings.api_key is None and settings.backend == "local"
     assert settings.data_dir == Path("javia-data")
     assert settings.resolved_database_url() == f"sqlite:///{tmp_path / 'javia-data' / 'javia.db'}"
-    assert (settings.heartbeat_interval_seconds, settings.window_start, settings.window_seconds) == (300, time(2), 10800)
+    assert (
+        settings.heartbeat_interval_seconds,
+        settings.window_start,
+        settings.window_seconds,
+    ) == (300, time(2), 10800)
     assert (settings.urgent_idle_seconds, settings.instant_online_seconds) == (3600, 300)
     assert settings.max_upload_bytes == 2 * 1024**3
     assert settings.trusted_keys_dir is None
@@ -36,7 +40,9 @@ def test_toml_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
     assert settings.require_api_key() == "from-file"
     assert settings.data_dir == Path("/srv/javia") and settings.window_start == time(3, 30)
     assert settings.heartbeat_interval_seconds == 120  # environment over file
-    assert ServerSettings(heartbeat_interval_seconds=30).heartbeat_interval_seconds == 30  # arguments over both
+    assert (
+        ServerSettings(heartbeat_interval_seconds=30).heartbeat_interval_seconds == 30
+    )  # arguments over both
 
 
 def test_database_url_overrides_the_sqlite_default(monkeypatch):

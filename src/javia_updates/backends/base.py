@@ -425,7 +425,7 @@ class Store(ABC):
         """Audit log lines, newest first."""
 
     # lifecycle ---------------------------------------------------------------
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections."""
 
 
@@ -489,7 +489,7 @@ class Backend(ABC):
     def from_settings(cls, settings: ServerSettings) -> Backend:
         """Build the backend from server settings (does not create the schema)."""
 
-    def prepare(self) -> None:  # noqa: B027 - optional hook
+    def prepare(self) -> None:
         """Bring storage up to date (run migrations, create directories)."""
 
     def close(self) -> None:
@@ -532,7 +532,7 @@ def _load_entry_points() -> None:
 
     for entry_point in entry_points(group=_ENTRY_POINT_GROUP):
         cls = entry_point.load()
-        if _REGISTRY.get(getattr(cls, "NAME", None)) is not cls:
+        if _REGISTRY.get(str(getattr(cls, "NAME", ""))) is not cls:
             register_backend(cls)
 
 

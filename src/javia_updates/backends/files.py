@@ -124,7 +124,9 @@ class FileBlobStore(BlobStore):
             raise BackendError(f"cannot store {target}: {error.strerror}") from None
         try:
             with open(source, "rb") as reader:
-                self._write(key, name, lambda handle: shutil.copyfileobj(reader, handle, 1024 * 1024))
+                self._write(
+                    key, name, lambda handle: shutil.copyfileobj(reader, handle, 1024 * 1024)
+                )
         finally:
             source.unlink(missing_ok=True)
 
@@ -137,7 +139,9 @@ class FileBlobStore(BlobStore):
         try:
             return os.stat(self._path(key, name)).st_size
         except FileNotFoundError:
-            raise NotFoundError(f"package object {key}/{name} is missing from the blob store") from None
+            raise NotFoundError(
+                f"package object {key}/{name} is missing from the blob store"
+            ) from None
 
     def iter_range(
         self, key: str, name: str, start: int, end: int, *, chunk_size: int = 256 * 1024
@@ -149,9 +153,11 @@ class FileBlobStore(BlobStore):
         """
         path = self._path(key, name)
         try:
-            handle = open(path, "rb")
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
         except FileNotFoundError:
-            raise NotFoundError(f"package object {key}/{name} is missing from the blob store") from None
+            raise NotFoundError(
+                f"package object {key}/{name} is missing from the blob store"
+            ) from None
         return self._chunks(handle, start, end, chunk_size)
 
     @staticmethod

@@ -59,7 +59,7 @@ from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
 from javia_updates.versioning import Version
 
-__all__ = ["SQLStore", "make_engine", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "SQLStore", "make_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # uuids per IN (...) list
@@ -203,9 +203,11 @@ class SQLStore(Store):
                         updated_at=now,
                     )
                 )
-                device_id = result.inserted_primary_key[0]
+                device_id = _inserted_id(result)
                 self._audit(connection, audit, now)
-                row = connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+                row = connection.execute(
+                    select(*self._device_columns()).where(d.c.id == device_id)
+                ).one()
         except IntegrityError:
             raise ConflictError(
                 f"device {device.device_uuid} is already registered: register it under a new "
@@ -251,9 +253,13 @@ class SQLStore(Store):
         if query.derived_status is DeviceStatus.OFFLINE:
             conditions.append(offline)
         elif query.derived_status is not None:
-            conditions.append(and_(d.c.last_seen >= cutoff, d.c.status == query.derived_status.value))
+            conditions.append(
+                and_(d.c.last_seen >= cutoff, d.c.status == query.derived_status.value)
+            )
         if query.online is True:
-            conditions.append(and_(d.c.last_seen >= cutoff, d.c.status != DeviceStatus.OFFLINE.value))
+            conditions.append(
+                and_(d.c.last_seen >= cutoff, d.c.status != DeviceStatus.OFFLINE.value)
+            )
         elif query.online is False:
             conditions.append(offline)
         return conditions
@@ -263,7 +269,9 @@ class SQLStore(Store):
         d = self.tables.devices
         conditions = self._device_conditions(query)
         with self._read() as connection:
-            total = connection.execute(select(func.count()).select_from(d).where(*conditions)).scalar_one()
+            total = connection.execute(
+                select(func.count()).select_from(d).where(*conditions)
+            ).scalar_one()
             rows = connection.execute(
                 select(*self._device_columns())
                 .where(*conditions)
@@ -289,7 +297,9 @@ class SQLStore(Store):
                 rows = []
                 for start in range(0, len(wanted), _IN_CHUNK):
                     chunk = wanted[start : start + _IN_CHUNK]
-                    rows.extend(connection.execute(select(*columns).where(d.c.device_uuid.in_(chunk))).all())
+                    rows.extend(
+                        connection.execute(select(*columns).where(d.c.device_uuid.in_(chunk))).all()
+                    )
                 rows.sort(key=lambda row: row.id)
                 missing = set(wanted) - {row.device_uuid for row in rows}
                 if missing:
@@ -329,7 +339,9 @@ class SQLStore(Store):
             )
             if result.rowcount != 1:
                 raise NotFoundError(f"device {device_id} is not registered")
-            row = connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+            row = connection.execute(
+                select(*self._device_columns()).where(d.c.id == device_id)
+            ).one()
         return self._device_from_row(row)
 
     # ------------------------------------------------------------------ updates
@@ -400,10 +412,12 @@ class SQLStore(Store):
                         archive_sha256=update.archive_sha256,
                         manifest=update.manifest,
                         signature=update.signature,
-                        targets=None if update.targets is None else [str(t) for t in update.targets],
+                        targets=None
+                        if update.targets is None
+                        else [str(t) for t in update.targets],
                     )
                 )
-                update_id = result.inserted_primary_key[0]
+                update_id = _inserted_id(result)
                 if rows:
                     connection.execute(
                         du.insert(),
@@ -423,10 +437,14 @@ class SQLStore(Store):
                     )
                 self._audit(
                     connection,
-                    AuditEntry(audit.actor, audit.action, {**audit.details, "update_id": update_id}),
+                    AuditEntry(
+                        audit.actor, audit.action, {**audit.details, "update_id": update_id}
+                    ),
                     now,
                 )
-                stored = connection.execute(select(*self._update_columns()).where(u.c.id == update_id)).one()
+                stored = connection.execute(
+                    select(*self._update_columns()).where(u.c.id == update_id)
+                ).one()
         except IntegrityError as error:
             # Another publisher inserted the same version between our check and
             # insert; anything else (a device deleted meanwhile) is a plain failure.
@@ -444,7 +462,9 @@ class SQLStore(Store):
         """The update, or NotFoundError."""
         u = self.tables.updates
         with self._read() as connection:
-            row = connection.execute(select(*self._update_columns()).where(u.c.id == update_id)).one_or_none()
+            row = connection.execute(
+                select(*self._update_columns()).where(u.c.id == update_id)
+            ).one_or_none()
         if row is None:
             raise NotFoundError(f"update {update_id} does not exist")
         return self._update_from_row(row)
@@ -482,7 +502,9 @@ class SQLStore(Store):
         u = self.tables.updates
         conditions = [] if update_type is None else [u.c.update_type == update_type.value]
         with self._read() as connection:
-            total = connection.execute(select(func.count()).select_from(u).where(*conditions)).scalar_one()
+            total = connection.execute(
+                select(func.count()).select_from(u).where(*conditions)
+            ).scalar_one()
             rows = connection.execute(
                 select(*self._update_columns())
                 .where(*conditions)
@@ -592,11 +614,15 @@ class SQLStore(Store):
         if limit is not None:
             query = query.limit(limit)
         with self._read() as connection:
-            total = connection.execute(select(func.count()).select_from(du).where(*conditions)).scalar_one()
+            total = connection.execute(
+                select(func.count()).select_from(du).where(*conditions)
+            ).scalar_one()
             rows = connection.execute(query).all()
         return Page([self._device_update_from_row(row) for row in rows], total)
 
-    def _load_device_update(self, connection: Connection, device_update_id: int) -> DeviceUpdateRecord:
+    def _load_device_update(
+        self, connection: Connection, device_update_id: int
+    ) -> DeviceUpdateRecord:
         du = self.tables.device_updates
         row = connection.execute(
             self._device_update_select().where(du.c.id == device_update_id)
@@ -672,7 +698,9 @@ class SQLStore(Store):
                 if allowed:
                     result = connection.execute(
                         du.update()
-                        .where(du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed]))
+                        .where(
+                            du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed])
+                        )
                         .values(**values)
                     )
                     changed = result.rowcount == 1
@@ -685,13 +713,19 @@ class SQLStore(Store):
             raise BackendError(f"database write failed: {_short(error)}") from error
         return TransitionResult(record, changed)
 
-    def _raise_current_version(self, connection: Connection, record: DeviceUpdateRecord, now: datetime) -> None:
+    def _raise_current_version(
+        self, connection: Connection, record: DeviceUpdateRecord, now: datetime
+    ) -> None:
         d = self.tables.devices
         running = connection.execute(
             select(d.c.current_version).where(d.c.id == record.device_id)
         ).scalar_one_or_none()
         installed = Version.parse(record.version)
-        if running is not None and Version.is_valid(running) and Version.parse(running) >= installed:
+        if (
+            running is not None
+            and Version.is_valid(running)
+            and Version.parse(running) >= installed
+        ):
             return
         connection.execute(
             d.update()
@@ -733,9 +767,19 @@ class SQLStore(Store):
                 select(a).order_by(a.c.id.desc()).limit(limit).offset(offset)
             ).all()
         return Page(
-            [AuditRecord(row.id, row.at, row.actor, row.action, dict(row.details or {})) for row in rows],
+            [
+                AuditRecord(row.id, row.at, row.actor, row.action, dict(row.details or {}))
+                for row in rows
+            ],
             total,
         )
+
+
+def _inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    if key is None or key[0] is None:  # pragma: no cover - every table has an id column
+        raise BackendError("the database returned no id for the inserted row")
+    return int(key[0])
 
 
 def _short(error: SQLAlchemyError) -> str:

@@ -13,7 +13,9 @@ from javia_updates.settings import ServerSettings
 __all__ = ["create_app", "run"]
 
 
-def run(settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def run(
+    settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+) -> None:
     """Serve the API with uvicorn until interrupted.
 
     Builds the app first (so a missing API key or an unusable database stops

@@ -18,9 +18,13 @@ from javia_updates.settings import ServerSettings
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the server; 1 with one line on stderr on a javia error."""
     parser = argparse.ArgumentParser(prog="python -m javia_updates.server", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="database and packages directory")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="database and packages directory"
+    )
     arguments = parser.parse_args(argv)
     try:
         overrides = {"data_dir": arguments.data_dir} if arguments.data_dir is not None else {}

@@ -23,12 +23,12 @@ from javia_updates.service import UpdateService
 
 __all__ = [
     "Caller",
+    "ensure_same_device",
     "get_now",
     "get_service",
     "require_admin",
     "require_admin_or_device",
     "require_device",
-    "ensure_same_device",
 ]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin API key")
@@ -126,6 +126,4 @@ def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -
 def ensure_same_device(device: DeviceRecord, device_uuid: uuid.UUID) -> None:
     """Refuse (403) a device acting on another device's records."""
     if device.device_uuid != device_uuid:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "a device may only access its own records"
-        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "a device may only access its own records")

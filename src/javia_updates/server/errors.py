@@ -71,14 +71,22 @@ def describe_validation_error(error: RequestValidationError, limit: int = 5) -> 
         kind = item.get("type", "")
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         if kind == "json_invalid":
-            problems.append(f"request body is not valid JSON ({item.get('ctx', {}).get('error', message)})")
+            problems.append(
+                f"request body is not valid JSON ({item.get('ctx', {}).get('error', message)})"
+            )
             continue
-        where = ".".join(location[1:] if location and location[0] in ("body", "query", "path", "header") else location)
+        where = ".".join(
+            location[1:]
+            if location and location[0] in ("body", "query", "path", "header")
+            else location
+        )
         source = location[0] if location else "request"
         if kind == "missing":
             problems.append(f"{source} field {where!r} is required")
         else:
-            problems.append(f"{source} field {where!r}: {message}" if where else f"{source}: {message}")
+            problems.append(
+                f"{source} field {where!r}: {message}" if where else f"{source}: {message}"
+            )
     more = len(error.errors()) - limit
     if more > 0:
         problems.append(f"and {more} more problems")
@@ -104,7 +112,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            {"detail": error.detail}, status_code=error.status_code, headers=getattr(error, "headers", None)
+            {"detail": error.detail},
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
         )
 
     @app.exception_handler(Exception)

@@ -99,7 +99,9 @@ class _Receiver:
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").strip().lower()] = bytes(self._header_value)
+        self._headers[self._header_field.decode("latin-1").strip().lower()] = bytes(
+            self._header_value
+        )
         self._header_field = bytearray()
         self._header_value = bytearray()
 
@@ -115,7 +117,9 @@ class _Receiver:
         self.seen.add(name)
         self._current = name
         if name == "payload":
-            descriptor, temp_name = tempfile.mkstemp(prefix="payload-", suffix=".part", dir=self.upload_dir)
+            descriptor, temp_name = tempfile.mkstemp(
+                prefix="payload-", suffix=".part", dir=self.upload_dir
+            )
             self.payload_file = os.fdopen(descriptor, "wb")
             self.payload_path = Path(temp_name)
         else:
@@ -163,14 +167,18 @@ class _Receiver:
 def _boundary(request: Request) -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
-        raise UploadError(f"wrong Content-Type {content_type.decode('latin-1')[:60]!r}: {_EXPECTED_PARTS}")
+        raise UploadError(
+            f"wrong Content-Type {content_type.decode('latin-1')[:60]!r}: {_EXPECTED_PARTS}"
+        )
     boundary = options.get(b"boundary")
     if not boundary:
         raise UploadError(f"the multipart Content-Type has no boundary: {_EXPECTED_PARTS}")
     return boundary
 
 
-async def receive_package_upload(request: Request, *, upload_dir: Path, max_bytes: int) -> ReceivedUpload:
+async def receive_package_upload(
+    request: Request, *, upload_dir: Path, max_bytes: int
+) -> ReceivedUpload:
     """Read a publish form from ``request``, spooling the payload to ``upload_dir``.
 
     Args:
@@ -217,7 +225,9 @@ async def receive_package_upload(request: Request, *, upload_dir: Path, max_byte
                 await run_in_threadpool(receiver.flush_payload)
         parser.finalize()
         if not receiver.finished:
-            raise UploadError(f"the multipart body ended before its closing boundary: {_EXPECTED_PARTS}")
+            raise UploadError(
+                f"the multipart body ended before its closing boundary: {_EXPECTED_PARTS}"
+            )
         missing = [name for name in FILE_PARTS if name not in receiver.seen]
         if missing:
             raise UploadError(f"missing form part {', '.join(missing)}: {_EXPECTED_PARTS}")

@@ -22,7 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from javia_updates.backends.schema import default_schema
 from javia_updates.errors import BackendError
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "offline_sql", "upgrade"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "offline_sql",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 

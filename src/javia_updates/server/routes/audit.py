@@ -24,5 +24,8 @@ def audit_log(
 ) -> AuditPage:
     """Audit log lines, newest first: who did what, when (UTC)."""
     page = service.audit_log(limit=limit, offset=offset)
-    items = [AuditOut(id=r.id, at=r.at, actor=r.actor, action=r.action, details=r.details) for r in page.items]
+    items = [
+        AuditOut(id=r.id, at=r.at, actor=r.actor, action=r.action, details=r.details)
+        for r in page.items
+    ]
     return AuditPage(items=items, total=page.total, limit=limit, offset=offset)

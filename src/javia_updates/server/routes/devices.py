@@ -60,7 +60,9 @@ def list_devices(
     now: Now,
     _: Admin,
     status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
-    version: Annotated[str | None, Query(max_length=80, description="vX.Y.Z the device runs")] = None,
+    version: Annotated[
+        str | None, Query(max_length=80, description="vX.Y.Z the device runs")
+    ] = None,
     online: Annotated[bool | None, Query(description="derived status is not offline")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
@@ -108,7 +110,9 @@ def heartbeat(
 
 
 @router.get("/{device_uuid}/updates/check", response_model=UpdateCheckResponse)
-def check_update(device_uuid: DeviceUuid, service: Service, now: Now, caller: AnyCaller) -> UpdateCheckResponse:
+def check_update(
+    device_uuid: DeviceUuid, service: Service, now: Now, caller: AnyCaller
+) -> UpdateCheckResponse:
     """The device's pending update and when it may install (the operator, or that device)."""
     if caller.device is not None:
         ensure_same_device(caller.device, device_uuid)

@@ -13,11 +13,22 @@ from starlette.concurrency import run_in_threadpool
 from javia_updates.backends.base import UpdateRecord
 from javia_updates.manifest import PAYLOAD_NAME
 from javia_updates.models import UpdateOut, UpdateStatus, UpdateType
-from javia_updates.server.auth import Caller, get_now, get_service, require_admin, require_admin_or_device
+from javia_updates.server.auth import (
+    Caller,
+    get_now,
+    get_service,
+    require_admin,
+    require_admin_or_device,
+)
 from javia_updates.server.ranges import RangeNotSatisfiableError, parse_byte_range
 from javia_updates.server.schemas import DeviceUpdatePage, PlanList, PlanRequest, UpdatePage
 from javia_updates.server.uploads import receive_package_upload
-from javia_updates.service import MAX_DATABASE_INTEGER, InvalidRequestError, PackageUpload, UpdateService
+from javia_updates.service import (
+    MAX_DATABASE_INTEGER,
+    InvalidRequestError,
+    PackageUpload,
+    UpdateService,
+)
 
 __all__ = ["router"]
 
@@ -90,7 +101,10 @@ def list_updates(
                             "signature": {"type": "string", "format": "binary"},
                             "payload": {"type": "string", "format": "binary"},
                             "targets": {"type": "string", "description": "comma-separated uuids"},
-                            "update_type": {"type": "string", "enum": [t.value for t in UpdateType]},
+                            "update_type": {
+                                "type": "string",
+                                "enum": [t.value for t in UpdateType],
+                            },
                         },
                     }
                 }
@@ -190,7 +204,9 @@ def get_signature(reference: Reference, service: Service, caller: AnyCaller) -> 
 
 
 @router.get("/{reference}/download", response_class=StreamingResponse)
-def download(reference: Reference, request: Request, service: Service, caller: AnyCaller) -> Response:
+def download(
+    reference: Reference, request: Request, service: Service, caller: AnyCaller
+) -> Response:
     """``payload.tar.gz``, streamed; honours ``Range: bytes=N-`` / ``bytes=N-M`` (206) and ``If-Range``.
 
     The ETag is the archive's SHA-256 (the same bytes always have the same
@@ -208,7 +224,9 @@ def download(reference: Reference, request: Request, service: Service, caller: A
         byte_range = parse_byte_range(request.headers.get("range"), size)
     except RangeNotSatisfiableError:
         return JSONResponse(
-            {"detail": f"requested range is outside the payload of {size} bytes: expected bytes=N- with N < {size}"},
+            {
+                "detail": f"requested range is outside the payload of {size} bytes: expected bytes=N- with N < {size}"
+            },
             status_code=416,
             headers={**headers, "Content-Range": f"bytes */{size}"},
         )
@@ -229,4 +247,3 @@ def download(reference: Reference, request: Request, service: Service, caller: A
         media_type="application/gzip",
         headers=headers,
     )
-

@@ -80,7 +80,9 @@ def upgrade() -> None:
         sa.Column("targets", json_type(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_updates")),
         sa.UniqueConstraint("version", name=op.f("uq_updates_version")),
-        sa.CheckConstraint(f"update_type IN ({_UPDATE_TYPES})", name=op.f("ck_updates_update_type")),
+        sa.CheckConstraint(
+            f"update_type IN ({_UPDATE_TYPES})", name=op.f("ck_updates_update_type")
+        ),
         schema=schema,
         sqlite_autoincrement=True,
     )
@@ -109,7 +111,9 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "device_id", "update_id", name=op.f("uq_device_updates_device_id_update_id")
         ),
-        sa.CheckConstraint(f"status IN ({_UPDATE_STATUSES})", name=op.f("ck_device_updates_status")),
+        sa.CheckConstraint(
+            f"status IN ({_UPDATE_STATUSES})", name=op.f("ck_device_updates_status")
+        ),
         sa.CheckConstraint(
             f"install_type IN ({_UPDATE_TYPES})", name=op.f("ck_device_updates_install_type")
         ),
@@ -129,10 +133,16 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index(
-        "ix_device_updates_update_id_status", "device_updates", ["update_id", "status"], schema=schema
+        "ix_device_updates_update_id_status",
+        "device_updates",
+        ["update_id", "status"],
+        schema=schema,
     )
     op.create_index(
-        "ix_device_updates_device_id_status", "device_updates", ["device_id", "status"], schema=schema
+        "ix_device_updates_device_id_status",
+        "device_updates",
+        ["device_id", "status"],
+        schema=schema,
     )
 
     op.create_table(
