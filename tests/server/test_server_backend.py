@@ -407,6 +407,21 @@ def test_blob_store_writes_atomically_and_serves_ranges(tmp_path):
         blobs.size("v1.0.0/abcd", "payload.tar.gz")
 
 
+def test_prepare_removes_uploads_abandoned_for_a_day(tmp_path):
+    import os
+
+    blobs = FileBlobStore(tmp_path)
+    blobs.prepare()
+    abandoned = blobs.upload_dir() / "payload-old.part"
+    recent = blobs.upload_dir() / "payload-new.part"
+    abandoned.write_bytes(b"x")
+    recent.write_bytes(b"y")
+    now = recent.stat().st_mtime
+    os.utime(abandoned, (now - 24 * 3600 - 1, now - 24 * 3600 - 1))
+    blobs.prepare(now=now)
+    assert [path.name for path in blobs.upload_dir().iterdir()] == ["payload-new.part"]
+
+
 @pytest.mark.parametrize("key", ["../etc", "/abs", "a/../b", "", "a//b", ".hidden"])
 def test_blob_keys_cannot_escape_the_data_directory(tmp_path, key):
     with pytest.raises(BackendError, match="invalid blob key"):

@@ -18,13 +18,17 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from javia_updates.backends.base import BlobStore
 from javia_updates.errors import BackendError, NotFoundError
 
-__all__ = ["FileBlobStore"]
+__all__ = ["STALE_UPLOAD_SECONDS", "FileBlobStore"]
+
+#: An upload file older than this (seconds) belongs to a request that died.
+STALE_UPLOAD_SECONDS = 24 * 3600
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -57,17 +61,30 @@ class FileBlobStore(BlobStore):
         self.packages = self.root / "packages"
         self._uploads = self.root / "uploads"
 
-    def prepare(self) -> None:
-        """Create the directories (mode 0750) if missing.
+    def prepare(self, *, now: float | None = None) -> None:
+        """Create the directories (mode 0750) if missing; drop abandoned uploads.
+
+        An upload file untouched for :data:`STALE_UPLOAD_SECONDS` (a day) was
+        left by a server that died mid-request; it is removed.
+
+        Args:
+            now: the current time as a Unix timestamp (default: the system clock).
 
         Raises:
-            BackendError: they cannot be created.
+            BackendError: the directories cannot be created.
         """
         try:
             for directory in (self.packages, self._uploads):
                 directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as error:
             raise BackendError(f"cannot create {self.root}: {error.strerror}") from None
+        current = time.time() if now is None else now
+        for leftover in self._uploads.iterdir():
+            try:
+                if current - leftover.stat().st_mtime > STALE_UPLOAD_SECONDS:
+                    leftover.unlink()
+            except OSError:
+                continue  # another server removed it, or it is not ours to remove
 
     def _path(self, key: str, name: str | None = None) -> Path:
         parts = key.split("/")
