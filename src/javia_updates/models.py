@@ -222,7 +222,7 @@ class HeartbeatResponse(BaseModel):
     """Answer to a heartbeat: the server's clock, the poll interval, any update."""
 
     server_time: datetime
-    heartbeat_interval_seconds: int
+    heartbeat_interval_seconds: float
     update: InstallDirective | None = None
 
 
