@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -510,7 +509,7 @@ class UpdateService:
         )
         return HeartbeatResponse(
             server_time=now,
-            heartbeat_interval_seconds=max(1, math.ceil(self.settings.heartbeat_interval_seconds)),
+            heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
             update=self._directive_for(stored, now),
         )
 
