@@ -200,6 +200,20 @@ class LocalFleet:
             time.sleep(0.1)
         raise FleetError(f"server did not answer within {timeout} s: {self._tail(self.root / 'server.log')}")
 
+    def restart_server(self, *, extra_env: dict[str, str] | None = None) -> None:
+        """Stop the server and start it again on the same port and data, with new settings."""
+        self._stop_server()
+        self.start_server(extra_env=extra_env)
+
+    def _stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
     @staticmethod
     def _tail(path: Path, size: int = 1500) -> str:
         try:
@@ -325,13 +339,7 @@ class LocalFleet:
                     device.agent.kill()
                     device.agent.wait()
             self._stop_app(device)
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        self._stop_server()
 
     @staticmethod
     def _stop_app(device: FleetDevice) -> None:

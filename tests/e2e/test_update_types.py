@@ -1,0 +1,158 @@
+"""The three update types with real processes under a controlled clock (issue: update policies).
+
+The server's maintenance window and urgent idle time are settings, so the tests
+open a 30-second window a few seconds from now and ask for 3 s of idle time: the
+same rules as production (02:00 local, 3 h, 1 h), on a clock a test can wait for.
+Devices sit in zones that are always UTC+0 so "a few seconds from now" is the same
+wall time for all of them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from javia_agent.activity import record_activity
+from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir
+
+from .test_update_loop import final_rows, wait_for
+
+pytestmark = pytest.mark.e2e
+
+WINDOW_SECONDS = 30
+
+
+def _fleet(root: Path, **server_env: str) -> LocalFleet:
+    fleet = LocalFleet(root, heartbeat_seconds=0.5, health_seconds=0.5)
+    fleet.generate_key()
+    fleet.start_server(extra_env=server_env)
+    return fleet
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "pi_client"
+    shutil.copytree(example_app_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def _provision(fleet: LocalFleet, app_dir: Path, names_and_zones, start_agents: bool = True) -> list[FleetDevice]:
+    initial = fleet.build_package(app_dir, "v1.0.0", "scheduled", fleet.root / "packages" / "v1.0.0")
+    devices = [fleet.add_device(name, zone, initial_package=initial) for name, zone in names_and_zones]
+    if start_agents:
+        for device in devices:
+            fleet.start_agent(device)
+        with fleet.client() as client:
+            wait_for(lambda: all(d.get("last_seen") for d in client.list_devices()), 20, "first heartbeats")
+    return devices
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+    fleet = _fleet(tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def test_scheduled_update_waits_for_each_devices_slot_in_the_window(fleet: LocalFleet, app_dir: Path):
+    devices = _provision(fleet, app_dir, [("utc", "UTC"), ("abidjan", "Africa/Abidjan")])
+    pids = {d.name: d.app_status()["pid"] for d in devices}
+    # The operator moves the maintenance window: it now opens 8 s from now and lasts 30 s.
+    opens = (datetime.now(timezone.utc) + timedelta(seconds=8)).replace(microsecond=0)
+    fleet.restart_server(
+        extra_env={"JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"), "JAVIA_WINDOW_SECONDS": str(WINDOW_SECONDS)}
+    )
+
+    update = fleet.publish(app_dir, "v1.1.0", "scheduled")
+    rows = final_rows(fleet, update["id"])
+    assert len(rows) == 2
+    for row in rows.values():
+        slot = _utc(row["scheduled_for"])
+        assert opens <= slot < opens + timedelta(seconds=WINDOW_SECONDS * 2 / 3 + 1), row
+    # Before the window nothing moves: the rows stay pending and the apps keep running.
+    time.sleep(max(0.0, (opens - datetime.now(timezone.utc)).total_seconds() - 2))
+    assert all(r["status"] == "pending" for r in final_rows(fleet, update["id"]).values())
+    assert {d.name: d.app_status()["pid"] for d in devices} == pids
+
+    done = wait_for(
+        lambda: (r := final_rows(fleet, update["id"])) and all(x["status"] == "completed" for x in r.values()) and r,
+        WINDOW_SECONDS + 30,
+        "both devices to install in the window",
+    )
+    for device in devices:
+        row = done[device.device_uuid]
+        started = _utc(row["started_at"])
+        assert started >= _utc(row["scheduled_for"]) - timedelta(seconds=1), "installed before its slot"
+        assert started < opens + timedelta(seconds=WINDOW_SECONDS), "installed after the window closed"
+        assert device.app_status()["version"] == "v1.1.0"
+        assert device.app_status()["pid"] != pids[device.name]
+
+
+def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: LocalFleet, app_dir: Path):
+    (busy,) = _provision(fleet, app_dir, [("busy", "UTC")])
+    # The next window is ~23 h away; 3 s without activity counts as idle.
+    far = datetime.now(timezone.utc) - timedelta(hours=1)
+    fleet.restart_server(
+        extra_env={"JAVIA_WINDOW_START": far.strftime("%H:%M:%S"), "JAVIA_URGENT_IDLE_SECONDS": "3"}
+    )
+    activity = busy.state_dir / "activity.json"
+    record_activity(activity)
+    pid = busy.app_status()["pid"]
+
+    update = fleet.publish(app_dir, "v1.1.0", "urgent")
+    (row,) = final_rows(fleet, update["id"]).values()
+    assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=20), "deadline is the window"
+
+    # Someone keeps talking to the assistant for 6 s: no install meanwhile.
+    talking_until = time.monotonic() + 6
+    while time.monotonic() < talking_until:
+        record_activity(activity)
+        time.sleep(0.3)
+    last_activity = datetime.now(timezone.utc)
+    assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
+    assert busy.app_status()["pid"] == pid
+
+    done = wait_for(
+        lambda: (r := final_rows(fleet, update["id"])[busy.device_uuid])["status"] == "completed" and r,
+        30,
+        "the urgent update to install once idle",
+    )
+    assert _utc(done["started_at"]) >= last_activity + timedelta(seconds=2.5), "did not wait for 3 s of idle"
+    assert busy.app_status()["version"] == "v1.1.0"
+
+
+def test_instant_update_reaches_online_devices_now_and_offline_ones_at_their_next_heartbeat(
+    fleet: LocalFleet, app_dir: Path
+):
+    if True:
+        online, offline = _provision(fleet, app_dir, [("online", "UTC"), ("offline", "Asia/Kolkata")], start_agents=False)
+        fleet.start_agent(online)
+        with fleet.client() as client:
+            wait_for(lambda: client.get_device(online.device_uuid).get("last_seen"), 20, "online's heartbeat")
+            assert client.get_device(offline.device_uuid)["last_seen"] is None
+
+        update = fleet.publish(app_dir, "v1.1.0", "instant")
+        rows = final_rows(fleet, update["id"])
+        assert set(rows) == {online.device_uuid}, "only devices seen in the last 300 s get a row at publish"
+        wait_for(lambda: final_rows(fleet, update["id"])[online.device_uuid]["status"] == "completed", 30, "online")
+        assert offline.app_status()["version"] == "v1.0.0"
+
+        fleet.start_agent(offline)  # the device comes back: reconciled at its next heartbeat
+        row = wait_for(
+            lambda: (r := final_rows(fleet, update["id"]).get(offline.device_uuid)) and r["status"] == "completed" and r,
+            30,
+            "the returning device to install",
+        )
+        assert offline.app_status()["version"] == "v1.1.0"
+        assert row["completed_at"] is not None
