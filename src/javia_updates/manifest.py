@@ -21,9 +21,13 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from javia_updates.errors import ManifestError, SignatureError
@@ -38,6 +42,8 @@ __all__ = [
     "APT_NAME_PATTERN",
     "FileEntry",
     "ArchiveInfo",
+    "KeyringChanges",
+    "MAX_KEYRING_CHANGES",
     "Manifest",
     "Signature",
     "canonical_json",
@@ -62,6 +68,9 @@ _APT_VERSION_PATTERN = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 _APP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Most keys one package may add, and most key ids it may retire.
+MAX_KEYRING_CHANGES = 8
+_MAX_PUBLIC_KEY_PEM_CHARS = 1024
 
 
 def canonical_json(value: Any) -> bytes:
@@ -154,6 +163,79 @@ class ArchiveInfo(_Frozen):
         return value
 
 
+def _public_key_from_pem(pem: str) -> Ed25519PublicKey:
+    if not isinstance(pem, str) or len(pem) > _MAX_PUBLIC_KEY_PEM_CHARS:
+        raise ValueError("a key to add must be a PEM public key of at most 1024 characters")
+    if "PRIVATE KEY" in pem:
+        raise ValueError("a key to add must be a public key: a private key never leaves the operator")
+    try:
+        key = load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise ValueError(
+            "a key to add must be a PEM SubjectPublicKeyInfo Ed25519 public key "
+            "('-----BEGIN PUBLIC KEY-----' ...)"
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("a key to add must be an Ed25519 public key: javia verifies Ed25519 only")
+    return key
+
+
+class KeyringChanges(_Frozen):
+    """Changes to the devices' keyring that a signed package carries (key rotation).
+
+    A device applies them only after it has committed the package, whose
+    signature it verified with a key it already trusted, so a new key becomes
+    trusted through an update signed by an old one (TUF's chained root
+    rotation, simplified). See ``docs/security.md`` and
+    :func:`javia_agent.keyring.apply_keyring_changes`.
+
+    Attributes:
+        add: public keys to trust from now on, each a PEM SubjectPublicKeyInfo
+            Ed25519 key (the content of a ``*.pub`` file); at most
+            :data:`MAX_KEYRING_CHANGES`.
+        retire: key ids (16 lower-case hex digits) to stop trusting; at most
+            :data:`MAX_KEYRING_CHANGES`. A device refuses to retire the key
+            that signed the package itself, or to end with an empty keyring.
+    """
+
+    add: tuple[str, ...] = ()
+    retire: tuple[str, ...] = ()
+
+    @field_validator("add")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_KEYRING_CHANGES:
+            raise ValueError(f"at most {MAX_KEYRING_CHANGES} keys may be added by one package")
+        ids = [key_id_for(_public_key_from_pem(pem)) for pem in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a key is listed twice in keyring.add")
+        return value
+
+    @field_validator("retire")
+    @classmethod
+    def _key_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_KEYRING_CHANGES:
+            raise ValueError(f"at most {MAX_KEYRING_CHANGES} keys may be retired by one package")
+        for key_id in value:
+            if not isinstance(key_id, str) or not _KEY_ID_PATTERN.fullmatch(key_id):
+                raise ValueError("keys to retire are key ids of 16 lower-case hex digits")
+        if len(set(value)) != len(value):
+            raise ValueError("a key id is listed twice in keyring.retire")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.add and not self.retire:
+            raise ValueError("keyring changes add or retire at least one key (else omit keyring)")
+        both = set(self.added_keys()) & set(self.retire)
+        if both:
+            raise ValueError(f"key {sorted(both)[0]} is both added and retired")
+
+    def added_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The keys to add, by key id."""
+        keys = (_public_key_from_pem(pem) for pem in self.add)
+        return {key_id_for(key): key for key in keys}
+
+
 class Manifest(_Frozen):
     """The signed description of a package (DESIGN.md section 3).
 
@@ -171,6 +253,10 @@ class Manifest(_Frozen):
     files: tuple[FileEntry, ...]
     archive: ArchiveInfo
     unpacked_size: int = Field(ge=0)
+    keyring: KeyringChanges | None = Field(
+        default=None,
+        description="optional key rotation; absent from manifest.json when None",
+    )
 
     @field_validator("format")
     @classmethod
@@ -240,6 +326,10 @@ class Manifest(_Frozen):
     def to_json_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (times as ISO 8601 with ``Z``)."""
         data = self.model_dump(mode="json")
+        # Absent, not null: manifests without keyring changes keep the exact
+        # canonical bytes they had before the field existed.
+        if data.get("keyring") is None:
+            data.pop("keyring", None)
         # isoformat, not strftime("%Y"): the year must always have four digits.
         data["created_at"] = self.created_at.isoformat().replace("+00:00", "Z")
         return data
