@@ -14,6 +14,9 @@ A package directory holds three files:
 Secrets and junk are left out by default (:data:`DEFAULT_EXCLUDES`, plus the
 patterns of a ``.javiaignore`` file at the root of the application), and a
 symbolic link anywhere in the tree is refused rather than followed or packaged.
+Files that still look like secrets (private keys, cloud and service tokens)
+are packaged but named in :attr:`BuiltPackage.warnings`
+(:func:`find_secret_warnings`), so the operator sees them before devices do.
 
 The agent reads package directories with :func:`read_package_dir` (installs
 from a USB stick), so this module imports nothing server-only.
@@ -47,7 +50,9 @@ from javia_updates.manifest import (
     SIGNATURE_NAME,
     ArchiveInfo,
     FileEntry,
+    KeyringChanges,
     Manifest,
+    key_id_for,
     sign_manifest,
     validate_apt_package,
 )
@@ -64,6 +69,7 @@ __all__ = [
     "SourceFile",
     "build_package",
     "collect_files",
+    "find_secret_warnings",
     "read_app_version",
     "read_package_dir",
     "sanitize_app_name",
@@ -118,6 +124,8 @@ class BuiltPackage:
         manifest_path: ``directory / "manifest.json"``.
         signature_path: ``directory / "manifest.sig"``.
         payload_path: ``directory / "payload.tar.gz"``.
+        warnings: one line per packaged file that looks like a secret (see
+            :func:`find_secret_warnings`); the package was built anyway.
     """
 
     directory: Path
@@ -127,6 +135,7 @@ class BuiltPackage:
     manifest_path: Path
     signature_path: Path
     payload_path: Path
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -478,6 +487,129 @@ def _add_source(
     )
 
 
+# --------------------------------------------------------------------------- secrets
+
+#: File names that usually hold a secret (SSH keys, credential stores).
+SECRET_FILE_NAMES: tuple[str, ...] = (
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    ".netrc",
+    ".pgpass",
+    ".htpasswd",
+)
+#: Content that marks a secret, with what to call it in the warning. The
+#: warning names the kind of secret, never the matched text.
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (
+        re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+        "a private key",
+    ),
+    (re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
+    (re.compile(rb"\bgh[opsur]_[A-Za-z0-9]{36}\b"), "a GitHub token"),
+    (re.compile(rb"\bgithub_pat_[A-Za-z0-9_]{60,}"), "a GitHub token"),
+    (re.compile(rb"\bglpat-[A-Za-z0-9_-]{20}\b"), "a GitLab token"),
+    (re.compile(rb"\bxox[abprs]-[A-Za-z0-9-]{10,}"), "a Slack token"),
+    (re.compile(rb"\bAIza[0-9A-Za-z_-]{35}\b"), "a Google API key"),
+    (re.compile(rb"\b[rs]k_live_[0-9A-Za-z]{20,}"), "a Stripe secret key"),
+    (re.compile(rb"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{32,}"), "an API secret key"),
+)
+#: Bytes of each file searched for secret content (the start of larger files).
+SECRET_SCAN_BYTES = 4 * 1024 * 1024
+# Matches never span more than this; chunks overlap by it.
+_SCAN_OVERLAP = 256
+
+
+def _secret_in(path: Path) -> str | None:
+    """What kind of secret the first :data:`SECRET_SCAN_BYTES` of ``path`` hold, if any."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return None  # unreadable files are reported when they are archived
+    with handle:
+        tail = b""
+        remaining = SECRET_SCAN_BYTES
+        while remaining > 0:
+            chunk = handle.read(min(_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            window = tail + chunk
+            for pattern, what in _SECRET_PATTERNS:
+                if pattern.search(window):
+                    return what
+            tail = window[-_SCAN_OVERLAP:]
+    return None
+
+
+def find_secret_warnings(files: Sequence[SourceFile]) -> list[str]:
+    """One warning per file that looks like a secret: by name or by content.
+
+    Names: :data:`SECRET_FILE_NAMES` (SSH private keys such as ``id_ed25519``,
+    key stores, ``.netrc``). Content, in the first :data:`SECRET_SCAN_BYTES`
+    of each file: PEM private key headers (PKCS#1/#8, OpenSSH, PGP), AWS
+    access key ids and the token formats of GitHub, GitLab, Slack, Google and
+    Stripe. ``.env*`` files never get here: they are excluded by default.
+
+    This is a warning, not a refusal: a package may need a private key (a TLS
+    client key, say), and patterns have false positives. Every file in a
+    package reaches every device, so the operator should look.
+
+    Args:
+        files: the files to package (from :func:`collect_files`).
+
+    Returns:
+        Warnings naming the file and the kind of secret, never its text.
+    """
+    warnings = []
+    for source in files:
+        name = source.path.rsplit("/", 1)[-1]
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_FILE_NAMES):
+            what: str | None = "a private key or credential file (by its name)"
+        else:
+            what = _secret_in(source.absolute)
+        if what is not None:
+            warnings.append(
+                f"{source.path} looks like it holds {what}: it will be published to every "
+                f"device; if it is a secret, exclude it in {IGNORE_FILE_NAME}"
+            )
+    return warnings
+
+
+def _keyring_changes(
+    add_keys: Sequence[Path], retire_keys: Sequence[str], signing_key_id: str
+) -> KeyringChanges | None:
+    """The manifest's ``keyring`` field from public key files and key ids to retire."""
+    if not add_keys and not retire_keys:
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from javia_updates.keys import load_public_key
+
+    pems = []
+    for path in add_keys:
+        key = load_public_key(Path(path))
+        pems.append(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode())
+    retire = tuple(dict.fromkeys(key_id.strip().lower() for key_id in retire_keys))
+    if signing_key_id in retire:
+        raise ManifestError(
+            f"cannot retire key {signing_key_id}: it signs this very package; retire a key "
+            "with a package signed by its successor"
+        )
+    try:
+        return KeyringChanges(add=tuple(dict.fromkeys(pems)), retire=retire)
+    except ValidationError as error:
+        problems = "; ".join(
+            str(item["msg"]).removeprefix("Value error, ") for item in error.errors()[:3]
+        )
+        raise ManifestError(f"invalid keyring changes: {problems}") from None
+
+
 def _new_manifest(**fields: Any) -> Manifest:
     try:
         return Manifest(**fields)
@@ -527,6 +659,8 @@ def build_package(
     app_name: str | None = None,
     write_version_file: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    add_keys: Sequence[Path] = (),
+    retire_keys: Sequence[str] = (),
 ) -> BuiltPackage:
     """Build and sign a package from ``app_dir`` into ``output_dir``.
 
@@ -552,13 +686,21 @@ def build_package(
             version into ``app_dir/VERSION`` (atomically).
         progress: called as ``progress(done_bytes, total_bytes)`` while files
             are archived.
+        add_keys: public key files (``*.pub``) devices trust from this
+            package on (key rotation; signed into ``keyring.add``).
+        retire_keys: key ids devices stop trusting after this package
+            (``keyring.retire``); never the id of ``private_key``.
 
     Returns:
-        The written package.
+        The written package; its ``warnings`` name files that look like
+        secrets (:func:`find_secret_warnings`).
 
     Raises:
         ManifestError: an invalid system package name, app name or
-            description, or a naive ``now``; raised before anything is written.
+            description, a naive ``now``, or invalid keyring changes (a key id
+            that is not 16 hex digits, retiring the signing key, a key both
+            added and retired); raised before anything is written.
+        SigningKeyError: a file in ``add_keys`` is not an Ed25519 public key.
         PackageError: the application tree cannot be packaged (see
             :func:`collect_files`), ``output_dir`` already holds a package, or a
             file changed while it was being read.
@@ -581,8 +723,12 @@ def build_package(
             "starting with a letter or digit"
         )
     update_type = UpdateType(update_type)
+    keyring_changes = _keyring_changes(
+        add_keys, retire_keys, key_id_for(private_key.public_key())
+    )
 
     sources = collect_files(app_dir)
+    warnings = tuple(find_secret_warnings(sources))
     version_source = next((s for s in sources if s.path == VERSION_FILE_NAME), None)
     version_mode = version_source.mode if version_source is not None else 0o644
     version_bytes = f"{version}\n".encode("ascii")
@@ -619,6 +765,7 @@ def build_package(
             files=tuple(entries),
             archive=ArchiveInfo(name=PAYLOAD_NAME, sha256=archive_sha256, size=archive_size),
             unpacked_size=sum(entry.size for entry in entries),
+            keyring=keyring_changes,
         )
         manifest_bytes = manifest.to_bytes()
         signature_bytes = sign_manifest(manifest_bytes, private_key).to_bytes()
@@ -653,6 +800,7 @@ def build_package(
         manifest_path=manifest_path,
         signature_path=signature_path,
         payload_path=payload_path,
+        warnings=warnings,
     )
 
 

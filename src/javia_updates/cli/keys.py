@@ -51,3 +51,91 @@ def show(path: Path = typer.Argument(..., help="A public (.pub) or private (.pem
         else:
             public = load_private_key(path).public_key()
     console.print(key_id_for(public))
+
+
+def _public_key_of(path: Path):
+    """The public key of a ``.pub`` file, or of a ``.pem`` private key (its ``.pub`` twin if present)."""
+    import os
+
+    from javia_updates.keys import load_private_key, load_public_key
+
+    if path.suffix == ".pub":
+        return load_public_key(path)
+    twin = path.with_suffix(".pub")
+    if twin.is_file():
+        return load_public_key(twin)
+    passphrase = os.environ.get("JAVIA_SIGNING_KEY_PASSPHRASE")
+    return load_private_key(path, passphrase.encode() if passphrase else None).public_key()
+
+
+@app.command("rotate")
+def rotate(
+    key: Path = typer.Option(
+        DEFAULT_SIGNING_KEY,
+        "--key",
+        envvar="JAVIA_SIGNING_KEY",
+        help="The signing key in use now (NAME.pem or NAME.pub).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="File name stem of the new key (default: NAME-YYYYMMDD, UTC date)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Directory for the new key pair (default: the current key's)."
+    ),
+    passphrase: bool = typer.Option(
+        False, "--passphrase", help="Ask for a passphrase to encrypt the new private key."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Start a key rotation: create the successor key and print the two publishes that follow.
+
+    Devices never trust a key they were not told about by a key they already
+    trust: (1) publish an update signed with the CURRENT key that adds the new
+    one (--add-key NEW.pub); (2) once every device runs it, publish with the
+    NEW key and --retire-key CURRENT_ID. Nothing is published by this command.
+    """
+    from datetime import UTC, datetime
+
+    from javia_updates.cli.common import print_json
+    from javia_updates.keys import generate_keypair
+    from javia_updates.manifest import key_id_for
+
+    with friendly_errors():
+        current_id = key_id_for(_public_key_of(key))
+        stem = key.name.removesuffix(".pem").removesuffix(".pub")
+        new_name = name or f"{stem}-{datetime.now(UTC):%Y%m%d}"
+        secret = None
+        if passphrase:
+            secret = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True).encode()
+        paths = generate_keypair(output or key.parent, name=new_name, passphrase=secret)
+    current_pem = key if key.suffix == ".pem" else key.with_suffix(".pem")
+    steps = [
+        f"javia publish APP --version vX.Y.Z --type scheduled --key {current_pem} "
+        f"--add-key {paths.public_path}",
+        "javia updates show vX.Y.Z   # wait until every device has completed it",
+        f"copy {paths.public_path} into the server's trusted_keys_dir (if set), "
+        f"then sign with {paths.private_path} (JAVIA_SIGNING_KEY)",
+        f"javia publish APP --version vX.Y.Z+1 --type scheduled --key {paths.private_path} "
+        f"--retire-key {current_id}",
+        f"destroy {current_pem} once every device has completed that update",
+    ]
+    if as_json:
+        print_json(
+            {
+                "current_key_id": current_id,
+                "new_key_id": paths.key_id,
+                "private_key": str(paths.private_path),
+                "public_key": str(paths.public_path),
+                "steps": steps,
+            }
+        )
+        return
+    from rich.markup import escape
+
+    console.print(f"current key id  [bold]{current_id}[/bold]")
+    console.print(f"new key id      [bold]{paths.key_id}[/bold]")
+    console.print(f"new private key {escape(str(paths.private_path))}  (mode 0600)")
+    console.print(f"new public key  {escape(str(paths.public_path))}")
+    console.print("next steps (docs/security.md, key rotation):")
+    for number, step in enumerate(steps, 1):
+        console.print(f"  {number}. {escape(step)}", highlight=False, soft_wrap=True)

@@ -142,6 +142,12 @@ def publish(
         None, "--output", help="Write the signed package to this directory instead of uploading."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show who would install when; publish nothing."),
+    add_key: list[Path] | None = typer.Option(
+        None, "--add-key", help="Public key (.pub) devices trust after this update (key rotation; repeatable)."
+    ),
+    retire_key: list[str] | None = typer.Option(
+        None, "--retire-key", help="Key id devices stop trusting after this update (repeatable)."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
@@ -221,7 +227,10 @@ def publish(
                 private_key=private_key,
                 now=now,
                 write_version_file=False,
+                add_keys=add_key or (),
+                retire_keys=retire_key or (),
             )
+            _warn(built.warnings)
             _write_version(app_dir, new_version)
             if as_json:
                 print_json({"directory": str(built.directory), "manifest": built.manifest.to_json_dict()})
@@ -242,7 +251,10 @@ def publish(
                 private_key=private_key,
                 now=now,
                 write_version_file=False,
+                add_keys=add_key or (),
+                retire_keys=retire_key or (),
             )
+            _warn(built.warnings)
             result = _upload(built, kind, targets, server, api_key, quiet=as_json)
         _write_version(app_dir, new_version)
     if as_json:
@@ -254,6 +266,15 @@ def publish(
         f"{sum(counts.values())} device(s) scheduled so far. "
         f"Follow it with: javia updates show {result['version']}"
     )
+
+
+def _warn(warnings) -> None:
+    from rich.markup import escape
+
+    from javia_updates.cli.common import error_console
+
+    for warning in warnings:
+        error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, quiet: bool) -> dict:
