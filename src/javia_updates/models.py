@@ -183,6 +183,9 @@ class DeviceOut(BaseModel):
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    token_revoked_at: datetime | None = Field(
+        default=None, description="when the device's token was revoked (UTC); None: not revoked"
+    )
 
 
 class HeartbeatRequest(_Model):

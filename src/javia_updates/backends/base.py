@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from javia_updates.errors import BackendError
+from javia_updates.errors import BackendError, JaviaError
 from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
 
 if TYPE_CHECKING:
@@ -47,7 +47,10 @@ __all__ = [
     "DeviceQuery",
     "DeviceRecord",
     "DeviceUpdateRecord",
+    "EnrollmentError",
+    "EnrollmentTokenRecord",
     "NewDevice",
+    "NewEnrollmentToken",
     "NewDeviceUpdate",
     "NewUpdate",
     "Page",
@@ -81,6 +84,13 @@ ALLOWED_PREVIOUS: Mapping[UpdateStatus, frozenset[UpdateStatus]] = {
 
 #: Statuses of a row the device is working on right now.
 IN_FLIGHT_STATUSES = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
+
+
+class EnrollmentError(JaviaError):
+    """An enrollment token is unknown, revoked, expired or used up (HTTP 401).
+
+    Not a :class:`BackendError`: the store worked, the credential did not.
+    """
 
 
 # --------------------------------------------------------------------------- records
@@ -140,6 +150,40 @@ class DeviceRecord:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    token_revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEnrollmentToken:
+    """An enrollment token to store: its SHA-256 hex, an optional label, limits (UTC)."""
+
+    token_hash: str
+    label: str | None
+    expires_at: datetime
+    max_uses: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentTokenRecord:
+    """A stored enrollment token (never the token itself, only its hash is kept).
+
+    Attributes:
+        id: row id, how operators name it.
+        label: the operator's note, e.g. ``"kitchen batch, March"``.
+        created_at: when it was created, UTC.
+        expires_at: after this instant (UTC) it registers nothing.
+        max_uses: how many devices it may register in all.
+        uses: how many it registered so far.
+        revoked_at: when the operator revoked it, UTC; None if not.
+    """
+
+    id: int
+    label: str | None
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int
+    uses: int
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +323,63 @@ class Store(ABC):
     @abstractmethod
     def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device whose token hashes to ``token_hash`` (SHA-256 hex), if any."""
+
+    @abstractmethod
+    def replace_device_token(
+        self,
+        device_uuid: uuid.UUID,
+        *,
+        token_hash: str,
+        revoked: bool,
+        now: datetime,
+        audit: AuditEntry,
+    ) -> DeviceRecord:
+        """Replace the device's token hash and write ``audit``, atomically.
+
+        The old token stops working at once. ``revoked`` True records ``now``
+        as ``token_revoked_at`` (the caller passes the hash of a token nobody
+        holds); False clears it (a new token was issued).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+
+    @abstractmethod
+    def create_device_with_enrollment(
+        self, token_hash: str, device: NewDevice, *, now: datetime, audit: AuditEntry
+    ) -> DeviceRecord:
+        """Use the enrollment token once and register ``device``, in ONE transaction.
+
+        The use is counted with one conditional write (``uses < max_uses``, not
+        revoked, not expired at ``now``), so concurrent registrations on any
+        number of server replicas never exceed ``max_uses``. A registration that
+        fails (the uuid exists) does not use the token up.
+
+        Raises:
+            EnrollmentError: the token is unknown, revoked, expired or used up;
+                the message says which.
+            ConflictError: the device uuid is already registered.
+        """
+
+    @abstractmethod
+    def create_enrollment_token(
+        self, token: NewEnrollmentToken, *, now: datetime, audit: AuditEntry
+    ) -> EnrollmentTokenRecord:
+        """Store a new enrollment token (its hash) with ``audit``, atomically."""
+
+    @abstractmethod
+    def list_enrollment_tokens(self, *, limit: int, offset: int) -> Page[EnrollmentTokenRecord]:
+        """Enrollment tokens, newest first."""
+
+    @abstractmethod
+    def revoke_enrollment_token(
+        self, token_id: int, *, now: datetime, audit: AuditEntry
+    ) -> EnrollmentTokenRecord:
+        """Revoke an enrollment token (idempotent: the first revocation time is kept).
+
+        Raises:
+            NotFoundError: no such token.
+        """
 
     @abstractmethod
     def list_devices(self, query: DeviceQuery, *, limit: int, offset: int) -> Page[DeviceRecord]:

@@ -120,13 +120,14 @@ def _in(column: str, values: Any) -> str:
 
 @dataclass(frozen=True)
 class Tables:
-    """The four tables of one schema, and their ``MetaData``."""
+    """The tables of one schema, and their ``MetaData``."""
 
     metadata: MetaData
     devices: Table
     updates: Table
     device_updates: Table
     audit_log: Table
+    enrollment_tokens: Table
 
 
 def build_tables(schema: str | None = None) -> Tables:
@@ -158,6 +159,9 @@ def build_tables(schema: str | None = None) -> Tables:
         Column("token_hash", String(64), nullable=False),
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
+        # Set when the operator revoked the device's token (revision 0002); the
+        # token hash is then replaced by the hash of a token nobody holds.
+        Column("token_revoked_at", UTCDateTime(), nullable=True),
         UniqueConstraint("device_uuid"),
         UniqueConstraint("token_hash"),
         CheckConstraint(_in("status", DeviceStatus), name="status"),
@@ -241,4 +245,22 @@ def build_tables(schema: str | None = None) -> Tables:
         sqlite_autoincrement=True,
     )
 
-    return Tables(metadata, devices, updates, device_updates, audit_log)
+    # Enrollment tokens (revision 0002): a device holding one registers itself
+    # without the admin key, at most max_uses times, until expires_at.
+    enrollment_tokens = Table(
+        "enrollment_tokens",
+        metadata,
+        Column("id", id_type(), primary_key=True, autoincrement=True),
+        Column("token_hash", String(64), nullable=False),
+        Column("label", String(200), nullable=True),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+        Column("max_uses", Integer(), nullable=False),
+        Column("uses", Integer(), nullable=False),
+        Column("revoked_at", UTCDateTime(), nullable=True),
+        UniqueConstraint("token_hash"),
+        CheckConstraint("uses >= 0 AND uses <= max_uses AND max_uses >= 1", name="uses"),
+        sqlite_autoincrement=True,
+    )
+
+    return Tables(metadata, devices, updates, device_updates, audit_log, enrollment_tokens)

@@ -46,8 +46,11 @@ from javia_updates.backends.base import (
     DeviceQuery,
     DeviceRecord,
     DeviceUpdateRecord,
+    EnrollmentError,
+    EnrollmentTokenRecord,
     NewDevice,
     NewDeviceUpdate,
+    NewEnrollmentToken,
     NewUpdate,
     Page,
     Store,
@@ -173,11 +176,42 @@ class SQLStore(Store):
             metadata=dict(row.metadata or {}),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            token_revoked_at=row.token_revoked_at,
         )
 
     def _device_columns(self) -> list[Any]:
         d = self.tables.devices
         return [c for c in d.c if c.name != "token_hash"]
+
+    def _insert_device(
+        self, connection: Connection, device: NewDevice, now: datetime, audit: AuditEntry
+    ) -> Any:
+        d = self.tables.devices
+        result = connection.execute(
+            d.insert().values(
+                device_uuid=str(device.device_uuid),
+                device_name=device.device_name,
+                registered_at=now,
+                last_seen=None,
+                current_version=None,
+                timezone=device.timezone,
+                status=DeviceStatus.OFFLINE.value,
+                metadata=device.metadata,
+                token_hash=device.token_hash,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        device_id = _inserted_id(result)
+        self._audit(connection, audit, now)
+        return connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+
+    @staticmethod
+    def _device_conflict(device: NewDevice) -> ConflictError:
+        return ConflictError(
+            f"device {device.device_uuid} is already registered: register it under a new "
+            "uuid, or omit device_uuid to get one"
+        )
 
     def create_device(self, device: NewDevice, *, now: datetime, audit: AuditEntry) -> DeviceRecord:
         """Insert the device and its audit line in one transaction.
@@ -185,35 +219,173 @@ class SQLStore(Store):
         Raises:
             ConflictError: ``device_uuid`` is already registered.
         """
-        d = self.tables.devices
         try:
             with self._write() as connection:
-                result = connection.execute(
-                    d.insert().values(
-                        device_uuid=str(device.device_uuid),
-                        device_name=device.device_name,
-                        registered_at=now,
-                        last_seen=None,
-                        current_version=None,
-                        timezone=device.timezone,
-                        status=DeviceStatus.OFFLINE.value,
-                        metadata=device.metadata,
-                        token_hash=device.token_hash,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                device_id = _inserted_id(result)
-                self._audit(connection, audit, now)
-                row = connection.execute(
-                    select(*self._device_columns()).where(d.c.id == device_id)
-                ).one()
+                row = self._insert_device(connection, device, now, audit)
         except IntegrityError:
-            raise ConflictError(
-                f"device {device.device_uuid} is already registered: register it under a new "
-                "uuid, or omit device_uuid to get one"
-            ) from None
+            raise self._device_conflict(device) from None
         return self._device_from_row(row)
+
+    def create_device_with_enrollment(
+        self, token_hash: str, device: NewDevice, *, now: datetime, audit: AuditEntry
+    ) -> DeviceRecord:
+        """One conditional ``UPDATE ... SET uses = uses + 1`` and the insert, in one transaction.
+
+        Raises:
+            EnrollmentError: unknown, revoked, expired or used up.
+            ConflictError: the uuid is already registered (the use is not counted).
+        """
+        e = self.tables.enrollment_tokens
+        try:
+            with self._write() as connection:
+                used = connection.execute(
+                    e.update()
+                    .where(
+                        e.c.token_hash == token_hash,
+                        e.c.revoked_at.is_(None),
+                        e.c.uses < e.c.max_uses,
+                        e.c.expires_at > literal(now, UTCDateTime()),
+                    )
+                    .values(uses=e.c.uses + 1)
+                )
+                if used.rowcount != 1:
+                    raise self._enrollment_refusal(connection, token_hash, now)
+                row = self._insert_device(connection, device, now, audit)
+        except IntegrityError:
+            raise self._device_conflict(device) from None
+        return self._device_from_row(row)
+
+    def _enrollment_refusal(
+        self, connection: Connection, token_hash: str, now: datetime
+    ) -> EnrollmentError:
+        e = self.tables.enrollment_tokens
+        row = connection.execute(select(e).where(e.c.token_hash == token_hash)).one_or_none()
+        if row is None:
+            return EnrollmentError(
+                "unknown enrollment token: ask the operator for one "
+                "(javia devices enrollment-token create)"
+            )
+        if row.revoked_at is not None:
+            return EnrollmentError(f"enrollment token {row.id} was revoked")
+        if row.uses >= row.max_uses:
+            return EnrollmentError(
+                f"enrollment token {row.id} is used up ({row.uses} of {row.max_uses} registrations)"
+            )
+        return EnrollmentError(
+            f"enrollment token {row.id} expired at {row.expires_at.isoformat()}"
+        )
+
+    def replace_device_token(
+        self,
+        device_uuid: uuid.UUID,
+        *,
+        token_hash: str,
+        revoked: bool,
+        now: datetime,
+        audit: AuditEntry,
+    ) -> DeviceRecord:
+        """Set the token hash (and ``token_revoked_at``) of one device, with ``audit``.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        d = self.tables.devices
+        with self._write() as connection:
+            result = connection.execute(
+                d.update()
+                .where(d.c.device_uuid == str(device_uuid))
+                .values(
+                    token_hash=token_hash,
+                    token_revoked_at=now if revoked else None,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise NotFoundError(f"device {device_uuid} is not registered")
+            self._audit(connection, audit, now)
+            row = connection.execute(
+                select(*self._device_columns()).where(d.c.device_uuid == str(device_uuid))
+            ).one()
+        return self._device_from_row(row)
+
+    # ------------------------------------------------------------------ enrollment tokens
+    @staticmethod
+    def _enrollment_from_row(row: Any) -> EnrollmentTokenRecord:
+        return EnrollmentTokenRecord(
+            id=row.id,
+            label=row.label,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            max_uses=row.max_uses,
+            uses=row.uses,
+            revoked_at=row.revoked_at,
+        )
+
+    def _enrollment_columns(self) -> list[Any]:
+        e = self.tables.enrollment_tokens
+        return [c for c in e.c if c.name != "token_hash"]
+
+    def create_enrollment_token(
+        self, token: NewEnrollmentToken, *, now: datetime, audit: AuditEntry
+    ) -> EnrollmentTokenRecord:
+        """Insert the token's hash and limits with ``audit``."""
+        e = self.tables.enrollment_tokens
+        with self._write() as connection:
+            result = connection.execute(
+                e.insert().values(
+                    token_hash=token.token_hash,
+                    label=token.label,
+                    created_at=now,
+                    expires_at=token.expires_at,
+                    max_uses=token.max_uses,
+                    uses=0,
+                    revoked_at=None,
+                )
+            )
+            token_id = _inserted_id(result)
+            self._audit(
+                connection,
+                AuditEntry(audit.actor, audit.action, {**audit.details, "token_id": token_id}),
+                now,
+            )
+            row = connection.execute(
+                select(*self._enrollment_columns()).where(e.c.id == token_id)
+            ).one()
+        return self._enrollment_from_row(row)
+
+    def list_enrollment_tokens(self, *, limit: int, offset: int) -> Page[EnrollmentTokenRecord]:
+        """Enrollment tokens, newest first."""
+        e = self.tables.enrollment_tokens
+        with self._read() as connection:
+            total = connection.execute(select(func.count()).select_from(e)).scalar_one()
+            rows = connection.execute(
+                select(*self._enrollment_columns()).order_by(e.c.id.desc()).limit(limit).offset(offset)
+            ).all()
+        return Page([self._enrollment_from_row(row) for row in rows], total)
+
+    def revoke_enrollment_token(
+        self, token_id: int, *, now: datetime, audit: AuditEntry
+    ) -> EnrollmentTokenRecord:
+        """Set ``revoked_at`` if not set yet; write ``audit`` when it changed.
+
+        Raises:
+            NotFoundError: no such token.
+        """
+        e = self.tables.enrollment_tokens
+        with self._write() as connection:
+            result = connection.execute(
+                e.update()
+                .where(e.c.id == token_id, e.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = connection.execute(
+                select(*self._enrollment_columns()).where(e.c.id == token_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"enrollment token {token_id} does not exist")
+            if result.rowcount == 1:
+                self._audit(connection, audit, now)
+        return self._enrollment_from_row(row)
 
     def get_device(self, device_uuid: uuid.UUID) -> DeviceRecord:
         """The device, or NotFoundError."""
