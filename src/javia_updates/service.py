@@ -55,7 +55,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from javia_updates import scheduling
 from javia_updates.backends.base import (
@@ -66,8 +66,10 @@ from javia_updates.backends.base import (
     DeviceQuery,
     DeviceRecord,
     DeviceUpdateRecord,
+    EnrollmentTokenRecord,
     NewDevice,
     NewDeviceUpdate,
+    NewEnrollmentToken,
     NewUpdate,
     Page,
     UpdateRecord,
@@ -108,6 +110,9 @@ from javia_updates.versioning import EXPECTED_FORM, Version
 
 __all__ = [
     "API_PREFIX",
+    "ENROLLMENT_TOKEN_PREFIX",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenOut",
     "MAX_METADATA_BYTES",
     "OFFLINE_AFTER_INTERVALS",
     "InvalidRequestError",
@@ -116,7 +121,9 @@ __all__ = [
     "UpdateService",
     "derive_status",
     "hash_token",
+    "is_enrollment_token",
     "new_device_token",
+    "new_enrollment_token",
 ]
 
 API_PREFIX = "/api/v1"
@@ -126,6 +133,9 @@ OFFLINE_AFTER_INTERVALS = 3
 MAX_METADATA_BYTES = 64 * 1024
 #: Row ids and version numbers must fit a signed 64-bit integer column.
 MAX_DATABASE_INTEGER = 2**63 - 1
+#: Enrollment tokens start with this, so the server (and a secret scanner) can
+#: tell them from device tokens at a glance.
+ENROLLMENT_TOKEN_PREFIX = "javia_enroll_"
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -146,8 +156,22 @@ def new_device_token() -> str:
 
 
 def hash_token(token: str) -> str:
-    """SHA-256 hex of ``token``: what the database stores instead of the token."""
+    """SHA-256 hex of ``token``: what the database stores instead of the token.
+
+    A plain (unsalted, fast) hash is enough: tokens are 256 random bits, so
+    nobody can guess one from its hash, and lookups stay one indexed query.
+    """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_enrollment_token() -> str:
+    """A fresh enrollment token: :data:`ENROLLMENT_TOKEN_PREFIX` and 256 random bits, URL-safe."""
+    return ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def is_enrollment_token(token: str) -> bool:
+    """Whether ``token`` has the form of an enrollment token (not whether it is valid)."""
+    return token.startswith(ENROLLMENT_TOKEN_PREFIX)
 
 
 def derive_status(
@@ -252,6 +276,36 @@ class PlanEntry(BaseModel):
     reason: str
 
 
+class EnrollmentTokenOut(BaseModel):
+    """An enrollment token as operators see it (never the token itself).
+
+    Attributes:
+        id: how operators name it (``javia devices enrollment-token revoke ID``).
+        label: the operator's note.
+        created_at: UTC.
+        expires_at: UTC; from then on it registers nothing.
+        max_uses: how many devices it may register.
+        uses: how many it registered so far.
+        revoked_at: UTC, if revoked.
+        usable: not revoked, not expired and not used up at the time of asking.
+    """
+
+    id: int
+    label: str | None
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int
+    uses: int
+    revoked_at: datetime | None
+    usable: bool
+
+
+class EnrollmentTokenCreated(EnrollmentTokenOut):
+    """A new enrollment token; ``token`` is shown this once only (the server keeps its hash)."""
+
+    token: str = Field(description="shown once; give it to the devices to register with")
+
+
 # --------------------------------------------------------------------------- service
 
 
@@ -311,6 +365,7 @@ class UpdateService:
             metadata=device.metadata,
             created_at=device.created_at,
             updated_at=device.updated_at,
+            token_revoked_at=device.token_revoked_at,
         )
 
     @staticmethod
@@ -385,30 +440,99 @@ class UpdateService:
 
     # ------------------------------------------------------------------ devices
     def register_device(
-        self, request: DeviceRegisterRequest, *, now: datetime, actor: str = "admin"
+        self,
+        request: DeviceRegisterRequest,
+        *,
+        now: datetime,
+        actor: str = "admin",
+        enrollment_token: str | None = None,
     ) -> DeviceRegistered:
         """Register a device and return its token, which is shown this once only.
+
+        Args:
+            request: the registration body.
+            now: the server's clock.
+            actor: who registers (audit log), e.g. ``admin``.
+            enrollment_token: register with this enrollment token instead of
+                as the operator; one use is counted atomically with the insert.
 
         Raises:
             ConflictError: the uuid is already registered.
             InvalidRequestError: the metadata is too large or not plain JSON.
+            EnrollmentError: ``enrollment_token`` is unknown, revoked, expired
+                or used up.
         """
         device_uuid = request.device_uuid or uuid.uuid4()
         token = new_device_token()
-        device = self.store.create_device(
-            NewDevice(
-                device_uuid=device_uuid,
-                device_name=request.device_name,
-                timezone=request.timezone,
-                metadata=_check_metadata(request.metadata),
-                token_hash=hash_token(token),
-            ),
+        new = NewDevice(
+            device_uuid=device_uuid,
+            device_name=request.device_name,
+            timezone=request.timezone,
+            metadata=_check_metadata(request.metadata),
+            token_hash=hash_token(token),
+        )
+        details: dict[str, Any] = {
+            "device_uuid": str(device_uuid),
+            "device_name": request.device_name,
+        }
+        if enrollment_token is None:
+            device = self.store.create_device(
+                new, now=now, audit=AuditEntry(actor, "device.register", details)
+            )
+        else:
+            device = self.store.create_device_with_enrollment(
+                hash_token(enrollment_token),
+                new,
+                now=now,
+                audit=AuditEntry("enrollment", "device.register", details),
+            )
+        return DeviceRegistered(
+            device_uuid=device.device_uuid,
+            device_token=token,
+            device_name=device.device_name,
+            timezone=device.timezone,
+            registered_at=device.registered_at,
+        )
+
+    def revoke_device_token(
+        self, device_uuid: uuid.UUID, *, now: datetime, actor: str = "admin"
+    ) -> DeviceOut:
+        """Revoke the device's token: from now on it authenticates nothing (401).
+
+        The stored hash is replaced by the hash of a fresh token that is thrown
+        away at once, so no token matches the device until
+        :meth:`rotate_device_token` issues a new one. Its records and update
+        history stay.
+
+        Raises:
+            NotFoundError: the device is not registered.
+        """
+        device = self.store.replace_device_token(
+            device_uuid,
+            token_hash=hash_token(new_device_token()),
+            revoked=True,
             now=now,
-            audit=AuditEntry(
-                actor,
-                "device.register",
-                {"device_uuid": str(device_uuid), "device_name": request.device_name},
-            ),
+            audit=AuditEntry(actor, "device.token_revoke", {"device_uuid": str(device_uuid)}),
+        )
+        return self.device_out(device, now=now)
+
+    def rotate_device_token(
+        self, device_uuid: uuid.UUID, *, now: datetime, actor: str = "admin"
+    ) -> DeviceRegistered:
+        """Issue a new token for the device (shown this once); the old one stops working.
+
+        Also re-admits a device whose token was revoked.
+
+        Raises:
+            NotFoundError: the device is not registered.
+        """
+        token = new_device_token()
+        device = self.store.replace_device_token(
+            device_uuid,
+            token_hash=hash_token(token),
+            revoked=False,
+            now=now,
+            audit=AuditEntry(actor, "device.token_rotate", {"device_uuid": str(device_uuid)}),
         )
         return DeviceRegistered(
             device_uuid=device.device_uuid,
@@ -417,6 +541,88 @@ class UpdateService:
             timezone=device.timezone,
             registered_at=device.registered_at,
         )
+
+    # ------------------------------------------------------------------ enrollment tokens
+    @staticmethod
+    def _enrollment_out(record: EnrollmentTokenRecord, now: datetime) -> EnrollmentTokenOut:
+        return EnrollmentTokenOut(
+            id=record.id,
+            label=record.label,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            max_uses=record.max_uses,
+            uses=record.uses,
+            revoked_at=record.revoked_at,
+            usable=record.revoked_at is None
+            and record.uses < record.max_uses
+            and now < record.expires_at,
+        )
+
+    def create_enrollment_token(
+        self,
+        *,
+        max_uses: int,
+        expires_in_seconds: float,
+        label: str | None,
+        now: datetime,
+        actor: str = "admin",
+    ) -> EnrollmentTokenCreated:
+        """Create an enrollment token; the answer holds the token, shown this once only.
+
+        Args:
+            max_uses: how many devices may register with it (at least 1).
+            expires_in_seconds: how long it is valid from ``now``, in seconds.
+            label: an operator's note, e.g. the batch of devices it is for.
+            now: the server's clock.
+            actor: who creates it (audit log).
+
+        Raises:
+            InvalidRequestError: ``max_uses`` below 1 or ``expires_in_seconds`` not positive.
+        """
+        if max_uses < 1:
+            raise InvalidRequestError(f"max_uses is {max_uses}: an enrollment token needs at least 1 use")
+        if not expires_in_seconds > 0:
+            raise InvalidRequestError("expires_in_seconds must be positive, e.g. 86400 for a day")
+        token = new_enrollment_token()
+        record = self.store.create_enrollment_token(
+            NewEnrollmentToken(
+                token_hash=hash_token(token),
+                label=label,
+                expires_at=now + timedelta(seconds=expires_in_seconds),
+                max_uses=max_uses,
+            ),
+            now=now,
+            audit=AuditEntry(
+                actor,
+                "enrollment_token.create",
+                {"label": label, "max_uses": max_uses, "expires_in_seconds": expires_in_seconds},
+            ),
+        )
+        return EnrollmentTokenCreated(
+            **self._enrollment_out(record, now).model_dump(), token=token
+        )
+
+    def list_enrollment_tokens(
+        self, *, now: datetime, limit: int = 100, offset: int = 0
+    ) -> Page[EnrollmentTokenOut]:
+        """Enrollment tokens, newest first, with whether each is usable at ``now``."""
+        page = self.store.list_enrollment_tokens(limit=limit, offset=offset)
+        return Page([self._enrollment_out(record, now) for record in page.items], page.total)
+
+    def revoke_enrollment_token(
+        self, token_id: int, *, now: datetime, actor: str = "admin"
+    ) -> EnrollmentTokenOut:
+        """Revoke an enrollment token; devices it registered keep their own tokens.
+
+        Raises:
+            NotFoundError: no such token.
+        """
+        record = self.store.revoke_enrollment_token(
+            token_id,
+            now=now,
+            audit=AuditEntry(actor, "enrollment_token.revoke", {"token_id": token_id}),
+        )
+        return self._enrollment_out(record, now)
 
     def authenticate_device(self, token: str) -> DeviceRecord | None:
         """The device holding ``token``, or None for an unknown or malformed token."""

@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_CONFIG_PATH", "ServerSettings", "SettingsError", "config_pat
 
 DEFAULT_CONFIG_PATH = Path("~/.config/javia/server.toml")
 GIB = 1024**3
+MIB = 1024**2
 
 
 class SettingsError(JaviaError):
@@ -63,7 +64,16 @@ class ServerSettings(BaseSettings):
         urgent_idle_seconds: idle time before an urgent update installs (1 h).
         instant_online_seconds: an instant update reaches, at publish, devices
             seen within this many seconds (inclusive; DESIGN.md section 4).
-        max_upload_bytes: largest accepted publish request body, in bytes.
+        max_upload_bytes: largest accepted publish request body, in bytes
+            (413 beyond, the message names the limit).
+        max_request_body_bytes: largest accepted body of every other request,
+            in bytes (JSON bodies; 413 beyond). The default holds a dry-run plan
+            for 100,000 target uuids.
+        heartbeat_burst: heartbeats one device may send in a burst; the bucket
+            refills at ``heartbeat_burst`` per heartbeat interval, so a device
+            heartbeating far faster than told gets 429 with ``Retry-After``.
+            0 turns the limit off. Each server process (replica) keeps its own
+            count in memory.
         trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
             then verifies the signature on the server too, to refuse early. The
             agent's own check is what enforces trust.
@@ -81,6 +91,8 @@ class ServerSettings(BaseSettings):
     urgent_idle_seconds: int = Field(default=3600, ge=0, le=7 * 86_400)
     instant_online_seconds: int = Field(default=300, ge=0, le=86_400)
     max_upload_bytes: int = Field(default=2 * GIB, ge=1024)
+    max_request_body_bytes: int = Field(default=8 * MIB, ge=1024)
+    heartbeat_burst: int = Field(default=10, ge=0, le=1_000_000)
     trusted_keys_dir: Path | None = None
 
     @field_validator("window_start")

@@ -2,6 +2,8 @@
 
 Start-up builds the backend named in the settings, creates its directories,
 runs the database migrations and refuses to start without an admin API key.
+Request bodies are capped (413) and heartbeats rate-limited per device (429),
+see :mod:`javia_updates.server.limits`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from fastapi import FastAPI
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
 from javia_updates.server.errors import install_error_handlers
-from javia_updates.server.routes import audit, devices, health, updates
+from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
+from javia_updates.server.routes import audit, devices, enrollment, health, updates
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
@@ -69,7 +72,16 @@ def create_app(
     app.state.service = service
     app.state.clock = clock or utc_now
     app.state.api_key = api_key
+    app.state.heartbeat_limiter = HeartbeatRateLimiter(
+        burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
+    )
     install_error_handlers(app)
-    for module in (health, devices, updates, audit):
+    for module in (health, devices, updates, audit, enrollment):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.add_middleware(
+        RequestBodyLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+        upload_paths=(f"{API_PREFIX}/updates/", f"{API_PREFIX}/updates"),
+    )
     return app

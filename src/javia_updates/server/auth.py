@@ -4,7 +4,10 @@ DESIGN.md section 6: admin calls carry ``X-API-Key``, compared in constant time
 (:func:`hmac.compare_digest`); devices carry ``Authorization: Bearer <token>``,
 looked up by the token's SHA-256, and may touch only their own records. A
 device token never opens an admin route (403), the admin key never acts as a
-device (403): each side has its own credential.
+device (403): each side has its own credential. Registration also accepts an
+enrollment token as ``Authorization: Bearer javia_enroll_...``
+(:func:`require_admin_or_enrollment`); it opens nothing else. The full matrix
+of routes and credentials is ``tests/security/test_authorization_matrix.py``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from javia_updates.backends.base import DeviceRecord
-from javia_updates.service import UpdateService
+from javia_updates.service import UpdateService, is_enrollment_token
 
 __all__ = [
     "Caller",
+    "Registrar",
     "ensure_same_device",
     "get_now",
     "get_service",
     "require_admin",
     "require_admin_or_device",
+    "require_admin_or_enrollment",
     "require_device",
 ]
 
@@ -119,6 +124,52 @@ def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "missing credentials: send X-API-Key (operator) or 'Authorization: Bearer <device token>'",
+        headers=_BEARER_CHALLENGE,
+    )
+
+
+@dataclass(frozen=True)
+class Registrar:
+    """Who registers a device: the operator (``enrollment_token`` None) or an enrollment token.
+
+    The enrollment token is checked, and one use counted, when the device is
+    stored (:meth:`UpdateService.register_device`), atomically.
+    """
+
+    enrollment_token: str | None
+
+
+def require_admin_or_enrollment(request: Request, api_key: ApiKey, bearer: Bearer) -> Registrar:
+    """Registration: ``X-API-Key`` (operator) or ``Authorization: Bearer <enrollment token>``.
+
+    A device token is refused with 403 (a device cannot register devices);
+    an unknown bearer with 401.
+    """
+    if api_key is not None:
+        _check_admin_key(request, api_key)
+        return Registrar(enrollment_token=None)
+    if bearer is not None:
+        token = bearer.credentials
+        if is_enrollment_token(token):
+            if len(token) > 512:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED, "unknown enrollment token", headers=_BEARER_CHALLENGE
+                )
+            return Registrar(enrollment_token=token)
+        if get_service(request).authenticate_device(token) is not None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "a device token cannot register devices: use the admin key or an enrollment token",
+            )
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid token: expected 'Authorization: Bearer <enrollment token>' or X-API-Key",
+            headers=_BEARER_CHALLENGE,
+        )
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing credentials: send X-API-Key (operator) or "
+        "'Authorization: Bearer <enrollment token>'",
         headers=_BEARER_CHALLENGE,
     )
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from javia_updates.backends.base import EnrollmentError
 from javia_updates.errors import (
     BackendError,
     ConflictError,
@@ -39,6 +40,7 @@ logger = logging.getLogger("javia.server")
 #: javia error class → HTTP status.
 STATUS_FOR_ERROR: Mapping[type[JaviaError], int] = {
     NotFoundError: 404,
+    EnrollmentError: 401,
     ConflictError: 409,
     InvalidTransitionError: 409,
     VersionError: 422,

@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from javia_updates.models import DeviceOut, DeviceUpdateOut, UpdateOut, UpdateType
-from javia_updates.service import PlanEntry
+from javia_updates.service import EnrollmentTokenOut, PlanEntry
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "AuditPage",
     "DevicePage",
     "DeviceUpdatePage",
+    "EnrollmentTokenPage",
+    "EnrollmentTokenRequest",
     "Health",
     "Page",
     "PlanList",
@@ -42,6 +44,25 @@ class Page(BaseModel, Generic[T]):
 DevicePage = Page[DeviceOut]
 UpdatePage = Page[UpdateOut]
 DeviceUpdatePage = Page[DeviceUpdateOut]
+EnrollmentTokenPage = Page[EnrollmentTokenOut]
+
+#: Longest validity of an enrollment token: one year, in seconds.
+MAX_ENROLLMENT_SECONDS = 366 * 86_400
+
+
+class EnrollmentTokenRequest(BaseModel):
+    """``POST /api/v1/enrollment-tokens/``: how many devices, for how long (seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_uses: int = Field(default=1, ge=1, le=100_000, description="devices it may register")
+    expires_in_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=MAX_ENROLLMENT_SECONDS,
+        description="validity from now, in seconds (60 s to one year)",
+    )
+    label: str | None = Field(default=None, max_length=200, description="operator's note")
 
 
 class AuditOut(BaseModel):

@@ -1,4 +1,5 @@
-"""Device routes: registration and lists (operator), heartbeat, check and status (device)."""
+"""Device routes: registration and lists (operator), heartbeat, check and status (device),
+token revocation and rotation (operator)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ from javia_updates.models import (
 )
 from javia_updates.server.auth import (
     Caller,
+    Registrar,
     ensure_same_device,
     get_now,
     get_service,
     require_admin,
     require_admin_or_device,
+    require_admin_or_enrollment,
     require_device,
 )
+from javia_updates.server.limits import HeartbeatRateLimiter, get_heartbeat_limiter, limit_heartbeat
 from javia_updates.server.schemas import DevicePage, DeviceUpdatePage
 from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService
 
@@ -48,10 +52,17 @@ Offset = Annotated[int, Query(ge=0, le=MAX_DATABASE_INTEGER, description="items 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=DeviceRegistered)
 def register_device(
-    body: DeviceRegisterRequest, service: Service, now: Now, _: Admin
+    body: DeviceRegisterRequest,
+    service: Service,
+    now: Now,
+    registrar: Annotated[Registrar, Depends(require_admin_or_enrollment)],
 ) -> DeviceRegistered:
-    """Register a device; the answer holds its token, shown this once only (409 if the uuid exists)."""
-    return service.register_device(body, now=now)
+    """Register a device; the answer holds its token, shown this once only (409 if the uuid exists).
+
+    The operator's ``X-API-Key``, or ``Authorization: Bearer <enrollment token>``
+    (401 if it is unknown, revoked, expired or used up).
+    """
+    return service.register_device(body, now=now, enrollment_token=registrar.enrollment_token)
 
 
 @router.get("/", response_model=DevicePage)
@@ -80,6 +91,20 @@ def get_device(device_uuid: DeviceUuid, service: Service, now: Now, _: Admin) ->
     return service.get_device(device_uuid, now=now)
 
 
+@router.post("/{device_uuid}/revoke", response_model=DeviceOut)
+def revoke_device_token(device_uuid: DeviceUuid, service: Service, now: Now, _: Admin) -> DeviceOut:
+    """Revoke the device's token at once (it then gets 401); rotate-token re-admits it."""
+    return service.revoke_device_token(device_uuid, now=now)
+
+
+@router.post("/{device_uuid}/rotate-token", response_model=DeviceRegistered)
+def rotate_device_token(
+    device_uuid: DeviceUuid, service: Service, now: Now, _: Admin
+) -> DeviceRegistered:
+    """Issue a new device token, shown this once; the old one stops working at once."""
+    return service.rotate_device_token(device_uuid, now=now)
+
+
 @router.get("/{device_uuid}/updates", response_model=DeviceUpdatePage)
 def device_history(
     device_uuid: DeviceUuid,
@@ -102,10 +127,16 @@ def heartbeat(
     service: Service,
     now: Now,
     device: Device,
+    limiter: Annotated[HeartbeatRateLimiter, Depends(get_heartbeat_limiter)],
     body: Annotated[HeartbeatRequest | None, Body()] = None,
 ) -> HeartbeatResponse:
-    """Record the device's heartbeat; answer with the server's clock and any install directive."""
+    """Record the device's heartbeat; answer with the server's clock and any install directive.
+
+    429 with ``Retry-After`` when the device heartbeats far faster than the
+    interval it was told (``heartbeat_burst`` per interval).
+    """
     ensure_same_device(device, device_uuid)
+    limit_heartbeat(limiter, device.id, now)
     return service.heartbeat(device, body or HeartbeatRequest(), now=now)
 
 
