@@ -9,7 +9,9 @@ chunks to ``<dest>.partial``, stops the moment more bytes than the signed size
 arrive, and resumes an interrupted download with ``Range: bytes=N-``
 (RFC 9110 section 14). A server that answers a resume with 200 and the whole
 body gets the partial file truncated and written from the start — never
-appended to, which would corrupt it.
+appended to, which would corrupt it. Failed attempts are retried with
+exponential backoff and jitter, honouring ``Retry-After`` on 429 and 503
+(:class:`RetryPolicy`); a download rate limit in bytes per second is optional.
 
 Errors: :class:`~javia_agent.errors.NetworkError` (no answer),
 :class:`~javia_agent.errors.ServerError` / ``AuthenticationError`` (an HTTP
@@ -19,11 +21,17 @@ error status, in ``status_code``), :class:`~javia_agent.errors.DownloadError`
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import random
 import re
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -52,12 +60,49 @@ from javia_updates.models import (
     UpdateCheckResponse,
 )
 
-__all__ = ["API_PREFIX", "DeviceClient"]
+__all__ = ["API_PREFIX", "DeviceClient", "RetryPolicy", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+#: HTTP statuses worth retrying: timeout, too many requests, server-side trouble.
+_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Times one download may start over because of confusing range answers.
+_MAX_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed downloads are retried (exponential backoff with jitter).
+
+    The n-th failure in a row waits a random time between half and all of
+    ``min(max_delay_seconds, base_delay_seconds * 2 ** (n - 1))``, or the
+    server's ``Retry-After`` if that is longer. An attempt that received bytes
+    resets the count.
+
+    Attributes:
+        attempts: failed attempts in a row without progress before giving up
+            (the partial file is kept; the agent tries again later).
+        base_delay_seconds: the first wait, in seconds.
+        max_delay_seconds: the longest backoff wait, in seconds.
+        max_retry_after_seconds: the longest ``Retry-After`` waited out here;
+            a longer one ends the attempt at once with the error, whose
+            ``retry_after_seconds`` the agent's main loop honours.
+        max_total_attempts: attempts per download call, progress or not.
+    """
+
+    attempts: int = 6
+    base_delay_seconds: float = 2.0
+    max_delay_seconds: float = 60.0
+    max_retry_after_seconds: float = 600.0
+    max_total_attempts: int = 200
+
+    def backoff_seconds(self, failures: int, rng: random.Random) -> float:
+        """The wait after ``failures`` failures in a row (1 or more), in seconds."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** max(0, failures - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -77,7 +122,14 @@ def _http_error(response: httpx.Response, what: str) -> ServerError:
     message = f"{what}: server answered HTTP {status}: {_detail(response)}"
     if status in (401, 403):
         return AuthenticationError(message, status_code=status)
-    return ServerError(message, status_code=status)
+    retry_after = None
+    if status in (429, 503):
+        retry_after = parse_retry_after(
+            response.headers.get("Retry-After"), date=response.headers.get("Date")
+        )
+        if retry_after is not None:
+            message += f" (retry after {retry_after:.0f} s)"
+    return ServerError(message, status_code=status, retry_after_seconds=retry_after)
 
 
 class DeviceClient:
@@ -94,6 +146,12 @@ class DeviceClient:
         ca_bundle: PEM file of CA certificates to trust instead of the system's.
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         timeout_seconds: connect/read timeout for each request.
+        retry: how downloads are retried (default :class:`RetryPolicy`).
+        download_rate_limit: cap on the payload download speed in bytes per
+            second; ``None`` for no cap.
+        sleep: blocks for the given seconds (backoff waits, rate limit).
+        monotonic: seconds on a clock that never jumps (rate limit).
+        rng: randomness for the backoff jitter.
 
     Raises:
         ConfigError: ``server_url`` is malformed or insecure (see
@@ -112,7 +170,19 @@ class DeviceClient:
         allow_insecure_http: bool = False,
         timeout_seconds: float = 30.0,
         user_agent: str = "javia-agent",
+        retry: RetryPolicy | None = None,
+        download_rate_limit: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
+        if download_rate_limit is not None and download_rate_limit <= 0:
+            raise ValueError("download_rate_limit must be a positive number of bytes per second")
+        self.retry = retry or RetryPolicy()
+        self.download_rate_limit = download_rate_limit
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
         self.base_url = check_server_url(server_url, allow_insecure_http=allow_insecure_http)
         self.device_uuid = uuid.UUID(str(device_uuid)) if device_uuid is not None else None
         self._token = token
@@ -279,8 +349,61 @@ class DeviceClient:
         )
         return self._parse(response, StatusReportResult, what)
 
-    def _download_small(self, url: str, limit: int, what: str) -> bytes:
+    # -- downloads ------------------------------------------------------------------
+
+    def _retry_delay(self, error: AgentError, streak: int) -> float:
+        """Seconds to wait before the next attempt; re-raises ``error`` if the server asks too much."""
+        policy = self.retry
+        delay = policy.backoff_seconds(streak, self._rng)
+        asked = error.retry_after_seconds
+        if asked is not None:
+            if asked > policy.max_retry_after_seconds:
+                raise error
+            delay = max(delay, asked)
+        return delay
+
+    def _wait_to_retry(
+        self,
+        seconds: float,
+        should_stop: Callable[[], bool] | None,
+        on_wait: Callable[[], None] | None,
+        what: str,
+    ) -> None:
+        """Sleep ``seconds``; in slices of at most one second when someone polls or listens."""
+        if should_stop is None and on_wait is None:
+            self._sleep(seconds)
+            return
+        remaining = seconds
+        while remaining > 0:
+            if should_stop is not None and should_stop():
+                raise DownloadCancelledError(f"{what} stopped while waiting to retry; will resume")
+            step = min(1.0, remaining)
+            self._sleep(step)
+            remaining -= step
+            if on_wait is not None:
+                on_wait()
+        if should_stop is not None and should_stop():
+            raise DownloadCancelledError(f"{what} stopped while waiting to retry; will resume")
+
+    def _download_small(
+        self, url: str, limit: int, what: str, should_stop: Callable[[], bool] | None = None
+    ) -> bytes:
         target = self._resolve(url)
+        streak = 0
+        while True:
+            try:
+                return self._fetch_small(target, limit, what)
+            except (NetworkError, ServerError) as error:
+                if not _retryable(error):
+                    raise
+                streak += 1
+                if streak >= self.retry.attempts:
+                    raise
+                delay = self._retry_delay(error, streak)
+                logger.warning("%s (attempt %d; retrying in %.1f s)", error, streak, delay)
+                self._wait_to_retry(delay, should_stop, None, what)
+
+    def _fetch_small(self, target: str, limit: int, what: str) -> bytes:
         try:
             with self._http.stream("GET", target, headers=self._auth()) as response:
                 self._note_local_address(response)
@@ -300,18 +423,24 @@ class DeviceClient:
                 f"{what}: download interrupted: {error or type(error).__name__}"
             ) from None
 
-    def download_manifest(self, url: str) -> bytes:
-        """Download ``manifest.json`` bytes (at most 16 MiB).
+    def download_manifest(
+        self, url: str, *, should_stop: Callable[[], bool] | None = None
+    ) -> bytes:
+        """Download ``manifest.json`` bytes (at most 16 MiB), retrying as :attr:`retry` says.
 
         Raises:
             DownloadTooLargeError: the body exceeds the cap.
-            ServerError, AuthenticationError, NetworkError, DownloadError.
+            ServerError, AuthenticationError, NetworkError, DownloadError:
+                after the retries (a 4xx other than 408/429 is not retried).
+            DownloadCancelledError: ``should_stop`` asked to stop while waiting.
         """
-        return self._download_small(url, MAX_MANIFEST_BYTES, "manifest download")
+        return self._download_small(url, MAX_MANIFEST_BYTES, "manifest download", should_stop)
 
-    def download_signature(self, url: str) -> bytes:
+    def download_signature(
+        self, url: str, *, should_stop: Callable[[], bool] | None = None
+    ) -> bytes:
         """Download ``manifest.sig`` bytes (at most 4 KiB). Raises as :meth:`download_manifest`."""
-        return self._download_small(url, MAX_SIGNATURE_BYTES, "signature download")
+        return self._download_small(url, MAX_SIGNATURE_BYTES, "signature download", should_stop)
 
     def download_payload(
         self,
@@ -325,27 +454,41 @@ class DeviceClient:
     ) -> Path:
         """Stream the payload to ``dest`` via ``dest.partial``, never past ``expected_size`` bytes.
 
+        A broken connection, a short body, HTTP 408/429/5xx are retried after
+        an exponential backoff with jitter (:class:`RetryPolicy`), or after the
+        server's ``Retry-After`` when it is longer; each retry resumes with
+        ``Range: bytes=N-``. An attempt that added bytes resets the backoff, so
+        a link that drops every few megabytes still finishes; only
+        ``retry.attempts`` failures in a row *without* progress give up
+        (keeping the partial file for a later resume). A resume answered with
+        200 and the whole body (a server ignoring ``Range``) truncates the
+        partial file and starts over; it is never appended.
+
         Args:
             url: the directive's ``download_url`` (a path on this server).
             dest: the final file; written only once ``expected_size`` bytes arrived.
             expected_size: the signed archive size in bytes (manifest ``archive.size``).
             resume: continue an existing ``dest.partial`` with ``Range: bytes=N-``.
-            should_stop: polled between chunks; when it returns True the
-                download stops, keeping the partial file for a later resume.
-            progress: called with (bytes so far, expected_size).
+            should_stop: polled between chunks and while waiting to retry; when
+                it returns True the download stops, keeping the partial file.
+            progress: called with (bytes so far, expected_size) after each
+                chunk and about once a second while waiting to retry.
 
         Returns:
             ``dest``, holding exactly ``expected_size`` bytes. Size and SHA-256
             are *not* checked here: the caller verifies the archive.
 
         Raises:
-            DownloadTooLargeError: the server sent more than ``expected_size``
-                bytes; the partial file is deleted.
+            DownloadTooLargeError: the server sent (or announced) more than
+                ``expected_size`` bytes; the partial file is deleted.
             DownloadCancelledError: ``should_stop`` asked to stop; partial kept.
-            DownloadError: the body ended short or the answer made no sense;
-                the partial file is kept for a resume.
-            NetworkError: the connection failed or broke; partial kept.
-            ServerError, AuthenticationError: an HTTP error status.
+            DownloadError: the body still ended short after the retries, or the
+                server's answers made no sense; the partial file is kept.
+            NetworkError: the connection failed after the retries; partial kept.
+            ServerError, AuthenticationError: an HTTP error status that is not
+                retried (4xx), or still there after the retries; ``Retry-After``
+                longer than ``retry.max_retry_after_seconds`` is raised at once
+                with ``retry_after_seconds`` set.
         """
         if expected_size < 0:
             raise ValueError("expected_size must be a non-negative number of bytes")
@@ -357,23 +500,47 @@ class DeviceClient:
             if dest.stat().st_size == expected_size:
                 return dest
             dest.unlink()
-        offset = partial.stat().st_size if resume and partial.exists() else 0
+        offset = _file_size(partial) if resume else 0
         if offset > expected_size:
             offset = 0
         if offset == expected_size and partial.exists():
             os.replace(partial, dest)
             return dest
-        for _ in range(3):
-            restart = self._stream_payload(
-                target, partial, offset, expected_size, should_stop, progress
-            )
+        if offset:
+            logger.info("resuming the payload download at byte %d of %d", offset, expected_size)
+        streak = restarts = attempts = 0
+        while True:
+            attempts += 1
+            before = offset
+            try:
+                restart = self._stream_payload(
+                    target, partial, offset, expected_size, should_stop, progress
+                )
+            except (NetworkError, ServerError, DownloadError) as error:
+                if not _retryable(error):
+                    raise
+                offset = _file_size(partial)
+                if offset > before:
+                    streak = 0  # progress: a flaky link, not a dead one
+                streak += 1
+                if streak >= self.retry.attempts or attempts >= self.retry.max_total_attempts:
+                    raise
+                delay = self._retry_delay(error, streak)
+                logger.warning("%s (retrying in %.1f s from byte %d)", error, delay, offset)
+                on_wait = None
+                if progress is not None:
+                    on_wait = functools.partial(progress, offset, expected_size)
+                self._wait_to_retry(delay, should_stop, on_wait, "payload download")
+                continue
             if restart is None:
                 os.replace(partial, dest)
                 return dest
+            restarts += 1
+            if restarts > _MAX_RESTARTS:
+                raise _ConfusedServerError(
+                    "payload download: the server's range answers made no sense; try again later"
+                )
             offset = restart
-        raise DownloadError(
-            "payload download: the server's range answers made no sense; try again later"
-        )
 
     def _stream_payload(
         self,
@@ -390,6 +557,11 @@ class DeviceClient:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         received = offset
+        limiter = (
+            _RateLimiter(self.download_rate_limit, self._monotonic, self._sleep)
+            if self.download_rate_limit
+            else None
+        )
         try:
             with self._http.stream("GET", target, headers=headers) as response:
                 self._note_local_address(response)
@@ -401,16 +573,17 @@ class DeviceClient:
                     response.read()
                     raise _http_error(response, what)
                 if status == 206 and offset:
-                    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-                    if match is None or int(match.group(1)) != offset:
-                        logger.warning("server resumed at the wrong byte; starting over")
-                        return 0
+                    restart = _check_content_range(
+                        response.headers.get("Content-Range", ""), offset, expected_size
+                    )
+                    if restart is not None:
+                        return restart
                 elif status == 200:
                     if offset:
                         logger.info("server answered the resume with the whole file; starting over")
                     received = offset = 0
                 else:
-                    raise DownloadError(f"{what}: unexpected HTTP {status}")
+                    raise _ConfusedServerError(f"{what}: unexpected HTTP {status}")
                 declared = response.headers.get("Content-Length")
                 if (
                     declared is not None
@@ -428,7 +601,7 @@ class DeviceClient:
                     handle.truncate(offset)  # 200: from scratch; 206: drop anything past offset
                     handle.seek(offset)
                     try:
-                        for chunk in response.iter_raw():
+                        for chunk in response.iter_raw(limiter.chunk_bytes if limiter else None):
                             if received + len(chunk) > expected_size:
                                 handle.close()
                                 partial.unlink(missing_ok=True)
@@ -448,6 +621,8 @@ class DeviceClient:
                                 raise DownloadCancelledError(
                                     f"{what} stopped at {received} of {expected_size} bytes; will resume"
                                 )
+                            if limiter is not None:
+                                limiter.consumed(len(chunk))
                     finally:
                         if not handle.closed:
                             handle.flush()
@@ -460,3 +635,116 @@ class DeviceClient:
         if received < expected_size:
             raise DownloadError(f"{what} ended at {received} of {expected_size} bytes; will resume")
         return None
+
+
+class _ConfusedServerError(DownloadError):
+    """The server's answers do not fit the request; retrying now would not help."""
+
+
+def _retryable(error: AgentError) -> bool:
+    """Whether a failed request is worth retrying after a backoff."""
+    if isinstance(error, (DownloadTooLargeError, DownloadCancelledError, _ConfusedServerError)):
+        return False
+    if isinstance(error, AuthenticationError):
+        return False
+    if isinstance(error, ServerError):
+        return error.status_code is None or error.status_code in _RETRYABLE_STATUSES
+    return isinstance(error, (NetworkError, DownloadError))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _check_content_range(header: str, offset: int, expected_size: int) -> int | None:
+    """Check a 206 answer to ``Range: bytes=offset-`` (RFC 9110 section 14.4).
+
+    Returns:
+        ``None`` when the answer starts at ``offset``; ``0`` (start over) when
+        it starts elsewhere or the header is missing or malformed.
+
+    Raises:
+        DownloadTooLargeError: the server's object is larger than the signed size.
+        DownloadError: it is smaller (it cannot be the signed payload).
+    """
+    match = _CONTENT_RANGE.match(header.strip())
+    if match is None:
+        logger.warning("server answered a resume without a valid Content-Range; starting over")
+        return 0
+    first, total = int(match.group(1)), match.group(3)
+    if total != "*" and int(total) != expected_size:
+        if int(total) > expected_size:
+            raise DownloadTooLargeError(
+                f"payload download: the server's object is {total} bytes, "
+                f"but the signed size is {expected_size}: refused"
+            )
+        raise _ConfusedServerError(
+            f"payload download: the server's object is {total} bytes, "
+            f"but the signed size is {expected_size}: refused"
+        )
+    if first != offset:
+        logger.warning("server resumed at byte %d instead of %d; starting over", first, offset)
+        return 0
+    return None
+
+
+class _RateLimiter:
+    """Keeps a stream at or under ``rate`` bytes per second by sleeping after chunks."""
+
+    def __init__(
+        self, rate: float, monotonic: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self.rate = float(rate)
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._started = monotonic()
+        self._bytes = 0
+        # About eight chunks a second: smooth, and should_stop is polled often.
+        self.chunk_bytes = max(1024, min(64 * 1024, int(self.rate / 8)))
+
+    def consumed(self, count: int) -> None:
+        self._bytes += count
+        ahead = self._bytes / self.rate - (self._monotonic() - self._started)
+        if ahead > 0:
+            self._sleep(ahead)
+
+
+def parse_retry_after(value: str | None, *, date: str | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 section 10.2.3).
+
+    Args:
+        value: the header: delay-seconds (``"120"``) or an HTTP-date
+            (``"Wed, 21 Oct 2015 07:28:00 GMT"``).
+        date: the response's ``Date`` header. An HTTP-date is measured from
+            it — the server's own clock — because a Raspberry Pi has no
+            real-time clock and its wall clock may be years off; without it
+            the device's wall clock is the fallback.
+
+    Returns:
+        Seconds (0 or more), or ``None`` when the header is missing or malformed.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference: datetime | None = None
+    if date:
+        try:
+            reference = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            reference = None
+        if reference is not None and reference.tzinfo is None:
+            reference = reference.replace(tzinfo=UTC)
+    if reference is None:
+        reference = datetime.now(UTC)
+    return max(0.0, (when - reference).total_seconds())

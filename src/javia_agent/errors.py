@@ -20,11 +20,13 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "CrashLoopError",
+    "DiskSpaceError",
     "DownloadCancelledError",
     "DownloadError",
     "DownloadTooLargeError",
     "InstallError",
     "NetworkError",
+    "PackageManagerLockError",
     "ServerError",
     "ServiceError",
     "StateError",
@@ -37,11 +39,21 @@ class AgentError(JaviaError):
     Attributes:
         status_code: the HTTP status of the server's answer when the error
             comes from one, else ``None``.
+        retry_after_seconds: how long the server asked the device to wait
+            before trying again (its ``Retry-After`` header on a 429 or 503,
+            RFC 9110 section 10.2.3), in seconds; ``None`` when it did not say.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ConfigError(AgentError):
@@ -78,6 +90,22 @@ class ServiceError(AgentError):
 
 class InstallError(AgentError):
     """A staging step failed: installing signed system packages or the setup command."""
+
+
+class DiskSpaceError(InstallError):
+    """Not enough free disk space for the download and the unpacked release.
+
+    Raised before the payload is downloaded (or, for a package directory,
+    before it is unpacked); the message gives the bytes needed and free.
+    """
+
+
+class PackageManagerLockError(InstallError):
+    """The dpkg lock stayed held by another process past the wait limit.
+
+    The message names the holder (pid and command) when the kernel says who
+    it is.
+    """
 
 
 class StateError(AgentError):

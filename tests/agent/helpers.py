@@ -130,6 +130,12 @@ class Route:
     cut_after: int | None = None  # close the connection after this many body bytes (once)
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     status: int = 200
+    #: Absolute offsets in ``data``: an answer starting before the first one
+    #: stops there and closes the connection; each cut is used once.
+    cuts: list[int] = field(default_factory=list)
+    #: Answers given before serving the data: (status, headers), used once each.
+    refusals: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    sent: int = 0  # body bytes written for this route, all answers together
 
 
 @dataclass
@@ -169,11 +175,14 @@ def handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(body)
                 return
-            if route.status >= 400:
+            if route.status >= 400 or route.refusals:
+                status, headers = route.refusals.pop(0) if route.refusals else (route.status, {})
                 body = json.dumps({"detail": "refused by the test server"}).encode()
-                self.send_response(route.status)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
                 return
@@ -196,17 +205,24 @@ def handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if route.send_length:
                 self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
-            if route.cut_after is not None or not route.send_length:
+            upcoming = [cut for cut in sorted(route.cuts) if cut > start]
+            cut_here = route.cut_after
+            if upcoming:
+                cut_here = upcoming[0] - start
+                route.cuts.remove(upcoming[0])
+            if cut_here is not None or not route.send_length:
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
-            if route.cut_after is not None:
-                self.wfile.write(body[: route.cut_after])
+            if cut_here is not None:
+                self.wfile.write(body[:cut_here])
+                route.sent += len(body[:cut_here])
                 self.wfile.flush()
                 route.cut_after = None  # only the first answer is cut
                 self.close_connection = True
                 return
             self.wfile.write(body)
+            route.sent += len(body)
 
     return Handler
 

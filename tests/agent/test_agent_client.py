@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from javia_agent.client import DeviceClient
+from javia_agent.client import DeviceClient, RetryPolicy, parse_retry_after
 from javia_agent.errors import (
     AuthenticationError,
     ConfigError,
@@ -30,7 +30,44 @@ PATH = "/api/v1/updates/1/download"
 
 @pytest.fixture
 def client(file_server: FileServer):
-    with DeviceClient(file_server.url, device_uuid=UUID, token="secret-token") as client:
+    """A client that tries once: each call shows one attempt's behaviour."""
+    with DeviceClient(
+        file_server.url, device_uuid=UUID, token="secret-token", retry=RetryPolicy(attempts=1)
+    ) as client:
+        yield client
+
+
+class FakeTime:
+    """A monotonic clock that only moves when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def retrying_client(file_server: FileServer, fake_time: FakeTime):
+    """A client with the default retry policy whose waits take no real time."""
+    with DeviceClient(
+        file_server.url,
+        device_uuid=UUID,
+        token="secret-token",
+        sleep=fake_time.sleep,
+        monotonic=fake_time.monotonic,
+        rng=random.Random(5),
+    ) as client:
         yield client
 
 
@@ -212,3 +249,188 @@ def test_a_malformed_answer_is_a_server_error() -> None:
         pytest.raises(ServerError, match="unexpected answer"),
     ):
         client.heartbeat(HeartbeatRequest())
+
+
+# -- retries, Retry-After, rate limit ---------------------------------------------------
+
+
+def test_twenty_cuts_at_random_offsets_end_complete_within_one_call(
+    retrying_client: DeviceClient, file_server: FileServer, tmp_path: Path
+) -> None:
+    cuts = sorted(random.Random(11).sample(range(1, len(DATA)), 20))
+    route = file_server.add(PATH, DATA, cuts=list(cuts))
+    dest = tmp_path / "payload.tar.gz"
+
+    retrying_client.download_payload(PATH, dest, len(DATA))
+
+    assert dest.read_bytes() == DATA
+    assert _downloads(file_server) == [None] + [f"bytes={cut}-" for cut in cuts]
+    assert route.sent <= 1.1 * len(DATA)
+
+
+def test_a_server_ignoring_range_on_resume_costs_a_restart_not_a_corrupt_file(
+    retrying_client: DeviceClient, file_server: FileServer, tmp_path: Path
+) -> None:
+    route = file_server.add(PATH, DATA, cuts=[150_000], honour_range=False)
+    dest = tmp_path / "payload.tar.gz"
+
+    retrying_client.download_payload(PATH, dest, len(DATA))
+
+    assert dest.read_bytes() == DATA
+    assert _downloads(file_server) == [None, "bytes=150000-"]
+    assert route.sent == 150_000 + len(DATA)  # the whole body again, written from byte 0
+
+
+def test_failures_without_progress_back_off_exponentially_with_jitter_then_give_up(
+    retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    file_server.add(PATH, DATA, status=502)
+    with pytest.raises(ServerError) as error:
+        retrying_client.download_payload(PATH, tmp_path / "p", len(DATA))
+    assert error.value.status_code == 502
+    policy = RetryPolicy()
+    assert len(_downloads(file_server)) == policy.attempts
+    waits = fake_time.sleeps
+    assert len(waits) == policy.attempts - 1
+    for failures, wait in enumerate(waits, start=1):
+        ceiling = min(policy.max_delay_seconds, policy.base_delay_seconds * 2 ** (failures - 1))
+        assert ceiling / 2 <= wait <= ceiling
+    assert waits[-1] > waits[0]
+    assert len(set(waits)) == len(waits)  # jittered, not a fixed schedule
+
+
+def test_retry_after_on_503_is_honoured(
+    retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    route = file_server.add(PATH, DATA)
+    route.refusals = [(503, {"Retry-After": "45"}), (429, {"Retry-After": "7"})]
+    dest = tmp_path / "payload.tar.gz"
+
+    retrying_client.download_payload(PATH, dest, len(DATA))
+
+    assert dest.read_bytes() == DATA
+    assert len(fake_time.sleeps) == 2
+    assert fake_time.sleeps == [pytest.approx(45), pytest.approx(7)]  # at least what was asked
+
+
+def test_a_retry_after_longer_than_the_limit_ends_the_attempt_with_the_delay(
+    retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    route = file_server.add(PATH, DATA)
+    route.refusals = [(503, {"Retry-After": "86400"})]
+    with pytest.raises(ServerError) as error:
+        retrying_client.download_payload(PATH, tmp_path / "p", len(DATA))
+    assert error.value.retry_after_seconds == 86400
+    assert fake_time.sleeps == []
+
+
+def test_client_errors_are_not_retried(
+    retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    file_server.add(PATH, DATA, status=404)
+    with pytest.raises(ServerError):
+        retrying_client.download_payload(PATH, tmp_path / "p", len(DATA))
+    assert len(_downloads(file_server)) == 1 and fake_time.sleeps == []
+
+
+def test_manifest_downloads_are_retried_too(
+    retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime
+) -> None:
+    route = file_server.add("/api/v1/updates/1/manifest", b'{"format": 1}')
+    route.refusals = [(503, {}), (500, {})]
+    assert retrying_client.download_manifest("/api/v1/updates/1/manifest") == b'{"format": 1}'
+    assert len(fake_time.sleeps) == 2
+
+
+def test_should_stop_interrupts_the_wait_before_a_retry(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    file_server.add(PATH, DATA, status=503)
+    asked = []
+
+    def stop_on_second_question() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    with (
+        DeviceClient(file_server.url, device_uuid=UUID, token="t", sleep=lambda s: None) as client,
+        pytest.raises(DownloadError, match="stopped while waiting"),
+    ):
+        client.download_payload(
+            PATH, tmp_path / "p", len(DATA), should_stop=stop_on_second_question
+        )
+    assert len(_downloads(file_server)) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "date", "expected"),
+    [
+        ("120", None, 120.0),
+        ("0", None, 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:26:30 GMT", 90.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:30:00 GMT", 0.0),
+        ("soon", None, None),
+        ("-5", None, None),
+        (None, None, None),
+    ],
+)
+def test_retry_after_takes_seconds_or_a_date_measured_on_the_servers_clock(
+    header: str | None, date: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(header, date=date) == expected
+
+
+def test_the_rate_limit_spreads_the_download_over_size_divided_by_rate(
+    file_server: FileServer, fake_time: FakeTime, tmp_path: Path
+) -> None:
+    file_server.add(PATH, DATA)
+    rate = 50_000.0
+    with DeviceClient(
+        file_server.url,
+        device_uuid=UUID,
+        token="t",
+        download_rate_limit=rate,
+        sleep=fake_time.sleep,
+        monotonic=fake_time.monotonic,
+    ) as client:
+        client.download_payload(PATH, tmp_path / "p", len(DATA))
+    assert (tmp_path / "p").read_bytes() == DATA
+    assert sum(fake_time.sleeps) == pytest.approx(len(DATA) / rate, rel=0.01)
+    assert len(fake_time.sleeps) >= 8  # in small steps, not one long stall
+
+
+def test_the_rate_limit_holds_on_the_real_clock(file_server: FileServer, tmp_path: Path) -> None:
+    import time
+
+    file_server.add(PATH, DATA)
+    with DeviceClient(
+        file_server.url, device_uuid=UUID, token="t", download_rate_limit=500_000
+    ) as client:
+        began = time.monotonic()
+        client.download_payload(PATH, tmp_path / "p", len(DATA))
+        elapsed = time.monotonic() - began
+    assert elapsed >= 0.9 * len(DATA) / 500_000
+    assert (tmp_path / "p").read_bytes() == DATA
+
+
+def test_a_resume_answered_for_a_larger_object_is_refused(
+    retrying_client: DeviceClient, tmp_path: Path
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            206,
+            headers={"Content-Range": f"bytes 10-{len(DATA) + 99}/{len(DATA) + 100}"},
+            content=DATA[10:] + b"x" * 100,
+        )
+
+    (tmp_path / "p.partial").write_bytes(DATA[:10])
+    with (
+        DeviceClient(
+            "https://u.example.org",
+            device_uuid=UUID,
+            token="t",
+            transport=httpx.MockTransport(handler),
+        ) as client,
+        pytest.raises(DownloadTooLargeError, match="signed size"),
+    ):
+        client.download_payload(PATH, tmp_path / "p", len(DATA))

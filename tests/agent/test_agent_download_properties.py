@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from javia_agent.client import DeviceClient
+from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.errors import DownloadTooLargeError, NetworkError
 
 PATH = "/api/v1/updates/1/download"
@@ -65,7 +65,11 @@ def test_resumed_downloads_are_exact(data: bytes, cut_fraction: float, resume_an
     with (
         tempfile.TemporaryDirectory() as directory,
         DeviceClient(
-            "https://u.example.org", device_uuid=UUID, token="t", transport=transport
+            "https://u.example.org",
+            device_uuid=UUID,
+            token="t",
+            transport=transport,
+            retry=RetryPolicy(attempts=1),  # one attempt per call: the resume is the next call
         ) as client,
     ):
         dest = Path(directory) / "payload.tar.gz"
@@ -91,7 +95,11 @@ def test_more_than_the_signed_size_is_never_kept(
     with (
         tempfile.TemporaryDirectory() as directory,
         DeviceClient(
-            "https://u.example.org", device_uuid=UUID, token="t", transport=transport
+            "https://u.example.org",
+            device_uuid=UUID,
+            token="t",
+            transport=transport,
+            retry=RetryPolicy(attempts=1),  # one attempt per call: the resume is the next call
         ) as client,
     ):
         dest = Path(directory) / "payload.tar.gz"
@@ -102,3 +110,59 @@ def test_more_than_the_signed_size_is_never_kept(
         assert not dest.exists()
         partial = Path(directory) / "payload.tar.gz.partial"
         assert not partial.exists() or partial.stat().st_size <= len(data)
+
+
+def _cutting_server(data: bytes, cuts: list[int], honour_range: bool):
+    """Each answer breaks at the next cut offset; counts the body bytes it sent."""
+    pending = sorted(set(cuts))
+    sent = {"bytes": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        match = re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))
+        start = int(match.group(1)) if match and honour_range else 0
+        stop = len(data)
+        upcoming = [cut for cut in pending if cut > start]
+        if upcoming:
+            stop = upcoming[0]
+            pending.remove(stop)
+        chunk = data[start:stop]
+        sent["bytes"] += len(chunk)
+
+        def body() -> Iterator[bytes]:
+            yield chunk
+            if stop < len(data):
+                raise httpx.ReadError("connection reset by peer")
+
+        if match and honour_range:
+            headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+            return httpx.Response(206, headers=headers, content=body())
+        return httpx.Response(200, content=body())
+
+    return handler, sent
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=21, max_size=30_000),
+    seeds=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=20, max_size=20),
+)
+def test_twenty_random_cuts_always_end_complete_with_little_overhead(
+    data: bytes, seeds: list[float]
+) -> None:
+    """ISSUE: a download cut at 20 random offsets ends complete with ≤ 1.1 × the size sent."""
+    cuts = [1 + int(seed * (len(data) - 1)) for seed in seeds]
+    handler, sent = _cutting_server(data, cuts, honour_range=True)
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        DeviceClient(
+            "https://u.example.org",
+            device_uuid=UUID,
+            token="t",
+            transport=httpx.MockTransport(handler),
+            sleep=lambda seconds: None,
+        ) as client,
+    ):
+        dest = Path(directory) / "payload.tar.gz"
+        client.download_payload(PATH, dest, len(data))
+        assert dest.read_bytes() == data
+    assert sent["bytes"] <= 1.1 * len(data)

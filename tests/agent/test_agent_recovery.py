@@ -13,7 +13,7 @@ import random
 import pytest
 
 from javia_agent import installer as installer_module
-from javia_agent.client import DeviceClient
+from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.state import StateStore, UpdateState
 from javia_updates.models import InstallDirective, UpdateStatus
@@ -44,7 +44,10 @@ def running_v1(device: Device, signer: Signer, make_package: PackageFactory) -> 
 
 @pytest.fixture
 def client(file_server: FileServer):
-    with DeviceClient(file_server.url, device_uuid=UUID, token="device-token") as client:
+    """One attempt per download: a cut connection pauses the update (RETRY_LATER)."""
+    with DeviceClient(
+        file_server.url, device_uuid=UUID, token="device-token", retry=RetryPolicy(attempts=1)
+    ) as client:
         yield client
 
 
