@@ -16,7 +16,9 @@ One cycle (:meth:`Agent.run_once`):
 (interval with jitter) or the decision's ``wake_at``, whichever is first. The
 sleep is interruptible: SIGTERM or SIGINT lets the current step finish safely
 (a download pauses for a later resume) and the loop exits with status 0.
-Network errors back off with jitter and never end the loop.
+Network errors back off with jitter (at least the server's ``Retry-After``)
+and never end the loop. Under systemd (``Type=notify``) the agent reports
+readiness, its status and watchdog pings (:mod:`javia_agent.systemd`).
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ from typing import Any
 
 from javia_agent._fs import atomic_write
 from javia_agent.activity import IdleTracker
-from javia_agent.client import DeviceClient
+from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
 from javia_agent.errors import AgentError, ConfigError
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
+from javia_agent.state import PRE_SWITCH_STATES
+from javia_agent.systemd import SystemdNotifier
 from javia_updates.errors import JaviaError
 from javia_updates.models import (
     DeviceStatus,
@@ -186,6 +190,8 @@ class Agent:
         rng: randomness for jitter (seeded in tests).
         decide: the install policy (``decide_install``).
         metadata: returns the heartbeat inventory.
+        notifier: readiness, status and watchdog pings to systemd (default:
+            as the environment says; does nothing outside systemd).
     """
 
     def __init__(
@@ -200,6 +206,7 @@ class Agent:
         rng: random.Random | None = None,
         decide: Callable[..., InstallDecision] = decide_install,
         metadata: Callable[[], dict[str, Any]] | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -217,6 +224,7 @@ class Agent:
         self._server_time_at: float | None = None  # monotonic reading when it arrived
         self.interval_seconds = config.heartbeat_interval_seconds
         self._failures = 0
+        self.notifier = notifier or SystemdNotifier(None)
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, clock: Clock | None = None) -> Agent:
@@ -231,6 +239,8 @@ class Agent:
                 "this device is not registered: run javia agent register --server URL --api-key KEY"
             )
         token = read_token(config.token_file)
+        clock = clock or Clock()
+        notifier = SystemdNotifier.from_environment()
         client = DeviceClient(
             config.server_url,
             device_uuid=config.device_uuid,
@@ -239,8 +249,15 @@ class Agent:
             allow_insecure_http=config.allow_insecure_http,
             timeout_seconds=config.request_timeout_seconds,
             user_agent=f"javia-agent/{agent_version()}",
+            retry=RetryPolicy(
+                attempts=config.download_retry_attempts,
+                base_delay_seconds=config.download_retry_base_seconds,
+                max_delay_seconds=config.download_retry_max_seconds,
+            ),
+            download_rate_limit=config.download_rate_limit_bytes_per_second,
+            sleep=clock.sleep,
+            monotonic=clock.monotonic,
         )
-        clock = clock or Clock()
         outbox = Outbox(config.paths.outbox_dir)
         agent: Agent
         service = build_service(config)
@@ -259,10 +276,18 @@ class Agent:
             reporter=report,
             clock=clock,
             should_stop=lambda: agent.stopping,
+            keepalive=notifier.watchdog,
+            keepalive_during=notifier.keepalive,
         )
         idle = IdleTracker(config.paths.activity_file, monotonic=clock.monotonic)
         agent = cls(
-            config, client=client, installer=installer, outbox=outbox, idle=idle, clock=clock
+            config,
+            client=client,
+            installer=installer,
+            outbox=outbox,
+            idle=idle,
+            clock=clock,
+            notifier=notifier,
         )
         return agent
 
@@ -342,7 +367,13 @@ class Agent:
         outcome: InstallOutcome | None = None
         sleep = self._jittered(self.interval_seconds)
         if directive is None:
+            if state.update is not None and state.update.state in PRE_SWITCH_STATES:
+                # The server withdrew it (superseded, cancelled): free the disk.
+                self.installer.abandon_pending(
+                    f"the server no longer offers update {state.update.update_id}"
+                )
             logger.info("heartbeat ok: no pending update (next in %.0f s)", sleep)
+            self.notifier.status(f"running {request.current_version or 'nothing'}; no update")
         else:
             idle = self.idle.idle_seconds()
             decision = self._decide(directive, now=server_now, idle_seconds=idle)
@@ -350,6 +381,9 @@ class Agent:
                 "update %s (%s): %s", directive.version, directive.update_type, decision.reason
             )
             if decision.install_now and not self.stopping:
+                self.notifier.status(
+                    f"installing {directive.version} (update {directive.update_id})"
+                )
                 outcome = self.installer.install(directive)
                 logger.info(
                     "update %s: %s%s",
@@ -373,10 +407,14 @@ class Agent:
         self._write_status(response, decision)
         return CycleResult(response, server_now, decision, outcome, delivered, max(0.0, sleep))
 
-    def _backoff(self, failures: int) -> float:
+    def _backoff(self, failures: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with jitter, capped at the interval; never below ``retry_after``."""
         ceiling = max(MIN_SLEEP_SECONDS, self.interval_seconds)
         delay = min(ceiling, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
-        return self.rng.uniform(delay / 2, delay)
+        wait = self.rng.uniform(delay / 2, delay)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return wait
 
     def _write_status(self, response: HeartbeatResponse, decision: InstallDecision | None) -> None:
         """Record the last heartbeat for ``javia agent status`` (informative, not fsynced)."""
@@ -409,11 +447,15 @@ class Agent:
     def _wait(self, seconds: float) -> None:
         """Sleep ``seconds`` (monotonic), polling the activity file, until stopped."""
         deadline = self.clock.monotonic() + seconds
+        poll = self.config.activity_poll_seconds
+        if self.notifier.ping_interval_seconds is not None:
+            poll = min(poll, self.notifier.ping_interval_seconds)
         while not self._stop.is_set():
+            self.notifier.watchdog()
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 return
-            self._stop.wait(min(remaining, self.config.activity_poll_seconds))
+            self._stop.wait(min(remaining, poll))
             self.idle.poll()
 
     def _install_signal_handlers(self) -> None:
@@ -439,6 +481,9 @@ class Agent:
         logger.info(
             "javia agent %s starting for device %s", agent_version(), self.config.device_uuid
         )
+        # Ready once running: recovering an interrupted update may take a
+        # health window, which must not count against systemd's start timeout.
+        self.notifier.ready(f"starting; running {self.installer.current_release() or 'nothing'}")
         try:
             self.start()
         except JaviaError as error:
@@ -448,8 +493,9 @@ class Agent:
                 result = self.run_once()
             except AgentError as error:
                 self._failures += 1
-                delay = self._backoff(self._failures)
+                delay = self._backoff(self._failures, error.retry_after_seconds)
                 logger.warning("%s (retry in %.0f s)", error, delay)
+                self.notifier.status(f"server unreachable: {str(error)[:200]}")
             except JaviaError as error:
                 self._failures += 1
                 delay = self._backoff(self._failures)
@@ -458,5 +504,6 @@ class Agent:
                 self._failures = 0
                 delay = result.sleep_seconds
             self._wait(delay)
+        self.notifier.stopping()
         logger.info("javia agent stopped")
         return 0

@@ -11,6 +11,8 @@ Layout::
 
     <install_root>/releases/<version>/   complete, verified release trees
     <install_root>/current -> releases/<version>
+    <install_root>/envs/<sha256>/        Python environments, shared by releases
+                                         with identical requirements.txt
     <state_dir>/state.json               the update state machine
     <state_dir>/heartbeat.json           last heartbeat, for `javia agent status`
     <state_dir>/downloads/<update_id>/   manifest, signature, payload(.partial)
@@ -104,6 +106,35 @@ class AgentConfig(BaseSettings):
     keep_releases: int = Field(
         default=1, ge=0, description="previous releases kept besides current"
     )
+    download_rate_limit_bytes_per_second: float | None = Field(
+        default=None, gt=0, description="cap on the payload download speed; unset: no cap"
+    )
+    download_retry_attempts: int = Field(
+        default=6, ge=1, description="failed download attempts in a row without progress"
+    )
+    download_retry_base_seconds: float = Field(default=2.0, gt=0)
+    download_retry_max_seconds: float = Field(default=60.0, gt=0)
+    disk_reserve_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="free bytes left untouched on each file system after download and unpacking",
+    )
+    python_envs: bool = Field(
+        default=True,
+        description="build a venv from a release's requirements.txt (shared when identical)",
+    )
+    venv_python: str | None = Field(
+        default=None, description="interpreter for `python -m venv`; default the agent's"
+    )
+    pip_args: list[str] = Field(
+        default_factory=list,
+        description="extra `pip install` arguments, e.g. ['--no-index', '--find-links', DIR]",
+    )
+    pip_timeout_seconds: float = Field(default=1800.0, gt=0)
+    dpkg_lock_file: Path = Path("/var/lib/dpkg/lock-frontend")
+    dpkg_lock_timeout_seconds: float = Field(
+        default=300.0, ge=0, description="wait this long for another package manager"
+    )
     max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
     activity_file: Path | None = Field(
         default=None, description="default <state_dir>/activity.json"
@@ -113,7 +144,7 @@ class AgentConfig(BaseSettings):
 
     _tz = field_validator("timezone")(validate_timezone)
 
-    @field_validator("start_command", "health_command", "setup_command", "apt_command")
+    @field_validator("start_command", "health_command", "setup_command", "apt_command", "pip_args")
     @classmethod
     def _argv(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not isinstance(part, str) for part in value):
@@ -172,6 +203,11 @@ class AgentPaths:
     def release_dir(self, version: str) -> Path:
         """``<install_root>/releases/<version>``."""
         return self.releases_dir / version
+
+    @property
+    def envs_dir(self) -> Path:
+        """``<install_root>/envs``: Python environments, one per distinct requirements.txt."""
+        return self.install_root / "envs"
 
     @property
     def state_file(self) -> Path:

@@ -10,14 +10,19 @@ Its order is the safety argument:
    at the signed size and resumable.
 2. **Verify** the payload's size and SHA-256
    (:func:`~javia_agent.verification.verify_archive`).
+   Before the payload, free disk space is checked for the download plus the
+   unpacked release (plus a reserve); too little is refused with the numbers.
 3. **Stage** it into ``releases/<version>``
    (:func:`~javia_agent.verification.extract_payload` writes a private staging
    directory and renames it into place only when every member checked out),
-   install its signed system packages and run the optional setup command.
-   Any failure up to here: report ``failed``; the running release was never
-   touched.
+   build or reuse its Python environment from ``requirements.txt``
+   (:mod:`javia_agent.environments`), install its signed system packages
+   (:mod:`javia_agent.apt`, waiting for the dpkg lock) and run the optional
+   setup command. Any failure up to here: report ``failed``; the running
+   release was never touched.
 4. **Switch**: only now stop the service, replace the ``current`` symlink
    atomically (new link + ``os.replace`` + fsync of the directory), start it.
+   This stop → switch → start is the only downtime; it is logged.
 5. **Health check**: the service must stay active for ``health_seconds`` and
    the optional health command must exit 0 (a release is "good" only after
    this — RAUC's good/bad slots, STYLE.md).
@@ -28,6 +33,10 @@ Each step is saved in the state file before it runs
 (:mod:`javia_agent.state`); :meth:`Installer.recover` continues or undoes an
 update interrupted by a crash or power loss, so the device always ends up on
 a complete old or new release.
+
+Test hook: ``JAVIA_AGENT_PAUSE_AT`` (see :func:`pause_hook_from_environment`)
+makes the agent stop still at a named point so the crash tests can SIGKILL it
+there; it is read only when set and is not a setting for devices.
 """
 
 from __future__ import annotations
@@ -37,8 +46,9 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -47,17 +57,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from javia_agent import verification
 from javia_agent._fs import atomic_write, fsync_directory
+from javia_agent.apt import apt_install_argv, apt_lock_failure, wait_for_dpkg_lock
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, AgentPaths
+from javia_agent.environments import PythonEnvironments
 from javia_agent.errors import (
     AuthenticationError,
     CrashLoopError,
+    DiskSpaceError,
     DownloadCancelledError,
     DownloadError,
     DownloadTooLargeError,
     InstallError,
     NetworkError,
+    PackageManagerLockError,
     ServerError,
     StateError,
 )
@@ -78,7 +92,14 @@ from javia_updates.models import InstallDirective, UpdateStatus
 from javia_updates.packaging import read_package_dir
 from javia_updates.versioning import Version
 
-__all__ = ["InstallOutcome", "InstallResult", "Installer", "Reporter"]
+__all__ = [
+    "PAUSE_AT_ENV",
+    "InstallOutcome",
+    "InstallResult",
+    "Installer",
+    "Reporter",
+    "pause_hook_from_environment",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +110,72 @@ Keyring = Mapping[str, Ed25519PublicKey]
 _MAX_ERROR_CHARS = 2000
 _APT_TIMEOUT_SECONDS = 1800.0
 _SETUP_TIMEOUT_SECONDS = 1800.0
+_EXTRACT_TIMEOUT_SECONDS = 1800.0
+
+#: Test hook: comma-separated pause points (state names, or ``staging.extracted``,
+#: ``switching.stopped``, ``switching.linked``). Never set on a device.
+PAUSE_AT_ENV = "JAVIA_AGENT_PAUSE_AT"
+#: How long the test hook pauses, in seconds (default 600).
+PAUSE_SECONDS_ENV = "JAVIA_AGENT_PAUSE_SECONDS"
+
+
+def _no_checkpoint(point: str) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
+def pause_hook_from_environment(
+    state_dir: Path, environ: Mapping[str, str] | None = None
+) -> Callable[[str], None]:
+    """TEST HOOK for the crash tests; a no-op unless ``JAVIA_AGENT_PAUSE_AT`` is set.
+
+    The crash tests kill a real agent process with SIGKILL at each step of an
+    update. Some steps last microseconds; with ``JAVIA_AGENT_PAUSE_AT=name``
+    the agent, on reaching the pause point ``name`` (a state name, right after
+    that state was saved; or ``staging.extracted``, ``switching.stopped``,
+    ``switching.linked``), writes ``<state_dir>/paused-at-<name>`` (holding
+    its pid) and sleeps ``JAVIA_AGENT_PAUSE_SECONDS`` (default 600), giving
+    the test a deterministic moment to kill it. The variables are read once,
+    here, and only matter when set: a device never sets them.
+
+    Returns:
+        The checkpoint callable for :attr:`Installer.checkpoint`.
+    """
+    env = os.environ if environ is None else environ
+    names = env.get(PAUSE_AT_ENV, "")
+    points = {name.strip() for name in names.split(",") if name.strip()}
+    if not points:
+        return _no_checkpoint
+    seconds = float(env.get(PAUSE_SECONDS_ENV, "600"))
+    directory = Path(state_dir)
+
+    def pause(point: str) -> None:
+        if point not in points:
+            return
+        logger.warning("test hook %s: pausing at %s for %g s", PAUSE_AT_ENV, point, seconds)
+        atomic_write(directory / f"paused-at-{point}", f"{os.getpid()}\n".encode())
+        time.sleep(seconds)
+
+    return pause
+
+
+def _available_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (a file system to ask about)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _amount(count: int) -> str:
+    return f"{count:,} bytes ({count / (1024 * 1024):.1f} MiB)"
 
 
 class InstallResult(StrEnum):
@@ -155,14 +242,28 @@ class Installer:
             window; exit 0 means healthy.
         health_command_timeout_seconds: limit for the health command.
         setup_command: optional argv run in the staged release before the
-            switch (e.g. installing its Python requirements); exit 0 required.
+            switch; exit 0 required.
         apt_command: argv prefix to install the manifest's signed
-            ``system_packages`` (package names are appended).
+            ``system_packages`` (``--`` and the package names are appended).
+        dpkg_lock_file: the dpkg frontend lock apt needs (tests: a temp file).
+        dpkg_lock_timeout_seconds: how long to wait for another package
+            manager to release it before trying again later.
+        python_envs: builds and shares the releases' Python environments
+            (``None``: a release's ``requirements.txt`` is ignored).
         app_env: extra environment for the application and those commands.
         keep_releases: previous releases kept besides the current one.
         max_state_saves: the crash-loop breaker (see :class:`StateStore`).
+        disk_reserve_bytes: free bytes that must remain on each file system
+            after the download and the unpacked release.
+        free_bytes: free bytes on the file system holding a path (injectable).
         should_stop: polled during downloads; True stops them for a resume later.
         runner: runs commands (``subprocess.run``-compatible; injectable).
+        keepalive: called often during long steps (the systemd watchdog ping).
+        keepalive_during: a context manager held around single blocking calls
+            (unpacking, pip, apt, stopping the service) that pings meanwhile.
+        checkpoint: called with each state name right after it is saved, and
+            with ``staging.extracted``, ``switching.stopped`` and
+            ``switching.linked`` (the crash tests' pause hook).
     """
 
     paths: AgentPaths
@@ -177,11 +278,19 @@ class Installer:
     health_command_timeout_seconds: float = 60.0
     setup_command: Sequence[str] | None = None
     apt_command: Sequence[str] = ("apt-get", "install", "--yes", "--no-install-recommends", "--")
+    dpkg_lock_file: Path = Path("/var/lib/dpkg/lock-frontend")
+    dpkg_lock_timeout_seconds: float = 300.0
+    python_envs: PythonEnvironments | None = None
     app_env: Mapping[str, str] = field(default_factory=dict)
     keep_releases: int = 1
     max_state_saves: int = 30
+    disk_reserve_bytes: int = 0
+    free_bytes: Callable[[Path], int] = _available_bytes
     should_stop: Callable[[], bool] = field(default=lambda: False)
     runner: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run
+    keepalive: Callable[[], None] = _nothing
+    keepalive_during: Callable[[], AbstractContextManager[object]] = nullcontext
+    checkpoint: Callable[[str], None] = _no_checkpoint
 
     def __post_init__(self) -> None:
         self.store = StateStore(self.paths.state_file, max_saves=self.max_state_saves)
@@ -196,11 +305,27 @@ class Installer:
         reporter: Reporter | None = None,
         clock: Clock | None = None,
         should_stop: Callable[[], bool] | None = None,
+        keepalive: Callable[[], None] | None = None,
+        keepalive_during: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> Installer:
-        """An installer set up from the agent configuration."""
+        """An installer set up from the agent configuration.
+
+        The crash tests' pause hook is read from the environment here
+        (:func:`pause_hook_from_environment`); it does nothing unless set.
+        """
         from javia_updates.keys import load_keyring
 
         keyring_dir = config.keyring_dir
+        during = keepalive_during or nullcontext
+        envs = None
+        if config.python_envs:
+            envs = PythonEnvironments(
+                config.paths.envs_dir,
+                pip_args=tuple(config.pip_args),
+                timeout_seconds=config.pip_timeout_seconds,
+                keepalive=during,
+                **({"python": config.venv_python} if config.venv_python else {}),
+            )
         return cls(
             paths=config.paths,
             service=service,
@@ -213,10 +338,17 @@ class Installer:
             health_command_timeout_seconds=config.health_command_timeout_seconds,
             setup_command=config.setup_command,
             apt_command=tuple(config.apt_command),
+            dpkg_lock_file=config.dpkg_lock_file,
+            dpkg_lock_timeout_seconds=config.dpkg_lock_timeout_seconds,
+            python_envs=envs,
             app_env=dict(config.app_env),
             keep_releases=config.keep_releases,
             max_state_saves=config.max_state_saves,
+            disk_reserve_bytes=config.disk_reserve_bytes,
             should_stop=should_stop or (lambda: False),
+            keepalive=keepalive or _nothing,
+            keepalive_during=during,
+            checkpoint=pause_hook_from_environment(config.paths.state_dir),
         )
 
     # -- what runs -----------------------------------------------------------------
@@ -337,7 +469,7 @@ class Installer:
                     attempts=1,
                     started_at=self.clock.wall(),
                 )
-                run.state = self.store.save(run.state.model_copy(update={"update": new}))
+                run.state = self._persist(run.state.model_copy(update={"update": new}))
                 start = UpdateState.DOWNLOADING
                 logger.info(
                     "installing update %s (%s), running %s", version, directive.update_id, running
@@ -357,6 +489,7 @@ class Installer:
             PackageError, SignatureError, ManifestError: the package is refused
                 before anything was written (missing files, untrusted key,
                 downgrade).
+            DiskSpaceError: the unpacked release would not fit; nothing was written.
         """
         package_dir = Path(package_dir).resolve()
         read_package_dir(package_dir)  # refuse a missing or incomplete package before touching disk
@@ -370,6 +503,7 @@ class Installer:
                 self.keyring(),
                 current_version=self.running_version(),
             )
+            self._check_disk_space(verified.manifest, download_bytes=0)
             run = _Run(state=state, manifest=verified.manifest)
             if state.update is not None:
                 self._abandon(run, "a package directory is being installed instead")
@@ -384,7 +518,7 @@ class Installer:
                 attempts=1,
                 started_at=self.clock.wall(),
             )
-            run.state = self.store.save(run.state.model_copy(update={"update": record}))
+            run.state = self._persist(run.state.model_copy(update={"update": record}))
             logger.info("installing %s from %s", record.version, package_dir)
             return self._advance(run, UpdateState.VERIFYING)
 
@@ -408,9 +542,15 @@ class Installer:
 
     # -- the state machine ------------------------------------------------------------
 
+    def _persist(self, state: AgentState) -> AgentState:
+        """Save ``state`` (see :meth:`StateStore.save`), then pass the checkpoint."""
+        saved = self.store.save(state)
+        self.checkpoint(str(saved.state))
+        return saved
+
     def _save(self, run: _Run, step: UpdateState, **changes: object) -> None:
         record = run.record.model_copy(update={"state": step, **changes})
-        run.state = self.store.save(run.state.model_copy(update={"update": record}))
+        run.state = self._persist(run.state.model_copy(update={"update": record}))
 
     def _package_dir(self, record: UpdateRecord) -> Path:
         if record.source == UpdateSource.DIRECTORY:
@@ -424,6 +564,9 @@ class Installer:
             try:
                 self._pre_switch(run, step)
             except _RetryLater as error:
+                return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
+            except PackageManagerLockError as error:
+                logger.warning("staging %s paused: %s", run.record.version, error)
                 return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
             except _Abandon as error:
                 self._abandon(run, str(error))
@@ -508,8 +651,12 @@ class Installer:
                     signature_path.read_bytes(),
                 )
             else:
-                manifest_bytes = client.download_manifest(directive.manifest_url)
-                signature_bytes = client.download_signature(directive.signature_url)
+                manifest_bytes = client.download_manifest(
+                    directive.manifest_url, should_stop=self.should_stop
+                )
+                signature_bytes = client.download_signature(
+                    directive.signature_url, should_stop=self.should_stop
+                )
             verified = verification.verify_metadata(
                 manifest_bytes,
                 signature_bytes,
@@ -528,12 +675,19 @@ class Installer:
                     directive.size,
                     size,
                 )
+            payload = package_dir / PAYLOAD_NAME
+            have = 0
+            for candidate in (payload, payload.with_name(payload.name + ".partial")):
+                if candidate.exists():
+                    have = max(have, min(candidate.stat().st_size, size))
+            self._check_disk_space(verified.manifest, download_bytes=size - have)
             client.download_payload(
                 directive.download_url,
-                package_dir / PAYLOAD_NAME,
+                payload,
                 size,
                 resume=True,
                 should_stop=self.should_stop,
+                progress=lambda received, total: self.keepalive(),
             )
         except DownloadTooLargeError:
             raise
@@ -550,6 +704,38 @@ class Installer:
                 raise _RetryLater(str(error)) from None
             raise
 
+    def _check_disk_space(self, manifest: Manifest, *, download_bytes: int) -> None:
+        """Refuse early when the download plus the unpacked release would not fit.
+
+        Each file system (the downloads under ``state_dir``, the releases
+        under ``install_root``; often the same one) must keep
+        ``disk_reserve_bytes`` free after taking its share. A Python
+        environment built from ``requirements.txt`` is not counted: its size
+        is unknown until pip has run.
+
+        Raises:
+            DiskSpaceError: with the bytes needed and free, per file system.
+        """
+        needs: dict[int, tuple[Path, list[str], int]] = {}
+        for directory, what, count in (
+            (self.paths.downloads_dir, "download", max(0, download_bytes)),
+            (self.paths.releases_dir, "unpacked release", manifest.unpacked_size),
+        ):
+            where = _existing(directory)
+            device = where.stat().st_dev
+            path, parts, total = needs.get(device, (where, [], 0))
+            parts.append(f"{what} {count:,}")
+            needs[device] = (path, parts, total + count)
+        for path, parts, total in needs.values():
+            required = total + self.disk_reserve_bytes
+            free = self.free_bytes(path)
+            if free < required:
+                raise DiskSpaceError(
+                    f"not enough disk space for {manifest.version} on {path}: needs "
+                    f"{_amount(required)} ({', '.join(parts)}, reserve "
+                    f"{self.disk_reserve_bytes:,} bytes) but only {_amount(free)} are free"
+                )
+
     def _stage(self, manifest: Manifest, payload: Path) -> None:
         """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""
         release = self.paths.release_dir(manifest.version)
@@ -558,16 +744,14 @@ class Installer:
             if self.current_release() == manifest.version:  # pragma: no cover - refused earlier
                 raise InstallError(f"{manifest.version} is the running release")
             _remove_tree(release)  # left over from an interrupted staging
-        verification.extract_payload(payload, manifest, release)
+        with self.keepalive_during():
+            verification.extract_payload(payload, manifest, release)
+        self.checkpoint("staging.extracted")
         try:
+            if self.python_envs is not None:
+                self.python_envs.prepare(release)
             if manifest.system_packages:
-                self._run_command(
-                    [*self.apt_command, *manifest.system_packages],
-                    what="installing system packages",
-                    cwd=release,
-                    env={"DEBIAN_FRONTEND": "noninteractive"},
-                    timeout=_APT_TIMEOUT_SECONDS,
-                )
+                self._install_system_packages(manifest, release)
             if self.setup_command:
                 self._run_command(
                     list(self.setup_command),
@@ -578,23 +762,76 @@ class Installer:
                 )
         except BaseException:
             _remove_tree(release)
+            self._prune_environments()
             raise
 
+    def _install_system_packages(self, manifest: Manifest, release: Path) -> None:
+        """``apt-get install -- NAMES`` once the dpkg lock is free (waiting up to the limit).
+
+        Raises:
+            PackageManagerLockError: another package manager kept the lock
+                (the update is tried again later).
+            InstallError: a name breaks Debian policy, or apt failed.
+        """
+        argv = apt_install_argv(self.apt_command, manifest.system_packages)
+        deadline = self.clock.monotonic() + self.dpkg_lock_timeout_seconds
+        while True:
+            wait_for_dpkg_lock(
+                self.dpkg_lock_file,
+                timeout_seconds=max(0.0, deadline - self.clock.monotonic()),
+                monotonic=self.clock.monotonic,
+                sleep=self.clock.sleep,
+                keepalive=self.keepalive,
+            )
+            result = self._run_command(
+                argv,
+                what="installing system packages",
+                cwd=release,
+                env={"DEBIAN_FRONTEND": "noninteractive"},
+                timeout=_APT_TIMEOUT_SECONDS,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            output = (result.stderr or b"").decode("utf-8", "replace") + (
+                result.stdout or b""
+            ).decode("utf-8", "replace")
+            if not apt_lock_failure(output):
+                raise InstallError(
+                    f"installing system packages ({argv[0]}) exited with status "
+                    f"{result.returncode}: {_tail(result)}"
+                )
+            if self.clock.monotonic() >= deadline:
+                raise PackageManagerLockError(
+                    f"apt could not get the dpkg lock within {self.dpkg_lock_timeout_seconds:g} s "
+                    f"({_tail(result)}); will try again later"
+                )
+            logger.info("apt found the dpkg lock taken; waiting for it again")
+            self.clock.sleep(1.0)
+
     def _run_command(
-        self, argv: list[str], *, what: str, cwd: Path, env: Mapping[str, str], timeout: float
+        self,
+        argv: list[str],
+        *,
+        what: str,
+        cwd: Path,
+        env: Mapping[str, str],
+        timeout: float,
+        check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
         full_env = {**os.environ, **env}
         try:
-            result = self.runner(
-                argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
-            )
+            with self.keepalive_during():
+                result = self.runner(
+                    argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
+                )
         except subprocess.TimeoutExpired:
             raise InstallError(
                 f"{what} ({argv[0]}) did not finish within {timeout:.0f} s"
             ) from None
         except OSError as error:
             raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise InstallError(
                 f"{what} ({argv[0]}) exited with status {result.returncode}: {_tail(result)}"
             )
@@ -617,18 +854,35 @@ class Installer:
         fsync_directory(root)
 
     def _switch(self, run: _Run) -> None:
+        """Stop → point ``current`` at the new release → start: the only downtime."""
         version = run.record.version
         logger.info("switching to %s: stopping the application", version)
-        self.service.stop()
+        began = self.clock.monotonic()
+        with self.keepalive_during():
+            self.service.stop()
+        stopped = self.clock.monotonic()
+        self.checkpoint("switching.stopped")
         self._point_current(version)
+        self.checkpoint("switching.linked")
+        linked = self.clock.monotonic()
         logger.info("current -> releases/%s; starting the application", version)
-        self.service.start()
+        with self.keepalive_during():
+            self.service.start()
+        started = self.clock.monotonic()
+        logger.info(
+            "application down for %.3f s (stop %.3f s, switch %.3f s, start %.3f s)",
+            started - began,
+            stopped - began,
+            linked - stopped,
+            started - linked,
+        )
 
     def _health_check(self, version: str) -> str | None:
         """None if the running new release is healthy, else the reason it is not."""
         started = self.clock.monotonic()
         deadline = started + self.health_seconds
         while True:
+            self.keepalive()
             if not self.service.is_active():
                 elapsed = self.clock.monotonic() - started
                 return f"{version} stopped running {elapsed:.1f} s into its {self.health_seconds:g} s health check"
@@ -662,7 +916,7 @@ class Installer:
             return self._roll_back(run, str(error))
         self._prune_releases(keep_previous=record.previous_version)
         self._remove_download(record)
-        run.state = self.store.save(
+        run.state = self._persist(
             run.state.model_copy(
                 update={
                     "current_version": record.version,
@@ -703,6 +957,7 @@ class Installer:
                 self._point_current(None)
             if self.current_release() != record.version:
                 _remove_tree(self.paths.release_dir(record.version))
+                self._prune_environments()
         self._remove_download(record)
         return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
 
@@ -712,6 +967,7 @@ class Installer:
         logger.error("update %s failed: %s", record.version, reason)
         if self.current_release() != record.version:
             _remove_tree(self.paths.release_dir(record.version))
+            self._prune_environments()
         self._remove_download(record)
         return self._finish(run, UpdateStatus.FAILED, reason)
 
@@ -720,7 +976,7 @@ class Installer:
         failed = list(run.state.failed_versions)
         if record.source == UpdateSource.SERVER and record.version not in failed:
             failed.append(record.version)
-        run.state = self.store.save(
+        run.state = self._persist(
             run.state.model_copy(
                 update={
                     "failed_versions": failed,
@@ -742,7 +998,7 @@ class Installer:
         self._report(
             record.update_id if record.source == UpdateSource.SERVER else None, status, record.error
         )
-        run.state = self.store.save(run.state.model_copy(update={"update": None}))
+        run.state = self._persist(run.state.model_copy(update={"update": None}))
         result = {
             UpdateStatus.COMPLETED: InstallResult.COMPLETED,
             UpdateStatus.ROLLED_BACK: InstallResult.ROLLED_BACK,
@@ -759,8 +1015,9 @@ class Installer:
         logger.info("abandoning update %s: %s", record.version, reason)
         if self.current_release() != record.version:
             _remove_tree(self.paths.release_dir(record.version))
+            self._prune_environments()
         self._remove_download(record)
-        run.state = self.store.save(run.state.model_copy(update={"update": None}))
+        run.state = self._persist(run.state.model_copy(update={"update": None}))
 
     def _report(self, update_id: int | None, status: UpdateStatus, message: str | None) -> None:
         if update_id is None or self.reporter is None:
@@ -836,6 +1093,12 @@ class Installer:
                 if entry.name != keep:
                     logger.info("removing stale download %s", entry)
                     _remove_tree(entry)
+        self._prune_environments()
+
+    def _prune_environments(self) -> None:
+        """Delete Python environments no release links to (and half-built ones)."""
+        if self.python_envs is not None:
+            self.python_envs.prune(self.paths.releases_dir)
 
     def _remove_download(self, record: UpdateRecord) -> None:
         if record.source == UpdateSource.SERVER and record.update_id is not None:
@@ -862,6 +1125,7 @@ class Installer:
         for name in others[self.keep_releases :]:
             logger.info("removing old release %s", name)
             _remove_tree(releases / name)
+        self._prune_environments()
 
 
 def _remove_tree(path: Path) -> None:
@@ -885,6 +1149,11 @@ def _reason(error: BaseException) -> str:
 
 
 def _tail(result: subprocess.CompletedProcess[bytes]) -> str:
-    output = (result.stderr or b"") + (result.stdout or b"")
-    lines = output.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1][:300] if lines else "no output"
+    """The last non-blank line of stderr, else of stdout (clipped)."""
+    for stream in (result.stderr, result.stdout):
+        lines = [
+            line for line in (stream or b"").decode("utf-8", "replace").splitlines() if line.strip()
+        ]
+        if lines:
+            return lines[-1].strip()[:300]
+    return "no output"

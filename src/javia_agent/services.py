@@ -12,7 +12,10 @@
 
 The application's environment gets the configured ``app_env`` plus
 ``JAVIA_RELEASE_DIR`` (the resolved release directory) and
-``JAVIA_ACTIVITY_FILE`` (where to record activity).
+``JAVIA_ACTIVITY_FILE`` (where to record activity); when the release has a
+Python environment (built from its ``requirements.txt``, see
+:mod:`javia_agent.environments`) also ``JAVIA_PYTHON`` (its interpreter),
+``VIRTUAL_ENV`` and a ``PATH`` that starts with its ``bin``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from javia_agent._fs import atomic_write
+from javia_agent.environments import environment_variables
 from javia_agent.errors import ServiceError
 
 __all__ = [
@@ -74,8 +78,21 @@ class AppService(Protocol):
 def application_environment(
     release_dir: Path, activity_file: Path, app_env: Mapping[str, str]
 ) -> dict[str, str]:
-    """The variables javia adds to the application's environment."""
+    """The variables javia adds to the application's environment.
+
+    Args:
+        release_dir: the release the application runs from.
+        activity_file: where the application records activity.
+        app_env: the configured extra variables; a ``PATH`` among them is
+            the one the release's environment is put in front of.
+
+    Returns:
+        ``app_env`` plus ``JAVIA_RELEASE_DIR``, ``JAVIA_ACTIVITY_FILE`` and,
+        when the release has a Python environment, ``JAVIA_PYTHON``,
+        ``VIRTUAL_ENV`` and ``PATH``.
+    """
     env = dict(app_env)
+    env.update(environment_variables(Path(release_dir), app_env.get("PATH")))
     env[RELEASE_DIR_ENV] = str(release_dir)
     env[ACTIVITY_FILE_ENV] = str(activity_file)
     return env

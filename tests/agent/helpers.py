@@ -25,7 +25,9 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 #: The test application: reads VERSION from its cwd (the release directory),
 #: exits 1 at once if the release ships a FAIL file, else writes
-#: {"version", "pid", ...} to $TEST_APP_STATUS and runs until SIGTERM.
+#: {"version", "pid", "python", "imports", ...} to $TEST_APP_STATUS (imports:
+#: the VERSION of each module named in $TEST_APP_IMPORT, None if it cannot be
+#: imported) and runs until SIGTERM.
 APP_SOURCE = """\
 import json, os, signal, sys, time
 from pathlib import Path
@@ -40,7 +42,16 @@ record = {
     "pid": os.getpid(),
     "release_dir": os.environ.get("JAVIA_RELEASE_DIR"),
     "activity_file": os.environ.get("JAVIA_ACTIVITY_FILE"),
+    "javia_python": os.environ.get("JAVIA_PYTHON"),
+    "python": sys.executable,
+    "prefix": sys.prefix,
+    "imports": {},
 }
+for name in filter(None, os.environ.get("TEST_APP_IMPORT", "").split(",")):
+    try:
+        record["imports"][name] = getattr(__import__(name), "VERSION", "?")
+    except ImportError:
+        record["imports"][name] = None
 Path(status + ".tmp").write_text(json.dumps(record))
 os.replace(status + ".tmp", status)
 signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))

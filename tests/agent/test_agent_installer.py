@@ -250,3 +250,72 @@ def test_signed_system_packages_are_installed_with_apt_before_the_switch(
     assert calls == [
         ["apt-get", "install", "--yes", "--no-install-recommends", "--", "sox", "libasound2"]
     ]
+
+
+# -- disk space ------------------------------------------------------------------------
+
+
+def test_too_little_disk_space_is_refused_before_the_download_with_the_numbers(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    old_pid = device.app_status()["pid"]
+    package = make_package("v1.1.0")
+    directive = _directive(file_server, 14, package)
+    free = 4096  # less than the reserve alone
+    with _client(file_server) as client:
+        outcome = make_installer(
+            device, signer, client=client, free_bytes=lambda path: free, disk_reserve_bytes=4096
+        ).install(directive)
+
+    assert outcome.result == InstallResult.FAILED
+    needed = package.manifest.archive.size + package.manifest.unpacked_size + 4096
+    reason = outcome.reason or ""
+    assert "not enough disk space for v1.1.0" in reason
+    assert f"{needed:,} bytes" in reason and f"{free:,} bytes" in reason
+    assert f"download {package.manifest.archive.size:,}" in reason
+    assert f"unpacked release {package.manifest.unpacked_size:,}" in reason
+    # Refused before a payload byte was fetched or anything was switched.
+    assert not any(path.endswith("/download") for path, _ in file_server.requests)
+    assert device.current() == "v1.0.0" and device.wait_for_app("v1.0.0")["pid"] == old_pid
+    assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.FAILED]
+    assert not device.paths.release_dir("v1.1.0").exists()
+    assert not any(device.paths.downloads_dir.iterdir())
+
+
+def test_exactly_enough_disk_space_is_enough(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    package = make_package("v1.1.0")
+    needed = package.manifest.archive.size + package.manifest.unpacked_size + 100
+    for free, expected in ((needed - 1, InstallResult.FAILED), (needed, InstallResult.COMPLETED)):
+        update_id = 15 if expected == InstallResult.FAILED else 16
+        fields = serve_package(file_server, update_id, package)
+        with _client(file_server) as client:
+            installer = make_installer(
+                device,
+                signer,
+                client=client,
+                free_bytes=lambda path, free=free: free,
+                disk_reserve_bytes=100,
+            )
+            state = installer.store.load()
+            installer.store.save(state.model_copy(update={"failed_versions": []}))
+            outcome = installer.install(InstallDirective.model_validate(fields))
+        assert outcome.result == expected, (free, needed, outcome)
+
+
+def test_a_package_directory_too_big_for_the_disk_is_refused_before_anything_is_written(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    import pytest
+
+    from javia_agent.errors import DiskSpaceError
+
+    _install_initial(device, signer, make_package)
+    installer = make_installer(device, signer, free_bytes=lambda path: 10)
+    with pytest.raises(DiskSpaceError, match="not enough disk space for v1.1.0"):
+        installer.install_from_directory(make_package("v1.1.0").directory)
+    assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.0.0"]
+    assert StateStore(device.paths.state_file).load().update is None
