@@ -86,7 +86,7 @@ class Recorder:
 
     def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         self.calls.append([str(part) for part in argv])
-        return subprocess.run(argv, **kwargs)
+        return subprocess.run(argv, check=kwargs.pop("check", False), **kwargs)
 
     def pip_runs(self) -> int:
         return sum("pip" in call for call in self.calls)

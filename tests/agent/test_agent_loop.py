@@ -327,3 +327,58 @@ def test_device_metadata_reads_model_and_os_without_network(tmp_path: Path) -> N
         tmp_path, ip_address=None, model_file=tmp_path / "no", os_release=tmp_path / "no"
     )
     assert "hardware_model" not in missing and "ip_address" not in missing
+
+
+def test_a_paused_download_the_server_no_longer_offers_is_dropped_and_its_bytes_freed(
+    tmp_path: Path,
+) -> None:
+    from javia_agent.installer import Installer
+    from javia_agent.state import StateStore, UpdateRecord, UpdateState
+
+    h = _harness(tmp_path, FakeApi(directive=None))
+    paths = h.agent.config.paths
+    installer = Installer(paths=paths, service=FakeService(), keyring=dict)
+    store = StateStore(paths.state_file)
+    record = UpdateRecord(update_id=4, version="v1.1.0", state=UpdateState.DOWNLOADING)
+    store.save(store.load().model_copy(update={"update": record}))
+    partial = paths.download_dir(4) / "payload.tar.gz.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"x" * 1000)
+    h.agent.installer = installer
+    installer_state = installer.load_state()
+    assert installer_state.update is not None
+
+    h.agent.run_once()  # the update was superseded or cancelled: no directive any more
+
+    assert StateStore(paths.state_file).load().update is None
+    assert not paths.download_dir(4).exists()
+    assert h.api.heartbeats[0]["status"] == "updating"
+
+
+def test_a_busy_server_is_left_alone_for_its_retry_after(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def busy_then_fine(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(503, headers={"Retry-After": "240"}, json={"detail": "busy"})
+        return FakeApi()(request)
+
+    h = _harness(tmp_path, FakeApi())
+    h.agent.client = DeviceClient(
+        "https://updates.example.org",
+        device_uuid=UUID,
+        token="t",
+        transport=httpx.MockTransport(busy_then_fine),
+    )
+    waits: list[float] = []
+
+    def fake_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            h.agent.stop()
+
+    h.agent._wait = fake_wait  # type: ignore[method-assign]
+    assert h.agent.run_forever() == 0
+    assert waits[0] >= 240  # not the usual ≤ 30 s first backoff
+    assert waits[1] == pytest.approx(300.0)
