@@ -12,7 +12,7 @@ import sys
 import typer
 
 from javia_updates import __version__
-from javia_updates.cli import db, demo, devices, keys, publish, server, updates
+from javia_updates.cli import db, demo, devices, keys, publish, server, simulate, updates
 from javia_updates.cli.common import fail
 from javia_updates.errors import JaviaError
 
@@ -30,6 +30,7 @@ app.add_typer(keys.app, name="keys")
 app.command("server")(server.serve)
 app.add_typer(db.app, name="db")
 app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
 
 
 def _add_agent() -> None:

@@ -1,0 +1,641 @@
+"""Fleet simulator: many lightweight devices against one real server, over real HTTP.
+
+``javia simulate --devices N`` starts a real ``javia server`` on 127.0.0.1 in
+a scratch directory, registers N devices through the admin API, and runs each
+device as an asyncio task in this one process. Every device speaks the real
+device API (DESIGN.md section 6) the way the agent does, with an accelerated
+heartbeat interval (the server's ``heartbeat_interval_seconds``, which devices
+obey, plus or minus 10 % jitter):
+
+1. heartbeat, reporting the version it runs;
+2. once every device has been seen, the simulator publishes a signed
+   **instant** update (DESIGN.md section 4: every device seen in the last
+   300 s gets a row and installs at its next heartbeat);
+3. a device whose heartbeat answer carries an install directive reports
+   ``downloading``, fetches the manifest and signature and verifies the
+   Ed25519 signature against the simulator's key, downloads the payload and
+   checks its size and SHA-256 against the manifest, reports ``installing``
+   and then ``completed``, and from then on heartbeats with the new version.
+
+No application is installed or run: this measures the server and the wire,
+not the Pi. The report says how long until all N devices had reported
+``completed`` (measured from the moment the publish request was answered),
+how many requests failed and why, the heartbeat latency, and how much CPU
+the server process used (read from ``/proc``; None where there is none).
+
+Load stays on loopback: the simulator only ever talks to the server it
+started. Every loop is bounded by ``timeout_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from javia_updates.errors import JaviaError
+from javia_updates.models import UpdateType
+from javia_updates.versioning import Version
+
+__all__ = [
+    "BASE_VERSION",
+    "UPDATE_VERSION",
+    "SimulationConfig",
+    "SimulationError",
+    "SimulationReport",
+    "process_cpu_seconds",
+    "process_rss_bytes",
+    "run_simulation",
+]
+
+#: The version every simulated device runs at the start.
+BASE_VERSION = "v1.0.0"
+#: The version the simulator publishes.
+UPDATE_VERSION = "v1.1.0"
+
+_API = "/api/v1"
+_JITTER = 0.1  # fraction of the heartbeat interval, like the agent's default
+_SHARD_CONNECTIONS = 4  # connections per HTTP client (see _Shard)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class SimulationError(JaviaError):
+    """The simulation could not be set up or run (server start, registration, publish)."""
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate.
+
+    Attributes:
+        devices: number of simulated devices (at least 1).
+        heartbeat_seconds: the server's heartbeat interval, which devices obey
+            (seconds; the wire carries whole seconds, so at least 1 s in effect).
+        connections: HTTP connections shared by all devices; also the number of
+            requests in flight at once.
+        payload_bytes: size of the published package's random (incompressible)
+            payload file, in bytes.
+        timeout_seconds: give up waiting for the fleet after this many seconds
+            (from the publish); the report then shows how many completed.
+        register_concurrency: admin registrations in flight at once.
+        database_url: SQLAlchemy URL for the server's store (None: the local
+            SQLite backend in the scratch directory).
+        work_dir: scratch directory to use and keep (None: a temporary one,
+            removed afterwards).
+        seed: seed of the jitter's random generator (None: unseeded).
+    """
+
+    devices: int
+    heartbeat_seconds: float = 5.0
+    connections: int = 64
+    payload_bytes: int = 64 * 1024
+    timeout_seconds: float = 300.0
+    register_concurrency: int = 8
+    database_url: str | None = None
+    work_dir: Path | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise SimulationError(f"devices is {self.devices}: expected at least 1")
+        if self.heartbeat_seconds <= 0:
+            raise SimulationError(
+                f"heartbeat_seconds is {self.heartbeat_seconds}: expected a positive number of seconds"
+            )
+        if self.connections < 1 or self.register_concurrency < 1:
+            raise SimulationError("connections and register_concurrency must be at least 1")
+        if self.payload_bytes < 0:
+            raise SimulationError(f"payload_bytes is {self.payload_bytes}: expected 0 or more")
+        if self.timeout_seconds <= 0:
+            raise SimulationError(
+                f"timeout_seconds is {self.timeout_seconds}: expected a positive number of seconds"
+            )
+
+
+@dataclass
+class SimulationReport:
+    """What a simulation measured. Durations in seconds, sizes in bytes.
+
+    Attributes:
+        devices: simulated devices.
+        heartbeat_seconds: the heartbeat interval devices were told.
+        register_seconds: registering every device through the admin API.
+        publish_seconds: the publish request (upload + creating device rows).
+        completed: devices that reported ``completed`` in time.
+        server_completed: the server's own count of ``completed`` rows.
+        seconds_to_all_completed: from the publish answer until the last device
+            reported ``completed``; None if not all did.
+        completion_percentiles: per-device seconds to ``completed`` since the
+            publish answer: keys ``p50``, ``p90``, ``p99``, ``max``.
+        requests: requests sent, by kind (heartbeat, status, manifest, ...).
+        errors: failures by kind and cause, e.g. ``"heartbeat: HTTP 500"``.
+        heartbeat_latency_ms: heartbeat round trips in milliseconds (``p50``,
+            ``p99``, ``max``).
+        server_cpu_seconds: CPU the server used from publish to the end (None
+            without ``/proc``).
+        server_cpu_percent: that CPU as a share of one core over the same time.
+        server_rss_bytes: the server's resident memory at the end (None without
+            ``/proc``).
+        wall_seconds: the whole run, server start included.
+    """
+
+    devices: int
+    heartbeat_seconds: float
+    register_seconds: float
+    publish_seconds: float
+    completed: int
+    server_completed: int
+    seconds_to_all_completed: float | None
+    completion_percentiles: dict[str, float]
+    requests: dict[str, int]
+    errors: dict[str, int]
+    heartbeat_latency_ms: dict[str, float]
+    server_cpu_seconds: float | None
+    server_cpu_percent: float | None
+    server_rss_bytes: int | None
+    wall_seconds: float
+
+    @property
+    def error_count(self) -> int:
+        """All failed requests and verifications."""
+        return sum(self.errors.values())
+
+    @property
+    def succeeded(self) -> bool:
+        """Every device completed, the server agrees, and nothing failed."""
+        return (
+            self.completed == self.devices
+            and self.server_completed == self.devices
+            and self.error_count == 0
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
+        return {**asdict(self), "error_count": self.error_count, "succeeded": self.succeeded}
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process ``pid``, from ``/proc/PID/stat``.
+
+    Returns None where ``/proc`` is not available or the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: fields after its closing ')'.
+    fields = data.rsplit(")", 1)[-1].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` in bytes (``VmRSS``), or None without ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class _Shard:
+    """One HTTP client with a few connections, and a gate of as many requests in flight.
+
+    httpcore's pool scans every connection of a client on each request, so
+    one client with many connections costs more CPU per request than the
+    server's work; small clients keep the simulator out of the measurement.
+    """
+
+    client: httpx.AsyncClient
+    slots: asyncio.Semaphore
+
+
+@dataclass
+class _Device:
+    uuid: str
+    headers: dict[str, str]
+    shard: _Shard | None = None
+    version: str = BASE_VERSION
+    seen: bool = False
+    completed_at: float | None = None
+
+
+@dataclass
+class _Tally:
+    requests: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    heartbeat_ms: list[float] = field(default_factory=list)
+
+
+class _RequestFailed(Exception):
+    """One request or verification failed; already counted in the tally."""
+
+
+class _Fleet:
+    """The simulated devices sharing one HTTP client."""
+
+    def __init__(
+        self,
+        shards: list[_Shard],
+        devices: list[_Device],
+        keyring: dict[str, Any],
+        rng: random.Random,
+    ) -> None:
+        for index, device in enumerate(devices):
+            device.shard = shards[index % len(shards)]
+        self.devices = devices
+        self.keyring = keyring
+        self.rng = rng
+        self.tally = _Tally()
+        self.published_at: float | None = None
+        self.all_seen = asyncio.Event()
+        self.all_completed = asyncio.Event()
+        self._unseen = len(devices)
+        self._incomplete = len(devices)
+
+    async def _call(
+        self, kind: str, method: str, url: str, device: _Device, **kwargs: Any
+    ) -> httpx.Response:
+        self.tally.requests[kind] += 1
+        assert device.shard is not None
+        async with device.shard.slots:
+            try:
+                response = await device.shard.client.request(
+                    method, url, headers=device.headers, **kwargs
+                )
+            except httpx.HTTPError as error:
+                self.tally.errors[f"{kind}: {type(error).__name__}"] += 1
+                raise _RequestFailed from None
+        if response.status_code >= 400:
+            self.tally.errors[f"{kind}: HTTP {response.status_code}"] += 1
+            raise _RequestFailed
+        return response
+
+    async def run_device(self, device: _Device, interval: float) -> None:
+        """Heartbeat forever (until cancelled), installing what the server directs."""
+        await asyncio.sleep(self.rng.uniform(0, interval))
+        while True:
+            try:
+                interval = await self._heartbeat(device, interval)
+            except _RequestFailed:
+                pass
+            await asyncio.sleep(interval * (1 + self.rng.uniform(-_JITTER, _JITTER)))
+
+    async def _heartbeat(self, device: _Device, interval: float) -> float:
+        started = time.perf_counter()
+        response = await self._call(
+            "heartbeat",
+            "POST",
+            f"{_API}/devices/{device.uuid}/heartbeat",
+            device,
+            json={"current_version": device.version, "status": "online", "metadata": {}},
+        )
+        self.tally.heartbeat_ms.append((time.perf_counter() - started) * 1000)
+        body = response.json()
+        if not device.seen:
+            device.seen = True
+            self._unseen -= 1
+            if self._unseen == 0:
+                self.all_seen.set()
+        directive = body.get("update")
+        if directive is not None and directive["version"] != device.version:
+            await self._install(device, directive)
+        return float(body.get("heartbeat_interval_seconds") or interval)
+
+    async def _report(self, device: _Device, update_id: int, status: str) -> None:
+        await self._call(
+            "status",
+            "POST",
+            f"{_API}/devices/{device.uuid}/updates/{update_id}/status",
+            device,
+            json={"status": status},
+        )
+
+    async def _install(self, device: _Device, directive: dict[str, Any]) -> None:
+        from javia_updates.manifest import verify_manifest
+
+        update_id = int(directive["update_id"])
+        await self._report(device, update_id, "downloading")
+        manifest_bytes = (
+            await self._call("manifest", "GET", directive["manifest_url"], device)
+        ).content
+        signature_bytes = (
+            await self._call("signature", "GET", directive["signature_url"], device)
+        ).content
+        try:
+            manifest = verify_manifest(manifest_bytes, signature_bytes, self.keyring)
+        except JaviaError as error:
+            self.tally.errors[f"verify: {type(error).__name__}"] += 1
+            raise _RequestFailed from None
+        digest = hashlib.sha256()
+        size = 0
+        self.tally.requests["download"] += 1
+        assert device.shard is not None
+        async with device.shard.slots:
+            try:
+                async with device.shard.client.stream(
+                    "GET", directive["download_url"], headers=device.headers
+                ) as response:
+                    if response.status_code >= 400:
+                        self.tally.errors[f"download: HTTP {response.status_code}"] += 1
+                        raise _RequestFailed
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > manifest.archive.size:
+                            break
+                        digest.update(chunk)
+            except httpx.HTTPError as error:
+                self.tally.errors[f"download: {type(error).__name__}"] += 1
+                raise _RequestFailed from None
+        if size != manifest.archive.size or digest.hexdigest() != manifest.archive.sha256:
+            self.tally.errors["verify: payload does not match the manifest"] += 1
+            raise _RequestFailed
+        await self._report(device, update_id, "installing")
+        await self._report(device, update_id, "completed")
+        device.version = manifest.version
+        if device.completed_at is None and self.published_at is not None:
+            device.completed_at = time.perf_counter()
+            self._incomplete -= 1
+            if self._incomplete == 0:
+                self.all_completed.set()
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _percentiles(values: list[float], names: dict[str, float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    result = {}
+    for name, fraction in names.items():
+        index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+        result[name] = round(ordered[index], 3)
+    return result
+
+
+def _build_package(root: Path, payload_bytes: int) -> tuple[Any, dict[str, Any]]:
+    """Sign an instant update ``UPDATE_VERSION`` of a tiny app; returns (package, keyring)."""
+    from javia_updates.keys import generate_keypair, load_private_key, load_public_key
+    from javia_updates.manifest import key_id_for
+    from javia_updates.packaging import build_package
+
+    paths = generate_keypair(root / "operator", name="simulator")
+    public_key = load_public_key(paths.public_path)
+    app_dir = root / "app"
+    app_dir.mkdir()
+    (app_dir / "VERSION").write_text(f"{BASE_VERSION}\n", encoding="utf-8")
+    (app_dir / "app.py").write_text("print('simulated device application')\n", encoding="utf-8")
+    (app_dir / "data.bin").write_bytes(secrets.token_bytes(payload_bytes))
+    package = build_package(
+        app_dir,
+        root / "package",
+        version=Version.parse(UPDATE_VERSION),
+        update_type=UpdateType.INSTANT,
+        description="fleet simulator",
+        system_packages=(),
+        private_key=load_private_key(paths.private_path),
+        now=datetime.now(UTC),
+        app_name="simulated-app",
+        write_version_file=False,
+    )
+    return package, {key_id_for(public_key): public_key}
+
+
+async def _register(
+    shards: list[_Shard], api_key: str, count: int, concurrency: int
+) -> list[_Device]:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> _Device:
+        shard = shards[index % len(shards)]
+        async with slots, shard.slots:
+            try:
+                response = await shard.client.post(
+                    f"{_API}/devices/register",
+                    headers={"X-API-Key": api_key},
+                    json={"device_name": f"sim-{index:06d}", "metadata": {"simulated": True}},
+                )
+            except httpx.HTTPError as error:
+                raise SimulationError(f"registering device {index} failed: {error!r}") from None
+        if response.status_code != 201:
+            raise SimulationError(
+                f"registering device {index} failed: HTTP {response.status_code}: {response.text[:300]}"
+            )
+        body = response.json()
+        return _Device(
+            uuid=body["device_uuid"],
+            headers={"Authorization": f"Bearer {body['device_token']}"},
+        )
+
+    return list(await asyncio.gather(*(one(index) for index in range(count))))
+
+
+@contextmanager
+def _scratch(work_dir: Path | None) -> Iterator[Path]:
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        yield work_dir
+        return
+    path = Path(tempfile.mkdtemp(prefix="javia-simulate-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run_simulation(
+    config: SimulationConfig, *, progress: Callable[[str], None] | None = None
+) -> SimulationReport:
+    """Run a whole simulation: server, registration, warm-up, instant publish, rollout.
+
+    Args:
+        config: what to simulate.
+        progress: called with one line per phase (for a CLI); None: silent.
+
+    Returns:
+        The measurements; :attr:`SimulationReport.succeeded` says whether every
+        device completed without a single failed request.
+
+    Raises:
+        SimulationError: the server did not start, a registration or the
+            publish failed, or not every device was seen within the timeout.
+    """
+    from javia_updates.admin_client import AdminClient, ApiError, ServerUnreachableError
+    from javia_updates.demo import FleetError, LocalFleet
+
+    say = progress or (lambda _line: None)
+    wall_start = time.perf_counter()
+    with _scratch(config.work_dir) as root:
+        fleet = LocalFleet(root / "fleet", heartbeat_seconds=config.heartbeat_seconds)
+        extra_env = {"JAVIA_DATABASE_URL": config.database_url} if config.database_url else {}
+        try:
+            say(f"starting javia server on {fleet.url}")
+            fleet.start_server(extra_env=extra_env, timeout=60)
+        except FleetError as error:
+            fleet.stop()
+            raise SimulationError(f"the server did not start: {error}") from None
+        try:
+            package, keyring = _build_package(root, config.payload_bytes)
+            assert fleet.server is not None
+            report = asyncio.run(
+                _simulate(config, fleet.url, fleet.api_key, fleet.server.pid, package, keyring, say)
+            )
+            with AdminClient(fleet.url, fleet.api_key) as admin:
+                try:
+                    counts = admin.get_update(UPDATE_VERSION)["status_counts"]
+                except (ApiError, ServerUnreachableError) as error:
+                    raise SimulationError(
+                        f"reading the update's progress failed: {error}"
+                    ) from None
+            report.server_completed = int(counts.get("completed", 0))
+        finally:
+            fleet.stop()
+    report.wall_seconds = round(time.perf_counter() - wall_start, 3)
+    return report
+
+
+async def _simulate(
+    config: SimulationConfig,
+    url: str,
+    api_key: str,
+    server_pid: int,
+    package: Any,
+    keyring: dict[str, Any],
+    say: Callable[[str], None],
+) -> SimulationReport:
+    from javia_updates.admin_client import AdminClient, ApiError, ServerUnreachableError
+
+    timeout = httpx.Timeout(60.0, pool=None)
+    rng = random.Random(config.seed)
+    sizes = [_SHARD_CONNECTIONS] * (config.connections // _SHARD_CONNECTIONS)
+    if config.connections % _SHARD_CONNECTIONS:
+        sizes.append(config.connections % _SHARD_CONNECTIONS)
+    async with AsyncExitStack() as stack:
+        shards = []
+        for size in sizes:
+            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
+            )
+            shards.append(_Shard(client, asyncio.Semaphore(size)))
+        say(f"registering {config.devices} devices through the admin API")
+        started = time.perf_counter()
+        devices = await _register(shards, api_key, config.devices, config.register_concurrency)
+        register_seconds = time.perf_counter() - started
+
+        fleet = _Fleet(shards, devices, keyring, rng)
+        tasks = [
+            asyncio.create_task(fleet.run_device(device, config.heartbeat_seconds))
+            for device in devices
+        ]
+        try:
+            say(
+                f"waiting until every device has sent a heartbeat (interval {config.heartbeat_seconds} s)"
+            )
+            try:
+                await asyncio.wait_for(
+                    fleet.all_seen.wait(),
+                    timeout=config.timeout_seconds + 3 * config.heartbeat_seconds,
+                )
+            except TimeoutError:
+                seen = sum(device.seen for device in devices)
+                raise SimulationError(
+                    f"only {seen} of {config.devices} devices got a heartbeat answer in time; "
+                    f"errors: {dict(fleet.tally.errors)}"
+                ) from None
+
+            say(f"publishing instant update {UPDATE_VERSION}")
+            cpu_before = process_cpu_seconds(server_pid)
+            started = time.perf_counter()
+
+            def publish() -> None:
+                with AdminClient(url, api_key, timeout=120) as admin:
+                    admin.publish(
+                        manifest_path=package.manifest_path,
+                        signature_path=package.signature_path,
+                        payload_path=package.payload_path,
+                    )
+
+            try:
+                await asyncio.to_thread(publish)
+            except (ApiError, ServerUnreachableError) as error:
+                raise SimulationError(f"publishing failed: {error}") from None
+            published_at = time.perf_counter()
+            fleet.published_at = published_at
+            publish_seconds = published_at - started
+            # A device that completed a check-in during the publish may hold no
+            # directive yet; it gets one at its next heartbeat.
+            say("waiting for every device to report completed")
+            try:
+                await asyncio.wait_for(fleet.all_completed.wait(), timeout=config.timeout_seconds)
+            except TimeoutError:
+                pass
+            ended = time.perf_counter()
+            cpu_after = process_cpu_seconds(server_pid)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    done = [
+        device.completed_at - published_at for device in devices if device.completed_at is not None
+    ]
+    all_done = len(done) == len(devices)
+    cpu_seconds = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu_seconds = round(cpu_after - cpu_before, 3)
+    span = ended - published_at
+    return SimulationReport(
+        devices=config.devices,
+        heartbeat_seconds=config.heartbeat_seconds,
+        register_seconds=round(register_seconds, 3),
+        publish_seconds=round(publish_seconds, 3),
+        completed=len(done),
+        server_completed=0,
+        seconds_to_all_completed=round(max(done), 3) if all_done else None,
+        completion_percentiles=_percentiles(
+            done, {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
+        ),
+        requests=dict(fleet.tally.requests),
+        errors=dict(fleet.tally.errors),
+        heartbeat_latency_ms=_percentiles(
+            fleet.tally.heartbeat_ms, {"p50": 0.5, "p99": 0.99, "max": 1.0}
+        ),
+        server_cpu_seconds=cpu_seconds,
+        server_cpu_percent=(
+            round(100 * cpu_seconds / span, 1) if cpu_seconds is not None and span > 0 else None
+        ),
+        server_rss_bytes=process_rss_bytes(server_pid),
+        wall_seconds=0.0,
+    )
