@@ -144,6 +144,35 @@ class AdminClient:
         """``POST /api/v1/devices/register``; the answer holds the one-time device token."""
         return self._request("POST", "/api/v1/devices/register", json=body)
 
+    def revoke_device_token(self, device_uuid: str) -> dict:
+        """``POST /api/v1/devices/{uuid}/revoke``: the device's token stops working at once."""
+        return self._request("POST", f"/api/v1/devices/{device_uuid}/revoke")
+
+    def rotate_device_token(self, device_uuid: str) -> dict:
+        """``POST /api/v1/devices/{uuid}/rotate-token``: a new token, shown once; the old one stops working."""
+        return self._request("POST", f"/api/v1/devices/{device_uuid}/rotate-token")
+
+    # Enrollment tokens -----------------------------------------------------
+    def create_enrollment_token(
+        self, *, max_uses: int, expires_in_seconds: int, label: str | None = None
+    ) -> dict:
+        """``POST /api/v1/enrollment-tokens/``; the answer holds the token, shown once."""
+        body: dict[str, Any] = {"max_uses": max_uses, "expires_in_seconds": expires_in_seconds}
+        if label is not None:
+            body["label"] = label
+        return self._request("POST", "/api/v1/enrollment-tokens/", json=body)
+
+    def list_enrollment_tokens(self, *, limit: int = 1000, offset: int = 0) -> list[dict]:
+        """``GET /api/v1/enrollment-tokens/``: tokens (never the secrets), newest first."""
+        body = self._request(
+            "GET", "/api/v1/enrollment-tokens/", params={"limit": limit, "offset": offset}
+        )
+        return body["items"] if isinstance(body, dict) else body
+
+    def revoke_enrollment_token(self, token_id: int) -> dict:
+        """``POST /api/v1/enrollment-tokens/{id}/revoke``."""
+        return self._request("POST", f"/api/v1/enrollment-tokens/{token_id}/revoke")
+
     # Updates -------------------------------------------------------------
     def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[dict]:
         """``GET /api/v1/updates/``: published updates with per-status counts."""

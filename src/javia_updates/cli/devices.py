@@ -1,8 +1,17 @@
-"""``javia devices``: the fleet as the server sees it."""
+"""``javia devices``: the fleet as the server sees it, and device identity.
+
+``revoke`` and ``rotate-token`` act on one device's token;
+``enrollment-token create|list|revoke`` manage the tokens with which new
+devices register themselves (docs/security.md, "Device identity").
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from javia_updates.cli.common import (
@@ -12,11 +21,17 @@ from javia_updates.cli.common import (
     admin_client,
     ago,
     console,
+    fail,
     friendly_errors,
     print_json,
 )
 
-app = typer.Typer(help="List and inspect devices.", no_args_is_help=True)
+app = typer.Typer(help="List and inspect devices; revoke and rotate their tokens.", no_args_is_help=True)
+enrollment_app = typer.Typer(
+    help="Enrollment tokens: new devices register themselves without the admin key.",
+    no_args_is_help=True,
+)
+app.add_typer(enrollment_app, name="enrollment-token")
 
 STATUS_STYLE = {"online": "green", "offline": "red", "updating": "yellow"}
 
@@ -70,6 +85,8 @@ def show_device(
     details.add_column()
     for key in ("device_name", "device_uuid", "current_version", "status", "timezone"):
         details.add_row(key.replace("_", " "), str(device.get(key) or "—"))
+    if device.get("token_revoked_at"):
+        details.add_row("token revoked", str(device["token_revoked_at"]))
     details.add_row("last seen", f"{device.get('last_seen') or '—'} ({ago(device.get('last_seen'))})")
     details.add_row("registered", str(device.get("registered_at")))
     for key, value in sorted((device.get("metadata") or {}).items()):
@@ -88,3 +105,157 @@ def show_device(
                 row.get("error_message") or "",
             )
         console.print(table)
+
+
+def _device_uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        fail(f"invalid device uuid {text[:60]!r}: expected e.g. {uuid.uuid4()}")
+
+
+@app.command("revoke")
+def revoke(
+    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Revoke a device's token at once: it gets 401 until 'rotate-token' issues a new one."""
+    target = _device_uuid(device_uuid)
+    with friendly_errors(), admin_client(server, api_key) as client:
+        device = client.revoke_device_token(target)
+    if as_json:
+        print_json(device)
+        return
+    console.print(
+        f"revoked the token of device {target}"
+        + (f" ({escape(device['device_name'])})" if device.get("device_name") else "")
+        + "; it can no longer call the server. Re-admit it with: javia devices rotate-token "
+        + target,
+        highlight=False,
+    )
+
+
+@app.command("rotate-token")
+def rotate_token(
+    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Issue a new device token (shown once); the old one stops working at once."""
+    target = _device_uuid(device_uuid)
+    with friendly_errors(), admin_client(server, api_key) as client:
+        registered = client.rotate_device_token(target)
+    if as_json:
+        print_json(registered)
+        return
+    console.print(f"new token for device {target} (shown this once):", highlight=False)
+    console.print(registered["device_token"], highlight=False, soft_wrap=True)
+    console.print(
+        "write it to the device's token file (default /etc/javia/device-token, mode 0600)",
+        highlight=False,
+    )
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``text``: a number with an optional unit s, m, h or d (``90m``, ``24h``, ``7d``).
+
+    Raises:
+        typer.BadParameter: anything else.
+    """
+    match = _DURATION.fullmatch(text.lower())
+    if match is None:
+        raise typer.BadParameter(f"{text!r} is not a duration: expected e.g. 90m, 24h or 7d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _token_table(tokens: list[dict]) -> Table:
+    table = Table(title=f"{len(tokens)} enrollment token(s)", title_justify="left")
+    for column in ("id", "label", "uses", "expires (UTC)", "state"):
+        table.add_column(column)
+    for token in tokens:
+        if token.get("revoked_at"):
+            state = "[red]revoked[/red]"
+        elif token.get("usable"):
+            state = "[green]usable[/green]"
+        elif token["uses"] >= token["max_uses"]:
+            state = "used up"
+        else:
+            state = "expired"
+        table.add_row(
+            str(token["id"]),
+            escape(token.get("label") or "—"),
+            f"{token['uses']}/{token['max_uses']}",
+            str(token["expires_at"]),
+            state,
+        )
+    return table
+
+
+@enrollment_app.command("create")
+def create_enrollment_token(
+    uses: int = typer.Option(1, "--uses", min=1, help="How many devices may register with it."),
+    expires_in: str = typer.Option(
+        "24h", "--expires-in", help="Validity: a number with s, m, h or d (e.g. 24h, 7d)."
+    ),
+    label: str | None = typer.Option(None, "--label", help="A note, e.g. the batch it is for."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Create an enrollment token (shown once) for 'javia agent register --enrollment-token'."""
+    seconds = parse_duration(expires_in)
+    with friendly_errors(), admin_client(server, api_key) as client:
+        created = client.create_enrollment_token(
+            max_uses=uses, expires_in_seconds=seconds, label=label
+        )
+    if as_json:
+        print_json(created)
+        return
+    console.print(
+        f"enrollment token {created['id']}: registers up to {created['max_uses']} device(s) "
+        f"until {created['expires_at']} (UTC); shown this once:",
+        highlight=False,
+    )
+    console.print(created["token"], highlight=False, soft_wrap=True)
+    console.print(
+        "on each new device: javia agent register --server URL --enrollment-token TOKEN",
+        highlight=False,
+    )
+
+
+@enrollment_app.command("list")
+def list_enrollment_tokens(
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Enrollment tokens with their uses, expiry and state (never the tokens themselves)."""
+    with friendly_errors(), admin_client(server, api_key) as client:
+        tokens = client.list_enrollment_tokens()
+    if as_json:
+        print_json(tokens)
+        return
+    console.print(_token_table(tokens))
+
+
+@enrollment_app.command("revoke")
+def revoke_enrollment_token(
+    token_id: int = typer.Argument(..., min=1, help="The token's id (see 'list')."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Revoke an enrollment token; devices it registered keep working."""
+    with friendly_errors(), admin_client(server, api_key) as client:
+        token = client.revoke_enrollment_token(token_id)
+    if as_json:
+        print_json(token)
+        return
+    console.print(f"revoked enrollment token {token['id']}", highlight=False)
