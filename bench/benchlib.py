@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -450,8 +451,15 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def wrk_script(requests: Sequence[tuple[str, str, dict[str, str], str]]) -> str:
-    """A wrk Lua script cycling through ``(method, path, headers, body)`` requests."""
+def wrk_script(
+    requests: Sequence[tuple[str, str, dict[str, str], str]], think_ms: float = 0.0
+) -> str:
+    """A wrk Lua script cycling through ``(method, path, headers, body)`` requests.
+
+    With ``think_ms``, each connection pauses a random 0.5–1.5 × ``think_ms``
+    milliseconds after every answer before it sends its next request (wrk's
+    ``delay`` hook), like a device waiting for its next heartbeat.
+    """
     entries = []
     for method, path, headers, body in requests:
         header_items = ", ".join(
@@ -472,6 +480,11 @@ def wrk_script(requests: Sequence[tuple[str, str, dict[str, str], str]]) -> str:
         "  i = i + 1\n"
         "  return requests[(i % #requests) + 1]\n"
         "end\n"
+        + (
+            f"delay = function()\n  return math.random({think_ms * 0.5:.0f}, {think_ms * 1.5:.0f})\nend\n"
+            if think_ms > 0
+            else ""
+        )
     )
 
 
@@ -483,9 +496,10 @@ def _wrk(
     seconds: float,
     threads: int,
     timeout_seconds: float,
+    think_ms: float,
 ) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(wrk_script(requests))
+        handle.write(wrk_script(requests, think_ms))
         script = handle.name
     try:
         argv = [
@@ -518,8 +532,10 @@ async def _httpx_load_async(
     connections: int,
     seconds: float,
     timeout_seconds: float,
+    think_ms: float = 0.0,
 ) -> LoadResult:
     latencies: list[float] = []
+    rng = random.Random(0)
     counters = {"requests": 0, "bytes": 0, "errors": 0}
     deadline = time.perf_counter() + seconds
 
@@ -547,6 +563,8 @@ async def _httpx_load_async(
                 counters["requests"] += 1
                 counters["bytes"] += size
                 counters["errors"] += 0 if ok else 1
+                if think_ms > 0:
+                    await asyncio.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(index) for index in range(connections)))
@@ -571,11 +589,17 @@ def httpx_load(
     connections: int,
     seconds: float,
     timeout_seconds: float = 60.0,
+    think_ms: float = 0.0,
 ) -> LoadResult:
     """The fallback load generator: ``connections`` asyncio workers with httpx, one connection each."""
     return asyncio.run(
         _httpx_load_async(
-            url, requests, connections=connections, seconds=seconds, timeout_seconds=timeout_seconds
+            url,
+            requests,
+            connections=connections,
+            seconds=seconds,
+            timeout_seconds=timeout_seconds,
+            think_ms=think_ms,
         )
     )
 
@@ -588,6 +612,7 @@ def run_load(
     seconds: float,
     threads: int = 1,
     timeout_seconds: float = 10.0,
+    think_ms: float = 0.0,
 ) -> LoadResult:
     """Closed-loop load on ``url``: wrk if installed, else the httpx fallback.
 
@@ -599,6 +624,8 @@ def run_load(
         seconds: how long the run lasts.
         threads: wrk threads.
         timeout_seconds: a request slower than this counts as an error.
+        think_ms: mean pause of each connection after an answer (random
+            0.5–1.5 × this), in milliseconds; 0 for none (saturation).
     """
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"load runs target loopback only, not {url}")
@@ -610,9 +637,15 @@ def run_load(
             seconds=seconds,
             threads=threads,
             timeout_seconds=timeout_seconds,
+            think_ms=think_ms,
         )
     return httpx_load(
-        url, requests, connections=connections, seconds=seconds, timeout_seconds=timeout_seconds
+        url,
+        requests,
+        connections=connections,
+        seconds=seconds,
+        timeout_seconds=timeout_seconds,
+        think_ms=think_ms,
     )
 
 
