@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from javia_agent.client import DeviceClient
@@ -319,3 +320,39 @@ def test_a_package_directory_too_big_for_the_disk_is_refused_before_anything_is_
         installer.install_from_directory(make_package("v1.1.0").directory)
     assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == ["v1.0.0"]
     assert StateStore(device.paths.state_file).load().update is None
+
+
+def test_keep_releases_sets_how_many_previous_releases_stay_for_rollback(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    for version in ("v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"):
+        outcome = make_installer(device, signer, keep_releases=2).install_from_directory(
+            make_package(version).directory
+        )
+        assert outcome.result == InstallResult.COMPLETED
+    assert sorted(p.name for p in device.paths.releases_dir.iterdir()) == [
+        "v1.1.0",
+        "v1.2.0",
+        "v1.3.0",
+    ]
+    device.wait_for_app("v1.3.0")
+
+
+def test_debris_left_by_crashes_is_removed_at_start_up(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    _install_initial(device, signer, make_package)
+    releases = device.paths.releases_dir
+    (releases / ".staging-v1.1.0-00112233aabbccdd").mkdir()
+    (releases / ".staging-v1.1.0-00112233aabbccdd" / "app.py").write_text("half")
+    stale_download = device.paths.download_dir(41)
+    stale_download.mkdir(parents=True)
+    (stale_download / "payload.tar.gz.partial").write_bytes(b"x" * 5000)
+    os.symlink("releases/v1.0.0", device.paths.install_root / "current.tmp-4242")
+
+    assert make_installer(device, signer).recover() is None
+
+    assert [p.name for p in releases.iterdir()] == ["v1.0.0"]
+    assert not any(device.paths.downloads_dir.iterdir())
+    assert sorted(p.name for p in device.paths.install_root.iterdir()) == ["current", "releases"]
+    assert device.current() == "v1.0.0"

@@ -166,3 +166,56 @@ def test_a_device_token_cannot_be_used_for_another_device(live_server: LiveServe
     assert error.value.status_code in (401, 403, 404)
     with DeviceClient(live_server.url) as client, pytest.raises(AuthenticationError):
         client.register("wrong-key", DeviceRegisterRequest())
+
+
+def test_the_server_resumes_with_an_exact_range_and_takes_repeated_reports_in_stride(
+    tmp_path: Path, live_server: LiveServer, signer: Signer, make_package: PackageFactory
+) -> None:
+    """The server side of the agent's contract: Range → 206, reports idempotent and forward-only."""
+    import httpx
+
+    from javia_updates.admin_client import AdminClient
+    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
+    from javia_updates.models import UpdateStatus as Status
+
+    with DeviceClient(live_server.url) as client:
+        registered = client.register(live_server.api_key, DeviceRegisterRequest(device_name="r"))
+    package = make_package("v1.1.0")
+    with AdminClient(live_server.url, live_server.api_key) as admin:
+        admin.publish(
+            manifest_path=package.manifest_path,
+            signature_path=package.signature_path,
+            payload_path=package.payload_path,
+            update_type="instant",
+        )
+    with DeviceClient(
+        live_server.url, device_uuid=registered.device_uuid, token=registered.device_token
+    ) as client:
+        directive = client.heartbeat(HeartbeatRequest()).update
+        assert directive is not None
+        size = package.payload_path.stat().st_size
+        offset = size // 3
+        answer = httpx.get(
+            live_server.url + directive.download_url,
+            headers={
+                "Authorization": f"Bearer {registered.device_token}",
+                "Range": f"bytes={offset}-",
+            },
+        )
+        assert answer.status_code == 206
+        assert answer.headers["Content-Range"] == f"bytes {offset}-{size - 1}/{size}"
+        assert answer.content == package.payload_path.read_bytes()[offset:]
+
+        update_id = directive.update_id
+        changes = [
+            client.report_status(update_id, StatusReport(status=status)).changed
+            for status in (Status.DOWNLOADING, Status.DOWNLOADING, Status.COMPLETED)
+        ]
+        assert changes == [True, False, True]
+        late = client.report_status(update_id, StatusReport(status=Status.INSTALLING))
+        again = client.report_status(update_id, StatusReport(status=Status.COMPLETED))
+        assert (late.status, late.changed) == (Status.COMPLETED, False)  # never backwards
+        assert (again.status, again.changed) == (Status.COMPLETED, False)  # repeat accepted
+        other_final = client.report_status(update_id, StatusReport(status=Status.ROLLED_BACK))
+        assert (other_final.status, other_final.changed) == (Status.COMPLETED, False)
+        assert client.heartbeat(HeartbeatRequest(current_version="v1.1.0")).update is None
