@@ -1,0 +1,220 @@
+"""The ``supabase`` backend itself: selection by settings, its schema, its bucket, its migrations.
+
+What every backend must do is in ``test_conformance.py``; here is what only
+this one promises: it is chosen with ``backend = "supabase"``, reads its
+Storage settings like every server setting, keeps its tables in the ``javia``
+schema, keeps packages in a private bucket and nothing on local disk, accepts
+the connection string as Supabase shows it, and lets replicas that start
+together migrate one at a time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+from test_supabase_storage import SECRET_KEY
+
+from javia_updates.backends import backend_names, create_backend, get_backend_class
+from javia_updates.backends import supabase as supabase_module
+from javia_updates.backends.migrations import current_revision, head_revision
+from javia_updates.backends.sql_store import make_engine
+from javia_updates.backends.supabase import (
+    MIGRATION_LOCK_KEY,
+    SupabaseBackend,
+    SupabaseSettings,
+    normalize_database_url,
+    upgrade_serialized,
+)
+from javia_updates.backends.supabase_storage import SupabaseStorageError
+from javia_updates.errors import BackendError
+from javia_updates.settings import ServerSettings, SettingsError
+
+from .conftest import API_KEY
+from .test_conformance import NOW
+
+
+@pytest.fixture
+def supabase_settings(tmp_path, request, monkeypatch) -> ServerSettings:  # type: ignore[no-untyped-def]
+    from .conftest import settings_for
+
+    return settings_for("supabase", tmp_path / "data", request=request, monkeypatch=monkeypatch)
+
+
+def test_backend_supabase_is_registered_and_chosen_by_the_backend_setting(supabase_settings):
+    assert {"local", "supabase"} <= set(backend_names())
+    assert get_backend_class("supabase") is SupabaseBackend
+
+    backend = create_backend(supabase_settings)
+    try:
+        assert isinstance(backend, SupabaseBackend)
+        assert backend.store.schema == "javia"
+        # The dashboard's postgresql:// URL is opened with psycopg 3.
+        assert make_url(backend.database_url).drivername == "postgresql+psycopg"
+        assert backend.blobs.bucket.startswith("javia-")
+    finally:
+        backend.close()
+
+
+def test_prepare_puts_the_tables_in_the_javia_schema_and_makes_a_private_bucket(
+    supabase_settings, storage_contract
+):
+    backend = create_backend(supabase_settings)
+    try:
+        backend.prepare()
+        backend.prepare()  # every replica start runs it again: harmless
+        inspector = inspect(backend.store.engine)
+        assert {"devices", "updates", "device_updates", "audit_log"} <= set(
+            inspector.get_table_names(schema="javia")
+        )
+        assert inspector.get_table_names(schema="public") == []
+        assert current_revision(backend.database_url) == head_revision()
+        assert storage_contract.buckets[backend.blobs.bucket]["public"] is False
+    finally:
+        backend.close()
+
+
+def test_a_public_bucket_stops_the_server_from_starting(supabase_settings, storage_contract):
+    backend = create_backend(supabase_settings)
+    storage_contract.buckets[backend.blobs.bucket] = {
+        "id": backend.blobs.bucket,
+        "name": backend.blobs.bucket,
+        "public": True,
+    }
+    try:
+        with pytest.raises(SupabaseStorageError, match="is public"):
+            backend.prepare()
+    finally:
+        backend.close()
+
+
+def test_packages_live_in_the_bucket_and_nothing_stays_on_local_disk(
+    supabase_settings, storage_contract, make_package
+):
+    from javia_updates.service import UpdateService
+
+    backend = create_backend(supabase_settings)
+    backend.prepare()
+    try:
+        service = UpdateService(backend, supabase_settings)
+        package = make_package("v1.1.0", extra_bytes=10_000)
+        update = service.publish_update(package.upload(), now=NOW)
+        key = service.resolve_update(update.id).package_url
+    finally:
+        backend.close()
+
+    stored = {
+        path: file.read_bytes()
+        for (bucket, path), file in storage_contract.objects.items()
+        if bucket == backend.blobs.bucket
+    }
+    assert stored == {
+        f"{key}/manifest.json": package.manifest,
+        f"{key}/manifest.sig": package.signature,
+        f"{key}/payload.tar.gz": package.payload,
+    }
+    data_dir = Path(supabase_settings.data_dir)
+    assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")) == ["uploads"]
+
+
+def test_missing_or_wrong_settings_are_refused_with_the_setting_named(
+    tmp_path, monkeypatch, new_postgres_url
+):
+    def settings(**values) -> ServerSettings:  # type: ignore[no-untyped-def]
+        return ServerSettings(api_key=API_KEY, backend="supabase", data_dir=tmp_path, **values)
+
+    with pytest.raises(SettingsError, match="JAVIA_DATABASE_URL"):
+        create_backend(settings())
+    with pytest.raises(BackendError, match="PostgreSQL"):
+        create_backend(settings(database_url=f"sqlite:///{tmp_path / 'javia.db'}"))
+    url = new_postgres_url()
+    with pytest.raises(SettingsError, match="JAVIA_SUPABASE_URL"):
+        create_backend(settings(database_url=url))
+    monkeypatch.setenv("JAVIA_SUPABASE_URL", "https://abcdefghijklmnop.supabase.co")
+    with pytest.raises(SettingsError, match="JAVIA_SUPABASE_SERVICE_KEY"):
+        create_backend(settings(database_url=url))
+    monkeypatch.setenv("JAVIA_SUPABASE_SERVICE_KEY", SECRET_KEY)
+    monkeypatch.setenv("JAVIA_SUPABASE_SIGNED_URL_SECONDS", "0")
+    with pytest.raises(SettingsError, match="supabase_signed_url_seconds"):
+        create_backend(settings(database_url=url))
+
+
+def test_storage_settings_come_from_the_environment_over_the_servers_toml_file(tmp_path, monkeypatch):
+    config = tmp_path / "server.toml"
+    config.write_text(
+        'supabase_url = "https://fromfile.supabase.co"\n'
+        'supabase_service_key = "sb_secret_fromfile"\n'
+        'supabase_bucket = "file-bucket"\n'
+        "supabase_signed_urls = true\n"
+    )
+    monkeypatch.setenv("JAVIA_CONFIG", str(config))
+    monkeypatch.setenv("JAVIA_SUPABASE_BUCKET", "env-bucket")
+
+    read = SupabaseSettings.for_server(SimpleNamespace())
+    assert read.supabase_url == "https://fromfile.supabase.co"
+    assert read.supabase_service_key.get_secret_value() == "sb_secret_fromfile"
+    assert (read.supabase_bucket, read.supabase_signed_urls) == ("env-bucket", True)
+    # A server settings object that declares a value itself wins over both.
+    assert SupabaseSettings.for_server(SimpleNamespace(supabase_bucket="own")).supabase_bucket == "own"
+    blobs = read.blob_store(tmp_path / "uploads")
+    try:
+        assert (blobs.storage_url, blobs.signed_urls) == ("https://fromfile.supabase.co/storage/v1", True)
+        assert "sb_secret_fromfile" not in repr(blobs)
+    finally:
+        blobs.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://postgres.ref:p%40ss@host:5432/postgres?sslmode=require",
+         "postgresql+psycopg://postgres.ref:p%40ss@host:5432/postgres?sslmode=require"),
+        ("postgres://u:pw@db.ref.supabase.co:5432/postgres",
+         "postgresql+psycopg://u:pw@db.ref.supabase.co:5432/postgres"),
+        ("postgresql+psycopg://u:pw@h/db", "postgresql+psycopg://u:pw@h/db"),
+        ("sqlite:////var/lib/javia-server/javia.db", "sqlite:////var/lib/javia-server/javia.db"),
+    ],
+)  # fmt: skip
+def test_connection_strings_as_supabase_shows_them_are_read_with_psycopg(given, expected):
+    assert normalize_database_url(given) == expected
+
+
+def test_a_malformed_database_url_is_refused_without_echoing_it():
+    with pytest.raises(BackendError, match="malformed database URL") as raised:
+        normalize_database_url("not a url with secret-password")
+    assert "secret-password" not in str(raised.value)
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(new_postgres_url, tmp_path):
+    url = new_postgres_url()
+    environment = {"PATH": "/usr/bin:/bin", "JAVIA_CONFIG": str(tmp_path / "none.toml")}
+    command = [sys.executable, "-m", "javia_updates.cli.main", "db", "upgrade", "--database-url", url]
+    processes = [
+        subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(3)
+    ]
+    outputs = [(process.wait(timeout=120), process.stdout.read()) for process in processes]  # type: ignore[union-attr]
+
+    assert [code for code, _ in outputs] == [0, 0, 0], outputs
+    assert current_revision(url) == head_revision()
+
+
+def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(new_postgres_url, monkeypatch):
+    url = new_postgres_url()
+    monkeypatch.setattr(supabase_module, "MIGRATION_LOCK_TIMEOUT_SECONDS", 1)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as holder:  # another process, stuck mid-migration
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            with pytest.raises(BackendError, match="held the migration lock for 1 s"):
+                upgrade_serialized(url)
+            assert current_revision(url) is None  # nothing ran without the lock
+    finally:
+        engine.dispose()
+    upgrade_serialized(url)  # the lock went with the holder's session
+    assert current_revision(url) == head_revision()
