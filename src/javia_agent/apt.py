@@ -134,7 +134,7 @@ def wait_for_dpkg_lock(
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     poll_seconds: float = 1.0,
-    keepalive: Callable[[], None] | None = None,
+    keepalive: Callable[[], object] | None = None,
 ) -> None:
     """Return once nobody holds the dpkg lock; wait up to ``timeout_seconds``.
 

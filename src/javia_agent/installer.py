@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -288,7 +289,7 @@ class Installer:
     free_bytes: Callable[[Path], int] = _available_bytes
     should_stop: Callable[[], bool] = field(default=lambda: False)
     runner: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run
-    keepalive: Callable[[], None] = _nothing
+    keepalive: Callable[[], object] = _nothing
     keepalive_during: Callable[[], AbstractContextManager[object]] = nullcontext
     checkpoint: Callable[[str], None] = _no_checkpoint
 
@@ -305,7 +306,7 @@ class Installer:
         reporter: Reporter | None = None,
         clock: Clock | None = None,
         should_stop: Callable[[], bool] | None = None,
-        keepalive: Callable[[], None] | None = None,
+        keepalive: Callable[[], object] | None = None,
         keepalive_during: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> Installer:
         """An installer set up from the agent configuration.
@@ -324,7 +325,7 @@ class Installer:
                 pip_args=tuple(config.pip_args),
                 timeout_seconds=config.pip_timeout_seconds,
                 keepalive=during,
-                **({"python": config.venv_python} if config.venv_python else {}),
+                python=config.venv_python or sys.executable,
             )
         return cls(
             paths=config.paths,
@@ -687,7 +688,7 @@ class Installer:
                 size,
                 resume=True,
                 should_stop=self.should_stop,
-                progress=lambda received, total: self.keepalive(),
+                progress=self._download_progress,
             )
         except DownloadTooLargeError:
             raise
@@ -735,6 +736,10 @@ class Installer:
                     f"{_amount(required)} ({', '.join(parts)}, reserve "
                     f"{self.disk_reserve_bytes:,} bytes) but only {_amount(free)} are free"
                 )
+
+    def _download_progress(self, received: int, total: int) -> None:
+        """Each downloaded chunk: ping the watchdog (a stalled read times out on its own)."""
+        self.keepalive()
 
     def _stage(self, manifest: Manifest, payload: Path) -> None:
         """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""

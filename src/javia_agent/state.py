@@ -259,7 +259,8 @@ class StateStore:
             raise RuntimeError(f"invalid update state transition {old_state} -> {new_state}")
         if state.update is not None:
             record = state.update
-            saves = previous.update.saves if record.same_update(previous.update) else 0
+            before = previous.update
+            saves = before.saves if before is not None and record.same_update(before) else 0
             saves += 1
             limit = self.max_saves if new_state in _FORWARD_STATES else 2 * self.max_saves
             if new_state != UpdateState.REPORTING and saves > limit:
