@@ -401,6 +401,8 @@ class Agent:
                     sleep = AFTER_INSTALL_SECONDS
                 elif outcome.result == InstallResult.RETRY_LATER:
                     sleep = min(sleep, self._backoff(1))
+                    if outcome.retry_after_seconds is not None:  # the server asked for a pause
+                        sleep = max(sleep, outcome.retry_after_seconds)
             elif decision.wake_at is not None:
                 until = (decision.wake_at - server_now).total_seconds()
                 sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))

@@ -195,15 +195,26 @@ class InstallResult(StrEnum):
 
 @dataclass(frozen=True)
 class InstallOutcome:
-    """The result of :meth:`Installer.install` and friends."""
+    """The result of :meth:`Installer.install` and friends.
+
+    Attributes:
+        result: how the attempt ended.
+        version: the version it was about.
+        reason: why it failed, was rolled back or paused.
+        retry_after_seconds: for :attr:`InstallResult.RETRY_LATER`, how long
+            the server asked the device to wait (its ``Retry-After``), if it did.
+    """
 
     result: InstallResult
     version: str
     reason: str | None = None
+    retry_after_seconds: float | None = None
 
 
 class _RetryLater(Exception):
-    pass
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class _Abandon(Exception):
@@ -565,7 +576,12 @@ class Installer:
             try:
                 self._pre_switch(run, step)
             except _RetryLater as error:
-                return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
+                return InstallOutcome(
+                    InstallResult.RETRY_LATER,
+                    run.record.version,
+                    str(error),
+                    retry_after_seconds=error.retry_after_seconds,
+                )
             except PackageManagerLockError as error:
                 logger.warning("staging %s paused: %s", run.record.version, error)
                 return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
@@ -702,7 +718,7 @@ class Installer:
                 ) from None
             if error.status_code is None or error.status_code >= 500 or error.status_code == 429:
                 logger.warning("download of %s paused: %s", directive.version, error)
-                raise _RetryLater(str(error)) from None
+                raise _RetryLater(str(error), error.retry_after_seconds) from None
             raise
 
     def _check_disk_space(self, manifest: Manifest, *, download_bytes: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from javia_agent.client import DeviceClient
 from javia_agent.installer import InstallResult
-from javia_agent.state import StateStore
+from javia_agent.state import StateStore, UpdateState
 from javia_updates.models import InstallDirective, UpdateStatus
 
 from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
@@ -356,3 +356,17 @@ def test_debris_left_by_crashes_is_removed_at_start_up(
     assert not any(device.paths.downloads_dir.iterdir())
     assert sorted(p.name for p in device.paths.install_root.iterdir()) == ["current", "releases"]
     assert device.current() == "v1.0.0"
+
+
+def test_a_server_asking_for_a_long_pause_pauses_the_update_with_its_delay(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    _install_initial(device, signer, make_package)
+    directive = _directive(file_server, 17, make_package("v1.1.0"))
+    file_server.routes[directive.download_url].refusals = [(503, {"Retry-After": "3600"})]
+    with _client(file_server) as client:
+        outcome = make_installer(device, signer, client=client).install(directive)
+    assert outcome.result == InstallResult.RETRY_LATER
+    assert outcome.retry_after_seconds == 3600
+    assert device.current() == "v1.0.0"
+    assert StateStore(device.paths.state_file).load().state == UpdateState.DOWNLOADING

@@ -101,6 +101,7 @@ class FakeInstaller:
     running: str | None = "v1.0.0"
     installs: list[InstallDirective] = field(default_factory=list)
     result: InstallResult = InstallResult.COMPLETED
+    retry_after: float | None = None
     service: FakeService = field(default_factory=FakeService)
 
     def load_state(self) -> AgentState:
@@ -116,7 +117,7 @@ class FakeInstaller:
         self.installs.append(directive)
         if self.result == InstallResult.COMPLETED:
             self.running = directive.version
-        return InstallOutcome(self.result, directive.version)
+        return InstallOutcome(self.result, directive.version, retry_after_seconds=self.retry_after)
 
 
 def _directive(
@@ -382,3 +383,14 @@ def test_a_busy_server_is_left_alone_for_its_retry_after(tmp_path: Path) -> None
     assert h.agent.run_forever() == 0
     assert waits[0] >= 240  # not the usual ≤ 30 s first backoff
     assert waits[1] == pytest.approx(300.0)
+
+
+def test_a_download_paused_by_a_long_retry_after_waits_that_long_before_trying_again(
+    tmp_path: Path,
+) -> None:
+    h = _harness(tmp_path, FakeApi(directive=_directive("instant")))
+    h.installer.result = InstallResult.RETRY_LATER
+    h.installer.retry_after = 3600.0
+    result = h.agent.run_once()
+    assert result.outcome is not None and result.outcome.result == InstallResult.RETRY_LATER
+    assert result.sleep_seconds == pytest.approx(3600.0)
