@@ -79,13 +79,19 @@ def env_device(device: Device) -> Device:
 
 
 class Recorder:
-    """subprocess.run that remembers the commands it ran."""
+    """subprocess.run that remembers the commands it ran, and what the app ran meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Device | None = None) -> None:
         self.calls: list[list[str]] = []
+        self.device = device
+        self.running_meanwhile: list[str | None] = []
 
     def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         self.calls.append([str(part) for part in argv])
+        if self.device is not None:
+            status = self.device.app_status()
+            active = self.device.service.is_active()
+            self.running_meanwhile.append(status["version"] if status and active else None)
         return subprocess.run(argv, check=kwargs.pop("check", False), **kwargs)
 
     def pip_runs(self) -> int:
@@ -133,7 +139,7 @@ def test_requirements_are_installed_into_the_releases_own_isolated_environment(
 def test_unchanged_requirements_reuse_the_environment_and_changed_ones_get_a_new_one(
     env_device: Device, signer: Signer, make_package: PackageFactory, wheels: Path
 ) -> None:
-    runner = Recorder()
+    runner = Recorder(env_device)
     envs = _envs(env_device, wheels, runner)
     one = {"requirements.txt": b"javia-probe==1.0\n"}
     two = {"requirements.txt": b"javia-probe==2.0\n"}
@@ -157,6 +163,8 @@ def test_unchanged_requirements_reuse_the_environment_and_changed_ones_get_a_new
     )
     second_env = _env_of(env_device, "v1.2.0")
     assert second_env != first_env and (runner.venv_runs(), runner.pip_runs()) == (2, 2)
+    # The environment was built while the old release kept running (staging, not downtime).
+    assert runner.running_meanwhile[-2:] == ["v1.1.0", "v1.1.0"]
     assert env_device.wait_for_app("v1.2.0")["imports"]["javia_probe"] == "2.0"
     # v1.1.0 is kept for rollback, and so is the env it links to.
     assert sorted(p.name for p in env_device.paths.envs_dir.iterdir()) == sorted(

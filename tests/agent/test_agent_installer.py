@@ -370,3 +370,27 @@ def test_a_server_asking_for_a_long_pause_pauses_the_update_with_its_delay(
     assert outcome.retry_after_seconds == 3600
     assert device.current() == "v1.0.0"
     assert StateStore(device.paths.state_file).load().state == UpdateState.DOWNLOADING
+
+
+def test_an_update_whose_download_is_cut_at_20_random_offsets_installs(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    import random
+
+    _install_initial(device, signer, make_package)
+    package = make_package(
+        "v1.1.0", extra_files={"model.bin": random.Random(20).randbytes(400_000)}
+    )
+    size = package.manifest.archive.size
+    cuts = sorted(random.Random(21).sample(range(1, size), 20))
+    directive = _directive(file_server, 18, package, cuts=list(cuts))
+    with DeviceClient(
+        file_server.url, device_uuid=UUID, token="t", sleep=lambda seconds: None
+    ) as client:
+        outcome = make_installer(device, signer, client=client).install(directive)
+
+    assert outcome.result == InstallResult.COMPLETED, outcome
+    downloads = [range_ for path, range_ in file_server.requests if path.endswith("/download")]
+    assert downloads == [None] + [f"bytes={cut}-" for cut in cuts]
+    assert file_server.routes[directive.download_url].sent <= 1.1 * size
+    device.wait_for_app("v1.1.0")
