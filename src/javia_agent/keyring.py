@@ -151,7 +151,9 @@ def apply_keyring_changes(keyring_dir: Path, manifest: Manifest, signed_by: str)
     new_keys = manifest.keyring.added_keys()
     for key_id in plan.added:
         atomic_write(
-            keyring_dir / f"{key_id}{PUBLIC_KEY_SUFFIX}", _pem(new_keys[key_id]), mode=PUBLIC_KEY_MODE
+            keyring_dir / f"{key_id}{PUBLIC_KEY_SUFFIX}",
+            _pem(new_keys[key_id]),
+            mode=PUBLIC_KEY_MODE,
         )
         logger.info("keyring: now trusting key %s (added by %s)", key_id, manifest.version)
     if plan.retired:

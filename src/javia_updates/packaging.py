@@ -507,7 +507,9 @@ SECRET_FILE_NAMES: tuple[str, ...] = (
 #: warning names the kind of secret, never the matched text.
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[bytes], str], ...] = (
     (
-        re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+        re.compile(
+            rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
+        ),
         "a private key",
     ),
     (re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
@@ -723,9 +725,7 @@ def build_package(
             "starting with a letter or digit"
         )
     update_type = UpdateType(update_type)
-    keyring_changes = _keyring_changes(
-        add_keys, retire_keys, key_id_for(private_key.public_key())
-    )
+    keyring_changes = _keyring_changes(add_keys, retire_keys, key_id_for(private_key.public_key()))
 
     sources = collect_files(app_dir)
     warnings = tuple(find_secret_warnings(sources))

@@ -111,10 +111,10 @@ from javia_updates.versioning import EXPECTED_FORM, Version
 __all__ = [
     "API_PREFIX",
     "ENROLLMENT_TOKEN_PREFIX",
-    "EnrollmentTokenCreated",
-    "EnrollmentTokenOut",
     "MAX_METADATA_BYTES",
     "OFFLINE_AFTER_INTERVALS",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenOut",
     "InvalidRequestError",
     "PackageUpload",
     "PlanEntry",
@@ -580,7 +580,9 @@ class UpdateService:
             InvalidRequestError: ``max_uses`` below 1 or ``expires_in_seconds`` not positive.
         """
         if max_uses < 1:
-            raise InvalidRequestError(f"max_uses is {max_uses}: an enrollment token needs at least 1 use")
+            raise InvalidRequestError(
+                f"max_uses is {max_uses}: an enrollment token needs at least 1 use"
+            )
         if not expires_in_seconds > 0:
             raise InvalidRequestError("expires_in_seconds must be positive, e.g. 86400 for a day")
         token = new_enrollment_token()
@@ -598,9 +600,7 @@ class UpdateService:
                 {"label": label, "max_uses": max_uses, "expires_in_seconds": expires_in_seconds},
             ),
         )
-        return EnrollmentTokenCreated(
-            **self._enrollment_out(record, now).model_dump(), token=token
-        )
+        return EnrollmentTokenCreated(**self._enrollment_out(record, now).model_dump(), token=token)
 
     def list_enrollment_tokens(
         self, *, now: datetime, limit: int = 100, offset: int = 0

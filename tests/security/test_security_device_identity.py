@@ -21,7 +21,9 @@ from javia_updates.service import ENROLLMENT_TOKEN_PREFIX, hash_token
 
 
 def heartbeat(client: TestClient, device: str, token: str) -> int:
-    return client.post(f"/api/v1/devices/{device}/heartbeat", json={}, headers=bearer(token)).status_code
+    return client.post(
+        f"/api/v1/devices/{device}/heartbeat", json={}, headers=bearer(token)
+    ).status_code
 
 
 def database_text(client: TestClient) -> bytes:
@@ -75,9 +77,10 @@ def test_a_revoked_token_is_refused_at_once_and_rotation_readmits_the_device(
     assert new_token != world.token_a
     assert heartbeat(client, world.device_a, new_token) == 200
     assert heartbeat(client, world.device_a, world.token_a) == 401
-    assert client.get(f"/api/v1/devices/{world.device_a}", headers=ADMIN).json()[
-        "token_revoked_at"
-    ] is None
+    assert (
+        client.get(f"/api/v1/devices/{world.device_a}", headers=ADMIN).json()["token_revoked_at"]
+        is None
+    )
     # Its history stayed: the update assigned to A is still there.
     history = client.get(f"/api/v1/devices/{world.device_a}/updates", headers=bearer(new_token))
     assert [row["update_id"] for row in history.json()["items"]] == [world.update_id]
@@ -85,9 +88,9 @@ def test_a_revoked_token_is_refused_at_once_and_rotation_readmits_the_device(
 
 def test_rotating_a_token_invalidates_the_old_one(world: World) -> None:
     client = world.client
-    new_token = client.post(
-        f"/api/v1/devices/{world.device_b}/rotate-token", headers=ADMIN
-    ).json()["device_token"]
+    new_token = client.post(f"/api/v1/devices/{world.device_b}/rotate-token", headers=ADMIN).json()[
+        "device_token"
+    ]
     assert heartbeat(client, world.device_b, world.token_b) == 401
     assert heartbeat(client, world.device_b, new_token) == 200
     assert new_token.encode() not in database_text(client)
@@ -102,7 +105,9 @@ def test_revoking_or_rotating_an_unknown_device_is_404(client: TestClient) -> No
 def test_revocation_and_rotation_are_in_the_audit_log(world: World) -> None:
     client = world.client
     client.post(f"/api/v1/devices/{world.device_a}/rotate-token", headers=ADMIN)
-    actions = [line["action"] for line in client.get("/api/v1/audit", headers=ADMIN).json()["items"]]
+    actions = [
+        line["action"] for line in client.get("/api/v1/audit", headers=ADMIN).json()["items"]
+    ]
     assert actions[0] == "device.token_rotate"  # newest first
     assert "device.token_revoke" in actions  # device C's, when the world was built
 
@@ -153,7 +158,9 @@ def test_a_revoked_enrollment_token_registers_nothing(client: TestClient) -> Non
 
 
 def test_an_unknown_enrollment_token_is_401(client: TestClient) -> None:
-    assert_detail(enroll(client, ENROLLMENT_TOKEN_PREFIX + "x" * 43), 401, "unknown enrollment token")
+    assert_detail(
+        enroll(client, ENROLLMENT_TOKEN_PREFIX + "x" * 43), 401, "unknown enrollment token"
+    )
 
 
 def test_a_failed_registration_does_not_use_the_token_up(client: TestClient) -> None:
@@ -173,8 +180,12 @@ def test_a_failed_registration_does_not_use_the_token_up(client: TestClient) -> 
         ({"token": "chosen-by-me"}, "token"),
     ],
 )
-def test_bad_enrollment_token_requests_are_422(client: TestClient, body: dict, fragment: str) -> None:
-    assert_detail(client.post("/api/v1/enrollment-tokens/", json=body, headers=ADMIN), 422, fragment)
+def test_bad_enrollment_token_requests_are_422(
+    client: TestClient, body: dict, fragment: str
+) -> None:
+    assert_detail(
+        client.post("/api/v1/enrollment-tokens/", json=body, headers=ADMIN), 422, fragment
+    )
 
 
 def _store(url: str) -> SQLStore:

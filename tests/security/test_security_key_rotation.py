@@ -65,7 +65,7 @@ def app_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def old_key(tmp_path: Path) -> Path:
-    code, out, err = javia("keys", "generate", "--output", str(tmp_path / "keys"), "--name", "old")
+    code, _out, err = javia("keys", "generate", "--output", str(tmp_path / "keys"), "--name", "old")
     assert code == 0, err
     return tmp_path / "keys" / "old.pem"
 
@@ -91,14 +91,18 @@ def publish(app_dir: Path, output: Path, version: str, key: Path, *extra: str) -
 def device_installs(package: Path, keyring: Path, running: str) -> str:
     """What the agent does with a package directory: verify it all, then, once committed,
     apply its keyring changes. Returns the new running version."""
-    verified = verify_package_dir(package, load_keyring(keyring), current_version=Version.parse(running))
+    verified = verify_package_dir(
+        package, load_keyring(keyring), current_version=Version.parse(running)
+    )
     manifest_bytes, signature_bytes, _ = read_package_dir(package)
     apply_package_keyring_changes(keyring, manifest_bytes, signature_bytes)
     return verified.manifest.version
 
 
 def agent_verify(package: Path, keyring: Path, running: str) -> tuple[int, str, str]:
-    return javia("agent", "verify", str(package), "--keyring", str(keyring), "--current-version", running)
+    return javia(
+        "agent", "verify", str(package), "--keyring", str(keyring), "--current-version", running
+    )
 
 
 def test_the_whole_rotation_flow_with_real_packages(
@@ -149,7 +153,8 @@ def test_the_whole_rotation_flow_with_real_packages(
 def test_a_device_that_missed_the_introducing_update_refuses_the_new_key_until_it_has_it(
     tmp_path: Path, app_dir: Path, old_key: Path, device_keyring: Path
 ) -> None:
-    code, out, _ = javia("keys", "rotate", "--key", str(old_key), "--name", "new", "--json")
+    code, out, err = javia("keys", "rotate", "--key", str(old_key), "--name", "new", "--json")
+    assert code == 0, err
     rotation = json.loads(out)
     new_key = Path(rotation["private_key"])
     introducing, retiring = tmp_path / "v1.1.0", tmp_path / "v1.2.0"
@@ -168,7 +173,7 @@ def test_publish_refuses_to_retire_the_key_that_signs_the_package(
 ) -> None:
     own_id = key_id_for(_private(old_key).public_key())
     output = tmp_path / "package"
-    code, out, err = javia(
+    code, _out, err = javia(
         "publish", str(app_dir), "--version", "v1.1.0", "--type", "scheduled",
         "--key", str(old_key), "--output", str(output), "--retire-key", own_id,
     )  # fmt: skip
@@ -273,7 +278,8 @@ def test_applying_the_same_changes_twice_changes_nothing_the_second_time(tmp_pat
 
 #: ``manifest.json`` of this content as javia wrote it before the keyring field existed.
 LEGACY_MANIFEST = (
-    b'{"app":"assistant","archive":{"name":"payload.tar.gz","sha256":"' + b"0" * 64
+    b'{"app":"assistant","archive":{"name":"payload.tar.gz","sha256":"'
+    + b"0" * 64
     + b'","size":9},"created_at":"2027-03-10T12:00:00Z","description":"x","files":[{"mode":420,'
     b'"path":"a","sha256":"' + b"1" * 64 + b'","size":3}],"format":1,"system_packages":["sox"],'
     b'"unpacked_size":3,"update_type":"scheduled","version":"v1.1.0"}'

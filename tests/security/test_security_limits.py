@@ -41,7 +41,9 @@ def test_a_json_body_above_the_limit_is_413_naming_the_limit(
     assert seen is None  # the heartbeat was not processed
 
 
-def test_the_body_limit_is_checked_before_credentials(make_client: Callable[..., TestClient]) -> None:
+def test_the_body_limit_is_checked_before_credentials(
+    make_client: Callable[..., TestClient],
+) -> None:
     client = make_client(max_request_body_bytes=2048)
     response = client.post(
         "/api/v1/devices/register",
@@ -72,7 +74,9 @@ def test_uploads_have_their_own_larger_limit(
     body = request.read()
     assert 1024 < len(body) < 64 * 1024
     headers = {**ADMIN, "Content-Type": request.headers["Content-Type"]}
-    response = client.post("/api/v1/updates/", content=chunks(body) if chunked else body, headers=headers)
+    response = client.post(
+        "/api/v1/updates/", content=chunks(body) if chunked else body, headers=headers
+    )
     assert response.status_code == 201, response.text
 
     small = make_client(max_upload_bytes=1024)
@@ -114,7 +118,9 @@ def test_a_device_heartbeating_as_told_is_never_limited(
     client = make_client(heartbeat_interval_seconds=300, heartbeat_burst=3)
     device, token = register(client, "steady")
     for _ in range(50):
-        response = client.post(f"/api/v1/devices/{device}/heartbeat", json={}, headers=bearer(token))
+        response = client.post(
+            f"/api/v1/devices/{device}/heartbeat", json={}, headers=bearer(token)
+        )
         assert response.status_code == 200
         clock.advance(seconds=270)  # 10 % early, like the agent's jitter at worst
 

@@ -16,7 +16,9 @@ from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package
 from javia_updates.versioning import Version
 
-AWS_KEY_ID = "AKIA" + "Q3EXAMPLE7WXYZ12"  # the documented example form, split so scanners skip this file
+AWS_KEY_ID = (
+    "AKIA" + "Q3EXAMPLE7WXYZ12"
+)  # the documented example form, split so scanners skip this file
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
 OPENSSH_HEADER = "-----BEGIN OPENSSH " + "PRIVATE KEY-----"
 
@@ -108,7 +110,12 @@ def test_a_secret_straddling_a_read_chunk_is_still_found(tmp_path: Path) -> None
 def test_excluding_a_secret_in_javiaignore_silences_its_warning(tmp_path: Path) -> None:
     app = make_tree(
         tmp_path / "app",
-        {"VERSION": "v1.0.0\n", "main.py": "", "dev/key.pem": pkcs8_pem(), ".javiaignore": "dev/\n"},
+        {
+            "VERSION": "v1.0.0\n",
+            "main.py": "",
+            "dev/key.pem": pkcs8_pem(),
+            ".javiaignore": "dev/\n",
+        },
     )
     assert build(app, tmp_path / "package").warnings == ()
 

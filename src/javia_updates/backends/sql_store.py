@@ -271,9 +271,7 @@ class SQLStore(Store):
             return EnrollmentError(
                 f"enrollment token {row.id} is used up ({row.uses} of {row.max_uses} registrations)"
             )
-        return EnrollmentError(
-            f"enrollment token {row.id} expired at {row.expires_at.isoformat()}"
-        )
+        return EnrollmentError(f"enrollment token {row.id} expired at {row.expires_at.isoformat()}")
 
     def replace_device_token(
         self,
@@ -359,7 +357,10 @@ class SQLStore(Store):
         with self._read() as connection:
             total = connection.execute(select(func.count()).select_from(e)).scalar_one()
             rows = connection.execute(
-                select(*self._enrollment_columns()).order_by(e.c.id.desc()).limit(limit).offset(offset)
+                select(*self._enrollment_columns())
+                .order_by(e.c.id.desc())
+                .limit(limit)
+                .offset(offset)
             ).all()
         return Page([self._enrollment_from_row(row) for row in rows], total)
 

@@ -110,13 +110,19 @@ def rotate(
         paths = generate_keypair(output or key.parent, name=new_name, passphrase=secret)
     current_pem = key if key.suffix == ".pem" else key.with_suffix(".pem")
     steps = [
-        f"javia publish APP --version vX.Y.Z --type scheduled --key {current_pem} "
-        f"--add-key {paths.public_path}",
+        (
+            f"javia publish APP --version vX.Y.Z --type scheduled --key {current_pem} "
+            f"--add-key {paths.public_path}"
+        ),
         "javia updates show vX.Y.Z   # wait until every device has completed it",
-        f"copy {paths.public_path} into the server's trusted_keys_dir (if set), "
-        f"then sign with {paths.private_path} (JAVIA_SIGNING_KEY)",
-        f"javia publish APP --version vX.Y.Z+1 --type scheduled --key {paths.private_path} "
-        f"--retire-key {current_id}",
+        (
+            f"copy {paths.public_path} into the server's trusted_keys_dir (if set), "
+            f"then sign with {paths.private_path} (JAVIA_SIGNING_KEY)"
+        ),
+        (
+            f"javia publish APP --version vX.Y.Z+1 --type scheduled --key {paths.private_path} "
+            f"--retire-key {current_id}"
+        ),
         f"destroy {current_pem} once every device has completed that update",
     ]
     if as_json:

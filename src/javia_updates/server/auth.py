@@ -153,7 +153,9 @@ def require_admin_or_enrollment(request: Request, api_key: ApiKey, bearer: Beare
         if is_enrollment_token(token):
             if len(token) > 512:
                 raise HTTPException(
-                    status.HTTP_401_UNAUTHORIZED, "unknown enrollment token", headers=_BEARER_CHALLENGE
+                    status.HTTP_401_UNAUTHORIZED,
+                    "unknown enrollment token",
+                    headers=_BEARER_CHALLENGE,
                 )
             return Registrar(enrollment_token=token)
         if get_service(request).authenticate_device(token) is not None:

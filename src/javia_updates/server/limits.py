@@ -102,9 +102,7 @@ class RequestBodyLimitMiddleware:
                 if received > limit:
                     # FastAPI re-raises an HTTPException met while reading the
                     # body; the app's handler turns it into {"detail": ...}.
-                    raise HTTPException(
-                        413, body_limit_message(limit)
-                    )
+                    raise HTTPException(413, body_limit_message(limit))
             return message
 
         await self.app(scope, limited_receive, send)
