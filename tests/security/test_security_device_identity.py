@@ -280,3 +280,4 @@ def test_enrollment_tokens_open_only_registration(world: World) -> None:
     assert heartbeat(client, registered["device_uuid"], registered["device_token"]) == 200
     audit = client.get("/api/v1/audit", headers=ADMIN).json()["items"]
     assert audit[0]["actor"] == "enrollment" and audit[0]["action"] == "device.register"
+    assert audit[0]["details"]["enrollment_token_id"] == world.enrollment_id

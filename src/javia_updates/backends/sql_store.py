@@ -250,6 +250,12 @@ class SQLStore(Store):
                 )
                 if used.rowcount != 1:
                     raise self._enrollment_refusal(connection, token_hash, now)
+                token_id = connection.execute(
+                    select(e.c.id).where(e.c.token_hash == token_hash)
+                ).scalar_one()
+                audit = AuditEntry(
+                    audit.actor, audit.action, {**audit.details, "enrollment_token_id": token_id}
+                )
                 row = self._insert_device(connection, device, now, audit)
         except IntegrityError:
             raise self._device_conflict(device) from None
