@@ -108,7 +108,9 @@ def settings_for(
     monkeypatch.setenv("JAVIA_SUPABASE_BUCKET", f"javia-{uuid.uuid4().hex[:12]}")
     # Supabase's dashboard shows postgresql://…; the backend reads it as psycopg 3.
     plain = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    return ServerSettings(api_key=API_KEY, backend="supabase", data_dir=data_dir, database_url=plain)
+    return ServerSettings(
+        api_key=API_KEY, backend="supabase", data_dir=data_dir, database_url=plain
+    )
 
 
 @pytest.fixture(params=BACKEND_KINDS)
@@ -125,9 +127,7 @@ def settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> ServerSettings:
     """Settings for ``backend_kind`` on a fresh database."""
-    return settings_for(
-        backend_kind, tmp_path / "data", request=request, monkeypatch=monkeypatch
-    )
+    return settings_for(backend_kind, tmp_path / "data", request=request, monkeypatch=monkeypatch)
 
 
 @pytest.fixture
@@ -196,10 +196,15 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
     directory = tmp_path / "packages-in"
     directory.mkdir(exist_ok=True)
 
-    def build(version: str = "v1.1.0", update_type: str = "scheduled", extra_bytes: int = 0) -> Package:
+    def build(
+        version: str = "v1.1.0", update_type: str = "scheduled", extra_bytes: int = 0
+    ) -> Package:
         files = {"app.py": f"print('{version}')\n".encode(), "VERSION": f"{version}\n".encode()}
         if extra_bytes:
-            blocks = (hashlib.sha256(f"{version}:{i}".encode()).digest() for i in range(extra_bytes // 32 + 1))
+            blocks = (
+                hashlib.sha256(f"{version}:{i}".encode()).digest()
+                for i in range(extra_bytes // 32 + 1)
+            )
             files["data.bin"] = b"".join(blocks)[:extra_bytes]
         payload = _tar_gz(files)
         manifest: dict[str, Any] = {
@@ -211,7 +216,12 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
             "description": f"release {version}",
             "system_packages": [],
             "files": [
-                {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "mode": 0o644}
+                {
+                    "path": path,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "mode": 0o644,
+                }
                 for path, data in sorted(files.items())
             ],
             "archive": {

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import pytest
 from sqlalchemy import event, insert, select, text
@@ -71,7 +72,9 @@ def _fleet(service: UpdateService, count: int) -> list:  # type: ignore[type-arg
     return devices
 
 
-def _race(pairs: list[tuple[tuple[UpdateService, object, int, UpdateStatus], ...]]) -> list[list[bool]]:
+def _race(
+    pairs: list[tuple[tuple[UpdateService, object, int, UpdateStatus], ...]],
+) -> list[list[bool]]:
     """Send every pair's reports at the same moment (one barrier for all); their ``changed`` flags."""
     senders = [sender for pair in pairs for sender in pair]
     barrier = threading.Barrier(len(senders))
@@ -79,7 +82,9 @@ def _race(pairs: list[tuple[tuple[UpdateService, object, int, UpdateStatus], ...
     def send(sender: tuple[UpdateService, object, int, UpdateStatus]) -> bool:
         service, device, update_id, status = sender
         barrier.wait(timeout=30)
-        return service.report_status(device, update_id, StatusReport(status=status), now=NOW).changed  # type: ignore[arg-type]
+        return service.report_status(
+            device, update_id, StatusReport(status=status), now=NOW
+        ).changed  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(max_workers=len(senders)) as pool:
         flags = list(pool.map(send, senders))
@@ -95,7 +100,9 @@ def test_racing_replicas_never_move_a_row_backwards_nor_lose_a_report(replicas, 
 
     # Half the devices: 'completed' reaches one replica while a retried, late
     # 'downloading' reaches the other. The rest: 'completed' and 'failed' at once.
-    late = [((one, d, update.id, S.COMPLETED), (two, d, update.id, S.DOWNLOADING)) for d in devices[:6]]
+    late = [
+        ((one, d, update.id, S.COMPLETED), (two, d, update.id, S.DOWNLOADING)) for d in devices[:6]
+    ]
     final = [((one, d, update.id, S.COMPLETED), (two, d, update.id, S.FAILED)) for d in devices[6:]]
     flags = _race(late + final)
 
@@ -194,7 +201,7 @@ class StatementLog:
     def _on_cursor(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         self.cursor.append((statement, executemany, len(parameters) if executemany else 1))
 
-    def __enter__(self) -> StatementLog:
+    def __enter__(self) -> Self:
         event.listen(self.engine, "before_execute", self._on_execute)
         event.listen(self.engine, "before_cursor_execute", self._on_cursor)
         return self
@@ -210,9 +217,13 @@ class StatementLog:
         return [c for c in self.core if match(c[0])], [c for c in self.cursor if match(c[0])]
 
 
-def test_publishing_through_the_service_hands_every_row_to_one_insert(service, backend, make_package):
+def test_publishing_through_the_service_hands_every_row_to_one_insert(
+    service, backend, make_package
+):
     for _ in range(150):
-        registered = service.register_device(DeviceRegisterRequest(timezone="Europe/Berlin"), now=NOW)
+        registered = service.register_device(
+            DeviceRegisterRequest(timezone="Europe/Berlin"), now=NOW
+        )
     assert registered
 
     with StatementLog(backend.store.engine) as log:
@@ -270,7 +281,9 @@ def test_publish_to_100k_devices_writes_the_rows_in_one_executemany_batch(backen
     )
 
     with StatementLog(store.engine) as log:
-        published = store.create_update(update, rows, now=NOW, audit=AuditEntry("admin", "update.publish"))
+        published = store.create_update(
+            update, rows, now=NOW, audit=AuditEntry("admin", "update.publish")
+        )
 
     core, cursor = log.inserts_into("device_updates")
     assert core == [(core[0][0], FLEET)]  # one Core execution with every row
@@ -295,7 +308,10 @@ def test_statement_log_sees_a_row_by_row_publish(tmp_path):
     backend.prepare()
     try:
         table = backend.store.tables.audit_log
-        with StatementLog(backend.store.engine) as log, backend.store.engine.connect() as connection:
+        with (
+            StatementLog(backend.store.engine) as log,
+            backend.store.engine.connect() as connection,
+        ):
             for _ in range(3):
                 connection.execute(
                     insert(table).values(at=NOW, actor="test", action="test", details={})
@@ -305,4 +321,3 @@ def test_statement_log_sees_a_row_by_row_publish(tmp_path):
         assert len(core) == 3 and len(cursor) == 3
     finally:
         backend.close()
-

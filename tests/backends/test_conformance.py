@@ -47,18 +47,28 @@ def register(
     return service.find_device(registered.device_uuid), registered.device_token
 
 
-def beat(service: UpdateService, device: DeviceRecord, at: datetime = NOW, version: str | None = "v1.0.0"):  # type: ignore[no-untyped-def]
+def beat(
+    service: UpdateService, device: DeviceRecord, at: datetime = NOW, version: str | None = "v1.0.0"
+):  # type: ignore[no-untyped-def]
     fresh = service.find_device(device.device_uuid)
     return service.heartbeat(fresh, HeartbeatRequest(current_version=version), now=at)
 
 
-def report(service: UpdateService, device: DeviceRecord, update_id: int, status: UpdateStatus, at: datetime = NOW):  # type: ignore[no-untyped-def]
+def report(
+    service: UpdateService,
+    device: DeviceRecord,
+    update_id: int,
+    status: UpdateStatus,
+    at: datetime = NOW,
+):  # type: ignore[no-untyped-def]
     fresh = service.find_device(device.device_uuid)
     return service.report_status(fresh, update_id, StatusReport(status=status), now=at)
 
 
 def rows_of(backend: Backend, update_id: int) -> dict[uuid.UUID, object]:
-    return {row.device_uuid: row for row in backend.store.list_device_updates(update_id=update_id).items}
+    return {
+        row.device_uuid: row for row in backend.store.list_device_updates(update_id=update_id).items
+    }
 
 
 # --------------------------------------------------------------------------- devices
@@ -72,7 +82,11 @@ def test_registration_stores_the_device_and_only_its_token_authenticates(service
     assert service.authenticate_device(token + "x") is None
     assert service.authenticate_device("") is None
     shown = service.get_device(device.device_uuid, now=NOW)
-    assert (shown.device_name, shown.timezone, shown.metadata) == ("kitchen-pi", "Europe/Berlin", metadata)
+    assert (shown.device_name, shown.timezone, shown.metadata) == (
+        "kitchen-pi",
+        "Europe/Berlin",
+        metadata,
+    )
     assert shown.registered_at == NOW and shown.registered_at.utcoffset() == timedelta(0)
     assert shown.status is DeviceStatus.OFFLINE  # never heard from yet
 
@@ -91,7 +105,9 @@ def test_heartbeat_records_the_device_and_it_goes_offline_after_three_silent_int
     device, _ = register(service, room="hall")
     answer = service.heartbeat(
         device,
-        HeartbeatRequest(current_version="v1.0.0", status=DeviceStatus.UPDATING, metadata={"temp_c": 41}),
+        HeartbeatRequest(
+            current_version="v1.0.0", status=DeviceStatus.UPDATING, metadata={"temp_c": 41}
+        ),
         now=NOW,
     )
 
@@ -112,7 +128,7 @@ def test_devices_list_in_registration_order_with_filters_and_pages(service):
     beat(service, devices[1], version="v1.0.0")
     beat(service, devices[3], version="v1.1.0")
 
-    names = lambda page: [d.device_name for d in page.items]  # noqa: E731
+    names = lambda page: [d.device_name for d in page.items]
     assert names(service.list_devices(now=NOW)) == [f"pi-{i}" for i in range(5)]
     assert service.list_devices(now=NOW, online=True).total == 3
     assert names(service.list_devices(now=NOW, online=False)) == ["pi-2", "pi-4"]
@@ -158,12 +174,16 @@ def test_publish_to_targets_reaches_only_them_and_unknown_targets_store_nothing(
     stranger = uuid.uuid4()
 
     with pytest.raises(NotFoundError, match=str(stranger)):
-        service.publish_update(make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid, stranger])
+        service.publish_update(
+            make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid, stranger]
+        )
     with pytest.raises(NotFoundError):
         service.resolve_update("v1.1.0")
     assert not [e for e in service.audit_log().items if e.action == "update.publish"]
 
-    update = service.publish_update(make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid])
+    update = service.publish_update(
+        make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid]
+    )
     assert set(rows_of(backend, update.id)) == {chosen.device_uuid}
     assert update.targets == [chosen.device_uuid]
     assert beat(service, other).update is None
@@ -214,13 +234,17 @@ def test_a_device_registered_after_publish_gets_only_the_newest_update_at_its_fi
 
     assert directive is not None and directive.update_id == newest.id
     history = service.device_history(device.device_uuid)
-    assert [(row.version, row.status) for row in history.items] == [("v1.2.0", UpdateStatus.PENDING)]
+    assert [(row.version, row.status) for row in history.items] == [
+        ("v1.2.0", UpdateStatus.PENDING)
+    ]
 
 
 # --------------------------------------------------------------------------- supersession
 
 
-def test_the_highest_pending_version_wins_with_the_most_urgent_timing(service, backend, make_package):
+def test_the_highest_pending_version_wins_with_the_most_urgent_timing(
+    service, backend, make_package
+):
     device, _ = register(service, timezone="Europe/Berlin")
     beat(service, device)
     urgent = service.publish_update(make_package("v1.1.0", "urgent").upload(), now=NOW)
@@ -234,10 +258,14 @@ def test_the_highest_pending_version_wins_with_the_most_urgent_timing(service, b
     assert counts == {"v1.2.0": {"pending": 1}, "v1.1.0": {"superseded": 1}}
     superseded = backend.store.get_device_update(device.id, urgent.id)
     assert superseded.completed_at == NOW and "v1.2.0" in (superseded.error_message or "")
-    assert backend.store.get_device_update(device.id, scheduled.id).install_type is UpdateType.URGENT
+    assert (
+        backend.store.get_device_update(device.id, scheduled.id).install_type is UpdateType.URGENT
+    )
 
 
-def test_a_device_that_already_runs_a_version_has_its_pending_row_superseded(service, backend, make_package):
+def test_a_device_that_already_runs_a_version_has_its_pending_row_superseded(
+    service, backend, make_package
+):
     device, _ = register(service)
     beat(service, device)
     update = service.publish_update(make_package("v1.1.0").upload(), now=NOW)
@@ -272,7 +300,11 @@ def test_progress_moves_only_forward_and_repeated_or_late_reports_change_nothing
     assert (row.status, row.started_at, row.completed_at) == (UpdateStatus.COMPLETED, later, later)
     assert service.find_device(device.device_uuid).current_version == "v1.1.0"
     status_lines = [e for e in service.audit_log().items if e.action == "device_update.status"]
-    assert [line.details["to"] for line in status_lines] == ["completed", "installing", "downloading"]
+    assert [line.details["to"] for line in status_lines] == [
+        "completed",
+        "installing",
+        "downloading",
+    ]
     assert beat(service, device, at=later, version="v1.1.0").update is None
 
 
@@ -281,7 +313,10 @@ def test_a_failed_version_is_never_offered_again_but_a_newer_one_is(service, mak
     beat(service, device)
     broken = service.publish_update(make_package("v1.1.0", "instant").upload(), now=NOW)
     report(service, device, broken.id, UpdateStatus.DOWNLOADING)
-    assert report(service, device, broken.id, UpdateStatus.ROLLED_BACK).status is UpdateStatus.ROLLED_BACK
+    assert (
+        report(service, device, broken.id, UpdateStatus.ROLLED_BACK).status
+        is UpdateStatus.ROLLED_BACK
+    )
 
     assert beat(service, device).update is None
     fixed = service.publish_update(make_package("v1.1.1", "instant").upload(), now=NOW)
@@ -291,7 +326,9 @@ def test_a_failed_version_is_never_offered_again_but_a_newer_one_is(service, mak
 def test_a_report_for_an_update_not_assigned_to_the_device_is_not_found(service, make_package):
     chosen, _ = register(service)
     other, _ = register(service)
-    update = service.publish_update(make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid])
+    update = service.publish_update(
+        make_package("v1.1.0").upload(), now=NOW, targets=[chosen.device_uuid]
+    )
 
     with pytest.raises(NotFoundError):
         report(service, other, update.id, UpdateStatus.COMPLETED)
@@ -302,13 +339,15 @@ def test_a_report_for_an_update_not_assigned_to_the_device_is_not_found(service,
 # --------------------------------------------------------------------------- listing
 
 
-def test_updates_list_highest_version_first_numerically_with_filters_and_pages(service, backend, make_package):
+def test_updates_list_highest_version_first_numerically_with_filters_and_pages(
+    service, backend, make_package
+):
     device, _ = register(service)
     beat(service, device, at=NOW)
     for version, kind in (("v1.9.0", "scheduled"), ("v1.10.0", "urgent"), ("v1.2.0", "instant")):
         service.publish_update(make_package(version, kind).upload(), now=NOW)
 
-    versions = lambda page: [u.version for u in page.items]  # noqa: E731
+    versions = lambda page: [u.version for u in page.items]
     assert versions(service.list_updates()) == ["v1.10.0", "v1.9.0", "v1.2.0"]
     assert versions(service.list_updates(update_type=UpdateType.URGENT)) == ["v1.10.0"]
     page = service.list_updates(limit=1, offset=1)
@@ -353,7 +392,9 @@ def test_package_objects_come_back_byte_for_byte_in_any_range(service, backend, 
 
 
 def test_a_lost_package_object_is_not_found(service, backend, make_package):
-    update = service.resolve_update(service.publish_update(make_package("v1.1.0").upload(), now=NOW).id)
+    update = service.resolve_update(
+        service.publish_update(make_package("v1.1.0").upload(), now=NOW).id
+    )
     backend.blobs.delete(update.package_url)
 
     with pytest.raises(NotFoundError):

@@ -144,7 +144,9 @@ def test_missing_or_wrong_settings_are_refused_with_the_setting_named(
         create_backend(settings(database_url=url))
 
 
-def test_storage_settings_come_from_the_environment_over_the_servers_toml_file(tmp_path, monkeypatch):
+def test_storage_settings_come_from_the_environment_over_the_servers_toml_file(
+    tmp_path, monkeypatch
+):
     config = tmp_path / "server.toml"
     config.write_text(
         'supabase_url = "https://fromfile.supabase.co"\n'
@@ -160,10 +162,15 @@ def test_storage_settings_come_from_the_environment_over_the_servers_toml_file(t
     assert read.supabase_service_key.get_secret_value() == "sb_secret_fromfile"
     assert (read.supabase_bucket, read.supabase_signed_urls) == ("env-bucket", True)
     # A server settings object that declares a value itself wins over both.
-    assert SupabaseSettings.for_server(SimpleNamespace(supabase_bucket="own")).supabase_bucket == "own"
+    assert (
+        SupabaseSettings.for_server(SimpleNamespace(supabase_bucket="own")).supabase_bucket == "own"
+    )
     blobs = read.blob_store(tmp_path / "uploads")
     try:
-        assert (blobs.storage_url, blobs.signed_urls) == ("https://fromfile.supabase.co/storage/v1", True)
+        assert (blobs.storage_url, blobs.signed_urls) == (
+            "https://fromfile.supabase.co/storage/v1",
+            True,
+        )
         assert "sb_secret_fromfile" not in repr(blobs)
     finally:
         blobs.close()
@@ -193,9 +200,19 @@ def test_a_malformed_database_url_is_refused_without_echoing_it():
 def test_replicas_starting_together_migrate_one_at_a_time(new_postgres_url, tmp_path):
     url = new_postgres_url()
     environment = {"PATH": "/usr/bin:/bin", "JAVIA_CONFIG": str(tmp_path / "none.toml")}
-    command = [sys.executable, "-m", "javia_updates.cli.main", "db", "upgrade", "--database-url", url]
+    command = [
+        sys.executable,
+        "-m",
+        "javia_updates.cli.main",
+        "db",
+        "upgrade",
+        "--database-url",
+        url,
+    ]
     processes = [
-        subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for _ in range(3)
     ]
     outputs = [(process.wait(timeout=120), process.stdout.read()) for process in processes]  # type: ignore[union-attr]
@@ -204,7 +221,9 @@ def test_replicas_starting_together_migrate_one_at_a_time(new_postgres_url, tmp_
     assert current_revision(url) == head_revision()
 
 
-def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(new_postgres_url, monkeypatch):
+def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(
+    new_postgres_url, monkeypatch
+):
     url = new_postgres_url()
     monkeypatch.setattr(supabase_module, "MIGRATION_LOCK_TIMEOUT_SECONDS", 1)
     engine = make_engine(url)

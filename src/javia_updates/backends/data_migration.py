@@ -170,7 +170,9 @@ def table_counts(engine: Engine) -> dict[str, int]:
                 for table in _tables_in_order(tables)
             }
     except SQLAlchemyError as error:
-        raise BackendError(f"cannot count the rows of {_redact(str(engine.url))}: {error}") from None
+        raise BackendError(
+            f"cannot count the rows of {_redact(str(engine.url))}: {error}"
+        ) from None
 
 
 def _describe_counts(counts: dict[str, int]) -> str:
@@ -205,9 +207,16 @@ def _high_water_marks(connection: Connection, tables: Tables) -> dict[str, int]:
                 text("SELECT seq FROM sqlite_sequence WHERE name = :name"), {"name": table.name}
             ).scalar_one_or_none()
         elif dialect == "postgresql":
-            used = connection.execute(
-                select(func.pg_sequence_last_value(func.pg_get_serial_sequence(table.fullname, "id")))
+            sequence = connection.execute(
+                select(func.pg_get_serial_sequence(table.fullname, "id"))
             ).scalar_one_or_none()
+            used = None
+            if sequence is not None:  # a name PostgreSQL quoted itself, safe to interpolate
+                last_value, is_called = connection.execute(
+                    text(f"SELECT last_value, is_called FROM {sequence}")
+                ).one()
+                # Not yet called (fresh, or set by setval(..., false)): last_value is the next id.
+                used = last_value if is_called else last_value - 1
         else:  # pragma: no cover - javia runs on SQLite and PostgreSQL only
             used = None
         marks[table.name] = max(int(highest), int(used or 0))
@@ -341,7 +350,9 @@ def _copy_object(
                 handle.write(chunk)
     except OSError as error:
         spool.unlink(missing_ok=True)
-        raise BackendError(f"cannot spool {name} of {version} to {spool}: {error.strerror}") from None
+        raise BackendError(
+            f"cannot spool {name} of {version} to {spool}: {error.strerror}"
+        ) from None
     except BaseException:
         spool.unlink(missing_ok=True)
         raise
@@ -425,7 +436,9 @@ def migrate_data(
                 if moving:
                     assert source_blobs is not None and target_blobs is not None
                     for key, version, name, size, sha256 in objects:
-                        if _copy_object(source_blobs, target_blobs, key, version, name, size, sha256):
+                        if _copy_object(
+                            source_blobs, target_blobs, key, version, name, size, sha256
+                        ):
                             result.objects_copied += 1
                             result.bytes_copied += size
                             say(f"copied {name} of {version} ({size} bytes)")

@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from javia_updates.cli.common import JsonOption, console, error_console, fail, friendly_errors, print_json
+from javia_updates.cli.common import (
+    console,
+    error_console,
+    fail,
+    friendly_errors,
+    print_json,
+)
 
 app = typer.Typer(help="Database migrations and data moves between backends.", no_args_is_help=True)
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _BACKENDS = ("local", "supabase")
+
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Server data directory.", show_default=False)
+]
 
 
 def _server_modules() -> None:
@@ -38,8 +48,7 @@ def _server_modules() -> None:
 def _settings(data_dir: Path | None = None) -> Any:
     from javia_updates.settings import ServerSettings
 
-    overrides = {"data_dir": data_dir} if data_dir is not None else {}
-    return ServerSettings(**overrides)
+    return ServerSettings() if data_dir is None else ServerSettings(data_dir=data_dir)
 
 
 def _configured_database_url(settings: Any, given: str | None) -> str:
@@ -58,14 +67,16 @@ def _configured_database_url(settings: Any, given: str | None) -> str:
 
 @app.command("upgrade")
 def upgrade(
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Server data directory."),
-    database_url: str | None = typer.Option(
-        None,
-        "--database-url",
-        help="SQLAlchemy URL of the database (default: JAVIA_DATABASE_URL, else the SQLite "
-        "file in the data directory).",
-        show_default=False,
-    ),
+    data_dir: DataDirOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="SQLAlchemy URL of the database (default: JAVIA_DATABASE_URL, else the SQLite "
+            "file in the data directory).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Apply every pending migration to the configured database (safe to repeat)."""
     _server_modules()
@@ -79,18 +90,23 @@ def upgrade(
 
 @app.command("sql")
 def sql(
-    schema: str = typer.Option(
-        "javia",
-        "--schema",
-        help="PostgreSQL schema for javia's tables. The server uses 'javia'; another name "
-        "only suits inspection or other tools.",
-    ),
-    dialect: str = typer.Option(
-        "postgresql", "--dialect", help="SQL dialect: postgresql or sqlite."
-    ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the SQL to this file instead of standard output."
-    ),
+    schema: Annotated[
+        str,
+        typer.Option(
+            "--schema",
+            help="PostgreSQL schema for javia's tables. The server uses 'javia'; another name "
+            "only suits inspection or other tools.",
+        ),
+    ] = "javia",
+    dialect: Annotated[
+        str, typer.Option("--dialect", help="SQL dialect: postgresql or sqlite.")
+    ] = "postgresql",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the SQL to this file instead of standard output."
+        ),
+    ] = None,
 ) -> None:
     """Print the migrations as SQL, e.g. for pasting into Supabase's SQL editor.
 
@@ -157,46 +173,62 @@ def _default_source_dir(source_url: str) -> Path | None:
 
 @app.command("migrate-data")
 def migrate_data(
-    source: str = typer.Option(
-        ...,
-        "--from",
-        help="Database to copy from, e.g. sqlite:////var/lib/javia-server/javia.db. Only read.",
-        show_default=False,
-    ),
-    target: str | None = typer.Option(
-        None,
-        "--to",
-        help="Empty database to copy into, e.g. postgresql://… (default: JAVIA_DATABASE_URL). "
-        "Migrated first.",
-        show_default=False,
-    ),
-    from_backend: str = typer.Option(
-        "local", "--from-backend", help="Where the packages are now: local or supabase."
-    ),
-    from_data_dir: Path | None = typer.Option(
-        None,
-        "--from-data-dir",
-        help="Data directory holding packages/ of a local source (default: the directory of "
-        "the SQLite file).",
-        show_default=False,
-    ),
-    to_backend: str | None = typer.Option(
-        None,
-        "--to-backend",
-        help="Where the packages go: local or supabase (default: JAVIA_BACKEND).",
-        show_default=False,
-    ),
-    to_data_dir: Path | None = typer.Option(
-        None,
-        "--to-data-dir",
-        help="Data directory of the target: packages/ for local, uploads/ for supabase "
-        "(default: JAVIA_DATA_DIR).",
-        show_default=False,
-    ),
-    packages: bool = typer.Option(
-        True, "--packages/--no-packages", help="Copy the package objects when the blob store changes."
-    ),
-    as_json: bool = JsonOption,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Database to copy from, e.g. sqlite:////var/lib/javia-server/javia.db. Only read.",
+            show_default=False,
+        ),
+    ],
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Empty database to copy into, e.g. postgresql://… (default: "
+            "JAVIA_DATABASE_URL). Migrated first.",
+            show_default=False,
+        ),
+    ] = None,
+    from_backend: Annotated[
+        str, typer.Option("--from-backend", help="Where the packages are now: local or supabase.")
+    ] = "local",
+    from_data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-data-dir",
+            help="Data directory holding packages/ of a local source (default: the directory "
+            "of the SQLite file).",
+            show_default=False,
+        ),
+    ] = None,
+    to_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--to-backend",
+            help="Where the packages go: local or supabase (default: JAVIA_BACKEND).",
+            show_default=False,
+        ),
+    ] = None,
+    to_data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--to-data-dir",
+            help="Data directory of the target: packages/ for local, uploads/ for supabase "
+            "(default: JAVIA_DATA_DIR).",
+            show_default=False,
+        ),
+    ] = None,
+    packages: Annotated[
+        bool,
+        typer.Option(
+            "--packages/--no-packages",
+            help="Copy the package objects when the blob store changes.",
+        ),
+    ] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
+    ] = False,
 ) -> None:
     """Copy every device, token hash, update, progress row and audit line, with their ids.
 
