@@ -1,7 +1,7 @@
 """The three update types with real processes under a controlled clock (issue: update policies).
 
 The server's maintenance window and urgent idle time are settings, so the tests
-open a 30-second window a few seconds from now and ask for 3 s of idle time: the
+open a 36-second window a few seconds from now and ask for 3 s of idle time: the
 same rules as production (02:00 local, 3 h, 1 h), on a clock a test can wait for.
 Devices sit in zones that are always UTC+0 so "a few seconds from now" is the same
 wall time for all of them.
@@ -24,7 +24,7 @@ from .test_update_loop import final_rows, wait_for
 
 pytestmark = pytest.mark.e2e
 
-WINDOW_SECONDS = 30
+WINDOW_SECONDS = 36
 
 
 def _fleet(root: Path, **server_env: str) -> LocalFleet:
@@ -68,8 +68,8 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
 def test_scheduled_update_waits_for_each_devices_slot_in_the_window(fleet: LocalFleet, app_dir: Path):
     devices = _provision(fleet, app_dir, [("utc", "UTC"), ("abidjan", "Africa/Abidjan")])
     pids = {d.name: d.app_status()["pid"] for d in devices}
-    # The operator moves the maintenance window: it now opens 8 s from now and lasts 30 s.
-    opens = (datetime.now(timezone.utc) + timedelta(seconds=8)).replace(microsecond=0)
+    # The operator moves the maintenance window: it now opens 12 s from now and lasts 36 s.
+    opens = (datetime.now(timezone.utc) + timedelta(seconds=12)).replace(microsecond=0)
     fleet.restart_server(
         extra_env={"JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"), "JAVIA_WINDOW_SECONDS": str(WINDOW_SECONDS)}
     )
