@@ -25,6 +25,7 @@ from javia_updates.models import UpdateType
 from javia_updates.packaging import BuiltPackage, build_package
 from javia_updates.versioning import Version
 
+from .fleet import CrashFleet
 from .helpers import APP_SOURCE, NOW, Device, FileServer, PackageFactory, Signer, handler_for
 
 
@@ -143,3 +144,20 @@ def file_server() -> Iterator[FileServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashFleet]:
+    """A real ``javia server`` process shared by this test process's real-process tests.
+
+    Every test provisions its own device and publishes updates that target
+    only it, under versions no other test uses, so the tests stay independent
+    (and parallel-safe: each xdist worker has its own server).
+    """
+    fleet = CrashFleet(tmp_path_factory.mktemp("fleet"), heartbeat_seconds=0.5, health_seconds=0.5)
+    fleet.generate_key()
+    fleet.start_server()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

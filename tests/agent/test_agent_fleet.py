@@ -35,17 +35,6 @@ from .fleet import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashFleet]:
-    fleet = CrashFleet(tmp_path_factory.mktemp("fleet"), heartbeat_seconds=0.5, health_seconds=1.0)
-    fleet.generate_key()
-    fleet.start_server()
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
 @pytest.fixture
 def device(fleet: CrashFleet, request: pytest.FixtureRequest) -> Iterator[FleetDevice]:
     """A registered device with v1.0.0 installed; the agent starts it when it starts."""
