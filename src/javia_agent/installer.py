@@ -138,8 +138,10 @@ def pause_hook_from_environment(
     the agent, on reaching the pause point ``name`` (a state name, right after
     that state was saved; or ``staging.extracted``, ``switching.stopped``,
     ``switching.linked``), writes ``<state_dir>/paused-at-<name>`` (holding
-    its pid) and sleeps ``JAVIA_AGENT_PAUSE_SECONDS`` (default 600), giving
-    the test a deterministic moment to kill it. The variables are read once,
+    its pid) and waits — until the test deletes that file, or for
+    ``JAVIA_AGENT_PAUSE_SECONDS`` (default 600) — giving the test a
+    deterministic moment to kill it or to change the world around it (stop
+    the server, say) before letting it go on. The variables are read once,
     here, and only matter when set: a device never sets them.
 
     Returns:
@@ -157,8 +159,13 @@ def pause_hook_from_environment(
         if point not in points:
             return
         logger.warning("test hook %s: pausing at %s for %g s", PAUSE_AT_ENV, point, seconds)
-        atomic_write(directory / f"paused-at-{point}", f"{os.getpid()}\n".encode())
-        time.sleep(seconds)
+        marker = directory / f"paused-at-{point}"
+        atomic_write(marker, f"{os.getpid()}\n".encode())
+        deadline = time.monotonic() + seconds
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        marker.unlink(missing_ok=True)
+        logger.warning("test hook %s: going on after %s", PAUSE_AT_ENV, point)
 
     return pause
 

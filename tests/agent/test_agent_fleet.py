@@ -27,6 +27,7 @@ from .fleet import (
     assert_complete_tree,
     current_version,
     heartbeat_answer,
+    pause_env,
     saved_state,
     starts_of,
     wait_for,
@@ -143,11 +144,10 @@ def test_reports_queued_while_the_server_is_down_are_delivered_in_order_when_it_
 ) -> None:
     new = fleet.package("v4.0.0")
     update_id = fleet.publish_to(device, new)
-    # Hold the agent for three seconds once the download is done, to take the server down.
-    fleet.start_agent_with(
-        device, {"JAVIA_AGENT_PAUSE_AT": "verifying", "JAVIA_AGENT_PAUSE_SECONDS": "3"}
-    )
-    wait_for((device.state_dir / "paused-at-verifying").exists, 60, "the download to finish")
+    # Hold the agent once the download is done, take the server down, let the agent go on.
+    fleet.start_agent_with(device, pause_env("verifying"))
+    marker = device.state_dir / "paused-at-verifying"
+    wait_for(marker.exists, 60, "the download to finish")
     assert fleet.row(device, update_id)["status"] == "downloading"
     assert fleet.server is not None
     fleet.server.send_signal(signal.SIGTERM)
@@ -155,6 +155,7 @@ def test_reports_queued_while_the_server_is_down_are_delivered_in_order_when_it_
     try:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{fleet.url}/api/v1/health", timeout=1)
+        marker.unlink()
 
         # The agent installs on its own and queues its reports on disk.
         outbox = device.state_dir / "outbox"
