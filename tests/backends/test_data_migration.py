@@ -179,6 +179,18 @@ def test_a_local_installation_moves_to_supabase_and_the_fleet_does_not_notice(
     assert "already holds" in again.stderr and "Traceback" not in again.stderr + again.stdout
     assert len(dump(target_url)["devices"]) == 4  # refused: nothing merged, nothing duplicated
 
+    # And back out of Supabase into a self-contained SQLite copy (docs: "Other moves").
+    backup = tmp_path / "backup"
+    back = run_javia(
+        "db", "migrate-data", "--from", env["JAVIA_DATABASE_URL"], "--from-backend", "supabase",
+        "--to", f"sqlite:///{backup / 'javia.db'}", "--to-backend", "local",
+        "--to-data-dir", str(backup), env=env,
+    )  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    assert dump(f"sqlite:///{backup / 'javia.db'}") == dump(target_url)
+    copied = {p.read_bytes() for p in (backup / "packages").rglob("payload.tar.gz")}
+    assert copied == {package.payload for package in history["packages"].values()}
+
 
 def test_postgresql_back_to_sqlite_keeps_ids_past_deleted_rows(
     local_installation, tmp_path, new_postgres_url

@@ -21,16 +21,15 @@ from sqlalchemy.engine import make_url
 from test_supabase_storage import SECRET_KEY
 
 from javia_updates.backends import backend_names, create_backend, get_backend_class
-from javia_updates.backends import supabase as supabase_module
-from javia_updates.backends.migrations import current_revision, head_revision
-from javia_updates.backends.sql_store import make_engine
-from javia_updates.backends.supabase import (
+from javia_updates.backends import database as database_module
+from javia_updates.backends.database import (
     MIGRATION_LOCK_KEY,
-    SupabaseBackend,
-    SupabaseSettings,
     normalize_database_url,
     upgrade_serialized,
 )
+from javia_updates.backends.migrations import current_revision, head_revision
+from javia_updates.backends.sql_store import make_engine
+from javia_updates.backends.supabase import SupabaseBackend, SupabaseSettings
 from javia_updates.backends.supabase_storage import SupabaseStorageError
 from javia_updates.errors import BackendError
 from javia_updates.settings import ServerSettings, SettingsError
@@ -225,7 +224,7 @@ def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(
     new_postgres_url, monkeypatch
 ):
     url = new_postgres_url()
-    monkeypatch.setattr(supabase_module, "MIGRATION_LOCK_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(database_module, "MIGRATION_LOCK_TIMEOUT_SECONDS", 1)
     engine = make_engine(url)
     try:
         with engine.connect() as holder:  # another process, stuck mid-migration

@@ -402,7 +402,7 @@ def migrate_data(
         BackendError: a database or blob store failed; the target database
             then holds no copied rows (its transaction rolled back).
     """
-    from javia_updates.backends.supabase import upgrade_serialized
+    from javia_updates.backends.database import upgrade_serialized
 
     say = progress or _quiet
     if _same_database(source_url, target_url):

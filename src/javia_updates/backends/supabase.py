@@ -27,9 +27,10 @@ server setting):
 server's own settings object take precedence, so this module works whether or
 not :class:`~javia_updates.settings.ServerSettings` declares them itself.
 
-Several replicas may start at the same moment: :func:`upgrade_serialized`
-runs the migrations under a PostgreSQL advisory lock, so they take turns
-instead of racing each other through ``CREATE TABLE``.
+Several replicas may start at the same moment:
+:func:`~javia_updates.backends.database.upgrade_serialized` runs the
+migrations under a PostgreSQL advisory lock, so they take turns instead of
+racing each other through ``CREATE TABLE``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from javia_updates.backends.base import Backend, register_backend
+from javia_updates.backends.database import normalize_database_url, upgrade_serialized
 from javia_updates.backends.schema import POSTGRES_SCHEMA
 from javia_updates.backends.sql_store import SQLStore, _redact, make_engine
 from javia_updates.backends.supabase_storage import (
@@ -62,116 +62,12 @@ from javia_updates.settings import SettingsError, config_path
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings
 
-__all__ = [
-    "MIGRATION_LOCK_KEY",
-    "MIGRATION_LOCK_TIMEOUT_SECONDS",
-    "SupabaseBackend",
-    "SupabaseSettings",
-    "normalize_database_url",
-    "upgrade_serialized",
-]
-
-#: Key of the PostgreSQL advisory lock held while migrating: "javia" in ASCII.
-MIGRATION_LOCK_KEY = 0x6A61766961
-#: How long a process waits for another one's migration to finish, in seconds.
-MIGRATION_LOCK_TIMEOUT_SECONDS = 600
+__all__ = ["SupabaseBackend", "SupabaseSettings"]
 
 _URL_EXAMPLE = (
     "postgresql://postgres.<project-ref>:PASSWORD@aws-0-<region>.pooler.supabase.com:5432/"
     "postgres?sslmode=require"
 )
-
-
-def normalize_database_url(database_url: str) -> str:
-    """``database_url`` with a bare PostgreSQL scheme mapped to psycopg 3.
-
-    Supabase's dashboard shows ``postgresql://…`` (some tools ``postgres://…``),
-    which SQLAlchemy would open with psycopg2, a driver javia does not
-    install. Those two schemes become ``postgresql+psycopg://``; every other
-    URL (SQLite, an explicit driver) is returned unchanged.
-
-    Raises:
-        BackendError: the URL cannot be parsed; the message does not echo it
-            (it may hold a password).
-    """
-    text_url = database_url.strip()
-    if text_url.startswith("postgres://"):
-        text_url = "postgresql://" + text_url.removeprefix("postgres://")
-    try:
-        url = make_url(text_url)
-    except ArgumentError:
-        raise BackendError(
-            "malformed database URL: expected e.g. sqlite:////var/lib/javia-server/javia.db "
-            f"or {_URL_EXAMPLE}"
-        ) from None
-    if url.drivername == "postgresql":
-        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return text_url
-
-
-def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
-    """Apply every pending migration; on PostgreSQL one process at a time.
-
-    On PostgreSQL the migrations run while this process holds the session
-    advisory lock :data:`MIGRATION_LOCK_KEY`, so replicas (or ``javia db
-    upgrade`` next to a starting replica) that start together take turns: the
-    first migrates, the others find the database up to date. A process waits
-    at most :data:`MIGRATION_LOCK_TIMEOUT_SECONDS` for the lock. On SQLite
-    this is :func:`javia_updates.backends.migrations.upgrade`.
-
-    Args:
-        database_url: SQLAlchemy URL of the database.
-        schema: schema for javia's tables; None: the dialect's default
-            (``javia`` on PostgreSQL).
-
-    Raises:
-        BackendError: the database cannot be reached, the lock was not had in
-            time, or a migration failed; the message names the database
-            without its password.
-    """
-    from javia_updates.backends.migrations import upgrade
-
-    engine = make_engine(database_url)
-    try:
-        if engine.dialect.name != "postgresql":
-            upgrade(database_url, schema=schema)
-            return
-        try:
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except SQLAlchemyError as error:
-            raise BackendError(
-                f"cannot connect to database {_redact(database_url)}: {_first_line(error)}"
-            ) from None
-        with connection:
-            try:
-                connection.execute(
-                    text(f"SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT_SECONDS}s'")
-                )
-                connection.execute(
-                    text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                )
-            except DBAPIError as error:
-                raise BackendError(
-                    f"cannot migrate database {_redact(database_url)}: another javia process "
-                    f"has held the migration lock for {MIGRATION_LOCK_TIMEOUT_SECONDS} s "
-                    f"({_first_line(error)}); look for a stuck `javia db upgrade` or server start"
-                ) from None
-            try:
-                upgrade(database_url, schema=schema)
-            finally:
-                try:
-                    connection.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                    )
-                except SQLAlchemyError:
-                    pass  # closing the session below releases the lock as well
-    finally:
-        engine.dispose()
-
-
-def _first_line(error: BaseException) -> str:
-    original = getattr(error, "orig", None)
-    return str(original if original is not None else error).strip().splitlines()[0][:300]
 
 
 class SupabaseSettings(BaseSettings):

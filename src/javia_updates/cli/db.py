@@ -53,7 +53,7 @@ def _settings(data_dir: Path | None = None) -> Any:
 
 def _configured_database_url(settings: Any, given: str | None) -> str:
     """``--database-url``, else the settings' database (the SQLite file of ``local``)."""
-    from javia_updates.backends.supabase import normalize_database_url
+    from javia_updates.backends.database import normalize_database_url
 
     if given:
         return normalize_database_url(given)
@@ -81,7 +81,7 @@ def upgrade(
     """Apply every pending migration to the configured database (safe to repeat)."""
     _server_modules()
     with friendly_errors():
-        from javia_updates.backends.supabase import upgrade_serialized
+        from javia_updates.backends.database import upgrade_serialized
 
         url = _configured_database_url(_settings(data_dir), database_url)
         upgrade_serialized(url)
@@ -243,7 +243,7 @@ def migrate_data(
             fail(f"{option} {value!r}: expected local or supabase")
     with friendly_errors():
         from javia_updates.backends.data_migration import migrate_data as run_migration
-        from javia_updates.backends.supabase import normalize_database_url
+        from javia_updates.backends.database import normalize_database_url
 
         settings = _settings(to_data_dir)
         source_url = normalize_database_url(source)

@@ -1,0 +1,131 @@
+"""Helpers for every SQL-backed backend: connection strings and migrations that take turns.
+
+- :func:`normalize_database_url` reads the ``postgresql://`` strings hosting
+  dashboards (Supabase's among them) show as psycopg 3, the only PostgreSQL
+  driver javia installs.
+- :func:`upgrade_serialized` runs the Alembic migrations (DESIGN.md section 5)
+  so that several server replicas, or ``javia db upgrade`` next to a starting
+  replica, never race each other through ``CREATE TABLE`` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from javia_updates.backends.sql_store import _redact, make_engine
+from javia_updates.errors import BackendError
+
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "MIGRATION_LOCK_TIMEOUT_SECONDS",
+    "normalize_database_url",
+    "upgrade_serialized",
+]
+
+#: Key of the PostgreSQL advisory lock held while migrating: "javia" in ASCII.
+MIGRATION_LOCK_KEY = 0x6A61766961
+#: How long a process waits for another one's migration to finish, in seconds.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 600
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for lock_timeout expiring
+_URL_EXAMPLES = (
+    "sqlite:////var/lib/javia-server/javia.db or "
+    "postgresql://postgres.<project-ref>:PASSWORD@aws-0-<region>.pooler.supabase.com:5432/"
+    "postgres?sslmode=require"
+)
+
+
+def normalize_database_url(database_url: str) -> str:
+    """``database_url`` with a bare PostgreSQL scheme mapped to psycopg 3.
+
+    Dashboards show ``postgresql://…`` (some tools ``postgres://…``), which
+    SQLAlchemy would open with psycopg2, a driver javia does not install.
+    Those two schemes become ``postgresql+psycopg://``; every other URL
+    (SQLite, an explicit driver) is returned unchanged.
+
+    Raises:
+        BackendError: the URL cannot be parsed; the message does not echo it
+            (it may hold a password).
+    """
+    text_url = database_url.strip()
+    if text_url.startswith("postgres://"):
+        text_url = "postgresql://" + text_url.removeprefix("postgres://")
+    try:
+        url = make_url(text_url)
+    except ArgumentError:
+        raise BackendError(f"malformed database URL: expected e.g. {_URL_EXAMPLES}") from None
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return text_url
+
+
+def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
+    """Apply every pending migration; on PostgreSQL one process at a time.
+
+    On PostgreSQL the migrations run while this process holds the session
+    advisory lock :data:`MIGRATION_LOCK_KEY`, so processes that start together
+    take turns: the first migrates, the others then find the database up to
+    date. A process waits at most :data:`MIGRATION_LOCK_TIMEOUT_SECONDS` for
+    the lock. On SQLite (one server only) this is
+    :func:`javia_updates.backends.migrations.upgrade`.
+
+    Args:
+        database_url: SQLAlchemy URL of the database.
+        schema: schema for javia's tables; None: the dialect's default
+            (``javia`` on PostgreSQL).
+
+    Raises:
+        BackendError: the database cannot be reached, the lock was not had in
+            time, or a migration failed; the message names the database
+            without its password.
+    """
+    from javia_updates.backends.migrations import upgrade
+
+    engine = make_engine(database_url)
+    try:
+        if engine.dialect.name != "postgresql":
+            upgrade(database_url, schema=schema)
+            return
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as error:
+            raise BackendError(
+                f"cannot connect to database {_redact(database_url)}: {_first_line(error)}"
+            ) from None
+        with connection:
+            _lock(connection, database_url)
+            try:
+                upgrade(database_url, schema=schema)
+            finally:
+                try:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                except SQLAlchemyError:
+                    pass  # closing the session releases the lock as well
+    finally:
+        engine.dispose()
+
+
+def _lock(connection: Connection, database_url: str) -> None:
+    """Take the migration lock on ``connection``, waiting at most the timeout."""
+    try:
+        connection.execute(text(f"SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT_SECONDS}s'"))
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            raise BackendError(
+                f"cannot migrate database {_redact(database_url)}: another javia process has "
+                f"held the migration lock for {MIGRATION_LOCK_TIMEOUT_SECONDS} s; look for a "
+                "stuck `javia db upgrade` or server start"
+            ) from None
+        raise BackendError(
+            f"cannot migrate database {_redact(database_url)}: {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    original = getattr(error, "orig", None)
+    return str(original if original is not None else error).strip().splitlines()[0][:300]
