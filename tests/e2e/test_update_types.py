@@ -10,6 +10,7 @@ wall time for all of them.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -107,21 +108,30 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: Loc
         extra_env={"JAVIA_WINDOW_START": far.strftime("%H:%M:%S"), "JAVIA_URGENT_IDLE_SECONDS": "3"}
     )
     activity = busy.state_dir / "activity.json"
-    record_activity(activity)
     pid = busy.app_status()["pid"]
 
-    update = fleet.publish(app_dir, "v1.1.0", "urgent")
-    (row,) = final_rows(fleet, update["id"]).values()
-    assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=20), "deadline is the window"
+    # Someone keeps talking to the assistant while the update is published and 6 s after.
+    talking = threading.Event()
+    talking.set()
 
-    # Someone keeps talking to the assistant for 6 s: no install meanwhile.
-    talking_until = time.monotonic() + 6
-    while time.monotonic() < talking_until:
-        record_activity(activity)
-        time.sleep(0.3)
+    def talk() -> None:
+        while talking.is_set():
+            record_activity(activity)
+            time.sleep(0.3)
+
+    speaker = threading.Thread(target=talk, daemon=True)
+    speaker.start()
+    try:
+        update = fleet.publish(app_dir, "v1.1.0", "urgent")
+        (row,) = final_rows(fleet, update["id"]).values()
+        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=20), "deadline is the window"
+        time.sleep(6)
+        assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
+        assert busy.app_status()["pid"] == pid
+    finally:
+        talking.clear()
+        speaker.join()
     last_activity = datetime.now(timezone.utc)
-    assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
-    assert busy.app_status()["pid"] == pid
 
     done = wait_for(
         lambda: (r := final_rows(fleet, update["id"])[busy.device_uuid])["status"] == "completed" and r,
