@@ -218,7 +218,7 @@ def main() -> None:
         )
     )
     for key, label in (
-        ("stop", "  stop: old release exits on SIGTERM (agent polls every 50 ms)"),
+        ("stop", "  stop: SIGTERM until the old release has exited"),
         ("switch", "  switch: `current` replaced, directory fsynced"),
         ("start", "  start: new process spawned until it is ready"),
     ):
