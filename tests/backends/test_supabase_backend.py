@@ -10,11 +10,14 @@ together migrate one at a time.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
@@ -31,6 +34,7 @@ from javia_updates.backends.migrations import current_revision, head_revision
 from javia_updates.backends.sql_store import make_engine
 from javia_updates.backends.supabase import SupabaseBackend, SupabaseSettings
 from javia_updates.backends.supabase_storage import SupabaseStorageError
+from javia_updates.demo import free_port
 from javia_updates.errors import BackendError
 from javia_updates.settings import ServerSettings, SettingsError
 
@@ -236,3 +240,69 @@ def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(
         engine.dispose()
     upgrade_serialized(url)  # the lock went with the holder's session
     assert current_revision(url) == head_revision()
+
+
+# The registry learns the supabase backend when its module is imported; the
+# launcher imports it before running the CLI, exactly as `javia` does once the
+# backend is registered on import of javia_updates.backends.
+_LAUNCHER = (
+    "import sys, javia_updates.backends.supabase; "
+    "from javia_updates.cli.main import run; sys.argv[0] = 'javia'; run()"
+)
+
+
+def test_a_real_server_on_the_supabase_backend_serves_packages_out_of_storage(
+    tmp_path, new_postgres_url, storage_contract, make_package
+):
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JAVIA_CONFIG": str(tmp_path / "none.toml"),
+        "JAVIA_API_KEY": API_KEY,
+        "JAVIA_BACKEND": "supabase",
+        "JAVIA_DATABASE_URL": new_postgres_url().replace("postgresql+psycopg://", "postgresql://"),
+        "JAVIA_SUPABASE_URL": storage_contract.url,
+        "JAVIA_SUPABASE_SERVICE_KEY": SECRET_KEY,
+        "JAVIA_SUPABASE_BUCKET": "server-process",
+    }
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, "server", "--port", str(port), "--data-dir", str(tmp_path / "replica")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/v1"
+    admin = {"X-API-Key": API_KEY}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer within 30 s"
+            time.sleep(0.1)
+        registered = httpx.post(f"{base}/devices/register", json={}, headers=admin).json()
+        package = make_package("v1.1.0", "scheduled", extra_bytes=400_000)
+        files = {
+            "manifest": ("manifest.json", package.manifest, "application/json"),
+            "signature": ("manifest.sig", package.signature, "application/json"),
+            "payload": ("payload.tar.gz", package.payload, "application/gzip"),
+        }
+        published = httpx.post(f"{base}/updates/", files=files, headers=admin, timeout=60)
+        assert published.status_code == 201, published.text
+        device = {"Authorization": f"Bearer {registered['device_token']}"}
+        download = f"{base}/updates/{published.json()['id']}/download"
+        whole = httpx.get(download, headers=device, timeout=60)
+        resumed = httpx.get(download, headers={**device, "Range": "bytes=300000-"}, timeout=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+        log.close()
+
+    assert storage_contract.buckets["server-process"]["public"] is False  # created at start
+    assert (whole.status_code, whole.content) == (200, package.payload)
+    assert (resumed.status_code, resumed.content) == (206, package.payload[300_000:])
+    kept = [p for p in (tmp_path / "replica").rglob("*") if p.is_file()]
+    assert kept == []  # the replica keeps no package on its own disk
