@@ -269,6 +269,8 @@ class Installer:
             manager to release it before trying again later.
         python_envs: builds and shares the releases' Python environments
             (``None``: a release's ``requirements.txt`` is ignored).
+        keyring_dir: the keyring directory a committed package's signed key
+            rotation is applied to (``None``: not applied).
         app_env: extra environment for the application and those commands.
         keep_releases: previous releases kept besides the current one.
         max_state_saves: the crash-loop breaker (see :class:`StateStore`).
@@ -300,6 +302,7 @@ class Installer:
     dpkg_lock_file: Path = Path("/var/lib/dpkg/lock-frontend")
     dpkg_lock_timeout_seconds: float = 300.0
     python_envs: PythonEnvironments | None = None
+    keyring_dir: Path | None = None
     app_env: Mapping[str, str] = field(default_factory=dict)
     keep_releases: int = 1
     max_state_saves: int = 30
@@ -360,6 +363,7 @@ class Installer:
             dpkg_lock_file=config.dpkg_lock_file,
             dpkg_lock_timeout_seconds=config.dpkg_lock_timeout_seconds,
             python_envs=envs,
+            keyring_dir=keyring_dir,
             app_env=dict(config.app_env),
             keep_releases=config.keep_releases,
             max_state_saves=config.max_state_saves,
@@ -942,6 +946,9 @@ class Installer:
             self._save(run, UpdateState.COMMITTING)
         except CrashLoopError as error:
             return self._roll_back(run, str(error))
+        # Before the download is deleted: a crash after this step finds it applied
+        # (idempotent), a crash before it finds the metadata still on disk.
+        self._apply_keyring_changes(record)
         self._prune_releases(keep_previous=record.previous_version)
         self._remove_download(record)
         run.state = self._persist(
@@ -959,6 +966,35 @@ class Installer:
         )
         logger.info("committed %s", record.version)
         return self._report_final(run)
+
+    def _apply_keyring_changes(self, record: UpdateRecord) -> None:
+        """Apply the committed package's signed keyring changes (key rotation, docs/security.md).
+
+        Runs in the commit step only, after the health check: the package's
+        signature is verified against the keyring again and its ``keyring``
+        changes applied (:func:`javia_agent.keyring.apply_package_keyring_changes`;
+        idempotent, so crash recovery may run it twice). The release is good
+        whatever happens here: a refusal is logged, never rolled back.
+        """
+        if self.keyring_dir is None:
+            return
+        from javia_agent.keyring import apply_package_keyring_changes
+
+        try:
+            manifest_bytes, signature_bytes, _ = read_package_dir(self._package_dir(record))
+            update = apply_package_keyring_changes(
+                self.keyring_dir, manifest_bytes, signature_bytes
+            )
+        except (JaviaError, OSError) as error:
+            logger.error("keyring changes of %s not applied: %s", record.version, error)
+            return
+        if update.changed:
+            logger.info(
+                "keyring after %s: added %s, retired %s",
+                record.version,
+                ", ".join(update.added) or "none",
+                ", ".join(update.retired) or "none",
+            )
 
     def _roll_back(self, run: _Run, reason: str) -> InstallOutcome:
         """Point ``current`` back at the previous release, restart it, report rolled_back."""

@@ -394,3 +394,63 @@ def test_an_update_whose_download_is_cut_at_20_random_offsets_installs(
     assert downloads == [None] + [f"bytes={cut}-" for cut in cuts]
     assert file_server.routes[directive.download_url].sent <= 1.1 * size
     device.wait_for_app("v1.1.0")
+
+
+def test_key_rotation_is_applied_when_an_update_commits_and_never_when_it_rolls_back(
+    device: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from javia_updates.keys import generate_keypair, load_keyring
+    from javia_updates.models import UpdateType
+    from javia_updates.packaging import build_package
+    from javia_updates.versioning import Version
+
+    from .helpers import APP_SOURCE, NOW
+
+    keyring_dir = tmp_path / "keys"
+    shutil.copytree(signer.keyring_dir, keyring_dir)
+    successor = generate_keypair(tmp_path / "successor", name="successor")
+
+    def rotating(version: str, *, fail: bool) -> InstallDirective:
+        source = tmp_path / "src" / version
+        source.mkdir(parents=True)
+        (source / "app.py").write_text(APP_SOURCE)
+        (source / "VERSION").write_text(version + "\n")
+        if fail:
+            (source / "FAIL").write_text("exits 1\n")
+        package = build_package(
+            source,
+            tmp_path / "out" / version,
+            version=Version.parse(version),
+            update_type=UpdateType.INSTANT,
+            description="adds the successor key",
+            system_packages=(),
+            private_key=signer.private_key,
+            now=NOW,
+            app_name="assistant",
+            write_version_file=False,
+            add_keys=[successor.public_path],
+        )
+        return _directive(file_server, 30 if fail else 31, package)
+
+    _install_initial(device, signer, make_package)
+    with _client(file_server) as client:
+        installer = make_installer(
+            device,
+            signer,
+            client=client,
+            keyring=lambda: load_keyring(keyring_dir),
+            keyring_dir=keyring_dir,
+        )
+        rolled_back = installer.install(rotating("v1.1.0", fail=True))
+        assert rolled_back.result == InstallResult.ROLLED_BACK
+        assert set(load_keyring(keyring_dir)) == {signer.key_id}  # not trusted: never committed
+
+        committed = installer.install(rotating("v1.2.0", fail=False))
+    assert committed.result == InstallResult.COMPLETED, committed
+    assert set(load_keyring(keyring_dir)) == {signer.key_id, successor.key_id}
