@@ -102,8 +102,8 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(fleet: Local
 
 def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: LocalFleet, app_dir: Path):
     (busy,) = _provision(fleet, app_dir, [("busy", "UTC")])
-    # The next window is ~23 h away; 3 s without activity counts as idle.
-    far = datetime.now(timezone.utc) - timedelta(hours=1)
+    # Today's 3 h window closed 30 min ago, so the next opens in ~20.5 h; 3 s of quiet counts as idle.
+    far = datetime.now(timezone.utc) - timedelta(hours=3, minutes=30)
     fleet.restart_server(
         extra_env={"JAVIA_WINDOW_START": far.strftime("%H:%M:%S"), "JAVIA_URGENT_IDLE_SECONDS": "3"}
     )
@@ -124,7 +124,7 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: Loc
     try:
         update = fleet.publish(app_dir, "v1.1.0", "urgent")
         (row,) = final_rows(fleet, update["id"]).values()
-        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=20), "deadline is the window"
+        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=19), "deadline is the window"
         time.sleep(6)
         assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
         assert busy.app_status()["pid"] == pid

@@ -42,11 +42,6 @@ def _package(app: Path, out: Path, version: str, key: Ed25519PrivateKey, **chang
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent's commit step does not yet call javia_agent.keyring "
-    "(wiring described in docs/security.md, key rotation)",
-)
 def test_rotation_through_javia_agent_install(tmp_path: Path) -> None:
     keys = tmp_path / "operator"
     old = generate_keypair(keys, name="old")
