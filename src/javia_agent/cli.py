@@ -116,8 +116,14 @@ def register(
     server: str = typer.Option(
         ..., "--server", help="Server base URL, e.g. https://updates.example.org."
     ),
-    api_key: str = typer.Option(
-        ..., "--api-key", envvar="JAVIA_API_KEY", help="Admin API key (used once; never stored)."
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="JAVIA_API_KEY", help="Admin API key (used once; never stored)."
+    ),
+    enrollment_token: str | None = typer.Option(
+        None,
+        "--enrollment-token",
+        envvar="JAVIA_ENROLLMENT_TOKEN",
+        help="Enrollment token from 'javia devices enrollment-token create' (instead of the admin key).",
     ),
     name: str | None = typer.Option(None, "--name", help="Device name shown to operators."),
     timezone: str | None = typer.Option(
@@ -169,6 +175,10 @@ def register(
     from javia_agent.client import DeviceClient
     from javia_updates.models import DeviceRegisterRequest
 
+    if (api_key is None) == (enrollment_token is None):
+        raise ConfigError(
+            "pass exactly one of --api-key (the operator's admin key) or --enrollment-token"
+        )
     overrides: dict[str, Any] = {"server_url": server}
     for key, value in {
         "device_name": name,
@@ -219,7 +229,7 @@ def register(
         timeout_seconds=config.request_timeout_seconds,
     ) as client:
         request.metadata.update(device_metadata(config.install_root, ip_address=None))
-        registered = client.register(api_key, request)
+        registered = client.register(api_key, request, enrollment_token=enrollment_token)
     config = config.model_copy(update={"device_uuid": registered.device_uuid, "server_url": url})
     write_token_file(config.token_file, registered.device_token)
     write_config(config, path)

@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -191,7 +192,7 @@ class DeviceClient:
             http_client = httpx.Client(
                 base_url=self.base_url,
                 transport=transport,
-                verify=str(ca_bundle) if ca_bundle else True,
+                verify=ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True,
                 timeout=httpx.Timeout(timeout_seconds),
                 follow_redirects=False,
                 headers={"User-Agent": user_agent},
@@ -288,21 +289,38 @@ class DeviceClient:
 
     # -- API calls --------------------------------------------------------------
 
-    def register(self, api_key: str, request: DeviceRegisterRequest) -> DeviceRegistered:
-        """``POST /api/v1/devices/register`` with the admin key (used once per device).
+    def register(
+        self,
+        api_key: str | None,
+        request: DeviceRegisterRequest,
+        *,
+        enrollment_token: str | None = None,
+    ) -> DeviceRegistered:
+        """``POST /api/v1/devices/register`` (used once per device).
+
+        Authenticates with the admin key, or with an enrollment token
+        (``Authorization: Bearer``) when one is given, so a Pi can enrol
+        itself without ever holding the admin key.
 
         Returns:
             The device's uuid and its token (shown this once; store it).
 
         Raises:
-            AuthenticationError: the admin key was refused.
+            AuthenticationError: the key or enrollment token was refused
+                (expired, used up, revoked).
             ServerError: another HTTP error. NetworkError: no answer.
         """
+        if enrollment_token is not None:
+            headers = {"Authorization": f"Bearer {enrollment_token}"}
+        elif api_key is not None:
+            headers = {"X-API-Key": api_key}
+        else:
+            raise ValueError("register needs an admin key or an enrollment token")
         response = self._request(
             "POST",
             f"{API_PREFIX}/devices/register",
             "register",
-            headers={"X-API-Key": api_key},
+            headers=headers,
             json=request.model_dump(mode="json"),
         )
         registered = self._parse(response, DeviceRegistered, "register")
