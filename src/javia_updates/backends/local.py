@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from javia_updates.backends.base import Backend, register_backend
+from javia_updates.backends.database import normalize_database_url, upgrade_serialized
 from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.sql_store import SQLStore, make_engine
 
@@ -44,16 +45,18 @@ class LocalBackend(Backend):
         Raises:
             BackendError: the database URL is malformed or its driver missing.
         """
-        url = settings.resolved_database_url()
+        url = normalize_database_url(settings.resolved_database_url())
         return cls(SQLStore(make_engine(url)), FileBlobStore(settings.data_dir), url)
 
     def prepare(self) -> None:
         """Create the data directories and run the database migrations (idempotent).
 
+        On PostgreSQL the migrations take turns with other processes (server
+        replicas starting together), see
+        :func:`~javia_updates.backends.database.upgrade_serialized`.
+
         Raises:
             BackendError: a directory cannot be created or a migration fails.
         """
-        from javia_updates.backends.migrations import upgrade
-
         self.blobs.prepare()
-        upgrade(self.database_url)
+        upgrade_serialized(self.database_url)
