@@ -119,6 +119,12 @@ def _check_relative_path(path: str) -> str:
     return path
 
 
+def _check_sha256(value: str) -> str:
+    if not _SHA256_PATTERN.fullmatch(value):
+        raise ValueError("sha256 must be 64 lower-case hex digits")
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -133,12 +139,7 @@ class FileEntry(_Frozen):
 
     _path = field_validator("path")(_check_relative_path)
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _SHA256_PATTERN.fullmatch(value):
-            raise ValueError("sha256 must be 64 lower-case hex digits")
-        return value
+    _sha256 = field_validator("sha256")(_check_sha256)
 
 
 class ArchiveInfo(_Frozen):
@@ -148,12 +149,7 @@ class ArchiveInfo(_Frozen):
     sha256: str
     size: int = Field(ge=0)
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _SHA256_PATTERN.fullmatch(value):
-            raise ValueError("sha256 must be 64 lower-case hex digits")
-        return value
+    _sha256 = field_validator("sha256")(_check_sha256)
 
     @field_validator("name")
     @classmethod

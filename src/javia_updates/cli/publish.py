@@ -32,7 +32,7 @@ from javia_updates.cli.common import (
     friendly_errors,
     print_json,
 )
-from javia_updates.errors import JaviaError, SigningKeyError
+from javia_updates.errors import SigningKeyError
 from javia_updates.models import UpdateType
 from javia_updates.versioning import Version
 
@@ -215,22 +215,26 @@ def publish(
 
     with friendly_errors():
         private_key = _load_key(key_path)
-        now = datetime.now(timezone.utc)
-        if output is not None:
+
+        def build(directory: Path):
             built = build_package(
                 app_dir,
-                output,
+                directory,
                 version=new_version,
                 update_type=kind,
                 description=description,
                 system_packages=packages,
                 private_key=private_key,
-                now=now,
-                write_version_file=False,
+                now=datetime.now(timezone.utc),
+                write_version_file=False,  # only once the package is safely out
                 add_keys=add_key or (),
                 retire_keys=retire_key or (),
             )
             _warn(built.warnings)
+            return built
+
+        if output is not None:
+            built = build(output)
             _write_version(app_dir, new_version)
             if as_json:
                 print_json({"directory": str(built.directory), "manifest": built.manifest.to_json_dict()})
@@ -241,20 +245,7 @@ def publish(
                 )
             return
         with tempfile.TemporaryDirectory(prefix="javia-publish-") as workspace:
-            built = build_package(
-                app_dir,
-                Path(workspace) / "package",
-                version=new_version,
-                update_type=kind,
-                description=description,
-                system_packages=packages,
-                private_key=private_key,
-                now=now,
-                write_version_file=False,
-                add_keys=add_key or (),
-                retire_keys=retire_key or (),
-            )
-            _warn(built.warnings)
+            built = build(Path(workspace) / "package")
             result = _upload(built, kind, targets, server, api_key, quiet=as_json)
         _write_version(app_dir, new_version)
     if as_json:
@@ -278,16 +269,21 @@ def _warn(warnings) -> None:
 
 
 def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, quiet: bool) -> dict:
-    size = built.payload_path.stat().st_size
+    """Upload the package, with a progress bar unless ``quiet`` (JSON output)."""
     with admin_client(server, api_key) as client:
-        if quiet:
+
+        def send(progress=None) -> dict:
             return client.publish(
                 manifest_path=built.manifest_path,
                 signature_path=built.signature_path,
                 payload_path=built.payload_path,
                 update_type=kind.value,
                 targets=targets or None,
+                progress=progress,
             )
+
+        if quiet:
+            return send()
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -295,17 +291,8 @@ def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, qui
             TransferSpeedColumn(),
             console=console,
             transient=True,
-        ) as progress:
-            task = progress.add_task(f"uploading {built.manifest.version}", total=size)
-            try:
-                return client.publish(
-                    manifest_path=built.manifest_path,
-                    signature_path=built.signature_path,
-                    payload_path=built.payload_path,
-                    update_type=kind.value,
-                    targets=targets or None,
-                    progress=lambda n: progress.advance(task, n),
-                )
-            except JaviaError:
-                progress.stop()
-                raise
+        ) as bar:
+            task = bar.add_task(
+                f"uploading {built.manifest.version}", total=built.payload_path.stat().st_size
+            )
+            return send(lambda n: bar.advance(task, n))
