@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -70,6 +70,7 @@ __all__ = [
     "current_window",
     "decide_install",
     "describe_duration",
+    "install_times",
     "is_online",
     "most_urgent",
     "next_window_start",
@@ -506,12 +507,73 @@ def plan_install(
     length = timedelta(seconds=window_seconds)
     try:
         start = _latest_window_start(now_utc, zone, window_start)
-        if not (now_utc < start + length and start + timedelta(seconds=offset) >= now_utc):
+        if not _slot_ahead(now_utc, start, length, offset):
             start = next_window_start(now_utc, zone.key, window_start)
     except OverflowError:
         raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
     slot = start + timedelta(seconds=offset)
     return _window_plan(kind, start, start + length, slot, zone, idle_seconds)
+
+
+def _slot_ahead(now_utc: datetime, start: datetime, length: timedelta, offset: int) -> bool:
+    """Whether the window that began at ``start`` is open and the device's slot is still ahead."""
+    return now_utc < start + length and start + timedelta(seconds=offset) >= now_utc
+
+
+def install_times(
+    update_type: UpdateType,
+    *,
+    now: datetime,
+    devices: Sequence[tuple[str, uuid.UUID | str]],
+    window_start: time = DEFAULT_WINDOW_START,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+) -> list[tuple[datetime, datetime | None]]:
+    """``(install_at, window_end)`` of :func:`plan_install` for many devices at once.
+
+    The same rules and instants as calling :func:`plan_install` for each
+    device, without the operator-facing reason, and with each timezone's
+    windows computed once: what a publish to 100,000 devices needs.
+
+    Args:
+        update_type: scheduled, urgent or instant.
+        now: an aware datetime, the server's clock.
+        devices: ``(timezone, device_uuid)`` per device.
+        window_start: local wall-clock start of windows, naive (default 02:00).
+        window_seconds: window length in seconds (1 to 86400, default 3 h).
+
+    Returns:
+        One ``(install_at, window_end)`` per device, in order, aware UTC;
+        ``window_end`` is None for instant.
+
+    Raises:
+        ScheduleError: as :func:`plan_install`.
+    """
+    kind = _update_type(update_type)
+    _aware("now", now)
+    _window_time(window_start)
+    _window_seconds(window_seconds)
+    now_utc = now.astimezone(UTC)
+    if kind is UpdateType.INSTANT:
+        return [(now_utc, None)] * len(devices)
+    length = timedelta(seconds=window_seconds)
+    windows: dict[str, tuple[datetime, datetime]] = {}
+    times: list[tuple[datetime, datetime | None]] = []
+    for timezone, device_uuid in devices:
+        pair = windows.get(timezone)
+        if pair is None:
+            zone = _zone(timezone)
+            try:
+                pair = (
+                    _latest_window_start(now_utc, zone, window_start),
+                    next_window_start(now_utc, zone.key, window_start),
+                )
+            except OverflowError:
+                raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
+            windows[timezone] = pair
+        offset = window_offset_seconds(device_uuid, window_seconds)
+        start = pair[0] if _slot_ahead(now_utc, pair[0], length, offset) else pair[1]
+        times.append((start + timedelta(seconds=offset), start + length))
+    return times
 
 
 def _window_plan(

@@ -48,7 +48,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,13 +67,17 @@ from javia_updates.backends.base import (
     DeviceRecord,
     DeviceUpdateRecord,
     EnrollmentTokenRecord,
+    HeartbeatWrite,
     NewDevice,
     NewDeviceUpdate,
     NewEnrollmentToken,
     NewUpdate,
     Page,
+    PublishTarget,
     UpdateRecord,
 )
+from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
+from javia_updates.backends.soft_state import SoftStateWriter
 from javia_updates.errors import (
     ConflictError,
     JaviaError,
@@ -119,6 +123,7 @@ __all__ = [
     "PackageUpload",
     "PlanEntry",
     "UpdateService",
+    "WriteNeeded",
     "derive_status",
     "hash_token",
     "is_enrollment_token",
@@ -137,6 +142,12 @@ MAX_DATABASE_INTEGER = 2**63 - 1
 #: tell them from device tokens at a glance.
 ENROLLMENT_TOKEN_PREFIX = "javia_enroll_"
 _HASH_CHUNK = 1024 * 1024
+
+
+class WriteNeeded(Exception):
+    """Raised by :meth:`UpdateService.heartbeat` with ``allow_writes=False`` when
+    answering needs a database write (a reconciled, superseded or re-planned
+    row): the caller retries with writes allowed, off the event loop."""
 
 
 class InvalidRequestError(JaviaError, ValueError):
@@ -339,6 +350,39 @@ class UpdateService:
 
             keyring = load_keyring(settings.trusted_keys_dir)
         self.keyring = keyring
+        self.cache = DeviceCache(settings.device_cache_seconds)
+        self.catalog = UpdateCatalog(
+            self.store.update_ids,
+            self.store.get_update,
+            max_age_seconds=min(CATALOG_MAX_AGE_SECONDS, settings.device_cache_seconds),
+        )
+        self.soft_state = SoftStateWriter(
+            self.store.record_heartbeats, flush_seconds=settings.heartbeat_flush_seconds
+        )
+
+    def start(self) -> None:
+        """Start the batched writes of heartbeat soft state (server start-up).
+
+        Until this is called (and with ``heartbeat_flush_seconds`` 0), every
+        heartbeat is written before it is answered.
+        """
+        self.soft_state.start()
+
+    def close(self) -> None:
+        """Write the heartbeat soft state still queued and stop the writer (server shutdown).
+
+        Raises:
+            BackendError: that final write failed.
+        """
+        self.soft_state.close()
+
+    def flush_soft_state(self) -> None:
+        """Write queued heartbeat soft state now, so reads see every heartbeat answered so far.
+
+        Raises:
+            BackendError: the write failed.
+        """
+        self.soft_state.flush()
 
     # ------------------------------------------------------------------ conversions
     def _status(self, device: DeviceRecord, now: datetime) -> DeviceStatus:
@@ -514,6 +558,7 @@ class UpdateService:
             now=now,
             audit=AuditEntry(actor, "device.token_revoke", {"device_uuid": str(device_uuid)}),
         )
+        self.cache.forget(device.id)
         return self.device_out(device, now=now)
 
     def rotate_device_token(
@@ -534,6 +579,7 @@ class UpdateService:
             now=now,
             audit=AuditEntry(actor, "device.token_rotate", {"device_uuid": str(device_uuid)}),
         )
+        self.cache.forget(device.id)
         return DeviceRegistered(
             device_uuid=device.device_uuid,
             device_token=token,
@@ -625,10 +671,25 @@ class UpdateService:
         return self._enrollment_out(record, now)
 
     def authenticate_device(self, token: str) -> DeviceRecord | None:
-        """The device holding ``token``, or None for an unknown or malformed token."""
+        """The device holding ``token``, or None for an unknown or malformed token.
+
+        Served from the device cache when possible (see :mod:`javia_updates.backends.cache`).
+        """
         if not token or len(token) > 512:
             return None
-        return self.store.find_device_by_token_hash(hash_token(token))
+        token_hash = hash_token(token)
+        device = self.cache.device(token_hash)
+        if device is None:
+            device = self.store.find_device_by_token_hash(token_hash)
+            if device is not None:
+                self.cache.put_device(token_hash, device)
+        return device
+
+    def cached_device(self, token: str) -> DeviceRecord | None:
+        """The device holding ``token`` if it is in the device cache (no I/O), else None."""
+        if not token or len(token) > 512:
+            return None
+        return self.cache.device(hash_token(token))
 
     def find_device(self, device_uuid: uuid.UUID) -> DeviceRecord:
         """The stored device.
@@ -644,6 +705,7 @@ class UpdateService:
         Raises:
             NotFoundError: not registered.
         """
+        self.flush_soft_state()
         return self.device_out(self.store.get_device(device_uuid), now=now)
 
     def list_devices(
@@ -663,6 +725,7 @@ class UpdateService:
         """
         if version is not None:
             Version.parse(version)
+        self.flush_soft_state()
         query = DeviceQuery(
             derived_status=status,
             offline_before=self._offline_before(now),
@@ -692,31 +755,53 @@ class UpdateService:
         return Page([self._device_update_out(row) for row in page.items], page.total)
 
     def heartbeat(
-        self, device: DeviceRecord, request: HeartbeatRequest, *, now: datetime
+        self,
+        device: DeviceRecord,
+        request: HeartbeatRequest,
+        *,
+        now: datetime,
+        allow_writes: bool = True,
     ) -> HeartbeatResponse:
         """Record a heartbeat and answer with the server's clock and any install directive.
 
-        Stores ``last_seen = now``, the reported version (kept if the device
+        Sets ``last_seen = now``, the reported version (kept if the device
         sends none) and status, and merges the reported metadata into the
-        stored one (top-level keys; the device's values win). Then reconciles
-        and picks the directive as described in this module's docstring.
+        stored one (top-level keys; the device's values win). That soft state
+        is written in batches (:class:`~javia_updates.backends.soft_state.SoftStateWriter`,
+        at most ``heartbeat_flush_seconds`` later; a crash loses at most that
+        much, which the device sends again). Then reconciles and picks the
+        directive as described in this module's docstring, from the caches
+        where they are fresh.
+
+        Args:
+            device: the authenticated device.
+            request: what it reported.
+            now: the server's clock.
+            allow_writes: False to answer only if no database write is needed
+                (the event loop's fast path); otherwise :class:`WriteNeeded`.
 
         Raises:
             InvalidRequestError: the metadata is too large or not plain JSON.
-            NotFoundError: the device was deleted meanwhile.
+            WriteNeeded: ``allow_writes`` is False and a row must be written.
         """
         metadata = _check_metadata({**device.metadata, **request.metadata})
-        stored = self.store.record_heartbeat(
-            device.id,
-            now=now,
+        current = replace(
+            device,
+            last_seen=now,
             current_version=request.current_version or device.current_version,
             status=request.status,
             metadata=metadata,
+            updated_at=now,
         )
+        directive = self._directive_for(current, now, allow_writes=allow_writes)
+        self.soft_state.record(
+            HeartbeatWrite(current.id, now, current.current_version, current.status, metadata)
+        )
+        self.cache.refresh_device(current)
         return HeartbeatResponse(
             server_time=now,
             heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
-            update=self._directive_for(stored, now),
+            update=directive,
         )
 
     def check_update(self, device: DeviceRecord, *, now: datetime) -> UpdateCheckResponse:
@@ -734,10 +819,16 @@ class UpdateService:
         self, device: DeviceRecord, running: Version | None
     ) -> UpdateRecord | None:
         numbers = None if running is None else (running.major, running.minor, running.patch)
-        for update in self.store.updates_newer_than(numbers):
-            if update.targets_device(device.device_uuid):
-                return update
-        return None
+        return self.catalog.newest_targeting(device.device_uuid, numbers)
+
+    def _device_rows(self, device: DeviceRecord) -> list[DeviceUpdateRecord]:
+        generation = self.catalog.current_generation()
+        rows = self.cache.rows(device.id, generation)
+        if rows is None:
+            epoch = self.cache.rows_epoch(device.id)
+            rows = self.store.list_device_updates(device_id=device.id).items
+            self.cache.put_rows(device.id, generation, rows, epoch)
+        return rows
 
     def _supersede(
         self, row: DeviceUpdateRecord, device: DeviceRecord, reason: str, now: datetime
@@ -758,17 +849,25 @@ class UpdateService:
             ),
         )
 
-    def _directive_for(self, device: DeviceRecord, now: datetime) -> InstallDirective | None:
+    def _directive_for(
+        self, device: DeviceRecord, now: datetime, *, allow_writes: bool = True
+    ) -> InstallDirective | None:
         running = _version_or_none(device.current_version)
+
+        def writing() -> None:
+            if not allow_writes:
+                raise WriteNeeded
+            self.cache.forget_rows(device.id)
 
         def load() -> list[DeviceUpdateRecord]:
             return self.store.list_device_updates(device_id=device.id).items
 
-        rows = load()
+        rows = self._device_rows(device)
 
         # 1. Reconciliation: the newest update meant for this device, if it has no row.
         newest = self._newest_targeting(device, running)
         if newest is not None and all(row.update_id != newest.id for row in rows):
+            writing()
             created = self.store.add_device_update(
                 newest.id,
                 self._new_row(newest.update_type, device, now),
@@ -792,6 +891,7 @@ class UpdateService:
             if row.status is not UpdateStatus.PENDING:
                 continue
             if running is not None and Version.parse(row.version) <= running:
+                writing()
                 self._supersede(row, device, f"device already runs {running}", now)
             else:
                 live.append(row)
@@ -825,6 +925,7 @@ class UpdateService:
         )
         timing = (kind, plan.install_at, plan.window_end)
         if timing != (winner.install_type, winner.scheduled_for, winner.window_end):
+            writing()
             still_pending = self.store.reschedule(
                 winner.id,
                 install_type=kind,
@@ -837,6 +938,7 @@ class UpdateService:
                 return None
         for row in live:
             if row.id != winner.id:
+                writing()
                 self._supersede(row, device, f"superseded by {winner.version}", now)
         return self._directive(winner)
 
@@ -870,6 +972,8 @@ class UpdateService:
                 },
             ),
         )
+        # The row moved (and a completed update raised the device's version).
+        self.cache.forget(device.id)
         return StatusReportResult(
             update_id=update_id,
             device_uuid=device.device_uuid,
@@ -1036,7 +1140,11 @@ class UpdateService:
             else:
                 raise self._version_conflict(manifest.version, existing.id)
             unique_targets = None if targets is None else tuple(dict.fromkeys(targets))
-            devices = self.store.devices_for_targets(unique_targets)
+            self.flush_soft_state()  # "seen within 300 s" must count every heartbeat answered
+            seen_since = None
+            if manifest.update_type is UpdateType.INSTANT:
+                seen_since = now - timedelta(seconds=self.settings.instant_online_seconds)
+            devices = self.store.publish_targets(unique_targets, seen_since=seen_since)
             rows = self._rows_for_publish(manifest.update_type, version, devices, now)
 
             key = f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
@@ -1081,6 +1189,7 @@ class UpdateService:
                 raise
         finally:
             payload_path.unlink(missing_ok=True)
+        self.catalog.invalidate()  # every device's next heartbeat sees the new update
         counts = self.store.status_counts([update.id])[update.id]
         return self._update_out(update, counts)
 
@@ -1124,22 +1233,43 @@ class UpdateService:
         self,
         update_type: UpdateType,
         version: Version,
-        devices: Sequence[DeviceRecord],
+        devices: Sequence[PublishTarget],
         now: datetime,
     ) -> list[NewDeviceUpdate]:
-        rows: list[NewDeviceUpdate] = []
-        for device in devices:
-            running = _version_or_none(device.current_version)
-            if running is not None and running >= version:
-                continue
-            if update_type is UpdateType.INSTANT:
-                if scheduling.is_online(
-                    device.last_seen, now, self.settings.instant_online_seconds
-                ):
-                    rows.append(NewDeviceUpdate(device.id, UpdateType.INSTANT, now, None))
-                continue
-            rows.append(self._new_row(update_type, device, now))
-        return rows
+        """The rows a publish creates (DESIGN.md section 4), planned in bulk.
+
+        Devices already at ``version`` or newer get none; an instant update
+        reaches only devices ``seen`` within ``instant_online_seconds``
+        (inclusive, as :func:`javia_updates.scheduling.is_online`: the store
+        compared ``last_seen`` with ``now`` minus that).
+        """
+        behind: dict[str | None, bool] = {}
+
+        def needs(device: PublishTarget) -> bool:
+            known = behind.get(device.current_version)
+            if known is None:
+                running = _version_or_none(device.current_version)
+                known = behind[device.current_version] = running is None or running < version
+            return known
+
+        if update_type is UpdateType.INSTANT:
+            return [
+                NewDeviceUpdate(device.id, UpdateType.INSTANT, now, None)
+                for device in devices
+                if device.seen and needs(device)
+            ]
+        eligible = [device for device in devices if needs(device)]
+        times = scheduling.install_times(
+            update_type,
+            now=now,
+            devices=[(device.timezone, device.device_uuid) for device in eligible],
+            window_start=self.settings.window_start,
+            window_seconds=self.settings.window_seconds,
+        )
+        return [
+            NewDeviceUpdate(device.id, update_type, install_at, window_end)
+            for device, (install_at, window_end) in zip(eligible, times, strict=True)
+        ]
 
     # ------------------------------------------------------------------ plans
     def _facts(self, device: DeviceRecord) -> scheduling.DeviceFacts:
@@ -1201,6 +1331,7 @@ class UpdateService:
             pass
         else:
             raise self._version_conflict(str(parsed), existing.id)
+        self.flush_soft_state()
         devices = self.store.devices_for_targets(
             None if targets is None else tuple(dict.fromkeys(targets))
         )
@@ -1213,6 +1344,7 @@ class UpdateService:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
         """
         update = self.resolve_update(reference)
+        self.flush_soft_state()
         if update.targets is None:
             devices = self.store.devices_for_targets(None)
         else:

@@ -74,6 +74,16 @@ class ServerSettings(BaseSettings):
             heartbeating far faster than told gets 429 with ``Retry-After``.
             0 turns the limit off. Each server process (replica) keeps its own
             count in memory.
+        heartbeat_flush_seconds: heartbeats' soft state (``last_seen``, the
+            reported version, status and metadata) is written in one batch this
+            often, in seconds; a crash loses at most this much of it, which the
+            devices send again at their next heartbeat. 0 writes every heartbeat
+            in its own transaction before answering.
+        device_cache_seconds: how long the server keeps a device (looked up by
+            its token), its update rows and the list of updates in memory, in
+            seconds. Changes made through this server process take effect at
+            once; changes made elsewhere (another replica, a script on the
+            database) after at most this long. 0 turns the caches off.
         trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
             then verifies the signature on the server too, to refuse early. The
             agent's own check is what enforces trust.
@@ -93,6 +103,8 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * GIB, ge=1024)
     max_request_body_bytes: int = Field(default=8 * MIB, ge=1024)
     heartbeat_burst: int = Field(default=10, ge=0, le=1_000_000)
+    heartbeat_flush_seconds: float = Field(default=0.25, ge=0, le=60)
+    device_cache_seconds: float = Field(default=30, ge=0, le=3600)
     trusted_keys_dir: Path | None = None
 
     @field_validator("window_start")

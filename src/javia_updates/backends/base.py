@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from javia_updates.errors import BackendError, JaviaError
+from javia_updates.errors import BackendError, JaviaError, NotFoundError
 from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
 
 if TYPE_CHECKING:
@@ -49,11 +49,13 @@ __all__ = [
     "DeviceUpdateRecord",
     "EnrollmentError",
     "EnrollmentTokenRecord",
+    "HeartbeatWrite",
     "NewDevice",
     "NewDeviceUpdate",
     "NewEnrollmentToken",
     "NewUpdate",
     "Page",
+    "PublishTarget",
     "Store",
     "TransitionResult",
     "UpdateRecord",
@@ -151,6 +153,44 @@ class DeviceRecord:
     created_at: datetime
     updated_at: datetime
     token_revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatWrite:
+    """A heartbeat's soft state for one device, to store (batched, see ``record_heartbeats``).
+
+    Attributes:
+        device_id: the device's row id.
+        now: the heartbeat's instant (UTC): becomes ``last_seen`` and ``updated_at``.
+        current_version: the version the device reported (or the stored one).
+        status: the status it reported.
+        metadata: its metadata after merging the reported keys.
+    """
+
+    device_id: int
+    now: datetime
+    current_version: str | None
+    status: DeviceStatus
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTarget:
+    """What a publish needs of one targeted device (:meth:`Store.publish_targets`).
+
+    Attributes:
+        id: the device's row id.
+        device_uuid: its uuid, canonical lower-case text (decides its window slot).
+        timezone: its IANA timezone.
+        current_version: the version it last reported, if any.
+        seen: whether it was seen at or after ``seen_since`` (False if not asked).
+    """
+
+    id: int
+    device_uuid: str
+    timezone: str
+    current_version: str | None
+    seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +341,14 @@ class Store(ABC):
     row, :class:`~javia_updates.errors.ConflictError` for a write that
     conflicts with what is stored, and :class:`BackendError` when the database
     itself fails.
+
+    Attributes:
+        local_reads: whether reads are local and fast enough (SQLite in this
+            process, a fraction of a millisecond) to run on the server's event
+            loop; False sends them to a worker thread.
     """
+
+    local_reads: bool = False
 
     # devices ---------------------------------------------------------------
     @abstractmethod
@@ -393,6 +440,32 @@ class Store(ABC):
             NotFoundError: a uuid in ``targets`` is not registered; the message lists them.
         """
 
+    def publish_targets(
+        self, targets: Sequence[uuid.UUID] | None, *, seen_since: datetime | None = None
+    ) -> list[PublishTarget]:
+        """:meth:`devices_for_targets`, reduced to what a publish needs, in registration order.
+
+        Args:
+            targets: device uuids, or None for every registered device.
+            seen_since: mark devices whose ``last_seen`` is at or after this
+                instant (``seen``); an instant update reaches only those.
+
+        Raises:
+            NotFoundError: a uuid in ``targets`` is not registered; the message lists them.
+        """
+        return [
+            PublishTarget(
+                device.id,
+                str(device.device_uuid),
+                device.timezone,
+                device.current_version,
+                seen_since is not None
+                and device.last_seen is not None
+                and device.last_seen >= seen_since,
+            )
+            for device in self.devices_for_targets(targets)
+        ]
+
     @abstractmethod
     def record_heartbeat(
         self,
@@ -404,6 +477,29 @@ class Store(ABC):
         metadata: dict[str, Any],
     ) -> DeviceRecord:
         """Store a heartbeat: last_seen = ``now`` and what the device reported."""
+
+    def record_heartbeats(self, writes: Sequence[HeartbeatWrite]) -> None:
+        """Store many heartbeats' soft state in one transaction (newest per device).
+
+        A write whose ``now`` is older than the device's ``updated_at`` keeps the
+        stored ``current_version`` (a completed update raised it meanwhile);
+        devices deleted meanwhile are skipped. This default stores them one by
+        one; stores override it with one batched statement.
+
+        Raises:
+            BackendError: the write failed (nothing of the batch is stored).
+        """
+        for write in writes:
+            try:
+                self.record_heartbeat(
+                    write.device_id,
+                    now=write.now,
+                    current_version=write.current_version,
+                    status=write.status,
+                    metadata=write.metadata,
+                )
+            except NotFoundError:
+                continue
 
     # updates ---------------------------------------------------------------
     @abstractmethod
@@ -451,6 +547,13 @@ class Store(ABC):
         self, *, limit: int, offset: int, update_type: UpdateType | None = None
     ) -> Page[UpdateRecord]:
         """Updates, highest version first."""
+
+    def update_ids(self) -> list[int]:
+        """The ids of every published update (cheap: for caches to notice a publish).
+
+        This default reads the updates; stores override it with an id-only query.
+        """
+        return [update.id for update in self.updates_newer_than(None)]
 
     @abstractmethod
     def updates_newer_than(self, version: tuple[int, int, int] | None) -> list[UpdateRecord]:

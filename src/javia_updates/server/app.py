@@ -8,6 +8,7 @@ see :mod:`javia_updates.server.limits`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
+from javia_updates.errors import BackendError
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
 from javia_updates.server.routes import audit, devices, enrollment, health, updates
@@ -23,6 +25,8 @@ from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
 __all__ = ["create_app", "utc_now"]
+
+logger = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -59,8 +63,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        backend.close()
+        service.start()
+        try:
+            yield
+        finally:
+            try:
+                service.close()  # the last batch of heartbeat soft state
+            except BackendError as error:
+                logger.error("writing the last heartbeats failed: %s", error)
+            backend.close()
 
     app = FastAPI(
         title="javia update server",

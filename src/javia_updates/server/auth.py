@@ -20,6 +20,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from javia_updates.backends.base import DeviceRecord
 from javia_updates.service import UpdateService, is_enrollment_token
@@ -34,6 +35,7 @@ __all__ = [
     "require_admin_or_device",
     "require_admin_or_enrollment",
     "require_device",
+    "require_device_async",
 ]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin API key")
@@ -73,14 +75,18 @@ def _check_admin_key(request: Request, presented: str) -> None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key in X-API-Key")
 
 
+def _unknown_token() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "invalid device token: expected 'Authorization: Bearer <token from registration>'",
+        headers=_BEARER_CHALLENGE,
+    )
+
+
 def _device_for(request: Request, credentials: HTTPAuthorizationCredentials) -> DeviceRecord:
     device = get_service(request).authenticate_device(credentials.credentials)
     if device is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid device token: expected 'Authorization: Bearer <token from registration>'",
-            headers=_BEARER_CHALLENGE,
-        )
+        raise _unknown_token()
     return device
 
 
@@ -98,8 +104,9 @@ def require_admin(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
     return Caller(device=None)
 
 
-def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
-    """Device routes: a valid ``Authorization: Bearer <device token>``."""
+def _device_credentials(
+    api_key: str | None, bearer: HTTPAuthorizationCredentials | None
+) -> HTTPAuthorizationCredentials:
     if bearer is None:
         if api_key is not None:
             raise HTTPException(
@@ -111,7 +118,32 @@ def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceR
             "missing device token: expected 'Authorization: Bearer <token from registration>'",
             headers=_BEARER_CHALLENGE,
         )
-    return _device_for(request, bearer)
+    return bearer
+
+
+def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
+    """Device routes: a valid ``Authorization: Bearer <device token>``."""
+    return _device_for(request, _device_credentials(api_key, bearer))
+
+
+async def require_device_async(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
+    """:func:`require_device` for ``async`` routes (the heartbeat): no thread hop when it can.
+
+    A device in the device cache is answered at once; otherwise the lookup
+    runs on the event loop if the store's reads are local (SQLite), else in
+    the thread pool.
+    """
+    token = _device_credentials(api_key, bearer).credentials
+    service = get_service(request)
+    device = service.cached_device(token)
+    if device is None:
+        if service.store.local_reads:
+            device = service.authenticate_device(token)
+        else:
+            device = await run_in_threadpool(service.authenticate_device, token)
+    if device is None:
+        raise _unknown_token()
+    return device
 
 
 def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:

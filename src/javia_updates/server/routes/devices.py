@@ -7,7 +7,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from javia_updates.backends.base import DeviceRecord
 from javia_updates.models import (
@@ -32,10 +33,11 @@ from javia_updates.server.auth import (
     require_admin_or_device,
     require_admin_or_enrollment,
     require_device,
+    require_device_async,
 )
-from javia_updates.server.limits import HeartbeatRateLimiter, get_heartbeat_limiter, limit_heartbeat
+from javia_updates.server.limits import limit_heartbeat
 from javia_updates.server.schemas import DevicePage, DeviceUpdatePage
-from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService
+from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService, WriteNeeded
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -44,6 +46,7 @@ Now = Annotated[datetime, Depends(get_now)]
 Admin = Annotated[Caller, Depends(require_admin)]
 AnyCaller = Annotated[Caller, Depends(require_admin_or_device)]
 Device = Annotated[DeviceRecord, Depends(require_device)]
+AsyncDevice = Annotated[DeviceRecord, Depends(require_device_async)]
 DeviceUuid = Annotated[uuid.UUID, Path(description="the device's uuid")]
 UpdateId = Annotated[int, Path(ge=1, le=MAX_DATABASE_INTEGER, description="the update's id")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
@@ -122,22 +125,36 @@ def device_history(
 
 
 @router.post("/{device_uuid}/heartbeat", response_model=HeartbeatResponse)
-def heartbeat(
+async def heartbeat(
     device_uuid: DeviceUuid,
-    service: Service,
-    now: Now,
-    device: Device,
-    limiter: Annotated[HeartbeatRateLimiter, Depends(get_heartbeat_limiter)],
+    request: Request,
+    device: AsyncDevice,
     body: Annotated[HeartbeatRequest | None, Body()] = None,
-) -> HeartbeatResponse:
+) -> Response:
     """Record the device's heartbeat; answer with the server's clock and any install directive.
 
     429 with ``Retry-After`` when the device heartbeats far faster than the
     interval it was told (``heartbeat_burst`` per interval).
+
+    The hot path of the server (issue 7): answered on the event loop from the
+    device cache when no row must be written and the store's reads are local;
+    otherwise in the thread pool. The soft state is written in batches
+    (``heartbeat_flush_seconds``).
     """
+    service: UpdateService = request.app.state.service
+    now: datetime = request.app.state.clock()
     ensure_same_device(device, device_uuid)
-    limit_heartbeat(limiter, device.id, now)
-    return service.heartbeat(device, body or HeartbeatRequest(), now=now)
+    limit_heartbeat(request.app.state.heartbeat_limiter, device.id, now)
+    report = body or HeartbeatRequest()
+    answer: HeartbeatResponse | None = None
+    if service.store.local_reads:
+        try:
+            answer = service.heartbeat(device, report, now=now, allow_writes=False)
+        except WriteNeeded:
+            answer = None
+    if answer is None:
+        answer = await run_in_threadpool(service.heartbeat, device, report, now=now)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{device_uuid}/updates/check", response_model=UpdateCheckResponse)

@@ -1,0 +1,252 @@
+"""In-memory read caches of the heartbeat path (issue 7, "Benchmarks").
+
+A heartbeat needs the device behind a token, the device's update rows and
+the list of published updates. :class:`DeviceCache` keeps the first two per
+device and :class:`UpdateCatalog` the third, so a steady stream of
+heartbeats is answered from memory.
+
+Consistency: every write this server process makes through
+:class:`~javia_updates.service.UpdateService` updates or drops the affected
+entries at once (a token rotated or revoked, a status report, a publish, a
+reconciliation), so one server never answers from stale data. Writes made
+elsewhere — another server replica on the same PostgreSQL database, or a
+script on the database — are seen after at most ``ttl_seconds`` (the
+``device_cache_seconds`` setting); the update list is reloaded at least
+every second. A ``ttl_seconds`` of 0 turns caching off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from javia_updates.backends.base import DeviceRecord, DeviceUpdateRecord, UpdateRecord
+from javia_updates.versioning import Version
+
+__all__ = ["CATALOG_MAX_AGE_SECONDS", "DeviceCache", "UpdateCatalog"]
+
+#: The update list is reloaded at least this often, in seconds.
+CATALOG_MAX_AGE_SECONDS = 1.0
+
+
+_epochs = itertools.count(1)
+
+
+@dataclass
+class _Entry:
+    token_hash: str
+    device: DeviceRecord
+    expires: float
+    rows: list[DeviceUpdateRecord] | None = None
+    rows_generation: int = -1
+    # Changes whenever the rows are dropped, so rows read before a write
+    # cannot be stored after it (see DeviceCache.rows_epoch).
+    epoch: int = 0
+
+
+class DeviceCache:
+    """Devices by token hash, and each device's update rows, for at most ``ttl_seconds``.
+
+    Args:
+        ttl_seconds: how long an entry is trusted, in seconds; 0 caches nothing.
+        clock: monotonic seconds (injectable for tests).
+
+    Thread-safe.
+    """
+
+    def __init__(self, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._by_token: dict[str, _Entry] = {}
+        self._by_id: dict[int, _Entry] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is cached at all."""
+        return self.ttl_seconds > 0
+
+    def _live(self, entry: _Entry | None) -> _Entry | None:
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            self._drop(entry)
+            return None
+        return entry
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._by_token.get(entry.token_hash) is entry:
+            del self._by_token[entry.token_hash]
+        if self._by_id.get(entry.device.id) is entry:
+            del self._by_id[entry.device.id]
+
+    def device(self, token_hash: str) -> DeviceRecord | None:
+        """The cached device holding the token with this SHA-256 hex, or None (not cached)."""
+        with self._lock:
+            entry = self._live(self._by_token.get(token_hash))
+            return None if entry is None else entry.device
+
+    def put_device(self, token_hash: str, device: DeviceRecord) -> None:
+        """Cache ``device`` as the holder of ``token_hash`` (replacing what was there)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            old = self._by_id.get(device.id)
+            if old is not None:
+                self._drop(old)
+            entry = _Entry(
+                token_hash, device, self._clock() + self.ttl_seconds, epoch=next(_epochs)
+            )
+            self._by_token[token_hash] = entry
+            self._by_id[device.id] = entry
+
+    def refresh_device(self, device: DeviceRecord) -> None:
+        """Replace a cached device's record (its new soft state), keeping token and rows."""
+        with self._lock:
+            entry = self._by_id.get(device.id)
+            if entry is not None:
+                entry.device = device
+
+    def rows(self, device_id: int, generation: int) -> list[DeviceUpdateRecord] | None:
+        """The device's cached update rows if loaded under catalog ``generation``, else None."""
+        with self._lock:
+            entry = self._live(self._by_id.get(device_id))
+            if entry is None or entry.rows is None or entry.rows_generation != generation:
+                return None
+            return entry.rows
+
+    def rows_epoch(self, device_id: int) -> int:
+        """Take before reading the device's rows from the store; give to :meth:`put_rows`."""
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            return 0 if entry is None else entry.epoch
+
+    def put_rows(
+        self, device_id: int, generation: int, rows: list[DeviceUpdateRecord], epoch: int
+    ) -> None:
+        """Cache the device's update rows, read under catalog ``generation``.
+
+        Ignored if the rows were dropped since ``epoch`` was taken (a write
+        happened while they were read).
+        """
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            if entry is not None and entry.epoch == epoch:
+                entry.rows = rows
+                entry.rows_generation = generation
+
+    def forget_rows(self, device_id: int) -> None:
+        """Drop the device's cached rows (they changed)."""
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            if entry is not None:
+                entry.rows = None
+                entry.epoch = next(_epochs)
+
+    def forget(self, device_id: int) -> None:
+        """Drop everything cached about the device (its token changed, say)."""
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            if entry is not None:
+                self._drop(entry)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._by_token.clear()
+            self._by_id.clear()
+
+
+@dataclass(frozen=True)
+class _Published:
+    record: UpdateRecord
+    numbers: tuple[int, int, int]
+    targets: frozenset[uuid.UUID] | None
+
+
+class UpdateCatalog:
+    """Every published update, highest version first, checked when older than its limit.
+
+    Args:
+        load_ids: the ids of every published update (a cheap query).
+        load_update: one update by id (updates never change once published).
+        max_age_seconds: check the ids again when the copy is older than this,
+            in seconds; 0 checks at every use.
+        clock: monotonic seconds (injectable for tests).
+
+    :attr:`generation` changes whenever a check finds another set of updates,
+    so row caches keyed by it are dropped when an update is published by any
+    server. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        load_ids: Callable[[], list[int]],
+        load_update: Callable[[int], UpdateRecord],
+        *,
+        max_age_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load_ids = load_ids
+        self._load_update = load_update
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._updates: list[_Published] = []
+        self._checked_at: float | None = None
+        self.generation = 0
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        """Check the ids at the next use (this process published)."""
+        with self._lock:
+            self._checked_at = None
+
+    def _current(self) -> list[_Published]:
+        with self._lock:
+            fresh = (
+                self._checked_at is not None
+                and self.max_age_seconds > 0
+                and self._clock() - self._checked_at < self.max_age_seconds
+            )
+            if fresh:
+                return self._updates
+            known = {update.record.id: update for update in self._updates}
+        ids = set(self._load_ids())
+        if ids == set(known):
+            with self._lock:
+                self._checked_at = self._clock()
+                return self._updates
+        updates = [known[update_id] for update_id in ids if update_id in known]
+        for update_id in ids - set(known):
+            record = self._load_update(update_id)
+            version = Version.parse(record.version)
+            targets = None if record.targets is None else frozenset(record.targets)
+            updates.append(
+                _Published(record, (version.major, version.minor, version.patch), targets)
+            )
+        updates.sort(key=lambda update: update.numbers, reverse=True)
+        with self._lock:
+            self._updates = updates
+            self._checked_at = self._clock()
+            self.generation += 1
+            return updates
+
+    def current_generation(self) -> int:
+        """The generation, after checking the ids if the copy is old enough."""
+        self._current()
+        return self.generation
+
+    def newest_targeting(
+        self, device_uuid: uuid.UUID, running: tuple[int, int, int] | None
+    ) -> UpdateRecord | None:
+        """The highest update newer than ``running`` that targets the device, or None."""
+        for update in self._current():
+            if running is not None and update.numbers <= running:
+                return None  # highest first: nothing newer follows
+            if update.targets is None or device_uuid in update.targets:
+                return update.record
+        return None

@@ -1,0 +1,351 @@
+"""The heartbeat hot path (issue 7): batched soft state, what a crash can lose,
+and caches that never answer from stale data after this server's own writes."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from javia_updates.backends.base import HeartbeatWrite
+from javia_updates.backends.cache import DeviceCache, UpdateCatalog
+from javia_updates.backends.soft_state import SoftStateWriter
+from javia_updates.demo import LocalFleet
+from javia_updates.errors import BackendError
+from javia_updates.models import (
+    DeviceRegisterRequest,
+    DeviceStatus,
+    HeartbeatRequest,
+    StatusReport,
+    UpdateStatus,
+)
+from javia_updates.service import UpdateService
+
+API_KEY = "hot-path-admin-key-0123456789"
+START = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def write(device_id: int, seconds: float, version: str = "v1.0.0") -> HeartbeatWrite:
+    return HeartbeatWrite(
+        device_id, START + timedelta(seconds=seconds), version, DeviceStatus.ONLINE, {}
+    )
+
+
+# --------------------------------------------------------------------------- soft state
+
+
+def test_soft_state_waits_for_the_flush_and_keeps_only_the_newest_per_device() -> None:
+    batches: list[list[HeartbeatWrite]] = []
+    writer = SoftStateWriter(batches.append, flush_seconds=3600)  # no flush by itself here
+    writer.start()
+    writer.record(write(1, 0, "v1.0.0"))
+    writer.record(write(2, 1))
+    writer.record(write(1, 2, "v1.1.0"))
+
+    assert batches == [], "nothing is written before the flush"
+    assert writer.pending() == 2
+    assert writer.flush() == 2
+    (batch,) = batches
+    assert {w.device_id: w.current_version for w in batch} == {1: "v1.1.0", 2: "v1.0.0"}
+    assert writer.flush() == 0
+    writer.close()
+
+
+def test_a_failed_flush_keeps_the_batch_and_a_newer_heartbeat_wins() -> None:
+    calls: list[list[HeartbeatWrite]] = []
+
+    def failing_once(batch: Any) -> None:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            raise BackendError("database write failed: disk I/O error")
+
+    writer = SoftStateWriter(failing_once, flush_seconds=3600)
+    writer.start()
+    writer.record(write(1, 0, "v1.0.0"))
+    writer.record(write(2, 0, "v1.0.0"))
+    with pytest.raises(BackendError):
+        writer.flush()
+    writer.record(write(1, 5, "v1.1.0"))  # arrives while the batch waits for a retry
+    writer.close()  # the final flush retries
+
+    assert {w.device_id: w.current_version for w in calls[-1]} == {1: "v1.1.0", 2: "v1.0.0"}
+
+
+def test_without_a_flush_thread_every_heartbeat_is_written_at_once() -> None:
+    batches: list[list[HeartbeatWrite]] = []
+    writer = SoftStateWriter(batches.append, flush_seconds=0.25)  # not started: tests, tools
+
+    writer.record(write(1, 0))
+
+    assert len(batches) == 1
+
+
+def test_batched_write_keeps_a_version_raised_after_the_heartbeat(service, register, clock) -> None:  # type: ignore[no-untyped-def]
+    device, _ = register()
+    service.store.record_heartbeats([write(device.id, 0, "v1.0.0")])
+    # A completed update raised the version after a heartbeat that is still queued.
+    clock.advance(seconds=10)
+    service.store.record_heartbeat(
+        device.id,
+        now=clock.now,
+        current_version="v1.1.0",
+        status=DeviceStatus.ONLINE,
+        metadata={},
+    )
+    service.store.record_heartbeats([write(device.id, 5, "v1.0.0")])
+
+    stored = service.find_device(device.device_uuid)
+    assert stored.current_version == "v1.1.0"
+
+
+def test_admin_reads_see_every_heartbeat_answered_so_far(backend, settings, clock) -> None:  # type: ignore[no-untyped-def]
+    service = UpdateService(backend, settings.model_copy(update={"heartbeat_flush_seconds": 60}))
+    registered = service.register_device(DeviceRegisterRequest(), now=clock.now)
+    device = service.find_device(registered.device_uuid)
+    service.start()
+    try:
+        service.heartbeat(
+            device,
+            HeartbeatRequest(current_version="v1.0.0", metadata={"room": "hall"}),
+            now=clock.now,
+        )
+        assert service.soft_state.pending() == 1
+
+        shown = service.get_device(device.device_uuid, now=clock.now)
+    finally:
+        service.close()
+
+    assert shown.last_seen == clock.now
+    assert shown.metadata == {"room": "hall"}
+
+
+# --------------------------------------------------------------------------- crash
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):  # type: ignore[no-untyped-def]
+    fleet = LocalFleet(tmp_path / "fleet", heartbeat_seconds=300, api_key=API_KEY)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def _admin(fleet: LocalFleet) -> httpx.Client:
+    return httpx.Client(base_url=fleet.url, headers={"X-API-Key": API_KEY}, timeout=30)
+
+
+def test_a_crash_loses_at_most_the_last_batch_of_heartbeats_and_never_a_status_report(
+    fleet: LocalFleet, make_package
+) -> None:  # type: ignore[no-untyped-def]
+    # No flush falls inside the test: the first one comes 60 s after start.
+    slow_flush = {"JAVIA_HEARTBEAT_FLUSH_SECONDS": "60"}
+    fleet.start_server(extra_env=slow_flush)
+    with _admin(fleet) as admin:
+        body = admin.post("/api/v1/devices/register", json={"device_name": "hall"}).json()
+        uid, headers = body["device_uuid"], bearer(body["device_token"])
+        first = {"current_version": "v1.0.0", "metadata": {"beat": "first"}}
+        assert (
+            admin.post(f"/api/v1/devices/{uid}/heartbeat", json=first, headers=headers).status_code
+            == 200
+        )
+        seen = admin.get(f"/api/v1/devices/{uid}").json()  # an admin read flushes: durable now
+        published = admin.post("/api/v1/updates/", files=make_package("v1.1.0", "instant").files())
+        assert published.status_code == 201, published.text
+        update_id = published.json()["id"]
+
+        second = {"current_version": "v1.0.0", "metadata": {"beat": "second"}}
+        answer = admin.post(f"/api/v1/devices/{uid}/heartbeat", json=second, headers=headers).json()
+        assert answer["update"]["update_id"] == update_id
+        report = admin.post(
+            f"/api/v1/devices/{uid}/updates/{update_id}/status",
+            json={"status": "downloading"},
+            headers=headers,
+        )
+        assert report.status_code == 200
+
+    assert fleet.server is not None
+    fleet.server.send_signal(signal.SIGKILL)  # power cut: no shutdown code runs
+    fleet.server.wait()
+    fleet.start_server()
+    with _admin(fleet) as admin:
+        after = admin.get(f"/api/v1/devices/{uid}").json()
+        rows = admin.get(f"/api/v1/updates/{update_id}/devices").json()["items"]
+
+    # Lost: the soft state of the heartbeat answered after the last flush ...
+    assert after["metadata"] == {"beat": "first"}
+    assert after["last_seen"] == seen["last_seen"]
+    # ... and nothing else: the status report was durable before it was answered.
+    assert [row["status"] for row in rows] == ["downloading"]
+
+
+def test_a_clean_shutdown_writes_the_last_batch(fleet: LocalFleet) -> None:
+    fleet.start_server(extra_env={"JAVIA_HEARTBEAT_FLUSH_SECONDS": "60"})
+    with _admin(fleet) as admin:
+        body = admin.post("/api/v1/devices/register", json={}).json()
+        uid, headers = body["device_uuid"], bearer(body["device_token"])
+        beat = {"current_version": "v1.2.3", "metadata": {"beat": "last"}}
+        assert (
+            admin.post(f"/api/v1/devices/{uid}/heartbeat", json=beat, headers=headers).status_code
+            == 200
+        )
+
+    fleet.restart_server()  # SIGTERM, then start again on the same data
+    with _admin(fleet) as admin:
+        after = admin.get(f"/api/v1/devices/{uid}").json()
+
+    assert after["metadata"] == {"beat": "last"}
+    assert after["current_version"] == "v1.2.3"
+
+
+# --------------------------------------------------------------------------- caches
+
+
+def test_a_rotated_or_revoked_token_stops_working_at_once_despite_the_cache(client, admin) -> None:  # type: ignore[no-untyped-def]
+    body = client.post("/api/v1/devices/register", json={}, headers=admin).json()
+    uid, old = body["device_uuid"], bearer(body["device_token"])
+    for _ in range(2):  # the second heartbeat is answered from the cache
+        assert (
+            client.post(f"/api/v1/devices/{uid}/heartbeat", json={}, headers=old).status_code == 200
+        )
+
+    new = bearer(
+        client.post(f"/api/v1/devices/{uid}/rotate-token", headers=admin).json()["device_token"]
+    )
+
+    assert client.post(f"/api/v1/devices/{uid}/heartbeat", json={}, headers=old).status_code == 401
+    assert client.post(f"/api/v1/devices/{uid}/heartbeat", json={}, headers=new).status_code == 200
+    assert client.post(f"/api/v1/devices/{uid}/revoke", headers=admin).status_code == 200
+    assert client.post(f"/api/v1/devices/{uid}/heartbeat", json={}, headers=new).status_code == 401
+
+
+def test_heartbeats_see_a_publish_and_a_completed_report_at_once(
+    client, admin, make_package
+) -> None:  # type: ignore[no-untyped-def]
+    body = client.post("/api/v1/devices/register", json={}, headers=admin).json()
+    uid, headers = body["device_uuid"], bearer(body["device_token"])
+    beat = {"current_version": "v1.0.0"}
+    assert (
+        client.post(f"/api/v1/devices/{uid}/heartbeat", json=beat, headers=headers).json()["update"]
+        is None
+    )
+
+    published = client.post(
+        "/api/v1/updates/", files=make_package("v1.1.0", "instant").files(), headers=admin
+    )
+    update_id = published.json()["id"]
+    directive = client.post(f"/api/v1/devices/{uid}/heartbeat", json=beat, headers=headers).json()[
+        "update"
+    ]
+    assert directive["update_id"] == update_id
+
+    for step in ("downloading", "installing", "completed"):
+        url = f"/api/v1/devices/{uid}/updates/{update_id}/status"
+        assert client.post(url, json={"status": step}, headers=headers).status_code == 200
+        if step != "completed":
+            answer = client.post(
+                f"/api/v1/devices/{uid}/heartbeat", json=beat, headers=headers
+            ).json()
+            assert answer["update"]["status"] == step, "the in-flight row is the directive"
+    after = client.post(
+        f"/api/v1/devices/{uid}/heartbeat", json={"current_version": "v1.1.0"}, headers=headers
+    )
+    assert after.json()["update"] is None
+
+
+def test_device_cache_entries_expire_and_writes_drop_rows_read_before_them() -> None:
+    now = [0.0]
+    cache = DeviceCache(30, clock=lambda: now[0])
+    device: Any = type("D", (), {"id": 7})()
+    cache.put_device("hash", device)
+    epoch = cache.rows_epoch(7)
+    cache.forget_rows(7)  # a status report lands while a heartbeat reads the rows
+    cache.put_rows(7, 1, [], epoch)
+    assert cache.rows(7, 1) is None, "rows read before the write are not kept"
+
+    cache.put_rows(7, 1, [], cache.rows_epoch(7))
+    assert cache.rows(7, 1) == []
+    assert cache.rows(7, 2) is None, "another update list generation: read again"
+    now[0] = 29.9
+    assert cache.device("hash") is device
+    now[0] = 30.0
+    assert cache.device("hash") is None, "changes made elsewhere show after the TTL"
+    assert DeviceCache(0).enabled is False
+
+
+def test_update_catalog_notices_a_publish_made_by_another_server() -> None:
+    now = [0.0]
+    ids: list[int] = []
+    records = {1: _update(1, "v1.1.0"), 2: _update(2, "v1.2.0", targets=(uuid.UUID(int=5),))}
+    catalog = UpdateCatalog(
+        lambda: list(ids), records.__getitem__, max_age_seconds=1, clock=lambda: now[0]
+    )
+    device = uuid.UUID(int=9)
+    assert catalog.newest_targeting(device, (1, 0, 0)) is None
+    ids.extend([1, 2])  # published elsewhere
+
+    assert catalog.newest_targeting(device, (1, 0, 0)) is None, "not seen before the limit"
+    now[0] = 1.0
+    assert catalog.newest_targeting(device, (1, 0, 0)) is records[1], (
+        "v1.2.0 targets another device"
+    )
+    assert catalog.newest_targeting(uuid.UUID(int=5), (1, 0, 0)) is records[2]
+    assert catalog.newest_targeting(device, (1, 1, 0)) is None
+
+
+def _update(update_id: int, version: str, targets: Any = None) -> Any:
+    from javia_updates.backends.base import UpdateRecord
+    from javia_updates.models import UpdateType
+
+    return UpdateRecord(
+        id=update_id,
+        version=version,
+        created_at=START,
+        update_type=UpdateType.INSTANT,
+        description="",
+        package_url="k",
+        requires_system_packages=False,
+        system_packages=(),
+        app="assistant",
+        key_id="0123456789abcdef",
+        archive_size=1,
+        archive_sha256="0" * 64,
+        targets=targets,
+    )
+
+
+def test_a_report_in_flight_moves_the_row_for_the_next_heartbeat(
+    service, register, clock, make_package
+) -> None:  # type: ignore[no-untyped-def]
+    _, token = register()
+    service.start()
+    try:
+        authenticated = service.authenticate_device(token)
+        service.heartbeat(authenticated, HeartbeatRequest(current_version="v1.0.0"), now=clock.now)
+        update = service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock.now)
+        authenticated = service.authenticate_device(token)
+        first = service.heartbeat(
+            authenticated, HeartbeatRequest(current_version="v1.0.0"), now=clock.now
+        )
+        assert first.update is not None and first.update.status is UpdateStatus.PENDING
+        service.report_status(
+            authenticated, update.id, StatusReport(status=UpdateStatus.DOWNLOADING), now=clock.now
+        )
+
+        again = service.heartbeat(
+            service.authenticate_device(token),
+            HeartbeatRequest(current_version="v1.0.0"),
+            now=clock.now,
+        )
+    finally:
+        service.close()
+    assert again.update is not None and again.update.status is UpdateStatus.DOWNLOADING
