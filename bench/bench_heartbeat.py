@@ -66,6 +66,25 @@ def _values(runs: list[benchlib.LoadResult]) -> dict:
     }
 
 
+def cold_runs(root: Path, runs: int, seconds: float) -> list[benchlib.LoadResult]:
+    """Saturated runs against a server with its device caches off (JAVIA_DEVICE_CACHE_SECONDS=0).
+
+    With a 5-minute heartbeat a device is rarely still in the cache (30 s) when it
+    comes back, so this is the rate that sizes a real fleet.
+    """
+    env = {**SERVER_ENV, "JAVIA_DEVICE_CACHE_SECONDS": "0"}
+    with benchlib.javia_server(root, env=env) as fleet:
+        devices = benchlib.register_devices(
+            fleet.url, fleet.api_key, DEVICES, current_version="v1.0.0"
+        )
+        requests = heartbeat_requests(devices)
+        benchlib.run_load(fleet.url, requests, connections=CONNECTIONS, seconds=WARM_UP_SECONDS)
+        return [
+            benchlib.run_load(fleet.url, requests, connections=CONNECTIONS, seconds=seconds)
+            for _ in range(runs)
+        ]
+
+
 def main() -> None:
     """Measure, print the table, write JSON if asked."""
     args = benchlib.main_arguments(__doc__.splitlines()[0])
@@ -128,6 +147,7 @@ def main() -> None:
                 paced["pending"].append(load(fleet.url, LATENCY_SECONDS, think_ms))
         finally:
             benchlib.stop_process(reference)
+        cold = cold_runs(root / "cold", args.runs, args.seconds)
 
     generator = saturated["reference"][0].generator
     reference_rps = summarize([run.requests_per_second for run in saturated["reference"]])
@@ -173,6 +193,18 @@ def main() -> None:
                 },
             )
         )
+    cold_rps = summarize([run.requests_per_second for run in cold])
+    result.rows.append(
+        Row(
+            "javia heartbeats/s, caches off (every heartbeat reads the database, as with "
+            "a 5-minute heartbeat)",
+            cold_rps.show(0, "/s")
+            + (f"; {sum(r.errors for r in cold)} errors" if any(r.errors for r in cold) else ""),
+            reference=reference_rps.show(0, "/s"),
+            ratio=f"{cold_rps.median / reference_rps.median:.2f} ×",
+            values={"saturated": _values(cold)},
+        )
+    )
     result.notes.append(
         f"load generator: {generator}, {CONNECTIONS} connections (one device after the other, each "
         f"with its own token); throughput: saturated closed loop, {args.seconds:g} s per run; "

@@ -42,12 +42,7 @@ BENCHMARKS = [
     ("agent", "bench_agent.py", [], 120),
     ("apply", "bench_apply.py", [], 120),
     ("fleet", "bench_fleet.py", [], 420),
-    (
-        "downtime",
-        "bench_downtime.py",
-        None,
-        180,
-    ),  # another engineer's script: prints a markdown table
+    ("downtime", "bench_downtime.py", [], 180),
 ]
 
 SUMMARY_HEADER = (
