@@ -868,7 +868,7 @@ class UpdateService:
         newest = self._newest_targeting(device, running)
         if newest is not None and all(row.update_id != newest.id for row in rows):
             writing()
-            created = self.store.add_device_update(
+            self.store.add_device_update(
                 newest.id,
                 self._new_row(newest.update_type, device, now),
                 now=now,
@@ -882,8 +882,9 @@ class UpdateService:
                     },
                 ),
             )
-            if created:
-                rows = load()
+            # Reload whether this call or another replica (at the same moment)
+            # created the row: either way it is this device's directive now.
+            rows = load()
 
         # 2. Pending rows for versions the device already runs are done with.
         live: list[DeviceUpdateRecord] = []

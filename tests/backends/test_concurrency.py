@@ -148,12 +148,6 @@ def test_replicas_reconciling_one_device_at_once_create_one_row(replicas, make_p
     assert replicas[1].heartbeat(device, HeartbeatRequest(current_version="v1.0.0"), now=NOW).update
 
 
-@pytest.mark.xfail(
-    reason="UpdateService._directive_for reloads the device's rows only when its own "
-    "add_device_update created the row; a replica that lost the race answers without the "
-    "directive until the device's next heartbeat (fix proposed in the backend report)",
-    strict=False,
-)
 def test_every_concurrent_heartbeat_answer_carries_the_reconciled_directive(replicas, make_package):
     update, _device, answers = _heartbeat_race(replicas, make_package)
 
