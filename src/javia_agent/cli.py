@@ -24,6 +24,7 @@ from javia_agent.config import (
     CONFIG_PATH_ENV,
     AgentConfig,
     check_server_url,
+    check_writable,
     load_config,
     write_config,
     write_token_file,
@@ -215,7 +216,15 @@ def register(
         raise ConfigError(
             f"already registered as {config.device_uuid} ({path}); pass --force to register again"
         )
+    if config.token_file.exists() and not force:
+        raise ConfigError(
+            f"token file {config.token_file} already exists (another registration's token?); "
+            "pass --force to overwrite it, or choose another --token-file"
+        )
     url = check_server_url(server, allow_insecure_http=config.allow_insecure_http)
+    # Everything that can fail locally fails before the server creates a device.
+    check_writable(path, "configuration")
+    check_writable(config.token_file, "token file")
     request = DeviceRegisterRequest(
         device_uuid=uuid.UUID(device_uuid) if device_uuid else None,
         device_name=config.device_name,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
     "AgentConfig",
     "AgentPaths",
     "check_server_url",
+    "check_writable",
     "load_config",
     "read_token",
     "write_config",
@@ -318,6 +320,40 @@ def write_config(config: AgentConfig, path: Path) -> None:
         atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
     except OSError as error:
         raise ConfigError(f"cannot write configuration {path}: {error.strerror or error}") from None
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Make sure ``path`` can be created or replaced, before anything depends on it.
+
+    Creates the missing parent directories, then creates and removes a temporary
+    file next to ``path`` (the way :func:`atomic_write` will write it), so a
+    later write fails only on a full disk. ``javia agent register`` calls this
+    for the configuration and the token file before it contacts the server, so
+    a refused write never leaves a device registered on the server.
+
+    Args:
+        path: the file that will be written.
+        what: how the error names it, e.g. ``"configuration"``.
+
+    Raises:
+        ConfigError: ``path`` is a directory, or its directory cannot be
+            created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: it is a directory (expected a file path)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".check", dir=path.parent
+        )
+        os.close(descriptor)
+        os.unlink(temp_name)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write {what} {path}: {error.strerror or error} "
+            "(choose a writable path or run as a user who may write there)"
+        ) from None
 
 
 def write_token_file(path: Path, token: str) -> None:

@@ -219,3 +219,89 @@ def test_the_server_resumes_with_an_exact_range_and_takes_repeated_reports_in_st
         other_final = client.report_status(update_id, StatusReport(status=Status.ROLLED_BACK))
         assert (other_final.status, other_final.changed) == (Status.COMPLETED, False)
         assert client.heartbeat(HeartbeatRequest(current_version="v1.1.0")).update is None
+
+
+def _register_args(live_server: LiveServer, root: Path, *extra: str) -> list[str]:
+    return [
+        "register",
+        "--server",
+        live_server.url,
+        "--api-key",
+        live_server.api_key,
+        "--install-root",
+        str(root / "app"),
+        "--state-dir",
+        str(root / "state"),
+        "--service-mode",
+        "command",
+        "--start-command",
+        "python3 app.py",
+        *extra,
+    ]
+
+
+def _device_names(live_server: LiveServer) -> list[str]:
+    from javia_updates.admin_client import AdminClient
+
+    with AdminClient(live_server.url, live_server.api_key) as admin:
+        return [device["device_name"] for device in admin.list_devices()]
+
+
+def test_register_with_an_unwritable_path_leaves_no_device_on_the_server(
+    tmp_path: Path, live_server: LiveServer
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    for config, token in (
+        ("/proc/nope/agent.toml", str(tmp_path / "token")),
+        (str(tmp_path / "agent.toml"), str(blocker / "token")),
+    ):
+        result = CliRunner().invoke(
+            agent_cli,
+            _register_args(
+                live_server, tmp_path, "--name", "orphan", "--config", config, "--token-file", token
+            ),
+        )
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: cannot write"), result.output
+    assert _device_names(live_server) == []
+    assert not (tmp_path / "token").exists() and not (tmp_path / "agent.toml").exists()
+
+
+def test_register_never_overwrites_another_registrations_token_without_force(
+    tmp_path: Path, live_server: LiveServer
+) -> None:
+    token = tmp_path / "shared-token"
+    first = CliRunner().invoke(
+        agent_cli,
+        _register_args(
+            live_server,
+            tmp_path / "one",
+            "--name",
+            "one",
+            "--config",
+            str(tmp_path / "one.toml"),
+            "--token-file",
+            str(token),
+        ),
+    )
+    assert first.exit_code == 0, first.output
+    kept = token.read_text()
+    second_args = _register_args(
+        live_server,
+        tmp_path / "two",
+        "--name",
+        "two",
+        "--config",
+        str(tmp_path / "two.toml"),
+        "--token-file",
+        str(token),
+    )
+    refused = CliRunner().invoke(agent_cli, second_args)
+    assert refused.exit_code == 1 and "--force" in refused.output, refused.output
+    assert token.read_text() == kept
+    assert _device_names(live_server) == ["one"]
+    forced = CliRunner().invoke(agent_cli, [*second_args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert token.read_text() != kept and oct(token.stat().st_mode & 0o777) == "0o600"
