@@ -90,7 +90,7 @@ def test_missing_api_key_is_one_line():
     assert_one_clean_error(result, "JAVIA_API_KEY")
 
 
-def test_output_writes_a_verifiable_package_and_bumps_version(app_dir: Path, tmp_path: Path):
+def test_output_writes_a_verifiable_package_and_leaves_version_alone(app_dir: Path, tmp_path: Path):
     keys = tmp_path / "keys"
     generated = javia("keys", "generate", "--output", str(keys))
     assert generated.returncode == 0, generated.stderr
@@ -101,7 +101,7 @@ def test_output_writes_a_verifiable_package_and_bumps_version(app_dir: Path, tmp
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.sig", "payload.tar.gz"]
-    assert (app_dir / "VERSION").read_text().strip() == "v1.0.1"
+    assert (app_dir / "VERSION").read_text().strip() == "v1.0.0", "nothing was published"
     keyring = tmp_path / "keyring"
     keyring.mkdir()
     shutil.copy(keys / "javia-signing.pub", keyring)
@@ -110,3 +110,31 @@ def test_output_writes_a_verifiable_package_and_bumps_version(app_dir: Path, tmp
     refused = javia("agent", "verify", str(out), "--keyring", str(keyring), "--current-version", "v1.0.1")
     assert refused.returncode == 1
     assert "not newer" in refused.stderr + refused.stdout
+
+
+def test_publish_refuses_an_app_without_version_or_content(tmp_path: Path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    result = javia("publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x")
+    assert_one_clean_error(result, "VERSION")
+    (bare / "VERSION").write_text("v0.1.0\n")
+    result = javia("publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x")
+    assert_one_clean_error(result, "empty")
+
+
+def test_malformed_server_url_is_one_line():
+    result = javia("devices", "list", "--server", "http://[::1", "--api-key", "k")
+    assert_one_clean_error(result, "invalid server URL")
+
+
+def test_dry_run_and_output_exclude_each_other(app_dir: Path):
+    result = javia(
+        "publish", str(app_dir), "--version", "v1.0.1", "--type", "scheduled", "--dry-run", "--output", "x"
+    )
+    assert_one_clean_error(result, "--dry-run", "--output")
+
+
+def test_generate_refuses_to_overwrite_and_names_force(tmp_path: Path):
+    assert javia("keys", "generate", "--output", str(tmp_path)).returncode == 0
+    result = javia("keys", "generate", "--output", str(tmp_path))
+    assert_one_clean_error(result, "--force")

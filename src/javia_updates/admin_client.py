@@ -94,6 +94,12 @@ class AdminClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        try:
+            httpx.URL(self.server_url)
+        except httpx.InvalidURL as error:
+            raise ServerUnreachableError(
+                f"invalid server URL {server_url!r}: {error}; expected e.g. http://127.0.0.1:8000"
+            ) from None
         self._client = httpx.Client(
             base_url=self.server_url,
             headers={"X-API-Key": api_key},
@@ -117,6 +123,10 @@ class AdminClient:
         except httpx.TransportError as error:
             raise ServerUnreachableError(
                 f"cannot reach the javia server at {self.server_url}: {error or type(error).__name__}"
+            ) from None
+        except httpx.InvalidURL as error:
+            raise ServerUnreachableError(
+                f"invalid server URL {self.server_url!r}: {error}; expected e.g. http://127.0.0.1:8000"
             ) from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))

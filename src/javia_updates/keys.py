@@ -99,9 +99,7 @@ def _write_new_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None
     try:
         descriptor = os.open(path, flags, mode)
     except FileExistsError:
-        raise SigningKeyError(
-            f"{path} already exists: refusing to overwrite a key (pass overwrite=True to replace it)"
-        ) from None
+        raise SigningKeyError(f"{path} already exists: refusing to overwrite a key") from None
     except OSError as error:
         raise SigningKeyError(f"cannot create {path}: {error.strerror}") from None
     try:
@@ -151,10 +149,7 @@ def generate_keypair(
     if not overwrite:
         for path in (private_path, public_path):
             if path.exists() or path.is_symlink():
-                raise SigningKeyError(
-                    f"{path} already exists: refusing to overwrite a key "
-                    "(pass overwrite=True to replace it)"
-                )
+                raise SigningKeyError(f"{path} already exists: refusing to overwrite a key")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:

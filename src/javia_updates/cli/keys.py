@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from javia_updates.cli.common import DEFAULT_SIGNING_KEY, console, friendly_errors
+from javia_updates.cli.common import DEFAULT_SIGNING_KEY, console, fail, friendly_errors
 
 app = typer.Typer(help="Create and inspect signing keys.", no_args_is_help=True)
 
@@ -32,8 +32,13 @@ def generate(
     secret = None
     if passphrase:
         secret = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True).encode()
-    with friendly_errors():
+    from javia_updates.errors import SigningKeyError
+
+    try:
         paths = generate_keypair(output, name=name, passphrase=secret, overwrite=force)
+    except SigningKeyError as error:
+        hint = " (pass --force to replace it)" if "already exists" in str(error) else ""
+        fail(f"{error}{hint}")
     console.print(f"key id      [bold]{paths.key_id}[/bold]")
     console.print(f"private key {paths.private_path}  (mode 0600, never leaves this machine)")
     console.print(f"public key  {paths.public_path}  (copy to each device's /etc/javia/keys/)")

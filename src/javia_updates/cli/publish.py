@@ -154,12 +154,21 @@ def publish(
     as_json: bool = JsonOption,
 ) -> None:
     """Package, sign and publish an update of the application."""
-    from javia_updates.packaging import build_package, read_app_version
+    from javia_updates.packaging import build_package, collect_files, read_app_version
 
     if not app_dir.is_dir():
         fail(f"application directory {app_dir} does not exist (expected a folder with a VERSION file)")
+    if dry_run and output is not None:
+        fail("--dry-run publishes nothing and writes nothing: drop --output, or drop --dry-run")
     with friendly_errors():
         current = read_app_version(app_dir)
+        if current is None:
+            fail(
+                f"{app_dir} has no VERSION file: write the version it holds now, "
+                f"e.g. echo v0.1.0 > {app_dir}/VERSION"
+            )
+        if all(source.path == "VERSION" for source in collect_files(app_dir)):
+            fail(f"{app_dir} holds nothing but VERSION: refusing to publish an empty application")
 
     asked = False
     if version is None and update_type is None and _interactive():
@@ -213,6 +222,8 @@ def publish(
     elif asked and not yes and not typer.confirm("Publish?", default=True):
         fail("cancelled, nothing published")
 
+    if output is None:
+        _preflight(server, api_key, new_version)
     with friendly_errors():
         private_key = _load_key(key_path)
 
@@ -234,8 +245,7 @@ def publish(
             return built
 
         if output is not None:
-            built = build(output)
-            _write_version(app_dir, new_version)
+            built = build(output)  # nothing is published, so VERSION stays as it is
             if as_json:
                 print_json({"directory": str(built.directory), "manifest": built.manifest.to_json_dict()})
             else:
@@ -257,6 +267,21 @@ def publish(
         f"{sum(counts.values())} device(s) scheduled so far. "
         f"Follow it with: javia updates show {result['version']}"
     )
+
+
+def _preflight(server, api_key, new_version: Version) -> None:
+    """Check the key and the version with the server before spending time on a build."""
+    with friendly_errors(), admin_client(server, api_key) as client:
+        newest = client.list_updates(limit=1)
+    if newest:
+        highest = Version.parse(newest[0]["version"])
+        if new_version == highest:
+            fail(f"version {new_version} is already published: publish a higher version")
+        if new_version < highest:
+            fail(
+                f"{new_version} is lower than {highest}, already published: publish a higher "
+                "version (a rollback is a roll-forward: republish the old content as a new version)"
+            )
 
 
 def _warn(warnings) -> None:

@@ -33,6 +33,14 @@ STATUS_ORDER = (
 )
 
 
+def _human_size(size: int) -> str:
+    """Bytes as B, kB, MB or GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def _counts(update: dict) -> str:
     counts = update.get("status_counts") or {}
     parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts.get(s)]
@@ -60,7 +68,7 @@ def list_updates(
             update["version"],
             update["update_type"],
             str(update["created_at"])[:19],
-            f"{update.get('size', 0) / 1e6:.1f} MB",
+            _human_size(update.get("size", 0)),
             _counts(update),
             update.get("description", ""),
         )
