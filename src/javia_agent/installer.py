@@ -98,6 +98,7 @@ __all__ = [
     "InstallOutcome",
     "InstallResult",
     "Installer",
+    "MAX_STALLED_DOWNLOADS",
     "Reporter",
     "pause_hook_from_environment",
 ]
@@ -109,6 +110,10 @@ Reporter = Callable[[int, UpdateStatus, "str | None"], None]
 Keyring = Mapping[str, Ed25519PublicKey]
 
 _MAX_ERROR_CHARS = 2000
+#: Agent cycles in a row whose download attempt ended without a new payload
+#: byte before the update is reported ``failed`` (each cycle already retried
+#: the download ``RetryPolicy.attempts`` times).
+MAX_STALLED_DOWNLOADS = 5
 _APT_TIMEOUT_SECONDS = 1800.0
 _SETUP_TIMEOUT_SECONDS = 1800.0
 _EXTRACT_TIMEOUT_SECONDS = 1800.0
@@ -477,7 +482,10 @@ class Installer:
             if record is not None and not resume:
                 self._abandon(run, f"superseded by update {directive.update_id} ({version})")
             if resume and record is not None:
-                self._save(run, record.state, attempts=record.attempts + 1)
+                try:
+                    self._save(run, record.state, attempts=record.attempts + 1)
+                except CrashLoopError as error:
+                    return self._fail(run, str(error))
                 start = record.state
                 logger.info("resuming update %s (%s) at %s", version, directive.update_id, start)
             else:
@@ -670,6 +678,7 @@ class Installer:
         if directive is None or client is None:  # pragma: no cover - guarded by install()
             raise RuntimeError("downloading needs a directive and a client")
         package_dir.mkdir(parents=True, exist_ok=True)
+        had_bytes = self._downloaded_bytes(package_dir)
         manifest_path = package_dir / MANIFEST_NAME
         signature_path = package_dir / SIGNATURE_NAME
         try:
@@ -719,7 +728,11 @@ class Installer:
             )
         except DownloadTooLargeError:
             raise
-        except (NetworkError, DownloadCancelledError, DownloadError, AuthenticationError) as error:
+        except DownloadCancelledError as error:  # shutting down: not the download's fault
+            logger.warning("download of %s paused: %s", directive.version, error)
+            raise _RetryLater(str(error)) from None
+        except (NetworkError, DownloadError, AuthenticationError) as error:
+            self._count_stalled_download(run, package_dir, had_bytes, error)
             logger.warning("download of %s paused: %s", directive.version, error)
             raise _RetryLater(str(error)) from None
         except ServerError as error:
@@ -731,6 +744,45 @@ class Installer:
                 logger.warning("download of %s paused: %s", directive.version, error)
                 raise _RetryLater(str(error), error.retry_after_seconds) from None
             raise
+
+    @staticmethod
+    def _downloaded_bytes(package_dir: Path) -> int:
+        """Payload bytes on disk (complete or ``.partial``) for a download directory."""
+        payload = package_dir / PAYLOAD_NAME
+        have = 0
+        for candidate in (payload, payload.with_name(payload.name + ".partial")):
+            try:
+                have = max(have, candidate.stat().st_size)
+            except OSError:
+                continue
+        return have
+
+    def _count_stalled_download(
+        self, run: _Run, package_dir: Path, had_bytes: int, error: Exception
+    ) -> None:
+        """Count an interrupted download cycle that got no new byte; give up after a few.
+
+        A payload the server can never deliver (it cuts every answer at the
+        same offset) would otherwise be retried every cycle forever, and the
+        device would never report ``failed`` nor move on to a newer update.
+        The count is kept in ``state.json`` so restarts do not reset it; any
+        progress resets it.
+
+        Raises:
+            DownloadError: :data:`MAX_STALLED_DOWNLOADS` cycles in a row made
+                no progress; the caller fails the update (and drops the
+                partial file).
+        """
+        record = run.record
+        progressed = self._downloaded_bytes(package_dir) > had_bytes
+        stalled = 0 if progressed else record.stalled_cycles + 1
+        if stalled != record.stalled_cycles:
+            self._save(run, record.state, stalled_cycles=stalled)
+        if stalled >= MAX_STALLED_DOWNLOADS:
+            raise DownloadError(
+                f"download of {record.version} gave up after {stalled} attempts in a row "
+                f"without a new byte (stuck at {had_bytes:,} bytes): {error}"
+            )
 
     def _check_disk_space(self, manifest: Manifest, *, download_bytes: int) -> None:
         """Refuse early when the download plus the unpacked release would not fit.
@@ -1104,7 +1156,7 @@ class Installer:
         action = RECOVERY[record.state]
         run = _Run(state=state)
         logger.info(
-            "found update %s in state %s after a restart: %s", record.version, record.state, action
+            "unfinished update %s in state %s: %s", record.version, record.state, action
         )
         if record.state in PRE_SWITCH_STATES:
             if record.source == UpdateSource.DIRECTORY:

@@ -144,6 +144,9 @@ class UpdateRecord(BaseModel):
         attempts: how many times the update was (re)started: first run, retries
             after network errors, recoveries after a crash.
         saves: how many times this record was saved (the loop breaker's counter).
+        stalled_cycles: download attempts in a row (one per agent cycle) that
+            ended without a single new byte on disk; the installer gives up
+            on the update after :data:`javia_agent.installer.MAX_STALLED_DOWNLOADS`.
         error: the reason for a failure or rollback.
         final_status: the status to report from :attr:`UpdateState.REPORTING`.
         started_at: device wall clock at the first save; informative only.
@@ -160,6 +163,7 @@ class UpdateRecord(BaseModel):
     size: int | None = None
     attempts: int = 0
     saves: int = 0
+    stalled_cycles: int = 0
     error: str | None = None
     final_status: UpdateStatus | None = None
     started_at: datetime | None = None

@@ -147,6 +147,9 @@ class Route:
     #: Answers given before serving the data: (status, headers), used once each.
     refusals: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     sent: int = 0  # body bytes written for this route, all answers together
+    #: Every answer stops at this absolute offset and closes the connection
+    #: (a payload that can never be downloaded completely).
+    stall_at: int | None = None
 
 
 @dataclass
@@ -221,6 +224,8 @@ def handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if upcoming:
                 cut_here = upcoming[0] - start
                 route.cuts.remove(upcoming[0])
+            if route.stall_at is not None:
+                cut_here = max(0, route.stall_at - start)
             if cut_here is not None or not route.send_length:
                 self.send_header("Connection", "close")
                 self.close_connection = True

@@ -454,3 +454,58 @@ def test_key_rotation_is_applied_when_an_update_commits_and_never_when_it_rolls_
         committed = installer.install(rotating("v1.2.0", fail=False))
     assert committed.result == InstallResult.COMPLETED, committed
     assert set(load_keyring(keyring_dir)) == {signer.key_id, successor.key_id}
+
+
+def test_a_payload_that_can_never_be_downloaded_fails_after_a_few_cycles_without_progress(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    from javia_agent.client import RetryPolicy
+    from javia_agent.installer import MAX_STALLED_DOWNLOADS
+
+    _install_initial(device, signer, make_package)
+    package = make_package("v1.1.0")
+    directive = _directive(file_server, 30, package, stall_at=package.manifest.archive.size // 2)
+    outcomes = []
+    with DeviceClient(
+        file_server.url,
+        device_uuid=UUID,
+        token="t",
+        sleep=lambda seconds: None,
+        retry=RetryPolicy(attempts=2),
+    ) as client:
+        # A fresh installer each cycle: the count survives agent restarts.
+        for _ in range(MAX_STALLED_DOWNLOADS + 1):
+            outcomes.append(make_installer(device, signer, client=client).install(directive))
+    results = [outcome.result for outcome in outcomes]
+    assert results == [InstallResult.RETRY_LATER] * MAX_STALLED_DOWNLOADS + [InstallResult.FAILED]
+    assert "without a new byte" in (outcomes[-1].reason or "")
+    assert device.statuses()[-1] == UpdateStatus.FAILED
+    assert not device.paths.download_dir(30).exists()  # the partial payload is dropped
+    assert StateStore(device.paths.state_file).load().update is None
+    assert device.current() == "v1.0.0"
+
+
+def test_a_newer_update_replaces_a_stuck_download(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    from javia_agent.client import RetryPolicy
+
+    _install_initial(device, signer, make_package)
+    stuck_package = make_package("v1.1.0")
+    stuck = _directive(file_server, 32, stuck_package, stall_at=100)
+    newer = _directive(file_server, 33, make_package("v1.2.0"))
+    with DeviceClient(
+        file_server.url,
+        device_uuid=UUID,
+        token="t",
+        sleep=lambda seconds: None,
+        retry=RetryPolicy(attempts=1),
+    ) as client:
+        for _ in range(2):
+            assert make_installer(device, signer, client=client).install(stuck).result == (
+                InstallResult.RETRY_LATER
+            )
+        outcome = make_installer(device, signer, client=client).install(newer)
+    assert outcome.result == InstallResult.COMPLETED, outcome
+    assert not device.paths.download_dir(32).exists()
+    device.wait_for_app("v1.2.0")
