@@ -23,6 +23,7 @@ from rich.console import Console
 from javia_agent.config import (
     CONFIG_PATH_ENV,
     AgentConfig,
+    check_keyring_dir,
     check_server_url,
     check_writable,
     load_config,
@@ -404,7 +405,9 @@ def verify(
         None, "--keyring", help="Directory of trusted *.pub keys (default: the configured keyring)."
     ),
     current_version: str | None = typer.Option(
-        None, "--current-version", help="Refuse versions not newer than this vX.Y.Z."
+        None,
+        "--current-version",
+        help="Refuse versions not newer than this vX.Y.Z (default: the release the device runs).",
     ),
     config_path: Path | None = ConfigOption,
 ) -> None:
@@ -413,9 +416,19 @@ def verify(
     from javia_updates.keys import load_keyring
     from javia_updates.versioning import Version
 
+    config = load_config(config_path)
     if keyring is None:
-        keyring = load_config(config_path).keyring_dir
-    floor = Version.parse(current_version) if current_version else None
+        keyring = config.keyring_dir
+    check_keyring_dir(keyring)
+    if current_version:
+        floor: Version | None = Version.parse(current_version)
+    else:
+        # What `javia agent install` would compare against: the running release.
+        try:
+            running = Path(config.paths.current_link.readlink()).name
+        except OSError:
+            running = None
+        floor = Version.parse(running) if running and Version.is_valid(running) else None
     verified = verify_package_dir(package_dir, load_keyring(keyring), current_version=floor)
     manifest = verified.manifest
     _out.print(

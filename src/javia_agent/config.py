@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
     "AgentPaths",
+    "check_keyring_dir",
     "check_server_url",
     "check_writable",
     "load_config",
@@ -320,6 +321,33 @@ def write_config(config: AgentConfig, path: Path) -> None:
         atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
     except OSError as error:
         raise ConfigError(f"cannot write configuration {path}: {error.strerror or error}") from None
+
+
+def check_keyring_dir(directory: Path) -> None:
+    """Make sure the keyring directory exists and holds at least one ``*.pub`` key.
+
+    Without a trusted key every package is refused (DESIGN.md section 4:
+    fail closed), so an agent with an empty keyring could only fail updates;
+    it is a device configuration error, not a fault of the update.
+
+    Raises:
+        ConfigError: ``directory`` does not exist, is not a directory, or has
+            no ``*.pub`` file; the message says how to fix it.
+    """
+    directory = Path(directory)
+    fix = (
+        f"copy the operator's public key (the .pub file from 'javia keys generate') into {directory}"
+    )
+    if not directory.exists():
+        raise ConfigError(f"keyring directory {directory} does not exist: {fix}")
+    if not directory.is_dir():
+        raise ConfigError(f"keyring {directory} is not a directory of *.pub files: {fix}")
+    try:
+        has_key = any(path.is_file() for path in directory.glob("*.pub"))
+    except OSError as error:
+        raise ConfigError(f"cannot read keyring directory {directory}: {error}") from None
+    if not has_key:
+        raise ConfigError(f"keyring directory {directory} has no *.pub key (no trusted keys): {fix}")
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -58,7 +58,7 @@ def test_verify_refuses_with_exit_1_and_one_line(
         (untrusted, "not in the keyring"),
         (downgrade, "downgrade"),
         (missing, "does not exist"),
-        (empty_keyring, "no trusted keys"),
+        (empty_keyring, "does not exist"),
     ):
         assert result.exit_code == 1, result.output
         lines = result.output.strip().splitlines()
@@ -161,6 +161,40 @@ def test_install_status_and_activity_commands(
         assert json.loads((tmp_path / "var" / "activity.json").read_text())["counter"] == 1
     finally:
         _stop_app(config)
+
+
+def test_verify_without_current_version_refuses_what_install_refuses(
+    tmp_path: Path, signer: Signer, make_package: PackageFactory
+) -> None:
+    config = _device_config(tmp_path, signer)
+    try:
+        installed = runner.invoke(
+            app, ["install", str(make_package("v1.2.0").directory), "--config", str(config)]
+        )
+        assert installed.exit_code == 0, installed.output
+        older = str(make_package("v1.0.0").directory)
+        verify = runner.invoke(app, ["verify", older, "--config", str(config)])
+        install = runner.invoke(app, ["install", older, "--config", str(config)])
+        assert install.exit_code == 1
+        assert verify.exit_code == 1 and "downgrade" in verify.output, verify.output
+        newer = runner.invoke(
+            app, ["verify", str(make_package("v1.3.0").directory), "--config", str(config)]
+        )
+        assert newer.exit_code == 0, newer.output
+    finally:
+        _stop_app(config)
+
+
+def test_verify_with_an_empty_keyring_names_the_directory_and_the_fix(
+    tmp_path: Path, make_package: PackageFactory
+) -> None:
+    empty = tmp_path / "keys"
+    empty.mkdir()
+    result = runner.invoke(
+        app, ["verify", str(make_package("v1.0.0").directory), "--keyring", str(empty)]
+    )
+    assert result.exit_code == 1
+    assert str(empty) in result.output and ".pub" in result.output, result.output
 
 
 def test_config_file_environment_and_flags_priority(
