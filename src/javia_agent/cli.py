@@ -181,6 +181,15 @@ def register(
         raise ConfigError(
             "pass exactly one of --api-key (the operator's admin key) or --enrollment-token"
         )
+    parsed_uuid: uuid.UUID | None = None
+    if device_uuid is not None:
+        try:
+            parsed_uuid = uuid.UUID(device_uuid)
+        except ValueError:
+            raise ConfigError(
+                f"--uuid {device_uuid[:80]!r} is not a UUID: expected e.g. "
+                "123e4567-e89b-12d3-a456-426614174000"
+            ) from None
     overrides: dict[str, Any] = {"server_url": server}
     for key, value in {
         "device_name": name,
@@ -227,7 +236,7 @@ def register(
     check_writable(path, "configuration")
     check_writable(config.token_file, "token file")
     request = DeviceRegisterRequest(
-        device_uuid=uuid.UUID(device_uuid) if device_uuid else None,
+        device_uuid=parsed_uuid,
         device_name=config.device_name,
         timezone=config.timezone,
         metadata={},

@@ -232,6 +232,29 @@ def test_register_refuses_plain_http_to_another_host(tmp_path: Path) -> None:
     assert not (tmp_path / "a.toml").exists()
 
 
+def test_register_with_a_malformed_uuid_is_one_red_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+            "--uuid",
+            "not-a-uuid",
+            "--config",
+            str(tmp_path / "a.toml"),
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--uuid" in lines[0] and "not a UUID" in lines[0], result.output
+    assert not (tmp_path / "a.toml").exists()
+
+
 def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
     tmp_path: Path, signer: Signer
 ) -> None:
