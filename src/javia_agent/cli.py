@@ -222,6 +222,11 @@ def register(
         overrides["app_env"] = env
     config = load_config(config_path, **overrides)
     path = _config_path(config_path)
+    if config.service_mode == "command" and not config.start_command:
+        raise ConfigError(
+            "--service-mode command needs --start-command (the application's argv, e.g. "
+            "'python3 app.py'), run in the current release"
+        )
     if config.device_uuid is not None and config.token_file.exists() and not force:
         raise ConfigError(
             f"already registered as {config.device_uuid} ({path}); pass --force to register again"

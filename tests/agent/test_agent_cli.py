@@ -255,6 +255,29 @@ def test_register_with_a_malformed_uuid_is_one_red_line(tmp_path: Path) -> None:
     assert not (tmp_path / "a.toml").exists()
 
 
+def test_register_in_command_mode_needs_a_start_command(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+            "--service-mode",
+            "command",
+            "--config",
+            str(tmp_path / "a.toml"),
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--start-command" in lines[0], result.output
+    assert not (tmp_path / "a.toml").exists() and not (tmp_path / "token").exists()
+
+
 def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
     tmp_path: Path, signer: Signer
 ) -> None:
