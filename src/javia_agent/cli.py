@@ -265,6 +265,28 @@ def register(
     )
 
 
+def _load(config_path: Path | None) -> AgentConfig:
+    """Load the configuration; a path given with ``--config`` (or its env) must exist.
+
+    Only the built-in default ``/etc/javia/agent.toml`` may be missing (all
+    defaults then apply): a mistyped explicit path would otherwise silently run
+    with defaults and write under ``/var/lib/javia``.
+
+    Raises:
+        ConfigError: the explicit path does not exist, or the file is invalid.
+    """
+    _require_existing(config_path)
+    return load_config(config_path)
+
+
+def _require_existing(config_path: Path | None) -> None:
+    if config_path is not None and not Path(config_path).exists():
+        raise ConfigError(
+            f"configuration {config_path} does not exist: pass the file 'javia agent register' "
+            "wrote (default /etc/javia/agent.toml)"
+        )
+
+
 def _config_path(config_path: Path | None) -> Path:
     import os
 
@@ -284,7 +306,7 @@ def run(
     from javia_agent.agent import Agent
 
     _setup_logging(verbose)
-    config = load_config(config_path)
+    config = _load(config_path)
     agent = Agent.from_config(config)
     try:
         if once:
@@ -317,7 +339,7 @@ def status(
     from javia_agent.outbox import Outbox
     from javia_agent.state import StateStore
 
-    config = load_config(config_path)
+    config = _load(config_path)
     paths = config.paths
     state = StateStore(paths.state_file).load()
     try:
@@ -404,6 +426,7 @@ def activity(
 
     from javia_agent.activity import ACTIVITY_FILE_ENV, record_activity
 
+    _require_existing(config_path)
     if file is None and not os.environ.get(ACTIVITY_FILE_ENV):
         file = load_config(config_path).paths.activity_file
     record_activity(file)
@@ -430,7 +453,7 @@ def verify(
     from javia_updates.keys import load_keyring
     from javia_updates.versioning import Version
 
-    config = load_config(config_path)
+    config = _load(config_path)
     if keyring is None:
         keyring = config.keyring_dir
     check_keyring_dir(keyring)
@@ -467,7 +490,7 @@ def install(
 
     if verbose:
         _setup_logging(True)
-    config: AgentConfig = load_config(config_path)
+    config: AgentConfig = _load(config_path)
     installer = Installer.from_config(config, build_service(config))
     outcome = installer.install_from_directory(package_dir)
     if outcome.result != InstallResult.COMPLETED:

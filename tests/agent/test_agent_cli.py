@@ -278,6 +278,24 @@ def test_register_in_command_mode_needs_a_start_command(tmp_path: Path) -> None:
     assert not (tmp_path / "a.toml").exists() and not (tmp_path / "token").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["run", "--once"], ["status"], ["activity"], ["install", "."], ["verify", "."]],
+)
+def test_an_explicit_config_path_that_does_not_exist_is_an_error(
+    tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nonexistent.toml"
+    result = runner.invoke(app, [*command, "--config", str(missing)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and str(missing) in lines[0], (
+        result.output
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing written anywhere under it
+
+
 def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
     tmp_path: Path, signer: Signer
 ) -> None:
