@@ -110,7 +110,7 @@ from javia_updates.models import (
     UpdateType,
 )
 from javia_updates.settings import ServerSettings
-from javia_updates.versioning import EXPECTED_FORM, Version
+from javia_updates.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
 
 __all__ = [
     "API_PREFIX",
@@ -225,9 +225,11 @@ def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_version_range(version: Version) -> None:
-    if max(version.major, version.minor, version.patch) > MAX_DATABASE_INTEGER:
+    # Version.parse already refuses numbers above MAX_COMPONENT (the one bound);
+    # this guards a Version built directly from integers.
+    if max(version.major, version.minor, version.patch) > MAX_COMPONENT:
         raise VersionError(
-            f"version {str(version)[:60]} has a number above {MAX_DATABASE_INTEGER}: expected {EXPECTED_FORM}"
+            f"version {str(version)[:60]} has a number above {MAX_COMPONENT}: expected {EXPECTED_FORM}"
         )
 
 
@@ -354,7 +356,7 @@ class UpdateService:
         self.catalog = UpdateCatalog(
             self.store.update_ids,
             self.store.get_update,
-            max_age_seconds=min(CATALOG_MAX_AGE_SECONDS, settings.device_cache_seconds),
+            max_age_seconds=CATALOG_MAX_AGE_SECONDS,
         )
         self.soft_state = SoftStateWriter(
             self.store.record_heartbeats, flush_seconds=settings.heartbeat_flush_seconds

@@ -2,7 +2,10 @@
 
 A version is the letter ``v`` followed by three non-negative integers written in
 ASCII digits without leading zeros, separated by dots; nothing before, after or
-around it. Ordering is numeric, so ``v1.10.0 > v1.9.0``.
+around it. Each number is at most :data:`MAX_COMPONENT` (2**63 - 1, the largest
+signed 64-bit integer a database column holds), so every version that parses
+can be stored and compared by the server. Ordering is numeric, so
+``v1.10.0 > v1.9.0``.
 
 Example:
     >>> Version.parse("v1.10.0") > Version.parse("v1.9.0")
@@ -19,9 +22,17 @@ from typing import Literal
 
 from javia_updates.errors import VersionError
 
-__all__ = ["Version", "VersionError", "EXPECTED_FORM"]
+__all__ = ["Version", "VersionError", "EXPECTED_FORM", "MAX_COMPONENT"]
 
-EXPECTED_FORM = "vX.Y.Z with non-negative whole numbers without leading zeros, e.g. v1.2.3"
+#: The largest number allowed in each of X, Y and Z: 2**63 - 1, the largest signed
+#: 64-bit integer (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_COMPONENT = 2**63 - 1
+
+EXPECTED_FORM = (
+    "vX.Y.Z with non-negative whole numbers without leading zeros, "
+    f"each at most {MAX_COMPONENT}, e.g. v1.2.3"
+)
+_MAX_DIGITS = len(str(MAX_COMPONENT))
 
 # [0-9] rather than \d: \d also matches non-ASCII digits such as '١'.
 _NUMBER = r"(0|[1-9][0-9]*)"
@@ -48,7 +59,8 @@ class Version:
 
         Raises:
             VersionError: (a ``ValueError``) when ``text`` is not exactly of the
-                form ``vX.Y.Z``; the message shows the expected form.
+                form ``vX.Y.Z``, or when a number is above :data:`MAX_COMPONENT`;
+                the message shows the expected form.
         """
         if not isinstance(text, str):
             raise VersionError(f"version must be a string in the form {EXPECTED_FORM}")
@@ -56,12 +68,23 @@ class Version:
         if match is None:
             shown = text if len(text) <= 40 else text[:40] + "…"
             raise VersionError(f"invalid version {shown!r}: expected {EXPECTED_FORM}")
-        return cls(*(int(part) for part in match.groups()))
+        parts = match.groups()
+        # Length first: int() of a very long digit string is slow, then refused.
+        if any(len(part) > _MAX_DIGITS or int(part) > MAX_COMPONENT for part in parts):
+            shown = text if len(text) <= 60 else text[:60] + "…"
+            raise VersionError(
+                f"version {shown} has a number above {MAX_COMPONENT}: expected {EXPECTED_FORM}"
+            )
+        return cls(*(int(part) for part in parts))
 
     @classmethod
     def is_valid(cls, text: str) -> bool:
         """Return whether ``text`` parses as a version (never raises)."""
-        return isinstance(text, str) and _PATTERN.fullmatch(text) is not None
+        try:
+            cls.parse(text)
+        except VersionError:
+            return False
+        return True
 
     def bump(self, part: Literal["major", "minor", "patch"]) -> Version:
         """Return the next version for a ``major``, ``minor`` or ``patch`` release."""

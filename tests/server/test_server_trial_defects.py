@@ -1,0 +1,82 @@
+"""Defects a tester found in a trial run of the server, each pinned by a test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from javia_updates.versioning import MAX_COMPONENT, Version, VersionError
+
+HUGE = "v99999999999999999999999.0.0"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    body = client.post(
+        "/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin
+    ).json()
+    uid, token = body["device_uuid"], body["device_token"]
+    response = client.post(
+        f"/api/v1/devices/{uid}/heartbeat",
+        json={"current_version": "v1.0.0"},
+        headers=bearer(token),
+    )
+    assert response.status_code == 200
+    return {"uuid": uid, "token": token, "headers": bearer(token)}
+
+
+@pytest.fixture
+def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
+    def do(version: str = "v1.1.0", update_type: str = "instant", **kwargs: Any):
+        package = make_package(version, update_type, **kwargs)
+        response = client.post(
+            "/api/v1/updates/", files=package.files(), data={}, headers=admin
+        )
+        return response, package
+
+    return do
+
+
+def assert_detail(response, status: int, *fragments: str) -> str:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    text = detail if isinstance(detail, str) else str(detail)
+    for fragment in fragments:
+        assert fragment in text, text
+    return text
+
+
+# ------------------------------------------------ 1. version numbers above 2**63 - 1
+
+
+def test_version_parse_refuses_numbers_a_database_cannot_hold():
+    assert Version.parse(f"v{MAX_COMPONENT}.0.0").major == MAX_COMPONENT
+    for text in (f"v{MAX_COMPONENT + 1}.0.0", HUGE, "v1." + "9" * 5000 + ".0"):
+        with pytest.raises(VersionError, match="has a number above 9223372036854775807"):
+            Version.parse(text)
+        assert not Version.is_valid(text)
+
+
+def test_heartbeat_with_a_huge_version_is_422_and_check_keeps_working(client, admin, device):
+    url = f"/api/v1/devices/{device['uuid']}/heartbeat"
+    assert_detail(
+        client.post(url, json={"current_version": HUGE}, headers=device["headers"]),
+        422,
+        "9223372036854775807",
+    )
+    shown = client.get(f"/api/v1/devices/{device['uuid']}", headers=admin).json()
+    assert shown["current_version"] == "v1.0.0"
+    check = client.get(f"/api/v1/devices/{device['uuid']}/updates/check", headers=device["headers"])
+    assert check.status_code == 200
+
+
+def test_plan_and_publish_with_a_huge_version_are_422(client, admin, publish):
+    body = {"update_type": "instant", "version": HUGE}
+    assert_detail(client.post("/api/v1/updates/plan", json=body, headers=admin), 422, "9223372036854775807")
+    response, _ = publish(f"v{MAX_COMPONENT + 1}.0.0")
+    assert_detail(response, 422, "9223372036854775807")
