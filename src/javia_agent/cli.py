@@ -302,11 +302,17 @@ def run(
     config_path: Path | None = ConfigOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Run the agent: heartbeat, decide, install; until SIGTERM."""
+    """Run the agent: heartbeat, decide, install; until SIGTERM.
+
+    With ``--once``: exit 1 if the update it attempted failed or was rolled back.
+    """
     from javia_agent.agent import Agent
+    from javia_agent.installer import InstallResult
 
     _setup_logging(verbose)
     config = _load(config_path)
+    # Without a trusted key every update would fail: refuse to start instead.
+    check_keyring_dir(config.keyring_dir)
     agent = Agent.from_config(config)
     try:
         if once:
@@ -321,6 +327,11 @@ def run(
                 if outcome.reason:
                     line += f" ({outcome.reason})"
             _out.print(line, highlight=False)
+            if outcome is not None and outcome.result in (
+                InstallResult.FAILED,
+                InstallResult.ROLLED_BACK,
+            ):
+                raise typer.Exit(1)
             return
         code = agent.run_forever()
     finally:

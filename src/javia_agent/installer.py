@@ -65,6 +65,7 @@ from javia_agent.config import AgentConfig, AgentPaths
 from javia_agent.environments import PythonEnvironments
 from javia_agent.errors import (
     AuthenticationError,
+    ConfigError,
     CrashLoopError,
     DiskSpaceError,
     DownloadCancelledError,
@@ -607,6 +608,10 @@ class Installer:
             except _Abandon as error:
                 self._abandon(run, str(error))
                 return InstallOutcome(InstallResult.ABANDONED, run.record.version, str(error))
+            except ConfigError as error:
+                # The device's own configuration is at fault, not the release:
+                # report it, but let the version be offered again once fixed.
+                return self._fail(run, _reason(error), blacklist=False)
             except (JaviaError, OSError, subprocess.SubprocessError) as error:
                 return self._fail(run, _reason(error))
             step = UpdateState.SWITCHING
@@ -640,6 +645,12 @@ class Installer:
         """Download (server updates), verify and stage; raise to fail, retry or abandon."""
         record = run.record
         package_dir = self._package_dir(record)
+        if not self.keyring():
+            where = f" ({self.keyring_dir})" if self.keyring_dir is not None else ""
+            raise ConfigError(
+                f"this device has no trusted keys in its keyring{where}: copy the operator's "
+                "public key (*.pub) there; the update is offered again afterwards"
+            )
         if step == UpdateState.DOWNLOADING:
             self._report(record.update_id, UpdateStatus.DOWNLOADING, None)
             self._download(run, package_dir)
@@ -1077,20 +1088,29 @@ class Installer:
         self._remove_download(record)
         return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
 
-    def _fail(self, run: _Run, reason: str) -> InstallOutcome:
-        """A pre-switch failure: the running release was never touched."""
+    def _fail(self, run: _Run, reason: str, *, blacklist: bool = True) -> InstallOutcome:
+        """A pre-switch failure: the running release was never touched.
+
+        Args:
+            run: the update.
+            reason: reported as the failure's message.
+            blacklist: add the version to ``failed_versions`` (never offered
+                again); False when the device's configuration was at fault.
+        """
         record = run.record
         logger.error("update %s failed: %s", record.version, reason)
         if self.current_release() != record.version:
             _remove_tree(self.paths.release_dir(record.version))
             self._prune_environments()
         self._remove_download(record)
-        return self._finish(run, UpdateStatus.FAILED, reason)
+        return self._finish(run, UpdateStatus.FAILED, reason, blacklist=blacklist)
 
-    def _finish(self, run: _Run, status: UpdateStatus, reason: str) -> InstallOutcome:
+    def _finish(
+        self, run: _Run, status: UpdateStatus, reason: str, *, blacklist: bool = True
+    ) -> InstallOutcome:
         record = run.record
         failed = list(run.state.failed_versions)
-        if record.source == UpdateSource.SERVER and record.version not in failed:
+        if blacklist and record.source == UpdateSource.SERVER and record.version not in failed:
             failed.append(record.version)
         run.state = self._persist(
             run.state.model_copy(

@@ -296,6 +296,18 @@ def test_an_explicit_config_path_that_does_not_exist_is_an_error(
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere under it
 
 
+def test_run_refuses_to_start_without_a_trusted_key(tmp_path: Path, signer: Signer) -> None:
+    missing = tmp_path / "keys"
+    config = _device_config(tmp_path, signer, keyring_dir=missing)
+    result = runner.invoke(app, ["run", "--once", "--config", str(config)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and ".pub" in lines[0], result.output
+    missing.mkdir()
+    empty = runner.invoke(app, ["run", "--once", "--config", str(config)])
+    assert empty.exit_code == 1 and "no *.pub key" in empty.output, empty.output
+
+
 def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
     tmp_path: Path, signer: Signer
 ) -> None:

@@ -509,3 +509,36 @@ def test_a_newer_update_replaces_a_stuck_download(
     assert outcome.result == InstallResult.COMPLETED, outcome
     assert not device.paths.download_dir(32).exists()
     device.wait_for_app("v1.2.0")
+
+
+def test_an_empty_keyring_fails_the_update_without_blacklisting_its_version(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    import shutil
+
+    from javia_updates.keys import load_keyring
+
+    _install_initial(device, signer, make_package)
+    keyring_dir = device.root / "keys"
+    keyring_dir.mkdir()
+    directive = _directive(file_server, 34, make_package("v1.1.0"))
+
+    def installer():
+        return make_installer(
+            device,
+            signer,
+            client=_client(file_server),
+            keyring=lambda: load_keyring(keyring_dir),
+            keyring_dir=keyring_dir,
+        )
+
+    outcome = installer().install(directive)
+    assert outcome.result == InstallResult.FAILED
+    assert str(keyring_dir) in (outcome.reason or "") and ".pub" in (outcome.reason or "")
+    assert "v1.1.0" not in StateStore(device.paths.state_file).load().failed_versions
+
+    for key in signer.keyring_dir.glob("*.pub"):
+        shutil.copy(key, keyring_dir / key.name)
+    fixed = installer().install(directive)
+    assert fixed.result == InstallResult.COMPLETED, fixed
+    device.wait_for_app("v1.1.0")

@@ -305,3 +305,51 @@ def test_register_never_overwrites_another_registrations_token_without_force(
     forced = CliRunner().invoke(agent_cli, [*second_args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert token.read_text() != kept and oct(token.stat().st_mode & 0o777) == "0o600"
+
+
+def test_run_once_exits_1_when_the_update_it_attempted_rolled_back(
+    tmp_path: Path, live_server: LiveServer, signer: Signer, make_package: PackageFactory
+) -> None:
+    from javia_updates.admin_client import AdminClient
+
+    config_path = tmp_path / "agent.toml"
+    registered = CliRunner().invoke(
+        agent_cli,
+        _register_args(
+            live_server,
+            tmp_path,
+            "--config",
+            str(config_path),
+            "--token-file",
+            str(tmp_path / "token"),
+            "--keyring",
+            str(signer.keyring_dir),
+            "--start-command",
+            f'["{sys.executable}", "app.py"]',
+            "--app-env",
+            f'{{"TEST_APP_STATUS": "{tmp_path / "status.json"}"}}',
+            "--health-seconds",
+            "0.5",
+        ),
+    )
+    assert registered.exit_code == 0, registered.output
+    config = load_config(config_path)
+    try:
+        installed = CliRunner().invoke(
+            agent_cli,
+            ["install", str(make_package("v1.0.0").directory), "--config", str(config_path)],
+        )
+        assert installed.exit_code == 0, installed.output
+        package = make_package("v1.1.0", fail=True)
+        with AdminClient(live_server.url, live_server.api_key) as admin:
+            admin.publish(
+                manifest_path=package.manifest_path,
+                signature_path=package.signature_path,
+                payload_path=package.payload_path,
+                update_type="instant",
+            )
+        once = CliRunner().invoke(agent_cli, ["run", "--once", "--config", str(config_path)])
+        assert once.exit_code == 1, once.output
+        assert "v1.1.0: rolled_back" in once.output
+    finally:
+        build_service(config).stop()
