@@ -318,7 +318,10 @@ class Agent:
         outcome = self.installer.recover()
         if outcome is not None:
             logger.info(
-                "recovered update %s: %s (%s)", outcome.version, outcome.result, outcome.reason
+                "recovered update %s: %s%s",
+                outcome.version,
+                outcome.result,
+                f" ({outcome.reason})" if outcome.reason else "",
             )
         if self.config.service_mode == "command" and self.installer.current_release() is not None:
             service = self.installer.service

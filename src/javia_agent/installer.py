@@ -180,6 +180,14 @@ def _available_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def _total_bytes(path: Path) -> int | None:
+    """Size in bytes of the file system holding ``path``; ``None`` if unknown."""
+    try:
+        return shutil.disk_usage(path).total
+    except OSError:
+        return None
+
+
 def _existing(path: Path) -> Path:
     """``path`` or its nearest existing ancestor (a file system to ask about)."""
     for candidate in (path, *path.parents):
@@ -806,13 +814,27 @@ class Installer:
 
         Raises:
             DiskSpaceError: with the bytes needed and free, per file system.
+            InstallError: a directory cannot be created, or lies on a file
+                system that reports no size at all (``/proc``, ``/sys``).
         """
         needs: dict[int, tuple[Path, list[str], int]] = {}
         for directory, what, count in (
             (self.paths.downloads_dir, "download", max(0, download_bytes)),
             (self.paths.releases_dir, "unpacked release", manifest.unpacked_size),
         ):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InstallError(
+                    f"cannot create {directory} for the {what} of {manifest.version}: "
+                    f"{error.strerror or error} (check install_root and state_dir)"
+                ) from None
             where = _existing(directory)
+            if _total_bytes(where) == 0:
+                raise InstallError(
+                    f"{where} is on a file system with no size (a virtual one such as /proc?): "
+                    "install_root and state_dir must be on a disk"
+                )
             device = where.stat().st_dev
             path, parts, total = needs.get(device, (where, [], 0))
             parts.append(f"{what} {count:,}")

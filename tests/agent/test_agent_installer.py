@@ -542,3 +542,22 @@ def test_an_empty_keyring_fails_the_update_without_blacklisting_its_version(
     fixed = installer().install(directive)
     assert fixed.result == InstallResult.COMPLETED, fixed
     device.wait_for_app("v1.1.0")
+
+
+def test_an_install_root_under_proc_says_it_cannot_be_created_not_that_the_disk_is_full(
+    device: Device, signer: Signer, make_package: PackageFactory
+) -> None:
+    from dataclasses import replace
+
+    from javia_agent.errors import InstallError
+
+    bad = replace(device.paths, install_root=Path("/proc/javia-nope/app"))
+    installer = make_installer(device, signer, paths=bad)
+    try:
+        installer.install_from_directory(make_package("v1.0.0").directory)
+    except InstallError as error:
+        message = str(error)
+    else:
+        raise AssertionError("installing under /proc must be refused")
+    assert "cannot create /proc/javia-nope/app/releases" in message
+    assert "disk space" not in message and "0 bytes" not in message

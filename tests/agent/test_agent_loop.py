@@ -394,3 +394,16 @@ def test_a_download_paused_by_a_long_retry_after_waits_that_long_before_trying_a
     result = h.agent.run_once()
     assert result.outcome is not None and result.outcome.result == InstallResult.RETRY_LATER
     assert result.sleep_seconds == pytest.approx(3600.0)
+
+
+def test_a_recovered_update_without_a_reason_logs_no_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = _harness(tmp_path, FakeApi())
+    h.installer.recover = lambda: InstallOutcome(  # type: ignore[method-assign]
+        InstallResult.COMPLETED, "v6.0.0"
+    )
+    with caplog.at_level("INFO", logger="javia_agent.agent"):
+        h.agent.start()
+    assert "recovered update v6.0.0: completed" in caplog.text
+    assert "None" not in caplog.text
