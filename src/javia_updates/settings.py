@@ -80,10 +80,11 @@ class ServerSettings(BaseSettings):
             devices send again at their next heartbeat. 0 writes every heartbeat
             in its own transaction before answering.
         device_cache_seconds: how long the server keeps a device (looked up by
-            its token), its update rows and the list of updates in memory, in
-            seconds. Changes made through this server process take effect at
-            once; changes made elsewhere (another replica, a script on the
-            database) after at most this long. 0 turns the caches off.
+            its token) and its update rows in memory, in seconds. Changes made
+            through this server process take effect at once; changes made
+            elsewhere (another replica, a script on the database) after at most
+            this long. 0 turns this cache off. (The list of published updates
+            is checked at least every second either way.)
         trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
             then verifies the signature on the server too, to refuse early. The
             agent's own check is what enforces trust.

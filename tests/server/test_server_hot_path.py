@@ -24,6 +24,7 @@ from javia_updates.models import (
     StatusReport,
     UpdateStatus,
 )
+from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.service import UpdateService
 
 API_KEY = "hot-path-admin-key-0123456789"
@@ -349,3 +350,82 @@ def test_a_report_in_flight_moves_the_row_for_the_next_heartbeat(
     finally:
         service.close()
     assert again.update is not None and again.update.status is UpdateStatus.DOWNLOADING
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+def _fast_path(app: Any) -> HeartbeatFastPath:
+    layer = app.middleware_stack
+    while not isinstance(layer, HeartbeatFastPath):
+        layer = layer.app
+    return layer
+
+
+def test_the_fast_path_answers_exactly_what_the_route_answers(
+    client, admin, app, make_package
+) -> None:  # type: ignore[no-untyped-def]
+    body = client.post("/api/v1/devices/register", json={}, headers=admin).json()
+    uid, headers = body["device_uuid"], bearer(body["device_token"])
+    client.post(
+        "/api/v1/updates/", files=make_package("v1.1.0", "scheduled").files(), headers=admin
+    )
+    beat = b'{"current_version": "v1.0.0", "metadata": {"room": "hall"}}'
+    url = f"/api/v1/devices/{uid}/heartbeat"
+    fast = _fast_path(app)
+    # The first heartbeat reconciles (writes the device's row): the route answers it.
+    client.post(url, content=beat, headers={**headers, "Content-Type": "application/json"})
+    served = fast.served
+
+    by_fast_path = client.post(
+        url, content=beat, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert fast.served == served + 1
+    # A JSON media type the fast path leaves alone: the same request through FastAPI.
+    by_route = client.post(
+        url, content=beat, headers={**headers, "Content-Type": "application/vnd.javia+json"}
+    )
+    assert fast.served == served + 1
+
+    assert by_fast_path.status_code == by_route.status_code == 200
+    assert by_fast_path.content == by_route.content
+    assert by_fast_path.headers["content-type"] == by_route.headers["content-type"]
+    assert by_fast_path.json()["update"]["version"] == "v1.1.0"
+
+
+def test_every_refusal_comes_from_the_route(client, admin, app, settings) -> None:  # type: ignore[no-untyped-def]
+    first = client.post("/api/v1/devices/register", json={}, headers=admin).json()
+    other = client.post("/api/v1/devices/register", json={}, headers=admin).json()
+    uid, headers = first["device_uuid"], bearer(first["device_token"])
+    url = f"/api/v1/devices/{uid}/heartbeat"
+    assert client.post(url, json={}, headers=headers).status_code == 200
+    served = _fast_path(app).served
+
+    unknown = client.post(url, json={}, headers=bearer("not-a-token"))
+    assert (unknown.status_code, unknown.headers["www-authenticate"]) == (401, "Bearer")
+    assert client.post(url, json={}, headers=bearer(other["device_token"])).status_code == 403
+    assert client.post(url, json={}, headers=admin).status_code == 403
+    bad = client.post(url, json={"status": "exploded"}, headers=headers)
+    assert bad.status_code == 422 and "status" in bad.json()["detail"]
+    assert (
+        client.post(
+            url, content=b"{", headers={**headers, "Content-Type": "application/json"}
+        ).status_code
+        == 422
+    )
+    huge = b'{"metadata": {"x": "' + b"y" * settings.max_request_body_bytes + b'"}}'
+    assert (
+        client.post(
+            url, content=huge, headers={**headers, "Content-Type": "application/json"}
+        ).status_code
+        == 413
+    )
+    statuses = [
+        client.post(url, json={}, headers=headers).status_code
+        for _ in range(settings.heartbeat_burst + 1)
+    ]
+    assert statuses[-1] == 429
+
+    limited = client.post(url, json={}, headers=headers)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert _fast_path(app).served == served + settings.heartbeat_burst - 1

@@ -11,8 +11,8 @@ entries at once (a token rotated or revoked, a status report, a publish, a
 reconciliation), so one server never answers from stale data. Writes made
 elsewhere — another server replica on the same PostgreSQL database, or a
 script on the database — are seen after at most ``ttl_seconds`` (the
-``device_cache_seconds`` setting); the update list is reloaded at least
-every second. A ``ttl_seconds`` of 0 turns caching off.
+``device_cache_seconds`` setting; 0 turns the device cache off); the ids
+of the published updates are checked at least every second.
 """
 
 from __future__ import annotations

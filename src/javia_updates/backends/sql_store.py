@@ -143,6 +143,7 @@ class SQLStore(Store):
         self.schema = schema if schema is not None else default_schema(engine.dialect.name)
         self.tables: Tables = build_tables(self.schema)
         self.local_reads = engine.dialect.name == "sqlite"
+        self._hot: dict[str, Any] | None = None
         # SQLite has one writer at a time. Threads of this process queue here
         # instead of in SQLite's busy handler, which sleeps up to 100 ms per
         # retry even when the lock is free again after a millisecond.
@@ -428,12 +429,26 @@ class SQLStore(Store):
 
     def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device holding the token with this SHA-256 hex, or None."""
-        d = self.tables.devices
         with self._read() as connection:
             row = connection.execute(
-                select(*self._device_columns()).where(d.c.token_hash == token_hash)
+                self._hot_statements()["device_by_token"], {"token_hash": token_hash}
             ).one_or_none()
         return None if row is None else self._device_from_row(row)
+
+    def _hot_statements(self) -> dict[str, Any]:
+        """Statements of the heartbeat path, built once: building one costs more than running it."""
+        statements = self._hot
+        if statements is None:
+            d, du = self.tables.devices, self.tables.device_updates
+            statements = self._hot = {
+                "device_by_token": select(*self._device_columns()).where(
+                    d.c.token_hash == bindparam("token_hash")
+                ),
+                "rows_of_device": self._device_update_select()
+                .where(du.c.device_id == bindparam("device_id"))
+                .order_by(*self._version_order(), du.c.device_id),
+            }
+        return statements
 
     def _device_conditions(self, query: DeviceQuery) -> list[Any]:
         d = self.tables.devices
@@ -871,6 +886,13 @@ class SQLStore(Store):
     ) -> Page[DeviceUpdateRecord]:
         """Rows by update/device/status, highest version first, then by device."""
         du = self.tables.device_updates
+        if device_id is not None and (update_id, status, limit, offset) == (None, None, None, 0):
+            # The heartbeat's question: every row of one device.
+            with self._read() as connection:
+                rows = connection.execute(
+                    self._hot_statements()["rows_of_device"], {"device_id": device_id}
+                ).all()
+            return Page([self._device_update_from_row(row) for row in rows], len(rows))
         conditions: list[Any] = []
         if update_id is not None:
             conditions.append(du.c.update_id == update_id)

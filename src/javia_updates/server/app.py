@@ -3,7 +3,10 @@
 Start-up builds the backend named in the settings, creates its directories,
 runs the database migrations and refuses to start without an admin API key.
 Request bodies are capped (413) and heartbeats rate-limited per device (429),
-see :mod:`javia_updates.server.limits`.
+see :mod:`javia_updates.server.limits`. Ordinary heartbeats are answered by
+:mod:`javia_updates.server.fast_path` before FastAPI; heartbeat soft state is
+written in batches (:mod:`javia_updates.backends.soft_state`), flushed at
+shutdown.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
 from javia_updates.errors import BackendError
 from javia_updates.server.errors import install_error_handlers
+from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
 from javia_updates.server.routes import audit, devices, enrollment, health, updates
 from javia_updates.service import API_PREFIX, UpdateService
@@ -94,5 +98,12 @@ def create_app(
         max_bytes=settings.max_request_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
         upload_paths=(f"{API_PREFIX}/updates/", f"{API_PREFIX}/updates"),
+    )
+    app.add_middleware(  # added last: runs first, before the body limit and routing
+        HeartbeatFastPath,
+        service=service,
+        limiter=app.state.heartbeat_limiter,
+        clock=app.state.clock,
+        max_body_bytes=settings.max_request_body_bytes,
     )
     return app

@@ -35,6 +35,7 @@ from javia_updates.server.auth import (
     require_device,
     require_device_async,
 )
+from javia_updates.server.fast_path import ADMITTED_SCOPE_KEY
 from javia_updates.server.limits import limit_heartbeat
 from javia_updates.server.schemas import DevicePage, DeviceUpdatePage
 from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService, WriteNeeded
@@ -136,15 +137,18 @@ async def heartbeat(
     429 with ``Retry-After`` when the device heartbeats far faster than the
     interval it was told (``heartbeat_burst`` per interval).
 
-    The hot path of the server (issue 7): answered on the event loop from the
-    device cache when no row must be written and the store's reads are local;
-    otherwise in the thread pool. The soft state is written in batches
-    (``heartbeat_flush_seconds``).
+    The hot path of the server (issue 7): the ordinary heartbeat is answered
+    by :class:`~javia_updates.server.fast_path.HeartbeatFastPath` before it
+    reaches FastAPI; this route answers the rest (and every error). It runs
+    on the event loop when no row must be written and the store's reads are
+    local, otherwise in the thread pool. The soft state is written in
+    batches (``heartbeat_flush_seconds``).
     """
     service: UpdateService = request.app.state.service
     now: datetime = request.app.state.clock()
     ensure_same_device(device, device_uuid)
-    limit_heartbeat(request.app.state.heartbeat_limiter, device.id, now)
+    if not request.scope.get(ADMITTED_SCOPE_KEY):
+        limit_heartbeat(request.app.state.heartbeat_limiter, device.id, now)
     report = body or HeartbeatRequest()
     answer: HeartbeatResponse | None = None
     if service.store.local_reads:
