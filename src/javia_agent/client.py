@@ -646,7 +646,14 @@ class DeviceClient:
                             handle.flush()
                             os.fsync(handle.fileno())
         except httpx.TransportError as error:
-            raise NetworkError(
+            # The answer had started: the body was cut short (a DownloadError, which
+            # counts towards giving up on a package that never arrives whole), unlike
+            # a failure to connect at all (NetworkError, which never counts).
+            if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+                raise NetworkError(
+                    f"{what}: cannot connect ({error or type(error).__name__}); will resume"
+                ) from None
+            raise DownloadError(
                 f"{what} interrupted at {received} of {expected_size} bytes "
                 f"({error or type(error).__name__}); will resume"
             ) from None

@@ -750,7 +750,12 @@ class Installer:
         except DownloadCancelledError as error:  # shutting down: not the download's fault
             logger.warning("download of %s paused: %s", directive.version, error)
             raise _RetryLater(str(error)) from None
-        except (NetworkError, DownloadError, AuthenticationError) as error:
+        except NetworkError as error:
+            # No answer at all (Wi-Fi down, server unreachable): the package is not
+            # at fault, so this never counts towards giving up on it.
+            logger.warning("download of %s paused: %s", directive.version, error)
+            raise _RetryLater(str(error)) from None
+        except (DownloadError, AuthenticationError) as error:
             self._count_stalled_download(run, package_dir, had_bytes, error)
             logger.warning("download of %s paused: %s", directive.version, error)
             raise _RetryLater(str(error)) from None

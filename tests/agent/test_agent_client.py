@@ -80,7 +80,7 @@ def test_cut_download_resumes_with_range_and_the_file_is_exact(
 ) -> None:
     file_server.add(PATH, DATA, cut_after=80_000)
     dest = tmp_path / "payload.tar.gz"
-    with pytest.raises(NetworkError) as error:
+    with pytest.raises(DownloadError) as error:
         client.download_payload(PATH, dest, len(DATA))
     assert error.value.status_code is None
     assert not dest.exists()

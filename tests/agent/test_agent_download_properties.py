@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from javia_agent.client import DeviceClient, RetryPolicy
-from javia_agent.errors import DownloadTooLargeError, NetworkError
+from javia_agent.errors import DownloadError, DownloadTooLargeError
 
 PATH = "/api/v1/updates/1/download"
 UUID = "00000000-0000-0000-0000-0000000000e1"
@@ -73,7 +73,7 @@ def test_resumed_downloads_are_exact(data: bytes, cut_fraction: float, resume_an
         ) as client,
     ):
         dest = Path(directory) / "payload.tar.gz"
-        with pytest.raises(NetworkError):
+        with pytest.raises(DownloadError):
             client.download_payload(PATH, dest, len(data))
         assert (Path(directory) / "payload.tar.gz.partial").read_bytes() == data[:cut]
         client.download_payload(PATH, dest, len(data))
@@ -103,7 +103,7 @@ def test_more_than_the_signed_size_is_never_kept(
         ) as client,
     ):
         dest = Path(directory) / "payload.tar.gz"
-        with pytest.raises(NetworkError):
+        with pytest.raises(DownloadError):
             client.download_payload(PATH, dest, len(data))
         with pytest.raises(DownloadTooLargeError):
             client.download_payload(PATH, dest, len(data))
