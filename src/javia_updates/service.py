@@ -79,6 +79,7 @@ from javia_updates.backends.base import (
 from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
 from javia_updates.backends.soft_state import SoftStateWriter
 from javia_updates.errors import (
+    BackendError,
     ConflictError,
     JaviaError,
     NotFoundError,
@@ -117,6 +118,7 @@ __all__ = [
     "ENROLLMENT_TOKEN_PREFIX",
     "MAX_METADATA_BYTES",
     "OFFLINE_AFTER_INTERVALS",
+    "DamagedPackageError",
     "EnrollmentTokenCreated",
     "EnrollmentTokenOut",
     "InvalidRequestError",
@@ -148,6 +150,16 @@ class WriteNeeded(Exception):
     """Raised by :meth:`UpdateService.heartbeat` with ``allow_writes=False`` when
     answering needs a database write (a reconciled, superseded or re-planned
     row): the caller retries with writes allowed, off the event loop."""
+
+
+class DamagedPackageError(BackendError):
+    """A stored payload archive's size differs from the size recorded at publish.
+
+    A server-side fault (the object was truncated or damaged on disk or in
+    the bucket): the download is refused before the first byte rather than
+    declaring the recorded ``Content-Length`` and then sending too little.
+    Maps to HTTP 503 (a :class:`~javia_updates.errors.BackendError`).
+    """
 
 
 class InvalidRequestError(JaviaError, ValueError):
@@ -1062,9 +1074,20 @@ class UpdateService:
     def payload_range(self, update: UpdateRecord, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``[start, end)`` of the payload archive, in chunks.
 
+        The stored object's size is compared with ``update.archive_size``
+        first, so a caller that declared that size never sends too little.
+
         Raises:
             NotFoundError: the blob store has lost the object.
+            DamagedPackageError: the stored object's size differs from the
+                recorded archive size (republish the version).
         """
+        stored = self.blobs.size(update.package_url, PAYLOAD_NAME)
+        if stored != update.archive_size:
+            raise DamagedPackageError(
+                f"package object for {update.version} is damaged: {stored} bytes stored, "
+                f"{update.archive_size} expected; republish it"
+            )
         return self.blobs.iter_range(update.package_url, PAYLOAD_NAME, start, end)
 
     def audit_log(self, *, limit: int = 100, offset: int = 0) -> Page[AuditRecord]:

@@ -34,9 +34,7 @@ def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
     def do(version: str = "v1.1.0", update_type: str = "instant", **kwargs: Any):
         package = make_package(version, update_type, **kwargs)
-        response = client.post(
-            "/api/v1/updates/", files=package.files(), data={}, headers=admin
-        )
+        response = client.post("/api/v1/updates/", files=package.files(), data={}, headers=admin)
         return response, package
 
     return do
@@ -77,6 +75,34 @@ def test_heartbeat_with_a_huge_version_is_422_and_check_keeps_working(client, ad
 
 def test_plan_and_publish_with_a_huge_version_are_422(client, admin, publish):
     body = {"update_type": "instant", "version": HUGE}
-    assert_detail(client.post("/api/v1/updates/plan", json=body, headers=admin), 422, "9223372036854775807")
+    assert_detail(
+        client.post("/api/v1/updates/plan", json=body, headers=admin), 422, "9223372036854775807"
+    )
     response, _ = publish(f"v{MAX_COMPONENT + 1}.0.0")
     assert_detail(response, 422, "9223372036854775807")
+
+
+# ------------------------------------------------ 2. a damaged payload object on disk
+
+
+def test_download_of_a_truncated_payload_is_refused_before_the_first_byte(
+    client, admin, device, publish, service, caplog
+):
+    response, _ = publish("v1.1.0")
+    assert response.status_code == 201, response.text
+    update = service.resolve_update("v1.1.0")
+    path = service.blobs._path(update.package_url, "payload.tar.gz")  # type: ignore[attr-defined]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    url = "/api/v1/updates/v1.1.0/download"
+    with caplog.at_level("ERROR"):
+        for headers in (device["headers"], {**device["headers"], "Range": "bytes=1-"}):
+            answer = client.get(url, headers=headers)
+            assert_detail(
+                answer,
+                503,
+                f"package object for v1.1.0 is damaged: {len(data) // 2} bytes stored, "
+                f"{len(data)} expected; republish it",
+            )
+    assert all(record.exc_info is None for record in caplog.records)
+    assert any("damaged" in record.getMessage() for record in caplog.records)
