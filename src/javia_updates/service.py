@@ -1133,7 +1133,8 @@ class UpdateService:
             VersionError: a version number does not fit the database.
             PackageError: requested type differs from the signed one, or the
                 payload does not match the manifest (expected vs actual).
-            ConflictError: the version is already published.
+            ConflictError: the version is already published, or a higher
+                version is (a rollback is a roll-forward).
             NotFoundError: a target is not a registered device.
             InvalidRequestError: ``targets`` is an empty list.
         """
@@ -1165,6 +1166,7 @@ class UpdateService:
                 pass
             else:
                 raise self._version_conflict(manifest.version, existing.id)
+            self._refuse_lower_than_published(version)
             unique_targets = None if targets is None else tuple(dict.fromkeys(targets))
             self.flush_soft_state()  # "seen within 300 s" must count every heartbeat answered
             seen_since = None
@@ -1218,6 +1220,20 @@ class UpdateService:
         self.catalog.invalidate()  # every device's next heartbeat sees the new update
         counts = self.store.status_counts([update.id])[update.id]
         return self._update_out(update, counts)
+
+    def _refuse_lower_than_published(self, version: Version) -> None:
+        """Versions only go up (DESIGN.md section 2): a rollback is a roll-forward.
+
+        Raises:
+            ConflictError: a higher version is already published.
+        """
+        higher = self.store.updates_newer_than((version.major, version.minor, version.patch))
+        if higher:
+            highest = higher[0].version
+            raise ConflictError(
+                f"{version} is lower than {highest}, already published: publish a higher "
+                "version (a rollback is a roll-forward: republish the old content as a new version)"
+            )
 
     @staticmethod
     def _version_conflict(version: str, update_id: int) -> ConflictError:
@@ -1347,7 +1363,8 @@ class UpdateService:
 
         Raises:
             VersionError: ``version`` is not ``vX.Y.Z``.
-            ConflictError: ``version`` is already published.
+            ConflictError: ``version`` is already published, or a higher
+                version is.
             NotFoundError: a target is not registered.
         """
         parsed = Version.parse(version)
@@ -1357,6 +1374,7 @@ class UpdateService:
             pass
         else:
             raise self._version_conflict(str(parsed), existing.id)
+        self._refuse_lower_than_published(parsed)
         self.flush_soft_state()
         devices = self.store.devices_for_targets(
             None if targets is None else tuple(dict.fromkeys(targets))

