@@ -19,24 +19,25 @@ from javia_updates.errors import ScheduleError
 from javia_updates.versioning import Version
 
 __all__ = [
-    "UpdateType",
-    "DeviceStatus",
-    "UpdateStatus",
-    "FINAL_STATUSES",
     "DEVICE_REPORTABLE_STATUSES",
-    "validate_timezone",
+    "FINAL_STATUSES",
+    "DeviceOut",
     "DeviceRegisterRequest",
     "DeviceRegistered",
-    "DeviceOut",
-    "HeartbeatRequest",
-    "InstallDirective",
-    "HeartbeatResponse",
-    "UpdateCheckResponse",
-    "StatusReport",
-    "StatusReportResult",
-    "UpdateOut",
+    "DeviceStatus",
     "DeviceUpdateOut",
     "ErrorBody",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "InstallDirective",
+    "StatusReport",
+    "StatusReportResult",
+    "UpdateCheckResponse",
+    "UpdateOut",
+    "UpdateStatus",
+    "UpdateType",
+    "check_no_control_characters",
+    "validate_timezone",
 ]
 
 TIMEZONE_EXAMPLE = "Europe/Berlin"
@@ -132,6 +133,34 @@ def validate_timezone(name: str) -> str:
     return name
 
 
+def check_no_control_characters(value: str | None, field: str) -> str | None:
+    """Refuse C0 control characters other than tab and newline in display text.
+
+    NUL, ESC, carriage return and the like break terminal tables and can
+    rewrite what an operator's terminal shows (ANSI escape sequences).
+
+    Args:
+        value: the text (None passes).
+        field: the field's name, for the message.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ValueError: ``value`` holds a control character U+0000 to U+001F
+            other than tab (U+0009) and newline (U+000A); the message names
+            the field and the first such character.
+    """
+    if value is not None:
+        for character in value:
+            if ord(character) < 0x20 and character not in "\t\n":
+                raise ValueError(
+                    f"{field} contains the control character U+{ord(character):04X}: "
+                    "expected printable text (tab and newline allowed)"
+                )
+    return value
+
+
 def _check_version(value: str | None) -> str | None:
     if value is not None:
         Version.parse(value)
@@ -157,6 +186,11 @@ class DeviceRegisterRequest(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _tz = field_validator("timezone")(validate_timezone)
+
+    @field_validator("device_name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        return check_no_control_characters(value, "device_name")
 
 
 class DeviceRegistered(BaseModel):

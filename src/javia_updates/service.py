@@ -109,6 +109,7 @@ from javia_updates.models import (
     UpdateOut,
     UpdateStatus,
     UpdateType,
+    check_no_control_characters,
 )
 from javia_updates.settings import ServerSettings
 from javia_updates.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
@@ -1155,6 +1156,10 @@ class UpdateService:
                     f"{manifest.update_type.value}: omit update_type, or sign a package of type "
                     f"{update_type.value}"
                 )
+            try:
+                check_no_control_characters(manifest.description, "description")
+            except ValueError as error:
+                raise InvalidRequestError(f"manifest {error}") from None
             self._check_payload(manifest, upload, payload_path)
             if targets is not None and not targets:
                 raise InvalidRequestError(

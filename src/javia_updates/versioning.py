@@ -22,7 +22,7 @@ from typing import Literal
 
 from javia_updates.errors import VersionError
 
-__all__ = ["Version", "VersionError", "EXPECTED_FORM", "MAX_COMPONENT"]
+__all__ = ["EXPECTED_FORM", "MAX_COMPONENT", "Version", "VersionError"]
 
 #: The largest number allowed in each of X, Y and Z: 2**63 - 1, the largest signed
 #: 64-bit integer (SQLite INTEGER, PostgreSQL BIGINT).

@@ -129,3 +129,27 @@ def test_publishing_or_planning_a_lower_version_is_409(client, admin, publish):
     assert higher.status_code == 201, higher.text
     versions = [u["version"] for u in client.get("/api/v1/updates/", headers=admin).json()["items"]]
     assert "v1.0.1" not in versions
+
+
+# ------------------------------------------------ 7. control characters in display text
+
+
+@pytest.mark.parametrize("name", ["kitchen\x00", "\x1b[2Jkitchen", "a\rb"])
+def test_device_names_with_control_characters_are_422(client, admin, name):
+    response = client.post("/api/v1/devices/register", json={"device_name": name}, headers=admin)
+    assert_detail(response, 422, "device_name", "control character")
+
+
+def test_device_names_may_hold_tabs_newlines_and_any_language(client, admin):
+    response = client.post(
+        "/api/v1/devices/register", json={"device_name": "Küche\tvorne\nレ"}, headers=admin
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_update_descriptions_with_control_characters_are_422(client, admin, publish):
+    response, _ = publish("v1.1.0", description="fix\x1b[31m red")
+    assert_detail(response, 422, "description", "U+001B")
+    assert client.get("/api/v1/updates/", headers=admin).json()["total"] == 0
+    good, _ = publish("v1.1.0", description="line one\n\tline two")
+    assert good.status_code == 201, good.text
