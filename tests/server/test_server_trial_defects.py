@@ -131,6 +131,22 @@ def test_publishing_or_planning_a_lower_version_is_409(client, admin, publish):
     assert "v1.0.1" not in versions
 
 
+# ------------------------------------------------ 8. unknown routes say so
+
+
+def test_unknown_routes_name_the_method_and_path_and_point_to_the_docs(client, admin):
+    for method, path in (
+        ("GET", "/api/v1/devices//updates/check"),
+        ("GET", "/api/v1/nothing-here"),
+        ("POST", "/api/v1/devices/x/y/z"),
+    ):
+        response = client.request(method, path, headers=admin)
+        assert response.json() == {"detail": f"no route {method} {path}: see /docs"}
+        assert response.status_code == 404
+    missing = client.get(f"/api/v1/devices/{'0' * 8}-0000-0000-0000-{'0' * 12}", headers=admin)
+    assert missing.status_code == 404 and "no route" not in missing.json()["detail"]
+
+
 # ------------------------------------------------ 7. control characters in display text
 
 

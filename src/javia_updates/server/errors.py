@@ -113,8 +113,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail
+        if error.status_code == 404 and detail == "Not Found":  # no route matched the path
+            detail = f"no route {request.method} {request.url.path}: see /docs"
         return JSONResponse(
-            {"detail": error.detail},
+            {"detail": detail},
             status_code=error.status_code,
             headers=getattr(error, "headers", None),
         )
