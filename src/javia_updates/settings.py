@@ -8,7 +8,7 @@ start is a device-local wall-clock time.
 
 Example ``server.toml``::
 
-    api_key = "change-me"
+    api_key = "<output of python3 -c 'import secrets; print(secrets.token_urlsafe(32))'>"
     data_dir = "/var/lib/javia-server"
     window_start = "02:00:00"
     window_seconds = 10800
@@ -20,7 +20,7 @@ import os
 from datetime import time
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,11 +30,20 @@ from pydantic_settings import (
 
 from javia_updates.errors import JaviaError
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ServerSettings", "SettingsError", "config_path"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "MIN_API_KEY_LENGTH",
+    "ServerSettings",
+    "SettingsError",
+    "config_path",
+    "load_server_settings",
+]
 
 DEFAULT_CONFIG_PATH = Path("~/.config/javia/server.toml")
 GIB = 1024**3
 MIB = 1024**2
+#: Shortest admin API key accepted at start-up, in characters.
+MIN_API_KEY_LENGTH = 16
 
 
 class SettingsError(JaviaError):
@@ -51,7 +60,8 @@ class ServerSettings(BaseSettings):
 
     Attributes:
         api_key: the admin API key (``X-API-Key``); the server refuses to start
-            without one (:meth:`require_api_key`).
+            without one, or with one shorter than 16 characters
+            (:meth:`require_api_key`).
         backend: storage backend name (DESIGN.md section 5); ``local`` is
             SQLite + files under ``data_dir``.
         data_dir: database (by default) and package files.
@@ -86,8 +96,14 @@ class ServerSettings(BaseSettings):
             this long. 0 turns this cache off. (The list of published updates
             is checked at least every second either way.)
         trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
-            then verifies the signature on the server too, to refuse early. The
-            agent's own check is what enforces trust.
+            then verifies the signature on the server too and refuses (400) a
+            package whose signature does not verify against those keys. If
+            unset, the server is not a trust anchor: it stores packages whose
+            signature it cannot check (only its form), and logs one warning at
+            start-up; the agent's own check against its keyring is what
+            enforces trust either way. Set ``JAVIA_TRUSTED_KEYS_DIR`` (or
+            ``trusted_keys_dir`` in the settings file) to the directory of the
+            publishers' public keys to refuse bad signatures early.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -143,13 +159,66 @@ class ServerSettings(BaseSettings):
         """The admin API key.
 
         Raises:
-            SettingsError: no key is configured; the message says how to set one.
+            SettingsError: no key is configured, or it is shorter than
+                :data:`MIN_API_KEY_LENGTH` (16) characters; the message says
+                how to generate one.
         """
         key = self.api_key.get_secret_value() if self.api_key is not None else ""
-        if not key.strip():
+        if len(key.strip()) < MIN_API_KEY_LENGTH:
             raise SettingsError(
-                "no admin API key configured: set JAVIA_API_KEY (or api_key in "
+                (
+                    "no admin API key configured"
+                    if not key.strip()
+                    else f"the admin API key is {len(key.strip())} characters: at least "
+                    f"{MIN_API_KEY_LENGTH} are required"
+                )
+                + ": set JAVIA_API_KEY (or api_key in "
                 f"{config_path()}) to a long random secret, e.g. the output of "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return key
+
+
+#: The expected form of settings whose pydantic message alone would not say it.
+_EXPECTED_FORMS = {
+    "window_start": "a device-local wall-clock time HH:MM (00:00 to 23:59), e.g. 02:00",
+    "data_dir": "a directory path",
+    "trusted_keys_dir": "a directory path of *.pub keys",
+}
+
+
+def _describe_invalid(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:5]:
+        field = ".".join(str(part) for part in item.get("loc", ())) or "settings"
+        name = field.split(".")[0]
+        shown = repr(item.get("input"))
+        if len(shown) > 40:
+            shown = shown[:40] + "…"
+        expected = _EXPECTED_FORMS.get(name)
+        wanted = f"expected {expected}" if expected else str(item.get("msg", "invalid")).lower()
+        problems.append(
+            f"invalid setting {field} (JAVIA_{name.upper()} or {name} in {config_path()}): "
+            f"got {shown}: {wanted}"
+        )
+    return "; ".join(problems)
+
+
+def load_server_settings(**overrides: object) -> ServerSettings:
+    """Build :class:`ServerSettings` from ``overrides``, the environment and the file.
+
+    Args:
+        overrides: keyword arguments of :class:`ServerSettings` (highest priority).
+
+    Returns:
+        The settings.
+
+    Raises:
+        SettingsError: a value is invalid; the message names the setting, its
+            environment variable, the value given and the expected form (instead
+            of pydantic's multi-line ``ValidationError``).
+    """
+    try:
+        return ServerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_describe_invalid(error)) from None

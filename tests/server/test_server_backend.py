@@ -433,7 +433,9 @@ def test_blob_keys_cannot_escape_the_data_directory(tmp_path, key):
 
 def test_local_backend_is_registered_and_unknown_names_are_refused(tmp_path):
     assert "local" in backend_names()
-    settings = ServerSettings(api_key="k", data_dir=tmp_path, backend="nosuch")
+    settings = ServerSettings(
+        api_key="backend-test-admin-key-0123456789", data_dir=tmp_path, backend="nosuch"
+    )
     with pytest.raises(BackendError, match="unknown backend 'nosuch': expected one of .*local"):
         create_backend(settings)
 
@@ -459,7 +461,11 @@ def test_update_rules_run_the_same_on_every_database(database_url, tmp_path, mak
     from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
     from javia_updates.service import UpdateService
 
-    settings = ServerSettings(api_key="k", data_dir=tmp_path / "data", database_url=database_url)
+    settings = ServerSettings(
+        api_key="backend-test-admin-key-0123456789",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+    )
     backend = LocalBackend.from_settings(settings)
     backend.prepare()
     service = UpdateService(backend, settings)

@@ -30,14 +30,14 @@ def test_defaults(tmp_path, monkeypatch):
 def test_toml_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
     config = tmp_path / "server.toml"
     config.write_text(
-        'api_key = "from-file"\ndata_dir = "/srv/javia"\nwindow_start = "03:30:00"\nheartbeat_interval_seconds = 60\n'
+        'api_key = "from-file-admin-key-0123456789"\ndata_dir = "/srv/javia"\nwindow_start = "03:30:00"\nheartbeat_interval_seconds = 60\n'
     )
     monkeypatch.setenv("JAVIA_CONFIG", str(config))
     monkeypatch.setenv("JAVIA_HEARTBEAT_INTERVAL_SECONDS", "120")
 
     settings = ServerSettings()
 
-    assert settings.require_api_key() == "from-file"
+    assert settings.require_api_key() == "from-file-admin-key-0123456789"
     assert settings.data_dir == Path("/srv/javia") and settings.window_start == time(3, 30)
     assert settings.heartbeat_interval_seconds == 120  # environment over file
     assert (

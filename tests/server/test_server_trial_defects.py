@@ -131,6 +131,69 @@ def test_publishing_or_planning_a_lower_version_is_409(client, admin, publish):
     assert "v1.0.1" not in versions
 
 
+# ------------------------------------------------ 4. `javia server` start-up errors are one line
+
+
+@pytest.fixture
+def run_server_cli(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from javia_updates.cli.main import app as javia_app
+
+    monkeypatch.setenv("JAVIA_API_KEY", "trial-defects-admin-key-0123456789")
+
+    def run(*arguments: str, **environment: str):  # type: ignore[no-untyped-def]
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        return CliRunner().invoke(
+            javia_app, ["server", "--data-dir", str(tmp_path / "data"), *arguments]
+        )
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("environment", "fragments"),
+    [
+        ({"JAVIA_WINDOW_START": "25:00"}, ("JAVIA_WINDOW_START", "'25:00'", "HH:MM")),
+        (
+            {"JAVIA_HEARTBEAT_INTERVAL_SECONDS": "-1"},
+            ("JAVIA_HEARTBEAT_INTERVAL_SECONDS", "greater than 0"),
+        ),
+    ],
+)
+def test_invalid_settings_are_one_line_and_exit_1(run_server_cli, environment, fragments):
+    result = run_server_cli(**environment)
+    assert result.exit_code == 1
+    output = result.output.strip()
+    assert "Traceback" not in output and "ValidationError" not in output
+    assert len(output.splitlines()) == 1, output
+    for fragment in fragments:
+        assert fragment in output
+
+
+def test_port_out_of_range_is_a_usage_error_not_a_traceback(run_server_cli):
+    result = run_server_cli("--port", "99999")
+    assert result.exit_code == 2
+    assert "65535" in result.output
+    assert not isinstance(result.exception, OverflowError)
+
+
+def test_port_in_use_is_one_line_before_uvicorn_starts():
+    import socket
+
+    from javia_updates.server import check_port_free
+    from javia_updates.settings import SettingsError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SettingsError, match=f"port {port} on 127.0.0.1 is already in use"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again once closed
+
+
 # ------------------------------------------------ 8. unknown routes say so
 
 
@@ -169,3 +232,59 @@ def test_update_descriptions_with_control_characters_are_422(client, admin, publ
     assert client.get("/api/v1/updates/", headers=admin).json()["total"] == 0
     good, _ = publish("v1.1.0", description="line one\n\tline two")
     assert good.status_code == 201, good.text
+
+
+# ------------------------------------------------ 5. signatures the server cannot check
+
+
+def test_trusted_keys_dir_makes_publish_refuse_a_foreign_signature(
+    tmp_path, backend, clock, make_package
+):
+    from javia_updates.errors import SignatureError
+    from javia_updates.keys import generate_keypair
+    from javia_updates.service import UpdateService
+    from javia_updates.settings import ServerSettings
+
+    keyring = tmp_path / "trusted"
+    generate_keypair(tmp_path / "other-publisher")
+    keyring.mkdir()
+    for pub in (tmp_path / "other-publisher").glob("*.pub"):
+        (keyring / pub.name).write_bytes(pub.read_bytes())
+    settings = ServerSettings(
+        api_key="trial-defects-admin-key-0123456789",
+        data_dir=tmp_path / "data",
+        trusted_keys_dir=keyring,
+    )
+    service = UpdateService(backend, settings)
+    with pytest.raises(SignatureError):
+        service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock())
+    assert service.store.list_updates(limit=10, offset=0).total == 0
+
+
+def test_start_up_warns_once_when_no_trusted_keys_are_configured(tmp_path, caplog):
+    from javia_updates.server import warn_if_signatures_unchecked
+    from javia_updates.settings import ServerSettings
+
+    with caplog.at_level("WARNING"):
+        assert warn_if_signatures_unchecked(ServerSettings(data_dir=tmp_path))
+        assert not warn_if_signatures_unchecked(
+            ServerSettings(data_dir=tmp_path, trusted_keys_dir=tmp_path)
+        )
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and "JAVIA_TRUSTED_KEYS_DIR" in lines[0]
+
+
+# ------------------------------------------------ 6. short admin keys
+
+
+@pytest.mark.parametrize("key", ["Zq9", "fifteen-chars-x"])
+def test_short_admin_keys_are_refused_with_how_to_generate_one(key):
+    from javia_updates.settings import ServerSettings, SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        ServerSettings(api_key=key).require_api_key()
+    message = str(caught.value)
+    assert "at least 16" in message and "JAVIA_API_KEY" in message
+    assert "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'" in message
+    assert key not in message
+    assert ServerSettings(api_key="sixteen-chars-xy").require_api_key() == "sixteen-chars-xy"

@@ -11,7 +11,7 @@ from javia_updates.cli.common import fail, friendly_errors
 
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port (1-65535)."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Database and packages (default ./javia-data, or JAVIA_DATA_DIR)."
     ),
@@ -19,10 +19,10 @@ def serve(
     """Run the update server. The admin key comes from JAVIA_API_KEY or the settings file."""
     try:
         from javia_updates.server import run
-        from javia_updates.settings import ServerSettings
+        from javia_updates.settings import load_server_settings
     except ImportError as error:
         fail(f"the server needs the server extra: pip install 'javia[server]' ({error.name} missing)")
     with friendly_errors():
         overrides = {"data_dir": data_dir} if data_dir is not None else {}
-        settings = ServerSettings(**overrides)
+        settings = load_server_settings(**overrides)
         run(settings, host=host, port=port)

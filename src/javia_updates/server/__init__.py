@@ -5,12 +5,64 @@ Needs the ``javia[server]`` extra.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 from javia_updates.server.app import create_app
-from javia_updates.settings import ServerSettings
+from javia_updates.settings import ServerSettings, SettingsError
 
-__all__ = ["create_app", "run"]
+__all__ = ["check_port_free", "create_app", "run", "warn_if_signatures_unchecked"]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Check that ``host``:``port`` can be listened on, before starting uvicorn.
+
+    Binds and closes a socket with ``SO_REUSEADDR`` (as uvicorn does), so a
+    port only in TIME_WAIT counts as free. Another process may still take the
+    port in between; this turns the common case into one clear line.
+
+    Raises:
+        SettingsError: the port is in use, or ``host`` is not an address of
+            this machine.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise SettingsError(
+            f"cannot listen on {host}: {error.strerror}; expected an address or host name of this machine"
+        ) from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise SettingsError(
+                    f"port {port} on {host} is already in use: stop the other server or pass --port"
+                ) from None
+            raise SettingsError(f"cannot listen on {host} port {port}: {error.strerror}") from None
+
+
+def warn_if_signatures_unchecked(settings: ServerSettings) -> bool:
+    """Log one warning when publish cannot check signatures (no ``trusted_keys_dir``).
+
+    The server is not the trust anchor (the agent verifies every package
+    against its own keyring), so it still accepts such packages; the warning
+    says how to make publish refuse a bad signature early.
+
+    Returns:
+        Whether the warning was logged.
+    """
+    if settings.trusted_keys_dir is not None:
+        return False
+    logging.getLogger("javia_updates.server").warning(
+        "publish cannot check signatures early: no trusted keys configured; set "
+        "JAVIA_TRUSTED_KEYS_DIR (or trusted_keys_dir in the settings file) to a directory "
+        "of the publishers' *.pub keys (devices still verify every package themselves)"
+    )
+    return True
 
 
 def run(
@@ -28,12 +80,14 @@ def run(
         log_level: uvicorn's log level.
 
     Raises:
-        SettingsError: no admin API key is configured.
+        SettingsError: no admin API key is configured, or the port is in use.
         BackendError: storage cannot be opened or migrated.
     """
     import uvicorn
 
+    check_port_free(host, port)
     app = create_app(settings)
+    warn_if_signatures_unchecked(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("uvicorn.error").info(

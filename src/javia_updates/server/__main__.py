@@ -12,7 +12,7 @@ from pathlib import Path
 
 from javia_updates.errors import JaviaError
 from javia_updates.server import run
-from javia_updates.settings import ServerSettings
+from javia_updates.settings import load_server_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=None, help="database and packages directory"
     )
     arguments = parser.parse_args(argv)
+    if not 1 <= arguments.port <= 65535:
+        parser.error(f"--port {arguments.port} is not a TCP port: expected 1 to 65535")
     try:
         overrides = {"data_dir": arguments.data_dir} if arguments.data_dir is not None else {}
-        run(ServerSettings(**overrides), host=arguments.host, port=arguments.port)
+        run(load_server_settings(**overrides), host=arguments.host, port=arguments.port)
     except JaviaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
