@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -515,6 +516,9 @@ def plan_install(
     return _window_plan(kind, start, start + length, slot, zone, idle_seconds)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _slot_ahead(now_utc: datetime, start: datetime, length: timedelta, offset: int) -> bool:
     """Whether the window that began at ``start`` is open and the device's slot is still ahead."""
     return now_utc < start + length and start + timedelta(seconds=offset) >= now_utc
@@ -556,6 +560,7 @@ def install_times(
     if kind is UpdateType.INSTANT:
         return [(now_utc, None)] * len(devices)
     length = timedelta(seconds=window_seconds)
+    spread = max(1, window_seconds * OFFSET_SPREAD_NUMERATOR // OFFSET_SPREAD_DENOMINATOR)
     windows: dict[str, tuple[datetime, datetime]] = {}
     times: list[tuple[datetime, datetime | None]] = []
     for timezone, device_uuid in devices:
@@ -570,7 +575,12 @@ def install_times(
             except OverflowError:
                 raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
             windows[timezone] = pair
-        offset = window_offset_seconds(device_uuid, window_seconds)
+        # window_offset_seconds, without parsing uuids already in canonical form.
+        if type(device_uuid) is str and _CANONICAL_UUID.fullmatch(device_uuid):
+            text = device_uuid
+        else:
+            text = str(_device_uuid(device_uuid))
+        offset = int.from_bytes(hashlib.sha256(text.encode("ascii")).digest(), "big") % spread
         start = pair[0] if _slot_ahead(now_utc, pair[0], length, offset) else pair[1]
         times.append((start + timedelta(seconds=offset), start + length))
     return times

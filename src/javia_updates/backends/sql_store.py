@@ -545,10 +545,8 @@ class SQLStore(Store):
         with self._read() as connection:
             rows = self._targeted_rows(connection, columns, targets)
         return [
-            PublishTarget(
-                row.id, row.device_uuid, row.timezone, row.current_version, bool(row.seen)
-            )
-            for row in rows
+            PublishTarget(device_id, device_uuid, timezone, version, bool(seen))
+            for device_id, device_uuid, timezone, version, seen in rows
         ]
 
     def record_heartbeat(
@@ -612,18 +610,17 @@ class SQLStore(Store):
                 updated_at=at,
             )
         )
+        statuses = {status: status.value for status in DeviceStatus}
         with self._write() as connection:
-            connection.execute(
+            _execute_converted(
+                connection,
                 statement,
                 [
-                    {
-                        "device_id": write.device_id,
-                        "heartbeat_at": write.now,
-                        "reported_status": write.status.value,
-                        "reported_metadata": write.metadata,
-                        "reported_version": write.current_version,
-                    }
-                    for write in writes
+                    ("device_id", None, [write.device_id for write in writes]),
+                    ("heartbeat_at", UTCDateTime(), [write.now for write in writes]),
+                    ("reported_status", None, [statuses[write.status] for write in writes]),
+                    ("reported_metadata", json_type(), [write.metadata for write in writes]),
+                    ("reported_version", None, [write.current_version for write in writes]),
                 ],
             )
 
@@ -1080,15 +1077,7 @@ def _insert_many(
     keys: Sequence[str],
     rows: Sequence[Sequence[Any]],
 ) -> None:
-    """Insert many rows with one ``executemany``, converting each distinct value once.
-
-    SQLAlchemy's ``connection.execute(table.insert(), [dict, ...])`` runs every
-    column's bind processor (for a :class:`UTCDateTime`: normalise, then
-    format for SQLite) on every row: most of the time of a publish to 100,000
-    devices. Here the statement is compiled once by the dialect, the
-    ``constants`` are converted once, each varying column's values through a
-    memo (a fleet has few distinct window slots), and the driver gets plain
-    tuples (or dicts, for named parameter styles).
+    """Insert many rows with one ``executemany`` (see :func:`_execute_converted`).
 
     Args:
         connection: inside the caller's transaction.
@@ -1099,28 +1088,64 @@ def _insert_many(
     """
     if not rows:
         return
-    dialect = connection.dialect
-    names = [*keys, *constants]
-    compiled = table.insert().compile(dialect=dialect, column_keys=names)
-    processors = [
-        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    varying = list(zip(*rows, strict=True))
+    columns: list[tuple[str, Any, Sequence[Any]]] = [
+        (key, table.c[key].type, values) for key, values in zip(keys, varying, strict=True)
     ]
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else []
-    for name, processor in zip(names[len(keys) :], processors[len(keys) :], strict=True):
-        value = constants[name]
-        if processor is not None and value is not None:
-            value = processor(value)
-        columns.append(itertools.repeat(value, len(rows)))  # type: ignore[arg-type]
-    for index, processor in enumerate(processors[: len(keys)]):
-        if processor is not None:
-            memo = {value: processor(value) for value in set(columns[index]) if value is not None}
-            columns[index] = list(map(memo.get, columns[index]))
+    columns += [
+        (name, table.c[name].type, itertools.repeat(value, len(rows)))  # type: ignore[misc]
+        for name, value in constants.items()
+    ]
+    _execute_converted(connection, table.insert(), columns, count=len(rows))
+
+
+def _execute_converted(
+    connection: Connection,
+    statement: Any,
+    columns: Sequence[tuple[str, Any, Sequence[Any]]],
+    *,
+    count: int | None = None,
+) -> None:
+    """Run ``statement`` once per row with one ``executemany``, converting each distinct value once.
+
+    SQLAlchemy's ``connection.execute(statement, [dict, ...])`` runs every
+    parameter's bind processor (for a :class:`UTCDateTime`: normalise, then
+    format for SQLite; for JSON: serialise) on every row, in Python, holding
+    the GIL: most of the time of a publish to 100,000 devices, and the
+    latency spikes of the heartbeat batches. Here the statement is compiled
+    once by the dialect, each parameter's values go through its processor
+    once per distinct value (values that cannot be hashed, such as metadata
+    dictionaries, once each), and the driver gets plain tuples (or dicts, for
+    named parameter styles).
+
+    Args:
+        connection: inside the caller's transaction.
+        statement: an INSERT or UPDATE whose bound parameters are named as in ``columns``.
+        columns: ``(parameter name, SQL type or None, one value per row)``.
+        count: rows, when every ``columns`` entry is an iterator.
+    """
+    dialect = connection.dialect
+    names = [name for name, _type, _values in columns]
+    compiled = statement.compile(dialect=dialect, column_keys=names)
+    converted: list[Any] = []
+    for _name, type_, values in columns:
+        processor = None if type_ is None else type_.dialect_impl(dialect).bind_processor(dialect)
+        if processor is None:
+            converted.append(values)
+            continue
+        values = list(values)
+        try:
+            memo = {value: processor(value) for value in set(values) if value is not None}
+            converted.append(list(map(memo.get, values)))
+        except TypeError:  # unhashable values (dictionaries): convert each one
+            converted.append([None if value is None else processor(value) for value in values])
     if compiled.positional:
         order = [names.index(name) for name in compiled.positiontup or ()]
-        params: list[Any] = list(zip(*(columns[i] for i in order), strict=True))
+        params: list[Any] = list(zip(*(converted[i] for i in order), strict=count is None))
     else:
-        params = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-    connection.exec_driver_sql(compiled.string, params)
+        params = [dict(zip(names, row, strict=True)) for row in zip(*converted, strict=False)]
+    if params:
+        connection.exec_driver_sql(compiled.string, params)
 
 
 def _inserted_id(result: Any) -> int:
