@@ -70,6 +70,7 @@ UPDATE_VERSION = "v1.1.0"
 _API = "/api/v1"
 _JITTER = 0.1  # fraction of the heartbeat interval, like the agent's default
 _SHARD_CONNECTIONS = 4  # connections per HTTP client (see _Shard)
+_KEEPALIVE_SECONDS = 2.0  # below uvicorn's 5 s keep-alive timeout
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -544,7 +545,13 @@ async def _simulate(
     async with AsyncExitStack() as stack:
         shards = []
         for size in sizes:
-            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            # Idle connections are dropped before the server's keep-alive timeout
+            # (uvicorn: 5 s) could close one under a request being sent.
+            limits = httpx.Limits(
+                max_connections=size,
+                max_keepalive_connections=size,
+                keepalive_expiry=_KEEPALIVE_SECONDS,
+            )
             client = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
             )
