@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from postgres import (
     PostgresCluster,
     PostgresUnavailable,
@@ -42,3 +43,9 @@ def postgres_url(postgres_cluster: PostgresCluster) -> str:
     a Supabase project hands out.
     """
     return postgres_cluster.url()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> Ed25519PrivateKey:
+    """The operator's package signing key for this test session."""
+    return Ed25519PrivateKey.generate()

@@ -16,25 +16,19 @@ under ``pytest -n 2``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import os
-import tarfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from shared_helpers import Package, app_files, build_package, isolate_javia_environment
 from test_supabase_storage import SECRET_KEY, StorageContract
 
 import javia_updates.backends.supabase  # noqa: F401 - registers the supabase backend
 from javia_updates.backends import Backend, create_backend
-from javia_updates.manifest import canonical_json, sign_manifest
-from javia_updates.service import PackageUpload, UpdateService
+from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
 
 API_KEY = "backend-tests-admin-key-0123456789"
@@ -45,10 +39,7 @@ DATABASE_KINDS = ["sqlite", "postgresql"]
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No JAVIA_* variable or settings file of the machine running the tests leaks in."""
-    for name in list(os.environ):
-        if name.startswith("JAVIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-such-server.toml"))
+    isolate_javia_environment(monkeypatch, tmp_path)
 
 
 def _require_psycopg() -> None:
@@ -150,42 +141,6 @@ def service(backend: Backend, settings: ServerSettings) -> UpdateService:
 # --------------------------------------------------------------------------- packages
 
 
-@pytest.fixture(scope="session")
-def signing_key() -> Ed25519PrivateKey:
-    """The operator's signing key for this session."""
-    return Ed25519PrivateKey.generate()
-
-
-@dataclass
-class Package:
-    """A signed package in memory; :meth:`upload` hands the service a fresh payload file."""
-
-    manifest: bytes
-    signature: bytes
-    payload: bytes
-    directory: Path
-
-    def upload(self) -> PackageUpload:
-        """A PackageUpload over a new copy of the payload (publishing consumes the file)."""
-        path = self.directory / f"payload-{uuid.uuid4().hex}.tar.gz"
-        path.write_bytes(self.payload)
-        return PackageUpload(self.manifest, self.signature, path)
-
-
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w") as archive,
-    ):
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[..., Package]:
     """make_package(version, update_type, extra_bytes=0) -> a signed :class:`Package`.
@@ -199,40 +154,15 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
     def build(
         version: str = "v1.1.0", update_type: str = "scheduled", extra_bytes: int = 0
     ) -> Package:
-        files = {"app.py": f"print('{version}')\n".encode(), "VERSION": f"{version}\n".encode()}
+        files = app_files(version)
         if extra_bytes:
             blocks = (
                 hashlib.sha256(f"{version}:{i}".encode()).digest()
                 for i in range(extra_bytes // 32 + 1)
             )
             files["data.bin"] = b"".join(blocks)[:extra_bytes]
-        payload = _tar_gz(files)
-        manifest: dict[str, Any] = {
-            "format": 1,
-            "app": "assistant",
-            "version": version,
-            "created_at": "2027-01-01T00:00:00Z",
-            "update_type": update_type,
-            "description": f"release {version}",
-            "system_packages": [],
-            "files": [
-                {
-                    "path": path,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "size": len(data),
-                    "mode": 0o644,
-                }
-                for path, data in sorted(files.items())
-            ],
-            "archive": {
-                "name": "payload.tar.gz",
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "size": len(payload),
-            },
-            "unpacked_size": sum(len(data) for data in files.values()),
-        }
-        manifest_bytes = canonical_json(manifest)
-        signature = sign_manifest(manifest_bytes, signing_key).to_bytes()
-        return Package(manifest_bytes, signature, payload, directory)
+        return build_package(
+            version, update_type, signing_key=signing_key, files=files, directory=directory
+        )
 
     return build

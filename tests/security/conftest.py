@@ -3,14 +3,14 @@ a small world of devices and credentials (see ``security_helpers``)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from security_helpers import API_KEY, Clock, World, build_world
+from security_helpers import API_KEY, START, World, build_world
+from shared_helpers import Clock, isolate_javia_environment
 
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
@@ -19,16 +19,13 @@ from javia_updates.settings import ServerSettings
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No JAVIA_* variable or settings file of the machine running the tests leaks in."""
-    for name in list(os.environ):
-        if name.startswith("JAVIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-such-server.toml"))
+    isolate_javia_environment(monkeypatch, tmp_path)
     monkeypatch.setenv("JAVIA_OPERATOR_CONFIG", str(tmp_path / "no-such-operator.toml"))
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

@@ -1,65 +1,26 @@
-"""Helpers for the security tests: a hand-moved clock, signed packages built in
-memory, and a small world of devices and credentials (the authorization matrix's)."""
+"""Helpers for the security tests: signed packages built in memory (with the
+session's own key), and a small world of devices and credentials (the
+authorization matrix's)."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import tarfile
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-
-from javia_updates.manifest import canonical_json, sign_manifest
+from shared_helpers import Package, bearer, build_package
 
 API_KEY = "security-test-admin-key-0123456789"
 START = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the test moves by hand (aware UTC)."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
-
-
 ADMIN = {"X-API-Key": API_KEY}
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 # --------------------------------------------------------------------------- packages
-
-
-@dataclass
-class Package:
-    """A signed package in memory."""
-
-    manifest: bytes
-    signature: bytes
-    payload: bytes
-
-    def files(self) -> dict[str, Any]:
-        """The multipart ``files`` of a publish request."""
-        return {
-            "manifest": ("manifest.json", self.manifest, "application/json"),
-            "signature": ("manifest.sig", self.signature, "application/json"),
-            "payload": ("payload.tar.gz", self.payload, "application/gzip"),
-        }
 
 
 SIGNING_KEY = Ed25519PrivateKey.generate()
@@ -67,40 +28,9 @@ SIGNING_KEY = Ed25519PrivateKey.generate()
 
 def make_package(version: str, update_type: str = "scheduled", **fields: Any) -> Package:
     """A signed package of a two-file application at ``version``."""
-    files = {"app.py": f"print('{version}')\n".encode(), "VERSION": f"{version}\n".encode()}
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w") as archive,
-    ):
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    payload = buffer.getvalue()
-    manifest: dict[str, Any] = {
-        "format": 1,
-        "app": "assistant",
-        "version": version,
-        "created_at": "2027-03-01T00:00:00Z",
-        "update_type": update_type,
-        "description": f"release {version}",
-        "system_packages": [],
-        "files": [
-            {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d), "mode": 0o644}
-            for p, d in sorted(files.items())
-        ],
-        "archive": {
-            "name": "payload.tar.gz",
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "size": len(payload),
-        },
-        "unpacked_size": sum(len(d) for d in files.values()),
-    }
-    manifest.update(fields)
-    manifest_bytes = canonical_json(manifest)
-    return Package(manifest_bytes, sign_manifest(manifest_bytes, SIGNING_KEY).to_bytes(), payload)
+    return build_package(
+        version, update_type, signing_key=SIGNING_KEY, created_at="2027-03-01T00:00:00Z", **fields
+    )
 
 
 # --------------------------------------------------------------------------- a small world

@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from shared_helpers import server_process
 from typer.testing import CliRunner
 
 from javia_updates.cli.devices import parse_duration
@@ -22,43 +18,11 @@ from javia_updates.cli.main import app as javia_app
 API_KEY = "cli-security-admin-key"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """A `python -m javia_updates.server` process on a free loopback port; its base URL."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
-    env.update(JAVIA_API_KEY=API_KEY, JAVIA_CONFIG=str(tmp_path / "absent.toml"))
-    command = [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
-    base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30  # start-up, not policy
-            while True:
-                try:
-                    if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not come up:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with server_process(tmp_path, API_KEY) as (base, _log_path):
+        yield base
 
 
 def javia(server: str, *args: str) -> tuple[int, str, str]:

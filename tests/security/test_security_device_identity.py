@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from security_helpers import ADMIN, START, Clock, World, assert_detail, bearer, register
+from security_helpers import ADMIN, START, World, assert_detail, bearer, register
+from shared_helpers import Clock
 
 from javia_updates.backends.base import AuditEntry, EnrollmentError, NewDevice, NewEnrollmentToken
 from javia_updates.backends.migrations import upgrade

@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from security_helpers import ADMIN, Clock, assert_detail, bearer, make_package, register
+from security_helpers import ADMIN, assert_detail, bearer, make_package, register
+from shared_helpers import Clock
 
 from javia_updates.server.limits import HeartbeatRateLimiter
 

@@ -3,26 +3,20 @@ the service, the ASGI app, and signed packages built in memory."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import tarfile
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+from shared_helpers import Clock, Package, bearer, build_package, isolate_javia_environment
 
 from javia_updates.backends.local import LocalBackend
-from javia_updates.manifest import canonical_json, sign_manifest
 from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest
 from javia_updates.server import create_app
-from javia_updates.service import PackageUpload, UpdateService
+from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
 
 API_KEY = "test-admin-key-0123456789"
@@ -30,34 +24,15 @@ API_KEY = "test-admin-key-0123456789"
 START = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    """A clock the test moves by hand (aware UTC)."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
-
-
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No JAVIA_* variable or settings file of the machine running the tests leaks in."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("JAVIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-such-server.toml"))
+    isolate_javia_environment(monkeypatch, tmp_path)
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture
@@ -94,50 +69,7 @@ def admin() -> dict[str, str]:
     return {"X-API-Key": API_KEY}
 
 
-@pytest.fixture(scope="session")
-def signing_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
 # --------------------------------------------------------------------------- packages
-
-
-@dataclass
-class Package:
-    """A signed package in memory, plus a file holding its payload."""
-
-    manifest: bytes
-    signature: bytes
-    payload: bytes
-    payload_path: Path
-
-    def upload(self) -> PackageUpload:
-        """A fresh PackageUpload (the service consumes the payload file, so copy it)."""
-        copy = self.payload_path.with_name(f"{uuid.uuid4().hex}.tar.gz")
-        copy.write_bytes(self.payload)
-        return PackageUpload(self.manifest, self.signature, copy)
-
-    def files(self) -> dict[str, Any]:
-        """The multipart ``files`` argument for a publish request."""
-        return {
-            "manifest": ("manifest.json", self.manifest, "application/json"),
-            "signature": ("manifest.sig", self.signature, "application/json"),
-            "payload": ("payload.tar.gz", self.payload, "application/gzip"),
-        }
-
-
-def _payload(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w") as archive,
-    ):
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -152,44 +84,58 @@ def make_package(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Callable[...
         payload_override: bytes | None = None,
         **fields: Any,
     ) -> Package:
-        files = files or {
-            "app.py": f"print('{version}')\n".encode(),
-            "VERSION": f"{version}\n".encode(),
-        }
-        payload = _payload(files)
-        manifest: dict[str, Any] = {
-            "format": 1,
-            "app": "assistant",
-            "version": version,
-            "created_at": "2027-01-01T00:00:00Z",
-            "update_type": update_type,
-            "description": f"release {version}",
-            "system_packages": [],
-            "files": [
-                {
-                    "path": path,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "size": len(data),
-                    "mode": 0o644,
-                }
-                for path, data in sorted(files.items())
-            ],
-            "archive": {
-                "name": "payload.tar.gz",
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "size": len(payload),
-            },
-            "unpacked_size": sum(len(data) for data in files.values()),
-        }
-        manifest.update(fields)
-        manifest_bytes = canonical_json(manifest)
-        signature = sign_manifest(manifest_bytes, signing_key).to_bytes()
-        body = payload if payload_override is None else payload_override
-        path = tmp_path / f"payload-{uuid.uuid4().hex}.tar.gz"
-        path.write_bytes(body)
-        return Package(manifest_bytes, signature, body, path)
+        return build_package(
+            version,
+            update_type,
+            signing_key=signing_key,
+            files=files,
+            directory=tmp_path,
+            payload_override=payload_override,
+            **fields,
+        )
 
     return build
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+@pytest.fixture
+def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A registered device that has sent one heartbeat (so it is online)."""
+    body = client.post(
+        "/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin
+    ).json()
+    uid, token = body["device_uuid"], body["device_token"]
+    response = client.post(
+        f"/api/v1/devices/{uid}/heartbeat",
+        json={"current_version": "v1.0.0"},
+        headers=bearer(token),
+    )
+    assert response.status_code == 200
+    return {"uuid": uid, "token": token, "headers": bearer(token)}
+
+
+@pytest.fixture
+def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
+    """publish(version="v1.1.0", update_type="instant", data=None, **fields) -> (response, Package).
+
+    Publishes a package built by ``make_package`` through the HTTP API as the admin.
+    """
+
+    def do(
+        version: str = "v1.1.0",
+        update_type: str = "instant",
+        data: dict | None = None,
+        **kwargs: Any,
+    ):
+        package = make_package(version, update_type, **kwargs)
+        response = client.post(
+            "/api/v1/updates/", files=package.files(), data=data or {}, headers=admin
+        )
+        return response, package
+
+    return do
 
 
 # --------------------------------------------------------------------------- service helpers

@@ -3,50 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from shared_helpers import bearer
 
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings, SettingsError
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """A registered device that has sent one heartbeat (so it is online)."""
-    body = client.post(
-        "/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin
-    ).json()
-    uid, token = body["device_uuid"], body["device_token"]
-    response = client.post(
-        f"/api/v1/devices/{uid}/heartbeat",
-        json={"current_version": "v1.0.0"},
-        headers=bearer(token),
-    )
-    assert response.status_code == 200
-    return {"uuid": uid, "token": token, "headers": bearer(token)}
-
-
-@pytest.fixture
-def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
-    def do(
-        version: str = "v1.1.0",
-        update_type: str = "instant",
-        data: dict | None = None,
-        **kwargs: Any,
-    ):
-        package = make_package(version, update_type, **kwargs)
-        response = client.post(
-            "/api/v1/updates/", files=package.files(), data=data or {}, headers=admin
-        )
-        return response, package
-
-    return do
 
 
 def assert_detail(response, status: int, *fragments: str) -> str:  # type: ignore[no-untyped-def]

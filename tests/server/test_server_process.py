@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from shared_helpers import server_process
 
 from javia_updates import __version__
 from javia_updates.manifest import key_id_for, verify_manifest
@@ -25,48 +22,11 @@ from javia_updates.versioning import Version
 API_KEY = "process-test-admin-key"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Poll the health route until the server answers (start-up, not policy); at most 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not come up:\n{log_path.read_text()}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A `python -m javia_updates.server` process on a free loopback port; (base URL, log file)."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
-    env.update(JAVIA_API_KEY=API_KEY, JAVIA_CONFIG=str(tmp_path / "absent.toml"))
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until_healthy(base, process, log_path)
-            yield base, log_path
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with server_process(tmp_path, API_KEY) as running:
+        yield running
 
 
 def test_register_publish_heartbeat_download_over_real_http(server, tmp_path):

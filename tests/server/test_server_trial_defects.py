@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from javia_updates.versioning import MAX_COMPONENT, Version, VersionError
 
 HUGE = "v99999999999999999999999.0.0"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def device(client, admin) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    body = client.post(
-        "/api/v1/devices/register", json={"device_name": "kitchen"}, headers=admin
-    ).json()
-    uid, token = body["device_uuid"], body["device_token"]
-    response = client.post(
-        f"/api/v1/devices/{uid}/heartbeat",
-        json={"current_version": "v1.0.0"},
-        headers=bearer(token),
-    )
-    assert response.status_code == 200
-    return {"uuid": uid, "token": token, "headers": bearer(token)}
-
-
-@pytest.fixture
-def publish(client, admin, make_package):  # type: ignore[no-untyped-def]
-    def do(version: str = "v1.1.0", update_type: str = "instant", **kwargs: Any):
-        package = make_package(version, update_type, **kwargs)
-        response = client.post("/api/v1/updates/", files=package.files(), data={}, headers=admin)
-        return response, package
-
-    return do
 
 
 def assert_detail(response, status: int, *fragments: str) -> str:  # type: ignore[no-untyped-def]

@@ -1,0 +1,210 @@
+"""Helpers shared by the server, backend and security tests: a hand-moved clock,
+isolation from the machine's settings, signed packages built in memory, and a
+real server process on a free loopback port."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from javia_updates.demo import free_port
+from javia_updates.manifest import canonical_json, sign_manifest
+from javia_updates.service import PackageUpload
+
+
+class Clock:
+    """A clock the test moves by hand (aware UTC)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def isolate_javia_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No JAVIA_* variable or server settings file of the machine running the tests leaks in."""
+    for name in list(os.environ):
+        if name.startswith("JAVIA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("JAVIA_CONFIG", str(tmp_path / "no-such-server.toml"))
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header carrying a device or enrollment token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --------------------------------------------------------------------------- packages
+
+
+@dataclass
+class Package:
+    """A signed package in memory, plus (when built with a directory) a file holding its payload."""
+
+    manifest: bytes
+    signature: bytes
+    payload: bytes
+    payload_path: Path | None = None
+
+    def upload(self) -> PackageUpload:
+        """A fresh PackageUpload (the service consumes the payload file, so copy it)."""
+        if self.payload_path is None:
+            raise ValueError("this package was built without a directory for its payload file")
+        copy = self.payload_path.with_name(f"payload-{uuid.uuid4().hex}.tar.gz")
+        copy.write_bytes(self.payload)
+        return PackageUpload(self.manifest, self.signature, copy)
+
+    def files(self) -> dict[str, Any]:
+        """The multipart ``files`` argument of a publish request."""
+        return {
+            "manifest": ("manifest.json", self.manifest, "application/json"),
+            "signature": ("manifest.sig", self.signature, "application/json"),
+            "payload": ("payload.tar.gz", self.payload, "application/gzip"),
+        }
+
+
+def app_files(version: str) -> dict[str, bytes]:
+    """The two files of the test application at ``version`` (relative path -> content)."""
+    return {"app.py": f"print('{version}')\n".encode(), "VERSION": f"{version}\n".encode()}
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A reproducible gzipped tar of ``files`` (sorted, mtime 0, mode 0644)."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as archive,
+    ):
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build_package(
+    version: str,
+    update_type: str,
+    *,
+    signing_key: Ed25519PrivateKey,
+    files: dict[str, bytes] | None = None,
+    directory: Path | None = None,
+    payload_override: bytes | None = None,
+    created_at: str = "2027-01-01T00:00:00Z",
+    **fields: Any,
+) -> Package:
+    """A package of ``files`` (default :func:`app_files`) signed with ``signing_key``.
+
+    ``fields`` override manifest fields (even with invalid values);
+    ``payload_override`` replaces the payload after signing. With ``directory``
+    the payload is also written to a file there (``Package.payload_path``).
+    """
+    files = files or app_files(version)
+    payload = tar_gz(files)
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "app": "assistant",
+        "version": version,
+        "created_at": created_at,
+        "update_type": update_type,
+        "description": f"release {version}",
+        "system_packages": [],
+        "files": [
+            {
+                "path": path,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "mode": 0o644,
+            }
+            for path, data in sorted(files.items())
+        ],
+        "archive": {
+            "name": "payload.tar.gz",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+        },
+        "unpacked_size": sum(len(data) for data in files.values()),
+    }
+    manifest.update(fields)
+    manifest_bytes = canonical_json(manifest)
+    signature = sign_manifest(manifest_bytes, signing_key).to_bytes()
+    body = payload if payload_override is None else payload_override
+    path = None
+    if directory is not None:
+        path = directory / f"payload-{uuid.uuid4().hex}.tar.gz"
+        path.write_bytes(body)
+    return Package(manifest_bytes, signature, body, path)
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+@contextmanager
+def server_process(tmp_path: Path, api_key: str) -> Iterator[tuple[str, Path]]:
+    """A ``python -m javia_updates.server`` process on a free loopback port.
+
+    It reads no JAVIA_* variable or settings file of the machine, keeps its data
+    in ``tmp_path/data`` and logs to ``tmp_path/server.log``. Yields (base URL,
+    log file); terminated on exit (killed after 10 s).
+    """
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
+    env.update(JAVIA_API_KEY=api_key, JAVIA_CONFIG=str(tmp_path / "absent.toml"))
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_healthy(base, process, log_path)
+            yield base, log_path
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_healthy(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Poll the health route until the server answers (start-up, not policy); at most 30 s.
+
+    Raises:
+        AssertionError: the process exited or did not answer within 30 s; the
+            message holds its log.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not come up:\n{log_path.read_text()}")
+        time.sleep(0.1)
