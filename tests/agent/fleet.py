@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,6 +209,20 @@ class CrashFleet(LocalFleet):
             and entry["details"].get("update_id") == update_id
             and entry["details"].get("to") in FINAL
         ]
+
+
+@contextmanager
+def provisioned_v1(fleet: CrashFleet, test_name: str) -> Iterator[FleetDevice]:
+    """A registered device with v1.0.0 installed, named after the test; the agent starts
+    it when it starts. Afterwards its agent and application are stopped and its agent
+    overrides forgotten."""
+    name = re.sub(r"[^a-z0-9]+", "-", test_name.lower())[-40:].strip("-")
+    device = fleet.provision(name, fleet.package("v1.0.0"))
+    try:
+        yield device
+    finally:
+        fleet.stop_device(device)
+        fleet.agent_overrides.pop(device.name, None)
 
 
 def app_alive(device: FleetDevice) -> bool:

@@ -40,6 +40,7 @@ from .fleet import (
     assert_converged,
     current_version,
     pause_env,
+    provisioned_v1,
     saved_state,
     starts_of,
     wait_for,
@@ -51,13 +52,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def device(fleet: CrashFleet, request: pytest.FixtureRequest) -> Iterator[FleetDevice]:
     """A registered device with v1.0.0 installed; the agent starts it when it starts."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[-40:].strip("-")
-    device = fleet.provision(name, fleet.package("v1.0.0"))
-    try:
+    with provisioned_v1(fleet, request.node.name) as device:
         yield device
-    finally:
-        fleet.stop_device(device)
-        fleet.agent_overrides.pop(device.name, None)
 
 
 _versions = iter(range(1, 1000))

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 from collections.abc import Iterator
 
@@ -28,6 +27,7 @@ from .fleet import (
     current_version,
     heartbeat_answer,
     pause_env,
+    provisioned_v1,
     saved_state,
     starts_of,
     wait_for,
@@ -39,13 +39,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def device(fleet: CrashFleet, request: pytest.FixtureRequest) -> Iterator[FleetDevice]:
     """A registered device with v1.0.0 installed; the agent starts it when it starts."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[-40:].strip("-")
-    device = fleet.provision(name, fleet.package("v1.0.0"))
-    try:
+    with provisioned_v1(fleet, request.node.name) as device:
         yield device
-    finally:
-        fleet.stop_device(device)
-        fleet.agent_overrides.pop(device.name, None)
 
 
 def _start_running_v1(fleet: CrashFleet, device: FleetDevice) -> int:

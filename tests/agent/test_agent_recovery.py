@@ -169,80 +169,65 @@ def test_crash_while_staging_removes_the_half_written_release_and_stages_again(
     running_v1.wait_for_app("v1.1.0")
 
 
-def test_crash_after_the_switch_rechecks_health_and_commits(
+# A crash inside a service call, the state saved then, the version ``current``
+# names at the crash, and the version the device ends on after the restart.
+# (The release whose health check fails is bad: the outcome is a rollback.)
+SERVICE_CRASHES = [
+    pytest.param(
+        {"start": 1}, False, UpdateState.SWITCHING, "v1.1.0", "v1.1.0",
+        id="after-the-switch-rechecks-health-and-commits",
+    ),
+    pytest.param(
+        {"stop": 1}, False, UpdateState.SWITCHING, "v1.0.0", "v1.1.0",
+        id="during-the-switch-before-current-moved-redoes-the-switch",
+    ),
+    pytest.param(
+        {"is_active": 1}, True, UpdateState.HEALTH_CHECK, "v1.1.0", "v1.0.0",
+        id="during-health-check-of-a-bad-release-rolls-back",
+    ),
+    pytest.param(
+        {"start": 2}, True, UpdateState.ROLLING_BACK, "v1.0.0", "v1.0.0",
+        id="while-rolling-back-finishes-the-rollback",  # the old release's restart
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("crash_on", "bad_release", "saved", "current_at_crash", "final"), SERVICE_CRASHES
+)
+def test_crash_in_a_service_call_converges_on_restart(
     running_v1: Device,
     signer: Signer,
     make_package: PackageFactory,
     file_server: FileServer,
     client: DeviceClient,
+    crash_on: dict[str, int],
+    bad_release: bool,
+    saved: UpdateState,
+    current_at_crash: str,
+    final: str,
 ) -> None:
     directive = InstallDirective.model_validate(
-        serve_package(file_server, 23, make_package("v1.1.0"))
+        serve_package(file_server, 23, make_package("v1.1.0", fail=bad_release))
     )
-    crashing = CrashingService(running_v1.service, {"start": 1})  # dies right after starting v1.1.0
+    crashing = CrashingService(running_v1.service, crash_on)
     _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing),
-        directive,
-        UpdateState.SWITCHING,
+        make_installer(running_v1, signer, client=client, service=crashing), directive, saved
     )
-    assert running_v1.current() == "v1.1.0"
+    assert running_v1.current() == current_at_crash
 
     outcome = make_installer(running_v1, signer, client=client).recover()
 
-    assert outcome is not None and outcome.result == InstallResult.COMPLETED
-    assert running_v1.statuses()[-1] == UpdateStatus.COMPLETED
-    running_v1.wait_for_app("v1.1.0")
-    assert StateStore(running_v1.paths.state_file).load().current_version == "v1.1.0"
-
-
-def test_crash_during_the_switch_before_current_moved_redoes_the_switch(
-    running_v1: Device,
-    signer: Signer,
-    make_package: PackageFactory,
-    file_server: FileServer,
-    client: DeviceClient,
-) -> None:
-    directive = InstallDirective.model_validate(
-        serve_package(file_server, 24, make_package("v1.1.0"))
+    rolled_back = final == "v1.0.0"
+    assert outcome is not None
+    assert outcome.result == (InstallResult.ROLLED_BACK if rolled_back else InstallResult.COMPLETED)
+    assert running_v1.statuses()[-1] == (
+        UpdateStatus.ROLLED_BACK if rolled_back else UpdateStatus.COMPLETED
     )
-    crashing = CrashingService(running_v1.service, {"stop": 1})
-    _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing),
-        directive,
-        UpdateState.SWITCHING,
-    )
-    assert running_v1.current() == "v1.0.0"
-
-    outcome = make_installer(running_v1, signer, client=client).recover()
-
-    assert outcome is not None and outcome.result == InstallResult.COMPLETED
-    assert running_v1.current() == "v1.1.0"
-    running_v1.wait_for_app("v1.1.0")
-
-
-def test_crash_during_health_check_of_a_bad_release_rolls_back_on_restart(
-    running_v1: Device,
-    signer: Signer,
-    make_package: PackageFactory,
-    file_server: FileServer,
-    client: DeviceClient,
-) -> None:
-    directive = InstallDirective.model_validate(
-        serve_package(file_server, 25, make_package("v1.1.0", fail=True))
-    )
-    crashing = CrashingService(running_v1.service, {"is_active": 1})
-    _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing),
-        directive,
-        UpdateState.HEALTH_CHECK,
-    )
-
-    outcome = make_installer(running_v1, signer, client=client).recover()
-
-    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
-    assert running_v1.current() == "v1.0.0"
-    running_v1.wait_for_app("v1.0.0")
-    assert running_v1.statuses()[-1] == UpdateStatus.ROLLED_BACK
+    assert running_v1.current() == final
+    running_v1.wait_for_app(final)
+    assert StateStore(running_v1.paths.state_file).load().current_version == final
+    assert running_v1.paths.release_dir("v1.1.0").exists() is not rolled_back
 
 
 def test_crash_while_committing_commits_on_restart(
@@ -271,30 +256,6 @@ def test_crash_while_committing_commits_on_restart(
     assert running_v1.statuses()[-1] == UpdateStatus.COMPLETED
     assert StateStore(running_v1.paths.state_file).load().current_version == "v1.1.0"
     running_v1.wait_for_app("v1.1.0")
-
-
-def test_crash_while_rolling_back_finishes_the_rollback_on_restart(
-    running_v1: Device,
-    signer: Signer,
-    make_package: PackageFactory,
-    file_server: FileServer,
-    client: DeviceClient,
-) -> None:
-    directive = InstallDirective.model_validate(
-        serve_package(file_server, 27, make_package("v1.1.0", fail=True))
-    )
-    crashing = CrashingService(running_v1.service, {"start": 2})  # the old release's restart
-    _crash_then_restart(
-        make_installer(running_v1, signer, client=client, service=crashing),
-        directive,
-        UpdateState.ROLLING_BACK,
-    )
-
-    outcome = make_installer(running_v1, signer, client=client).recover()
-    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
-    assert running_v1.current() == "v1.0.0"
-    running_v1.wait_for_app("v1.0.0")
-    assert not running_v1.paths.release_dir("v1.1.0").exists()
 
 
 def test_crash_while_reporting_reports_again_on_restart(
