@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -141,6 +142,8 @@ OFFLINE_AFTER_INTERVALS = 3
 MAX_METADATA_BYTES = 64 * 1024
 #: Row ids and version numbers must fit a signed 64-bit integer column.
 MAX_DATABASE_INTEGER = 2**63 - 1
+#: Updates whose manifest and signature bytes are kept in memory (a few KiB each).
+DOCUMENT_CACHE_SIZE = 64
 #: Enrollment tokens start with this, so the server (and a secret scanner) can
 #: tell them from device tokens at a glance.
 ENROLLMENT_TOKEN_PREFIX = "javia_enroll_"
@@ -371,6 +374,8 @@ class UpdateService:
             self.store.get_update,
             max_age_seconds=CATALOG_MAX_AGE_SECONDS,
         )
+        self._documents: dict[int, tuple[bytes, bytes]] = {}
+        self._documents_lock = threading.Lock()
         self.soft_state = SoftStateWriter(
             self.store.record_heartbeats, flush_seconds=settings.heartbeat_flush_seconds
         )
@@ -970,7 +975,7 @@ class UpdateService:
         Raises:
             NotFoundError: the device has no row for that update.
         """
-        row = self.store.get_device_update(device.id, update_id)
+        row = self._device_update(device, update_id)
         result = self.store.transition(
             row.id,
             report.status,
@@ -1020,7 +1025,8 @@ class UpdateService:
             update_id = int(text)
         if not 1 <= update_id <= MAX_DATABASE_INTEGER:
             raise NotFoundError(f"update {update_id} does not exist")
-        return self.store.get_update(update_id)
+        cached = self.catalog.get(update_id)
+        return cached if cached is not None else self.store.get_update(update_id)
 
     def get_update(self, reference: str | int) -> UpdateOut:
         """One update with its per-status device counts.
@@ -1063,14 +1069,41 @@ class UpdateService:
     def device_may_read(self, device: DeviceRecord, update_id: int) -> bool:
         """Whether ``device`` has a row for ``update_id`` (and so may fetch its package)."""
         try:
-            self.store.get_device_update(device.id, update_id)
+            self._device_update(device, update_id)
         except NotFoundError:
             return False
         return True
 
+    def _device_update(self, device: DeviceRecord, update_id: int) -> DeviceUpdateRecord:
+        """The row of ``device`` for ``update_id``: from the cached rows, else the store.
+
+        A cached row's status may lag behind another replica's write by the
+        cache's lifetime; callers use it only to find the row (status changes
+        are conditional in the store).
+
+        Raises:
+            NotFoundError: the device has no row for that update.
+        """
+        for row in self._device_rows(device):
+            if row.update_id == update_id:
+                return row
+        return self.store.get_device_update(device.id, update_id)
+
     def package_documents(self, update: UpdateRecord) -> tuple[bytes, bytes]:
-        """The exact stored ``manifest.json`` and ``manifest.sig`` bytes."""
-        return self.store.get_package_documents(update.id)
+        """The exact stored ``manifest.json`` and ``manifest.sig`` bytes.
+
+        Kept in memory for the most recent :data:`DOCUMENT_CACHE_SIZE` updates
+        asked for: an update never changes once published, and every device
+        of a rollout fetches the same two documents.
+        """
+        documents = self._documents.get(update.id)
+        if documents is None:
+            documents = self.store.get_package_documents(update.id)
+            with self._documents_lock:
+                self._documents[update.id] = documents
+                while len(self._documents) > DOCUMENT_CACHE_SIZE:
+                    del self._documents[next(iter(self._documents))]
+        return documents
 
     def payload_range(self, update: UpdateRecord, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``[start, end)`` of the payload archive, in chunks.

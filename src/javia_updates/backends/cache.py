@@ -240,6 +240,18 @@ class UpdateCatalog:
         self._current()
         return self.generation
 
+    def get(self, update_id: int) -> UpdateRecord | None:
+        """The published update ``update_id`` if the current copy holds it (no I/O), else None.
+
+        Updates never change once published, so a held record is never stale;
+        one published since the last check is not held yet (the caller reads
+        the store).
+        """
+        for update in self._updates:
+            if update.record.id == update_id:
+                return update.record
+        return None
+
     def newest_targeting(
         self, device_uuid: uuid.UUID, running: tuple[int, int, int] | None
     ) -> UpdateRecord | None:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -65,6 +65,7 @@ from javia_updates.backends.base import (
     TransitionResult,
     UpdateRecord,
 )
+from javia_updates.backends.group_commit import GroupCommit
 from javia_updates.backends.schema import (
     Tables,
     UTCDateTime,
@@ -75,6 +76,8 @@ from javia_updates.backends.schema import (
 from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
 from javia_updates.versioning import Version
+
+T = TypeVar("T")
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "SQLStore", "make_engine"]
 
@@ -150,6 +153,14 @@ class SQLStore(Store):
         self._write_lock: threading.Lock | nullcontext[None] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
         )
+        # On SQLite, status reports, registrations and reconciled rows from
+        # concurrent requests share transactions: one commit (one WAL fsync)
+        # for all. PostgreSQL commits concurrent transactions in parallel (and
+        # groups their WAL flushes itself); sharing a transaction there would
+        # only make replicas lock rows in different orders and deadlock.
+        self.group_commit: GroupCommit | None = (
+            GroupCommit(self._write) if engine.dialect.name == "sqlite" else None
+        )
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -172,6 +183,22 @@ class SQLStore(Store):
                 connection.execution_options(javia_write=True)
                 with connection.begin():
                     yield connection
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise BackendError(f"database write failed: {_short(error)}") from error
+
+    def _grouped(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in a write transaction, on SQLite shared with concurrent callers.
+
+        See :mod:`javia_updates.backends.group_commit`. IntegrityError passes
+        through for the caller to map, as with :meth:`_write`.
+        """
+        if self.group_commit is None:
+            with self._write() as connection:
+                return work(connection)
+        try:
+            return self.group_commit.run(work)
         except IntegrityError:
             raise
         except SQLAlchemyError as error:
@@ -242,8 +269,9 @@ class SQLStore(Store):
             ConflictError: ``device_uuid`` is already registered.
         """
         try:
-            with self._write() as connection:
-                row = self._insert_device(connection, device, now, audit)
+            row = self._grouped(
+                lambda connection: self._insert_device(connection, device, now, audit)
+            )
         except IntegrityError:
             raise self._device_conflict(device) from None
         return self._device_from_row(row)
@@ -944,21 +972,24 @@ class SQLStore(Store):
     ) -> bool:
         """Insert one pending row; False if the (device, update) row already exists."""
         du = self.tables.device_updates
-        try:
-            with self._write() as connection:
-                connection.execute(
-                    du.insert().values(
-                        device_id=row.device_id,
-                        update_id=update_id,
-                        status=UpdateStatus.PENDING.value,
-                        install_type=row.install_type.value,
-                        scheduled_for=row.scheduled_for,
-                        window_end=row.window_end,
-                        created_at=now,
-                        updated_at=now,
-                    )
+
+        def insert(connection: Connection) -> None:
+            connection.execute(
+                du.insert().values(
+                    device_id=row.device_id,
+                    update_id=update_id,
+                    status=UpdateStatus.PENDING.value,
+                    install_type=row.install_type.value,
+                    scheduled_for=row.scheduled_for,
+                    window_end=row.window_end,
+                    created_at=now,
+                    updated_at=now,
                 )
-                self._audit(connection, audit, now)
+            )
+            self._audit(connection, audit, now)
+
+        try:
+            self._grouped(insert)
         except IntegrityError as error:
             try:
                 self.get_device_update(row.device_id, update_id)
@@ -987,26 +1018,36 @@ class SQLStore(Store):
             values["completed_at"] = now
         if error_message is not None:
             values["error_message"] = error_message
-        try:
-            with self._write() as connection:
-                changed = False
-                if allowed:
-                    result = connection.execute(
-                        du.update()
-                        .where(
-                            du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed])
-                        )
-                        .values(**values)
+
+        def move(connection: Connection) -> TransitionResult:
+            changed = False
+            previous = None
+            if allowed:
+                previous = connection.execute(
+                    select(du.c.status).where(du.c.id == device_update_id)
+                ).scalar_one_or_none()
+                result = connection.execute(
+                    du.update()
+                    .where(du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed]))
+                    .values(**values)
+                )
+                changed = result.rowcount == 1
+            record = self._load_device_update(connection, device_update_id)
+            if changed:
+                entry = audit
+                if "from" in audit.details:
+                    entry = AuditEntry(
+                        audit.actor, audit.action, {**audit.details, "from": previous}
                     )
-                    changed = result.rowcount == 1
-                record = self._load_device_update(connection, device_update_id)
-                if changed:
-                    self._audit(connection, audit, now)
-                    if status is UpdateStatus.COMPLETED:
-                        self._raise_current_version(connection, record, now)
+                self._audit(connection, entry, now)
+                if status is UpdateStatus.COMPLETED:
+                    self._raise_current_version(connection, record, now)
+            return TransitionResult(record, changed)
+
+        try:
+            return self._grouped(move)
         except IntegrityError as error:  # pragma: no cover - no constraint can fail here
             raise BackendError(f"database write failed: {_short(error)}") from error
-        return TransitionResult(record, changed)
 
     def _raise_current_version(
         self, connection: Connection, record: DeviceUpdateRecord, now: datetime
