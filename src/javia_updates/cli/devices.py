@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -25,6 +27,9 @@ from javia_updates.cli.common import (
     friendly_errors,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from javia_updates.admin_client import AdminClient
 
 app = typer.Typer(help="List and inspect devices; revoke and rotate their tokens.", no_args_is_help=True)
 enrollment_app = typer.Typer(
@@ -114,6 +119,22 @@ def _device_uuid(text: str) -> str:
         fail(f"invalid device uuid {text[:60]!r}: expected e.g. {uuid.uuid4()}")
 
 
+def _call_unless_json(
+    server: str | None, api_key: str | None, as_json: bool, call: Callable[[AdminClient], dict]
+) -> dict | None:
+    """The server's answer to ``call(client)``, or None once printed as JSON (``--json``).
+
+    Exits with a clear line on a missing admin key or a server error
+    (:func:`admin_client`, :func:`friendly_errors`).
+    """
+    with friendly_errors(), admin_client(server, api_key) as client:
+        answer = call(client)
+    if as_json:
+        print_json(answer)
+        return None
+    return answer
+
+
 @app.command("revoke")
 def revoke(
     device_uuid: str = typer.Argument(..., help="The device's uuid."),
@@ -123,10 +144,10 @@ def revoke(
 ) -> None:
     """Revoke a device's token at once: it gets 401 until 'rotate-token' issues a new one."""
     target = _device_uuid(device_uuid)
-    with friendly_errors(), admin_client(server, api_key) as client:
-        device = client.revoke_device_token(target)
-    if as_json:
-        print_json(device)
+    device = _call_unless_json(
+        server, api_key, as_json, lambda client: client.revoke_device_token(target)
+    )
+    if device is None:
         return
     console.print(
         f"revoked the token of device {target}"
@@ -146,10 +167,10 @@ def rotate_token(
 ) -> None:
     """Issue a new device token (shown once); the old one stops working at once."""
     target = _device_uuid(device_uuid)
-    with friendly_errors(), admin_client(server, api_key) as client:
-        registered = client.rotate_device_token(target)
-    if as_json:
-        print_json(registered)
+    registered = _call_unless_json(
+        server, api_key, as_json, lambda client: client.rotate_device_token(target)
+    )
+    if registered is None:
         return
     console.print(f"new token for device {target} (shown this once):", highlight=False)
     console.print(registered["device_token"], highlight=False, soft_wrap=True)
