@@ -26,7 +26,6 @@ from pathlib import Path
 
 from javia_agent.errors import InstallError, PackageManagerLockError
 from javia_updates.errors import ManifestError
-from javia_updates.manifest import validate_apt_package
 
 __all__ = [
     "DPKG_FRONTEND_LOCK",
@@ -58,6 +57,9 @@ def apt_install_argv(apt_command: Sequence[str], packages: Sequence[str]) -> lis
             signed manifest was checked already), or ``--`` appears in the
             middle of ``apt_command``.
     """
+    # Imported here: javia_updates.manifest loads cryptography, which an idle agent never needs.
+    from javia_updates.manifest import validate_apt_package
+
     prefix = list(apt_command)
     if not prefix:
         raise InstallError(

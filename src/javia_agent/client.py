@@ -50,7 +50,6 @@ from javia_agent.errors import (
     NetworkError,
     ServerError,
 )
-from javia_updates.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 from javia_updates.models import (
     DeviceRegistered,
     DeviceRegisterRequest,
@@ -452,12 +451,17 @@ class DeviceClient:
                 after the retries (a 4xx other than 408/429 is not retried).
             DownloadCancelledError: ``should_stop`` asked to stop while waiting.
         """
+        # Imported here: javia_updates.manifest loads cryptography, which an idle agent never needs.
+        from javia_updates.manifest import MAX_MANIFEST_BYTES
+
         return self._download_small(url, MAX_MANIFEST_BYTES, "manifest download", should_stop)
 
     def download_signature(
         self, url: str, *, should_stop: Callable[[], bool] | None = None
     ) -> bytes:
         """Download ``manifest.sig`` bytes (at most 4 KiB). Raises as :meth:`download_manifest`."""
+        from javia_updates.manifest import MAX_SIGNATURE_BYTES
+
         return self._download_small(url, MAX_SIGNATURE_BYTES, "signature download", should_stop)
 
     def download_payload(

@@ -53,10 +53,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from javia_agent import verification
 from javia_agent._fs import atomic_write, fsync_directory
 from javia_agent.apt import apt_install_argv, apt_lock_failure, wait_for_dpkg_lock
 from javia_agent.client import DeviceClient
@@ -89,10 +88,18 @@ from javia_agent.state import (
     UpdateState,
 )
 from javia_updates.errors import JaviaError
-from javia_updates.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME, Manifest
 from javia_updates.models import InstallDirective, UpdateStatus
-from javia_updates.packaging import read_package_dir
 from javia_updates.versioning import Version
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from javia_updates.manifest import Manifest
+
+# Verifying, unpacking and the manifest's rules need cryptography (its Rust
+# extension and libcrypto, about 6 MiB of resident memory): they are imported
+# by the steps that install, never while the agent idles between heartbeats
+# (docs/benchmarks.md, agent idle memory).
 
 __all__ = [
     "PAUSE_AT_ENV",
@@ -108,7 +115,7 @@ logger = logging.getLogger(__name__)
 
 #: Sends (or queues) one status report: (update id, status, error message or None).
 Reporter = Callable[[int, UpdateStatus, "str | None"], None]
-Keyring = Mapping[str, Ed25519PublicKey]
+Keyring = Mapping[str, "Ed25519PublicKey"]
 
 _MAX_ERROR_CHARS = 2000
 #: Agent cycles in a row whose download attempt ended without a new payload
@@ -118,6 +125,23 @@ MAX_STALLED_DOWNLOADS = 5
 _APT_TIMEOUT_SECONDS = 1800.0
 _SETUP_TIMEOUT_SECONDS = 1800.0
 _EXTRACT_TIMEOUT_SECONDS = 1800.0
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``installer.verification``: :mod:`javia_agent.verification`, imported on first use."""
+    if name == "verification":
+        from javia_agent import verification
+
+        return verification
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _load_keyring(directory: Path) -> Keyring:
+    """The trusted keys in ``directory`` (:func:`javia_updates.keys.load_keyring`), read now."""
+    from javia_updates.keys import load_keyring
+
+    return load_keyring(directory)
+
 
 #: Test hook: comma-separated pause points (state names, or ``staging.extracted``,
 #: ``switching.stopped``, ``switching.linked``). Never set on a device.
@@ -349,8 +373,6 @@ class Installer:
         The crash tests' pause hook is read from the environment here
         (:func:`pause_hook_from_environment`); it does nothing unless set.
         """
-        from javia_updates.keys import load_keyring
-
         keyring_dir = config.keyring_dir
         during = keepalive_during or nullcontext
         envs = None
@@ -365,7 +387,7 @@ class Installer:
         return cls(
             paths=config.paths,
             service=service,
-            keyring=lambda: load_keyring(keyring_dir),
+            keyring=lambda: _load_keyring(keyring_dir),
             client=client,
             reporter=reporter,
             clock=clock or Clock(),
@@ -531,6 +553,9 @@ class Installer:
                 downgrade).
             DiskSpaceError: the unpacked release would not fit; nothing was written.
         """
+        from javia_agent import verification
+        from javia_updates.packaging import read_package_dir
+
         package_dir = Path(package_dir).resolve()
         read_package_dir(package_dir)  # refuse a missing or incomplete package before touching disk
         with self._locked():
@@ -651,6 +676,10 @@ class Installer:
 
     def _pre_switch(self, run: _Run, step: UpdateState) -> None:
         """Download (server updates), verify and stage; raise to fail, retry or abandon."""
+        from javia_agent import verification
+        from javia_updates.manifest import PAYLOAD_NAME
+        from javia_updates.packaging import read_package_dir
+
         record = run.record
         package_dir = self._package_dir(record)
         if not self.keyring():
@@ -692,6 +721,9 @@ class Installer:
 
     def _download(self, run: _Run, package_dir: Path) -> None:
         """Fetch and verify the metadata, then stream the payload (resumable)."""
+        from javia_agent import verification
+        from javia_updates.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
+
         directive = run.directive
         client = self.client
         if directive is None or client is None:  # pragma: no cover - guarded by install()
@@ -772,6 +804,8 @@ class Installer:
     @staticmethod
     def _downloaded_bytes(package_dir: Path) -> int:
         """Payload bytes on disk (complete or ``.partial``) for a download directory."""
+        from javia_updates.manifest import PAYLOAD_NAME
+
         payload = package_dir / PAYLOAD_NAME
         have = 0
         for candidate in (payload, payload.with_name(payload.name + ".partial")):
@@ -860,6 +894,8 @@ class Installer:
 
     def _stage(self, manifest: Manifest, payload: Path) -> None:
         """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""
+        from javia_agent import verification
+
         release = self.paths.release_dir(manifest.version)
         self.paths.releases_dir.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(release):
@@ -1069,6 +1105,7 @@ class Installer:
         if self.keyring_dir is None:
             return
         from javia_agent.keyring import apply_package_keyring_changes
+        from javia_updates.packaging import read_package_dir
 
         try:
             manifest_bytes, signature_bytes, _ = read_package_dir(self._package_dir(record))
