@@ -44,6 +44,7 @@ from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
 from javia_agent.errors import AgentError, ConfigError
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
+from javia_agent.memory import release_memory
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
 from javia_agent.state import PRE_SWITCH_STATES
@@ -493,6 +494,10 @@ class Agent:
             self.start()
         except JaviaError as error:
             logger.error("start-up: %s", error)
+        # Start-up and the first heartbeat allocate much that is freed again
+        # (configuration, TLS set-up, pydantic's first validations); so does an
+        # install. Give it back to the kernel once after each, not per heartbeat.
+        release_after_cycle = True
         while not self._stop.is_set():
             try:
                 result = self.run_once()
@@ -508,6 +513,10 @@ class Agent:
             else:
                 self._failures = 0
                 delay = result.sleep_seconds
+                release_after_cycle = release_after_cycle or result.outcome is not None
+            if release_after_cycle:
+                release_memory()
+                release_after_cycle = False
             self._wait(delay)
         self.notifier.stopping()
         logger.info("javia agent stopped")

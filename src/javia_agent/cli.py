@@ -15,10 +15,9 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 from javia_agent.config import (
     CONFIG_PATH_ENV,
@@ -33,6 +32,9 @@ from javia_agent.config import (
 from javia_agent.errors import ConfigError
 from javia_updates.errors import JaviaError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["app"]
 
 app = typer.Typer(
@@ -42,8 +44,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_out = Console()
-_err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = typer.Option(
@@ -55,8 +55,22 @@ ConfigOption = typer.Option(
 )
 
 
+@functools.cache
+def _console(stderr: bool = False) -> Console:
+    """rich's console for stdout (or stderr), made on first output.
+
+    Not at import: ``javia agent run`` prints nothing on success and keeps
+    rich's rendering modules out of the idle agent (docs/benchmarks.md).
+    """
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
-    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    _console(stderr=True).print(
+        f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True
+    )
     raise typer.Exit(code)
 
 
@@ -257,7 +271,7 @@ def register(
     config = config.model_copy(update={"device_uuid": registered.device_uuid, "server_url": url})
     write_token_file(config.token_file, registered.device_token)
     write_config(config, path)
-    _out.print(
+    _console().print(
         f"registered device {registered.device_uuid}"
         + (f" ({registered.device_name})" if registered.device_name else "")
         + f"; configuration {path}, token {config.token_file}",
@@ -306,6 +320,9 @@ def run(
 
     With ``--once``: exit 1 if the update it attempted failed or was rolled back.
     """
+    from javia_agent.memory import skip_httpx_command_line
+
+    skip_httpx_command_line()  # before httpx is first imported (javia_agent.client)
     from javia_agent.agent import Agent
     from javia_agent.installer import InstallResult
 
@@ -326,7 +343,7 @@ def run(
                 line += f"; {outcome.version}: {outcome.result}"
                 if outcome.reason:
                     line += f" ({outcome.reason})"
-            _out.print(line, highlight=False)
+            _console().print(line, highlight=False)
             if outcome is not None and outcome.result in (
                 InstallResult.FAILED,
                 InstallResult.ROLLED_BACK,
@@ -419,7 +436,7 @@ def _print_status(body: dict[str, Any]) -> None:
     if body["failed_versions"]:
         table.add_row("failed versions", ", ".join(body["failed_versions"]))
     table.add_row("queued reports", str(body["queued_reports"]))
-    _out.print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -479,7 +496,7 @@ def verify(
         floor = Version.parse(running) if running and Version.is_valid(running) else None
     verified = verify_package_dir(package_dir, load_keyring(keyring), current_version=floor)
     manifest = verified.manifest
-    _out.print(
+    _console().print(
         f"accepted: {manifest.app} {manifest.version} ({manifest.update_type}), "
         f"signed by key {verified.key_id}, {len(manifest.files)} files, {manifest.unpacked_size} bytes",
         highlight=False,
@@ -506,4 +523,4 @@ def install(
     outcome = installer.install_from_directory(package_dir)
     if outcome.result != InstallResult.COMPLETED:
         _fail(_escape(f"{outcome.version} {outcome.result}: {outcome.reason}"))
-    _out.print(f"installed {outcome.version}; it is running", highlight=False)
+    _console().print(f"installed {outcome.version}; it is running", highlight=False)
