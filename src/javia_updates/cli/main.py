@@ -7,42 +7,49 @@ installed only the base distribution.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import typer
 
 from javia_updates import __version__
-from javia_updates.cli import db, demo, devices, keys, publish, server, simulate, updates
-from javia_updates.cli.common import fail
 from javia_updates.errors import JaviaError
 
-app = typer.Typer(
+_app = typer.Typer(
     name="javia",
     help="Over-the-air updates for a fleet of Raspberry Pi voice assistants.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("publish")(publish.publish)
-app.add_typer(devices.app, name="devices")
-app.add_typer(updates.app, name="updates")
-app.add_typer(keys.app, name="keys")
-app.command("server")(server.serve)
-app.add_typer(db.app, name="db")
-app.command("demo")(demo.demo)
-app.command("simulate")(simulate.simulate)
 
 
-def _add_agent() -> None:
+@functools.cache
+def _full_app() -> typer.Typer:
+    """The root app with every command group (imported on first use, see :func:`run`)."""
     from javia_agent.cli import app as agent_app
+    from javia_updates.cli import db, demo, devices, keys, publish, server, simulate, updates
 
-    app.add_typer(agent_app, name="agent", help="Run and inspect the agent on a device.")
+    _app.command("publish")(publish.publish)
+    _app.add_typer(devices.app, name="devices")
+    _app.add_typer(updates.app, name="updates")
+    _app.add_typer(keys.app, name="keys")
+    _app.command("server")(server.serve)
+    _app.add_typer(db.app, name="db")
+    _app.command("demo")(demo.demo)
+    _app.command("simulate")(simulate.simulate)
+    _app.add_typer(agent_app, name="agent", help="Run and inspect the agent on a device.")
+    return _app
 
 
-_add_agent()
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the complete root app (built on first access)."""
+    if name == "app":
+        return _full_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.callback(invoke_without_command=True)
+@_app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Show javia's version and exit."),
 ) -> None:
@@ -52,10 +59,23 @@ def _root(
 
 
 def run() -> None:
-    """Console-script entry point: no traceback ever reaches the user."""
+    """Console-script entry point: no traceback ever reaches the user.
+
+    ``javia agent ...`` runs the agent's commands alone: the operator's
+    groups (server, publish, tables and progress bars) are not imported into
+    the agent that runs all day on a device (about 3 MiB of its 40 MB budget,
+    docs/benchmarks.md).
+    """
     try:
-        app()
+        if sys.argv[1:2] == ["agent"]:
+            from javia_agent.cli import app as agent_app
+
+            agent_app(args=sys.argv[2:], prog_name="javia agent")
+        else:
+            _full_app()()
     except JaviaError as error:  # pragma: no cover - commands catch their own
+        from javia_updates.cli.common import fail
+
         fail(str(error))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
