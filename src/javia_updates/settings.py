@@ -21,14 +21,10 @@ from datetime import time
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from javia_updates.errors import JaviaError
+from javia_updates.settings_sources import EnvOverTomlSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -55,7 +51,7 @@ def config_path() -> Path:
     return Path(os.environ.get("JAVIA_CONFIG") or DEFAULT_CONFIG_PATH).expanduser()
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(EnvOverTomlSettings):
     """Everything the server needs to run, with documented units.
 
     Attributes:
@@ -134,20 +130,9 @@ class ServerSettings(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Keyword arguments over ``JAVIA_*`` environment over the TOML file."""
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_path()),
-        )
+    def toml_config_path(cls) -> Path:
+        """The server's settings file, :func:`config_path`."""
+        return config_path()
 
     def resolved_database_url(self) -> str:
         """The database URL: ``database_url``, or the SQLite file in ``data_dir``."""

@@ -39,12 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from javia_updates.backends.base import Backend, register_backend
@@ -58,6 +53,7 @@ from javia_updates.backends.supabase_storage import (
 )
 from javia_updates.errors import BackendError
 from javia_updates.settings import SettingsError, config_path
+from javia_updates.settings_sources import EnvOverTomlSettings
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings
@@ -70,7 +66,7 @@ _URL_EXAMPLE = (
 )
 
 
-class SupabaseSettings(BaseSettings):
+class SupabaseSettings(EnvOverTomlSettings):
     """The Supabase Storage settings of the ``supabase`` backend.
 
     Read like every server setting: keyword arguments over the environment
@@ -98,20 +94,9 @@ class SupabaseSettings(BaseSettings):
     )
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Keyword arguments over ``JAVIA_*`` environment over the server's TOML file."""
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_path()),
-        )
+    def toml_config_path(cls) -> Path:
+        """The server's settings file (:func:`~javia_updates.settings.config_path`)."""
+        return config_path()
 
     @classmethod
     def for_server(cls, settings: ServerSettings | Any) -> SupabaseSettings:

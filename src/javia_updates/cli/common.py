@@ -18,15 +18,11 @@ from typing import Any, NoReturn
 
 import typer
 from pydantic import SecretStr
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 from rich.console import Console
 
 from javia_updates.errors import JaviaError
+from javia_updates.settings_sources import EnvOverTomlSettings
 
 console = Console()
 error_console = Console(stderr=True)
@@ -41,7 +37,7 @@ def _operator_config_path() -> Path:
     return Path(os.environ.get("JAVIA_OPERATOR_CONFIG", str(DEFAULT_OPERATOR_CONFIG))).expanduser()
 
 
-class OperatorSettings(BaseSettings):
+class OperatorSettings(EnvOverTomlSettings):
     """Where the operator's commands find the server and the signing key."""
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -51,19 +47,9 @@ class OperatorSettings(BaseSettings):
     signing_key: Path = DEFAULT_SIGNING_KEY
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_operator_config_path()),
-        )
+    def toml_config_path(cls) -> Path:
+        """``$JAVIA_OPERATOR_CONFIG`` or ``~/.config/javia/operator.toml``."""
+        return _operator_config_path()
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
