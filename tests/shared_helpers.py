@@ -13,7 +13,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,9 +24,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from javia_updates.backends.base import AuditEntry, NewDeviceUpdate, NewUpdate, Store, UpdateRecord
 from javia_updates.demo import free_port
 from javia_updates.manifest import canonical_json, sign_manifest
+from javia_updates.models import UpdateType
 from javia_updates.service import PackageUpload
+from javia_updates.versioning import Version
 
 
 class Clock:
@@ -157,6 +160,41 @@ def build_package(
         path = directory / f"payload-{uuid.uuid4().hex}.tar.gz"
         path.write_bytes(body)
     return Package(manifest_bytes, signature, body, path)
+
+
+def store_update(
+    store: Store,
+    version: str,
+    *,
+    now: datetime,
+    update_type: UpdateType = UpdateType.SCHEDULED,
+    rows: Sequence[NewDeviceUpdate] = (),
+) -> UpdateRecord:
+    """Write an update row (and its device rows) straight through the store.
+
+    Unlike publishing through the service, this skips the package objects and
+    the rule that a new version must be above every published one, so a test
+    can insert versions in any order. The package documents are placeholders.
+    """
+    numbers = Version.parse(version)
+    update = NewUpdate(
+        version=version,
+        version_numbers=(numbers.major, numbers.minor, numbers.patch),
+        update_type=update_type,
+        description="",
+        package_url=f"{version}/0000",
+        system_packages=(),
+        app="assistant",
+        key_id="0" * 16,
+        archive_size=10,
+        archive_sha256="0" * 64,
+        manifest=b"{}",
+        signature=b"{}",
+        targets=None,
+    )
+    return store.create_update(
+        update, list(rows), now=now, audit=AuditEntry("admin", "update.publish")
+    )
 
 
 # --------------------------------------------------------------------------- server processes

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from shared_helpers import store_update
 
 from javia_updates.backends import Backend
 from javia_updates.backends.base import DeviceRecord
@@ -361,6 +362,20 @@ def test_updates_list_highest_version_first_numerically_with_filters_and_pages(
     assert service.update_devices("v1.9.0", status=UpdateStatus.PENDING).total == 0
     history = service.device_history(device.device_uuid)
     assert [row.version for row in history.items] == ["v1.10.0", "v1.9.0", "v1.2.0"]
+
+
+def test_updates_list_in_numeric_version_order_whatever_order_they_were_written_in(
+    service, backend
+):
+    # Publishing refuses a version below the highest one, so the rows go in through the
+    # store, in an order that is neither numeric nor text order, forwards or backwards.
+    for version in ("v1.9.0", "v1.10.0", "v1.2.0"):
+        store_update(backend.store, version, now=NOW)
+
+    assert [u.version for u in service.list_updates().items] == ["v1.10.0", "v1.9.0", "v1.2.0"]
+    assert [u.version for u in service.list_updates(limit=1, offset=1).items] == ["v1.9.0"]
+    newer = backend.store.updates_newer_than((1, 2, 0))
+    assert [u.version for u in newer] == ["v1.10.0", "v1.9.0"]
 
 
 def test_the_audit_log_lists_changes_newest_first_in_pages(service, make_package):

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from shared_helpers import store_update
 from sqlalchemy import event, inspect, text
 
 from javia_updates.backends import (
@@ -27,7 +28,6 @@ from javia_updates.backends.base import (
     AuditEntry,
     NewDevice,
     NewDeviceUpdate,
-    NewUpdate,
 )
 from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.migrations import current_revision, head_revision, offline_sql, upgrade
@@ -195,27 +195,11 @@ def _device(name: str | None = None) -> NewDevice:
 def _publish(
     store: SQLStore, version: str, device_ids: list[int], update_type=UpdateType.SCHEDULED
 ):  # type: ignore[no-untyped-def]
-    numbers = tuple(int(part) for part in version[1:].split("."))
-    update = NewUpdate(
-        version=version,
-        version_numbers=numbers,  # type: ignore[arg-type]
-        update_type=update_type,
-        description="",
-        package_url=f"{version}/0000",
-        system_packages=(),
-        app="assistant",
-        key_id="0" * 16,
-        archive_size=10,
-        archive_sha256="0" * 64,
-        manifest=b"{}",
-        signature=b"{}",
-        targets=None,
-    )
     rows = [
         NewDeviceUpdate(device_id, update_type, NOW, NOW + timedelta(hours=3))
         for device_id in device_ids
     ]
-    return store.create_update(update, rows, now=NOW, audit=AuditEntry("admin", "update.publish"))
+    return store_update(store, version, now=NOW, update_type=update_type, rows=rows)
 
 
 def test_publish_inserts_all_device_rows_with_one_bulk_statement(store):

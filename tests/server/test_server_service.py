@@ -568,12 +568,6 @@ def test_updates_resolve_by_id_or_version(service, clock, make_package):
         service.get_update("latest")
 
 
-def test_update_list_is_in_numeric_version_order(service, clock, make_package):
-    for version in ("v1.2.0", "v1.9.0", "v1.10.0"):  # versions only go up
-        service.publish_update(make_package(version).upload(), now=clock.now)
-    assert [u.version for u in service.list_updates().items] == ["v1.10.0", "v1.9.0", "v1.2.0"]
-
-
 def test_sub_second_demo_interval_reaches_the_device_and_drives_offline(
     backend, settings, clock
 ):
