@@ -93,6 +93,10 @@ def main() -> None:
             else f"{cpu:.1f} s ({report.server_cpu_percent:.0f} % of one core)",
         )
     )
+    if report.simulator_cpu_seconds is not None:
+        result.rows.append(
+            Row("simulator CPU over the same time", f"{report.simulator_cpu_seconds:.1f} s")
+        )
     latency = report.heartbeat_latency_ms
     result.rows.append(
         Row(

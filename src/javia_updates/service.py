@@ -43,6 +43,8 @@ The rules (DESIGN.md section 4), where they are applied:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import secrets
@@ -75,6 +77,7 @@ from javia_updates.backends.base import (
     NewUpdate,
     Page,
     PublishTarget,
+    TransitionResult,
     UpdateRecord,
 )
 from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
@@ -977,22 +980,53 @@ class UpdateService:
         """
         row = self._device_update(device, update_id)
         result = self.store.transition(
-            row.id,
-            report.status,
-            now=now,
-            error_message=report.error_message,
-            audit=AuditEntry(
-                f"device:{device.device_uuid}",
-                "device_update.status",
-                {
-                    "update_id": update_id,
-                    "version": row.version,
-                    "from": row.status.value,
-                    "to": report.status.value,
-                    "error_message": report.error_message,
-                },
-            ),
+            row.id, report.status, **self._status_change(device, row, report, now)
         )
+        return self._status_reported(device, update_id, result)
+
+    async def report_status_async(
+        self, device: DeviceRecord, update_id: int, report: StatusReport, *, now: datetime
+    ) -> StatusReportResult:
+        """:meth:`report_status` for the event loop: the write is committed before it returns.
+
+        With local reads (SQLite) the row is found on the loop and the write
+        waits in the store's group commit without holding a thread; otherwise
+        the whole report runs in a worker thread.
+
+        Raises:
+            NotFoundError: the device has no row for that update.
+        """
+        if not self.store.local_reads:
+            return await asyncio.to_thread(
+                functools.partial(self.report_status, device, update_id, report, now=now)
+            )
+        row = self._device_update(device, update_id)
+        result = await self.store.transition_async(
+            row.id, report.status, **self._status_change(device, row, report, now)
+        )
+        return self._status_reported(device, update_id, result)
+
+    @staticmethod
+    def _status_change(
+        device: DeviceRecord, row: DeviceUpdateRecord, report: StatusReport, now: datetime
+    ) -> dict[str, Any]:
+        """The keyword arguments of :meth:`Store.transition` for a device's report."""
+        audit = AuditEntry(
+            f"device:{device.device_uuid}",
+            "device_update.status",
+            {
+                "update_id": row.update_id,
+                "version": row.version,
+                "from": row.status.value,  # the store writes the status it found
+                "to": report.status.value,
+                "error_message": report.error_message,
+            },
+        )
+        return {"now": now, "error_message": report.error_message, "audit": audit}
+
+    def _status_reported(
+        self, device: DeviceRecord, update_id: int, result: TransitionResult
+    ) -> StatusReportResult:
         # The row moved (and a completed update raised the device's version).
         self.cache.forget(device.id)
         return StatusReportResult(

@@ -151,6 +151,8 @@ class SimulationReport:
         server_cpu_percent: that CPU as a share of one core over the same time.
         server_rss_bytes: the server's resident memory at the end (None without
             ``/proc``).
+        simulator_cpu_seconds: CPU this simulator process used over the same
+            time as ``server_cpu_seconds`` (the two share the machine's cores).
         wall_seconds: the whole run, server start included.
     """
 
@@ -169,6 +171,7 @@ class SimulationReport:
     server_cpu_percent: float | None
     server_rss_bytes: int | None
     wall_seconds: float
+    simulator_cpu_seconds: float | None = None
 
     @property
     def error_count(self) -> int:
@@ -584,6 +587,7 @@ async def _simulate(
 
             say(f"publishing instant update {UPDATE_VERSION}")
             cpu_before = process_cpu_seconds(server_pid)
+            own_cpu_before = time.process_time()
             started = time.perf_counter()
 
             def publish() -> None:
@@ -610,6 +614,7 @@ async def _simulate(
                 pass
             ended = time.perf_counter()
             cpu_after = process_cpu_seconds(server_pid)
+            own_cpu_seconds = time.process_time() - own_cpu_before
         finally:
             for task in tasks:
                 task.cancel()
@@ -645,4 +650,5 @@ async def _simulate(
         ),
         server_rss_bytes=process_rss_bytes(server_pid),
         wall_seconds=0.0,
+        simulator_cpu_seconds=round(own_cpu_seconds, 3),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,3 +148,56 @@ def test_max_batch_bounds_a_transaction_and_every_writer_finishes(engine) -> Non
 def test_max_batch_must_be_positive(engine) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         GroupCommit(_transaction(engine), max_batch=0)
+
+
+def test_coroutines_wait_for_their_commit_without_threads(engine) -> None:
+    group = GroupCommit(_transaction(engine))
+
+    async def report_all() -> list[str]:
+        return await asyncio.gather(
+            *(group.run_async(_insert(f"async-{i:02d}")) for i in range(WRITERS))
+        )
+
+    results = asyncio.run(report_all())
+    assert results == [f"async-{i:02d}" for i in range(WRITERS)]
+    assert _stored(engine) == results
+    assert group.commits < WRITERS  # queued together while the first commit ran
+    group.close()
+
+
+def test_an_error_reaches_the_awaiting_coroutine(engine) -> None:
+    group = GroupCommit(_transaction(engine))
+
+    def refused(connection) -> None:
+        raise LookupError("no such row")
+
+    async def report() -> None:
+        await group.run_async(refused)
+
+    with pytest.raises(LookupError, match="no such row"):
+        asyncio.run(report())
+    group.close()
+
+
+def test_close_commits_what_is_queued_and_a_later_write_starts_a_new_writer(engine) -> None:
+    group = GroupCommit(_transaction(engine))
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(connection) -> str:
+        entered.set()
+        release.wait(10)
+        return _insert("queued-before-close")(connection)
+
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(group.run, slow)
+        assert entered.wait(10)
+        queued = pool.submit(group.run, _insert("queued-behind"))
+        _wait_until(lambda: group.pending() == 1)
+        release.set()
+        group.close()
+        assert running.result(timeout=10) == "queued-before-close"
+        assert queued.result(timeout=10) == "queued-behind"
+    group.close()  # idempotent
+    assert group.run(_insert("after-close")) == "after-close"
+    group.close()
+    assert _stored(engine) == ["after-close", "queued-before-close", "queued-behind"]

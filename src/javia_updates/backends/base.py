@@ -24,6 +24,8 @@ server replicas can never move a row backwards.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -610,6 +612,31 @@ class Store(ABC):
         Raises:
             NotFoundError: no such row.
         """
+
+    async def transition_async(
+        self,
+        device_update_id: int,
+        status: UpdateStatus,
+        *,
+        now: datetime,
+        error_message: str | None = None,
+        audit: AuditEntry,
+    ) -> TransitionResult:
+        """:meth:`transition` for a coroutine; by default it runs in a worker thread.
+
+        Stores that can wait for a write without holding a thread (the SQLite
+        store's group commit) override it. Raises as :meth:`transition`.
+        """
+        return await asyncio.to_thread(
+            functools.partial(
+                self.transition,
+                device_update_id,
+                status,
+                now=now,
+                error_message=error_message,
+                audit=audit,
+            )
+        )
 
     @abstractmethod
     def reschedule(

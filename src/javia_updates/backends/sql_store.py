@@ -18,11 +18,13 @@ so two server replicas can never move a row backwards.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -163,7 +165,9 @@ class SQLStore(Store):
         )
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Commit what the group commit holds, stop its writer, close every pooled connection."""
+        if self.group_commit is not None:
+            self.group_commit.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ plumbing
@@ -199,6 +203,17 @@ class SQLStore(Store):
                 return work(connection)
         try:
             return self.group_commit.run(work)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise BackendError(f"database write failed: {_short(error)}") from error
+
+    async def _grouped_async(self, work: Callable[[Connection], T]) -> T:
+        """:meth:`_grouped` for a coroutine: waits on the event loop (a thread without group commit)."""
+        if self.group_commit is None:
+            return await asyncio.to_thread(self._grouped, work)
+        try:
+            return await self.group_commit.run_async(work)
         except IntegrityError:
             raise
         except SQLAlchemyError as error:
@@ -1007,47 +1022,94 @@ class SQLStore(Store):
         error_message: str | None = None,
         audit: AuditEntry,
     ) -> TransitionResult:
-        """One conditional UPDATE; see :meth:`Store.transition`."""
+        """One conditional UPDATE; see :meth:`Store.transition` and :meth:`_transition_work`."""
+        work = self._transition_work(device_update_id, status, now, error_message, audit)
+        try:
+            return self._grouped(work)
+        except IntegrityError as error:  # pragma: no cover - no constraint can fail here
+            raise BackendError(f"database write failed: {_short(error)}") from error
+
+    async def transition_async(
+        self,
+        device_update_id: int,
+        status: UpdateStatus,
+        *,
+        now: datetime,
+        error_message: str | None = None,
+        audit: AuditEntry,
+    ) -> TransitionResult:
+        """:meth:`transition` for a coroutine (the status route): no thread is held while it waits."""
+        work = self._transition_work(device_update_id, status, now, error_message, audit)
+        try:
+            return await self._grouped_async(work)
+        except IntegrityError as error:  # pragma: no cover - no constraint can fail here
+            raise BackendError(f"database write failed: {_short(error)}") from error
+
+    def _transition_work(
+        self,
+        device_update_id: int,
+        status: UpdateStatus,
+        now: datetime,
+        error_message: str | None,
+        audit: AuditEntry,
+    ) -> Callable[[Connection], TransitionResult]:
+        """The transition as a unit of work for one write transaction.
+
+        Three statements on the path of a report that moves the row: the row
+        (locked on PostgreSQL with ``FOR UPDATE``, so the audit's ``from`` is
+        exact), the conditional ``UPDATE ... RETURNING`` and the audit line,
+        plus the device's version on ``completed``.
+        """
         du = self.tables.device_updates
-        allowed = ALLOWED_PREVIOUS[status]
+        allowed = [previous.value for previous in ALLOWED_PREVIOUS[status]]
         values: dict[str, Any] = {"status": status.value, "updated_at": now}
-        now_literal = literal(now, UTCDateTime())
         if status in IN_FLIGHT_STATUSES or status in FINAL_STATUSES:
-            values["started_at"] = func.coalesce(du.c.started_at, now_literal)
+            values["started_at"] = func.coalesce(du.c.started_at, literal(now, UTCDateTime()))
         if status in FINAL_STATUSES:
             values["completed_at"] = now
         if error_message is not None:
             values["error_message"] = error_message
 
         def move(connection: Connection) -> TransitionResult:
-            changed = False
-            previous = None
-            if allowed:
-                previous = connection.execute(
-                    select(du.c.status).where(du.c.id == device_update_id)
-                ).scalar_one_or_none()
-                result = connection.execute(
-                    du.update()
-                    .where(du.c.id == device_update_id, du.c.status.in_([s.value for s in allowed]))
-                    .values(**values)
+            row = connection.execute(
+                self._device_update_select()
+                .where(du.c.id == device_update_id)
+                .with_for_update(of=du)
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"device update row {device_update_id} does not exist")
+            before = self._device_update_from_row(row)
+            if before.status.value not in allowed:
+                return TransitionResult(before, False)
+            moved = connection.execute(
+                du.update()
+                .where(du.c.id == device_update_id, du.c.status.in_(allowed))
+                .values(**values)
+                .returning(du.c.started_at, du.c.completed_at, du.c.error_message)
+            ).one_or_none()
+            if moved is None:  # pragma: no cover - the row is locked since the SELECT
+                return TransitionResult(
+                    self._load_device_update(connection, device_update_id), False
                 )
-                changed = result.rowcount == 1
-            record = self._load_device_update(connection, device_update_id)
-            if changed:
-                entry = audit
-                if "from" in audit.details:
-                    entry = AuditEntry(
-                        audit.actor, audit.action, {**audit.details, "from": previous}
-                    )
-                self._audit(connection, entry, now)
-                if status is UpdateStatus.COMPLETED:
-                    self._raise_current_version(connection, record, now)
-            return TransitionResult(record, changed)
+            record = replace(
+                before,
+                status=status,
+                started_at=moved.started_at,
+                completed_at=moved.completed_at,
+                error_message=moved.error_message,
+                updated_at=now,
+            )
+            entry = audit
+            if "from" in audit.details:
+                entry = AuditEntry(
+                    audit.actor, audit.action, {**audit.details, "from": before.status.value}
+                )
+            self._audit(connection, entry, now)
+            if status is UpdateStatus.COMPLETED:
+                self._raise_current_version(connection, record, now)
+            return TransitionResult(record, True)
 
-        try:
-            return self._grouped(move)
-        except IntegrityError as error:  # pragma: no cover - no constraint can fail here
-            raise BackendError(f"database write failed: {_short(error)}") from error
+        return move
 
     def _raise_current_version(
         self, connection: Connection, record: DeviceUpdateRecord, now: datetime

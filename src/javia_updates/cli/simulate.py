@@ -115,6 +115,12 @@ def _print_report(report) -> None:  # type: ignore[no-untyped-def]
             else f"{report.server_cpu_seconds:.1f} s ({report.server_cpu_percent:.0f} % of one core)",
         ),
         (
+            "simulator CPU over the same time",
+            "unknown"
+            if report.simulator_cpu_seconds is None
+            else f"{report.simulator_cpu_seconds:.1f} s",
+        ),
+        (
             "server RSS at the end",
             "unknown"
             if report.server_rss_bytes is None

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -35,7 +36,7 @@ __all__ = [
     "require_admin_or_device",
     "require_admin_or_enrollment",
     "require_device",
-    "require_device_async",
+    "run_store_read",
 ]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin API key")
@@ -46,15 +47,34 @@ Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
+T = TypeVar("T")
 
-def get_service(request: Request) -> UpdateService:
+
+# Dependencies are ``async def`` where they do no blocking I/O: FastAPI runs a
+# plain ``def`` dependency in the thread pool, one thread hop per dependency
+# per request, which cost more than the work of a device's request (issue 7).
+
+
+async def get_service(request: Request) -> UpdateService:
     """The application's :class:`UpdateService`."""
     return request.app.state.service
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The application's clock (aware UTC; injectable for tests)."""
     return request.app.state.clock()
+
+
+async def run_store_read(service: UpdateService, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)`` on the event loop when the store's reads are local, else in the thread pool.
+
+    SQLite reads on the same machine take tens of microseconds, less than a
+    thread hop; a network database (PostgreSQL, Supabase) must not block the
+    event loop.
+    """
+    if service.store.local_reads:
+        return read(*args)
+    return await run_in_threadpool(read, *args)
 
 
 @dataclass(frozen=True)
@@ -83,14 +103,16 @@ def _unknown_token() -> HTTPException:
     )
 
 
-def _device_for(request: Request, credentials: HTTPAuthorizationCredentials) -> DeviceRecord:
-    device = get_service(request).authenticate_device(credentials.credentials)
+async def _device_for(request: Request, token: str) -> DeviceRecord | None:
+    """The device holding ``token``: from the device cache, else the store (see :func:`run_store_read`)."""
+    service: UpdateService = request.app.state.service
+    device = service.cached_device(token)
     if device is None:
-        raise _unknown_token()
+        device = await run_store_read(service, service.authenticate_device, token)
     return device
 
 
-def require_admin(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
+async def require_admin(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
     """Admin routes: a valid ``X-API-Key``; a device token alone is refused with 403."""
     if api_key is None:
         if bearer is not None:
@@ -121,38 +143,27 @@ def _device_credentials(
     return bearer
 
 
-def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
-    """Device routes: a valid ``Authorization: Bearer <device token>``."""
-    return _device_for(request, _device_credentials(api_key, bearer))
+async def require_device(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
+    """Device routes: a valid ``Authorization: Bearer <device token>``.
 
-
-async def require_device_async(request: Request, api_key: ApiKey, bearer: Bearer) -> DeviceRecord:
-    """:func:`require_device` for ``async`` routes (the heartbeat): no thread hop when it can.
-
-    A device in the device cache is answered at once; otherwise the lookup
-    runs on the event loop if the store's reads are local (SQLite), else in
-    the thread pool.
+    A device in the device cache is answered at once, without a thread hop.
     """
-    token = _device_credentials(api_key, bearer).credentials
-    service = get_service(request)
-    device = service.cached_device(token)
-    if device is None:
-        if service.store.local_reads:
-            device = service.authenticate_device(token)
-        else:
-            device = await run_in_threadpool(service.authenticate_device, token)
+    device = await _device_for(request, _device_credentials(api_key, bearer).credentials)
     if device is None:
         raise _unknown_token()
     return device
 
 
-def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
+async def require_admin_or_device(request: Request, api_key: ApiKey, bearer: Bearer) -> Caller:
     """Routes open to the operator and to devices (each then limited to its own records)."""
     if api_key is not None:
         _check_admin_key(request, api_key)
         return Caller(device=None)
     if bearer is not None:
-        return Caller(device=_device_for(request, bearer))
+        device = await _device_for(request, bearer.credentials)
+        if device is None:
+            raise _unknown_token()
+        return Caller(device=device)
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "missing credentials: send X-API-Key (operator) or 'Authorization: Bearer <device token>'",
@@ -171,7 +182,9 @@ class Registrar:
     enrollment_token: str | None
 
 
-def require_admin_or_enrollment(request: Request, api_key: ApiKey, bearer: Bearer) -> Registrar:
+async def require_admin_or_enrollment(
+    request: Request, api_key: ApiKey, bearer: Bearer
+) -> Registrar:
     """Registration: ``X-API-Key`` (operator) or ``Authorization: Bearer <enrollment token>``.
 
     A device token is refused with 403 (a device cannot register devices);
@@ -190,7 +203,7 @@ def require_admin_or_enrollment(request: Request, api_key: ApiKey, bearer: Beare
                     headers=_BEARER_CHALLENGE,
                 )
             return Registrar(enrollment_token=token)
-        if get_service(request).authenticate_device(token) is not None:
+        if await _device_for(request, token) is not None:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 "a device token cannot register devices: use the admin key or an enrollment token",

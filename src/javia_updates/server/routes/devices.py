@@ -33,7 +33,6 @@ from javia_updates.server.auth import (
     require_admin_or_device,
     require_admin_or_enrollment,
     require_device,
-    require_device_async,
 )
 from javia_updates.server.fast_path import ADMITTED_SCOPE_KEY
 from javia_updates.server.limits import limit_heartbeat
@@ -47,7 +46,6 @@ Now = Annotated[datetime, Depends(get_now)]
 Admin = Annotated[Caller, Depends(require_admin)]
 AnyCaller = Annotated[Caller, Depends(require_admin_or_device)]
 Device = Annotated[DeviceRecord, Depends(require_device)]
-AsyncDevice = Annotated[DeviceRecord, Depends(require_device_async)]
 DeviceUuid = Annotated[uuid.UUID, Path(description="the device's uuid")]
 UpdateId = Annotated[int, Path(ge=1, le=MAX_DATABASE_INTEGER, description="the update's id")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
@@ -129,7 +127,7 @@ def device_history(
 async def heartbeat(
     device_uuid: DeviceUuid,
     request: Request,
-    device: AsyncDevice,
+    device: Device,
     body: Annotated[HeartbeatRequest | None, Body()] = None,
 ) -> Response:
     """Record the device's heartbeat; answer with the server's clock and any install directive.
@@ -175,7 +173,7 @@ def check_update(
 
 
 @router.post("/{device_uuid}/updates/{update_id}/status", response_model=StatusReportResult)
-def report_status(
+async def report_status(
     device_uuid: DeviceUuid,
     update_id: UpdateId,
     body: StatusReport,
@@ -183,6 +181,10 @@ def report_status(
     now: Now,
     device: Device,
 ) -> StatusReportResult:
-    """The device reports progress on an update; repeated or late reports answer ``changed: false``."""
+    """The device reports progress on an update; repeated or late reports answer ``changed: false``.
+
+    The report is committed before the answer (reports arriving together
+    share one commit, see :mod:`javia_updates.backends.group_commit`).
+    """
     ensure_same_device(device, device_uuid)
-    return service.report_status(device, update_id, body, now=now)
+    return await service.report_status_async(device, update_id, body, now=now)

@@ -19,6 +19,7 @@ from javia_updates.server.auth import (
     get_service,
     require_admin,
     require_admin_or_device,
+    run_store_read,
 )
 from javia_updates.server.ranges import RangeNotSatisfiableError, parse_byte_range
 from javia_updates.server.schemas import DeviceUpdatePage, PlanList, PlanRequest, UpdatePage
@@ -187,24 +188,30 @@ def _readable_update(service: UpdateService, reference: str, caller: Caller) -> 
     return update
 
 
+async def _device_readable_update(
+    service: UpdateService, reference: str, caller: Caller
+) -> UpdateRecord:
+    return await run_store_read(service, _readable_update, service, reference, caller)
+
+
 @router.get("/{reference}/manifest", response_class=Response)
-def get_manifest(reference: Reference, service: Service, caller: AnyCaller) -> Response:
+async def get_manifest(reference: Reference, service: Service, caller: AnyCaller) -> Response:
     """The exact ``manifest.json`` bytes that were signed."""
-    update = _readable_update(service, reference, caller)
-    manifest, _signature = service.package_documents(update)
+    update = await _device_readable_update(service, reference, caller)
+    manifest, _signature = await run_store_read(service, service.package_documents, update)
     return Response(manifest, media_type="application/json")
 
 
 @router.get("/{reference}/signature", response_class=Response)
-def get_signature(reference: Reference, service: Service, caller: AnyCaller) -> Response:
+async def get_signature(reference: Reference, service: Service, caller: AnyCaller) -> Response:
     """The exact ``manifest.sig`` bytes."""
-    update = _readable_update(service, reference, caller)
-    _manifest, signature = service.package_documents(update)
+    update = await _device_readable_update(service, reference, caller)
+    _manifest, signature = await run_store_read(service, service.package_documents, update)
     return Response(signature, media_type="application/json")
 
 
 @router.get("/{reference}/download", response_class=StreamingResponse)
-def download(
+async def download(
     reference: Reference, request: Request, service: Service, caller: AnyCaller
 ) -> Response:
     """``payload.tar.gz``, streamed; honours ``Range: bytes=N-`` / ``bytes=N-M`` (206) and ``If-Range``.
@@ -212,7 +219,7 @@ def download(
     The ETag is the archive's SHA-256 (the same bytes always have the same
     tag); an ``If-Range`` with another tag gets the whole object (200).
     """
-    update = _readable_update(service, reference, caller)
+    update = await _device_readable_update(service, reference, caller)
     size = update.archive_size
     etag = f'"{update.archive_sha256}"'
     headers = {
@@ -234,11 +241,11 @@ def download(
     if byte_range is not None and if_range is not None and if_range.strip() != etag:
         byte_range = None
     if byte_range is None:
-        chunks = service.payload_range(update, 0, size)
+        chunks = await run_in_threadpool(service.payload_range, update, 0, size)
         headers["Content-Length"] = str(size)
         return StreamingResponse(chunks, media_type="application/gzip", headers=headers)
     first, last = byte_range
-    chunks = service.payload_range(update, first, last + 1)
+    chunks = await run_in_threadpool(service.payload_range, update, first, last + 1)
     headers["Content-Length"] = str(last - first + 1)
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     return StreamingResponse(
