@@ -1027,8 +1027,10 @@ class UpdateService:
     def _status_reported(
         self, device: DeviceRecord, update_id: int, result: TransitionResult
     ) -> StatusReportResult:
-        # The row moved (and a completed update raised the device's version).
-        self.cache.forget(device.id)
+        if result.changed and result.record.status is UpdateStatus.COMPLETED:
+            self.cache.forget(device.id)  # the store may have raised the device's version
+        elif result.changed:
+            self.cache.replace_row(result.record)
         return StatusReportResult(
             update_id=update_id,
             device_uuid=device.device_uuid,

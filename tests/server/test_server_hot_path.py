@@ -283,6 +283,25 @@ def test_device_cache_entries_expire_and_writes_drop_rows_read_before_them() -> 
     assert DeviceCache(0).enabled is False
 
 
+def test_a_committed_row_replaces_its_cached_copy_and_older_reads_are_refused() -> None:
+    cache = DeviceCache(30, clock=lambda: 0.0)
+    device: Any = type("D", (), {"id": 7})()
+    cache.put_device("hash", device)
+    pending: Any = type("R", (), {"id": 1, "device_id": 7, "status": "pending"})()
+    other: Any = type("R", (), {"id": 2, "device_id": 7, "status": "failed"})()
+    cache.put_rows(7, 1, [pending, other], cache.rows_epoch(7))
+    epoch = cache.rows_epoch(7)  # a heartbeat starts reading rows from the store
+
+    moved: Any = type("R", (), {"id": 1, "device_id": 7, "status": "downloading"})()
+    cache.replace_row(moved)  # the status report commits meanwhile
+    assert cache.rows(7, 1) == [moved, other]
+    cache.put_rows(7, 1, [pending, other], epoch)
+    assert cache.rows(7, 1) == [moved, other], "rows read before the report are not stored"
+
+    cache.replace_row(type("R", (), {"id": 9, "device_id": 8, "status": "pending"})())
+    assert cache.rows(8, 1) is None, "a device that is not cached stays uncached"
+
+
 def test_update_catalog_notices_a_publish_made_by_another_server() -> None:
     now = [0.0]
     ids: list[int] = []

@@ -139,6 +139,20 @@ class DeviceCache:
                 entry.rows = rows
                 entry.rows_generation = generation
 
+    def replace_row(self, row: DeviceUpdateRecord) -> None:
+        """Put ``row``, as just committed by this process, in place of its cached copy.
+
+        Rows read before this call can no longer be stored (as after
+        :meth:`forget_rows`); a device without cached rows is left alone.
+        """
+        with self._lock:
+            entry = self._by_id.get(row.device_id)
+            if entry is None:
+                return
+            entry.epoch = next(_epochs)
+            if entry.rows is not None:
+                entry.rows = [row if cached.id == row.id else cached for cached in entry.rows]
+
     def forget_rows(self, device_id: int) -> None:
         """Drop the device's cached rows (they changed)."""
         with self._lock:
