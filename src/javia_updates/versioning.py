@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -64,18 +65,9 @@ class Version:
         """
         if not isinstance(text, str):
             raise VersionError(f"version must be a string in the form {EXPECTED_FORM}")
-        match = _PATTERN.fullmatch(text)
-        if match is None:
-            shown = text if len(text) <= 40 else text[:40] + "…"
-            raise VersionError(f"invalid version {shown!r}: expected {EXPECTED_FORM}")
-        parts = match.groups()
-        # Length first: int() of a very long digit string is slow, then refused.
-        if any(len(part) > _MAX_DIGITS or int(part) > MAX_COMPONENT for part in parts):
-            shown = text if len(text) <= 60 else text[:60] + "…"
-            raise VersionError(
-                f"version {shown} has a number above {MAX_COMPONENT}: expected {EXPECTED_FORM}"
-            )
-        return cls(*(int(part) for part in parts))
+        if cls is Version:
+            return _parse_cached(text)
+        return cls(*_numbers(text))
 
     @classmethod
     def is_valid(cls, text: str) -> bool:
@@ -98,3 +90,28 @@ class Version:
 
     def __str__(self) -> str:
         return f"v{self.major}.{self.minor}.{self.patch}"
+
+
+def _numbers(text: str) -> tuple[int, int, int]:
+    """The three numbers of ``vX.Y.Z`` (see :meth:`Version.parse`); raises VersionError."""
+    match = _PATTERN.fullmatch(text)
+    if match is None:
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise VersionError(f"invalid version {shown!r}: expected {EXPECTED_FORM}")
+    parts = match.groups()
+    # Length first: int() of a very long digit string is slow, then refused.
+    if any(len(part) > _MAX_DIGITS or int(part) > MAX_COMPONENT for part in parts):
+        shown = text if len(text) <= 60 else text[:60] + "…"
+        raise VersionError(
+            f"version {shown} has a number above {MAX_COMPONENT}: expected {EXPECTED_FORM}"
+        )
+    major, minor, patch = (int(part) for part in parts)
+    return major, minor, patch
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(text: str) -> Version:
+    # The server parses the same few version strings on every heartbeat; a
+    # Version is immutable, so one instance per string is shared. Refused
+    # strings raise and are not cached.
+    return Version(*_numbers(text))
