@@ -133,6 +133,14 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class _Statements:
+    """Statements built once per store and executed with parameters (the hot writes)."""
+
+    def __init__(self, tables: Tables, device_columns: list[Any]) -> None:
+        self.audit_insert = tables.audit_log.insert()
+        self.device_insert = tables.devices.insert().returning(*device_columns)
+
+
 class SQLStore(Store):
     """The :class:`~javia_updates.backends.base.Store` on SQLAlchemy Core.
 
@@ -148,6 +156,7 @@ class SQLStore(Store):
         self.schema = schema if schema is not None else default_schema(engine.dialect.name)
         self.tables: Tables = build_tables(self.schema)
         self.local_reads = engine.dialect.name == "sqlite"
+        self._statements = _Statements(self.tables, self._device_columns())
         self._hot: dict[str, Any] | None = None
         # SQLite has one writer at a time. Threads of this process queue here
         # instead of in SQLite's busy handler, which sleeps up to 100 ms per
@@ -220,10 +229,11 @@ class SQLStore(Store):
             raise BackendError(f"database write failed: {_short(error)}") from error
 
     def _audit(self, connection: Connection, entry: AuditEntry, now: datetime) -> None:
+        # One statement object for every audit line: SQLAlchemy then finds its
+        # compiled form at once instead of building a new INSERT per call.
         connection.execute(
-            self.tables.audit_log.insert().values(
-                at=now, actor=entry.actor, action=entry.action, details=entry.details
-            )
+            self._statements.audit_insert,
+            {"at": now, "actor": entry.actor, "action": entry.action, "details": entry.details},
         )
 
     # ------------------------------------------------------------------ devices
@@ -250,25 +260,24 @@ class SQLStore(Store):
     def _insert_device(
         self, connection: Connection, device: NewDevice, now: datetime, audit: AuditEntry
     ) -> Any:
-        d = self.tables.devices
-        result = connection.execute(
-            d.insert().values(
-                device_uuid=str(device.device_uuid),
-                device_name=device.device_name,
-                registered_at=now,
-                last_seen=None,
-                current_version=None,
-                timezone=device.timezone,
-                status=DeviceStatus.OFFLINE.value,
-                metadata=device.metadata,
-                token_hash=device.token_hash,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        device_id = _inserted_id(result)
+        row = connection.execute(
+            self._statements.device_insert,
+            {
+                "device_uuid": str(device.device_uuid),
+                "device_name": device.device_name,
+                "registered_at": now,
+                "last_seen": None,
+                "current_version": None,
+                "timezone": device.timezone,
+                "status": DeviceStatus.OFFLINE.value,
+                "metadata": device.metadata,
+                "token_hash": device.token_hash,
+                "created_at": now,
+                "updated_at": now,
+            },
+        ).one()
         self._audit(connection, audit, now)
-        return connection.execute(select(*self._device_columns()).where(d.c.id == device_id)).one()
+        return row
 
     @staticmethod
     def _device_conflict(device: NewDevice) -> ConflictError:
