@@ -134,11 +134,51 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class _Statements:
-    """Statements built once per store and executed with parameters (the hot writes)."""
+    """Statements built once per store and executed with parameters (the hot writes).
 
-    def __init__(self, tables: Tables, device_columns: list[Any]) -> None:
+    SQLAlchemy finds the compiled form of a statement object it has seen at
+    once; building a new statement per call costs more than executing it.
+    """
+
+    def __init__(
+        self, tables: Tables, device_columns: list[Any], device_update_select: Any
+    ) -> None:
+        du = tables.device_updates
+        self._tables = tables
         self.audit_insert = tables.audit_log.insert()
         self.device_insert = tables.devices.insert().returning(*device_columns)
+        self.device_update_for_update = device_update_select.where(
+            du.c.id == bindparam("row_id")
+        ).with_for_update(of=du)
+        self._transitions: dict[tuple[UpdateStatus, bool], Any] = {}
+
+    def transition(self, status: UpdateStatus, *, with_error: bool) -> Any:
+        """The conditional ``UPDATE ... RETURNING`` moving a row to ``status``.
+
+        Parameters: ``row_id``, ``moved_at`` (aware UTC) and, ``with_error``,
+        ``error_text``. Returns ``started_at``, ``completed_at``, ``error_message``.
+        """
+        key = (status, with_error)
+        statement = self._transitions.get(key)
+        if statement is None:
+            du = self._tables.device_updates
+            moved_at = bindparam("moved_at", type_=UTCDateTime())
+            values: dict[str, Any] = {"status": status.value, "updated_at": moved_at}
+            if status in IN_FLIGHT_STATUSES or status in FINAL_STATUSES:
+                values["started_at"] = func.coalesce(du.c.started_at, moved_at)
+            if status in FINAL_STATUSES:
+                values["completed_at"] = moved_at
+            if with_error:
+                values["error_message"] = bindparam("error_text")
+            allowed = [previous.value for previous in ALLOWED_PREVIOUS[status]]
+            statement = (
+                du.update()
+                .where(du.c.id == bindparam("row_id"), du.c.status.in_(allowed))
+                .values(**values)
+                .returning(du.c.started_at, du.c.completed_at, du.c.error_message)
+            )
+            self._transitions[key] = statement
+        return statement
 
 
 class SQLStore(Store):
@@ -156,7 +196,9 @@ class SQLStore(Store):
         self.schema = schema if schema is not None else default_schema(engine.dialect.name)
         self.tables: Tables = build_tables(self.schema)
         self.local_reads = engine.dialect.name == "sqlite"
-        self._statements = _Statements(self.tables, self._device_columns())
+        self._statements = _Statements(
+            self.tables, self._device_columns(), self._device_update_select()
+        )
         self._hot: dict[str, Any] | None = None
         # SQLite has one writer at a time. Threads of this process queue here
         # instead of in SQLite's busy handler, which sleeps up to 100 ms per
@@ -1069,33 +1111,20 @@ class SQLStore(Store):
         exact), the conditional ``UPDATE ... RETURNING`` and the audit line,
         plus the device's version on ``completed``.
         """
-        du = self.tables.device_updates
-        allowed = [previous.value for previous in ALLOWED_PREVIOUS[status]]
-        values: dict[str, Any] = {"status": status.value, "updated_at": now}
-        if status in IN_FLIGHT_STATUSES or status in FINAL_STATUSES:
-            values["started_at"] = func.coalesce(du.c.started_at, literal(now, UTCDateTime()))
-        if status in FINAL_STATUSES:
-            values["completed_at"] = now
-        if error_message is not None:
-            values["error_message"] = error_message
+        allowed = {previous.value for previous in ALLOWED_PREVIOUS[status]}
+        parameters = {"row_id": device_update_id, "moved_at": now, "error_text": error_message}
+        move_statement = self._statements.transition(status, with_error=error_message is not None)
 
         def move(connection: Connection) -> TransitionResult:
             row = connection.execute(
-                self._device_update_select()
-                .where(du.c.id == device_update_id)
-                .with_for_update(of=du)
+                self._statements.device_update_for_update, parameters
             ).one_or_none()
             if row is None:
                 raise NotFoundError(f"device update row {device_update_id} does not exist")
             before = self._device_update_from_row(row)
             if before.status.value not in allowed:
                 return TransitionResult(before, False)
-            moved = connection.execute(
-                du.update()
-                .where(du.c.id == device_update_id, du.c.status.in_(allowed))
-                .values(**values)
-                .returning(du.c.started_at, du.c.completed_at, du.c.error_message)
-            ).one_or_none()
+            moved = connection.execute(move_statement, parameters).one_or_none()
             if moved is None:  # pragma: no cover - the row is locked since the SELECT
                 return TransitionResult(
                     self._load_device_update(connection, device_update_id), False
