@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from typer.testing import CliRunner
 
 from javia_updates.cli.main import app
 from javia_updates.simulate import (
+    UPDATE_VERSION,
     SimulationConfig,
     SimulationError,
+    _build_package,
+    _Device,
+    _Fleet,
+    _Http,
+    _RequestFailed,
     process_cpu_seconds,
     process_rss_bytes,
     run_simulation,
@@ -93,3 +107,128 @@ def test_proc_readings_of_this_process() -> None:
     assert spent_after > spent_before
     assert (process_rss_bytes(os.getpid()) or 0) > 1024 * 1024
     assert process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+# --------------------------------------------------------------------------- one device, stub server
+# A stub device API on 127.0.0.1 shows what the simulator counts when the
+# server misbehaves, which a healthy real server never does.
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _with_device(
+    routes: web.RouteTableDef | None,
+    body: Callable[[_Fleet, _Device], Awaitable[None]],
+    keyring: dict[str, Any] | None = None,
+) -> _Fleet:
+    """Run ``body`` with one simulated device against ``routes`` (None: nothing listens)."""
+    runner = None
+    if routes is None:
+        base_url = f"http://127.0.0.1:{_free_port()}"
+    else:
+        application = web.Application()
+        application.add_routes(routes)
+        runner = web.AppRunner(application)
+        await runner.setup()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        site = web.SockSite(runner, listener)
+        await site.start()
+        base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            fleet = _Fleet(
+                _Http(base_url, session, asyncio.Semaphore(2)),
+                [_Device(uuid="device-1", headers={"Authorization": "Bearer token"})],
+                keyring or {},
+                random.Random(1),
+            )
+            await body(fleet, fleet.devices[0])
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    return fleet
+
+
+async def _heartbeat_fails(fleet: _Fleet, device: _Device) -> None:
+    with pytest.raises(_RequestFailed):
+        await fleet._heartbeat(device, 1.0)
+
+
+def test_a_server_error_is_counted_by_request_kind_and_status() -> None:
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/v1/devices/{uuid}/heartbeat")
+    async def heartbeat(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="database is locked")
+
+    fleet = asyncio.run(_with_device(routes, _heartbeat_fails))
+
+    assert fleet.tally.requests == {"heartbeat": 1}
+    assert fleet.tally.errors == {"heartbeat: HTTP 500": 1}
+    assert not fleet.devices[0].seen
+
+
+def test_a_refused_connection_is_counted_by_request_kind_and_error_class() -> None:
+    fleet = asyncio.run(_with_device(None, _heartbeat_fails))
+
+    assert fleet.tally.errors == {"heartbeat: ClientConnectorError": 1}
+
+
+@pytest.mark.parametrize(
+    ("extra", "completes"), [(b"", True), (b"x", False)], ids=["exact", "one-byte-too-long"]
+)
+def test_a_payload_must_match_the_manifest_before_the_device_reports_completed(
+    tmp_path: Path, extra: bytes, completes: bool
+) -> None:
+    package, keyring = _build_package(tmp_path, 4096)
+    reported: list[str] = []
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/v1/devices/{uuid}/heartbeat")
+    async def heartbeat(request: web.Request) -> web.Response:
+        directive = {
+            "update_id": 7,
+            "version": UPDATE_VERSION,
+            "manifest_url": "/files/manifest",
+            "signature_url": "/files/signature",
+            "download_url": "/files/payload",
+        }
+        return web.json_response({"update": directive, "heartbeat_interval_seconds": 5})
+
+    @routes.post("/api/v1/devices/{uuid}/updates/7/status")
+    async def status(request: web.Request) -> web.Response:
+        reported.append((await request.json())["status"])
+        return web.json_response({})
+
+    @routes.get("/files/{name}")
+    async def files(request: web.Request) -> web.Response:
+        paths = {
+            "manifest": package.manifest_path,
+            "signature": package.signature_path,
+            "payload": package.payload_path,
+        }
+        data = Path(paths[request.match_info["name"]]).read_bytes()
+        return web.Response(body=data + extra if request.match_info["name"] == "payload" else data)
+
+    async def heartbeat_once(fleet: _Fleet, device: _Device) -> None:
+        try:
+            assert await fleet._heartbeat(device, 1.0) == 5.0
+        except _RequestFailed:
+            pass
+
+    fleet = asyncio.run(_with_device(routes, heartbeat_once, keyring))
+
+    assert fleet.tally.requests["download"] == 1
+    if completes:
+        assert fleet.tally.errors == {}
+        assert reported == ["downloading", "installing", "completed"]
+        assert fleet.devices[0].version == UPDATE_VERSION
+    else:
+        assert fleet.tally.errors == {"verify: payload does not match the manifest": 1}
+        assert reported == ["downloading"]
+        assert fleet.devices[0].version != UPDATE_VERSION
