@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import shlex
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,7 @@ from javia_agent.config import (
     write_config,
     write_token_file,
 )
+from javia_agent.daemon import exec_daemon, setup_logging
 from javia_agent.errors import ConfigError
 from javia_updates.errors import JaviaError
 
@@ -114,16 +113,6 @@ def _argv(text: str | None, what: str) -> list[str] | None:
     if not parts:
         raise ConfigError(f"{what} is empty: expected e.g. 'python3 app.py'")
     return parts
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -319,41 +308,35 @@ def run(
     """Run the agent: heartbeat, decide, install; until SIGTERM.
 
     With ``--once``: exit 1 if the update it attempted failed or was rolled back.
+    Without, this process becomes the agent daemon once the configuration is
+    loaded and checked (same process id; :mod:`javia_agent.daemon`).
     """
-    from javia_agent.memory import skip_httpx_command_line
-
-    skip_httpx_command_line()  # before httpx is first imported (javia_agent.client)
-    from javia_agent.agent import Agent
-    from javia_agent.installer import InstallResult
-
-    _setup_logging(verbose)
+    setup_logging(verbose)
     config = _load(config_path)
     # Without a trusted key every update would fail: refuse to start instead.
     check_keyring_dir(config.keyring_dir)
+    if not once:
+        exec_daemon(config, verbose=verbose)
+    from javia_agent.agent import Agent
+    from javia_agent.installer import InstallResult
+
     agent = Agent.from_config(config)
     try:
-        if once:
-            agent.start()
-            result = agent.run_once()
-            outcome = result.outcome
-            line = f"heartbeat ok at {result.response.server_time.isoformat()}"
-            if result.decision is not None:
-                line += f"; {result.decision.reason}"
-            if outcome is not None:
-                line += f"; {outcome.version}: {outcome.result}"
-                if outcome.reason:
-                    line += f" ({outcome.reason})"
-            _console().print(line, highlight=False)
-            if outcome is not None and outcome.result in (
-                InstallResult.FAILED,
-                InstallResult.ROLLED_BACK,
-            ):
-                raise typer.Exit(1)
-            return
-        code = agent.run_forever()
+        agent.start()
+        result = agent.run_once()
     finally:
         agent.client.close()
-    raise typer.Exit(code)
+    outcome = result.outcome
+    line = f"heartbeat ok at {result.response.server_time.isoformat()}"
+    if result.decision is not None:
+        line += f"; {result.decision.reason}"
+    if outcome is not None:
+        line += f"; {outcome.version}: {outcome.result}"
+        if outcome.reason:
+            line += f" ({outcome.reason})"
+    _console().print(line, highlight=False)
+    if outcome is not None and outcome.result in (InstallResult.FAILED, InstallResult.ROLLED_BACK):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -517,7 +500,7 @@ def install(
     from javia_agent.installer import Installer, InstallResult
 
     if verbose:
-        _setup_logging(True)
+        setup_logging(True)
     config: AgentConfig = _load(config_path)
     installer = Installer.from_config(config, build_service(config))
     outcome = installer.install_from_directory(package_dir)

@@ -22,6 +22,7 @@ Layout::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import tempfile
@@ -32,14 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import tomli_w
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
@@ -64,15 +58,15 @@ CONFIG_PATH_ENV = "JAVIA_AGENT_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("javia_agent_config_file", default=None)
 
 
-class AgentConfig(BaseSettings):
+class AgentConfig(BaseModel):
     """Everything the agent needs to know about its device (DESIGN.md section 7).
 
-    Durations are in seconds, sizes in bytes. Build it with :func:`load_config`
-    so the TOML file is read; constructing it directly reads only keyword
-    arguments and the environment.
+    Durations are in seconds, sizes in bytes. Build it with :func:`load_config`,
+    which reads keyword arguments, the environment and the TOML file
+    (pydantic-settings); constructing it directly takes keyword arguments only.
     """
 
-    model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="ignore")
+    model_config = ConfigDict(extra="ignore")
 
     server_url: str | None = Field(default=None, description="base URL of the javia server")
     device_uuid: uuid.UUID | None = None
@@ -156,25 +150,36 @@ class AgentConfig(BaseSettings):
             )
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _config_file.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
     @property
     def paths(self) -> AgentPaths:
         """The on-disk layout derived from ``install_root`` and ``state_dir``."""
         return AgentPaths.from_config(self)
+
+
+@functools.cache
+def _settings_class() -> type[AgentConfig]:
+    """:class:`AgentConfig` read from its sources by pydantic-settings; built on first use.
+
+    Sources, highest priority first: keyword arguments, ``JAVIA_AGENT_<FIELD>``
+    environment variables, the TOML file :func:`load_config` names
+    (:class:`javia_updates.settings_sources.EnvOverTomlSettings`).
+    pydantic-settings is imported here, not with this module: with asyncio,
+    argparse and python-dotenv it costs about 3 MiB, which the long-running
+    agent does not carry (it receives its loaded configuration,
+    :mod:`javia_agent.daemon`).
+    """
+    from pydantic_settings import SettingsConfigDict
+
+    from javia_updates.settings_sources import EnvOverTomlSettings
+
+    class AgentSettings(AgentConfig, EnvOverTomlSettings):
+        model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="ignore")
+
+        @classmethod
+        def toml_config_path(cls) -> Path | None:
+            return _config_file.get()
+
+    return AgentSettings
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
         raise ConfigError(f"configuration {path} is not a file (expected a TOML file)")
     token = _config_file.set(path if path.exists() else None)
     try:
-        return AgentConfig(**overrides)
+        settings = _settings_class()(**overrides)
+        return AgentConfig.model_validate(dict(settings))
     except ValidationError as error:
         raise ConfigError(f"invalid agent configuration ({path}): {_describe(error)}") from None
     except PermissionError:
@@ -317,6 +323,8 @@ def write_config(config: AgentConfig, path: Path) -> None:
         if isinstance(value, (Path, uuid.UUID)):
             value = str(value)
         data[name] = value
+    import tomli_w  # only ``javia agent register`` writes the file
+
     try:
         atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
     except OSError as error:
