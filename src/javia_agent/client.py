@@ -60,7 +60,7 @@ from javia_updates.models import (
     UpdateCheckResponse,
 )
 
-__all__ = ["API_PREFIX", "DeviceClient", "RetryPolicy", "parse_retry_after"]
+__all__ = ["API_PREFIX", "DeviceClient", "RetryPolicy", "parse_retry_after", "server_trust"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,43 @@ def _http_error(response: httpx.Response, what: str) -> ServerError:
     return ServerError(message, status_code=status, retry_after_seconds=retry_after)
 
 
+def server_trust(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """What verifies the server's TLS certificate: ``ca_bundle``, else a CA directory.
+
+    A CA directory (``$SSL_CERT_DIR``, else OpenSSL's default: ``/etc/ssl/certs``
+    on Debian and Raspberry Pi OS, kept current by the ``ca-certificates``
+    package and its security updates) is hashed by subject, so OpenSSL reads
+    one certificate from it when a handshake needs it. A bundle file (httpx's
+    default, certifi's; or ``$SSL_CERT_FILE``) is parsed whole into the TLS
+    context: about 1.2 MiB that the idle agent would keep (docs/benchmarks.md,
+    agent idle memory). Either way the certificate chain and the host name are
+    verified (``ssl.create_default_context``); with both variables set only the
+    directory is trusted.
+
+    Args:
+        ca_bundle: a PEM file of CA certificates to trust alone (a private CA).
+
+    Returns:
+        A TLS context for ``ca_bundle`` or the CA directory; ``True`` (httpx's
+        default: ``$SSL_CERT_FILE``, else certifi's bundle) when only
+        ``$SSL_CERT_FILE`` is set or no hashed CA directory exists.
+    """
+    if ca_bundle:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    directory = os.environ.get("SSL_CERT_DIR")
+    if not directory:
+        if os.environ.get("SSL_CERT_FILE"):
+            return True
+        directory = ssl.get_default_verify_paths().capath
+    try:
+        hashed = directory is not None and any(
+            entry.name.endswith(".0") for entry in os.scandir(directory)
+        )
+    except OSError:
+        hashed = False
+    return ssl.create_default_context(capath=directory) if hashed else True
+
+
 class DeviceClient:
     """The device side of the javia HTTP API (DESIGN.md section 6).
 
@@ -143,7 +180,8 @@ class DeviceClient:
             when given, ``transport``, ``ca_bundle`` and the timeout are unused.
         transport: an httpx transport for the client built here (tests pass a
             ``MockTransport`` or an ASGI/WSGI transport).
-        ca_bundle: PEM file of CA certificates to trust instead of the system's.
+        ca_bundle: PEM file of CA certificates to trust instead of the system's
+            (:func:`server_trust`).
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         timeout_seconds: connect/read timeout for each request.
         retry: how downloads are retried (default :class:`RetryPolicy`).
@@ -191,7 +229,7 @@ class DeviceClient:
             http_client = httpx.Client(
                 base_url=self.base_url,
                 transport=transport,
-                verify=ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True,
+                verify=server_trust(ca_bundle),
                 timeout=httpx.Timeout(timeout_seconds),
                 follow_redirects=False,
                 headers={"User-Agent": user_agent},
