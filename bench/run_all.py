@@ -43,6 +43,7 @@ BENCHMARKS = [
     ("apply", "bench_apply.py", [], 120),
     # 10,000 devices take ~10 min here (docs/benchmarks.md, "Fleet simulator"):
     # the full run uses 2,000 to stay within the 15-minute budget.
+    ("routes", "bench_device_routes.py", ["--runs", "1", "--seconds", "5"], 120),
     ("fleet", "bench_fleet.py", ["--devices", "2000", "--heartbeat-seconds", "10"], 420),
     ("downtime", "bench_downtime.py", [], 180),
 ]
