@@ -47,7 +47,7 @@ def main() -> None:
         devices=args.devices,
         heartbeat_seconds=args.heartbeat_seconds,
         connections=args.connections,
-        timeout_seconds=600,
+        timeout_seconds=360,
         seed=7,
     )
     report = run_simulation(config, progress=lambda line: print(f"  {line}", file=sys.stderr))
