@@ -4,7 +4,9 @@ and caches that never answer from stale data after this server's own writes."""
 from __future__ import annotations
 
 import signal
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,65 @@ def test_a_crash_loses_at_most_the_last_batch_of_heartbeats_and_never_a_status_r
     assert after["last_seen"] == seen["last_seen"]
     # ... and nothing else: the status report was durable before it was answered.
     assert [row["status"] for row in rows] == ["downloading"]
+
+
+_PROGRESS = {"pending": 0, "downloading": 1, "installing": 2, "completed": 3}
+
+
+def test_every_status_report_answered_before_a_power_cut_is_stored(
+    fleet: LocalFleet, make_package
+) -> None:  # type: ignore[no-untyped-def]
+    """Reports from many devices at once share commits (group commit); SIGKILL in mid-flight."""
+    fleet.start_server()
+    devices = []
+    with _admin(fleet) as admin:
+        for index in range(32):
+            body = admin.post("/api/v1/devices/register", json={"device_name": f"d{index}"}).json()
+            uid, headers = body["device_uuid"], bearer(body["device_token"])
+            beat = {"current_version": "v1.0.0"}
+            assert admin.post(
+                f"/api/v1/devices/{uid}/heartbeat", json=beat, headers=headers
+            ).is_success
+            devices.append((uid, headers))
+        published = admin.post("/api/v1/updates/", files=make_package("v1.1.0", "instant").files())
+        assert published.status_code == 201, published.text
+        update_id = published.json()["id"]
+
+    assert fleet.server is not None
+    server = fleet.server
+    answered: dict[str, str] = {}
+    lock = threading.Lock()
+    kill_after = 40  # of the 96 reports: many devices are between two reports at the cut
+
+    def report_all(uid: str, headers: dict[str, str]) -> None:
+        with httpx.Client(base_url=fleet.url, timeout=10) as client:
+            for status in ("downloading", "installing", "completed"):
+                try:
+                    answer = client.post(
+                        f"/api/v1/devices/{uid}/updates/{update_id}/status",
+                        json={"status": status},
+                        headers=headers,
+                    )
+                except httpx.HTTPError:
+                    return  # the server is gone: this report may or may not be stored
+                assert answer.status_code == 200, answer.text
+                with lock:
+                    answered[uid] = status
+                    if sum(_PROGRESS[value] for value in answered.values()) == kill_after:
+                        server.send_signal(signal.SIGKILL)  # power cut, others in flight
+
+    with ThreadPoolExecutor(len(devices)) as pool:
+        list(pool.map(lambda device: report_all(*device), devices))
+    server.wait()
+    fleet.start_server()
+    with _admin(fleet) as admin:
+        rows = admin.get(f"/api/v1/updates/{update_id}/devices", params={"limit": 1000}).json()
+    stored = {row["device_uuid"]: row["status"] for row in rows["items"]}
+
+    assert sum(_PROGRESS[value] for value in answered.values()) >= kill_after
+    for uid, status in answered.items():
+        assert _PROGRESS[stored[uid]] >= _PROGRESS[status], (uid, status, stored[uid])
+    assert any(status != "completed" for status in stored.values()), "the cut came mid-rollout"
 
 
 def test_a_clean_shutdown_writes_the_last_batch(fleet: LocalFleet) -> None:
