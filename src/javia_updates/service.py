@@ -1027,10 +1027,10 @@ class UpdateService:
     def _status_reported(
         self, device: DeviceRecord, update_id: int, result: TransitionResult
     ) -> StatusReportResult:
-        if result.changed and result.record.status is UpdateStatus.COMPLETED:
-            self.cache.forget(device.id)  # the store may have raised the device's version
-        elif result.changed:
+        if result.changed:
             self.cache.replace_row(result.record)
+            if result.record.status is UpdateStatus.COMPLETED:
+                self.cache.raise_version(device.id, result.record.version, result.record.updated_at)
         return StatusReportResult(
             update_id=update_id,
             device_uuid=device.device_uuid,

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from javia_updates.backends.base import HeartbeatWrite
+from javia_updates.backends.base import DeviceRecord, HeartbeatWrite, raises_version
 from javia_updates.backends.cache import DeviceCache, UpdateCatalog
 from javia_updates.backends.soft_state import SoftStateWriter
 from javia_updates.demo import LocalFleet
@@ -361,6 +361,40 @@ def test_a_committed_row_replaces_its_cached_copy_and_older_reads_are_refused() 
 
     cache.replace_row(type("R", (), {"id": 9, "device_id": 8, "status": "pending"})())
     assert cache.rows(8, 1) is None, "a device that is not cached stays uncached"
+
+
+@pytest.mark.parametrize(
+    ("running", "installed", "after"),
+    [
+        ("v1.0.0", "v1.1.0", "v1.1.0"),
+        ("v1.2.0", "v1.1.0", "v1.2.0"),  # a higher version reported since stays
+        ("v1.1.0", "v1.1.0", "v1.1.0"),
+        (None, "v1.1.0", "v1.1.0"),
+        ("not-a-version", "v1.1.0", "v1.1.0"),
+    ],
+)
+def test_a_completed_update_raises_the_cached_version_by_the_store_rule(
+    running: str | None, installed: str, after: str
+) -> None:
+    cache = DeviceCache(30, clock=lambda: 0.0)
+    device = DeviceRecord(
+        id=7,
+        device_uuid=uuid.UUID(int=7),
+        device_name="hall",
+        registered_at=START,
+        last_seen=START,
+        current_version=running,
+        timezone="UTC",
+        status=DeviceStatus.ONLINE,
+        metadata={},
+        created_at=START,
+        updated_at=START,
+    )
+    cache.put_device("hash", device)
+    cache.raise_version(7, installed, START + timedelta(seconds=5))
+    cached = cache.device("hash")
+    assert cached is not None and cached.current_version == after
+    assert raises_version(running, installed) == (after != running)
 
 
 def test_update_catalog_notices_a_publish_made_by_another_server() -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from javia_updates.errors import BackendError, JaviaError, NotFoundError
 from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_updates.versioning import Version
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings
@@ -64,6 +65,7 @@ __all__ = [
     "backend_names",
     "create_backend",
     "get_backend_class",
+    "raises_version",
     "register_backend",
 ]
 
@@ -733,6 +735,18 @@ class Backend(ABC):
 _REGISTRY: dict[str, type[Backend]] = {}
 _ENTRY_POINT_GROUP = "javia.backends"
 _entry_points_loaded = False
+
+
+def raises_version(running: str | None, installed: str) -> bool:
+    """Whether completing ``installed`` raises a device that reports ``running``.
+
+    The rule of :meth:`Store.transition` on ``completed``: the device's
+    ``current_version`` becomes the update's version unless it already runs
+    that version or a higher one (an unparsable or missing version is raised).
+    """
+    if running is None or not Version.is_valid(running):
+        return True
+    return Version.parse(running) < Version.parse(installed)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:

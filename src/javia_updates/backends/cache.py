@@ -22,9 +22,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from javia_updates.backends.base import DeviceRecord, DeviceUpdateRecord, UpdateRecord
+from javia_updates.backends.base import (
+    DeviceRecord,
+    DeviceUpdateRecord,
+    UpdateRecord,
+    raises_version,
+)
 from javia_updates.versioning import Version
 
 __all__ = ["CATALOG_MAX_AGE_SECONDS", "DeviceCache", "UpdateCatalog"]
@@ -138,6 +144,13 @@ class DeviceCache:
             if entry is not None and entry.epoch == epoch:
                 entry.rows = rows
                 entry.rows_generation = generation
+
+    def raise_version(self, device_id: int, version: str, now: datetime) -> None:
+        """A completed update raised the device's version (the store's rule, :func:`raises_version`)."""
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            if entry is not None and raises_version(entry.device.current_version, version):
+                entry.device = replace(entry.device, current_version=version, updated_at=now)
 
     def replace_row(self, row: DeviceUpdateRecord) -> None:
         """Put ``row``, as just committed by this process, in place of its cached copy.

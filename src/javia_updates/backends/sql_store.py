@@ -66,6 +66,7 @@ from javia_updates.backends.base import (
     Store,
     TransitionResult,
     UpdateRecord,
+    raises_version,
 )
 from javia_updates.backends.group_commit import GroupCommit
 from javia_updates.backends.schema import (
@@ -77,7 +78,6 @@ from javia_updates.backends.schema import (
 )
 from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
-from javia_updates.versioning import Version
 
 T = TypeVar("T")
 
@@ -1156,12 +1156,7 @@ class SQLStore(Store):
         running = connection.execute(
             select(d.c.current_version).where(d.c.id == record.device_id)
         ).scalar_one_or_none()
-        installed = Version.parse(record.version)
-        if (
-            running is not None
-            and Version.is_valid(running)
-            and Version.parse(running) >= installed
-        ):
+        if not raises_version(running, record.version):
             return
         connection.execute(
             d.update()
