@@ -39,7 +39,7 @@ def main() -> None:
     """Measure each route, print the table, write JSON if asked."""
 
     def extra(parser) -> None:  # type: ignore[no-untyped-def]
-        parser.add_argument("--devices", type=int, default=64)
+        parser.add_argument("--devices", type=benchlib.positive(int), default=64)
 
     args = benchlib.main_arguments(__doc__.splitlines()[0], extra)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 from benchlib import MIB, BenchResult, Row
 
-from javia_updates.simulate import SimulationConfig, run_simulation
+from javia_updates.simulate import SimulationConfig, SimulationError, run_simulation
 
 
 def main() -> None:
@@ -41,16 +41,22 @@ def main() -> None:
     result = BenchResult(
         name="fleet",
         title=f"Fleet simulator: {args.devices:,} devices, instant update",
-        command=f"python bench/bench_fleet.py --devices {args.devices}",
+        command=(
+            f"python bench/bench_fleet.py --devices {args.devices} "
+            f"--heartbeat-seconds {args.heartbeat_seconds:g}"
+        ),
     )
-    config = SimulationConfig(
-        devices=args.devices,
-        heartbeat_seconds=args.heartbeat_seconds,
-        connections=args.connections,
-        timeout_seconds=360,
-        seed=7,
-    )
-    report = run_simulation(config, progress=lambda line: print(f"  {line}", file=sys.stderr))
+    try:
+        config = SimulationConfig(
+            devices=args.devices,
+            heartbeat_seconds=args.heartbeat_seconds,
+            connections=args.connections,
+            timeout_seconds=360,
+            seed=7,
+        )
+        report = run_simulation(config, progress=lambda line: print(f"  {line}", file=sys.stderr))
+    except SimulationError as error:
+        sys.exit(f"error: {error}")
     values = report.to_dict()
     done = report.seconds_to_all_completed
     result.rows.append(

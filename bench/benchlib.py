@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +52,7 @@ __all__ = [
     "machine_description",
     "main_arguments",
     "peak_rss_sampler",
+    "positive",
     "process_cpu_seconds",
     "process_memory_bytes",
     "process_rss_bytes",
@@ -182,11 +185,40 @@ def main_arguments(
     """Parse the common options of a benchmark script: ``--json PATH``, ``--runs N``, ``--seconds S``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
-    parser.add_argument("--runs", type=int, default=3, help="repetitions for medians and spreads")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
+    parser.add_argument(
+        "--runs", type=positive(int), default=3, help="repetitions for medians and spreads"
+    )
+    parser.add_argument(
+        "--seconds", type=positive(float), default=10.0, help="length of each load run"
+    )
     if extra is not None:
         extra(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: directory {args.json.parent} does not exist")
+    # SIGTERM (a time limit, a CI cancel) stops a benchmark like Ctrl-C: its
+    # servers are stopped and its scratch directories removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    return args
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting finite numbers above 0 of ``kind`` (int or float)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
+        return value
+
+    return parse
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def finish(result: BenchResult, args: argparse.Namespace, started: float) -> None:

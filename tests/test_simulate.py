@@ -6,7 +6,10 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from javia_updates.cli.main import app
+from javia_updates.demo import javia_command
 from javia_updates.simulate import (
     UPDATE_VERSION,
     SimulationConfig,
@@ -88,6 +92,11 @@ def test_simulate_command_prints_a_json_report(tmp_path) -> None:
         ({"heartbeat_seconds": 0}, "heartbeat_seconds is 0"),
         ({"connections": 0}, "at least 1"),
         ({"payload_bytes": -1}, "payload_bytes is -1"),
+        ({"devices": 10**20}, "expected 1 to 200,000"),
+        ({"heartbeat_seconds": float("nan")}, "heartbeat_seconds is nan"),
+        ({"heartbeat_seconds": float("inf")}, "heartbeat_seconds is inf"),
+        ({"timeout_seconds": float("nan")}, "timeout_seconds is nan"),
+        ({"payload_bytes": 10**14}, "expected 0 to 1,073,741,824 bytes"),
     ],
 )
 def test_nonsense_settings_are_refused_with_what_was_wrong(changes: dict, message: str) -> None:
@@ -232,3 +241,58 @@ def test_a_payload_must_match_the_manifest_before_the_device_reports_completed(
         assert fleet.tally.errors == {"verify: payload does not match the manifest": 1}
         assert reported == ["downloading"]
         assert fleet.devices[0].version != UPDATE_VERSION
+
+
+def test_a_work_dir_must_be_a_new_or_empty_directory(tmp_path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(SimulationError, match="is not a directory"):
+        SimulationConfig(devices=1, work_dir=a_file)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    with pytest.raises(SimulationError, match="is not empty"):
+        SimulationConfig(devices=1, work_dir=tmp_path / "used")
+    assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+    SimulationConfig(devices=1, work_dir=tmp_path / "new")  # accepted, created when it runs
+
+
+def test_sigterm_stops_the_server_and_removes_the_scratch_directory(tmp_path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [*javia_command(), "simulate", "--devices", "50", "--heartbeat-seconds", "30"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("javia-simulate-*/fleet/server.log")):
+        assert time.monotonic() < deadline, "the simulation did not start"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the server is up or starting
+    server_pids = _children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)
+
+    assert process.returncode != 0
+    assert "Traceback" not in errors
+    assert list(tmp_path.glob("javia-simulate-*")) == []  # scratch (and its signing key) removed
+    for pid in server_pids:
+        assert not _running(pid), f"server {pid} was left running"
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    children: list[int] = []
+    for task in tasks.iterdir():
+        text = (task / "children").read_text().split()
+        children += [int(child) for child in text]
+    return children
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

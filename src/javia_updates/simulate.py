@@ -32,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,6 +58,9 @@ from javia_updates.versioning import Version
 
 __all__ = [
     "BASE_VERSION",
+    "MAX_DEVICES",
+    "MAX_HEARTBEAT_SECONDS",
+    "MAX_PAYLOAD_BYTES",
     "UPDATE_VERSION",
     "SimulationConfig",
     "SimulationError",
@@ -63,6 +69,13 @@ __all__ = [
     "process_rss_bytes",
     "run_simulation",
 ]
+
+#: Most simulated devices in one run (each is a coroutine and a registered device).
+MAX_DEVICES = 200_000
+#: Largest simulated payload, in bytes (the simulator builds it in memory).
+MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024
+#: Longest heartbeat interval the server accepts (its ``heartbeat_interval_seconds``).
+MAX_HEARTBEAT_SECONDS = 86_400
 
 #: The version every simulated device runs at the start.
 BASE_VERSION = "v1.0.0"
@@ -114,20 +127,30 @@ class SimulationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.devices < 1:
-            raise SimulationError(f"devices is {self.devices}: expected at least 1")
-        if self.heartbeat_seconds <= 0:
+        if not 1 <= self.devices <= MAX_DEVICES:
             raise SimulationError(
-                f"heartbeat_seconds is {self.heartbeat_seconds}: expected a positive number of seconds"
+                f"devices is {self.devices}: expected 1 to {MAX_DEVICES:,} simulated devices"
+            )
+        if not (
+            math.isfinite(self.heartbeat_seconds)
+            and 0 < self.heartbeat_seconds <= MAX_HEARTBEAT_SECONDS
+        ):
+            raise SimulationError(
+                f"heartbeat_seconds is {self.heartbeat_seconds}: expected a number of seconds "
+                f"above 0 and at most {MAX_HEARTBEAT_SECONDS}"
             )
         if self.connections < 1 or self.register_concurrency < 1:
             raise SimulationError("connections and register_concurrency must be at least 1")
-        if self.payload_bytes < 0:
-            raise SimulationError(f"payload_bytes is {self.payload_bytes}: expected 0 or more")
-        if self.timeout_seconds <= 0:
+        if not 0 <= self.payload_bytes <= MAX_PAYLOAD_BYTES:
+            raise SimulationError(
+                f"payload_bytes is {self.payload_bytes}: expected 0 to {MAX_PAYLOAD_BYTES:,} bytes"
+            )
+        if not (math.isfinite(self.timeout_seconds) and self.timeout_seconds > 0):
             raise SimulationError(
                 f"timeout_seconds is {self.timeout_seconds}: expected a positive number of seconds"
             )
+        if self.work_dir is not None:
+            _check_work_dir(self.work_dir)
 
 
 @dataclass
@@ -477,10 +500,53 @@ async def _register(http: _Http, api_key: str, count: int, concurrency: int) -> 
     return list(await asyncio.gather(*(one(index) for index in range(count))))
 
 
+def _check_work_dir(work_dir: Path) -> None:
+    """Refuse a ``work_dir`` that is not a directory or already holds files.
+
+    Raises:
+        SimulationError: it exists and is not an empty directory.
+    """
+    if work_dir.exists() or work_dir.is_symlink():
+        if not work_dir.is_dir():
+            raise SimulationError(f"work directory {work_dir} exists and is not a directory")
+        if any(work_dir.iterdir()):
+            raise SimulationError(
+                f"work directory {work_dir} is not empty: give a new or empty directory "
+                "(the simulator writes a server, a signing key and a package there)"
+            )
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the simulation runs, SIGTERM stops it like Ctrl-C: the server is stopped, scratch removed.
+
+    Only in the main thread (where Python delivers signals); the previous
+    handler is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _scratch(work_dir: Path | None) -> Iterator[Path]:
     if work_dir is not None:
-        work_dir.mkdir(parents=True, exist_ok=True)
+        _check_work_dir(work_dir)
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SimulationError(
+                f"cannot create work directory {work_dir}: {error.strerror or error}"
+            ) from None
         yield work_dir
         return
     path = Path(tempfile.mkdtemp(prefix="javia-simulate-"))
@@ -515,16 +581,15 @@ def run_simulation(
 
     say = progress or (lambda _line: None)
     wall_start = time.perf_counter()
-    with _scratch(config.work_dir) as root:
+    with _terminate_as_interrupt(), _scratch(config.work_dir) as root:
         fleet = LocalFleet(root / "fleet", heartbeat_seconds=config.heartbeat_seconds)
         extra_env = {"JAVIA_DATABASE_URL": config.database_url} if config.database_url else {}
         try:
-            say(f"starting javia server on {fleet.url}")
-            fleet.start_server(extra_env=extra_env, timeout=60)
-        except FleetError as error:
-            fleet.stop()
-            raise SimulationError(f"the server did not start: {error}") from None
-        try:
+            try:
+                say(f"starting javia server on {fleet.url}")
+                fleet.start_server(extra_env=extra_env, timeout=60)
+            except FleetError as error:
+                raise SimulationError(f"the server did not start: {error}") from None
             package, keyring = _build_package(root, config.payload_bytes)
             assert fleet.server is not None
             report = asyncio.run(

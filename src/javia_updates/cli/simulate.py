@@ -70,8 +70,13 @@ def simulate(
     else:
         _print_report(report)
     if not report.succeeded:
+        timed_out = (
+            f"timed out after --timeout {timeout_seconds:g} s: "
+            if report.seconds_to_all_completed is None
+            else ""
+        )
         fail(
-            f"{report.completed} of {report.devices} devices completed "
+            f"{timed_out}{report.completed} of {report.devices} devices completed "
             f"(server counts {report.server_completed}), {report.error_count} errors"
         )
 
