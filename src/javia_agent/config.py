@@ -262,6 +262,17 @@ class AgentPaths:
         return self.state_dir / "app.env"
 
 
+def _sources(path: Path | None) -> str:
+    """Where the configuration came from, for error messages: the file and/or the variables set."""
+    variables = sorted(
+        name for name in os.environ if name.startswith("JAVIA_AGENT_") and name != CONFIG_PATH_ENV
+    )
+    named = f"the environment: {', '.join(variables)}" if variables else "the environment"
+    if path is None:
+        return named
+    return f"{path}, and {named}" if variables else str(path)
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
     """Load the configuration: ``overrides`` over environment over the TOML file.
 
@@ -285,10 +296,14 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
         settings = _settings_class()(**overrides)
         return AgentConfig.model_validate(dict(settings))
     except ValidationError as error:
-        raise ConfigError(f"invalid agent configuration ({path}): {_describe(error)}") from None
+        raise ConfigError(
+            f"invalid agent configuration ({_sources(path)}): {_describe(error)}"
+        ) from None
     except PermissionError:
         raise ConfigError(f"cannot read configuration {path}: permission denied") from None
     except ValueError as error:  # tomllib.TOMLDecodeError is a ValueError
+        if "EnvSettingsSource" in str(error):  # pydantic-settings could not parse a variable
+            raise ConfigError(f"invalid agent configuration in {_sources(None)}: {error}") from None
         raise ConfigError(f"configuration {path} is not valid TOML: {error}") from None
     finally:
         _config_file.reset(token)
@@ -343,9 +358,7 @@ def check_keyring_dir(directory: Path) -> None:
             no ``*.pub`` file; the message says how to fix it.
     """
     directory = Path(directory)
-    fix = (
-        f"copy the operator's public key (the .pub file from 'javia keys generate') into {directory}"
-    )
+    fix = f"copy the operator's public key (the .pub file from 'javia keys generate') into {directory}"
     if not directory.exists():
         raise ConfigError(f"keyring directory {directory} does not exist: {fix}")
     if not directory.is_dir():
@@ -355,7 +368,9 @@ def check_keyring_dir(directory: Path) -> None:
     except OSError as error:
         raise ConfigError(f"cannot read keyring directory {directory}: {error}") from None
     if not has_key:
-        raise ConfigError(f"keyring directory {directory} has no *.pub key (no trusted keys): {fix}")
+        raise ConfigError(
+            f"keyring directory {directory} has no *.pub key (no trusted keys): {fix}"
+        )
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -422,6 +437,12 @@ def read_token(path: Path) -> str:
         raise ConfigError(f"cannot read device token file {path}: {error}") from None
     if not token:
         raise ConfigError(f"device token file {path} is empty: register the device again")
+    # A token is one word of printable ASCII (it travels in an HTTP header).
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"device token file {path} is malformed: expected the one-line token from "
+            "registration (register the device again)"
+        )
     return token
 
 

@@ -16,7 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from javia_agent.cli import app
-from javia_agent.config import AgentConfig, load_config, write_config, write_token_file
+from javia_agent.config import (
+    AgentConfig,
+    load_config,
+    read_token,
+    write_config,
+    write_token_file,
+)
+from javia_agent.errors import ConfigError
 
 from .helpers import PackageFactory, Signer
 
@@ -212,6 +219,33 @@ def test_config_file_environment_and_flags_priority(
     (tmp_path / "bad.toml").write_text("health_seconds = [")
     result = runner.invoke(app, ["status", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 1 and "not valid TOML" in result.output
+
+
+def test_a_bad_environment_variable_is_named_and_the_file_is_not_blamed(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _device_config(tmp_path, signer)
+    monkeypatch.setenv("JAVIA_AGENT_START_COMMAND", "[unclosed")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "JAVIA_AGENT_START_COMMAND" in str(refused.value)
+    assert "not valid TOML" not in str(refused.value)
+    monkeypatch.delenv("JAVIA_AGENT_START_COMMAND")
+    monkeypatch.setenv("JAVIA_AGENT_HEALTH_SECONDS", "abc")
+    with pytest.raises(ConfigError, match="JAVIA_AGENT_HEALTH_SECONDS.*health_seconds"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("content", ["abc\ndef\n", "tok en\n", "caf\u00e9\n"])
+def test_a_malformed_token_file_is_named_not_reported_as_a_network_error(
+    tmp_path: Path, content: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match="is malformed"):
+        read_token(token_file)
+    token_file.write_text("  a-good-token_0123\n")
+    assert read_token(token_file) == "a-good-token_0123"
 
 
 def test_register_refuses_plain_http_to_another_host(tmp_path: Path) -> None:
