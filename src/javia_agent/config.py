@@ -173,7 +173,7 @@ def _settings_class() -> type[AgentConfig]:
     from javia_updates.settings_sources import EnvOverTomlSettings
 
     class AgentSettings(AgentConfig, EnvOverTomlSettings):
-        model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="ignore")
+        model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="forbid")
 
         @classmethod
         def toml_config_path(cls) -> Path | None:
@@ -313,6 +313,9 @@ def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors()[:3]:
         where = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown setting (a typo? see docs/agent.md for the names)")
+            continue
         problems.append(f"{where}: {str(item['msg']).removeprefix('Value error, ')}")
     return "; ".join(problems)
 

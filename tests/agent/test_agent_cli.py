@@ -221,6 +221,13 @@ def test_config_file_environment_and_flags_priority(
     assert result.exit_code == 1 and "not valid TOML" in result.output
 
 
+def test_an_unknown_setting_in_the_file_is_refused_by_name(tmp_path: Path, signer: Signer) -> None:
+    path = _device_config(tmp_path, signer)
+    path.write_text("helth_seconds = 3\n" + path.read_text())  # top level, before any table
+    with pytest.raises(ConfigError, match="helth_seconds: unknown setting"):
+        load_config(path)
+
+
 def test_a_bad_environment_variable_is_named_and_the_file_is_not_blamed(
     tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
