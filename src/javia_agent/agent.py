@@ -36,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from javia_agent._fs import atomic_write
+from javia_agent._fs import InstanceLockedError, atomic_write, hold_instance_lock
 from javia_agent.activity import IdleTracker
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.clock import Clock
@@ -69,6 +69,8 @@ BACKOFF_BASE_SECONDS = 30.0
 #: After an install ran, heartbeat again this soon to announce the new version.
 AFTER_INSTALL_SECONDS = 1.0
 MIN_SLEEP_SECONDS = 1.0
+#: In the state directory: held (``flock``) by the one agent using that directory.
+INSTANCE_LOCK_NAME = "agent.lock"
 
 
 @functools.cache
@@ -213,6 +215,8 @@ class Agent:
     ) -> None:
         self.config = config
         self.client = client
+        #: The state directory's instance lock (:meth:`from_config` takes it); None in tests.
+        self.instance_lock: IO[str] | None = None
         self.installer = installer
         self.outbox = outbox
         self.idle = idle
@@ -242,6 +246,18 @@ class Agent:
                 "this device is not registered: run javia agent register --server URL --api-key KEY"
             )
         token = read_token(config.token_file)
+        lock_path = config.state_dir / INSTANCE_LOCK_NAME
+        try:
+            instance_lock = hold_instance_lock(lock_path)
+        except InstanceLockedError as error:
+            raise ConfigError(
+                f"another javia agent (process {error.holder or 'unknown'}) runs with state "
+                f"directory {config.state_dir}: stop it first (systemctl stop javia-agent)"
+            ) from None
+        except OSError as error:
+            raise ConfigError(
+                f"cannot lock {lock_path}: {error.strerror or error} (is the state directory writable?)"
+            ) from None
         clock = clock or Clock()
         notifier = SystemdNotifier.from_environment()
         client = DeviceClient(
@@ -292,6 +308,7 @@ class Agent:
             clock=clock,
             notifier=notifier,
         )
+        agent.instance_lock = instance_lock  # held (open) for the agent's lifetime
         return agent
 
     # -- control ------------------------------------------------------------------

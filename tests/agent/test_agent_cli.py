@@ -221,6 +221,28 @@ def test_config_file_environment_and_flags_priority(
     assert result.exit_code == 1 and "not valid TOML" in result.output
 
 
+def test_a_second_agent_on_the_same_state_directory_is_refused(
+    tmp_path: Path, signer: Signer
+) -> None:
+    from javia_agent.agent import Agent
+
+    config = load_config(_device_config(tmp_path, signer))
+    first = Agent.from_config(config)
+    try:
+        with pytest.raises(ConfigError, match=rf"another javia agent \(process {os.getpid()}\)"):
+            Agent.from_config(config)
+        result = runner.invoke(
+            app, ["run", "--once", "--config", str(tmp_path / "etc" / "agent.toml")]
+        )
+        assert result.exit_code == 1 and "another javia agent" in result.output
+    finally:
+        first.client.close()
+        assert first.instance_lock is not None
+        first.instance_lock.close()  # as when the first agent's process ends
+    second = Agent.from_config(config)  # the lock went with it: no stale lock file blocks
+    second.client.close()
+
+
 def test_an_unknown_setting_in_the_file_is_refused_by_name(tmp_path: Path, signer: Signer) -> None:
     path = _device_config(tmp_path, signer)
     path.write_text("helth_seconds = 3\n" + path.read_text())  # top level, before any table
