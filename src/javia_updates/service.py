@@ -1017,7 +1017,6 @@ class UpdateService:
             {
                 "update_id": row.update_id,
                 "version": row.version,
-                "from": row.status.value,  # the store writes the status it found
                 "to": report.status.value,
                 "error_message": report.error_message,
             },

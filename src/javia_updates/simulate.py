@@ -539,8 +539,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def _scratch(work_dir: Path | None) -> Iterator[Path]:
-    if work_dir is not None:
-        _check_work_dir(work_dir)
+    if work_dir is not None:  # checked new or empty by SimulationConfig
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -301,10 +301,10 @@ def test_progress_moves_only_forward_and_repeated_or_late_reports_change_nothing
     assert (row.status, row.started_at, row.completed_at) == (UpdateStatus.COMPLETED, later, later)
     assert service.find_device(device.device_uuid).current_version == "v1.1.0"
     status_lines = [e for e in service.audit_log().items if e.action == "device_update.status"]
-    assert [line.details["to"] for line in status_lines] == [
-        "completed",
-        "installing",
-        "downloading",
+    assert [(line.details["from"], line.details["to"]) for line in status_lines] == [
+        ("installing", "completed"),
+        ("downloading", "installing"),
+        ("pending", "downloading"),
     ]
     assert beat(service, device, at=later, version="v1.1.0").update is None
 

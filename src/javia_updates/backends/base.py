@@ -609,7 +609,9 @@ class Store(ABC):
         A row already in ``status``, or past it, is left alone (``changed`` False).
         ``started_at`` is set on the first move off ``pending``, ``completed_at``
         on reaching a final status, and on ``completed`` the device's
-        ``current_version`` becomes the update's version if that is newer.
+        ``current_version`` becomes the update's version if that is newer
+        (:func:`raises_version`). A move writes ``audit`` with ``from`` added
+        to its details: the status the row had, read in the same transaction.
 
         Raises:
             NotFoundError: no such row.

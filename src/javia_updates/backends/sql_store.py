@@ -1137,12 +1137,8 @@ class SQLStore(Store):
                 error_message=moved.error_message,
                 updated_at=now,
             )
-            entry = audit
-            if "from" in audit.details:
-                entry = AuditEntry(
-                    audit.actor, audit.action, {**audit.details, "from": before.status.value}
-                )
-            self._audit(connection, entry, now)
+            details = {**audit.details, "from": before.status.value}
+            self._audit(connection, AuditEntry(audit.actor, audit.action, details), now)
             if status is UpdateStatus.COMPLETED:
                 self._raise_current_version(connection, record, now)
             return TransitionResult(record, True)
