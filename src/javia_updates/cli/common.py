@@ -1,14 +1,22 @@
-"""Shared pieces of the CLI: consoles, operator settings, error reporting.
+"""Shared pieces of the CLI: consoles, operator settings, error reporting, safe display.
 
 Operator settings come from the environment (``JAVIA_SERVER_URL``,
 ``JAVIA_API_KEY``, ``JAVIA_SIGNING_KEY``) over a TOML file
 (``JAVIA_OPERATOR_CONFIG``, default ``~/.config/javia/operator.toml``);
 command-line flags win over both.
+
+Everything the server answers is display text from the other side (a device
+names itself, writes its metadata and its error messages): it reaches the
+operator's terminal only through :func:`visible`, :func:`markup_safe`,
+:func:`cell` or a :class:`SafeTable`, never as rich markup or raw bytes.
+``--json`` output is written by :func:`print_json`, whose JSON escapes keep
+every value exact.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +28,91 @@ import typer
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 from rich.console import Console
+from rich.markup import escape
+from rich.protocol import is_renderable
+from rich.table import Table
+from rich.text import Text
 
 from javia_updates.errors import JaviaError
 from javia_updates.settings_sources import EnvOverTomlSettings
 
-console = Console()
-error_console = Console(stderr=True)
+# emoji=False: ":smile:" in a device's name is shown as written, not as a picture.
+console = Console(emoji=False)
+error_console = Console(stderr=True, emoji=False)
+
+# Code points that must not reach a terminal as they are: C0 controls (ESC starts
+# the sequences that retitle, clear or recolour a terminal; newline and tab fake
+# table rows and columns), DEL and C1 controls (U+009B is a one-byte CSI), the
+# bidirectional marks, embeddings, overrides and isolates (Unicode TR9: they
+# reorder what the operator reads), the line and paragraph separators, and lone
+# surrogates (not encodable: printing one raises).
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _escape_code_point(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: object, *, newlines: bool = False) -> str:
+    """``str(value)`` with every unsafe code point written as a visible escape.
+
+    Control characters (C0, DEL, C1), bidirectional controls, line and
+    paragraph separators and lone surrogates become ``\\xNN`` or ``\\uNNNN``
+    (ESC shows as the four characters ``\\x1b``), so device text can neither
+    drive the operator's terminal nor fake a table row. With ``newlines``,
+    ``\\n`` is kept (multi-line messages of our own). The result is plain text,
+    not rich markup: pass it to :func:`markup_safe` or wrap it in a ``Text``.
+    """
+    text = str(value)
+    if newlines:
+        return "\n".join(_UNSAFE.sub(_escape_code_point, line) for line in text.split("\n"))
+    return _UNSAFE.sub(_escape_code_point, text)
+
+
+def markup_safe(value: object, *, newlines: bool = False) -> str:
+    """:func:`visible` text with rich markup escaped, for an f-string given to ``console.print``.
+
+    ``[/x]`` in a device's name prints as ``[/x]`` instead of raising a markup error.
+    """
+    return escape(visible(value, newlines=newlines))
+
+
+def cell(value: object, style: str = "") -> Text:
+    """A table cell (or line part): ``value`` exactly as :func:`visible` writes it, in ``style``.
+
+    A ``Text`` is never parsed for markup or emoji codes.
+    """
+    return Text(visible(value), style=style)
+
+
+class SafeTable(Table):
+    """A rich ``Table`` whose string cells and title are shown as text, never as markup.
+
+    Every ``str`` cell goes through :func:`cell`; a deliberate style is
+    passed as a ``Text`` (``cell(status, "green")``), which is kept as it is.
+    Use it for every table that shows anything the server answered.
+    """
+
+    def __init__(self, *columns: Any, title: str | Text | None = None, **options: Any) -> None:
+        if isinstance(title, str):
+            title = cell(title)
+        super().__init__(*columns, title=title, **options)
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:  # type: ignore[override]
+        """Add a row; ``str`` cells (and anything not a rich renderable) become :func:`cell` text."""
+        super().add_row(
+            *(
+                value
+                if value is None or (is_renderable(value) and not isinstance(value, str))
+                else cell(value)
+                for value in renderables
+            ),
+            **options,
+        )
+
 
 DEFAULT_OPERATOR_CONFIG = Path("~/.config/javia/operator.toml").expanduser()
 DEFAULT_SIGNING_KEY = Path("~/.config/javia/keys/javia-signing.pem").expanduser()
@@ -53,8 +140,14 @@ class OperatorSettings(EnvOverTomlSettings):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one red line on stderr and exit with ``code``."""
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    """Print one red line on stderr and exit with ``code``.
+
+    ``message`` is shown as text (:func:`markup_safe`): it often quotes what the
+    server or the user sent.
+    """
+    error_console.print(
+        f"[red]error:[/red] {markup_safe(message, newlines=True)}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
@@ -85,16 +178,23 @@ def print_json(value: Any) -> None:
 
 
 def parse_time(value: str | None) -> datetime | None:
-    """Parse an ISO 8601 timestamp from the API into an aware datetime."""
+    """Parse an ISO 8601 timestamp from the API into an aware datetime.
+
+    Raises:
+        ValueError: ``value`` is not an ISO 8601 timestamp.
+    """
     if not value:
         return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def ago(value: str | None, now: datetime | None = None) -> str:
-    """``'42 s ago'``-style age of an API timestamp, or ``'never'``."""
-    moment = parse_time(value)
+    """``'42 s ago'``-style age of an API timestamp, ``'never'``, or the value if it is no timestamp."""
+    try:
+        moment = parse_time(value)
+    except ValueError:
+        return visible(value)
     if moment is None:
         return "never"
     seconds = int(((now or datetime.now(timezone.utc)) - moment).total_seconds())

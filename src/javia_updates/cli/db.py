@@ -23,6 +23,7 @@ from javia_updates.cli.common import (
     error_console,
     fail,
     friendly_errors,
+    markup_safe,
     print_json,
 )
 
@@ -137,7 +138,7 @@ def sql(
     if dialect == "postgresql" and schema != "javia":
         error_console.print(
             f"note: the server keeps its tables in schema 'javia'; this SQL creates them in "
-            f"{schema!r}",
+            f"{markup_safe(repr(schema))}",
             highlight=False,
         )
     if output is None:
@@ -147,7 +148,7 @@ def sql(
         output.write_text(script, encoding="utf-8")
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror}")
-    console.print(f"wrote the migrations as SQL to {output}", highlight=False)
+    console.print(f"wrote the migrations as SQL to {markup_safe(output)}", highlight=False)
 
 
 def _blob_store(kind: str, data_dir: Path, settings: Any) -> Any:
@@ -272,7 +273,7 @@ def migrate_data(
                 source_blobs = _blob_store(from_backend, source_dir or target_dir, settings)
                 target_blobs = _blob_store(destination, target_dir, settings)
                 target_blobs.prepare()
-        printer = None if as_json else (lambda line: console.print(line, highlight=False))
+        printer = None if as_json else (lambda line: console.print(markup_safe(line), highlight=False))
         try:
             result = run_migration(
                 source_url,

@@ -20,7 +20,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from javia_updates.cli.common import console, fail
+from javia_updates.cli.common import SafeTable, cell, console, fail, markup_safe
 
 DEVICES = (
     ("living-room", "America/New_York"),
@@ -30,7 +30,7 @@ DEVICES = (
 
 
 def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) -> Table:
-    table = Table(
+    table = SafeTable(
         title=f"instant update {target}: {time.monotonic() - started:4.1f} s",
         title_justify="left",
     )
@@ -39,16 +39,16 @@ def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) ->
     now = datetime.now(timezone.utc)
     for device in fleet.devices:
         row = rows_by_uuid.get(device.device_uuid, {})
-        status = row.get("status", "waiting for heartbeat")
+        status = str(row.get("status", "waiting for heartbeat"))
         colour = {"completed": "green", "failed": "red", "rolled_back": "red"}.get(status, "yellow")
         app = device.app_status() or {}
-        version = app.get("version", "—")
+        version = str(app.get("version", "—"))
         table.add_row(
             device.name,
             device.timezone,
             now.astimezone(ZoneInfo(device.timezone)).strftime("%H:%M:%S"),
-            f"[{colour}]{status}[/{colour}]",
-            f"[green]{version}[/green]" if version == target else version,
+            cell(status, colour),
+            cell(version, "green" if version == target else ""),
             str(app.get("pid", "—")),
         )
     return table
@@ -80,17 +80,19 @@ def demo(
         app_dir = root / "pi_client"
         shutil.copytree(example_app_dir(), app_dir, ignore=shutil.ignore_patterns("__pycache__"))
         fleet.generate_key()
-        console.print(f"signing key {fleet.private_key_path} (public key copied to every device)")
+        console.print(
+            f"signing key {markup_safe(fleet.private_key_path)} (public key copied to every device)"
+        )
         fleet.start_server()
-        console.print(f"server      {fleet.url}  (data in {root / 'server'})")
+        console.print(f"server      {markup_safe(fleet.url)}  (data in {markup_safe(root / 'server')})")
         initial = fleet.build_package(app_dir, "v1.0.0", "scheduled", root / "packages" / "v1.0.0")
         for name, tz in DEVICES:
             device = fleet.add_device(name, tz, initial_package=initial)
             fleet.start_agent(device)
             app = device.app_status() or {}
             console.print(
-                f"device      {name:<12} {tz:<17} registered as {device.device_uuid}, "
-                f"running {app.get('version', '?')} (pid {app.get('pid', '?')})"
+                f"device      {name:<12} {tz:<17} registered as {markup_safe(device.device_uuid)}, "
+                f"running {markup_safe(app.get('version', '?'))} (pid {markup_safe(app.get('pid', '?'))})"
             )
         before = {device.name: device.app_status() or {} for device in fleet.devices}
         _wait_online(fleet, timeout=15)
@@ -130,7 +132,7 @@ def demo(
             plans = client.plan_new_update(update_type=kind, version="v1.2.0")
             console.print(plan_table(plans, f"{kind} update v1.2.0"))
 
-        summary = Table(title="summary", title_justify="left")
+        summary = SafeTable(title="summary", title_justify="left")
         for column in ("device", "before", "after", "app restarted", "installed at (UTC)"):
             summary.add_column(column)
         for device in fleet.devices:
@@ -140,12 +142,12 @@ def demo(
                 device.name,
                 f"{old.get('version')} (pid {old.get('pid')})",
                 f"{after.get('version')} (pid {after.get('pid')})",
-                "yes" if after.get("pid") != old.get("pid") else "[red]no[/red]",
+                cell("yes") if after.get("pid") != old.get("pid") else cell("no", "red"),
                 str(rows[device.device_uuid].get("completed_at", "—"))[:19],
             )
         console.print(summary)
         console.print(
-            f"[green]all {len(fleet.devices)} devices run {target}[/green] "
+            f"[green]all {len(fleet.devices)} devices run {markup_safe(target)}[/green] "
             f"({time.monotonic() - started:.1f} s in all)"
         )
         ok = True

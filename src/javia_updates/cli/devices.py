@@ -13,18 +13,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from javia_updates.cli.common import (
     ApiKeyOption,
     JsonOption,
+    SafeTable,
     ServerOption,
     admin_client,
     ago,
+    cell,
     console,
     fail,
     friendly_errors,
+    markup_safe,
     print_json,
 )
 
@@ -54,19 +56,19 @@ def list_devices(
     if as_json:
         print_json(devices)
         return
-    table = Table(title=f"{len(devices)} device(s)", title_justify="left")
+    table = SafeTable(title=f"{len(devices)} device(s)", title_justify="left")
     for column in ("device", "uuid", "version", "status", "last seen", "timezone", "model"):
         table.add_column(column)
     for device in devices:
-        style = STATUS_STYLE.get(device["status"], "")
+        metadata = device.get("metadata")
         table.add_row(
             device.get("device_name") or "—",
-            str(device["device_uuid"]),
+            str(device.get("device_uuid")),
             device.get("current_version") or "—",
-            f"[{style}]{device['status']}[/{style}]" if style else device["status"],
+            cell(device.get("status"), STATUS_STYLE.get(str(device.get("status")), "")),
             ago(device.get("last_seen")),
-            device.get("timezone", "UTC"),
-            str((device.get("metadata") or {}).get("hardware_model") or "—"),
+            device.get("timezone") or "UTC",
+            str((metadata.get("hardware_model") if isinstance(metadata, dict) else None) or "—"),
         )
     console.print(table)
 
@@ -85,7 +87,7 @@ def show_device(
     if as_json:
         print_json({"device": device, "updates": history})
         return
-    details = Table.grid(padding=(0, 2))
+    details = SafeTable.grid(padding=(0, 2))
     details.add_column(style="bold")
     details.add_column()
     for key in ("device_name", "device_uuid", "current_version", "status", "timezone"):
@@ -94,17 +96,18 @@ def show_device(
         details.add_row("token revoked", str(device["token_revoked_at"]))
     details.add_row("last seen", f"{device.get('last_seen') or '—'} ({ago(device.get('last_seen'))})")
     details.add_row("registered", str(device.get("registered_at")))
-    for key, value in sorted((device.get("metadata") or {}).items()):
+    metadata = device.get("metadata")
+    for key, value in sorted((metadata if isinstance(metadata, dict) else {}).items()):
         details.add_row(key.replace("_", " "), str(value))
     console.print(details)
     if history:
-        table = Table(title="updates", title_justify="left")
+        table = SafeTable(title="updates", title_justify="left")
         for column in ("version", "status", "scheduled for (UTC)", "completed", "error"):
             table.add_column(column)
         for row in history:
             table.add_row(
-                row["version"],
-                row["status"],
+                str(row.get("version")),
+                str(row.get("status")),
                 str(row.get("scheduled_for") or "—"),
                 str(row.get("completed_at") or "—"),
                 row.get("error_message") or "",
@@ -151,7 +154,7 @@ def revoke(
         return
     console.print(
         f"revoked the token of device {target}"
-        + (f" ({escape(device['device_name'])})" if device.get("device_name") else "")
+        + (f" ({markup_safe(device['device_name'])})" if device.get("device_name") else "")
         + "; it can no longer call the server. Re-admit it with: javia devices rotate-token "
         + target,
         highlight=False,
@@ -173,7 +176,7 @@ def rotate_token(
     if registered is None:
         return
     console.print(f"new token for device {target} (shown this once):", highlight=False)
-    console.print(registered["device_token"], highlight=False, soft_wrap=True)
+    console.print(cell(registered["device_token"]), highlight=False, soft_wrap=True)
     console.print(
         "write it to the device's token file (default /etc/javia/device-token, mode 0600)",
         highlight=False,
@@ -197,21 +200,21 @@ def parse_duration(text: str) -> int:
 
 
 def _token_table(tokens: list[dict]) -> Table:
-    table = Table(title=f"{len(tokens)} enrollment token(s)", title_justify="left")
+    table = SafeTable(title=f"{len(tokens)} enrollment token(s)", title_justify="left")
     for column in ("id", "label", "uses", "expires (UTC)", "state"):
         table.add_column(column)
     for token in tokens:
         if token.get("revoked_at"):
-            state = "[red]revoked[/red]"
+            state = cell("revoked", "red")
         elif token.get("usable"):
-            state = "[green]usable[/green]"
+            state = cell("usable", "green")
         elif token["uses"] >= token["max_uses"]:
-            state = "used up"
+            state = cell("used up")
         else:
-            state = "expired"
+            state = cell("expired")
         table.add_row(
             str(token["id"]),
-            escape(token.get("label") or "—"),
+            token.get("label") or "—",
             f"{token['uses']}/{token['max_uses']}",
             str(token["expires_at"]),
             state,
@@ -240,11 +243,12 @@ def create_enrollment_token(
         print_json(created)
         return
     console.print(
-        f"enrollment token {created['id']}: registers up to {created['max_uses']} device(s) "
-        f"until {created['expires_at']} (UTC); shown this once:",
+        f"enrollment token {markup_safe(created['id'])}: registers up to "
+        f"{markup_safe(created['max_uses'])} device(s) until {markup_safe(created['expires_at'])} (UTC); "
+        "shown this once:",
         highlight=False,
     )
-    console.print(created["token"], highlight=False, soft_wrap=True)
+    console.print(cell(created["token"]), highlight=False, soft_wrap=True)
     console.print(
         "on each new device: javia agent register --server URL --enrollment-token TOKEN",
         highlight=False,
@@ -279,4 +283,4 @@ def revoke_enrollment_token(
     if as_json:
         print_json(token)
         return
-    console.print(f"revoked enrollment token {token['id']}", highlight=False)
+    console.print(f"revoked enrollment token {markup_safe(token['id'])}", highlight=False)

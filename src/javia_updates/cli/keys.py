@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from javia_updates.cli.common import DEFAULT_SIGNING_KEY, console, fail, friendly_errors
+from javia_updates.cli.common import (
+    DEFAULT_SIGNING_KEY,
+    console,
+    fail,
+    friendly_errors,
+    markup_safe,
+)
 
 app = typer.Typer(help="Create and inspect signing keys.", no_args_is_help=True)
 
@@ -40,8 +46,8 @@ def generate(
         hint = " (pass --force to replace it)" if "already exists" in str(error) else ""
         fail(f"{error}{hint}")
     console.print(f"key id      [bold]{paths.key_id}[/bold]")
-    console.print(f"private key {paths.private_path}  (mode 0600, never leaves this machine)")
-    console.print(f"public key  {paths.public_path}  (copy to each device's /etc/javia/keys/)")
+    console.print(f"private key {markup_safe(paths.private_path)}  (mode 0600, never leaves this machine)")
+    console.print(f"public key  {markup_safe(paths.public_path)}  (copy to each device's /etc/javia/keys/)")
 
 
 @app.command("show")

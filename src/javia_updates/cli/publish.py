@@ -30,6 +30,7 @@ from javia_updates.cli.common import (
     console,
     fail,
     friendly_errors,
+    markup_safe,
     print_json,
 )
 from javia_updates.errors import SigningKeyError
@@ -210,7 +211,7 @@ def publish(
     if asked:
         console.print(
             f"\n[bold]{new_version}[/bold] ({kind.value}: {TYPE_HELP[kind]})\n"
-            f"  from {app_dir}  description: {description or '—'}\n"
+            f"  from {markup_safe(app_dir)}  description: {markup_safe(description or '—')}\n"
             f"  system packages: {', '.join(packages) or 'none'}  targets: "
             f"{', '.join(targets) or 'every device'}"
         )
@@ -251,7 +252,8 @@ def publish(
             else:
                 console.print(
                     f"wrote signed package {new_version} ({len(built.manifest.files)} files, "
-                    f"{built.manifest.archive.size} bytes) to {built.directory}"
+                    f"{built.manifest.archive.size} bytes) to {markup_safe(built.directory)}",
+                    highlight=False,
                 )
             return
         with tempfile.TemporaryDirectory(prefix="javia-publish-") as workspace:
@@ -263,9 +265,11 @@ def publish(
         return
     counts = result.get("status_counts") or {}
     console.print(
-        f"[green]published[/green] {result['version']} as update {result['id']} ({kind.value}); "
-        f"{sum(counts.values())} device(s) scheduled so far. "
-        f"Follow it with: javia updates show {result['version']}"
+        f"[green]published[/green] {markup_safe(result.get('version'))} as update "
+        f"{markup_safe(result.get('id'))} ({kind.value}); "
+        f"{markup_safe(sum(counts.values()))} device(s) scheduled so far. "
+        f"Follow it with: javia updates show {markup_safe(result.get('version'))}",
+        highlight=False,
     )
 
 
@@ -285,12 +289,12 @@ def _preflight(server, api_key, new_version: Version) -> None:
 
 
 def _warn(warnings) -> None:
-    from rich.markup import escape
-
     from javia_updates.cli.common import error_console
 
     for warning in warnings:
-        error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        error_console.print(
+            f"[yellow]warning:[/yellow] {markup_safe(warning)}", highlight=False, soft_wrap=True
+        )
 
 
 def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, quiet: bool) -> dict:

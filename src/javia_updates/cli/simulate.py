@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from javia_updates.cli.common import console, error_console, fail, friendly_errors
+from javia_updates.cli.common import console, error_console, fail, friendly_errors, markup_safe
 
 
 def simulate(
@@ -63,7 +63,7 @@ def simulate(
             database_url=database_url,
             work_dir=work_dir,
         )
-        progress = None if as_json else (lambda line: error_console.print(f"[dim]{line}[/dim]"))
+        progress = None if as_json else (lambda line: error_console.print(f"[dim]{markup_safe(line)}[/dim]"))
         report = run_simulation(config, progress=progress)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -137,4 +137,4 @@ def _print_report(report) -> None:  # type: ignore[no-untyped-def]
         table.add_row(name, value)
     console.print(table)
     for kind, count in sorted(report.errors.items()):
-        console.print(f"  [red]{count}[/red] × {kind}")
+        console.print(f"  [red]{count}[/red] × {markup_safe(kind)}", highlight=False)

@@ -11,10 +11,13 @@ from rich.table import Table
 from javia_updates.cli.common import (
     ApiKeyOption,
     JsonOption,
+    SafeTable,
     ServerOption,
     admin_client,
+    cell,
     console,
     friendly_errors,
+    markup_safe,
     parse_time,
     print_json,
 )
@@ -33,8 +36,10 @@ STATUS_ORDER = (
 )
 
 
-def _human_size(size: int) -> str:
-    """Bytes as B, kB, MB or GB (powers of 1000)."""
+def _human_size(size: object) -> str:
+    """Bytes as B, kB, MB or GB (powers of 1000); anything but a number as it is."""
+    if not isinstance(size, int | float):
+        return str(size)
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
@@ -42,7 +47,8 @@ def _human_size(size: int) -> str:
 
 
 def _counts(update: dict) -> str:
-    counts = update.get("status_counts") or {}
+    counts = update.get("status_counts")
+    counts = counts if isinstance(counts, dict) else {}
     parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts.get(s)]
     return ", ".join(parts) or "no devices yet"
 
@@ -59,18 +65,18 @@ def list_updates(
     if as_json:
         print_json(updates)
         return
-    table = Table(title=f"{len(updates)} update(s)", title_justify="left")
+    table = SafeTable(title=f"{len(updates)} update(s)", title_justify="left")
     for column in ("id", "version", "type", "published (UTC)", "size", "devices", "description"):
         table.add_column(column)
     for update in updates:
         table.add_row(
-            str(update["id"]),
-            update["version"],
-            update["update_type"],
-            str(update["created_at"])[:19],
+            str(update.get("id")),
+            str(update.get("version")),
+            str(update.get("update_type")),
+            str(update.get("created_at"))[:19],
             _human_size(update.get("size", 0)),
             _counts(update),
-            update.get("description", ""),
+            str(update.get("description") or ""),
         )
     console.print(table)
 
@@ -90,54 +96,67 @@ def show_update(
         print_json({"update": info, "devices": rows})
         return
     console.print(
-        f"[bold]{info['version']}[/bold] ({info['update_type']}), update {info['id']}, "
-        f"key {info.get('key_id', '?')}: {info.get('description', '')}"
+        f"[bold]{markup_safe(info['version'])}[/bold] ({markup_safe(info['update_type'])}), "
+        f"update {markup_safe(info['id'])}, key {markup_safe(info.get('key_id', '?'))}: "
+        f"{markup_safe(info.get('description', ''))}",
+        highlight=False,
     )
     if info.get("system_packages"):
-        console.print("system packages: " + ", ".join(info["system_packages"]))
-    console.print(_counts(info))
+        packages = ", ".join(map(str, info["system_packages"]))
+        console.print("system packages: " + markup_safe(packages), highlight=False)
+    console.print(markup_safe(_counts(info)), highlight=False)
     console.print(progress_table(rows))
 
 
 def progress_table(rows: list[dict], title: str = "devices") -> Table:
-    """A rich table of per-device progress rows (``models.DeviceUpdateOut`` JSON)."""
-    table = Table(title=title, title_justify="left")
+    """A rich table of per-device progress rows (``models.DeviceUpdateOut`` JSON), shown as text."""
+    table = SafeTable(title=title, title_justify="left")
     for column in ("device", "status", "scheduled for (UTC)", "started", "completed", "error"):
         table.add_column(column)
     style = {"completed": "green", "failed": "red", "rolled_back": "red", "pending": "dim"}
     for row in rows:
-        status = row["status"]
-        colour = style.get(status, "yellow")
+        status = str(row.get("status"))
         table.add_row(
-            row.get("device_name") or str(row["device_uuid"]),
-            f"[{colour}]{status}[/{colour}]",
+            row.get("device_name") or str(row.get("device_uuid")),
+            cell(status, style.get(status, "yellow")),
             str(row.get("scheduled_for") or "—")[:19],
             str(row.get("started_at") or "—")[11:19],
             str(row.get("completed_at") or "—")[11:19],
-            row.get("error_message") or "",
+            str(row.get("error_message") or ""),
         )
     return table
 
 
 def plan_table(plans: list[dict], title: str) -> Table:
-    """A rich table of a rollout plan: who gets the update, when (local and UTC), why."""
-    table = Table(title=title, title_justify="left")
+    """A rich table of a rollout plan: who gets the update, when (local and UTC), why; shown as text.
+
+    A time or timezone the CLI cannot read is shown as the server sent it.
+    """
+    table = SafeTable(title=title, title_justify="left")
     for column in ("device", "timezone", "gets it", "installs (device-local)", "installs (UTC)", "why"):
         table.add_column(column)
     for plan in plans:
-        at_utc = parse_time(plan.get("install_at_utc"))
-        tz = plan.get("timezone") or "UTC"
-        local = "—"
+        tz = str(plan.get("timezone") or "UTC")
+        try:
+            at_utc = parse_time(plan.get("install_at_utc"))
+        except ValueError:
+            at_utc, utc, local = None, str(plan.get("install_at_utc")), "—"
+        else:
+            utc, local = (at_utc.strftime("%Y-%m-%d %H:%M"), "—") if at_utc else ("—", "—")
         if at_utc is not None:
-            local_time: datetime = at_utc.astimezone(ZoneInfo(tz))
-            local = local_time.strftime("%a %Y-%m-%d %H:%M %Z")
+            try:
+                local_time: datetime = at_utc.astimezone(ZoneInfo(tz))
+            except (ValueError, LookupError, OSError):  # KeyError: unknown; OSError: "America"
+                local = "unknown timezone"
+            else:
+                local = local_time.strftime("%a %Y-%m-%d %H:%M %Z")
         table.add_row(
-            plan.get("device_name") or str(plan["device_uuid"]),
+            plan.get("device_name") or str(plan.get("device_uuid")),
             tz,
-            "[green]yes[/green]" if plan.get("gets_row") else "[dim]not now[/dim]",
+            cell("yes", "green") if plan.get("gets_row") else cell("not now", "dim"),
             local,
-            at_utc.strftime("%Y-%m-%d %H:%M") if at_utc else "—",
-            plan.get("reason", ""),
+            utc,
+            str(plan.get("reason") or ""),
         )
     return table
 
