@@ -15,10 +15,14 @@ from hypothesis import strategies as st
 
 from javia_updates.errors import ManifestError, SignatureError
 from javia_updates.manifest import (
+    MAX_PATH_BYTES,
+    MAX_PATH_COMPONENT_BYTES,
+    MAX_PATH_COMPONENTS,
     ArchiveInfo,
     FileEntry,
     Manifest,
     Signature,
+    canonical_json,
     key_id_for,
     sign_manifest,
     verify_manifest,
@@ -50,7 +54,8 @@ def file_lists(draw: st.DrawFn) -> tuple[FileEntry, ...]:
             path=path,
             sha256=draw(hex64),
             size=draw(st.integers(min_value=0, max_value=2**40)),
-            mode=draw(st.integers(min_value=0, max_value=0o777)),
+            # Group- and other-writable modes are refused (see the mode tests below).
+            mode=draw(st.integers(min_value=0, max_value=0o777).map(lambda mode: mode & ~0o022)),
         )
         for path in kept
     )
@@ -271,3 +276,72 @@ def test_created_at_is_written_as_utc_whole_seconds(created_at: datetime, writte
     manifest = small_manifest(created_at=created_at)
     assert json.loads(manifest.to_bytes())["created_at"] == written
     assert Manifest.from_bytes(manifest.to_bytes()) == manifest
+
+
+# ------------------------------------------------- path bounds and modes (issue 11)
+
+
+def _signed_with_file(path: str, mode: int = 0o644) -> tuple[bytes, bytes]:
+    """Signed manifest bytes listing one file, written without the model's checks."""
+    data = small_manifest().to_json_dict()
+    data["files"] = [{"path": path, "sha256": "a" * 64, "size": 1, "mode": mode}]
+    data["unpacked_size"] = 1
+    manifest_bytes = canonical_json(data)
+    return manifest_bytes, sign_manifest(manifest_bytes, SIGNING_KEY).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/".join(["d"] * 1000) + "/f", "components deep (at most 32)"),
+        ("/".join(["d"] * MAX_PATH_COMPONENTS) + "/f", "33 components deep"),
+        ("x" * (MAX_PATH_COMPONENT_BYTES + 1), "a component of 256 bytes (at most 255"),
+        ("é" * 128, "a component of 256 bytes"),
+        ("/".join(["y" * 200] * 6), "bytes long (at most 1024 bytes)"),
+    ],
+)
+def test_a_signed_manifest_with_a_path_past_the_bounds_is_refused(path: str, words: str) -> None:
+    manifest_bytes, signature_bytes = _signed_with_file(path)
+    with pytest.raises(ManifestError, match="files.0.path") as caught:
+        verify_manifest(manifest_bytes, signature_bytes, KEYRING)
+    assert words in str(caught.value)
+    assert len(str(caught.value)) < 400  # one readable line, not the whole path
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet="abé", min_size=1, max_size=MAX_PATH_COMPONENT_BYTES // 2 + 20),
+        min_size=1,
+        max_size=MAX_PATH_COMPONENTS + 4,
+    )
+)
+def test_a_path_is_listed_if_and_only_if_it_keeps_every_bound(parts: list[str]) -> None:
+    path = "/".join(parts)
+    within = (
+        len(parts) <= MAX_PATH_COMPONENTS
+        and max(len(part.encode()) for part in parts) <= MAX_PATH_COMPONENT_BYTES
+        and len(path.encode()) <= MAX_PATH_BYTES
+    )
+    if within:
+        assert FileEntry(path=path, sha256="a" * 64, size=1, mode=0o644).path == path
+    else:
+        with pytest.raises(ValueError):
+            FileEntry(path=path, sha256="a" * 64, size=1, mode=0o644)
+
+
+def test_a_path_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        FileEntry(path="a/\ud800", sha256="a" * 64, size=1, mode=0o644)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o777, 0o664, 0o646, 0o620, 0o602])
+def test_a_group_or_other_writable_mode_is_refused(mode: int) -> None:
+    manifest_bytes, signature_bytes = _signed_with_file("app.py", mode)
+    with pytest.raises(ManifestError, match="group- or other-writable"):
+        verify_manifest(manifest_bytes, signature_bytes, KEYRING)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o0])
+def test_modes_without_group_or_other_write_are_listed(mode: int) -> None:
+    assert FileEntry(path="a", sha256="a" * 64, size=1, mode=mode).mode == mode

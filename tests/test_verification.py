@@ -9,6 +9,7 @@ tree is compared before and after) and create no destination.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import os
 import secrets
@@ -31,6 +32,7 @@ from packages_helpers import (
     make_app,
     sign_package_dir,
     snapshot,
+    write_archive,
     write_signed_package,
 )
 
@@ -42,8 +44,8 @@ from javia_agent.verification import (
     verify_metadata,
     verify_package_dir,
 )
-from javia_updates.errors import PackageError, SignatureError
-from javia_updates.manifest import FileEntry, Manifest
+from javia_updates.errors import ManifestError, PackageError, SignatureError
+from javia_updates.manifest import FileEntry, Manifest, canonical_json, sign_manifest
 from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package, read_package_dir
 from javia_updates.versioning import Version
@@ -237,6 +239,31 @@ HOSTILE: dict[str, Callable[[Path], Hostile]] = {
         [entry("a.txt", b"a"), entry("b.txt", b"b")],
         "'a.txt' appears twice",
     ),
+    "group-writable file": lambda tmp: Hostile(
+        [Member("run.sh", b"#!/bin/sh\n", mode=0o664)],
+        [entry("run.sh", b"#!/bin/sh\n", mode=0o644)],
+        "'run.sh' has mode 664, writable by group or others",
+    ),
+    "world-writable file": lambda tmp: Hostile(
+        [Member("app.py", b"print()", mode=0o666)],
+        [entry("app.py", b"print()", mode=0o644)],
+        "'app.py' has mode 666, writable by group or others",
+    ),
+    "world-writable directory": lambda tmp: Hostile(
+        [Member("d", type=tarfile.DIRTYPE, mode=0o777), Member("d/a", b"a")],
+        [entry("d/a", b"a")],
+        "'d' has mode 777, writable by group or others",
+    ),
+    "member past the depth bound": lambda tmp: Hostile(
+        [Member("/".join(["d"] * 1000) + "/f", b"a"), Member("a.txt", b"a")],
+        [entry("a.txt", b"a"), entry("b.txt", b"b")],
+        "1001 components deep (at most 32)",
+    ),
+    "member name past the length bound": lambda tmp: Hostile(
+        [Member("n" * 300, b"a"), Member("a.txt", b"a")],
+        [entry("a.txt", b"a"), entry("b.txt", b"b")],
+        "a component of 300 bytes",
+    ),
 }
 
 
@@ -269,6 +296,44 @@ def test_hostile_member_is_refused_by_verify_without_writing(layout: Layout, nam
         case.fragment,
         case.escapes,
     )
+
+
+def test_a_signed_package_1000_directories_deep_is_refused_with_the_bound_named(
+    layout: Layout,
+) -> None:
+    """Signed by a trusted key, archive hash right: the manifest's path bounds refuse it."""
+    deep = "/".join(["d"] * 1000) + "/f.txt"
+    layout.package.mkdir()
+    write_archive(layout.package / "payload.tar.gz", [Member(deep, b"deep")])
+    payload = (layout.package / "payload.tar.gz").read_bytes()
+    data = {
+        "format": 1,
+        "app": "voice",
+        "version": "v1.0.0",
+        "created_at": "2025-06-01T12:00:00Z",
+        "update_type": "instant",
+        "description": "deep",
+        "system_packages": [],
+        "files": [
+            {"path": deep, "sha256": hashlib.sha256(b"deep").hexdigest(), "size": 4, "mode": 0o644}
+        ],
+        "archive": {
+            "name": "payload.tar.gz",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+        },
+        "unpacked_size": 4,
+    }
+    manifest_bytes = canonical_json(data)
+    (layout.package / "manifest.json").write_bytes(manifest_bytes)
+    (layout.package / "manifest.sig").write_bytes(sign_manifest(manifest_bytes, KEY).to_bytes())
+    message = assert_refused(
+        layout,
+        lambda: verify_package_dir(layout.package, KEYRING, current_version=None),
+        "1001 components deep (at most 32)",
+        error=ManifestError,
+    )
+    assert len(message) < 300
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,7 +47,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from javia_agent._fs import atomic_write, fsync_directory
+from javia_agent._fs import atomic_write, fsync_directory, remove_tree
 from javia_agent.errors import InstallError
 
 __all__ = [
@@ -328,7 +327,8 @@ def _tail(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove an env (any depth, links not followed); what cannot be removed is logged."""
+    try:
+        remove_tree(path)
+    except OSError as error:
+        logger.error("cannot remove %s: %s", path, error.strerror or error)

@@ -11,11 +11,17 @@ One code path serves network installs, ``javia agent verify`` and
    signed manifest. The archive is not opened as a tar before this passes.
 3. :func:`extract_payload` / :func:`check_payload`: every tar member checked
    against the manifest's ``files`` while streaming: only regular files and
-   directories; safe relative paths; no setuid/setgid/sticky bits; listed,
+   directories; safe relative paths within the manifest's bounds (at most
+   :data:`~javia_updates.manifest.MAX_PATH_COMPONENTS` components,
+   :data:`~javia_updates.manifest.MAX_PATH_COMPONENT_BYTES` bytes each,
+   :data:`~javia_updates.manifest.MAX_PATH_BYTES` bytes in all); no
+   setuid/setgid/sticky bit and no group- or other-writable mode; listed,
    of the listed size and SHA-256, seen once; unpacked bytes and member count
    capped; every listed file present. Extraction writes into a private staging
    directory next to the destination and renames it into place only when all
-   checks passed.
+   checks passed. A refused extraction removes its staging directory
+   (:func:`javia_agent._fs.remove_tree`, safe at any depth); one left by a
+   crash is removed by the installer's start-up clean-up.
 
 The signed archive is trusted only as far as the manifest says: even a package
 signed by a trusted key cannot write outside its release directory, create
@@ -27,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import logging
 import os
 import secrets
-import shutil
 import stat
 import tarfile
 import zlib
@@ -40,8 +46,15 @@ from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from javia_agent._fs import remove_tree
 from javia_updates.errors import PackageError
-from javia_updates.manifest import FileEntry, Manifest, Signature, verify_manifest
+from javia_updates.manifest import (
+    FileEntry,
+    Manifest,
+    Signature,
+    path_bound_violation,
+    verify_manifest,
+)
 from javia_updates.packaging import read_package_dir
 from javia_updates.versioning import Version
 
@@ -54,6 +67,8 @@ __all__ = [
     "verify_metadata",
     "verify_package_dir",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Permission bits of the directories created on extraction.
 DIRECTORY_MODE = 0o755
@@ -357,6 +372,9 @@ def _unsafe_path_reason(name: str) -> str | None:
         return "a '..' path component"
     if any(part in ("", ".") for part in parts):
         return "an empty or '.' path component"
+    problem = path_bound_violation(name)
+    if problem is not None:
+        return f"a path that {problem}"
     return None
 
 
@@ -469,6 +487,11 @@ def _walk_archive(
             raise PackageError(
                 f"archive member {_shown(name)} has mode {member.mode:o} with a setuid, "
                 "setgid or sticky bit: refusing it"
+            )
+        if member.mode & 0o022:
+            raise PackageError(
+                f"archive member {_shown(name)} has mode {member.mode:o}, writable by group "
+                "or others: refusing it (expected e.g. 644 or 755)"
             )
         if name in seen:
             raise PackageError(f"archive member {_shown(name)} appears twice: refusing it")
@@ -630,7 +653,10 @@ def extract_payload(payload_path: Path, manifest: Manifest, destination: Path) -
                 )
             os.rename(staging, destination)
         except BaseException as error:
-            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                remove_tree(staging)
+            except OSError as cleanup:  # the installer's start-up clean-up tries again
+                logger.warning("cannot remove staging directory %s: %s", staging, cleanup)
             if isinstance(error, OSError):
                 raise PackageError(
                     f"cannot move the extracted release into {destination}: {error.strerror}"

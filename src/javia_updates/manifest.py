@@ -44,10 +44,15 @@ __all__ = [
     "ArchiveInfo",
     "KeyringChanges",
     "MAX_KEYRING_CHANGES",
+    "MAX_PATH_BYTES",
+    "MAX_PATH_COMPONENTS",
+    "MAX_PATH_COMPONENT_BYTES",
+    "FORBIDDEN_MODE_BITS",
     "Manifest",
     "Signature",
     "canonical_json",
     "key_id_for",
+    "path_bound_violation",
     "sign_manifest",
     "verify_manifest",
     "validate_apt_package",
@@ -71,6 +76,24 @@ _APP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Most keys one package may add, and most key ids it may retire.
 MAX_KEYRING_CHANGES = 8
 _MAX_PUBLIC_KEY_PEM_CHARS = 1024
+
+#: Most components (directories plus the file name) of one file path in a
+#: package. Deep enough for any application tree (a virtualenv's
+#: ``lib/python3.11/site-packages/pkg/sub/module.py`` is 7), shallow enough
+#: that no tool on the device (``shutil.rmtree`` recurses once per level)
+#: meets its recursion limit.
+MAX_PATH_COMPONENTS = 32
+#: Most UTF-8 bytes of one path component: ``NAME_MAX`` of Linux file systems.
+MAX_PATH_COMPONENT_BYTES = 255
+#: Most UTF-8 bytes of one relative file path. A quarter of Linux's
+#: ``PATH_MAX`` (4096, counting the whole absolute path), leaving the rest
+#: for the install root and release directory in front of it, so that every
+#: installed file can also be reached by its absolute path.
+MAX_PATH_BYTES = 1024
+#: Permission bits a packaged file may not carry: group- or other-writable
+#: (any local user could change the code the application runs), and the
+#: setuid, setgid and sticky bits.
+FORBIDDEN_MODE_BITS = 0o7022
 
 
 def canonical_json(value: Any) -> bytes:
@@ -103,6 +126,33 @@ def validate_apt_package(spec: str) -> str:
     return spec
 
 
+def path_bound_violation(path: str) -> str | None:
+    """Why ``path`` breaks the size bounds on package paths, or ``None`` if it keeps them.
+
+    ``path`` must encode as UTF-8 (no lone surrogate), and the bounds are :data:`MAX_PATH_COMPONENTS` components,
+    :data:`MAX_PATH_COMPONENT_BYTES` UTF-8 bytes per component and
+    :data:`MAX_PATH_BYTES` UTF-8 bytes in all. A package whose tree is
+    thousands of directories deep would otherwise crash whatever walks it
+    recursively on the device.
+    """
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text (it holds a lone surrogate)"
+    parts = path.split("/")
+    if len(parts) > MAX_PATH_COMPONENTS:
+        return f"is {len(parts)} components deep (at most {MAX_PATH_COMPONENTS})"
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long (at most {MAX_PATH_BYTES} bytes)"
+    longest = max(len(part.encode("utf-8")) for part in parts)
+    if longest > MAX_PATH_COMPONENT_BYTES:
+        return (
+            f"has a component of {longest} bytes (at most {MAX_PATH_COMPONENT_BYTES} bytes "
+            "per file or directory name)"
+        )
+    return None
+
+
 def _check_relative_path(path: str) -> str:
     parts = path.split("/")
     if (
@@ -116,7 +166,21 @@ def _check_relative_path(path: str) -> str:
             f"unsafe file path {path[:120]!r}: expected a relative path without '..', '.', "
             "empty parts or backslashes"
         )
+    problem = path_bound_violation(path)
+    if problem is not None:
+        raise ValueError(f"file path {path[:60]!r}{'…' if len(path) > 60 else ''} {problem}")
     return path
+
+
+def _check_mode(mode: int) -> int:
+    if mode & 0o7000:
+        raise ValueError(f"mode {mode:o} has a setuid, setgid or sticky bit: not allowed")
+    if mode & 0o022:
+        raise ValueError(
+            f"mode {mode:o} is group- or other-writable: expected a mode without "
+            "write permission for group and others (e.g. 644 or 755)"
+        )
+    return mode
 
 
 def _check_sha256(value: str) -> str:
@@ -130,14 +194,26 @@ class _Frozen(BaseModel):
 
 
 class FileEntry(_Frozen):
-    """One regular file of the application tree: relative path, SHA-256, bytes, mode."""
+    """One regular file of the application tree: relative path, SHA-256, bytes, mode.
+
+    ``path`` is relative (no ``..``, ``.``, empty parts, backslashes or NUL)
+    and within the size bounds of :func:`path_bound_violation` (at most
+    :data:`MAX_PATH_COMPONENTS` components, :data:`MAX_PATH_COMPONENT_BYTES`
+    bytes per component, :data:`MAX_PATH_BYTES` bytes). ``mode`` is the file's
+    permission bits, at most ``0o755``: nothing in :data:`FORBIDDEN_MODE_BITS`
+    (no group- or other-writable bit, no setuid, setgid or sticky bit).
+    """
 
     path: str
     sha256: str
     size: int = Field(ge=0)
-    mode: int = Field(ge=0, le=0o777, description="permission bits; no setuid/setgid/sticky")
+    mode: int = Field(
+        ge=0, le=0o777, description="permission bits; not group/other-writable, no setuid/setgid/sticky"
+    )
 
     _path = field_validator("path")(_check_relative_path)
+
+    _mode = field_validator("mode")(_check_mode)
 
     _sha256 = field_validator("sha256")(_check_sha256)
 
