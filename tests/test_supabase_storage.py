@@ -21,9 +21,25 @@ server describe them:
 
 Keys: the ``apikey`` header must carry the project's secret key, its legacy
 ``service_role`` JWT (then also as ``Authorization: Bearer``), or the anon key
-(row-level security then refuses writes and hides objects). Errors are
-answered the way Storage does: HTTP 400 with ``{"statusCode": "404", "error":
-..., "message": ...}``; the API gateway answers 401 ``{"message": "Invalid API key"}``.
+(row-level security then refuses writes and hides objects).
+
+Errors are answered the way supabase/storage renders them: HTTP 400 (500
+stays 500) with the real status and the machine-readable code in the body,
+``{"statusCode": "404", "code": "NoSuchKey", "error": "not_found", "message":
+"Object not found"}``. Object keys outside Storage's allowed characters are
+400 ``InvalidKey``. Uploads are limited like Storage's: the bucket's
+``file_size_limit`` (bytes, set when it is created or in ``buckets``) and the
+global limit (``file_size_limit``, Storage's ``FILE_SIZE_LIMIT``, 50 MiB by
+default); an object over either is ``statusCode`` 413 ``EntityTooLarge``
+(the body is read first, as the gateway buffers it). In front of Storage
+stands the API gateway, answering with its own shape, ``{"message": ...}``
+and no ``statusCode``: 401 ``No API key found in request``; for a wrong key
+401 ``Invalid API key`` (``gateway="platform"``, Supabase's hosted platform)
+or 401 ``Invalid authentication credentials`` (``gateway="kong"``, the
+self-hosted Kong); 403 ``You cannot consume this service`` for a key Kong's
+ACL shuts out (``denied_keys``). ``intercept`` lets a test answer a request
+itself (an outage, a refusal Storage would give in situations javia cannot
+provoke).
 """
 
 from __future__ import annotations
@@ -60,8 +76,15 @@ from javia_updates.backends.supabase_storage import (
     StorageObjectNotFoundError,
     SupabaseStorageBlobStore,
     SupabaseStorageError,
+    SupabaseStorageRefusedError,
+    SupabaseStorageTooLargeError,
 )
-from javia_updates.errors import BackendError, NotFoundError
+from javia_updates.errors import (
+    BackendError,
+    NotFoundError,
+    StorageRefusedError,
+    StorageTooLargeError,
+)
 from javia_updates.settings import SettingsError
 
 BUCKET = "javia-packages"
@@ -85,12 +108,42 @@ LEGACY_SERVICE_KEY = _jwt_like("service_role")
 ANON_KEY = _jwt_like("anon")
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    """Storage's error shape: HTTP 400 (500 stays 500), the real status in the body."""
+#: Storage's default global upload limit (``FILE_SIZE_LIMIT``), bytes.
+DEFAULT_FILE_SIZE_LIMIT = 50 * MIB
+#: The characters Storage allows in an object key (supabase/storage ``isValidKey``).
+_VALID_KEY = re.compile(r"^[\w/!\-.*'() &$@=;:+,?]*$")
+
+
+def storage_error(status: int, code: str, message: str, error: str | None = None) -> JSONResponse:
+    """Storage's error shape: HTTP 400 (500 stays 500); status and code in the body.
+
+    ``error`` is the older, human name some codes keep (``not_found``,
+    ``Payload too large``, ``Duplicate``); otherwise the code itself.
+    """
     http_status = 500 if status == 500 else 400
-    return JSONResponse(
-        {"statusCode": str(status), "error": error, "message": message}, status_code=http_status
-    )
+    body = {"statusCode": str(status), "code": code, "error": error or code, "message": message}
+    return JSONResponse(body, status_code=http_status)
+
+
+def gateway_error(status: int, message: str) -> JSONResponse:
+    """The API gateway's own shape: ``{"message": ...}``, the status as is."""
+    return JSONResponse({"message": message}, status_code=status)
+
+
+def _no_bucket() -> JSONResponse:
+    return storage_error(404, "NoSuchBucket", "Bucket not found", "Bucket not found")
+
+
+def _no_object() -> JSONResponse:
+    return storage_error(404, "NoSuchKey", "Object not found", "not_found")
+
+
+def _denied(message: str) -> JSONResponse:
+    return storage_error(403, "AccessDenied", message, "Unauthorized")
+
+
+def _duplicate() -> JSONResponse:
+    return storage_error(409, "ResourceAlreadyExists", "The resource already exists", "Duplicate")
 
 
 def _pattern(byte_range: str) -> tuple[int, int | None] | None:
@@ -117,9 +170,13 @@ class StorageContract:
     root: Path
     service_key: str = SECRET_KEY
     anon_key: str = ANON_KEY
+    gateway: str = "platform"  # or "kong": the self-hosted gateway's messages
+    denied_keys: set[str] = field(default_factory=set)
+    file_size_limit: int = DEFAULT_FILE_SIZE_LIMIT
     ignore_range: bool = False
     clock: Callable[[], float] = time.time
     after_get_bucket: Callable[[str], None] | None = None
+    intercept: Callable[[str, str], Response | None] | None = None
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     objects: dict[tuple[str, str], Path] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
@@ -160,9 +217,21 @@ class StorageContract:
         self.objects.clear()
         self.seen.clear()
         self.service_key, self.anon_key = SECRET_KEY, ANON_KEY
+        self.gateway = "platform"
+        self.denied_keys = set()
+        self.file_size_limit = DEFAULT_FILE_SIZE_LIMIT
         self.ignore_range = False
         self.clock = time.time
         self.after_get_bucket = None
+        self.intercept = None
+
+    def bucket_objects(self, bucket: str) -> dict[str, bytes]:
+        """Every object of ``bucket``: path → content."""
+        return {
+            path: stored.read_bytes()
+            for (name, path), stored in sorted(self.objects.items())
+            if name == bucket
+        }
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
@@ -216,6 +285,12 @@ class StorageContract:
                     entry.status = message["status"]
                 await send(message)
 
+            answer = self.intercept(scope["method"], scope["path"]) if self.intercept else None
+            if answer is not None:
+                while (await receive()).get("more_body"):
+                    pass  # read the request body, as the gateway does, then answer
+                await answer(scope, receive, send_recording_status)
+                return
             await inner(scope, receive, send_recording_status)
 
         return recording_app
@@ -225,15 +300,19 @@ class StorageContract:
         apikey = request.headers.get("apikey")
         authorization = request.headers.get("authorization")
         if not apikey:
-            return JSONResponse({"message": "No API key found in request"}, status_code=401)
+            return gateway_error(401, "No API key found in request")
         if apikey not in (self.service_key, self.anon_key):
-            return JSONResponse({"message": "Invalid API key"}, status_code=401)
+            if self.gateway == "kong":
+                return gateway_error(401, "Invalid authentication credentials")
+            return gateway_error(401, "Invalid API key")
+        if apikey in self.denied_keys:
+            return gateway_error(403, "You cannot consume this service")
         role = "service_role" if apikey == self.service_key else "anon"
         if apikey.startswith("sb_"):
             if authorization is not None:  # a secret key is not a JWT
-                return _error(403, "Unauthorized", "Invalid Compact JWS")
+                return storage_error(400, "InvalidJWT", "Invalid Compact JWS")
         elif authorization != f"Bearer {apikey}":
-            return _error(403, "Unauthorized", "invalid signature")
+            return storage_error(400, "InvalidJWT", "invalid signature")
         return role
 
     async def create_bucket(self, request: Request) -> Response:
@@ -243,13 +322,17 @@ class StorageContract:
         body = await request.json()
         bucket_id = body.get("id") or body["name"]
         if role != "service_role":
-            return _error(403, "Unauthorized", "new row violates row-level security policy")
+            return _denied("new row violates row-level security policy")
         if bucket_id in self.buckets:
-            return _error(409, "Duplicate", "The resource already exists")
+            return storage_error(
+                409, "BucketAlreadyExists", "The resource already exists", "Duplicate"
+            )
         self.buckets[bucket_id] = {
             "id": bucket_id,
             "name": body["name"],
             "public": bool(body.get("public", False)),
+            "file_size_limit": body.get("file_size_limit"),
+            "allowed_mime_types": body.get("allowed_mime_types"),
         }
         return JSONResponse({"name": body["name"]})
 
@@ -259,9 +342,11 @@ class StorageContract:
             return role
         bucket_id = request.path_params["bucket_id"]
         if bucket_id not in self.buckets or role != "service_role":
-            response: Response = _error(404, "Bucket not found", "Bucket not found")
+            response: Response = _no_bucket()
         else:
-            response = JSONResponse(self.buckets[bucket_id])
+            response = JSONResponse(
+                {"file_size_limit": None, "allowed_mime_types": None, **self.buckets[bucket_id]}
+            )
         if self.after_get_bucket is not None:
             self.after_get_bucket(bucket_id)
         return response
@@ -269,11 +354,13 @@ class StorageContract:
     def _find(self, request: Request, role: str) -> tuple[str, str, Path] | Response:
         bucket, path = request.path_params["bucket"], request.path_params["path"]
         if bucket not in self.buckets:
-            return _error(404, "Bucket not found", "Bucket not found")
+            return _no_bucket()
+        if not _VALID_KEY.fullmatch(path):
+            return storage_error(400, "InvalidKey", f"Invalid key: {path}")
         stored = self.objects.get((bucket, path))
         # Row-level security hides private objects from the anon role.
         if stored is None or (role != "service_role" and not self.buckets[bucket]["public"]):
-            return _error(404, "not_found", "Object not found")
+            return _no_object()
         return bucket, path, stored
 
     async def upload(self, request: Request) -> Response:
@@ -282,26 +369,41 @@ class StorageContract:
             return role
         bucket, path = request.path_params["bucket"], request.path_params["path"]
         if bucket not in self.buckets:
-            return _error(404, "Bucket not found", "Bucket not found")
+            return _no_bucket()
+        if not _VALID_KEY.fullmatch(path):
+            return storage_error(400, "InvalidKey", f"Invalid key: {path}")
         if role != "service_role":
-            return _error(403, "Unauthorized", "new row violates row-level security policy")
+            return _denied("new row violates row-level security policy")
         length = request.headers.get("content-length")
         if length is None:
-            return _error(
+            return storage_error(
                 400, "MissingContentLength", "You must provide the Content-Length HTTP header."
             )
         exists = (bucket, path) in self.objects
         if exists and request.headers.get("x-upsert") != "true":
-            return _error(409, "Duplicate", "The resource already exists")
+            return storage_error(
+                409, "KeyAlreadyExists", "The resource already exists", "Duplicate"
+            )
+        limits = [self.file_size_limit, self.buckets[bucket].get("file_size_limit")]
+        limit = min(int(value) for value in limits if value is not None)
         temp = self.root / f"upload-{uuid.uuid4().hex}"
         received = 0
         with open(temp, "wb") as handle:  # noqa: ASYNC230 - a test server on local disk
             async for chunk in request.stream():
                 received += len(chunk)
-                handle.write(chunk)
+                if received <= limit:
+                    handle.write(chunk)
+        if received > limit:  # the object never appears
+            temp.unlink()
+            return storage_error(
+                413,
+                "EntityTooLarge",
+                "The object exceeded the maximum allowed size",
+                "Payload too large",
+            )
         if received != int(length):
             temp.unlink()
-            return _error(400, "InvalidRequest", "body length differs from Content-Length")
+            return storage_error(400, "InvalidRequest", "body length differs from Content-Length")
         target = self.root / hashlib.sha256(f"{bucket}/{path}".encode()).hexdigest()
         os.replace(temp, target)  # an object appears only once complete
         self.objects[(bucket, path)] = target
@@ -319,7 +421,7 @@ class StorageContract:
         if byte_range and not self.ignore_range:
             parsed = _pattern(byte_range)
             if parsed is None or parsed[0] >= size:
-                return _error(416, "InvalidRange", "The requested range is not satisfiable")
+                return storage_error(400, "InvalidRange", "invalid range provided", "invalid_range")
             first = parsed[0]
             last = min(parsed[1] if parsed[1] is not None else size - 1, size - 1)
             status = 206
@@ -366,7 +468,7 @@ class StorageContract:
             return role
         bucket = request.path_params["bucket"]
         if bucket not in self.buckets:
-            return _error(404, "Bucket not found", "Bucket not found")
+            return _no_bucket()
         body = await request.json()
         folder = body["prefix"].strip("/")
         limit, offset = int(body.get("limit", 100)), int(body.get("offset", 0))
@@ -391,6 +493,10 @@ class StorageContract:
         if isinstance(role, Response):
             return role
         bucket = request.path_params["bucket"]
+        if bucket not in self.buckets:
+            return _no_bucket()
+        if role != "service_role":
+            return JSONResponse([])  # row-level security: nothing the anon role may delete
         body = await request.json()
         deleted = []
         for name in body["prefixes"]:
@@ -423,12 +529,12 @@ class StorageContract:
         if not expires_at.isdigit() or not hmac.compare_digest(
             token, self._token(bucket, path, int(expires_at))
         ):
-            return _error(400, "InvalidSignature", "The url do not match the signature")
+            return storage_error(400, "InvalidSignature", "The url do not match the signature")
         if int(expires_at) < self.clock():
-            return _error(400, "InvalidJWT", "jwt expired")
+            return storage_error(400, "InvalidJWT", "jwt expired")
         stored = self.objects.get((bucket, path))
         if stored is None:
-            return _error(404, "not_found", "Object not found")
+            return _no_object()
         return self._render(request, stored)
 
 
@@ -559,7 +665,7 @@ def test_missing_object_is_not_found_with_supabase_status_and_message(
         blobs.iter_range(KEY, "payload.tar.gz", 0, 10)  # before any chunk is consumed
     error = raised.value
     assert isinstance(error, StorageObjectNotFoundError)
-    assert (error.status_code, error.storage_status) == (400, 404)
+    assert (error.status_code, error.storage_status, error.code) == (400, 404, "NoSuchKey")
     assert error.storage_message == "Object not found"
     assert f"{BUCKET}/{KEY}/payload.tar.gz" in str(error)
     with pytest.raises(StorageObjectNotFoundError):
@@ -578,22 +684,30 @@ def test_anon_key_instead_of_service_key_is_refused_with_supabase_message(
         store.put_bytes(KEY, "manifest.json", b"{}")
 
     error = raised.value
-    assert isinstance(error, SupabaseStorageError) and not isinstance(error, NotFoundError)
-    assert (error.status_code, error.storage_status, error.error) == (400, 403, "Unauthorized")
+    assert isinstance(error, SupabaseStorageRefusedError) and not isinstance(error, NotFoundError)
+    assert (error.status_code, error.storage_status, error.code) == (400, 403, "AccessDenied")
     assert "row-level security" in str(error)
     assert "service_role" in str(error)  # says which key to use
     assert ANON_KEY not in str(error)
 
 
-def test_invalid_key_is_refused_by_the_gateway(storage: StorageContract, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [("platform", "Invalid API key"), ("kong", "Invalid authentication credentials")],
+)
+def test_invalid_key_is_refused_by_the_gateway(
+    storage: StorageContract, tmp_path: Path, gateway: str, message: str
+) -> None:
+    storage.gateway = gateway
     wrong = "sb_secret_" + secrets.token_urlsafe(24)
     store = _store(storage, tmp_path, key=wrong)
 
     with pytest.raises(SupabaseStorageError) as raised:
         store.prepare()
 
+    assert isinstance(raised.value, SupabaseStorageRefusedError)  # not "retry later"
     assert raised.value.status_code == 401
-    assert raised.value.storage_message == "Invalid API key"
+    assert raised.value.storage_message == message
     assert "supabase_service_key" in str(raised.value)
     assert wrong not in str(raised.value) and wrong not in repr(store)
     assert storage.buckets == {}
@@ -776,6 +890,7 @@ def test_unreachable_storage_names_the_url_not_the_key(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{closed_port}/storage/v1" in str(raised.value)
     assert "unreachable" in str(raised.value)
     assert raised.value.status_code is None
+    assert not isinstance(raised.value, StorageRefusedError)  # retryable: the API's 503
     assert SECRET_KEY not in str(raised.value)
 
 
@@ -812,3 +927,83 @@ def test_malformed_settings_are_refused_with_the_expected_form(
 ) -> None:
     with pytest.raises(BackendError, match=re.escape(message)):
         SupabaseStorageBlobStore(url, SecretStr(SECRET_KEY), bucket, upload_dir=tmp_path)
+
+
+def test_a_key_the_self_hosted_gateway_shuts_out_is_a_refusal_naming_the_setting(
+    storage: StorageContract, tmp_path: Path
+) -> None:
+    storage.gateway = "kong"
+    storage.denied_keys = {SECRET_KEY}
+
+    with pytest.raises(StorageRefusedError) as raised:
+        _store(storage, tmp_path).prepare()
+
+    assert raised.value.status_code == 403  # type: ignore[attr-defined]
+    assert "You cannot consume this service" in str(raised.value)
+    assert "supabase_service_key" in str(raised.value)
+
+
+def test_an_object_over_the_buckets_size_limit_is_too_large_naming_that_limit(
+    storage: StorageContract, tmp_path: Path
+) -> None:
+    store = _store(storage, tmp_path)
+    store.prepare()
+    storage.buckets[BUCKET]["file_size_limit"] = MIB
+    source = tmp_path / "payload.part"
+    _payload(source, MIB + 1)
+
+    with pytest.raises(StorageTooLargeError) as raised:
+        store.put_file(KEY, "payload.tar.gz", source)
+
+    error = raised.value
+    assert isinstance(error, SupabaseStorageTooLargeError)
+    assert (error.limit_bytes, error.size_bytes, error.code) == (MIB, MIB + 1, "EntityTooLarge")
+    assert (error.status_code, error.storage_status) == (400, 413)
+    assert f"file size limit of bucket {BUCKET!r}, {MIB} bytes (1.0 MiB)" in str(error)
+    assert "The object exceeded the maximum allowed size" in str(error)
+    assert storage.bucket_objects(BUCKET) == {} and not source.exists()
+    store.put_bytes(KEY, "payload.tar.gz", b"x" * MIB)  # at the limit: accepted
+
+
+def test_an_object_over_the_projects_global_limit_names_that_limit(
+    storage: StorageContract, tmp_path: Path
+) -> None:
+    store = _store(storage, tmp_path)
+    store.prepare()
+    storage.file_size_limit = 1000  # FILE_SIZE_LIMIT; the bucket has no limit of its own
+
+    with pytest.raises(SupabaseStorageTooLargeError) as raised:
+        store.put_bytes(KEY, "payload.tar.gz", b"x" * 1001)
+
+    assert raised.value.limit_bytes is None
+    assert "over the project's upload file size limit" in str(raised.value)
+    assert "FILE_SIZE_LIMIT" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable"),
+    [
+        (lambda: storage_error(500, "InternalError", "Internal server error"), True),
+        (lambda: storage_error(503, "DatabaseConnectionLimit", "try again later"), True),
+        (lambda: storage_error(429, "SlowDown", "Please reduce your request rate"), True),
+        (lambda: gateway_error(502, "An invalid response was received from upstream"), True),
+        (lambda: storage_error(400, "InvalidKey", "Invalid key: v1.2.3"), False),
+        (lambda: storage_error(409, "ResourceLocked", "The resource is locked"), False),
+        (lambda: gateway_error(404, "no Route matched with those values"), False),
+    ],
+    ids=["500", "503-in-body", "429", "gateway-502", "InvalidKey", "409", "gateway-404"],
+)
+def test_storage_5xx_and_busy_answers_are_retryable_other_4xx_are_refusals(
+    storage: StorageContract, tmp_path: Path, answer: Callable[[], Response], retryable: bool
+) -> None:
+    store = _store(storage, tmp_path)
+    store.prepare()
+    storage.intercept = lambda method, path: answer() if method == "POST" else None
+
+    with pytest.raises(SupabaseStorageError) as raised:
+        store.put_bytes(KEY, "manifest.json", b"{}")
+
+    assert isinstance(raised.value, StorageRefusedError) is not retryable
+    assert not isinstance(raised.value, NotFoundError)
+    body = answer().body.decode()
+    assert json.loads(body)["message"] in str(raised.value)

@@ -41,6 +41,34 @@ class BackendError(JaviaError):
     """The storage backend failed (database or blob store)."""
 
 
+class StorageRefusedError(BackendError):
+    """The blob store answered but refused the request (its 4xx), or answered nonsense.
+
+    Retrying the same request will not help: the server's Storage settings
+    (key, bucket) or the request must change. The API answers 502 with the
+    blob store's message. A plain :class:`BackendError` (the blob store is
+    unreachable, timed out, or failed with a 5xx) stays a 503: try again later.
+    """
+
+
+class StorageTooLargeError(StorageRefusedError):
+    """An object is larger than the blob store accepts (Storage's 413 ``EntityTooLarge``).
+
+    The API answers 413; the message names the limit when it is known.
+
+    Attributes:
+        limit_bytes: the limit in bytes, or None when the blob store did not say.
+        size_bytes: the refused object's size in bytes, or None if unknown.
+    """
+
+    def __init__(
+        self, message: str, *, limit_bytes: int | None = None, size_bytes: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.limit_bytes = limit_bytes
+        self.size_bytes = size_bytes
+
+
 class NotFoundError(BackendError):
     """A device, update or package object does not exist."""
 

@@ -47,6 +47,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import uuid
@@ -151,6 +152,8 @@ DOCUMENT_CACHE_SIZE = 64
 #: tell them from device tokens at a glance.
 ENROLLMENT_TOKEN_PREFIX = "javia_enroll_"
 _HASH_CHUNK = 1024 * 1024
+
+_publish_log = logging.getLogger("javia.server.publish")
 
 
 class WriteNeeded(Exception):
@@ -1183,7 +1186,10 @@ class UpdateService:
         keyring; ``update_type`` equals the signed one if given (the signed type
         is what devices obey); the payload's size and SHA-256 equal the
         manifest's ``archive``; the version is not published yet; every target
-        is registered. Only then are the objects stored and the rows written.
+        is registered. Only then are the objects stored (under a blob key of
+        this publish alone) and the rows written. A publish that fails after
+        storing objects deletes them again (best effort, logged if that fails
+        too); it never deletes objects of another update.
 
         Args:
             upload: the three objects; ``upload.payload_path`` is consumed.
@@ -1206,6 +1212,12 @@ class UpdateService:
                 version is (a rollback is a roll-forward).
             NotFoundError: a target is not a registered device.
             InvalidRequestError: ``targets`` is an empty list.
+            StorageTooLargeError: the blob store refused an object as too large
+                (the message names the limit); API 413.
+            StorageRefusedError: the blob store refused an object otherwise
+                (key, bucket, request); API 502.
+            BackendError: the blob store or the database is unreachable or
+                failed; API 503.
         """
         payload_path = Path(upload.payload_path)
         try:
@@ -1248,10 +1260,20 @@ class UpdateService:
             devices = self.store.publish_targets(unique_targets, seen_since=seen_since)
             rows = self._rows_for_publish(manifest.update_type, version, devices, now)
 
-            key = f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
-            self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
-            self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
-            self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
+            # A key of this publish alone (manifest digest + random suffix): a
+            # failed publish deletes its objects and can never touch those of an
+            # update published before or alongside it.
+            key = (
+                f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
+                f"-{secrets.token_hex(4)}"
+            )
+            try:
+                self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
+                self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
+                self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
+            except BaseException:
+                self._discard_objects(manifest.version, key)
+                raise
             new_update = NewUpdate(
                 version=manifest.version,
                 version_numbers=(version.major, version.minor, version.patch),
@@ -1285,7 +1307,7 @@ class UpdateService:
                         },
                     ),
                 )
-            except JaviaError:
+            except BaseException:
                 self._discard_unless_used(manifest.version, key)
                 raise
         finally:
@@ -1315,12 +1337,47 @@ class UpdateService:
         )
 
     def _discard_unless_used(self, version: str, key: str) -> None:
+        """After a failed database write: delete this publish's objects unless it was recorded.
+
+        The write may have committed although it reported a failure (a
+        connection lost during COMMIT); then the row names ``key`` and the
+        objects stay. When the database cannot tell, they stay too, with a log
+        line: an update without its objects would be worse than a leftover.
+        """
         try:
-            if self.store.get_update_by_version(version).package_url == key:
-                return  # a concurrent publish of the very same package won; its objects are ours
-        except JaviaError:
-            pass
-        self.blobs.delete(key)
+            recorded = self.store.get_update_by_version(version).package_url == key
+        except NotFoundError:
+            recorded = False
+        except Exception as error:  # noqa: BLE001 - the caller re-raises the real failure
+            _publish_log.error(
+                "publish of %s failed and the database cannot tell whether it was recorded "
+                "(%s); its objects under blob key %s are kept: delete them if %s is not "
+                "published",
+                version,
+                error,
+                key,
+                version,
+            )
+            return
+        if not recorded:
+            self._discard_objects(version, key)
+
+    def _discard_objects(self, version: str, key: str) -> None:
+        """Delete the objects a failed publish stored under ``key``; log (never raise) if that fails.
+
+        The caller re-raises the error that failed the publish, which is what
+        the operator must see; a leftover is named in the log instead.
+        """
+        try:
+            self.blobs.delete(key)
+        except Exception as error:  # noqa: BLE001 - best effort, see above
+            _publish_log.error(
+                "publish of %s failed and its objects under blob key %s could not be removed "
+                "(%s): delete them by hand",
+                version,
+                key,
+                error,
+            )
 
     @staticmethod
     def _check_payload(manifest: Manifest, upload: PackageUpload, payload_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -190,9 +191,30 @@ class FileBlobStore(BlobStore):
                 yield chunk
 
     def delete(self, key: str) -> None:
-        """Remove the package directory ``key``, if present."""
+        """Remove the package directory ``key`` and its objects, if present.
+
+        Everything that can be removed is removed; nothing is silently left.
+
+        Raises:
+            BackendError: an object or the directory could not be removed (the
+                message names it and why), e.g. so that a failed publish can
+                log the leftover.
+        """
         path = self._path(key)
-        shutil.rmtree(path, ignore_errors=True)
+        problems: list[str] = []
+
+        def note(failed: str, error: BaseException) -> None:
+            if not isinstance(error, FileNotFoundError):
+                problems.append(f"{failed}: {getattr(error, 'strerror', None) or error}")
+
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=lambda _function, failed, error: note(failed, error))
+        else:
+            shutil.rmtree(path, onerror=lambda _function, failed, info: note(failed, info[1]))
+        if problems:
+            raise BackendError(
+                f"cannot delete package {key} from {self.packages}: {'; '.join(problems[:3])}"
+            )
         parent = path.parent
         while parent != self.packages:
             try:

@@ -24,12 +24,27 @@ the ``apikey`` header; a legacy key, being a JWT, also as ``Authorization:
 Bearer``, while a secret key must not be (Supabase refuses it there). The key
 is held as a :class:`~pydantic.SecretStr` and never appears in messages.
 
-Storage reports most errors with HTTP 400 and the real status in a JSON body
-``{"statusCode": "404", "error": "not_found", "message": "Object not found"}``;
-its API gateway answers 401 with ``{"message": "Invalid API key"}``. Either
-becomes a :class:`SupabaseStorageError` carrying both statuses and
-Supabase's message; a missing object becomes :class:`StorageObjectNotFoundError`,
-which is also a :class:`~javia_updates.errors.NotFoundError`.
+Storage reports most errors with HTTP 400 (500 stays 500) and the real
+status in a JSON body, ``{"statusCode": "413", "code": "EntityTooLarge",
+"error": "Payload too large", "message": "The object exceeded the maximum
+allowed size"}`` (older servers send no ``code``); its API gateway answers
+401 with ``{"message": "Invalid API key"}`` (Supabase's platform) or
+``{"message": "No API key found in request"}`` / ``{"message": "Invalid
+authentication credentials"}`` (the self-hosted Kong gateway). Every error
+becomes a :class:`SupabaseStorageError` carrying both statuses, the code and
+Supabase's message, of the class that tells the server what to answer:
+
+- 404 from Storage (not the gateway), except a missing bucket:
+  :class:`StorageObjectNotFoundError` (API 404);
+- 413 or ``EntityTooLarge``: :class:`SupabaseStorageTooLargeError` (API 413,
+  naming the limit);
+- any other 4xx but 408 and 429 (a refused key, a missing bucket, a bad
+  request), or an answer that makes no sense: :class:`SupabaseStorageRefusedError`
+  (API 502: retrying will not help);
+- 5xx, 408, 429, or no answer at all (connection refused, timeout): the base
+  :class:`SupabaseStorageError` (API 503: try again later).
+
+The status is Storage's ``statusCode`` when the body has one, else the HTTP status.
 """
 
 from __future__ import annotations
@@ -45,7 +60,12 @@ import httpx
 from pydantic import SecretStr
 
 from javia_updates.backends.base import BlobStore
-from javia_updates.errors import BackendError, NotFoundError
+from javia_updates.errors import (
+    BackendError,
+    NotFoundError,
+    StorageRefusedError,
+    StorageTooLargeError,
+)
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings
@@ -56,6 +76,8 @@ __all__ = [
     "StorageObjectNotFoundError",
     "SupabaseStorageBlobStore",
     "SupabaseStorageError",
+    "SupabaseStorageRefusedError",
+    "SupabaseStorageTooLargeError",
 ]
 
 #: Bucket name used when the settings name none.
@@ -78,13 +100,17 @@ _KEY_HINT = (
 
 
 class SupabaseStorageError(BackendError):
-    """Supabase Storage refused a request, or could not be reached.
+    """Supabase Storage could not be reached, timed out, or failed (its 5xx): a 503.
+
+    The subclasses are Storage's refusals (see the module's table).
 
     Attributes:
         status_code: HTTP status of the response (None: no response at all).
         storage_status: the ``statusCode`` of Storage's JSON error body, which
             carries the real status when the HTTP status is a generic 400
-            (e.g. 404, 403, 409); None when the body has none.
+            (e.g. 404, 403, 409, 413); None when the body has none.
+        code: the body's ``code`` (``NoSuchKey``, ``EntityTooLarge``, …;
+            None from older servers and the gateway).
         error: the body's ``error`` field (``not_found``, ``Unauthorized``, …).
         storage_message: the body's ``message`` (or the first 200 characters
             of a body that is not JSON).
@@ -96,14 +122,43 @@ class SupabaseStorageError(BackendError):
         *,
         status_code: int | None = None,
         storage_status: int | None = None,
+        code: str | None = None,
         error: str | None = None,
         storage_message: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.storage_status = storage_status
+        self.code = code
         self.error = error
         self.storage_message = storage_message
+
+
+class SupabaseStorageRefusedError(SupabaseStorageError, StorageRefusedError):
+    """Storage refused the request (a 4xx: key, bucket, request) or answered nonsense: a 502."""
+
+
+class SupabaseStorageTooLargeError(SupabaseStorageRefusedError, StorageTooLargeError):
+    """Storage refused an object over a file size limit (413 ``EntityTooLarge``): a 413.
+
+    Attributes:
+        limit_bytes: the bucket's ``file_size_limit`` in bytes when that is the
+            limit the object exceeded; None when it is the project's global
+            limit, which Storage's API does not tell.
+        size_bytes: the refused object's size in bytes (None if unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_bytes: int | None = None,
+        size_bytes: int | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, **details)
+        self.limit_bytes = limit_bytes
+        self.size_bytes = size_bytes
 
 
 class StorageObjectNotFoundError(SupabaseStorageError, NotFoundError):
@@ -122,6 +177,10 @@ def _is_jwt(key: str) -> bool:
     """Whether ``key`` is a JWT (legacy anon/service_role key): three base64url parts."""
     parts = key.split(".")
     return len(parts) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in parts)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -305,8 +364,8 @@ class SupabaseStorageBlobStore(BlobStore):
         raise self._error(response, action, target)
 
     def _error(self, response: httpx.Response, action: str, target: str) -> SupabaseStorageError:
-        """Turn an error response into an exception with Supabase's statuses and message."""
-        storage_status = error = message = None
+        """Turn an error response into the exception its status calls for (module table)."""
+        storage_status = error = message = code = None
         try:
             body = response.json()
         except ValueError:
@@ -314,43 +373,44 @@ class SupabaseStorageBlobStore(BlobStore):
         if isinstance(body, dict):
             storage_status = _int_or_none(body.get("statusCode"))
             error = body.get("error") if isinstance(body.get("error"), str) else None
+            code = body.get("code") if isinstance(body.get("code"), str) else None
             text = body.get("message") or body.get("msg")
-            message = str(text) if text is not None else None
-            code = body.get("code")
+            message = str(text)[:300] if text is not None else None
         else:
-            code = None
             message = response.text.strip()[:200] or None
         status = storage_status or response.status_code
         described = f"HTTP {response.status_code}"
         if storage_status is not None and storage_status != response.status_code:
             described += f", statusCode {storage_status}"
-        if error:
-            described += f" {error}"
+        described += "".join(f" {name}" for name in dict.fromkeys((code, error)) if name)
         text = (
             f"Supabase Storage could not {action} {target}: {described}: {message or 'no message'}"
         )
-        bucket_missing = (error or "").lower() == "bucket not found" or code == "NoSuchBucket"
+        bucket_missing = code == "NoSuchBucket" or (error or "").lower() == "bucket not found"
+        kind: type[SupabaseStorageError] = SupabaseStorageRefusedError
         if status == 404 and bucket_missing:
             text += (
                 f"; bucket {self.bucket!r} does not exist: start the server once to create it, "
                 "or create it (private) in the Supabase dashboard"
             )
+        elif status == 404 and storage_status is not None:
+            kind = StorageObjectNotFoundError
+        elif status == 404:  # not Storage's answer, e.g. the gateway's "no Route matched"
+            text += (
+                f"; is Supabase Storage at {self.storage_url}? check supabase_url: "
+                "https://<project-ref>.supabase.co"
+            )
         elif status in (401, 403):
             text += f"; {_KEY_HINT}"
-        elif status == 413:
-            text += (
-                "; raise the project's upload file size limit (Storage settings) or the "
-                "bucket's file_size_limit"
-            )
-        kind = (
-            StorageObjectNotFoundError
-            if status == 404 and not bucket_missing
-            else SupabaseStorageError
-        )
+        elif status == 413 or code == "EntityTooLarge":
+            kind = SupabaseStorageTooLargeError
+        elif status >= 500 or status in (408, 429):
+            kind = SupabaseStorageError  # Storage is down, busy or slow: try again later
         return kind(
             text,
             status_code=response.status_code,
             storage_status=storage_status,
+            code=code,
             error=error,
             storage_message=message,
         )
@@ -400,11 +460,11 @@ class SupabaseStorageBlobStore(BlobStore):
                     raise
             bucket = self._get_bucket()
             if bucket is None:
-                raise SupabaseStorageError(
+                raise SupabaseStorageRefusedError(
                     f"Supabase Storage bucket {self.bucket!r} is still missing after creating it"
                 )
         if bucket.get("public"):
-            raise SupabaseStorageError(
+            raise SupabaseStorageRefusedError(
                 f"Supabase Storage bucket {self.bucket!r} is public: anyone could download "
                 "packages without a key; make it private in the dashboard (Storage, bucket "
                 "settings) or choose another supabase_bucket"
@@ -443,18 +503,61 @@ class SupabaseStorageBlobStore(BlobStore):
             source.unlink(missing_ok=True)
 
     def _upload(self, path: str, content: bytes | Iterator[bytes], size: int) -> None:
-        self._send(
-            "POST",
-            self._url("object", self.bucket, path),
-            action="upload",
-            target=f"{self.bucket}/{path}",
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(size),
-                "x-upsert": "true",
-            },
-            content=content,
-        ).close()
+        target = f"{self.bucket}/{path}"
+        try:
+            self._send(
+                "POST",
+                self._url("object", self.bucket, path),
+                action="upload",
+                target=target,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size),
+                    "x-upsert": "true",
+                },
+                content=content,
+            ).close()
+        except SupabaseStorageTooLargeError as error:
+            raise self._too_large(error, target, size) from None
+
+    def _too_large(
+        self, error: SupabaseStorageTooLargeError, target: str, size: int
+    ) -> SupabaseStorageTooLargeError:
+        """Name the limit an upload of ``size`` bytes exceeded: the bucket's, or the project's.
+
+        Storage's 413 does not say which limit; the bucket's ``file_size_limit``
+        is read (best effort) and named when the object is over it.
+        """
+        try:
+            bucket = self._get_bucket() or {}
+        except SupabaseStorageError:
+            bucket = {}
+        limit = _int_or_none(bucket.get("file_size_limit"))
+        said = f" (Storage: {error.storage_message})" if error.storage_message else ""
+        if limit is not None and size > limit:
+            text = (
+                f"Supabase Storage refused {target}: {size} bytes ({_mib(size)}) is over the "
+                f"file size limit of bucket {self.bucket!r}, {limit} bytes ({_mib(limit)}){said}; "
+                "raise the bucket's file size limit (dashboard: Storage, bucket settings) or "
+                "publish a smaller package"
+            )
+        else:
+            limit = None
+            text = (
+                f"Supabase Storage refused {target}: {size} bytes ({_mib(size)}) is over the "
+                f"project's upload file size limit{said}; raise it (dashboard: Storage "
+                "settings; FILE_SIZE_LIMIT on a self-hosted Storage) or publish a smaller package"
+            )
+        return SupabaseStorageTooLargeError(
+            text,
+            limit_bytes=limit,
+            size_bytes=size,
+            status_code=error.status_code,
+            storage_status=error.storage_status,
+            code=error.code,
+            error=error.error,
+            storage_message=error.storage_message,
+        )
 
     def size(self, key: str, name: str) -> int:
         """The object's size in bytes, from Storage's object info.
@@ -472,7 +575,7 @@ class SupabaseStorageBlobStore(BlobStore):
         )
         size = _int_or_none(response.json().get("size"))
         if size is None:
-            raise SupabaseStorageError(
+            raise SupabaseStorageRefusedError(
                 f"Supabase Storage gave no size for {self.bucket}/{path}: expected a 'size' field"
             )
         return size
@@ -514,9 +617,10 @@ class SupabaseStorageBlobStore(BlobStore):
             match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
             if match is None or int(match.group(1)) != start:
                 response.close()
-                raise SupabaseStorageError(
+                raise SupabaseStorageRefusedError(
                     f"Supabase Storage answered the range request for {target} with Content-Range "
-                    f"{response.headers.get('content-range')!r}: expected bytes {start}-{end - 1}/…"
+                    f"{response.headers.get('content-range')!r}: "
+                    f"expected bytes {start}-{end - 1}/…"
                 )
             skip = 0
         return _ObjectStream(
@@ -544,7 +648,7 @@ class SupabaseStorageBlobStore(BlobStore):
             )
             page = response.json()
             if not isinstance(page, list):
-                raise SupabaseStorageError(
+                raise SupabaseStorageRefusedError(
                     f"Supabase Storage listed {self.bucket}/{key}/ as {type(page).__name__}: "
                     "expected a JSON array"
                 )
@@ -603,7 +707,7 @@ class SupabaseStorageBlobStore(BlobStore):
         )
         signed = response.json().get("signedURL") or response.json().get("signedUrl")
         if not isinstance(signed, str) or not signed:
-            raise SupabaseStorageError(
+            raise SupabaseStorageRefusedError(
                 f"Supabase Storage returned no signedURL for {self.bucket}/{path}"
             )
         if signed.startswith(("https://", "http://")):

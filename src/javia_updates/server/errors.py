@@ -28,6 +28,8 @@ from javia_updates.errors import (
     ScheduleError,
     SignatureError,
     SigningKeyError,
+    StorageRefusedError,
+    StorageTooLargeError,
     VersionError,
 )
 from javia_updates.server.uploads import UploadError, UploadTooLargeError
@@ -51,7 +53,9 @@ STATUS_FOR_ERROR: Mapping[type[JaviaError], int] = {
     SignatureError: 400,
     PackageError: 400,
     UploadTooLargeError: 413,
+    StorageTooLargeError: 413,
     SigningKeyError: 500,
+    StorageRefusedError: 502,
     BackendError: 503,
     JaviaError: 400,
 }
@@ -103,7 +107,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = status_for(error)
         if code >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, error)
-            detail = str(error) if code == 503 else "internal server error"
+            # 502/503: the blob store's or database's own words help the operator
+            # (they never hold a key); a 500 is a bug and reveals nothing.
+            detail = str(error) if code in (502, 503) else "internal server error"
             return JSONResponse({"detail": detail}, status_code=code)
         return JSONResponse({"detail": str(error)}, status_code=code)
 
