@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import secrets
 import threading
@@ -116,6 +115,8 @@ from javia_updates.models import (
     UpdateType,
     check_no_control_characters,
 )
+from javia_updates import input_rules
+from javia_updates.input_rules import check_json, sanitize_json
 from javia_updates.settings import ServerSettings
 from javia_updates.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
 
@@ -143,7 +144,7 @@ API_PREFIX = "/api/v1"
 #: A device silent for more than this many heartbeat intervals is shown offline.
 OFFLINE_AFTER_INTERVALS = 3
 #: Largest ``metadata`` object a device or operator may store, as JSON bytes.
-MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_BYTES = input_rules.MAX_METADATA_BYTES
 #: Row ids and version numbers must fit a signed 64-bit integer column.
 MAX_DATABASE_INTEGER = 2**63 - 1
 #: Updates whose manifest and signature bytes are kept in memory (a few KiB each).
@@ -232,18 +233,18 @@ def _version_or_none(text: str | None) -> Version | None:
 
 
 def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` if it is device JSON within bounds (:func:`javia_updates.input_rules.check_json`).
+
+    The request models check each request's metadata; this checks what is
+    stored: a heartbeat's metadata merged into the device's.
+
+    Raises:
+        InvalidRequestError: naming the place in ``metadata`` and the rule (API 422).
+    """
     try:
-        encoded = json.dumps(metadata, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        raise InvalidRequestError(
-            "metadata must be a JSON object of strings, numbers, booleans, lists and objects "
-            "(no NaN or Infinity)"
-        ) from None
-    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
-        raise InvalidRequestError(
-            f"metadata is {len(encoded.encode('utf-8'))} bytes as JSON: at most {MAX_METADATA_BYTES} allowed"
-        )
-    return metadata
+        return check_json(metadata, "metadata", max_bytes=MAX_METADATA_BYTES)
+    except ValueError as error:
+        raise InvalidRequestError(str(error)) from None
 
 
 def _check_version_range(version: Version) -> None:
@@ -432,7 +433,9 @@ class UpdateService:
             current_version=device.current_version,
             timezone=device.timezone,
             status=self._status(device, now),
-            metadata=device.metadata,
+            # Rows stored before the input rules existed may hold JSON no
+            # answer can carry (lone surrogates, 256-deep lists): shown cleaned.
+            metadata=sanitize_json(device.metadata),
             created_at=device.created_at,
             updated_at=device.updated_at,
             token_revoked_at=device.token_revoked_at,
@@ -810,7 +813,14 @@ class UpdateService:
             InvalidRequestError: the metadata is too large or not plain JSON.
             WriteNeeded: ``allow_writes`` is False and a row must be written.
         """
-        metadata = _check_metadata({**device.metadata, **request.metadata})
+        try:
+            metadata = check_json(
+                {**device.metadata, **request.metadata}, "metadata", max_bytes=MAX_METADATA_BYTES
+            )
+        except ValueError:
+            # The stored part may predate the input rules: clean it (the write
+            # below then repairs the row), and refuse only what the device sent.
+            metadata = _check_metadata({**sanitize_json(device.metadata), **request.metadata})
         current = replace(
             device,
             last_seen=now,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +46,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from javia_updates.backends.base import (
     ALLOWED_PREVIOUS,
@@ -86,6 +88,25 @@ __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "SQLStore", "make_engine"]
 SQLITE_BUSY_TIMEOUT_MS = 5000
 _IN_CHUNK = 500  # uuids per IN (...) list
 
+logger = logging.getLogger(__name__)
+
+
+def _load_stored_json(text: str | bytes) -> Any:
+    """``json.loads`` for stored JSON columns that never raises.
+
+    A value an older version stored and :func:`json.loads` cannot read back
+    (nested deeper than the interpreter's recursion limit allows, an integer
+    of more than 4300 digits) would fail every read of its row, and with it
+    every list holding the row. It is read as an object holding one note
+    instead (logged); a device's metadata then shows the note, and a column
+    that must hold a list (``targets``) fails closed on it.
+    """
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as error:
+        logger.warning("a stored JSON value cannot be read (%s); shown as a note instead", error)
+        return {"unreadable": f"the stored value could not be read: {type(error).__name__}"}
+
 
 def make_engine(database_url: str) -> Engine:
     """Create an engine for ``database_url``, with javia's SQLite connection set-up.
@@ -96,10 +117,14 @@ def make_engine(database_url: str) -> Engine:
     try:
         url = make_url(database_url)
         if url.get_backend_name() == "sqlite":
-            engine = create_engine(url, connect_args={"check_same_thread": False})
+            engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False},
+                json_deserializer=_load_stored_json,
+            )
             _configure_sqlite(engine)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, json_deserializer=_load_stored_json)
     except (SQLAlchemyError, ImportError, ValueError) as error:
         raise BackendError(f"cannot open database {_redact(database_url)}: {error}") from None
     return engine
@@ -683,11 +708,48 @@ class SQLStore(Store):
         ``current_version`` is kept where the row changed after the heartbeat
         (``updated_at`` later than its ``now``: a completed update raised it).
 
+        One bad write never costs the others theirs: if the batch fails for
+        any reason other than the database being unreachable or busy, it is
+        written again row by row, each in its own savepoint of one
+        transaction; a row the database refuses (say, text PostgreSQL cannot
+        store) is dropped with a warning naming the device id, and the rest
+        are committed. The device sends its soft state again at its next
+        heartbeat.
+
         Raises:
-            BackendError: the write failed (nothing of the batch is stored).
+            BackendError: the database is unreachable, busy or failed as a
+                whole (nothing of the batch is stored; the caller retries).
         """
         if not writes:
             return
+        try:
+            with self._write() as connection:
+                self._heartbeat_rows(connection, writes)
+            return
+        except Exception as error:  # noqa: BLE001 - classified below
+            if _unreachable(error):
+                raise _as_backend_error(error) from error
+            failure = error
+        try:
+            with self._write() as connection:
+                for write in writes:
+                    try:
+                        with connection.begin_nested():
+                            self._heartbeat_rows(connection, [write])
+                    except Exception as error:  # noqa: BLE001 - one row's fault, unless unreachable
+                        if _unreachable(error):
+                            raise
+                        logger.warning(
+                            "dropped the heartbeat soft state of device id %d, which the "
+                            "database refused: %s",
+                            write.device_id,
+                            _describe_failure(error),
+                        )
+        except Exception as error:  # noqa: BLE001 - the batch as a whole failed
+            raise _as_backend_error(error) from failure
+
+    def _heartbeat_rows(self, connection: Connection, writes: Sequence[HeartbeatWrite]) -> None:
+        """The batch UPDATE of :meth:`record_heartbeats`, inside ``connection``'s transaction."""
         d = self.tables.devices
         at = bindparam("heartbeat_at", type_=UTCDateTime())
         statement = (
@@ -705,18 +767,17 @@ class SQLStore(Store):
             )
         )
         statuses = {status: status.value for status in DeviceStatus}
-        with self._write() as connection:
-            _execute_converted(
-                connection,
-                statement,
-                [
-                    ("device_id", None, [write.device_id for write in writes]),
-                    ("heartbeat_at", UTCDateTime(), [write.now for write in writes]),
-                    ("reported_status", None, [statuses[write.status] for write in writes]),
-                    ("reported_metadata", json_type(), [write.metadata for write in writes]),
-                    ("reported_version", None, [write.current_version for write in writes]),
-                ],
-            )
+        _execute_converted(
+            connection,
+            statement,
+            [
+                ("device_id", None, [write.device_id for write in writes]),
+                ("heartbeat_at", UTCDateTime(), [write.now for write in writes]),
+                ("reported_status", None, [statuses[write.status] for write in writes]),
+                ("reported_metadata", json_type(), [write.metadata for write in writes]),
+                ("reported_version", None, [write.current_version for write in writes]),
+            ],
+        )
 
     # ------------------------------------------------------------------ updates
     def _update_columns(self) -> list[Any]:
@@ -1285,6 +1346,36 @@ def _inserted_id(result: Any) -> int:
     if key is None or key[0] is None:  # pragma: no cover - every table has an id column
         raise BackendError("the database returned no id for the inserted row")
     return int(key[0])
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the database is unreachable or busy, not that a row is bad.
+
+    Connection failures, "database is locked" and the like
+    (``OperationalError``, ``InterfaceError``, an invalidated connection),
+    also when wrapped in a :class:`BackendError`.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OperationalError | InterfaceError):
+            return True
+        if getattr(seen, "connection_invalidated", False):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _describe_failure(error: BaseException) -> str:
+    cause = error.__cause__ if isinstance(error, BackendError) and error.__cause__ else error
+    if isinstance(cause, SQLAlchemyError):
+        return _short(cause)
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
+
+
+def _as_backend_error(error: BaseException) -> BackendError:
+    if isinstance(error, BackendError):
+        return error
+    return BackendError(f"database write failed: {_describe_failure(error)}")
 
 
 def _short(error: SQLAlchemyError) -> str:

@@ -32,6 +32,7 @@ from javia_updates.errors import (
     StorageTooLargeError,
     VersionError,
 )
+from javia_updates.input_rules import MAX_JSON_DEPTH
 from javia_updates.server.uploads import UploadError, UploadTooLargeError
 from javia_updates.service import InvalidRequestError
 
@@ -99,6 +100,28 @@ def describe_validation_error(error: RequestValidationError, limit: int = 5) -> 
     return "; ".join(problems) or "invalid request"
 
 
+def _unparsable_body(error: StarletteHTTPException) -> str | None:
+    """The 422 ``detail`` for a JSON body the parser itself gave up on, else None.
+
+    FastAPI answers a body that :func:`json.loads` cannot read for a reason
+    other than a syntax error with a bare 400 "There was an error parsing the
+    body": invalid UTF-8, nesting deeper than the interpreter's recursion
+    limit, an integer of thousands of digits. Say which.
+    """
+    cause = error.__cause__
+    if error.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        reason = f"it is nested too deeply to parse (at most {MAX_JSON_DEPTH} levels are accepted)"
+    elif isinstance(cause, UnicodeError):
+        reason = "it is not valid UTF-8"
+    elif isinstance(cause, ValueError):
+        reason = str(cause).split(";")[0].split(":")[0][:200] or "it cannot be parsed"
+    else:
+        return None
+    return f"request body is not valid JSON: {reason}; expected a JSON object"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -119,6 +142,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        unparsable = _unparsable_body(error)
+        if unparsable is not None:
+            return JSONResponse({"detail": unparsable}, status_code=422)
         detail = error.detail
         if error.status_code == 404 and detail == "Not Found":  # no route matched the path
             detail = f"no route {request.method} {request.url.path}: see /docs"

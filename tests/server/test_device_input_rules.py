@@ -1,0 +1,109 @@
+"""The input rules for device text, names and time zones (javia_updates.input_rules, issue 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from javia_updates.input_rules import (
+    BIDI_CONTROLS,
+    check_display_text,
+    check_text,
+    check_timezone,
+    iana_timezones,
+)
+from javia_updates.models import check_no_control_characters, validate_timezone
+
+REFUSED_IN_NAMES = (
+    [chr(c) for c in range(0x20)]
+    + [chr(c) for c in range(0x7F, 0xA0)]
+    + sorted(BIDI_CONTROLS)
+    + ["\u2028", "\u2029", "\ud800", "\udfff"]
+)
+
+
+@pytest.mark.parametrize("character", REFUSED_IN_NAMES, ids=lambda c: f"U+{ord(c):04X}")
+def test_names_refuse_control_separator_bidi_and_surrogate_characters(character):
+    with pytest.raises(ValueError, match=rf"device_name contains .*U\+{ord(character):04X}"):
+        check_no_control_characters(f"kitchen{character}pi", "device_name", multiline=False)
+
+
+@pytest.mark.parametrize("bidi", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"])
+def test_every_bidi_control_is_listed(bidi):
+    assert bidi in BIDI_CONTROLS
+
+
+@given(st.text(st.characters(codec=None, categories=None)))
+def test_a_name_is_accepted_exactly_when_it_has_no_refused_character(name):
+    refused = any(c in REFUSED_IN_NAMES for c in name)
+    try:
+        check_display_text(name, "device_name")
+    except ValueError:
+        assert refused
+    else:
+        assert not refused
+
+
+def test_multiline_text_keeps_tab_and_newline_but_not_escape_or_bidi():
+    assert check_no_control_characters("a\n\tb", "description") == "a\n\tb"
+    for bad in ("\x1b[2J", "\r", "\x9b", "\u202e", "\x7f"):
+        with pytest.raises(ValueError, match="description"):
+            check_no_control_characters(f"a{bad}", "description")
+
+
+def test_any_text_is_storable_text_except_nul_and_lone_surrogates():
+    assert check_text("ünïcødé \U0001f600 \x1b \u202e", "x")
+    for bad in ("\x00", "\ud800", "\udbff\udc00"[0]):
+        with pytest.raises(ValueError, match="error_message contains"):
+            check_text(f"boom{bad}", "error_message")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Berlin", "right/Europe/Berlin",
+     "Europe/Berlin/", "../zoneinfo/UTC", "", "x" * 65, "europe/berlin", "zone.tab", "tzdata.zi"],
+)
+def test_non_canonical_time_zones_are_refused_with_an_example(name):
+    with pytest.raises(ValueError, match="Europe/Berlin"):
+        validate_timezone(name)
+
+
+def test_the_accepted_time_zones_are_tzdatas_names_and_all_load():
+    names = iana_timezones()
+    assert {"Europe/Berlin", "UTC", "Etc/UTC", "US/Eastern", "Asia/Kolkata"} <= names
+    assert not {"Factory", "localtime", "posixrules"} & names
+    assert not any(name.startswith(("posix/", "right/")) for name in names)
+    for name in names:
+        assert check_timezone(name) == name
+
+
+def test_agent_register_gives_the_same_timezone_error(tmp_path: Path):
+    from javia_agent.cli import app as agent_cli
+
+    result = CliRunner().invoke(
+        agent_cli,
+        [
+            "register",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+            "--timezone",
+            "posix/Europe/Berlin",
+            "--config",
+            str(tmp_path / "agent.toml"),
+            "--token-file",
+            str(tmp_path / "token"),
+            "--state-dir",
+            str(tmp_path / "var"),
+            "--install-root",
+            str(tmp_path / "opt"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "Europe/Berlin" in result.output and "timezone" in result.output
+    assert "Traceback" not in result.output
