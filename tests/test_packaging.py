@@ -6,11 +6,14 @@ import hashlib
 import os
 import stat
 import tarfile
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from packages_helpers import NOW, keyring_for, make_app
 
 from javia_updates.errors import ManifestError, PackageError, VersionError
@@ -21,6 +24,7 @@ from javia_updates.packaging import (
     BuiltPackage,
     build_package,
     collect_files,
+    normalized_mode,
     read_app_version,
     read_package_dir,
     sanitize_app_name,
@@ -139,7 +143,7 @@ def test_special_mode_bits_are_stripped(tmp_path: Path) -> None:
     os.chmod(app / "data.txt", 0o1640)
     files = {source.path: source.mode for source in collect_files(app)}
     assert files["bin/run"] == 0o755
-    assert files["data.txt"] == 0o640
+    assert files["data.txt"] == 0o644
     built = build(app, tmp_path / "out")
     modes = {item.path: item.mode for item in built.manifest.files}
     assert modes["bin/run"] == 0o755
@@ -314,6 +318,60 @@ def test_files_are_collected_sorted_with_sizes_and_permission_bits(tmp_path: Pat
     assert [source.path for source in files] == ["VERSION", "a-b.txt", "a/z.txt", "b.txt"]
     by_path = {source.path: source for source in files}
     assert by_path["b.txt"].size == 2
-    assert by_path["b.txt"].mode == 0o600
+    assert by_path["b.txt"].mode == 0o644  # normalized_mode: readable, owner-writable only
     assert by_path["a/z.txt"].absolute == app / "a" / "z.txt"
     assert all(stat.S_IMODE(source.mode) == source.mode for source in files)
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_world_writable_files_are_packaged_owner_writable_only(tmp_path: Path) -> None:
+    app = make_app(
+        tmp_path / "app",
+        {"run.sh": "#!/bin/sh\n", "data.txt": "x", "shared/cache.db": "c", "group.sh": "g"},
+    )
+    os.chmod(app / "run.sh", 0o777)
+    os.chmod(app / "data.txt", 0o666)
+    os.chmod(app / "shared", 0o777)
+    os.chmod(app / "shared/cache.db", 0o662)
+    os.chmod(app / "group.sh", 0o6771)
+    built = build(app, tmp_path / "out")
+    expected = {
+        "VERSION": 0o644,
+        "data.txt": 0o644,
+        "group.sh": 0o755,
+        "run.sh": 0o755,
+        "shared/cache.db": 0o644,
+    }
+    assert {item.path: item.mode for item in built.manifest.files} == expected
+    with tarfile.open(built.payload_path) as archive:
+        members = {member.name: member.mode for member in archive.getmembers()}
+    assert members == {**expected, "shared": 0o755}
+
+
+def test_normalized_mode_is_0644_or_0755_for_every_mode() -> None:
+    for mode in range(0o10000):
+        normal = normalized_mode(mode)
+        assert normal == (0o755 if mode & 0o111 else 0o644)
+        assert normal & 0o7022 == 0  # no group/other write, no setuid/setgid/sticky
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(modes=st.lists(st.integers(0, 0o7777), min_size=1, max_size=4))
+def test_every_package_javia_builds_passes_the_devices_verification(
+    tmp_path: Path, modes: list[int]
+) -> None:
+    """Whatever modes the operator's tree has, the device accepts the package
+    (javia agent verify: its member checks refuse group/other-writable and
+    special bits)."""
+    from javia_agent.verification import verify_package_dir
+
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    app = make_app(root / "app", {f"f{index}.txt": "x" * index for index in range(len(modes))})
+    for index, mode in enumerate(modes):
+        os.chmod(app / f"f{index}.txt", mode | 0o400)  # readable by the packager, as root is
+    built = build(app, root / "out")
+    verified = verify_package_dir(root / "out", keyring_for(KEY), current_version=None)
+    assert verified.manifest == built.manifest
+    assert {item.mode for item in built.manifest.files} <= {0o644, 0o755}

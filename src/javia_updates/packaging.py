@@ -70,6 +70,7 @@ __all__ = [
     "build_package",
     "collect_files",
     "find_secret_warnings",
+    "normalized_mode",
     "read_app_version",
     "read_package_dir",
     "sanitize_app_name",
@@ -88,10 +89,26 @@ VERSION_FILE_NAME = "VERSION"
 PAYLOAD_MTIME = 315_532_800
 #: Permission bits of the directories in the archive.
 DIRECTORY_MODE = 0o755
+#: Permission bits of a packaged file: executable by anyone if its source file
+#: had any execute bit, else readable by anyone; writable by the owner only.
+EXECUTABLE_FILE_MODE = 0o755
+FILE_MODE = 0o644
 
 _CHUNK_BYTES = 1024 * 1024
 _GZIP_LEVEL = 9
 _APP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def normalized_mode(mode: int) -> int:
+    """The mode a file with permission bits ``mode`` gets in a package: 0755 or 0644.
+
+    0755 if any execute bit (user, group or other) is set, else 0644. Whatever
+    the operator's tree holds (0777, 0666, 0600, setuid...), a package never
+    carries group or other write permission nor a setuid, setgid or sticky
+    bit, so a device, which refuses those (DESIGN.md section 3), accepts every
+    package javia builds, and no installed file is writable by other users.
+    """
+    return EXECUTABLE_FILE_MODE if mode & 0o111 else FILE_MODE
 
 
 @dataclass(frozen=True)
@@ -102,8 +119,8 @@ class SourceFile:
         path: posix path relative to the application directory, e.g. ``pkg/main.py``.
         absolute: the file on disk.
         size: size in bytes when it was collected.
-        mode: permission bits only (``0o777`` mask; setuid, setgid and sticky
-            bits are stripped).
+        mode: the mode the file is packaged with, :func:`normalized_mode` of
+            its permission bits (0644, or 0755 if it had any execute bit).
     """
 
     path: str
@@ -293,7 +310,7 @@ def collect_files(app_dir: Path) -> list[SourceFile]:
                         path=relative,
                         absolute=absolute,
                         size=info.st_size,
-                        mode=stat.S_IMODE(info.st_mode) & 0o777,
+                        mode=normalized_mode(stat.S_IMODE(info.st_mode)),
                     )
                 )
             else:
@@ -471,7 +488,7 @@ def _add_source(
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise PackageError(f"{source.path} is no longer a regular file")
-        mode = stat.S_IMODE(info.st_mode) & 0o777
+        mode = normalized_mode(stat.S_IMODE(info.st_mode))
         reader = _HashingReader(handle, advance)
         member = _tar_info(source.path, size=info.st_size, mode=mode, directory=False)
         try:
@@ -730,7 +747,7 @@ def build_package(
     sources = collect_files(app_dir)
     warnings = tuple(find_secret_warnings(sources))
     version_source = next((s for s in sources if s.path == VERSION_FILE_NAME), None)
-    version_mode = version_source.mode if version_source is not None else 0o644
+    version_mode = version_source.mode if version_source is not None else FILE_MODE
     version_bytes = f"{version}\n".encode("ascii")
 
     manifest_path = output_dir / MANIFEST_NAME
