@@ -6,9 +6,16 @@
 - :func:`upgrade_serialized` runs the Alembic migrations (DESIGN.md section 5)
   so that several server replicas, or ``javia db upgrade`` next to a starting
   replica, never race each other through ``CREATE TABLE`` on PostgreSQL.
+- :func:`restrict_sqlite_file` keeps a SQLite database (the fleet's devices,
+  token hashes, audit log) readable by its owner only, 0600, however the
+  process's umask is set.
 """
 
 from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
@@ -20,7 +27,9 @@ from javia_updates.errors import BackendError
 __all__ = [
     "MIGRATION_LOCK_KEY",
     "MIGRATION_LOCK_TIMEOUT_SECONDS",
+    "SQLITE_FILE_MODE",
     "normalize_database_url",
+    "restrict_sqlite_file",
     "upgrade_serialized",
 ]
 
@@ -28,6 +37,11 @@ __all__ = [
 MIGRATION_LOCK_KEY = 0x6A61766961
 #: How long a process waits for another one's migration to finish, in seconds.
 MIGRATION_LOCK_TIMEOUT_SECONDS = 600
+
+#: Mode of a SQLite database file; SQLite gives its -wal, -shm and -journal
+#: files the database file's mode.
+SQLITE_FILE_MODE = 0o600
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for lock_timeout expiring
 _URL_EXAMPLES = (
@@ -61,6 +75,67 @@ def normalize_database_url(database_url: str) -> str:
     return text_url
 
 
+def restrict_sqlite_file(database_url: str) -> Path | None:
+    """Create a SQLite database file with mode 0600, or narrow an existing one to 0600.
+
+    SQLite creates a missing database with mode 0644 (less the umask) and its
+    ``-wal``, ``-shm`` and ``-journal`` files with the database's mode, so a
+    server started outside its systemd unit (``UMask=0077``) would leave the
+    fleet's data readable by every local user. Called before the first
+    connection (:func:`upgrade_serialized`): the file is created empty with
+    0600 (SQLite treats an empty file as a new database; a missing directory
+    is created 0700), and an existing
+    database and its companions are narrowed to 0600. Files owned by another
+    user are left alone. Other URLs (PostgreSQL, in-memory SQLite) are ignored.
+
+    Returns:
+        The database file's path, or None for a URL that is not a SQLite file.
+
+    Raises:
+        BackendError: the file cannot be created or its mode set.
+    """
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return None
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or url.query.get("mode") == "memory":
+        return None  # a SQLite URI: its own rules
+    path = Path(database)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, SQLITE_FILE_MODE
+        )
+        try:
+            _narrow(descriptor)
+        finally:
+            os.close(descriptor)
+        for suffix in _SQLITE_COMPANIONS:
+            companion = path.with_name(path.name + suffix)
+            try:
+                descriptor = os.open(companion, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                _narrow(descriptor)
+            finally:
+                os.close(descriptor)
+    except OSError as error:
+        raise BackendError(
+            f"cannot create the database {path} with mode 0600: {error.strerror or error}"
+        ) from None
+    return path
+
+
+def _narrow(descriptor: int) -> None:
+    info = os.fstat(descriptor)
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & ~SQLITE_FILE_MODE:
+        os.fchmod(descriptor, stat.S_IMODE(info.st_mode) & SQLITE_FILE_MODE)
+
+
 def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
     """Apply every pending migration; on PostgreSQL one process at a time.
 
@@ -69,7 +144,8 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
     take turns: the first migrates, the others then find the database up to
     date. A process waits at most :data:`MIGRATION_LOCK_TIMEOUT_SECONDS` for
     the lock. On SQLite (one server only) this is
-    :func:`javia_updates.backends.migrations.upgrade`.
+    :func:`javia_updates.backends.migrations.upgrade`, after
+    :func:`restrict_sqlite_file` made the database file 0600.
 
     Args:
         database_url: SQLAlchemy URL of the database.
@@ -83,6 +159,7 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
     """
     from javia_updates.backends.migrations import upgrade
 
+    restrict_sqlite_file(database_url)
     engine = make_engine(database_url)
     try:
         if engine.dialect.name != "postgresql":
