@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import uuid
 from collections.abc import Callable
@@ -174,8 +175,20 @@ def register(
     force: bool = typer.Option(
         False, "--force", help="Register again although already registered."
     ),
+    app_group: str | None = typer.Option(
+        None,
+        "--app-group",
+        help="Group of the application's user: it may record activity in "
+        "<state-dir>/activity/ and read the configuration.",
+        show_default="javia-app",
+    ),
 ) -> None:
-    """Register this device with the server; write the configuration and the token file."""
+    """Register this device with the server; write the configuration and the token file.
+
+    Also prepares the directory where the application records activity
+    (``<state_dir>/activity/``, root:``--app-group``, mode 2770) and gives the
+    configuration (mode 0640: it holds ``--app-env``) to that group.
+    """
     from javia_agent.agent import device_metadata
     from javia_agent.client import DeviceClient
     from javia_updates.models import DeviceRegisterRequest
@@ -243,6 +256,7 @@ def register(
     # Everything that can fail locally fails before the server creates a device.
     check_writable(path, "configuration")
     check_writable(config.token_file, "token file")
+    gid = _prepare_activity(config, app_group)
     request = DeviceRegisterRequest(
         device_uuid=parsed_uuid,
         device_name=config.device_name,
@@ -260,12 +274,52 @@ def register(
     config = config.model_copy(update={"device_uuid": registered.device_uuid, "server_url": url})
     write_token_file(config.token_file, registered.device_token)
     write_config(config, path)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o640)
     _console().print(
         f"registered device {registered.device_uuid}"
-        + (f" ({registered.device_name})" if registered.device_name else "")
-        + f"; configuration {path}, token {config.token_file}",
+        + (f" ({_escape(registered.device_name)})" if registered.device_name else "")
+        + f"; configuration {_escape(str(path))}, token {_escape(str(config.token_file))}",
         highlight=False,
     )
+
+
+def _prepare_activity(config: AgentConfig, app_group: str | None) -> int | None:
+    """Give the application its activity directory; the app group's id, or None without one.
+
+    The default directory ``<state_dir>/activity/`` is always prepared; a
+    configured ``activity_file`` elsewhere only if its directory does not
+    exist yet (an existing directory of the operator's is left as it is).
+
+    Raises:
+        ConfigError: ``--app-group`` names a group that does not exist.
+        OSError: the directory cannot be prepared (reported as one line).
+    """
+    from javia_agent.activity import DEFAULT_APP_GROUP, app_group_id, prepare_activity_dir
+
+    name = app_group or DEFAULT_APP_GROUP
+    gid = app_group_id(name)
+    directory = config.paths.activity_file.parent
+    if gid is None:
+        if app_group is not None:
+            raise ConfigError(
+                f"group {app_group!r} does not exist: pass the group the application runs as "
+                f"(the Group= or a SupplementaryGroups= of its unit), or create it with "
+                f"groupadd --system {app_group}"
+            )
+        _console(stderr=True).print(
+            f"[yellow]warning:[/yellow] group {name} does not exist, so the application cannot "
+            f"record activity in {_escape(str(directory))} and urgent updates wait for the "
+            f"maintenance window. Create it (groupadd --system {name}; javia-app.service adds "
+            "it to the application with SupplementaryGroups=) and restart javia-agent, or "
+            "register with --app-group GROUP.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if config.activity_file is None or not directory.exists():
+        prepare_activity_dir(directory, gid)
+    return gid
 
 
 def _load(config_path: Path | None) -> AgentConfig:

@@ -165,7 +165,8 @@ def test_install_status_and_activity_commands(
 
         activity = runner.invoke(app, ["activity", "--config", str(config)])
         assert activity.exit_code == 0, activity.output
-        assert json.loads((tmp_path / "var" / "activity.json").read_text())["counter"] == 1
+        record = tmp_path / "var" / "activity" / "activity.json"
+        assert json.loads(record.read_text())["counter"] == 1
     finally:
         _stop_app(config)
 

@@ -28,7 +28,7 @@ def test_the_agent_runs_in_its_own_notify_unit_with_a_watchdog() -> None:
     assert agent["WatchdogSec"] and agent["Restart"] == "always"
     # SIGTERM goes to the agent alone so it can finish its step (and apt is not cut).
     assert agent["KillMode"] == "mixed"
-    assert "javia-app" not in (UNITS / "javia-agent.service").read_text().split("[Service]")[1]
+    assert "javia-app.service" not in (UNITS / "javia-agent.service").read_text().split("[Service]")[1]
 
 
 def test_the_application_unit_matches_what_the_agent_drives() -> None:
@@ -38,6 +38,22 @@ def test_the_application_unit_matches_what_the_agent_drives() -> None:
     assert app["WorkingDirectory"] == str(defaults.paths.current_link)
     assert app["EnvironmentFile"] == f"-{defaults.paths.app_env_file}"
     assert "JAVIA_PYTHON" in app["ExecStart"]
+
+
+def test_the_units_give_the_application_its_activity_directory_and_nothing_more() -> None:
+    from javia_agent.activity import ACTIVITY_DIR_MODE, DEFAULT_APP_GROUP
+
+    defaults = AgentConfig()
+    agent = _unit("javia-agent.service")["Service"]
+    app = _unit(defaults.service_name)["Service"]
+    directory = defaults.paths.activity_file.parent
+    assert directory != defaults.state_dir  # state.json and app.env stay out of the app's reach
+    assert agent["ExecStartPre"].split() == [
+        "-/usr/bin/install", "-d", "-o", "root", "-g", DEFAULT_APP_GROUP,
+        "-m", f"{ACTIVITY_DIR_MODE:o}", str(directory),
+    ]  # fmt: skip
+    assert agent["StateDirectoryMode"] == "0755"
+    assert DEFAULT_APP_GROUP in app["SupplementaryGroups"].split()
 
 
 def test_the_server_unit_runs_the_server_with_migrations_first() -> None:
