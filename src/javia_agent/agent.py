@@ -43,8 +43,13 @@ from javia_agent.activity import IdleTracker
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
-from javia_agent.errors import AgentError, ConfigError
-from javia_agent.installer import Installer, InstallOutcome, InstallResult
+from javia_agent.errors import AgentError, ConfigError, DownloadTooLargeError
+from javia_agent.installer import (
+    Installer,
+    InstallOutcome,
+    InstallResult,
+    pause_hook_from_environment,
+)
 from javia_agent.memory import release_memory
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
@@ -55,10 +60,13 @@ from javia_updates.models import (
     DeviceStatus,
     HeartbeatRequest,
     HeartbeatResponse,
+    InstallDirective,
     StatusReport,
     UpdateStatus,
+    UpdateType,
 )
-from javia_updates.scheduling import InstallDecision, decide_install
+from javia_updates.scheduling import InstallDecision, bound_by_signed_type, decide_install
+from javia_updates.versioning import Version
 
 __all__ = ["Agent", "CycleResult", "agent_version", "build_service", "device_metadata"]
 
@@ -69,6 +77,11 @@ BACKOFF_BASE_SECONDS = 30.0
 #: After an install ran, heartbeat again this soon to announce the new version.
 AFTER_INSTALL_SECONDS = 1.0
 MIN_SLEEP_SECONDS = 1.0
+#: After a server fault on an update (its metadata or payload did not verify),
+#: the first wait before trying that update again, in seconds; doubles per
+#: fault in a row, with jitter, up to SERVER_FAULT_MAX_SECONDS.
+SERVER_FAULT_BASE_SECONDS = 60.0
+SERVER_FAULT_MAX_SECONDS = 6 * 3600.0
 #: In the state directory: held (``flock``) by the one agent using that directory.
 INSTANCE_LOCK_NAME = "agent.lock"
 
@@ -232,6 +245,14 @@ class Agent:
         self.interval_seconds = config.heartbeat_interval_seconds
         self._failures = 0
         self.notifier = notifier or SystemdNotifier(None)
+        # (update id, version) -> its signed update type, verified (one fetch per update).
+        self._signed: tuple[tuple[int, str], UpdateType] | None = None
+        # The last directive bounded by its signed type (keeps the device's own plan).
+        self._bounded: InstallDirective | None = None
+        # Server faults in a row for one update, and the monotonic time to retry it.
+        self._fault: tuple[int, str] | None = None
+        self._fault_count = 0
+        self._fault_until = 0.0
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, clock: Clock | None = None) -> Agent:
@@ -274,6 +295,9 @@ class Agent:
                 max_delay_seconds=config.download_retry_max_seconds,
             ),
             download_rate_limit=config.download_rate_limit_bytes_per_second,
+            # A token rotated on the server and written to the file is picked up
+            # at the next 401, without a restart.
+            token_source=lambda: read_token(config.token_file),
             sleep=clock.sleep,
             monotonic=clock.monotonic,
         )
@@ -398,39 +422,165 @@ class Agent:
             logger.info("heartbeat ok: no pending update (next in %.0f s)", sleep)
             self.notifier.status(f"running {request.current_version or 'nothing'}; no update")
         else:
-            idle = self.idle.idle_seconds()
-            decision = self._decide(directive, now=server_now, idle_seconds=idle)
-            logger.info(
-                "update %s (%s): %s", directive.version, directive.update_type, decision.reason
+            decision, outcome, sleep, count = self._handle(
+                directive, state.failed_versions, request.current_version, server_now, sleep
             )
-            if decision.install_now and not self.stopping:
-                self.notifier.status(
-                    f"installing {directive.version} (update {directive.update_id})"
-                )
-                outcome = self.installer.install(directive)
-                logger.info(
-                    "update %s: %s%s",
-                    outcome.version,
-                    outcome.result,
-                    f" ({outcome.reason})" if outcome.reason else "",
-                )
-                delivered += self.outbox.flush(self.client.report_status)
-                if outcome.result in (
-                    InstallResult.COMPLETED,
-                    InstallResult.FAILED,
-                    InstallResult.ROLLED_BACK,
-                    InstallResult.ABANDONED,
-                ):
-                    sleep = AFTER_INSTALL_SECONDS
-                elif outcome.result == InstallResult.RETRY_LATER:
-                    sleep = min(sleep, self._backoff(1))
-                    if outcome.retry_after_seconds is not None:  # the server asked for a pause
-                        sleep = max(sleep, outcome.retry_after_seconds)
-            elif decision.wake_at is not None:
-                until = (decision.wake_at - server_now).total_seconds()
-                sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
+            delivered += count
         self._write_status(response, decision)
         return CycleResult(response, server_now, decision, outcome, delivered, max(0.0, sleep))
+
+    def _handle(
+        self,
+        directive: InstallDirective,
+        failed_versions: list[str],
+        running: str | None,
+        server_now: datetime,
+        sleep: float,
+    ) -> tuple[InstallDecision | None, InstallOutcome | None, float, int]:
+        """Decide on a pending directive and install if told; never raises on odd answers.
+
+        Returns:
+            (decision or None when none could be made, install outcome, seconds
+            to sleep, reports delivered).
+        """
+        key = (directive.update_id, str(directive.version))
+        if self._fault == key and self.clock.monotonic() < self._fault_until:
+            wait = self._fault_until - self.clock.monotonic()
+            logger.info(
+                "update %s (%s): waiting %.0f s after a server fault before trying again",
+                directive.version,
+                directive.update_id,
+                wait,
+            )
+            self.notifier.status(f"update {directive.version}: server fault; retrying later")
+            return None, None, min(sleep, max(MIN_SLEEP_SECONDS, wait)), 0
+        offered = directive
+        newer = running is None or not Version.is_valid(running)
+        newer = newer or directive.version > Version.parse(running or "")
+        if newer and str(directive.version) not in failed_versions:
+            try:
+                directive = self._within_signed_type(directive, server_now)
+            except (AgentError, JaviaError) as error:
+                if isinstance(error, AgentError) and not isinstance(error, DownloadTooLargeError):
+                    # No (usable) answer: the network or the server is in trouble.
+                    logger.warning(
+                        "update %s: cannot fetch its signed manifest yet: %s", offered.version, error
+                    )
+                    return None, None, min(sleep, self._backoff(1, error.retry_after_seconds)), 0
+                count = self._server_fault(
+                    offered, f"its signed manifest did not verify: {error}"
+                )
+                return None, None, min(sleep, self._fault_wait()), count
+        idle = self.idle.idle_seconds()
+        decision = self._decide(directive, now=server_now, idle_seconds=idle)
+        bounded = "" if directive is offered else f", offered as {offered.update_type}"
+        logger.info(
+            "update %s (%s%s): %s", directive.version, directive.update_type, bounded, decision.reason
+        )
+        delivered = 0
+        outcome: InstallOutcome | None = None
+        if decision.install_now and not self.stopping:
+            self.notifier.status(f"installing {directive.version} (update {directive.update_id})")
+            outcome = self.installer.install(directive)
+            logger.info(
+                "update %s: %s%s",
+                outcome.version,
+                outcome.result,
+                f" ({outcome.reason})" if outcome.reason else "",
+            )
+            delivered += self.outbox.flush(self.client.report_status)
+            if outcome.result == InstallResult.SERVER_FAULT:
+                self._note_fault(key)
+                sleep = min(sleep, self._fault_wait())
+            elif outcome.result in (
+                InstallResult.COMPLETED,
+                InstallResult.FAILED,
+                InstallResult.ROLLED_BACK,
+                InstallResult.ABANDONED,
+            ):
+                self._fault, self._fault_count = None, 0
+                sleep = AFTER_INSTALL_SECONDS
+            elif outcome.result == InstallResult.RETRY_LATER:
+                sleep = min(sleep, self._backoff(1))
+                if outcome.retry_after_seconds is not None:  # the server asked for a pause
+                    sleep = max(sleep, outcome.retry_after_seconds)
+        elif decision.wake_at is not None:
+            until = (decision.wake_at - server_now).total_seconds()
+            sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
+        return decision, outcome, sleep, delivered
+
+    def _within_signed_type(self, directive: InstallDirective, now: datetime) -> InstallDirective:
+        """``directive`` bounded by its package's signed type (the server may not make it more urgent).
+
+        A scheduled offer needs no check (nothing is less urgent). For an
+        urgent or instant offer the manifest and signature are fetched and
+        verified first (once per update), then
+        :func:`javia_updates.scheduling.bound_by_signed_type` decides.
+
+        Raises:
+            AgentError: fetching the metadata failed.
+            JaviaError: it did not verify (SignatureError, ManifestError, PackageError).
+        """
+        if directive.update_type is UpdateType.SCHEDULED:
+            return directive
+        key = (directive.update_id, str(directive.version))
+        if self._signed is None or self._signed[0] != key:
+            self._signed = (key, self.installer.signed_update_type(directive))
+            self._bounded = None
+        bounded = bound_by_signed_type(
+            directive,
+            self._signed[1],
+            now=now,
+            timezone=self.config.timezone,
+            device_uuid=self.config.device_uuid or "",
+            previous=self._bounded,
+        )
+        if bounded is not directive:
+            if self._bounded is None:
+                logger.warning(
+                    "update %s is signed %s but offered as %s: installing it no sooner "
+                    "than its signed type allows",
+                    directive.version,
+                    bounded.update_type,
+                    directive.update_type,
+                )
+            self._bounded = bounded
+        return bounded
+
+    def _note_fault(self, key: tuple[int, str]) -> None:
+        """Count a server fault for ``key`` and set when to try that update again."""
+        self._fault_count = self._fault_count + 1 if self._fault == key else 1
+        self._fault = key
+        ceiling = min(
+            SERVER_FAULT_MAX_SECONDS, SERVER_FAULT_BASE_SECONDS * 2 ** (self._fault_count - 1)
+        )
+        self._fault_until = self.clock.monotonic() + self.rng.uniform(ceiling / 2, ceiling)
+
+    def _fault_wait(self) -> float:
+        return max(MIN_SLEEP_SECONDS, self._fault_until - self.clock.monotonic())
+
+    def _server_fault(self, directive: InstallDirective, reason: str) -> int:
+        """Log and report a server fault on ``directive`` (never marks it failed); back off."""
+        message = (
+            f"server fault: {reason} ({directive.version} is not marked failed on the "
+            "device; it is tried again later)"
+        )
+        logger.error("update %s (%s): %s", directive.version, directive.update_id, message)
+        self.notifier.status(f"update {directive.version}: server fault; retrying later")
+        self._note_fault((directive.update_id, str(directive.version)))
+        try:
+            self.outbox.enqueue(
+                directive.update_id,
+                StatusReport(
+                    status=UpdateStatus.DOWNLOADING,
+                    error_message=message[:4000],
+                    reported_at=self.clock.wall(),
+                ),
+            )
+        except (OSError, JaviaError) as error:
+            logger.error("could not queue the report of the server fault: %s", error)
+            return 0
+        return self.outbox.flush(self.client.report_status)
 
     def _backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Exponential backoff with jitter, capped at the interval; never below ``retry_after``."""
@@ -530,6 +680,11 @@ class Agent:
                 self._failures += 1
                 delay = self._backoff(self._failures)
                 logger.error("%s (retry in %.0f s)", error, delay)
+            except Exception:  # noqa: BLE001 - a bug must not restart-loop the device
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                logger.exception("unexpected error in the agent's cycle (retry in %.0f s)", delay)
+                self.notifier.status("internal error; see the journal")
             else:
                 self._failures = 0
                 delay = result.sleep_seconds

@@ -70,6 +70,8 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Times one download may start over because of confusing range answers.
 _MAX_RESTARTS = 3
+#: Largest JSON answer read from the server, in bytes (decoded); a longer one is a server fault.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,11 @@ class DeviceClient:
         retry: how downloads are retried (default :class:`RetryPolicy`).
         download_rate_limit: cap on the payload download speed in bytes per
             second; ``None`` for no cap.
+        token_source: returns the current device token (the agent re-reads
+            its token file). On HTTP 401 it is called once; if it gives a new
+            token, the request is sent once more with it, so a token rotated
+            with ``javia devices rotate-token`` and written to the file is
+            used without restarting the agent.
         sleep: blocks for the given seconds (backoff waits, rate limit).
         monotonic: seconds on a clock that never jumps (rate limit).
         rng: randomness for the backoff jitter.
@@ -210,6 +217,7 @@ class DeviceClient:
         user_agent: str = "javia-agent",
         retry: RetryPolicy | None = None,
         download_rate_limit: float | None = None,
+        token_source: Callable[[], str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -224,6 +232,7 @@ class DeviceClient:
         self.base_url = check_server_url(server_url, allow_insecure_http=allow_insecure_http)
         self.device_uuid = uuid.UUID(str(device_uuid)) if device_uuid is not None else None
         self._token = token
+        self._token_source = token_source
         self._owns_client = http_client is None
         if http_client is None:
             http_client = httpx.Client(
@@ -263,25 +272,33 @@ class DeviceClient:
         return {"Authorization": f"Bearer {self._token}"}
 
     def _resolve(self, url: str) -> str:
-        """A directive URL as a request target; refuses another host (the token would leak)."""
-        parts = urlsplit(url)
-        if parts.scheme or parts.netloc:
-            same = (
-                parts.scheme == self._origin.scheme
-                and parts.hostname == self._origin.hostname
-                and parts.port == self._origin.port
-            )
-            if not same:
-                raise DownloadError(
-                    f"refusing to download from {parts.scheme}://{parts.netloc}: "
-                    f"expected a path on {self.base_url}"
-                )
-            return url
-        if not url.startswith("/"):
-            raise DownloadError(
-                f"invalid download URL {url[:200]!r}: expected a path such as /api/v1/..."
-            )
-        return url
+        """A directive URL as a request target: a plain path on the configured server.
+
+        The models already refuse anything else (:func:`javia_updates.models.check_api_path`);
+        this is the second line, next to the request: another scheme or host
+        would receive the device token, and ``..`` would leave the API.
+        """
+        from javia_updates.models import check_api_path
+
+        try:
+            return check_api_path(url)
+        except ValueError as error:
+            raise DownloadError(f"refusing to download: {error}") from None
+
+    def _reload_token(self) -> bool:
+        """After a 401: re-read the token; True if it changed (then retry the request once)."""
+        if self._token_source is None:
+            return False
+        try:
+            token = self._token_source()
+        except AgentError as error:
+            logger.warning("the server refused the device token and re-reading it failed: %s", error)
+            return False
+        if not token or token == self._token:
+            return False
+        logger.info("the server refused the device token; retrying with the token file's new token")
+        self._token = token
+        return True
 
     def _note_local_address(self, response: httpx.Response) -> None:
         stream = response.extensions.get("network_stream")
@@ -300,27 +317,73 @@ class DeviceClient:
         path: str,
         what: str,
         *,
-        headers: dict[str, str],
+        headers: dict[str, str] | None = None,
         json: Any = None,
     ) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, headers=headers, json=json)
-        except httpx.TransportError as error:
-            raise NetworkError(
-                f"{what}: cannot reach {self.base_url}: {error or type(error).__name__}"
-            ) from None
-        self._note_local_address(response)
+        """Send one API request; ``headers`` None means the device's bearer token.
+
+        With the device token, a 401 re-reads it once (``token_source``) and,
+        if it changed, sends the request once more.
+
+        Raises:
+            NetworkError: no answer. ServerError / AuthenticationError: an
+            HTTP error status, or an answer above :data:`MAX_ANSWER_BYTES`.
+        """
+        device_auth = headers is None
+        response = self._send(method, path, what, headers or self._auth(), json)
+        if response.status_code == 401 and device_auth and self._reload_token():
+            response = self._send(method, path, what, self._auth(), json)
         if response.status_code >= 400:
             raise _http_error(response, what)
         return response
 
+    def _send(
+        self, method: str, path: str, what: str, headers: dict[str, str], json: Any
+    ) -> httpx.Response:
+        """One request; the body is read up to :data:`MAX_ANSWER_BYTES` (decoded)."""
+        try:
+            with self._http.stream(method, path, headers=headers, json=json) as streamed:
+                self._note_local_address(streamed)
+                body = bytearray()
+                for chunk in streamed.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise ServerError(
+                            f"{what}: server fault: the answer is larger than "
+                            f"{MAX_ANSWER_BYTES} bytes: refused",
+                            status_code=streamed.status_code,
+                        )
+                return httpx.Response(
+                    streamed.status_code,
+                    headers=streamed.headers,
+                    content=bytes(body),
+                    request=streamed.request,
+                )
+        except httpx.TransportError as error:
+            raise NetworkError(
+                f"{what}: cannot reach {self.base_url}: {error or type(error).__name__}"
+            ) from None
+
     @staticmethod
     def _parse(response: httpx.Response, model: type[M], what: str) -> M:
+        """The one place a server answer becomes typed values (the response models' rules).
+
+        Raises:
+            ServerError: the answer is not the expected JSON, or a field is
+                out of its rules; the message names the fields ("server fault").
+        """
         try:
             return model.model_validate_json(response.content)
         except ValidationError as error:
+            problems = []
+            for item in error.errors(include_url=False, include_input=False)[:3]:
+                where = ".".join(str(part) for part in item["loc"]) or "body"
+                problems.append(f"{where}: {item['msg']}")
+            more = error.error_count() - len(problems)
+            detail = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
             raise ServerError(
-                f"{what}: unexpected answer from the server ({error.error_count()} invalid fields)",
+                f"{what}: server fault: unexpected answer, refused and nothing of it used "
+                f"({detail[:600]})",
                 status_code=response.status_code,
             ) from None
 
@@ -375,16 +438,13 @@ class DeviceClient:
             "POST",
             self._device_path("/heartbeat"),
             "heartbeat",
-            headers=self._auth(),
             json=request.model_dump(mode="json"),
         )
         return self._parse(response, HeartbeatResponse, "heartbeat")
 
     def check(self) -> UpdateCheckResponse:
         """``GET /api/v1/devices/{uuid}/updates/check``: the pending update, if any."""
-        response = self._request(
-            "GET", self._device_path("/updates/check"), "update check", headers=self._auth()
-        )
+        response = self._request("GET", self._device_path("/updates/check"), "update check")
         return self._parse(response, UpdateCheckResponse, "update check")
 
     def report_status(self, update_id: int, report: StatusReport) -> StatusReportResult:
@@ -399,7 +459,6 @@ class DeviceClient:
             "POST",
             self._device_path(f"/updates/{int(update_id)}/status"),
             what,
-            headers=self._auth(),
             json=report.model_dump(mode="json", exclude_none=True),
         )
         return self._parse(response, StatusReportResult, what)
@@ -445,10 +504,14 @@ class DeviceClient:
     ) -> bytes:
         target = self._resolve(url)
         streak = 0
+        reloaded = False
         while True:
             try:
                 return self._fetch_small(target, limit, what)
             except (NetworkError, ServerError) as error:
+                if error.status_code == 401 and not reloaded and self._reload_token():
+                    reloaded = True
+                    continue
                 if not _retryable(error):
                     raise
                 streak += 1
@@ -569,6 +632,7 @@ class DeviceClient:
         if offset:
             logger.info("resuming the payload download at byte %d of %d", offset, expected_size)
         streak = restarts = attempts = 0
+        reloaded = False
         while True:
             attempts += 1
             before = offset
@@ -577,6 +641,10 @@ class DeviceClient:
                     target, partial, offset, expected_size, should_stop, progress
                 )
             except (NetworkError, ServerError, DownloadError) as error:
+                if error.status_code == 401 and not reloaded and self._reload_token():
+                    reloaded = True
+                    offset = _file_size(partial)
+                    continue
                 if not _retryable(error):
                     raise
                 offset = _file_size(partial)

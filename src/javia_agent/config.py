@@ -17,9 +17,7 @@ Layout::
     <state_dir>/heartbeat.json           last heartbeat, for `javia agent status`
     <state_dir>/downloads/<update_id>/   manifest, signature, payload(.partial)
     <state_dir>/outbox/                  status reports not yet delivered
-    <state_dir>/activity/activity.json   the application's last activity; the
-                                         directory is root:<app group>, mode 2770
-                                         (the application writes it, nobody else)
+    <state_dir>/activity.json            the application's last activity
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
 from javia_updates.models import validate_timezone
+from javia_updates.versioning import Version
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -136,7 +135,7 @@ class AgentConfig(BaseModel):
     )
     max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
     activity_file: Path | None = Field(
-        default=None, description="default <state_dir>/activity/activity.json"
+        default=None, description="default <state_dir>/activity.json"
     )
     activity_poll_seconds: float = Field(default=15.0, gt=0)
     timezone: str = "UTC"
@@ -194,14 +193,8 @@ class AgentPaths:
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> AgentPaths:
-        """Paths for ``config``; the activity file defaults to
-        ``<state_dir>/activity/activity.json``.
-
-        The activity file has a directory of its own, the only one the
-        application may write (its group, mode 2770): a writable state
-        directory would let it replace ``state.json`` or ``app.env``.
-        """
-        activity = config.activity_file or config.state_dir / "activity" / "activity.json"
+        """Paths for ``config``; the activity file defaults to ``<state_dir>/activity.json``."""
+        activity = config.activity_file or config.state_dir / "activity.json"
         return cls(
             install_root=config.install_root, state_dir=config.state_dir, activity_file=activity
         )
@@ -216,9 +209,25 @@ class AgentPaths:
         """``<install_root>/current``: symlink to the running release."""
         return self.install_root / "current"
 
-    def release_dir(self, version: str) -> Path:
-        """``<install_root>/releases/<version>``."""
-        return self.releases_dir / version
+    def release_dir(self, version: Version) -> Path:
+        """``<install_root>/releases/<version>``, for a parsed :class:`Version` only.
+
+        A release directory is never built from text: a version that came from
+        the server or a file is parsed first (``Version.parse``), so no string
+        such as ``../../etc`` or an absolute path can become a directory the
+        agent writes or deletes.
+
+        Raises:
+            TypeError: ``version`` is not a :class:`Version` (a programming error).
+            ValueError: the result would not be a direct child of
+                :attr:`releases_dir` (cannot happen for a ``Version``; checked anyway).
+        """
+        if not isinstance(version, Version):
+            raise TypeError(f"release_dir needs a parsed Version, not {type(version).__name__}")
+        path = self.releases_dir / str(version)
+        if path.parent != self.releases_dir or path.name != str(version):
+            raise ValueError(f"release directory {path} is not under {self.releases_dir}")
+        return path
 
     @property
     def envs_dir(self) -> Path:
@@ -241,7 +250,13 @@ class AgentPaths:
         return self.state_dir / "downloads"
 
     def download_dir(self, update_id: int) -> Path:
-        """``<state_dir>/downloads/<update_id>``."""
+        """``<state_dir>/downloads/<update_id>``, for a positive whole ``update_id`` only.
+
+        Raises:
+            ValueError: ``update_id`` is not an ``int`` from 1 to 2**63 - 1.
+        """
+        if type(update_id) is not int or not 1 <= update_id <= 2**63 - 1:
+            raise ValueError(f"invalid update id {update_id!r}: expected a whole number from 1")
         return self.downloads_dir / str(update_id)
 
     @property
@@ -329,13 +344,11 @@ def _describe(error: ValidationError) -> str:
 
 
 def write_config(config: AgentConfig, path: Path) -> None:
-    """Write ``config`` as TOML to ``path`` (atomically, mode 0600: never readable by others).
+    """Write ``config`` as TOML to ``path`` (atomically, mode 0644).
 
     Only fields that differ from the defaults, plus the identity fields, are
     written, so later defaults still apply. The device token is never part of
-    it, but ``app_env`` (the application's environment, which may hold API
-    keys) is: the file is created 0600, never wider even briefly
-    (``javia agent register`` then opens it to the application's group, 0640).
+    it.
 
     Raises:
         ConfigError: the file cannot be written.
@@ -354,7 +367,7 @@ def write_config(config: AgentConfig, path: Path) -> None:
     import tomli_w  # only ``javia agent register`` writes the file
 
     try:
-        atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o600)
+        atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
     except OSError as error:
         raise ConfigError(f"cannot write configuration {path}: {error.strerror or error}") from None
 

@@ -88,7 +88,7 @@ from javia_agent.state import (
     UpdateState,
 )
 from javia_updates.errors import JaviaError
-from javia_updates.models import InstallDirective, UpdateStatus
+from javia_updates.models import InstallDirective, UpdateStatus, UpdateType
 from javia_updates.versioning import Version
 
 if TYPE_CHECKING:
@@ -236,6 +236,12 @@ class InstallResult(StrEnum):
         "already_running"  # the offered version is the running one; reported completed
     )
     ABANDONED = "abandoned"  # the update disappeared from the server (superseded, cancelled)
+    #: The server's answer or bytes were wrong before the package verified (bad
+    #: signature, another version's manifest, a payload not matching its signed
+    #: hash, an oversized or refused download): nothing is marked failed, the
+    #: download is dropped and the update is tried again later (with backoff).
+    SERVER_FAULT = "server_fault"
+
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,11 @@ class _Abandon(Exception):
     pass
 
 
+class _DownloadGaveUp(DownloadError):
+    """The payload never arrived whole: the update is reported failed, not marked failed."""
+
+
+
 @dataclass
 class _Run:
     """One update being driven through its steps: the latest saved state."""
@@ -273,6 +284,10 @@ class _Run:
     state: AgentState
     directive: InstallDirective | None = None
     manifest: Manifest | None = None
+    #: The payload matched its verified, signed manifest (set at staging): only
+    #: from then on may a failure mark the version failed (DESIGN.md section 10).
+    package_verified: bool = False
+
 
     @property
     def record(self) -> UpdateRecord:
@@ -421,6 +436,14 @@ class Installer:
         name = target.name
         return name if Version.is_valid(name) else None
 
+    def _release_dir(self, version: str) -> Path:
+        """``releases/<version>`` for a version read from the state file or a link.
+
+        Raises:
+            VersionError: ``version`` is not ``vX.Y.Z`` (it never becomes a path).
+        """
+        return self.paths.release_dir(Version.parse(version))
+
     def running_version(self) -> Version | None:
         """The running release's version, the anti-rollback floor; ``None`` if none."""
         name = self.current_release()
@@ -493,7 +516,7 @@ class Installer:
         with self._locked():
             self._recover_locked()
             state = self.store.load()
-            version = directive.version
+            version = str(directive.version)  # a parsed Version (InstallDirective): vX.Y.Z
             if version in state.failed_versions:
                 return InstallOutcome(
                     InstallResult.SKIPPED, version, f"{version} failed on this device before"
@@ -501,6 +524,14 @@ class Installer:
             if self.current_release() == version:
                 self._report(directive.update_id, UpdateStatus.COMPLETED, None)
                 return InstallOutcome(InstallResult.ALREADY_RUNNING, version, "already running")
+            running_version = self.running_version()
+            if running_version is not None and directive.version < running_version:
+                # Refused before any download; reported failed (the row can never
+                # succeed here) but not marked failed: the device never ran it.
+                reason = f"{version} is older than the running {running_version}: refusing a downgrade"
+                logger.error("update %s (%s): %s", version, directive.update_id, reason)
+                self._report(directive.update_id, UpdateStatus.FAILED, reason)
+                return InstallOutcome(InstallResult.FAILED, version, reason)
             run = _Run(state=state, directive=directive)
             record = state.update
             resume = (
@@ -516,7 +547,10 @@ class Installer:
                 try:
                     self._save(run, record.state, attempts=record.attempts + 1)
                 except CrashLoopError as error:
-                    return self._fail(run, str(error))
+                    # Marked failed only if its payload had verified (staging).
+                    return self._fail(
+                        run, str(error), blacklist=record.state == UpdateState.STAGING
+                    )
                 start = record.state
                 logger.info("resuming update %s (%s) at %s", version, directive.update_id, start)
             else:
@@ -587,6 +621,40 @@ class Installer:
             logger.info("installing %s from %s", record.version, package_dir)
             return self._advance(run, UpdateState.VERIFYING)
 
+    def signed_update_type(self, directive: InstallDirective) -> UpdateType:
+        """The ``update_type`` signed in the manifest of the package ``directive`` offers.
+
+        Downloads the manifest and its signature (small, capped; nothing is
+        written) and verifies them as an install would: a trusted key, the
+        version the directive names, newer than the running one. The agent
+        asks this before it honours an urgent or instant directive (the
+        server may not make an update more urgent than signed).
+
+        Raises:
+            NetworkError, ServerError, DownloadError: fetching failed.
+            SignatureError, ManifestError, PackageError: the metadata did not
+                verify (a server fault: nothing is marked failed).
+            RuntimeError: no client was configured.
+        """
+        from javia_agent import verification
+
+        if self.client is None:
+            raise RuntimeError("Installer.signed_update_type needs a DeviceClient")
+        manifest_bytes = self.client.download_manifest(
+            directive.manifest_url, should_stop=self.should_stop
+        )
+        signature_bytes = self.client.download_signature(
+            directive.signature_url, should_stop=self.should_stop
+        )
+        verified = verification.verify_metadata(
+            manifest_bytes,
+            signature_bytes,
+            self.keyring(),
+            current_version=self.running_version(),
+            expected_version=str(directive.version),
+        )
+        return verified.manifest.update_type
+
     def abandon_pending(self, reason: str) -> bool:
         """Drop a paused pre-switch server update (e.g. the server withdrew it).
 
@@ -620,7 +688,9 @@ class Installer:
     def _package_dir(self, record: UpdateRecord) -> Path:
         if record.source == UpdateSource.DIRECTORY:
             return Path(record.package_dir or "")
-        return self.paths.download_dir(record.update_id or 0)
+        if record.update_id is None:
+            raise StateError(f"update {record.version} from the server has no update id")
+        return self.paths.download_dir(record.update_id)
 
     def _advance(self, run: _Run, start: UpdateState) -> InstallOutcome:
         """Drive ``run`` from the saved step ``start`` to its end."""
@@ -639,14 +709,18 @@ class Installer:
                 logger.warning("staging %s paused: %s", run.record.version, error)
                 return InstallOutcome(InstallResult.RETRY_LATER, run.record.version, str(error))
             except _Abandon as error:
+                version = run.record.version  # _abandon clears the record
                 self._abandon(run, str(error))
-                return InstallOutcome(InstallResult.ABANDONED, run.record.version, str(error))
-            except ConfigError as error:
-                # The device's own configuration is at fault, not the release:
-                # report it, but let the version be offered again once fixed.
+                return InstallOutcome(InstallResult.ABANDONED, version, str(error))
+            except (ConfigError, DiskSpaceError, _DownloadGaveUp) as error:
+                # The device's own configuration or disk is at fault, or the server
+                # never delivered the payload: report it, but let the version be
+                # offered again (it is not marked failed).
                 return self._fail(run, _reason(error), blacklist=False)
             except (JaviaError, OSError, subprocess.SubprocessError) as error:
-                return self._fail(run, _reason(error))
+                if not run.package_verified and run.record.source == UpdateSource.SERVER:
+                    return self._server_fault(run, _reason(error))
+                return self._fail(run, _reason(error), blacklist=run.package_verified)
             step = UpdateState.SWITCHING
         if step == UpdateState.SWITCHING:
             try:
@@ -717,6 +791,7 @@ class Installer:
                     current_version=self.running_version(),
                     expected_version=record.version,
                 ).manifest
+            run.package_verified = True  # its SHA-256 matched the signed manifest at verifying
             self._stage(run.manifest, package_dir / PAYLOAD_NAME)
 
     def _download(self, run: _Run, package_dir: Path) -> None:
@@ -750,7 +825,7 @@ class Installer:
                 signature_bytes,
                 self.keyring(),
                 current_version=self.running_version(),
-                expected_version=directive.version,
+                expected_version=str(directive.version),
             )
             # Only verified metadata is kept on disk, for a resume after a crash.
             atomic_write(manifest_path, manifest_bytes)
@@ -837,7 +912,7 @@ class Installer:
         if stalled != record.stalled_cycles:
             self._save(run, record.state, stalled_cycles=stalled)
         if stalled >= MAX_STALLED_DOWNLOADS:
-            raise DownloadError(
+            raise _DownloadGaveUp(
                 f"download of {record.version} gave up after {stalled} attempts in a row "
                 f"without a new byte (stuck at {had_bytes:,} bytes): {error}"
             )
@@ -896,7 +971,7 @@ class Installer:
         """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""
         from javia_agent import verification
 
-        release = self.paths.release_dir(manifest.version)
+        release = self.paths.release_dir(manifest.parsed_version)
         self.paths.releases_dir.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(release):
             if self.current_release() == manifest.version:  # pragma: no cover - refused earlier
@@ -1007,7 +1082,7 @@ class Installer:
         temporary = root / f"current.tmp-{os.getpid()}"
         if os.path.lexists(temporary):
             temporary.unlink()
-        os.symlink(Path("releases") / version, temporary)
+        os.symlink(self._release_dir(version).relative_to(root), temporary)
         os.replace(temporary, link)
         fsync_directory(root)
 
@@ -1049,7 +1124,7 @@ class Installer:
                 break
             self.clock.sleep(min(self.health_poll_seconds, remaining))
         if self.health_command:
-            release = self.paths.release_dir(version)
+            release = self._release_dir(version)
             try:
                 self._run_command(
                     list(self.health_command),
@@ -1137,7 +1212,7 @@ class Installer:
                 self.service.stop()
             except JaviaError as error:
                 logger.error("stopping %s during rollback failed: %s", record.version, error)
-            if previous is not None and self.paths.release_dir(previous).is_dir():
+            if previous is not None and self._release_dir(previous).is_dir():
                 self._point_current(previous)
                 try:
                     self.service.start()
@@ -1147,7 +1222,7 @@ class Installer:
             else:
                 self._point_current(None)
             if self.current_release() != record.version:
-                _remove_tree(self.paths.release_dir(record.version))
+                _remove_tree(self._release_dir(record.version))
                 self._prune_environments()
         self._remove_download(record)
         return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
@@ -1164,10 +1239,30 @@ class Installer:
         record = run.record
         logger.error("update %s failed: %s", record.version, reason)
         if self.current_release() != record.version:
-            _remove_tree(self.paths.release_dir(record.version))
+            _remove_tree(self._release_dir(record.version))
             self._prune_environments()
         self._remove_download(record)
         return self._finish(run, UpdateStatus.FAILED, reason, blacklist=blacklist)
+
+    def _server_fault(self, run: _Run, reason: str) -> InstallOutcome:
+        """The server sent something that did not verify: drop it, report it, retry later.
+
+        Only a package whose signature verified may mark a version failed
+        (DESIGN.md section 10): junk named ``v2.0.0`` must never make the real,
+        signed ``v2.0.0`` be skipped. The download is deleted (so the next try
+        fetches it afresh), the update record dropped, and a ``downloading``
+        report carries the reason to the server, whose row stays open.
+        """
+        record = run.record
+        version, update_id = record.version, record.update_id
+        message = (
+            f"server fault: {reason} ({version} is not marked failed on the device; "
+            "it is tried again later)"
+        )
+        logger.error("update %s (%s): %s", version, update_id, message)
+        self._abandon(run, "its download did not verify")
+        self._report(update_id, UpdateStatus.DOWNLOADING, message)
+        return InstallOutcome(InstallResult.SERVER_FAULT, version, _clip(message))
 
     def _finish(
         self, run: _Run, status: UpdateStatus, reason: str, *, blacklist: bool = True
@@ -1214,7 +1309,7 @@ class Installer:
             )
         logger.info("abandoning update %s: %s", record.version, reason)
         if self.current_release() != record.version:
-            _remove_tree(self.paths.release_dir(record.version))
+            _remove_tree(self._release_dir(record.version))
             self._prune_environments()
         self._remove_download(record)
         run.state = self._persist(run.state.model_copy(update={"update": None}))
@@ -1246,7 +1341,7 @@ class Installer:
             if record.source == UpdateSource.DIRECTORY:
                 self._abandon(run, "interrupted; run javia agent install again")
             elif action == Recovery.RESTAGE and self.current_release() != record.version:
-                _remove_tree(self.paths.release_dir(record.version))
+                _remove_tree(self._release_dir(record.version))
             return None  # continues when the server next says to install
         if action == Recovery.CHECK_CURRENT:
             if self.current_release() == record.version:
@@ -1324,7 +1419,7 @@ class Installer:
             others.insert(0, keep_previous)
         for name in others[self.keep_releases :]:
             logger.info("removing old release %s", name)
-            _remove_tree(releases / name)
+            _remove_tree(self._release_dir(name))
         self._prune_environments()
 
 

@@ -27,11 +27,19 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import CrashLoopError, StateError
 from javia_updates.models import UpdateStatus
+from javia_updates.versioning import Version
 
 __all__ = [
     "POST_SWITCH_STATES",
@@ -168,6 +176,21 @@ class UpdateRecord(BaseModel):
     final_status: UpdateStatus | None = None
     started_at: datetime | None = None
 
+    @field_validator("version", "previous_version")
+    @classmethod
+    def _a_version(cls, value: str | None) -> str | None:
+        # The version names a directory the agent deletes: only vX.Y.Z passes.
+        if value is not None:
+            Version.parse(value)
+        return value
+
+    @field_validator("update_id")
+    @classmethod
+    def _an_id(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 2**63 - 1:
+            raise ValueError(f"invalid update id {value}: expected a whole number from 1")
+        return value
+
     def same_update(self, other: UpdateRecord | None) -> bool:
         """Whether ``other`` describes the same update (same id and version)."""
         return (
@@ -186,6 +209,12 @@ class AgentState(BaseModel):
         update: the update in progress; ``None`` when idle.
         failed_versions: versions that failed or were rolled back; a server
             directive for one of them is never installed again.
+        attention: why the device needs a person, or ``None``. Set when the
+            loop breaker stopped a rollback that kept crashing the agent and
+            the previous release is not what runs ("rollback could not
+            complete: ..."); shown by ``javia agent status``, sent as
+            ``attention`` in every heartbeat's metadata, cleared when an
+            update commits.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -194,6 +223,35 @@ class AgentState(BaseModel):
     current_version: str | None = None
     update: UpdateRecord | None = None
     failed_versions: list[str] = Field(default_factory=list)
+    attention: str | None = None
+
+    @field_validator("current_version", mode="wrap")
+    @classmethod
+    def _current_or_none(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        checked = handler(value)
+        if checked is not None and not Version.is_valid(checked):
+            logger.error("state file: ignoring an invalid current version %.60r", checked)
+            return None
+        return checked
+
+    @field_validator("update", mode="wrap")
+    @classmethod
+    def _update_or_none(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # A record naming no valid version or id (written by an older agent from
+        # a hostile server answer) is dropped, never turned into a path; the
+        # start-up clean-up removes whatever it left under releases/ and downloads/.
+        try:
+            return handler(value)
+        except ValidationError as error:
+            logger.error("state file: dropping an invalid update record (%s)", error)
+            return None
+
+    @field_validator("failed_versions", mode="before")
+    @classmethod
+    def _only_versions(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [item for item in value if isinstance(item, str) and Version.is_valid(item)]
+        return value
 
     @property
     def state(self) -> UpdateState:

@@ -7,22 +7,26 @@ bytes; intervals in seconds. Importable on a device (pydantic only).
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
 
 from javia_updates.errors import ScheduleError
-from javia_updates.input_rules import (
-    TIMEZONE_EXAMPLE,
-    check_display_text,
-    check_json,
-    check_text,
-    check_timezone,
-)
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "ErrorBody",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "ApiPath",
     "InstallDirective",
     "StatusReport",
     "StatusReportResult",
@@ -43,11 +48,12 @@ __all__ = [
     "UpdateOut",
     "UpdateStatus",
     "UpdateType",
-    "TIMEZONE_EXAMPLE",
+    "WireVersion",
     "check_no_control_characters",
-    "load_timezone",
     "validate_timezone",
 ]
+
+TIMEZONE_EXAMPLE = "Europe/Berlin"
 
 
 class UpdateType(StrEnum):
@@ -123,70 +129,48 @@ DEVICE_REPORTABLE_STATUSES = frozenset(
 
 
 def validate_timezone(name: str) -> str:
-    """Return ``name`` if it is a canonical IANA time zone name.
-
-    Accepted: the names the ``tzdata`` package lists (every zone and its
-    backward-compatible links such as ``UTC`` and ``US/Eastern``), except
-    ``Factory``; refused: ``localtime``, ``posixrules``, the ``posix/`` and
-    ``right/`` trees and any other file name (:func:`javia_updates.input_rules.check_timezone`).
-    Used for new input: registration and the agent's configuration. Names
-    stored by older versions are loaded by :func:`load_timezone`.
+    """Return ``name`` if it is a known IANA timezone.
 
     Raises:
         ScheduleError: (a ``ValueError``) for an unknown or malformed name; the
-            message gives an example of the expected form (``Europe/Berlin``).
+            message gives an example of the expected form.
     """
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise ScheduleError(f"invalid timezone: expected an IANA name such as {TIMEZONE_EXAMPLE}")
     try:
-        return check_timezone(name)
-    except ValueError as error:
-        raise ScheduleError(str(error)) from None
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ScheduleError(
+            f"unknown timezone {name!r}: expected an IANA name such as {TIMEZONE_EXAMPLE}"
+        ) from None
+    return name
 
 
-def load_timezone(name: str) -> ZoneInfo:
-    """The ZoneInfo of a stored device's time zone name.
-
-    Lenient on purpose: a device registered before :func:`validate_timezone`
-    refused non-canonical names (``localtime``, ``posix/...``) keeps being
-    scheduled as before rather than failing every publish that targets it.
-
-    Raises:
-        ScheduleError: (a ``ValueError``) the name cannot be loaded at all.
-    """
-    if isinstance(name, str) and 0 < len(name) <= 64:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            pass
-    return ZoneInfo(validate_timezone(name))  # raises, naming an example
-
-
-def check_no_control_characters(
-    value: str | None, field: str, *, multiline: bool = True
-) -> str | None:
-    """Refuse control, separator and bidirectional formatting characters in display text.
+def check_no_control_characters(value: str | None, field: str) -> str | None:
+    """Refuse C0 control characters other than tab and newline in display text.
 
     NUL, ESC, carriage return and the like break terminal tables and can
-    rewrite what an operator's terminal shows (ANSI escape sequences); bidi
-    overrides make text read differently from what it is. Refused: C0
-    (U+0000 to U+001F; with ``multiline`` tab and newline pass), DEL
-    (U+007F), C1 (U+0080 to U+009F), U+2028/U+2029, the bidi embeddings,
-    overrides, isolates and marks (U+061C, U+200E, U+200F, U+202A to U+202E,
-    U+2066 to U+2069) and lone surrogates
-    (:func:`javia_updates.input_rules.check_display_text`).
+    rewrite what an operator's terminal shows (ANSI escape sequences).
 
     Args:
         value: the text (None passes).
         field: the field's name, for the message.
-        multiline: allow tab and newline (a description); False for a name.
 
     Returns:
         ``value`` unchanged.
 
     Raises:
-        ValueError: naming the field and the first refused character.
+        ValueError: ``value`` holds a control character U+0000 to U+001F
+            other than tab (U+0009) and newline (U+000A); the message names
+            the field and the first such character.
     """
     if value is not None:
-        check_display_text(value, field, multiline=multiline)
+        for character in value:
+            if ord(character) < 0x20 and character not in "\t\n":
+                raise ValueError(
+                    f"{field} contains the control character U+{ord(character):04X}: "
+                    "expected printable text (tab and newline allowed)"
+                )
     return value
 
 
@@ -199,6 +183,108 @@ def _check_version(value: str | None) -> str | None:
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
+# -- server answers: every field is checked where the agent reads it -----------------
+#
+# The agent parses every answer of the server with the models below, and only
+# with them: they are the one boundary where a server field becomes a typed
+# value (docs/agent.md, "What the agent accepts from the server"). A field out
+# of its range is a ValidationError, which the agent's client turns into a
+# ServerError naming the field; nothing of such an answer is used.
+
+#: Largest id the server hands out: a signed 64-bit database integer.
+MAX_ID = 2**63 - 1
+#: Largest payload size a directive may announce, in bytes (1 TiB). The signed
+#: manifest's ``archive.size`` is what the agent downloads and checks.
+MAX_DIRECTIVE_SIZE = 2**40
+#: Longest idle time an urgent directive may require, in seconds (7 days, the
+#: server's own limit for ``urgent_idle_seconds``).
+MAX_IDLE_SECONDS = 7 * 86_400
+#: Longest heartbeat interval a server may ask for, in seconds (1 day, the
+#: server's own limit for ``heartbeat_interval_seconds``).
+MAX_HEARTBEAT_INTERVAL_SECONDS = 86_400.0
+#: Longest path a directive URL may have, in characters.
+MAX_API_PATH_CHARS = 1024
+#: Server times must lie in [EARLIEST_TIME, LATEST_TIME): far enough from
+#: datetime's limits that adding a day or a heartbeat interval never overflows.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+_API_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+def _version_from_wire(value: object) -> Version:
+    """A :class:`Version` from its wire form ``vX.Y.Z`` (DESIGN.md section 2)."""
+    if isinstance(value, Version):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a version string such as v1.2.3")
+    return Version.parse(value)  # VersionError is a ValueError: the message shows the form
+
+
+#: A version: a :class:`Version` in Python, the string ``vX.Y.Z`` on the wire.
+WireVersion = Annotated[
+    Version,
+    PlainValidator(_version_from_wire),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$",
+            "examples": ["v1.2.3"],
+        }
+    ),
+]
+
+
+def check_api_path(value: object) -> str:
+    """Return ``value`` if it is a safe path on the configured server.
+
+    A directive's URLs are paths relative to the server's base URL
+    (DESIGN.md section 6): ``/`` followed by ASCII letters, digits and
+    ``. _ ~ - /``, at most :data:`MAX_API_PATH_CHARS` characters. Refused:
+    any scheme or host (``https://other.example``, ``//other.example/x``,
+    which would send the device token elsewhere), ``.`` and ``..`` segments,
+    empty segments, percent-escapes, queries, fragments, backslashes, spaces
+    and any other character.
+
+    Raises:
+        ValueError: naming what was wrong and the expected form.
+    """
+    example = "a path on the configured server such as /api/v1/updates/7/download"
+    if not isinstance(value, str):
+        raise ValueError(f"expected {example}")
+    if len(value) > MAX_API_PATH_CHARS:
+        raise ValueError(f"path longer than {MAX_API_PATH_CHARS} characters: expected {example}")
+    if _API_PATH.fullmatch(value) is None:
+        raise ValueError(
+            f"{value[:80]!r} is not a plain path (scheme, host, query, escape or odd "
+            f"character): expected {example}"
+        )
+    segments = value[1:].split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(f"{value[:80]!r} has an empty, '.' or '..' segment: expected {example}")
+    return value
+
+
+def _check_server_time(value: datetime) -> datetime:
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise ValueError(
+            f"time {value.isoformat()} is out of range: expected an instant between "
+            f"{EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}"
+        )
+    return value
+
+
+#: A path on the configured server (see :func:`check_api_path`).
+ApiPath = Annotated[str, AfterValidator(check_api_path)]
+#: An aware instant (an offset is required) in [EARLIEST_TIME, LATEST_TIME).
+ServerTime = Annotated[AwareDatetime, AfterValidator(_check_server_time)]
+#: A database id: a whole number from 1 to :data:`MAX_ID`.
+ServerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=False)]
+
+
+
+
 
 class ErrorBody(BaseModel):
     """Body of every 4xx/5xx response: ``{"detail": "what was wrong"}``."""
@@ -207,14 +293,7 @@ class ErrorBody(BaseModel):
 
 
 class DeviceRegisterRequest(_Model):
-    """``POST /api/v1/devices/register`` body. Every field is optional.
-
-    ``device_name``: one line of printable text, at most 200 characters (no
-    control, separator or bidi character: :func:`check_no_control_characters`);
-    ``timezone``: a canonical IANA name (:func:`validate_timezone`);
-    ``metadata``: device JSON within :mod:`javia_updates.input_rules`' bounds
-    (depth, keys, 64 KiB). A field breaking its rule is a 422 naming it.
-    """
+    """``POST /api/v1/devices/register`` body. Every field is optional."""
 
     device_uuid: uuid.UUID | None = None
     device_name: str | None = Field(default=None, max_length=200)
@@ -226,12 +305,7 @@ class DeviceRegisterRequest(_Model):
     @field_validator("device_name")
     @classmethod
     def _printable_name(cls, value: str | None) -> str | None:
-        return check_no_control_characters(value, "device_name", multiline=False)
-
-    @field_validator("metadata")
-    @classmethod
-    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_json(value, "metadata")
+        return check_no_control_characters(value, "device_name")
 
 
 class DeviceRegistered(BaseModel):
@@ -264,24 +338,13 @@ class DeviceOut(BaseModel):
 
 
 class HeartbeatRequest(_Model):
-    """``POST /api/v1/devices/{uuid}/heartbeat`` body.
-
-    ``current_version`` is ``vX.Y.Z``; ``metadata`` device JSON within
-    :mod:`javia_updates.input_rules`' bounds (valid Unicode without NUL,
-    depth, keys, 64 KiB). A field breaking its rule is a 422 naming it, on
-    the route and on its fast path alike (both validate with this model).
-    """
+    """``POST /api/v1/devices/{uuid}/heartbeat`` body."""
 
     current_version: str | None = Field(default=None, description="vX.Y.Z the device runs")
     status: DeviceStatus = DeviceStatus.ONLINE
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _version = field_validator("current_version")(_check_version)
-
-    @field_validator("metadata")
-    @classmethod
-    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_json(value, "metadata")
 
 
 class InstallDirective(BaseModel):
@@ -292,26 +355,41 @@ class InstallDirective(BaseModel):
     the application has been idle for ``idle_seconds_required`` seconds.
     ``window_end`` closes the maintenance window for scheduled updates (None:
     no end). URLs are paths relative to the server's base URL.
+
+    Every field is checked when an answer is parsed (the agent's one
+    boundary for server data): ``update_id`` a whole number from 1 to
+    :data:`MAX_ID`; ``version`` a :class:`Version` (``vX.Y.Z`` on the wire);
+    times aware and in range; ``idle_seconds_required`` 0 to
+    :data:`MAX_IDLE_SECONDS`; ``size`` 0 to :data:`MAX_DIRECTIVE_SIZE` bytes;
+    URLs plain paths on the configured server (:func:`check_api_path`).
+    Unknown extra fields are ignored (a newer server may add some).
     """
 
-    update_id: int
-    version: str
+    update_id: ServerId
+    version: WireVersion
     update_type: UpdateType
     status: UpdateStatus
-    install_at: datetime
-    window_end: datetime | None = None
-    idle_seconds_required: int | None = None
-    size: int = Field(description="payload archive size in bytes")
-    manifest_url: str
-    signature_url: str
-    download_url: str
+    install_at: ServerTime
+    window_end: ServerTime | None = None
+    idle_seconds_required: int | None = Field(default=None, ge=0, le=MAX_IDLE_SECONDS)
+    size: int = Field(ge=0, le=MAX_DIRECTIVE_SIZE, description="payload archive size in bytes")
+    manifest_url: ApiPath
+    signature_url: ApiPath
+    download_url: ApiPath
 
 
 class HeartbeatResponse(BaseModel):
-    """Answer to a heartbeat: the server's clock, the poll interval, any update."""
+    """Answer to a heartbeat: the server's clock, the poll interval, any update.
 
-    server_time: datetime
-    heartbeat_interval_seconds: float
+    ``heartbeat_interval_seconds`` is a finite number of seconds above 0 and
+    at most :data:`MAX_HEARTBEAT_INTERVAL_SECONDS`; ``server_time`` aware and
+    in range.
+    """
+
+    server_time: ServerTime
+    heartbeat_interval_seconds: float = Field(
+        gt=0, le=MAX_HEARTBEAT_INTERVAL_SECONDS, allow_inf_nan=False
+    )
     update: InstallDirective | None = None
 
 
@@ -319,18 +397,14 @@ class UpdateCheckResponse(BaseModel):
     """``GET /api/v1/devices/{uuid}/updates/check``: the pending update, if any."""
 
     device_uuid: uuid.UUID
-    server_time: datetime
-    current_version: str | None
+    server_time: ServerTime
+    current_version: WireVersion | None
     update_available: bool
     update: InstallDirective | None = None
 
 
 class StatusReport(_Model):
-    """``POST .../updates/{update_id}/status`` body sent by a device.
-
-    ``error_message``: at most 4000 characters of valid Unicode without NUL
-    (tab, newline and other characters pass: terminals escape them when shown).
-    """
+    """``POST .../updates/{update_id}/status`` body sent by a device."""
 
     status: UpdateStatus
     error_message: str | None = Field(default=None, max_length=4000)
@@ -344,16 +418,11 @@ class StatusReport(_Model):
             raise ValueError(f"a device may report only: {valid}")
         return value
 
-    @field_validator("error_message")
-    @classmethod
-    def _storable_message(cls, value: str | None) -> str | None:
-        return None if value is None else check_text(value, "error_message")
-
 
 class StatusReportResult(BaseModel):
     """Answer to a status report. ``changed`` is False for a repeated report."""
 
-    update_id: int
+    update_id: ServerId
     device_uuid: uuid.UUID
     status: UpdateStatus
     changed: bool

@@ -51,7 +51,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from javia_updates.errors import ScheduleError, VersionError
-from javia_updates.models import InstallDirective, UpdateType, load_timezone
+from javia_updates.models import InstallDirective, UpdateType, validate_timezone
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "ScheduleError",
     "current_install_plan",
     "current_window",
+    "bound_by_signed_type",
     "decide_install",
     "describe_duration",
     "install_times",
@@ -119,9 +120,8 @@ def _aware(name: str, value: datetime) -> datetime:
 
 
 def _zone(timezone: str) -> ZoneInfo:
-    """The ZoneInfo of a device's stored IANA name (lenient for names stored before
-    registration refused non-canonical ones); ScheduleError naming an example otherwise."""
-    return load_timezone(timezone)
+    """The ZoneInfo for an IANA name; ScheduleError naming an example otherwise."""
+    return ZoneInfo(validate_timezone(timezone))
 
 
 def _window_time(at: time) -> time:
@@ -817,6 +817,81 @@ def decide_install(
         f"urgent update {version}: its deadline window has closed; waiting for "
         f"{describe_duration(required)} idle until the server re-plans it",
         idle_wake,
+    )
+
+
+def bound_by_signed_type(
+    directive: InstallDirective,
+    signed_type: UpdateType,
+    *,
+    now: datetime,
+    timezone: str,
+    device_uuid: uuid.UUID | str,
+    previous: InstallDirective | None = None,
+) -> InstallDirective:
+    """The directive the agent may act on: never more urgent than the signed type.
+
+    The update type is signed in the manifest (DESIGN.md section 3): a server
+    may make an install *later* than the signed type says, never *more
+    urgent* (instant > urgent > scheduled). When the server's ``update_type``
+    is not more urgent than ``signed_type``, ``directive`` is returned as it
+    is. Otherwise its timing fields belong to a type the operator did not sign
+    and are not used: the device plans the signed type itself, with
+    :func:`plan_install` in its own ``timezone`` and the defaults of DESIGN.md
+    section 4 (window at 02:00 local, 3 h long, urgent after 1 h idle), and
+    keeps that plan while its window is open (:func:`current_install_plan`
+    given ``previous``, the directive this function returned last time for the
+    same update).
+
+    The rule compares with the signed type of the package being installed
+    only. A server that supersedes an older, more urgent row may offer the
+    newer package with the older row's type (DESIGN.md section 4); the device
+    cannot verify the older row's signature, so it installs the newer package
+    no sooner than that package's own signed type allows.
+
+    Args:
+        directive: the server's directive (already validated).
+        signed_type: ``update_type`` of the verified manifest of that package.
+        now: aware datetime on the server's clock.
+        timezone: the device's IANA timezone (agent configuration).
+        device_uuid: the device's uuid (its slot within the window).
+        previous: the bounded directive from an earlier call for this update.
+
+    Returns:
+        ``directive``, or a copy with ``update_type=signed_type`` and the
+        device's own ``install_at``, ``window_end`` and ``idle_seconds_required``.
+
+    Raises:
+        ScheduleError: a naive ``now``, or an unknown timezone.
+    """
+    offered = _update_type(directive.update_type)
+    signed = _update_type(signed_type)
+    if _URGENCY[offered] <= _URGENCY[signed]:
+        return directive
+    same = (
+        previous is not None
+        and previous.update_id == directive.update_id
+        and previous.version == directive.version
+        and previous.update_type is signed
+    )
+    if same and previous is not None:
+        plan = current_install_plan(
+            signed,
+            previous.install_at,
+            previous.window_end,
+            now=now,
+            timezone=timezone,
+            device_uuid=device_uuid,
+        )
+    else:
+        plan = plan_install(signed, now=now, timezone=timezone, device_uuid=device_uuid)
+    return directive.model_copy(
+        update={
+            "update_type": signed,
+            "install_at": plan.install_at,
+            "window_end": plan.window_end,
+            "idle_seconds_required": plan.idle_seconds_required,
+        }
     )
 
 

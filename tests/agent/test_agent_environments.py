@@ -19,6 +19,7 @@ import pytest
 from javia_agent.environments import COMPLETE_MARKER, ENV_LINK_NAME, PythonEnvironments
 from javia_agent.installer import InstallResult
 from javia_agent.services import CommandService
+from javia_updates.versioning import Version
 
 from .helpers import Device, PackageFactory, Signer, make_installer
 
@@ -115,7 +116,7 @@ def _install(device: Device, signer: Signer, package: Any, envs: PythonEnvironme
 
 
 def _env_of(device: Device, version: str) -> Path:
-    return (device.paths.release_dir(version) / ENV_LINK_NAME).resolve()
+    return (device.paths.release_dir(Version.parse(version)) / ENV_LINK_NAME).resolve()
 
 
 def test_requirements_are_installed_into_the_releases_own_isolated_environment(
@@ -196,7 +197,7 @@ def test_a_failing_pip_install_fails_before_the_switch_and_leaves_no_env(
     assert "javia-absent" in (outcome.reason or "")
     assert env_device.current() == "v1.0.0"
     assert env_device.wait_for_app("v1.0.0")["pid"] == old_pid  # never stopped
-    assert not env_device.paths.release_dir("v1.1.0").exists()
+    assert not env_device.paths.release_dir(Version.parse("v1.1.0")).exists()
     assert not any(env_device.paths.envs_dir.iterdir())
 
 
@@ -241,7 +242,7 @@ def test_a_release_without_requirements_runs_on_the_system_python(
     status = device.wait_for_app("v1.0.0")
     assert status["javia_python"] is None and status["python"] == sys.executable
     assert not device.paths.envs_dir.exists()
-    assert not (device.paths.release_dir("v1.0.0") / ENV_LINK_NAME).exists()
+    assert not (device.paths.release_dir(Version.parse("v1.0.0")) / ENV_LINK_NAME).exists()
 
 
 def test_an_empty_requirements_file_gives_an_env_without_running_pip(

@@ -9,6 +9,7 @@ from javia_agent.client import DeviceClient
 from javia_agent.installer import InstallResult
 from javia_agent.state import StateStore, UpdateState
 from javia_updates.models import InstallDirective, UpdateStatus
+from javia_updates.versioning import Version
 
 from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
 
@@ -30,7 +31,8 @@ def test_package_directory_install_starts_the_first_release(
     assert outcome.result == InstallResult.COMPLETED
     assert device.current() == "v1.0.0"
     status = device.wait_for_app("v1.0.0")
-    assert Path(status["release_dir"]) == device.paths.release_dir("v1.0.0").resolve()
+    release = device.paths.release_dir(Version.parse("v1.0.0"))
+    assert Path(status["release_dir"]) == release.resolve()
     assert status["activity_file"] == str(device.paths.activity_file)
     assert device.reports == []  # no server, no reports
     assert StateStore(device.paths.state_file).load().current_version == "v1.0.0"
@@ -75,7 +77,7 @@ def _directive(server: FileServer, update_id: int, package, **options) -> Instal
     return InstallDirective.model_validate(serve_package(server, update_id, package, **options))
 
 
-def test_untrusted_signature_keeps_the_old_release_running_and_reports_failed(
+def test_untrusted_signature_keeps_the_old_release_running_and_is_a_server_fault(
     device: Device,
     signer: Signer,
     other_signer: Signer,
@@ -90,18 +92,20 @@ def test_untrusted_signature_keeps_the_old_release_running_and_reports_failed(
         outcome = installer.install(directive)
         again = installer.install(directive)
 
-    assert outcome.result == InstallResult.FAILED
+    assert outcome.result == InstallResult.SERVER_FAULT
     assert "not in the keyring" in (outcome.reason or "")
     assert device.current() == "v1.0.0"
     assert device.wait_for_app("v1.0.0")["pid"] == old_pid  # never stopped
-    assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.FAILED]
+    assert device.statuses()[0] == UpdateStatus.DOWNLOADING
+    assert UpdateStatus.FAILED not in device.statuses()  # the server's row stays open
+    assert "server fault" in (device.reports[-1][2] or "")
     assert "not in the keyring" in (device.reports[-1][2] or "")
     # The payload was never downloaded: the metadata is verified first.
     assert not any(path.endswith("/download") for path, _ in file_server.requests)
     assert [p.name for p in device.paths.releases_dir.iterdir()] == ["v1.0.0"]
-    # A failed version is never installed again.
-    assert again.result == InstallResult.SKIPPED
-    assert StateStore(device.paths.state_file).load().failed_versions == ["v1.1.0"]
+    # Bytes that never verified mark nothing failed: the update is tried again.
+    assert again.result == InstallResult.SERVER_FAULT
+    assert StateStore(device.paths.state_file).load().failed_versions == []
 
 
 def test_tampered_payload_is_refused_before_extraction(
@@ -117,12 +121,13 @@ def test_tampered_payload_is_refused_before_extraction(
     with _client(file_server) as client:
         outcome = make_installer(device, signer, client=client).install(directive)
 
-    assert outcome.result == InstallResult.FAILED
+    assert outcome.result == InstallResult.SERVER_FAULT
     assert "SHA-256" in (outcome.reason or "")
     assert device.current() == "v1.0.0"
     assert device.wait_for_app("v1.0.0")["pid"] == old_pid
     assert [p.name for p in device.paths.releases_dir.iterdir()] == ["v1.0.0"]
-    assert device.statuses()[-1] == UpdateStatus.FAILED
+    assert UpdateStatus.FAILED not in device.statuses()
+    assert not any(device.paths.downloads_dir.iterdir())  # the unverified bytes are gone
 
 
 def test_offered_version_must_match_the_signed_manifest(
@@ -135,7 +140,7 @@ def test_offered_version_must_match_the_signed_manifest(
         outcome = make_installer(device, signer, client=client).install(
             InstallDirective.model_validate(fields)
         )
-    assert outcome.result == InstallResult.FAILED
+    assert outcome.result == InstallResult.SERVER_FAULT
     assert "v1.1.0" in (outcome.reason or "") and device.current() == "v1.0.0"
 
 
@@ -228,7 +233,7 @@ def test_setup_command_failure_fails_before_the_switch(
     assert outcome.result == InstallResult.FAILED
     assert "pip: no network" in (outcome.reason or "")
     assert device.current() == "v1.0.0" and device.wait_for_app("v1.0.0")["pid"] == old_pid
-    assert not device.paths.release_dir("v1.1.0").exists()
+    assert not device.paths.release_dir(Version.parse("v1.1.0")).exists()
 
 
 def test_signed_system_packages_are_installed_with_apt_before_the_switch(
@@ -280,7 +285,7 @@ def test_too_little_disk_space_is_refused_before_the_download_with_the_numbers(
     assert not any(path.endswith("/download") for path, _ in file_server.requests)
     assert device.current() == "v1.0.0" and device.wait_for_app("v1.0.0")["pid"] == old_pid
     assert device.statuses() == [UpdateStatus.DOWNLOADING, UpdateStatus.FAILED]
-    assert not device.paths.release_dir("v1.1.0").exists()
+    assert not device.paths.release_dir(Version.parse("v1.1.0")).exists()
     assert not any(device.paths.downloads_dir.iterdir())
 
 

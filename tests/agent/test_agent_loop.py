@@ -21,7 +21,7 @@ from javia_agent.config import AgentConfig
 from javia_agent.installer import InstallOutcome, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import AgentState
-from javia_updates.models import InstallDirective, StatusReport, UpdateStatus
+from javia_updates.models import InstallDirective, StatusReport, UpdateStatus, UpdateType
 from javia_updates.scheduling import InstallDecision
 
 UUID = uuid.UUID("00000000-0000-0000-0000-0000000000a1")
@@ -103,6 +103,8 @@ class FakeInstaller:
     result: InstallResult = InstallResult.COMPLETED
     retry_after: float | None = None
     service: FakeService = field(default_factory=FakeService)
+    #: The update type the package's signed manifest names.
+    signed_type: UpdateType = UpdateType.INSTANT
 
     def load_state(self) -> AgentState:
         return AgentState(current_version=self.running)
@@ -113,11 +115,16 @@ class FakeInstaller:
     def recover(self) -> None:
         return None
 
+    def signed_update_type(self, directive: InstallDirective) -> UpdateType:
+        return self.signed_type
+
     def install(self, directive: InstallDirective) -> InstallOutcome:
         self.installs.append(directive)
         if self.result == InstallResult.COMPLETED:
-            self.running = directive.version
-        return InstallOutcome(self.result, directive.version, retry_after_seconds=self.retry_after)
+            self.running = str(directive.version)
+        return InstallOutcome(
+            self.result, str(directive.version), retry_after_seconds=self.retry_after
+        )
 
 
 def _directive(
@@ -189,7 +196,7 @@ def _harness(tmp_path: Path, api: FakeApi, decide=None, **config: Any) -> Harnes
 def test_instant_update_is_installed_and_the_next_heartbeat_comes_soon(tmp_path: Path) -> None:
     h = _harness(tmp_path, FakeApi(directive=_directive("instant")))
     result = h.agent.run_once()
-    assert [d.version for d in h.installer.installs] == ["v1.1.0"]
+    assert [str(d.version) for d in h.installer.installs] == ["v1.1.0"]
     assert result.outcome is not None and result.outcome.result == InstallResult.COMPLETED
     assert result.sleep_seconds <= 1.0  # announce the new version promptly
     assert h.api.heartbeats[0]["current_version"] == "v1.0.0"
@@ -259,7 +266,7 @@ def test_urgent_update_waits_for_idle_time_measured_by_the_agent(tmp_path: Path)
     h.clock.now += 3600
     h.agent.run_once()
     assert h.decisions[-1]["idle"] == 3600.0
-    assert [d.version for d in h.installer.installs] == ["v1.1.0"]
+    assert [str(d.version) for d in h.installer.installs] == ["v1.1.0"]
 
 
 def test_queued_reports_are_delivered_on_the_next_heartbeat(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.state import StateStore, UpdateState
 from javia_updates.models import InstallDirective, UpdateStatus
+from javia_updates.versioning import Version
 
 from .helpers import (
     Crash,
@@ -227,7 +228,7 @@ def test_crash_in_a_service_call_converges_on_restart(
     assert running_v1.current() == final
     running_v1.wait_for_app(final)
     assert StateStore(running_v1.paths.state_file).load().current_version == final
-    assert running_v1.paths.release_dir("v1.1.0").exists() is not rolled_back
+    assert running_v1.paths.release_dir(Version.parse("v1.1.0")).exists() is not rolled_back
 
 
 def test_crash_while_committing_commits_on_restart(

@@ -178,7 +178,9 @@ def rotate_token(
     console.print(f"new token for device {target} (shown this once):", highlight=False)
     console.print(cell(registered["device_token"]), highlight=False, soft_wrap=True)
     console.print(
-        "write it to the device's token file (default /etc/javia/device-token, mode 0600)",
+        "write it to the device's token file (default /etc/javia/device-token, mode 0600); "
+        "the running agent re-reads that file when the server refuses its old token, "
+        "so no restart is needed",
         highlight=False,
     )
 
