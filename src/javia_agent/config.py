@@ -17,7 +17,9 @@ Layout::
     <state_dir>/heartbeat.json           last heartbeat, for `javia agent status`
     <state_dir>/downloads/<update_id>/   manifest, signature, payload(.partial)
     <state_dir>/outbox/                  status reports not yet delivered
-    <state_dir>/activity.json            the application's last activity
+    <state_dir>/activity/activity.json   the application's last activity; the
+                                         directory is root:<app group>, mode 2770
+                                         (the application writes it, nobody else)
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class AgentConfig(BaseModel):
     )
     max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
     activity_file: Path | None = Field(
-        default=None, description="default <state_dir>/activity.json"
+        default=None, description="default <state_dir>/activity/activity.json"
     )
     activity_poll_seconds: float = Field(default=15.0, gt=0)
     timezone: str = "UTC"
@@ -193,8 +195,14 @@ class AgentPaths:
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> AgentPaths:
-        """Paths for ``config``; the activity file defaults to ``<state_dir>/activity.json``."""
-        activity = config.activity_file or config.state_dir / "activity.json"
+        """Paths for ``config``; the activity file defaults to
+        ``<state_dir>/activity/activity.json``.
+
+        The activity file has a directory of its own, the only one the
+        application may write (its group, mode 2770): a writable state
+        directory would let it replace ``state.json`` or ``app.env``.
+        """
+        activity = config.activity_file or config.state_dir / "activity" / "activity.json"
         return cls(
             install_root=config.install_root, state_dir=config.state_dir, activity_file=activity
         )
@@ -344,11 +352,13 @@ def _describe(error: ValidationError) -> str:
 
 
 def write_config(config: AgentConfig, path: Path) -> None:
-    """Write ``config`` as TOML to ``path`` (atomically, mode 0644).
+    """Write ``config`` as TOML to ``path`` (atomically, mode 0600: never readable by others).
 
     Only fields that differ from the defaults, plus the identity fields, are
     written, so later defaults still apply. The device token is never part of
-    it.
+    it, but ``app_env`` (the application's environment, which may hold API
+    keys) is: the file is created 0600, never wider even briefly
+    (``javia agent register`` then opens it to the application's group, 0640).
 
     Raises:
         ConfigError: the file cannot be written.
@@ -367,7 +377,7 @@ def write_config(config: AgentConfig, path: Path) -> None:
     import tomli_w  # only ``javia agent register`` writes the file
 
     try:
-        atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o644)
+        atomic_write(Path(path), tomli_w.dumps(data).encode("utf-8"), mode=0o600)
     except OSError as error:
         raise ConfigError(f"cannot write configuration {path}: {error.strerror or error}") from None
 

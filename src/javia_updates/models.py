@@ -27,6 +27,13 @@ from pydantic import (
 )
 
 from javia_updates.errors import ScheduleError
+from javia_updates.input_rules import (
+    TIMEZONE_EXAMPLE,
+    check_display_text,
+    check_json,
+    check_text,
+    check_timezone,
+)
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -49,11 +56,11 @@ __all__ = [
     "UpdateStatus",
     "UpdateType",
     "WireVersion",
+    "TIMEZONE_EXAMPLE",
     "check_no_control_characters",
+    "load_timezone",
     "validate_timezone",
 ]
-
-TIMEZONE_EXAMPLE = "Europe/Berlin"
 
 
 class UpdateType(StrEnum):
@@ -129,48 +136,70 @@ DEVICE_REPORTABLE_STATUSES = frozenset(
 
 
 def validate_timezone(name: str) -> str:
-    """Return ``name`` if it is a known IANA timezone.
+    """Return ``name`` if it is a canonical IANA time zone name.
+
+    Accepted: the names the ``tzdata`` package lists (every zone and its
+    backward-compatible links such as ``UTC`` and ``US/Eastern``), except
+    ``Factory``; refused: ``localtime``, ``posixrules``, the ``posix/`` and
+    ``right/`` trees and any other file name (:func:`javia_updates.input_rules.check_timezone`).
+    Used for new input: registration and the agent's configuration. Names
+    stored by older versions are loaded by :func:`load_timezone`.
 
     Raises:
         ScheduleError: (a ``ValueError``) for an unknown or malformed name; the
-            message gives an example of the expected form.
+            message gives an example of the expected form (``Europe/Berlin``).
     """
-    if not isinstance(name, str) or not name or len(name) > 64:
-        raise ScheduleError(f"invalid timezone: expected an IANA name such as {TIMEZONE_EXAMPLE}")
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ScheduleError(
-            f"unknown timezone {name!r}: expected an IANA name such as {TIMEZONE_EXAMPLE}"
-        ) from None
-    return name
+        return check_timezone(name)
+    except ValueError as error:
+        raise ScheduleError(str(error)) from None
 
 
-def check_no_control_characters(value: str | None, field: str) -> str | None:
-    """Refuse C0 control characters other than tab and newline in display text.
+def load_timezone(name: str) -> ZoneInfo:
+    """The ZoneInfo of a stored device's time zone name.
+
+    Lenient on purpose: a device registered before :func:`validate_timezone`
+    refused non-canonical names (``localtime``, ``posix/...``) keeps being
+    scheduled as before rather than failing every publish that targets it.
+
+    Raises:
+        ScheduleError: (a ``ValueError``) the name cannot be loaded at all.
+    """
+    if isinstance(name, str) and 0 < len(name) <= 64:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    return ZoneInfo(validate_timezone(name))  # raises, naming an example
+
+
+def check_no_control_characters(
+    value: str | None, field: str, *, multiline: bool = True
+) -> str | None:
+    """Refuse control, separator and bidirectional formatting characters in display text.
 
     NUL, ESC, carriage return and the like break terminal tables and can
-    rewrite what an operator's terminal shows (ANSI escape sequences).
+    rewrite what an operator's terminal shows (ANSI escape sequences); bidi
+    overrides make text read differently from what it is. Refused: C0
+    (U+0000 to U+001F; with ``multiline`` tab and newline pass), DEL
+    (U+007F), C1 (U+0080 to U+009F), U+2028/U+2029, the bidi embeddings,
+    overrides, isolates and marks (U+061C, U+200E, U+200F, U+202A to U+202E,
+    U+2066 to U+2069) and lone surrogates
+    (:func:`javia_updates.input_rules.check_display_text`).
 
     Args:
         value: the text (None passes).
         field: the field's name, for the message.
+        multiline: allow tab and newline (a description); False for a name.
 
     Returns:
         ``value`` unchanged.
 
     Raises:
-        ValueError: ``value`` holds a control character U+0000 to U+001F
-            other than tab (U+0009) and newline (U+000A); the message names
-            the field and the first such character.
+        ValueError: naming the field and the first refused character.
     """
     if value is not None:
-        for character in value:
-            if ord(character) < 0x20 and character not in "\t\n":
-                raise ValueError(
-                    f"{field} contains the control character U+{ord(character):04X}: "
-                    "expected printable text (tab and newline allowed)"
-                )
+        check_display_text(value, field, multiline=multiline)
     return value
 
 
@@ -284,8 +313,6 @@ ServerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=False)]
 
 
 
-
-
 class ErrorBody(BaseModel):
     """Body of every 4xx/5xx response: ``{"detail": "what was wrong"}``."""
 
@@ -293,7 +320,14 @@ class ErrorBody(BaseModel):
 
 
 class DeviceRegisterRequest(_Model):
-    """``POST /api/v1/devices/register`` body. Every field is optional."""
+    """``POST /api/v1/devices/register`` body. Every field is optional.
+
+    ``device_name``: one line of printable text, at most 200 characters (no
+    control, separator or bidi character: :func:`check_no_control_characters`);
+    ``timezone``: a canonical IANA name (:func:`validate_timezone`);
+    ``metadata``: device JSON within :mod:`javia_updates.input_rules`' bounds
+    (depth, keys, 64 KiB). A field breaking its rule is a 422 naming it.
+    """
 
     device_uuid: uuid.UUID | None = None
     device_name: str | None = Field(default=None, max_length=200)
@@ -305,7 +339,12 @@ class DeviceRegisterRequest(_Model):
     @field_validator("device_name")
     @classmethod
     def _printable_name(cls, value: str | None) -> str | None:
-        return check_no_control_characters(value, "device_name")
+        return check_no_control_characters(value, "device_name", multiline=False)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_json(value, "metadata")
 
 
 class DeviceRegistered(BaseModel):
@@ -338,13 +377,24 @@ class DeviceOut(BaseModel):
 
 
 class HeartbeatRequest(_Model):
-    """``POST /api/v1/devices/{uuid}/heartbeat`` body."""
+    """``POST /api/v1/devices/{uuid}/heartbeat`` body.
+
+    ``current_version`` is ``vX.Y.Z``; ``metadata`` device JSON within
+    :mod:`javia_updates.input_rules`' bounds (valid Unicode without NUL,
+    depth, keys, 64 KiB). A field breaking its rule is a 422 naming it, on
+    the route and on its fast path alike (both validate with this model).
+    """
 
     current_version: str | None = Field(default=None, description="vX.Y.Z the device runs")
     status: DeviceStatus = DeviceStatus.ONLINE
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _version = field_validator("current_version")(_check_version)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_json(value, "metadata")
 
 
 class InstallDirective(BaseModel):
@@ -404,7 +454,11 @@ class UpdateCheckResponse(BaseModel):
 
 
 class StatusReport(_Model):
-    """``POST .../updates/{update_id}/status`` body sent by a device."""
+    """``POST .../updates/{update_id}/status`` body sent by a device.
+
+    ``error_message``: at most 4000 characters of valid Unicode without NUL
+    (tab, newline and other characters pass: terminals escape them when shown).
+    """
 
     status: UpdateStatus
     error_message: str | None = Field(default=None, max_length=4000)
@@ -417,6 +471,11 @@ class StatusReport(_Model):
             valid = ", ".join(sorted(s.value for s in DEVICE_REPORTABLE_STATUSES))
             raise ValueError(f"a device may report only: {valid}")
         return value
+
+    @field_validator("error_message")
+    @classmethod
+    def _storable_message(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "error_message")
 
 
 class StatusReportResult(BaseModel):

@@ -51,7 +51,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from javia_updates.errors import ScheduleError, VersionError
-from javia_updates.models import InstallDirective, UpdateType, validate_timezone
+from javia_updates.models import InstallDirective, UpdateType, load_timezone
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -120,8 +120,9 @@ def _aware(name: str, value: datetime) -> datetime:
 
 
 def _zone(timezone: str) -> ZoneInfo:
-    """The ZoneInfo for an IANA name; ScheduleError naming an example otherwise."""
-    return ZoneInfo(validate_timezone(timezone))
+    """The ZoneInfo of a device's stored IANA name (lenient for names stored before
+    registration refused non-canonical ones); ScheduleError naming an example otherwise."""
+    return load_timezone(timezone)
 
 
 def _window_time(at: time) -> time:
