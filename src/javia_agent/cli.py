@@ -290,7 +290,9 @@ def _prepare_activity(config: AgentConfig, app_group: str | None) -> int | None:
 
     The default directory ``<state_dir>/activity/`` is always prepared; a
     configured ``activity_file`` elsewhere only if its directory does not
-    exist yet (an existing directory of the operator's is left as it is).
+    exist yet and is not one of the agent's own (state directory, install
+    root, keyring, token file's directory); an existing directory of the
+    operator's is left as it is.
 
     Raises:
         ConfigError: ``--app-group`` names a group that does not exist.
@@ -317,7 +319,10 @@ def _prepare_activity(config: AgentConfig, app_group: str | None) -> int | None:
             highlight=False,
             soft_wrap=True,
         )
-    if config.activity_file is None or not directory.exists():
+    # Never open a directory of the agent's own to the application (a custom
+    # activity_file right in the state directory, say).
+    own = {config.state_dir, config.install_root, config.keyring_dir, config.token_file.parent}
+    if config.activity_file is None or not (directory.exists() or directory in own):
         prepare_activity_dir(directory, gid)
     return gid
 

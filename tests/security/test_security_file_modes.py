@@ -48,9 +48,14 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def register(server: str, root: Path, *options: str) -> subprocess.CompletedProcess[str]:
+def register(
+    server: str, root: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``javia agent register`` as a real process, every path under ``root``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")},
+        **(env or {}),
+    }
     command = [
         sys.executable, "-m", "javia_updates.cli.main", "agent", "register",
         "--server", server, "--api-key", API_KEY, "--name", "kitchen",
@@ -95,6 +100,18 @@ def test_without_the_app_group_register_warns_and_keeps_the_configuration_0600(
     assert "groupadd --system javia-app" in result.stderr
     config = tmp_path / "device" / "etc" / "agent.toml"
     assert SECRET in config.read_text() and mode(config) == 0o600
+
+
+def test_an_activity_file_in_the_state_directory_does_not_open_that_directory(
+    server: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "device" / "var"
+    result = register(
+        server, tmp_path / "device", env={"JAVIA_AGENT_ACTIVITY_FILE": str(state / "activity.json")}
+    )
+    assert result.returncode == 0, result.stderr
+    # state.json and app.env stay out of the app group's reach
+    assert not state.exists() or mode(state) & 0o022 == 0
 
 
 def test_a_missing_app_group_is_refused_before_the_server_registers_anything(
