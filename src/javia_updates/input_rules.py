@@ -167,8 +167,11 @@ def _key_path(path: str, key: str) -> str:
 def check_json(value: Any, field: str, *, max_bytes: int = MAX_METADATA_BYTES) -> Any:
     """Return ``value`` if it is JSON a device may send (see the module docstring).
 
-    Walks the value without recursion, so any nesting depth is refused
-    cleanly; then measures it as compact UTF-8 JSON.
+    It runs at every heartbeat, so the common case costs one walk over the
+    value (:func:`_quick_ok`), without encoding it. Only a value that fails
+    that walk, or whose size may be near ``max_bytes``, is looked at again:
+    walked without recursion to name the place and the rule, and encoded to
+    measure it exactly.
 
     Args:
         value: a value as :func:`json.loads` returns it.
@@ -179,6 +182,69 @@ def check_json(value: Any, field: str, *, max_bytes: int = MAX_METADATA_BYTES) -
         ValueError: naming the place inside ``field`` (``metadata.a[3]``) and
             the rule it breaks.
     """
+    bound = _quick_ok(value)
+    if bound is None:
+        _explain(value, field)  # raises for every reason _quick_ok refuses
+    if bound is None or bound > max_bytes:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        if size > max_bytes:
+            raise ValueError(f"{field} is {size} bytes as JSON: at most {max_bytes} allowed")
+    return value
+
+
+_unstorable_search = _UNSTORABLE.search
+
+
+def _quick_ok(value: Any) -> int | None:
+    """None if ``value`` breaks a rule of :func:`check_json` other than size, else an
+    upper bound of its size as compact UTF-8 JSON (6 bytes per character of text,
+    as if every one were escaped)."""
+    keys = 0
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if depth > MAX_JSON_DEPTH:
+                return None
+            keys += len(item)
+            if keys > MAX_JSON_KEYS:
+                return None
+            size += 2
+            for key, child in item.items():
+                if type(key) is not str or len(key) > MAX_JSON_KEY_CHARS:
+                    return None
+                if _unstorable_search(key) is not None:
+                    return None
+                size += 6 * len(key) + 4
+                stack.append((child, depth + 1))
+        elif kind is list:
+            if depth > MAX_JSON_DEPTH:
+                return None
+            size += 2 + len(item)
+            stack.extend((child, depth + 1) for child in item)
+        elif kind is str:
+            if _unstorable_search(item) is not None:
+                return None
+            size += 6 * len(item) + 2
+        elif kind is int:
+            if item.bit_length() > _MAX_INTEGER_BITS:
+                return None
+            size += item.bit_length() * 3 // 10 + 2
+        elif kind is float:
+            if not math.isfinite(item):
+                return None
+            size += 24
+        elif item is None or kind is bool:
+            size += 5
+        else:
+            return None  # subclasses included: _explain decides
+    return size
+
+
+def _explain(value: Any, field: str) -> None:
+    """Walk ``value`` naming paths; raise ValueError for the first rule it breaks."""
     keys = 0
     stack: list[tuple[Any, str, int]] = [(value, field, 1)]
     while stack:
@@ -225,10 +291,6 @@ def check_json(value: Any, field: str, *, max_bytes: int = MAX_METADATA_BYTES) -
                 f"{path} is a {type(item).__name__}: expected JSON (objects, lists, text, "
                 "numbers, true, false, null)"
             )
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-    if size > max_bytes:
-        raise ValueError(f"{field} is {size} bytes as JSON: at most {max_bytes} allowed")
-    return value
 
 
 def sanitize_text(value: str) -> str:
