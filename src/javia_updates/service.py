@@ -703,11 +703,23 @@ class UpdateService:
         """The device holding ``token``, or None for an unknown or malformed token.
 
         Served from the device cache when possible (see :mod:`javia_updates.backends.cache`).
+        On a database that other replicas write too (``store.exclusive`` False),
+        a cached device is confirmed with one primary-key query
+        (:meth:`~javia_updates.backends.base.Store.token_is_current`): a token
+        revoked or rotated through any replica is refused by every replica at
+        its next request.
+
+        Raises:
+            BackendError: the database cannot be read.
         """
         if not token or len(token) > 512:
             return None
         token_hash = hash_token(token)
         device = self.cache.device(token_hash)
+        if device is not None and not self.store.exclusive:
+            if not self.store.token_is_current(device.id, token_hash):
+                self.cache.forget(device.id)
+                device = None
         if device is None:
             device = self.store.find_device_by_token_hash(token_hash)
             if device is not None:
@@ -715,8 +727,13 @@ class UpdateService:
         return device
 
     def cached_device(self, token: str) -> DeviceRecord | None:
-        """The device holding ``token`` if it is in the device cache (no I/O), else None."""
-        if not token or len(token) > 512:
+        """The device holding ``token`` if it is in the device cache (no I/O), else None.
+
+        Always None when other replicas may write the database
+        (``store.exclusive`` False): a cached device must then be confirmed
+        there (:meth:`authenticate_device`), which is I/O.
+        """
+        if not token or len(token) > 512 or not self.store.exclusive:
             return None
         return self.cache.device(hash_token(token))
 

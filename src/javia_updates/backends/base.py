@@ -350,9 +350,17 @@ class Store(ABC):
         local_reads: whether reads are local and fast enough (SQLite in this
             process, a fraction of a millisecond) to run on the server's event
             loop; False sends them to a worker thread.
+        exclusive: whether this server process is the only writer of the
+            database (SQLite: one server per file, docs/backends.md), so that
+            its caches see every change as it makes it. False (PostgreSQL,
+            shared by replicas): a device found in the device cache is checked
+            against the database at every request (:meth:`token_is_current`),
+            so a token revoked or rotated on any replica is refused on every
+            replica at once.
     """
 
     local_reads: bool = False
+    exclusive: bool = False
 
     # devices ---------------------------------------------------------------
     @abstractmethod
@@ -374,6 +382,15 @@ class Store(ABC):
     @abstractmethod
     def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device whose token hashes to ``token_hash`` (SHA-256 hex), if any."""
+
+    def token_is_current(self, device_id: int, token_hash: str) -> bool:
+        """Whether device ``device_id`` still holds the token hashing to ``token_hash``.
+
+        False once the token was revoked or rotated, by any server. Stores
+        override this with a cheaper query than the default (a full lookup).
+        """
+        device = self.find_device_by_token_hash(token_hash)
+        return device is not None and device.id == device_id
 
     @abstractmethod
     def replace_device_token(

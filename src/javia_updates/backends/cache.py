@@ -12,7 +12,11 @@ reconciliation), so one server never answers from stale data. Writes made
 elsewhere — another server replica on the same PostgreSQL database, or a
 script on the database — are seen after at most ``ttl_seconds`` (the
 ``device_cache_seconds`` setting; 0 turns the device cache off); the ids
-of the published updates are checked at least every second.
+of the published updates are checked at least every second. Device tokens
+are the exception: on a database other replicas write too, the service
+confirms a cached device's token with the database at every request
+(:meth:`~javia_updates.service.UpdateService.authenticate_device`), so a
+revocation or rotation made through any replica holds at once everywhere.
 """
 
 from __future__ import annotations

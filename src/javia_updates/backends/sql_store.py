@@ -221,6 +221,7 @@ class SQLStore(Store):
         self.schema = schema if schema is not None else default_schema(engine.dialect.name)
         self.tables: Tables = build_tables(self.schema)
         self.local_reads = engine.dialect.name == "sqlite"
+        self.exclusive = engine.dialect.name == "sqlite"
         self._statements = _Statements(
             self.tables, self._device_columns(), self._device_update_select()
         )
@@ -554,6 +555,15 @@ class SQLStore(Store):
             ).one_or_none()
         return None if row is None else self._device_from_row(row)
 
+    def token_is_current(self, device_id: int, token_hash: str) -> bool:
+        """Whether the device still holds the token: one primary-key lookup, one boolean back."""
+        with self._read() as connection:
+            held = connection.execute(
+                self._hot_statements()["token_is_current"],
+                {"device_id": device_id, "token_hash": token_hash},
+            ).scalar_one_or_none()
+        return held is not None
+
     def _hot_statements(self) -> dict[str, Any]:
         """Statements of the heartbeat path, built once: building one costs more than running it."""
         statements = self._hot
@@ -562,6 +572,9 @@ class SQLStore(Store):
             statements = self._hot = {
                 "device_by_token": select(*self._device_columns()).where(
                     d.c.token_hash == bindparam("token_hash")
+                ),
+                "token_is_current": select(literal(1)).where(
+                    d.c.id == bindparam("device_id"), d.c.token_hash == bindparam("token_hash")
                 ),
                 "rows_of_device": self._device_update_select()
                 .where(du.c.device_id == bindparam("device_id"))
