@@ -165,6 +165,7 @@ def build_service(config: AgentConfig) -> AppService:
             activity_file=paths.activity_file,
             app_env=config.app_env,
             stop_timeout_seconds=config.stop_timeout_seconds,
+            checkpoint=pause_hook_from_environment(paths.state_dir),
         )
 
     def environment() -> dict[str, str]:
@@ -396,10 +397,13 @@ class Agent:
             StateError: the state file cannot be read or written.
         """
         state = self.installer.load_state()
+        metadata = self._metadata()
+        if state.attention:  # a rollback that could not complete (AgentState.attention)
+            metadata = {**metadata, "attention": state.attention}
         request = HeartbeatRequest(
             current_version=self.installer.current_release(),
             status=DeviceStatus.UPDATING if state.update is not None else DeviceStatus.ONLINE,
-            metadata=self._metadata(),
+            metadata=metadata,
         )
         response = self.client.heartbeat(request)
         self._server_time = response.server_time.astimezone(UTC)

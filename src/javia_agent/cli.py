@@ -404,7 +404,7 @@ def status(
     config_path: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show the running version, update state, last heartbeat and pending update."""
+    """Show the running version, update state, last heartbeat, pending update, and whether the device needs attention."""
     from javia_agent.agent import build_service
     from javia_agent.outbox import Outbox
     from javia_agent.state import StateStore
@@ -433,6 +433,7 @@ def status(
         "state": str(state.state),
         "update": state.update.model_dump(mode="json") if state.update else None,
         "failed_versions": state.failed_versions,
+        "attention": state.attention,
         "queued_reports": len(Outbox(paths.outbox_dir)),
         "last_heartbeat": heartbeat,
     }
@@ -459,6 +460,10 @@ def _print_status(body: dict[str, Any]) -> None:
     if update:
         state += f" ({update['version']}, update {update['update_id']})"
     table.add_row("update state", state)
+    if body.get("attention"):
+        from rich.text import Text
+
+        table.add_row("NEEDS ATTENTION", Text(body["attention"], style="bold red"))
     heartbeat = body["last_heartbeat"]
     if heartbeat:
         table.add_row(

@@ -56,7 +56,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from javia_agent._fs import atomic_write, fsync_directory
+from javia_agent._fs import atomic_write, fsync_directory, remove_interrupted_writes, remove_tree
 from javia_agent.apt import apt_install_argv, apt_lock_failure, wait_for_dpkg_lock
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
@@ -76,7 +76,7 @@ from javia_agent.errors import (
     ServerError,
     StateError,
 )
-from javia_agent.services import AppService, application_environment
+from javia_agent.services import AppService, application_environment, protect_environment_file
 from javia_agent.state import (
     PRE_SWITCH_STATES,
     RECOVERY,
@@ -243,7 +243,6 @@ class InstallResult(StrEnum):
     SERVER_FAULT = "server_fault"
 
 
-
 @dataclass(frozen=True)
 class InstallOutcome:
     """The result of :meth:`Installer.install` and friends.
@@ -276,7 +275,6 @@ class _DownloadGaveUp(DownloadError):
     """The payload never arrived whole: the update is reported failed, not marked failed."""
 
 
-
 @dataclass
 class _Run:
     """One update being driven through its steps: the latest saved state."""
@@ -287,7 +285,6 @@ class _Run:
     #: The payload matched its verified, signed manifest (set at staging): only
     #: from then on may a failure mark the version failed (DESIGN.md section 10).
     package_verified: bool = False
-
 
     @property
     def record(self) -> UpdateRecord:
@@ -486,6 +483,12 @@ class Installer:
         health check, commit, roll back or report, per
         :data:`javia_agent.state.RECOVERY`.
 
+        First, holding the install lock (the agent holds its instance lock
+        already), it deletes the temporary files of atomic writes a crash
+        interrupted (``.state.json.*.tmp``, ``.app.pid.*.tmp``,
+        ``outbox/.*.tmp``, ...; :func:`javia_agent._fs.remove_interrupted_writes`):
+        only that name pattern, only in the state and outbox directories.
+
         Returns:
             The outcome of a recovered post-switch update, else ``None``.
 
@@ -494,7 +497,22 @@ class Installer:
                 cannot be read or written.
         """
         with self._locked():
+            self._remove_interrupted_writes()
             return self._recover_locked()
+
+    def _remove_interrupted_writes(self) -> None:
+        paths = self.paths
+        remove_interrupted_writes(
+            paths.state_dir,
+            {
+                paths.state_file.name,
+                paths.pid_file.name,
+                paths.heartbeat_file.name,
+                paths.app_env_file.name,
+            },
+        )
+        remove_interrupted_writes(paths.outbox_dir)
+        protect_environment_file(paths.app_env_file)
 
     def install(self, directive: InstallDirective) -> InstallOutcome:
         """Install the update a server directive names (or resume it).
@@ -725,6 +743,14 @@ class Installer:
         if step == UpdateState.SWITCHING:
             try:
                 self._save(run, UpdateState.SWITCHING)
+            except CrashLoopError as error:
+                if run.record.state in PRE_SWITCH_STATES:
+                    # The loop breaker stopped the switch before it began: nothing
+                    # was touched, so this is a failure, not a rollback (which the
+                    # state table does not allow from a pre-switch state).
+                    return self._fail(run, str(error))
+                return self._roll_back(run, f"switching to {run.record.version}: {error}")
+            try:
                 self._switch(run)
             except (JaviaError, OSError) as error:
                 return self._roll_back(
@@ -1156,6 +1182,7 @@ class Installer:
             run.state.model_copy(
                 update={
                     "current_version": record.version,
+                    "attention": None,  # a healthy release runs and is committed again
                     "update": record.model_copy(
                         update={
                             "state": UpdateState.REPORTING,
@@ -1205,27 +1232,109 @@ class Installer:
         try:
             self._save(run, UpdateState.ROLLING_BACK, error=_clip(reason))
         except CrashLoopError as error:
-            reason = f"{reason}; {error}"
-        else:
-            previous = record.previous_version
-            try:
-                self.service.stop()
-            except JaviaError as error:
-                logger.error("stopping %s during rollback failed: %s", record.version, error)
-            if previous is not None and self._release_dir(previous).is_dir():
-                self._point_current(previous)
-                try:
-                    self.service.start()
-                except JaviaError as error:
-                    reason = f"{reason}; restarting {previous} failed too: {error}"
-                    logger.error("restarting %s after rollback failed: %s", previous, error)
-            else:
-                self._point_current(None)
-            if self.current_release() != record.version:
-                _remove_tree(self._release_dir(record.version))
-                self._prune_environments()
+            return self._end_rollback_loop(run, f"{reason}; {error}")
+        problem = self._restore_previous(record)
+        if problem is not None:
+            reason = f"{reason}; {problem}"
+        if self.current_release() != record.version:
+            _remove_tree(self._release_dir(record.version))
+            self._prune_environments()
         self._remove_download(record)
         return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
+
+    def _restore_previous(self, record: UpdateRecord) -> str | None:
+        """Stop the application, point ``current`` at the previous release (or at nothing
+        without one) and start it; return why restarting it failed, else ``None``."""
+        previous = record.previous_version
+        try:
+            self.service.stop()
+        except JaviaError as error:
+            logger.error("stopping %s during rollback failed: %s", record.version, error)
+        if previous is not None and self._release_dir(previous).is_dir():
+            self._point_current(previous)
+            try:
+                self.service.start()
+            except JaviaError as error:
+                logger.error("restarting %s after rollback failed: %s", previous, error)
+                return f"restarting {previous} failed too: {error}"
+        else:
+            self._point_current(None)
+        return None
+
+    def _end_rollback_loop(self, run: _Run, reason: str) -> InstallOutcome:
+        """The rollback kept crashing the agent until the save cap tripped: end honestly.
+
+        Reporting ``rolled_back`` while the release that failed its health
+        check still runs would be a lie, and trying the rollback again and
+        again is the loop being broken. So:
+
+        1. the worst case is saved first, durably: the update ends ``failed``
+           with the reason "rollback could not complete: ...", and the device
+           is marked for attention (:attr:`AgentState.attention`, shown by
+           ``javia agent status``, sent as ``attention`` in every heartbeat's
+           metadata, cleared when an update commits);
+        2. the rollback is then tried exactly once more (a crash here
+           restarts into the saved report, never into another attempt);
+        3. if ``current`` then points at the previous release and the
+           application runs (or, with no previous release, nothing is current
+           and nothing runs), the update ends ``rolled_back`` instead and the
+           mark is taken back. The failed release is left for the next commit's
+           pruning (removing it may be what crashed).
+        """
+        record = run.record
+        previous = record.previous_version
+        attention_before = run.state.attention
+        message = _clip(f"rollback could not complete: {reason}") or reason
+        failed = list(run.state.failed_versions)
+        if record.source == UpdateSource.SERVER and record.version not in failed:
+            failed.append(record.version)  # its signature verified; it failed its health check
+        logger.critical("update %s: %s; trying the rollback once more", record.version, message)
+        run.state = self._persist(
+            run.state.model_copy(
+                update={
+                    "failed_versions": failed,
+                    "attention": message,
+                    "update": record.model_copy(
+                        update={
+                            "state": UpdateState.REPORTING,
+                            "final_status": UpdateStatus.FAILED,
+                            "error": message,
+                        }
+                    ),
+                }
+            )
+        )
+        problem = self._restore_previous(record)
+        self._remove_download(record)
+        current = self.current_release()
+        active = self.service.is_active()
+        back = current == previous and (active if previous is not None else not active)
+        if back:
+            logger.warning("%s runs again after the crash loop's last rollback", previous or "nothing")
+            run.state = self._persist(
+                run.state.model_copy(
+                    update={
+                        "attention": attention_before,
+                        "update": run.record.model_copy(
+                            update={"final_status": UpdateStatus.ROLLED_BACK, "error": _clip(reason)}
+                        ),
+                    }
+                )
+            )
+        else:
+            running = f"{current} is current" if current else "no release is current"
+            detail = f"{running}, the application {'runs' if active else 'is not running'}"
+            message = _clip(f"{message} ({detail}{'; ' + problem if problem else ''})") or message
+            logger.critical("update %s: %s; the device needs attention", record.version, message)
+            run.state = self._persist(
+                run.state.model_copy(
+                    update={
+                        "attention": message,
+                        "update": run.record.model_copy(update={"error": message}),
+                    }
+                )
+            )
+        return self._report_final(run)
 
     def _fail(self, run: _Run, reason: str, *, blacklist: bool = True) -> InstallOutcome:
         """A pre-switch failure: the running release was never touched.
@@ -1327,6 +1436,13 @@ class Installer:
     # -- recovery and housekeeping ----------------------------------------------------
 
     def _recover_locked(self) -> InstallOutcome | None:
+        """Clean up, then run the recovery action :data:`RECOVERY` names for the saved state.
+
+        Every :class:`Recovery` action has its own handler in
+        :data:`_RECOVERY_HANDLERS` (checked when this module is imported), and
+        the action the table names is the one that runs: a new state or
+        action cannot be added without saying what recovery does with it.
+        """
         state = self.store.load()
         self._remove_debris(state)
         record = state.update
@@ -1337,27 +1453,59 @@ class Installer:
         logger.info(
             "unfinished update %s in state %s: %s", record.version, record.state, action
         )
-        if record.state in PRE_SWITCH_STATES:
-            if record.source == UpdateSource.DIRECTORY:
-                self._abandon(run, "interrupted; run javia agent install again")
-            elif action == Recovery.RESTAGE and self.current_release() != record.version:
-                _remove_tree(self._release_dir(record.version))
-            return None  # continues when the server next says to install
-        if action == Recovery.CHECK_CURRENT:
-            if self.current_release() == record.version:
-                return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
-            return self._resume_post_switch(run, UpdateState.SWITCHING)
-        if action == Recovery.RECHECK_HEALTH:
-            if self.current_release() == record.version:
-                return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
-            return self._roll_back(run, "the agent restarted during the health check")
-        if action == Recovery.COMMIT:
-            return self._commit(run)
-        if action == Recovery.ROLL_BACK:
-            return self._roll_back(run, record.error or "interrupted while rolling back")
-        if action == Recovery.REPORT:
-            return self._report_final(run)
-        raise RuntimeError(f"no recovery for state {record.state}")  # pragma: no cover
+        if record.state in PRE_SWITCH_STATES and record.source == UpdateSource.DIRECTORY:
+            # Nobody will tell the agent to go on with a package directory.
+            self._abandon(run, "interrupted; run javia agent install again")
+            return None
+        return _RECOVERY_HANDLERS[action](self, run)
+
+    def _recover_nothing(self, run: _Run) -> InstallOutcome | None:
+        return None
+
+    def _recover_download(self, run: _Run) -> InstallOutcome | None:
+        """RESUME_DOWNLOAD: the ``.partial`` payload was kept by the clean-up; resume when told."""
+        record = run.record
+        logger.info(
+            "download of %s (update %s) resumes when the server next says to install",
+            record.version,
+            record.update_id,
+        )
+        return None
+
+    def _recover_verification(self, run: _Run) -> InstallOutcome | None:
+        """REVERIFY: the payload is verified again from its first byte when next told to install."""
+        record = run.record
+        logger.info("%s is verified again when the server next says to install", record.version)
+        return None
+
+    def _recover_staging(self, run: _Run) -> InstallOutcome | None:
+        """RESTAGE: remove the half-written release; staging starts afresh when next told."""
+        record = run.record
+        if self.current_release() != record.version:
+            _remove_tree(self._release_dir(record.version))
+            self._prune_environments()
+        return None
+
+    def _recover_switch(self, run: _Run) -> InstallOutcome | None:
+        """CHECK_CURRENT: ``current`` already moved: health check; else redo the switch."""
+        if self.current_release() == run.record.version:
+            return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
+        return self._resume_post_switch(run, UpdateState.SWITCHING)
+
+    def _recover_health_check(self, run: _Run) -> InstallOutcome | None:
+        """RECHECK_HEALTH: check the new release again, or roll back if it is not current."""
+        if self.current_release() == run.record.version:
+            return self._resume_post_switch(run, UpdateState.HEALTH_CHECK)
+        return self._roll_back(run, "the agent restarted during the health check")
+
+    def _recover_commit(self, run: _Run) -> InstallOutcome | None:
+        return self._commit(run)
+
+    def _recover_rollback(self, run: _Run) -> InstallOutcome | None:
+        return self._roll_back(run, run.record.error or "interrupted while rolling back")
+
+    def _recover_report(self, run: _Run) -> InstallOutcome | None:
+        return self._report_final(run)
 
     def _resume_post_switch(self, run: _Run, step: UpdateState) -> InstallOutcome:
         if step == UpdateState.HEALTH_CHECK:
@@ -1423,11 +1571,32 @@ class Installer:
         self._prune_environments()
 
 
+#: The handler of each recovery action (see :meth:`Installer._recover_locked`).
+_RECOVERY_HANDLERS: Mapping[Recovery, Callable[[Installer, _Run], InstallOutcome | None]] = {
+    Recovery.NOTHING: Installer._recover_nothing,
+    Recovery.RESUME_DOWNLOAD: Installer._recover_download,
+    Recovery.REVERIFY: Installer._recover_verification,
+    Recovery.RESTAGE: Installer._recover_staging,
+    Recovery.CHECK_CURRENT: Installer._recover_switch,
+    Recovery.RECHECK_HEALTH: Installer._recover_health_check,
+    Recovery.COMMIT: Installer._recover_commit,
+    Recovery.ROLL_BACK: Installer._recover_rollback,
+    Recovery.REPORT: Installer._recover_report,
+}
+if set(_RECOVERY_HANDLERS) != set(Recovery):  # pragma: no cover - caught by any import
+    raise RuntimeError("every recovery action needs a handler in _RECOVERY_HANDLERS")
+
+
 def _remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove an agent-owned file or tree of any depth (:func:`javia_agent._fs.remove_tree`).
+
+    Never raises: what cannot be removed is logged and tried again by the
+    next start-up clean-up, so debris can never stop the agent.
+    """
+    try:
+        remove_tree(path)
+    except OSError as error:
+        logger.error("cannot remove %s: %s", path, error.strerror or error)
 
 
 def _clip(text: str | None) -> str | None:

@@ -5,10 +5,17 @@
   restarting the application cannot kill the install that restarts it. The
   unit should use ``WorkingDirectory=<install_root>/current`` and may read
   ``EnvironmentFile=-<state_dir>/app.env``, which the agent writes before each
-  start.
+  start, mode 0600 (``app_env`` values may be secrets; systemd reads the file
+  as root).
 - :class:`CommandService` is for machines without systemd (the demo, tests):
   it spawns ``start_command`` in a new session, so the application survives a
-  restart of the agent, and remembers it in a pid file.
+  restart of the agent, and remembers it in a pid file. The pid is recorded
+  *before* the application can run: the child waits at a gate (``/bin/sh``
+  reading one line from a pipe) until the pid file is on disk, then execs
+  the command under the same pid; if the agent dies first, the pipe closes
+  and the child exits without running it. So a restarted agent finds the
+  application through the pid file or knows it never ran: it runs exactly
+  once whatever the moment of a crash.
 
 The application's environment gets the configured ``app_env`` plus
 ``JAVIA_RELEASE_DIR`` (the resolved release directory) and
@@ -23,7 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +49,7 @@ __all__ = [
     "CommandService",
     "SystemdService",
     "application_environment",
+    "protect_environment_file",
     "write_environment_file",
 ]
 
@@ -47,6 +57,16 @@ logger = logging.getLogger(__name__)
 
 RELEASE_DIR_ENV = "JAVIA_RELEASE_DIR"
 ACTIVITY_FILE_ENV = "JAVIA_ACTIVITY_FILE"
+#: Mode of ``app.env``: its ``app_env`` values may be secrets (API keys).
+ENVIRONMENT_FILE_MODE = 0o600
+
+# The gate every command-mode application starts behind: wait for the agent's
+# "go" (sent once the pid file is on disk), then become the application (same
+# pid, stdin from /dev/null). End of file — the agent died first — or anything
+# else: exit without running it.
+_GATE_SHELL = "/bin/sh"
+_GATE_SCRIPT = 'IFS= read -r go || exit 125; [ "$go" = go ] || exit 125; exec "$@" </dev/null'
+_GATE_NAME = "javia-app-gate"
 
 # Popen objects of applications this process started, so they are reaped (no
 # zombies) and not garbage-collected while running.
@@ -99,7 +119,10 @@ def application_environment(
 
 
 def write_environment_file(path: Path, env: Mapping[str, str]) -> None:
-    """Write ``env`` in systemd ``EnvironmentFile=`` syntax (double-quoted values).
+    """Write ``env`` in systemd ``EnvironmentFile=`` syntax (double-quoted values), mode 0600.
+
+    The values come from ``app_env`` and may be secrets: the file is readable
+    by root only (:data:`ENVIRONMENT_FILE_MODE`; systemd reads it as root).
 
     Raises:
         ServiceError: a name is not a valid variable name or a value holds a
@@ -114,9 +137,29 @@ def write_environment_file(path: Path, env: Mapping[str, str]) -> None:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'{name}="{escaped}"\n')
     try:
-        atomic_write(path, "".join(lines).encode("utf-8"), mode=0o644)
+        atomic_write(path, "".join(lines).encode("utf-8"), mode=ENVIRONMENT_FILE_MODE)
     except OSError as error:
         raise ServiceError(f"cannot write environment file {path}: {error.strerror}") from None
+
+
+def protect_environment_file(path: Path) -> None:
+    """Give an existing ``app.env`` mode 0600 (one written 0644 by an older agent).
+
+    Links and non-regular files are left alone; errors are logged, not raised.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != ENVIRONMENT_FILE_MODE:
+            os.fchmod(descriptor, ENVIRONMENT_FILE_MODE)
+            logger.info("%s is now mode %o", path, ENVIRONMENT_FILE_MODE)
+    except OSError as error:
+        logger.warning("cannot restrict %s to mode %o: %s", path, ENVIRONMENT_FILE_MODE, error)
+    finally:
+        os.close(descriptor)
 
 
 class SystemdService:
@@ -184,6 +227,24 @@ class SystemdService:
             return False
 
 
+def _no_checkpoint(point: str) -> None:
+    return None
+
+
+def _check_executable(command: str, cwd: Path, search_path: str) -> None:
+    """Raise ServiceError unless ``command`` names an executable file, as ``execvp`` finds it."""
+    if "/" in command:
+        candidate = Path(command) if os.path.isabs(command) else cwd / command
+        found = candidate.is_file() and os.access(candidate, os.X_OK)
+    else:
+        found = shutil.which(command, path=search_path) is not None
+    if not found:
+        raise ServiceError(
+            f"cannot start {command!r} in {cwd}: not found or not executable "
+            "(check start_command)"
+        )
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks since boot) from /proc, or None."""
     try:
@@ -233,6 +294,11 @@ class CommandService:
         stop_timeout_seconds: how long to wait after SIGTERM before SIGKILL.
         poll_seconds: the longest wait between looks whether it has exited
             while stopping (the first looks come sooner).
+        checkpoint: called with ``service.spawned`` once the child exists
+            (waiting at its gate) and before its pid is recorded, and with
+            ``service.recorded`` once the pid file is on disk and before the
+            child is let go: the crash tests' pause hook
+            (:func:`javia_agent.installer.pause_hook_from_environment`).
     """
 
     def __init__(
@@ -246,8 +312,10 @@ class CommandService:
         app_env: Mapping[str, str] | None = None,
         stop_timeout_seconds: float = 10.0,
         poll_seconds: float = 0.05,
+        checkpoint: Callable[[str], None] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.checkpoint = checkpoint or _no_checkpoint
         self.current_link = Path(current_link)
         self.pid_file = Path(pid_file)
         self.log_file = Path(log_file)
@@ -296,9 +364,14 @@ class CommandService:
     def start(self) -> None:
         """Spawn the start command in a new session, unless it already runs.
 
+        The child is recorded before it runs (see the module docstring): it
+        is spawned behind a gate, its pid and start time are written to the
+        pid file (durably), and only then is it told to exec the command.
+
         Raises:
             ServiceError: no start command is configured, ``current`` does not
-                point to a release, or the command cannot be executed.
+                point to a release, the command is not found or not
+                executable, or it cannot be spawned.
         """
         if self.is_active():
             return
@@ -312,31 +385,51 @@ class CommandService:
             ) from None
         env = os.environ.copy()
         env.update(application_environment(release, self.activity_file, self.app_env))
+        _check_executable(self.argv[0], release, env.get("PATH", os.defpath))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        gate, go = os.pipe()  # both ends close-on-exec; the child gets ``gate`` as stdin
         try:
             with open(self.log_file, "ab") as log:
                 child = subprocess.Popen(
-                    self.argv,
+                    [_GATE_SHELL, "-c", _GATE_SCRIPT, _GATE_NAME, *self.argv],
                     cwd=release,
                     env=env,
-                    stdin=subprocess.DEVNULL,
+                    stdin=gate,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
                 )
         except OSError as error:
+            os.close(go)
             raise ServiceError(
                 f"cannot start {self.argv[0]!r} in {release}: {error.strerror}"
             ) from None
+        finally:
+            os.close(gate)
         _CHILDREN[child.pid] = child
-        stat = _proc_stat(child.pid)
-        record = {
-            "pid": child.pid,
-            "start_ticks": stat[1] if stat else None,
-            "release": str(release),
-        }
-        atomic_write(self.pid_file, json.dumps(record).encode("utf-8"), mode=0o644)
+        try:
+            self.checkpoint("service.spawned")
+            started = _proc_stat(child.pid)
+            record = {
+                "pid": child.pid,
+                "start_ticks": started[1] if started else None,
+                "release": str(release),
+            }
+            try:
+                atomic_write(self.pid_file, json.dumps(record).encode("utf-8"), mode=0o644)
+            except OSError as error:
+                raise ServiceError(
+                    f"cannot record the application's pid in {self.pid_file}: {error.strerror}; "
+                    "not starting it"
+                ) from None
+            self.checkpoint("service.recorded")
+            try:
+                os.write(go, b"go\n")
+            except BrokenPipeError:
+                logger.error("application pid %d exited before it was started", child.pid)
+        finally:
+            os.close(go)  # without "go" first, the child exits instead of running the command
         logger.info("started application pid %d in %s", child.pid, release)
 
     def _signal(self, pid: int, signum: int) -> None:
