@@ -206,6 +206,13 @@ def register(
                 f"--uuid {device_uuid[:80]!r} is not a UUID: expected e.g. "
                 "123e4567-e89b-12d3-a456-426614174000"
             ) from None
+    if timezone is not None:
+        from javia_updates.models import validate_timezone
+
+        try:
+            validate_timezone(timezone)  # new input: canonical IANA names only
+        except ValueError as error:
+            raise ConfigError(f"--timezone: {error}") from None
     overrides: dict[str, Any] = {"server_url": server}
     for key, value in {
         "device_name": name,

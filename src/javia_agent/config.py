@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
-from javia_updates.models import validate_timezone
+from javia_updates.models import load_timezone
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -142,7 +142,14 @@ class AgentConfig(BaseModel):
     activity_poll_seconds: float = Field(default=15.0, gt=0)
     timezone: str = "UTC"
 
-    _tz = field_validator("timezone")(validate_timezone)
+    @field_validator("timezone")
+    @classmethod
+    def _loadable_timezone(cls, value: str) -> str:
+        # Lenient on load: a configuration written before registration refused
+        # non-canonical names (``localtime``) must not stop an upgraded agent.
+        # ``javia agent register`` checks new names strictly (validate_timezone).
+        load_timezone(value)
+        return value
 
     @field_validator("start_command", "health_command", "setup_command", "apt_command", "pip_args")
     @classmethod

@@ -107,3 +107,15 @@ def test_agent_register_gives_the_same_timezone_error(tmp_path: Path):
     assert result.exit_code != 0
     assert "Europe/Berlin" in result.output and "timezone" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_agent_configuration_written_before_the_rule_still_loads(tmp_path: Path):
+    """An upgraded device keeps running: the strict rule is for new names only."""
+    from javia_agent.config import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text('timezone = "localtime"\n', encoding="utf-8")
+    assert load_config(path).timezone == "localtime"
+    path.write_text('timezone = "Not/AZone"\n', encoding="utf-8")
+    with pytest.raises(Exception, match="Europe/Berlin"):
+        load_config(path)
