@@ -309,7 +309,7 @@ class Agent:
         def report(update_id: int, status: UpdateStatus, message: str | None) -> None:
             outbox.enqueue(
                 update_id,
-                StatusReport(status=status, error_message=message, reported_at=clock.wall()),
+                StatusReport.from_device(status, message, clock.wall()),
             )
             outbox.flush(client.report_status)
 
@@ -575,11 +575,7 @@ class Agent:
         try:
             self.outbox.enqueue(
                 directive.update_id,
-                StatusReport(
-                    status=UpdateStatus.DOWNLOADING,
-                    error_message=message[:4000],
-                    reported_at=self.clock.wall(),
-                ),
+                StatusReport.from_device(UpdateStatus.DOWNLOADING, message, self.clock.wall()),
             )
         except (OSError, JaviaError) as error:
             logger.error("could not queue the report of the server fault: %s", error)

@@ -453,6 +453,11 @@ class UpdateCheckResponse(BaseModel):
     update: InstallDirective | None = None
 
 
+#: Longest ``error_message`` of a status report, in characters.
+MAX_ERROR_MESSAGE_CHARS = 4000
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
 class StatusReport(_Model):
     """``POST .../updates/{update_id}/status`` body sent by a device.
 
@@ -461,7 +466,7 @@ class StatusReport(_Model):
     """
 
     status: UpdateStatus
-    error_message: str | None = Field(default=None, max_length=4000)
+    error_message: str | None = Field(default=None, max_length=MAX_ERROR_MESSAGE_CHARS)
     reported_at: datetime | None = Field(default=None, description="device clock, informative")
 
     @field_validator("status")
@@ -476,6 +481,27 @@ class StatusReport(_Model):
     @classmethod
     def _storable_message(cls, value: str | None) -> str | None:
         return None if value is None else check_text(value, "error_message")
+
+    @classmethod
+    def from_device(
+        cls, status: UpdateStatus, message: str | None, reported_at: datetime | None = None
+    ) -> StatusReport:
+        """The report a device sends, with ``message`` made storable instead of refused.
+
+        A failure reason may quote anything (an application's output, a file
+        name from a package): NUL and lone surrogates become U+FFFD, and a
+        message over :data:`MAX_ERROR_MESSAGE_CHARS` keeps its first 1,000 and
+        its last characters around a ``[...]`` marker (the end of an output is
+        usually where the error is). The server refuses such a report with
+        422 (:func:`javia_updates.input_rules.check_text`), which would lose it.
+        """
+        if message is not None:
+            message = _UNSTORABLE_CHARACTERS.sub("\ufffd", message)
+            if len(message) > MAX_ERROR_MESSAGE_CHARS:
+                marker = "\n[...]\n"
+                tail = MAX_ERROR_MESSAGE_CHARS - 1000 - len(marker)
+                message = message[:1000] + marker + message[-tail:]
+        return cls(status=status, error_message=message, reported_at=reported_at)
 
 
 class StatusReportResult(BaseModel):

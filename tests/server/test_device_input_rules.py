@@ -119,3 +119,17 @@ def test_an_agent_configuration_written_before_the_rule_still_loads(tmp_path: Pa
     path.write_text('timezone = "Not/AZone"\n', encoding="utf-8")
     with pytest.raises(Exception, match="Europe/Berlin"):
         load_config(path)
+
+
+@given(st.text(st.characters(exclude_categories=()), max_size=9000))
+def test_a_devices_failure_reason_is_always_a_report_the_server_accepts(reason: str):
+    """Whatever an application printed, the agent's report is storable (not lost to a 422)."""
+    from javia_updates.models import MAX_ERROR_MESSAGE_CHARS, StatusReport, UpdateStatus
+
+    report = StatusReport.from_device(UpdateStatus.FAILED, "start: " + reason + "END")
+    sent = report.model_dump_json()
+    received = StatusReport.model_validate_json(sent)  # what the server parses
+    assert received.error_message is not None
+    assert len(received.error_message) <= MAX_ERROR_MESSAGE_CHARS
+    assert received.error_message.startswith("start: ")
+    assert received.error_message.endswith("END")
