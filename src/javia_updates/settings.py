@@ -89,7 +89,9 @@ class ServerSettings(EnvOverTomlSettings):
             its token) and its update rows in memory, in seconds. Changes made
             through this server process take effect at once; changes made
             elsewhere (another replica, a script on the database) after at most
-            this long. 0 turns this cache off. (The list of published updates
+            this long, except a revoked or rotated token, which every replica
+            refuses at once (on PostgreSQL each device request confirms its
+            token in the database). 0 turns this cache off. (The list of published updates
             is checked at least every second either way.)
         trusted_keys_dir: if set, a keyring directory of ``*.pub`` files; publish
             then verifies the signature on the server too and refuses (400) a
