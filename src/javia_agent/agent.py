@@ -43,7 +43,14 @@ from javia_agent.activity import IdleTracker
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
-from javia_agent.errors import AgentError, ConfigError, DownloadTooLargeError
+from javia_agent.errors import (
+    AgentError,
+    ConfigError,
+    DownloadCancelledError,
+    DownloadTooLargeError,
+    NetworkError,
+    ServerError,
+)
 from javia_agent.installer import (
     Installer,
     InstallOutcome,
@@ -65,7 +72,13 @@ from javia_updates.models import (
     UpdateStatus,
     UpdateType,
 )
-from javia_updates.scheduling import InstallDecision, bound_by_signed_type, decide_install
+from javia_updates.scheduling import (
+    InstallDecision,
+    bound_by_signed_type,
+    check_urgency_evidence,
+    decide_install,
+    most_urgent,
+)
 from javia_updates.versioning import Version
 
 __all__ = ["Agent", "CycleResult", "agent_version", "build_service", "device_metadata"]
@@ -196,6 +209,22 @@ class CycleResult:
     sleep_seconds: float
 
 
+def _no_answer_yet(error: AgentError) -> bool:
+    """Whether a failed fetch had no definite answer (worth asking again later).
+
+    A connection failure, a stop, or an HTTP 5xx/408/429; a 4xx such as 404
+    or an oversized body is an answer.
+    """
+    if isinstance(error, (NetworkError, DownloadCancelledError)):
+        return True
+    if isinstance(error, ServerError):
+        return error.status_code is None or error.status_code >= 500 or error.status_code in (
+            408,
+            429,
+        )
+    return False
+
+
 class Agent:
     """The device agent. Collaborators are injected; see :meth:`from_config`.
 
@@ -250,6 +279,9 @@ class Agent:
         self._signed: tuple[tuple[int, str], UpdateType] | None = None
         # The last directive bounded by its signed type (keeps the device's own plan).
         self._bounded: InstallDirective | None = None
+        # The verdict on the last urgency evidence (a superseded update named by
+        # the server): its key -> the signed type it proves, or None (refused).
+        self._evidence: tuple[tuple[object, ...], UpdateType | None] | None = None
         # Server faults in a row for one update, and the monotonic time to retry it.
         self._fault: tuple[int, str] | None = None
         self._fault_count = 0
@@ -514,15 +546,18 @@ class Agent:
         return decision, outcome, sleep, delivered
 
     def _within_signed_type(self, directive: InstallDirective, now: datetime) -> InstallDirective:
-        """``directive`` bounded by its package's signed type (the server may not make it more urgent).
+        """``directive``, installed no sooner than a signature proves the operator wanted.
 
         A scheduled offer needs no check (nothing is less urgent). For an
         urgent or instant offer the manifest and signature are fetched and
-        verified first (once per update), then
-        :func:`javia_updates.scheduling.bound_by_signed_type` decides.
+        verified first (once per update). If the offer is more urgent than
+        that signed type, it stands only if the superseded update the server
+        names in ``urgency_from`` proves it (:meth:`_proven_urgency`, DESIGN.md
+        section 4); then :func:`javia_updates.scheduling.bound_by_signed_type`
+        decides.
 
         Raises:
-            AgentError: fetching the metadata failed.
+            AgentError: fetching the offered package's metadata failed.
             JaviaError: it did not verify (SignatureError, ManifestError, PackageError).
         """
         if directive.update_type is UpdateType.SCHEDULED:
@@ -531,25 +566,113 @@ class Agent:
         if self._signed is None or self._signed[0] != key:
             self._signed = (key, self.installer.signed_update_type(directive))
             self._bounded = None
+        signed = self._signed[1]
+        proven: UpdateType | None = None
+        why = "the server names no superseded update that was signed so"
+        if most_urgent((directive.update_type, signed)) is not signed:
+            proven, why = self._proven_urgency(directive)
         bounded = bound_by_signed_type(
             directive,
-            self._signed[1],
+            signed,
             now=now,
             timezone=self.config.timezone,
             device_uuid=self.config.device_uuid or "",
             previous=self._bounded,
+            proven_type=proven,
         )
         if bounded is not directive:
             if self._bounded is None:
                 logger.warning(
-                    "update %s is signed %s but offered as %s: installing it no sooner "
-                    "than its signed type allows",
+                    "update %s is signed %s but offered as %s and %s: installing it no "
+                    "sooner than its signed type allows",
                     directive.version,
                     bounded.update_type,
                     directive.update_type,
+                    why,
                 )
             self._bounded = bounded
         return bounded
+
+    def _proven_urgency(self, directive: InstallDirective) -> tuple[UpdateType | None, str]:
+        """The signed type of the superseded update that ``directive.urgency_from`` names.
+
+        Its manifest and signature are fetched and verified with the device's
+        keyring by the same code as a package's own
+        (:func:`javia_agent.verification.verify_metadata`), then
+        :func:`javia_updates.scheduling.check_urgency_evidence` checks that its
+        signed version lies between the running and the offered one and that
+        it was signed at least as urgent as the offer. The verdict is kept for
+        that evidence (one fetch, not one per heartbeat); a fetch that failed
+        for lack of an answer is tried again at the next heartbeat.
+
+        Returns:
+            (the proven type, "") or (None, why the timing is not proven).
+        """
+        evidence = directive.urgency_from
+        if evidence is None:
+            return None, "the server names no superseded update that was signed so"
+        running = self.installer.running_version()
+        key: tuple[object, ...] = (
+            directive.update_id,
+            str(directive.version),
+            str(directive.update_type),
+            str(running),
+            evidence.update_id,
+            str(evidence.version),
+            evidence.manifest_url,
+            evidence.signature_url,
+        )
+        if self._evidence is not None and self._evidence[0] == key:
+            proven = self._evidence[1]
+            return proven, "" if proven is not None else (
+                f"the superseded {evidence.version} it names does not prove it"
+            )
+        # Imported here: verification loads cryptography, which an idle agent never needs.
+        from javia_agent import verification
+
+        named = f"the superseded {evidence.version} (update {evidence.update_id}) it names"
+        try:
+            manifest_bytes = self.client.download_manifest(
+                evidence.manifest_url, should_stop=self.installer.should_stop
+            )
+            signature_bytes = self.client.download_signature(
+                evidence.signature_url, should_stop=self.installer.should_stop
+            )
+            verified = verification.verify_metadata(
+                manifest_bytes, signature_bytes, self.installer.keyring(), current_version=None
+            )
+        except AgentError as error:
+            if _no_answer_yet(error):
+                # Not a verdict (network, 5xx, 408/429, a stop): asked again next heartbeat.
+                return None, f"{named} could not be fetched yet ({error})"
+            reason: str | None = f"{named} could not be fetched ({error})"
+        except JaviaError as error:
+            reason = f"{named} did not verify ({error})"
+        else:
+            reason = check_urgency_evidence(
+                directive.update_type,
+                offered=directive.version,
+                running=running,
+                evidence=evidence,
+                signed_version=verified.manifest.parsed_version,
+                signed_type=verified.manifest.update_type,
+            )
+            if reason is not None:
+                reason = f"{named} does not prove it: {reason}"
+        if reason is None:
+            proven = verified.manifest.update_type
+            logger.info(
+                "update %s is offered as %s: proven by the signed %s of the superseded %s "
+                "(DESIGN.md section 4)",
+                directive.version,
+                directive.update_type,
+                proven,
+                evidence.version,
+            )
+            self._evidence = (key, proven)
+            return proven, ""
+        self._evidence = (key, None)
+        return None, reason
 
     def _note_fault(self, key: tuple[int, str]) -> None:
         """Count a server fault for ``key`` and set when to try that update again."""

@@ -55,6 +55,7 @@ __all__ = [
     "UpdateOut",
     "UpdateStatus",
     "UpdateType",
+    "UrgencyEvidence",
     "WireVersion",
     "TIMEZONE_EXAMPLE",
     "check_no_control_characters",
@@ -397,6 +398,27 @@ class HeartbeatRequest(_Model):
         return check_json(value, "metadata")
 
 
+class UrgencyEvidence(BaseModel):
+    """The superseded update whose signed type makes an offer more urgent than its own.
+
+    Supersession (DESIGN.md section 4): a device installs the highest pending
+    version with the most urgent timing among the rows it supersedes. When a
+    directive's ``update_type`` is more urgent than the signed type of the
+    package it offers, the server names here the superseded update that was
+    signed that urgent, so the device can verify the claim with its keyring
+    (see :func:`javia_updates.scheduling.check_urgency_evidence`).
+
+    Validated like the directive itself: ``update_id`` 1 to :data:`MAX_ID`,
+    ``version`` a :class:`Version` (``vX.Y.Z`` on the wire), URLs plain
+    paths on the configured server (:func:`check_api_path`).
+    """
+
+    update_id: ServerId
+    version: WireVersion
+    manifest_url: ApiPath
+    signature_url: ApiPath
+
+
 class InstallDirective(BaseModel):
     """What the server tells a device about its pending update.
 
@@ -412,6 +434,10 @@ class InstallDirective(BaseModel):
     times aware and in range; ``idle_seconds_required`` 0 to
     :data:`MAX_IDLE_SECONDS`; ``size`` 0 to :data:`MAX_DIRECTIVE_SIZE` bytes;
     URLs plain paths on the configured server (:func:`check_api_path`).
+    ``urgency_from`` is present only when ``update_type`` is more urgent than
+    the offered package's signed type because a superseded update was
+    (:class:`UrgencyEvidence`); the device follows such a timing only if that
+    update's signed manifest proves it.
     Unknown extra fields are ignored (a newer server may add some).
     """
 
@@ -426,6 +452,7 @@ class InstallDirective(BaseModel):
     manifest_url: ApiPath
     signature_url: ApiPath
     download_url: ApiPath
+    urgency_from: UrgencyEvidence | None = None
 
 
 class HeartbeatResponse(BaseModel):

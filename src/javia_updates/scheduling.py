@@ -51,7 +51,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from javia_updates.errors import ScheduleError, VersionError
-from javia_updates.models import InstallDirective, UpdateType, load_timezone
+from javia_updates.models import InstallDirective, UpdateType, UrgencyEvidence, load_timezone
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "current_install_plan",
     "current_window",
     "bound_by_signed_type",
+    "check_urgency_evidence",
     "decide_install",
     "describe_duration",
     "install_times",
@@ -821,6 +822,59 @@ def decide_install(
     )
 
 
+def check_urgency_evidence(
+    claimed: UpdateType,
+    *,
+    offered: Version,
+    running: Version | None,
+    evidence: UrgencyEvidence,
+    signed_version: Version,
+    signed_type: UpdateType,
+) -> str | None:
+    """Why a superseded update does not prove an offer's timing, or None if it does.
+
+    Supersession (DESIGN.md section 4): a device installs the highest pending
+    version with the most urgent timing among the rows it supersedes, since
+    packages are cumulative. The server names the superseded update in the
+    directive's ``urgency_from``; the device verifies that update's manifest
+    and signature with its keyring (the signature check is the caller's), and
+    passes here what the signed manifest says. The evidence proves
+    ``claimed`` only if all hold:
+
+    * the signed manifest is for the version the server named (``evidence.version``);
+    * that version is newer than ``running`` (the device has not installed it:
+      a fix it already runs needs no hurry) and older than ``offered`` (the
+      offered package supersedes it);
+    * its signed type is at least as urgent as ``claimed`` (instant > urgent >
+      scheduled).
+
+    Args:
+        claimed: the directive's ``update_type``.
+        offered: the version of the package the directive offers.
+        running: the version the device runs, or None if none.
+        evidence: the server's ``urgency_from``.
+        signed_version: the version in the evidence's verified manifest.
+        signed_type: the ``update_type`` in the evidence's verified manifest.
+
+    Returns:
+        None when the evidence proves ``claimed``; otherwise the reason, for the log.
+    """
+    claimed_type = _update_type(claimed)
+    evidence_type = _update_type(signed_type)
+    if signed_version != evidence.version:
+        return (
+            f"its signed manifest is for {signed_version}, not the {evidence.version} "
+            "the server named"
+        )
+    if running is not None and signed_version <= running:
+        return f"{signed_version} is not newer than the running {running}"
+    if signed_version >= offered:
+        return f"{signed_version} is not older than the offered {offered}"
+    if _URGENCY[evidence_type] < _URGENCY[claimed_type]:
+        return f"{signed_version} is signed {evidence_type}, less urgent than {claimed_type}"
+    return None
+
+
 def bound_by_signed_type(
     directive: InstallDirective,
     signed_type: UpdateType,
@@ -829,26 +883,27 @@ def bound_by_signed_type(
     timezone: str,
     device_uuid: uuid.UUID | str,
     previous: InstallDirective | None = None,
+    proven_type: UpdateType | None = None,
 ) -> InstallDirective:
-    """The directive the agent may act on: never more urgent than the signed type.
+    """The directive the agent may act on: never sooner than a signature proves.
 
     The update type is signed in the manifest (DESIGN.md section 3): a server
-    may make an install *later* than the signed type says, never *more
-    urgent* (instant > urgent > scheduled). When the server's ``update_type``
-    is not more urgent than ``signed_type``, ``directive`` is returned as it
-    is. Otherwise its timing fields belong to a type the operator did not sign
-    and are not used: the device plans the signed type itself, with
-    :func:`plan_install` in its own ``timezone`` and the defaults of DESIGN.md
-    section 4 (window at 02:00 local, 3 h long, urgent after 1 h idle), and
-    keeps that plan while its window is open (:func:`current_install_plan`
-    given ``previous``, the directive this function returned last time for the
-    same update).
+    may make an install *later* than signed, never *more urgent* (instant >
+    urgent > scheduled) than a signature proves the operator wanted. Two
+    signatures can prove a timing: the offered package's own (``signed_type``)
+    and, after supersession (DESIGN.md section 4: the highest pending version
+    installs with the most urgent timing among the rows it supersedes), the
+    signed type of a superseded update the device has verified
+    (``proven_type``: only after :func:`check_urgency_evidence` accepted it).
 
-    The rule compares with the signed type of the package being installed
-    only. A server that supersedes an older, more urgent row may offer the
-    newer package with the older row's type (DESIGN.md section 4); the device
-    cannot verify the older row's signature, so it installs the newer package
-    no sooner than that package's own signed type allows.
+    When the server's ``update_type`` is not more urgent than the more urgent
+    of the two, ``directive`` is returned as it is. Otherwise its timing
+    fields belong to a type no signature supports and are not used: the
+    device plans ``signed_type`` itself, with :func:`plan_install` in its own
+    ``timezone`` and the defaults of DESIGN.md section 4 (window at 02:00
+    local, 3 h long, urgent after 1 h idle), and keeps that plan while its
+    window is open (:func:`current_install_plan` given ``previous``, the
+    directive this function returned last time for the same update).
 
     Args:
         directive: the server's directive (already validated).
@@ -857,6 +912,8 @@ def bound_by_signed_type(
         timezone: the device's IANA timezone (agent configuration).
         device_uuid: the device's uuid (its slot within the window).
         previous: the bounded directive from an earlier call for this update.
+        proven_type: ``update_type`` of a verified superseded update that
+            :func:`check_urgency_evidence` accepted, or None.
 
     Returns:
         ``directive``, or a copy with ``update_type=signed_type`` and the
@@ -867,7 +924,8 @@ def bound_by_signed_type(
     """
     offered = _update_type(directive.update_type)
     signed = _update_type(signed_type)
-    if _URGENCY[offered] <= _URGENCY[signed]:
+    allowed = signed if proven_type is None else most_urgent((signed, proven_type))
+    if _URGENCY[offered] <= _URGENCY[allowed]:
         return directive
     same = (
         previous is not None
@@ -892,6 +950,7 @@ def bound_by_signed_type(
             "install_at": plan.install_at,
             "window_end": plan.window_end,
             "idle_seconds_required": plan.idle_seconds_required,
+            "urgency_from": None,
         }
     )
 

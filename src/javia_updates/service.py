@@ -113,6 +113,7 @@ from javia_updates.models import (
     UpdateOut,
     UpdateStatus,
     UpdateType,
+    UrgencyEvidence,
     check_no_control_characters,
 )
 from javia_updates import input_rules
@@ -474,8 +475,23 @@ class UpdateService:
             updated_at=row.updated_at,
         )
 
-    def _directive(self, row: DeviceUpdateRecord) -> InstallDirective:
+    def _directive(
+        self,
+        row: DeviceUpdateRecord,
+        rows: Sequence[DeviceUpdateRecord] = (),
+        running: Version | None = None,
+    ) -> InstallDirective:
+        """The directive for ``row``; ``rows`` (the device's) supply ``urgency_from``.
+
+        When the row's timing (``install_type``) is more urgent than its
+        update's signed type, it was inherited by supersession (DESIGN.md
+        section 4) and the device follows it only with a signature to prove it:
+        ``urgency_from`` names the superseded update (:meth:`_urgency_evidence`).
+        """
         base = f"{API_PREFIX}/updates/{row.update_id}"
+        evidence = None
+        if scheduling.most_urgent((row.install_type, row.update_type)) is not row.update_type:
+            evidence = self._urgency_evidence(row, rows, running)
         return InstallDirective(
             update_id=row.update_id,
             version=row.version,
@@ -490,6 +506,48 @@ class UpdateService:
             manifest_url=f"{base}/manifest",
             signature_url=f"{base}/signature",
             download_url=f"{base}/download",
+            urgency_from=evidence,
+        )
+
+    @staticmethod
+    def _urgency_evidence(
+        row: DeviceUpdateRecord, rows: Sequence[DeviceUpdateRecord], running: Version | None
+    ) -> UrgencyEvidence | None:
+        """The superseded update that proves ``row``'s inherited timing, if the device has one.
+
+        Among the device's other pending or superseded rows whose version lies
+        strictly between ``running`` and ``row``'s, one whose update was
+        *signed* at least as urgent as ``row.install_type``: the most urgent
+        signed type, then the newest version. Inherited timings come from
+        signed types only (publish and reconciliation plan rows with their
+        update's type; supersession takes the most urgent of those), so an
+        honest server always finds one while the device still runs a version
+        older than it. The device is allowed to fetch its manifest and
+        signature (it has a row for that update); None when there is none.
+        """
+        version = Version.parse(row.version)
+        candidates = [
+            other
+            for other in rows
+            if other.update_id != row.update_id
+            and other.status in (UpdateStatus.PENDING, UpdateStatus.SUPERSEDED)
+            and scheduling.most_urgent((other.update_type, row.install_type))
+            is other.update_type
+            and (running is None or Version.parse(other.version) > running)
+            and Version.parse(other.version) < version
+        ]
+        if not candidates:
+            return None
+        rank = {UpdateType.SCHEDULED: 0, UpdateType.URGENT: 1, UpdateType.INSTANT: 2}
+        best = max(
+            candidates, key=lambda other: (rank[other.update_type], Version.parse(other.version))
+        )
+        base = f"{API_PREFIX}/updates/{best.update_id}"
+        return UrgencyEvidence(
+            update_id=best.update_id,
+            version=best.version,
+            manifest_url=f"{base}/manifest",
+            signature_url=f"{base}/signature",
         )
 
     def _plan(
@@ -953,7 +1011,9 @@ class UpdateService:
         # 3. A row in flight finishes first; it stays the directive.
         in_flight = [row for row in rows if row.status in IN_FLIGHT_STATUSES]
         if in_flight:
-            return self._directive(max(in_flight, key=lambda row: Version.parse(row.version)))
+            return self._directive(
+                max(in_flight, key=lambda row: Version.parse(row.version)), rows, running
+            )
         if not live:
             return None
 
@@ -994,7 +1054,7 @@ class UpdateService:
             if row.id != winner.id:
                 writing()
                 self._supersede(row, device, f"superseded by {winner.version}", now)
-        return self._directive(winner)
+        return self._directive(winner, rows, running)
 
     def report_status(
         self, device: DeviceRecord, update_id: int, report: StatusReport, *, now: datetime
