@@ -258,8 +258,8 @@ def test_urgent_update_waits_for_idle_time_measured_by_the_agent(tmp_path: Path)
         )
     )
     h = _harness(tmp_path, api)
-    activity = tmp_path / "var" / "activity.json"
-    activity.parent.mkdir(parents=True)
+    activity = h.agent.config.paths.activity_file
+    activity.parent.mkdir(parents=True, exist_ok=True)
     activity.write_text('{"counter": 1}')
     h.agent.run_once()
     assert h.decisions[-1]["idle"] == 0.0 and h.installer.installs == []
