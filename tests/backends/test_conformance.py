@@ -204,7 +204,7 @@ def test_instant_publish_reaches_devices_seen_within_300_seconds_and_the_rest_at
     later = NOW + timedelta(minutes=10)
     directive = beat(service, stale, at=later).update
     assert directive is not None
-    assert (directive.version, directive.update_type) == ("v1.1.0", UpdateType.INSTANT)
+    assert (str(directive.version), directive.update_type) == ("v1.1.0", UpdateType.INSTANT)
     assert directive.install_at <= later
 
 
@@ -253,7 +253,7 @@ def test_the_highest_pending_version_wins_with_the_most_urgent_timing(
 
     directive = beat(service, device).update
 
-    assert (directive.version, directive.update_type) == ("v1.2.0", UpdateType.URGENT)
+    assert (str(directive.version), directive.update_type) == ("v1.2.0", UpdateType.URGENT)
     assert directive.idle_seconds_required == service.settings.urgent_idle_seconds
     counts = {u.version: u.status_counts for u in service.list_updates().items}
     assert counts == {"v1.2.0": {"pending": 1}, "v1.1.0": {"superseded": 1}}

@@ -157,7 +157,7 @@ def test_a_local_installation_moves_to_supabase_and_the_fleet_does_not_notice(
         directive = service.heartbeat(
             attic, HeartbeatRequest(current_version="v1.0.0"), now=NOW
         ).update
-        assert directive is not None and directive.version == "v1.2.0"
+        assert directive is not None and str(directive.version) == "v1.2.0"
         for version, package in history["packages"].items():
             update = service.resolve_update(version)
             assert (

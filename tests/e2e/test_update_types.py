@@ -107,7 +107,8 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: Loc
     fleet.restart_server(
         extra_env={"JAVIA_WINDOW_START": far.strftime("%H:%M:%S"), "JAVIA_URGENT_IDLE_SECONDS": "3"}
     )
-    activity = busy.state_dir / "activity.json"
+    activity = busy.state_dir / "activity" / "activity.json"  # the agent's default record
+    activity.parent.mkdir(exist_ok=True)
     pid = busy.app_status()["pid"]
 
     # Someone keeps talking to the assistant while the update is published and 6 s after.
