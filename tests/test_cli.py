@@ -11,7 +11,9 @@ import pytest
 from javia_updates.demo import example_app_dir, free_port, javia_command
 
 
-def javia(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def javia(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     import os
 
     environment = {k: v for k, v in os.environ.items() if not k.startswith("JAVIA_")}
@@ -45,26 +47,40 @@ def assert_one_clean_error(result: subprocess.CompletedProcess, *needles: str) -
 
 @pytest.mark.parametrize("bad", ["1.2.3", "v1.2", "v01.2.3", "v1.2.3-beta"])
 def test_publish_refuses_malformed_versions_with_the_expected_form(app_dir: Path, bad: str):
-    result = javia("publish", str(app_dir), "--version", bad, "--type", "scheduled", "--output", "x")
+    result = javia(
+        "publish", str(app_dir), "--version", bad, "--type", "scheduled", "--output", "x"
+    )
     assert_one_clean_error(result, bad, "vX.Y.Z")
 
 
 def test_publish_refuses_unknown_update_type_naming_the_valid_ones(app_dir: Path):
-    result = javia("publish", str(app_dir), "--version", "v1.0.1", "--type", "weekly", "--output", "x")
+    result = javia(
+        "publish", str(app_dir), "--version", "v1.0.1", "--type", "weekly", "--output", "x"
+    )
     assert_one_clean_error(result, "weekly", "scheduled", "urgent", "instant")
 
 
 def test_publish_refuses_an_apt_name_that_looks_like_an_option(app_dir: Path):
     result = javia(
-        "publish", str(app_dir), "--version", "v1.0.1", "--type", "scheduled",
-        "--system-packages", "sox,--allow-unauthenticated", "--output", "x",
+        "publish",
+        str(app_dir),
+        "--version",
+        "v1.0.1",
+        "--type",
+        "scheduled",
+        "--system-packages",
+        "sox,--allow-unauthenticated",
+        "--output",
+        "x",
     )
     assert_one_clean_error(result, "--allow-unauthenticated")
 
 
 def test_publish_refuses_a_version_older_than_the_app(app_dir: Path):
     (app_dir / "VERSION").write_text("v2.0.0\n")
-    result = javia("publish", str(app_dir), "--version", "v1.9.9", "--type", "scheduled", "--output", "x")
+    result = javia(
+        "publish", str(app_dir), "--version", "v1.9.9", "--type", "scheduled", "--output", "x"
+    )
     assert_one_clean_error(result, "v1.9.9", "v2.0.0")
 
 
@@ -72,8 +88,18 @@ def test_instant_publish_without_a_terminal_needs_yes(app_dir: Path, tmp_path: P
     key = tmp_path / "k"
     assert javia("keys", "generate", "--output", str(key)).returncode == 0
     result = javia(
-        "publish", str(app_dir), "--version", "v1.0.1", "--type", "instant",
-        "--key", str(key / "javia-signing.pem"), "--api-key", "x", "--server", "http://127.0.0.1:9",
+        "publish",
+        str(app_dir),
+        "--version",
+        "v1.0.1",
+        "--type",
+        "instant",
+        "--key",
+        str(key / "javia-signing.pem"),
+        "--api-key",
+        "x",
+        "--server",
+        "http://127.0.0.1:9",
     )
     assert_one_clean_error(result, "--yes")
     assert (app_dir / "VERSION").read_text().strip() == "v1.0.0"
@@ -96,18 +122,34 @@ def test_output_writes_a_verifiable_package_and_leaves_version_alone(app_dir: Pa
     assert generated.returncode == 0, generated.stderr
     out = tmp_path / "pkg"
     result = javia(
-        "publish", str(app_dir), "--version", "v1.0.1", "--type", "urgent",
-        "--key", str(keys / "javia-signing.pem"), "--output", str(out),
+        "publish",
+        str(app_dir),
+        "--version",
+        "v1.0.1",
+        "--type",
+        "urgent",
+        "--key",
+        str(keys / "javia-signing.pem"),
+        "--output",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.sig", "payload.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "manifest.sig",
+        "payload.tar.gz",
+    ]
     assert (app_dir / "VERSION").read_text().strip() == "v1.0.0", "nothing was published"
     keyring = tmp_path / "keyring"
     keyring.mkdir()
     shutil.copy(keys / "javia-signing.pub", keyring)
-    verified = javia("agent", "verify", str(out), "--keyring", str(keyring), "--current-version", "v1.0.0")
+    verified = javia(
+        "agent", "verify", str(out), "--keyring", str(keyring), "--current-version", "v1.0.0"
+    )
     assert verified.returncode == 0, verified.stderr
-    refused = javia("agent", "verify", str(out), "--keyring", str(keyring), "--current-version", "v1.0.1")
+    refused = javia(
+        "agent", "verify", str(out), "--keyring", str(keyring), "--current-version", "v1.0.1"
+    )
     assert refused.returncode == 1
     assert "not newer" in refused.stderr + refused.stdout
 
@@ -115,10 +157,14 @@ def test_output_writes_a_verifiable_package_and_leaves_version_alone(app_dir: Pa
 def test_publish_refuses_an_app_without_version_or_content(tmp_path: Path):
     bare = tmp_path / "bare"
     bare.mkdir()
-    result = javia("publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x")
+    result = javia(
+        "publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x"
+    )
     assert_one_clean_error(result, "VERSION")
     (bare / "VERSION").write_text("v0.1.0\n")
-    result = javia("publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x")
+    result = javia(
+        "publish", str(bare), "--version", "v1.0.0", "--type", "scheduled", "--output", "x"
+    )
     assert_one_clean_error(result, "empty")
 
 
@@ -129,7 +175,15 @@ def test_malformed_server_url_is_one_line():
 
 def test_dry_run_and_output_exclude_each_other(app_dir: Path):
     result = javia(
-        "publish", str(app_dir), "--version", "v1.0.1", "--type", "scheduled", "--dry-run", "--output", "x"
+        "publish",
+        str(app_dir),
+        "--version",
+        "v1.0.1",
+        "--type",
+        "scheduled",
+        "--dry-run",
+        "--output",
+        "x",
     )
     assert_one_clean_error(result, "--dry-run", "--output")
 

@@ -357,7 +357,9 @@ def test_normalized_mode_is_0644_or_0755_for_every_mode() -> None:
         assert normal & 0o7022 == 0  # no group/other write, no setuid/setgid/sticky
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(modes=st.lists(st.integers(0, 0o7777), min_size=1, max_size=4))
 def test_every_package_javia_builds_passes_the_devices_verification(
     tmp_path: Path, modes: list[int]

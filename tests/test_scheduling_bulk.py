@@ -19,9 +19,7 @@ ZONES = [
     "Pacific/Apia",
 ]
 
-uuids = st.uuids().flatmap(
-    lambda value: st.sampled_from([value, str(value), str(value).upper()])
-)
+uuids = st.uuids().flatmap(lambda value: st.sampled_from([value, str(value), str(value).upper()]))
 
 
 @settings(max_examples=200, deadline=None)

@@ -208,9 +208,7 @@ def remove_tree(path: Path) -> None:
         os.close(parent)
 
 
-def _remove_directory(
-    top_parent: int, name: str, identity: tuple[int, int], shown: str
-) -> None:
+def _remove_directory(top_parent: int, name: str, identity: tuple[int, int], shown: str) -> None:
     """Remove the directory ``name`` in ``top_parent`` (see :func:`remove_tree`)."""
     errors: list[OSError] = []
     try:

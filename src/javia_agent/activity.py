@@ -216,8 +216,6 @@ def record_activity(path: Path | str | None = None, *, now: datetime | None = No
     return path
 
 
-
-
 class IdleTracker:
     """Measures how long the application has been idle, immune to wall-clock jumps.
 
@@ -275,8 +273,10 @@ class IdleTracker:
         try:
             content = self._reader(self.path)
         except OSError as error:
-            problem = str(error) if isinstance(error, UnsafeActivityFileError) else (
-                f"cannot read activity file {self.path}: {error.strerror or error}"
+            problem = (
+                str(error)
+                if isinstance(error, UnsafeActivityFileError)
+                else (f"cannot read activity file {self.path}: {error.strerror or error}")
             )
             if problem != self._last_problem:
                 logger.warning("%s; counted as no activity record", problem)

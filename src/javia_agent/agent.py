@@ -218,9 +218,14 @@ def _no_answer_yet(error: AgentError) -> bool:
     if isinstance(error, (NetworkError, DownloadCancelledError)):
         return True
     if isinstance(error, ServerError):
-        return error.status_code is None or error.status_code >= 500 or error.status_code in (
-            408,
-            429,
+        return (
+            error.status_code is None
+            or error.status_code >= 500
+            or error.status_code
+            in (
+                408,
+                429,
+            )
         )
     return False
 
@@ -500,18 +505,22 @@ class Agent:
                 if isinstance(error, AgentError) and not isinstance(error, DownloadTooLargeError):
                     # No (usable) answer: the network or the server is in trouble.
                     logger.warning(
-                        "update %s: cannot fetch its signed manifest yet: %s", offered.version, error
+                        "update %s: cannot fetch its signed manifest yet: %s",
+                        offered.version,
+                        error,
                     )
                     return None, None, min(sleep, self._backoff(1, error.retry_after_seconds)), 0
-                count = self._server_fault(
-                    offered, f"its signed manifest did not verify: {error}"
-                )
+                count = self._server_fault(offered, f"its signed manifest did not verify: {error}")
                 return None, None, min(sleep, self._fault_wait()), count
         idle = self.idle.idle_seconds()
         decision = self._decide(directive, now=server_now, idle_seconds=idle)
         bounded = "" if directive is offered else f", offered as {offered.update_type}"
         logger.info(
-            "update %s (%s%s): %s", directive.version, directive.update_type, bounded, decision.reason
+            "update %s (%s%s): %s",
+            directive.version,
+            directive.update_type,
+            bounded,
+            decision.reason,
         )
         delivered = 0
         outcome: InstallOutcome | None = None

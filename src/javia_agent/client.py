@@ -292,7 +292,9 @@ class DeviceClient:
         try:
             token = self._token_source()
         except AgentError as error:
-            logger.warning("the server refused the device token and re-reading it failed: %s", error)
+            logger.warning(
+                "the server refused the device token and re-reading it failed: %s", error
+            )
             return False
         if not token or token == self._token:
             return False

@@ -546,7 +546,9 @@ class Installer:
             if running_version is not None and directive.version < running_version:
                 # Refused before any download; reported failed (the row can never
                 # succeed here) but not marked failed: the device never ran it.
-                reason = f"{version} is older than the running {running_version}: refusing a downgrade"
+                reason = (
+                    f"{version} is older than the running {running_version}: refusing a downgrade"
+                )
                 logger.error("update %s (%s): %s", version, directive.update_id, reason)
                 self._report(directive.update_id, UpdateStatus.FAILED, reason)
                 return InstallOutcome(InstallResult.FAILED, version, reason)
@@ -1310,13 +1312,18 @@ class Installer:
         active = self.service.is_active()
         back = current == previous and (active if previous is not None else not active)
         if back:
-            logger.warning("%s runs again after the crash loop's last rollback", previous or "nothing")
+            logger.warning(
+                "%s runs again after the crash loop's last rollback", previous or "nothing"
+            )
             run.state = self._persist(
                 run.state.model_copy(
                     update={
                         "attention": attention_before,
                         "update": run.record.model_copy(
-                            update={"final_status": UpdateStatus.ROLLED_BACK, "error": _clip(reason)}
+                            update={
+                                "final_status": UpdateStatus.ROLLED_BACK,
+                                "error": _clip(reason),
+                            }
                         ),
                     }
                 )
@@ -1450,9 +1457,7 @@ class Installer:
             return None
         action = RECOVERY[record.state]
         run = _Run(state=state)
-        logger.info(
-            "unfinished update %s in state %s: %s", record.version, record.state, action
-        )
+        logger.info("unfinished update %s in state %s: %s", record.version, record.state, action)
         if record.state in PRE_SWITCH_STATES and record.source == UpdateSource.DIRECTORY:
             # Nobody will tell the agent to go on with a package directory.
             self._abandon(run, "interrupted; run javia agent install again")

@@ -240,8 +240,7 @@ def _check_executable(command: str, cwd: Path, search_path: str) -> None:
         found = shutil.which(command, path=search_path) is not None
     if not found:
         raise ServiceError(
-            f"cannot start {command!r} in {cwd}: not found or not executable "
-            "(check start_command)"
+            f"cannot start {command!r} in {cwd}: not found or not executable (check start_command)"
         )
 
 

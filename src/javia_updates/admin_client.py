@@ -137,7 +137,11 @@ class AdminClient:
     # Devices -------------------------------------------------------------
     def list_devices(self, *, limit: int = 1000, offset: int = 0, **filters: Any) -> list[dict]:
         """``GET /api/v1/devices/``: devices as JSON objects (see ``models.DeviceOut``)."""
-        params = {"limit": limit, "offset": offset, **{k: v for k, v in filters.items() if v is not None}}
+        params = {
+            "limit": limit,
+            "offset": offset,
+            **{k: v for k, v in filters.items() if v is not None},
+        }
         body = self._request("GET", "/api/v1/devices/", params=params)
         return body["items"] if isinstance(body, dict) else body
 

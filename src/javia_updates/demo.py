@@ -30,7 +30,14 @@ import httpx
 from javia_updates.admin_client import AdminClient
 from javia_updates.errors import JaviaError
 
-__all__ = ["LocalFleet", "FleetDevice", "FleetError", "example_app_dir", "javia_command", "free_port"]
+__all__ = [
+    "LocalFleet",
+    "FleetDevice",
+    "FleetError",
+    "example_app_dir",
+    "javia_command",
+    "free_port",
+]
 
 
 class FleetError(JaviaError):
@@ -149,7 +156,9 @@ class LocalFleet:
         env.update(extra or {})
         return env
 
-    def run_javia(self, args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    def run_javia(
+        self, args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> str:
         """Run one ``javia`` command to completion; returns stdout.
 
         Raises:
@@ -191,14 +200,18 @@ class LocalFleet:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
-                raise FleetError(f"server exited {self.server.returncode}: {self._tail(self.root / 'server.log')}")
+                raise FleetError(
+                    f"server exited {self.server.returncode}: {self._tail(self.root / 'server.log')}"
+                )
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise FleetError(f"server did not answer within {timeout} s: {self._tail(self.root / 'server.log')}")
+        raise FleetError(
+            f"server did not answer within {timeout} s: {self._tail(self.root / 'server.log')}"
+        )
 
     def restart_server(self, *, extra_env: dict[str, str] | None = None) -> None:
         """Stop the server and start it again on the same port and data, with new settings."""
@@ -237,7 +250,9 @@ class LocalFleet:
             "JAVIA_AGENT_STOP_TIMEOUT_SECONDS": "5",
         }
 
-    def add_device(self, name: str, timezone: str, initial_package: Path | None = None) -> FleetDevice:
+    def add_device(
+        self, name: str, timezone: str, initial_package: Path | None = None
+    ) -> FleetDevice:
         """Register a device with ``javia agent register`` and provision its first release.
 
         The first release is installed from ``initial_package`` with
@@ -252,20 +267,34 @@ class LocalFleet:
         app_env = json.dumps({"JAVIA_APP_STATUS_FILE": str(device.app_status_file)})
         self.run_javia(
             [
-                "agent", "register",
-                "--server", self.url,
-                "--api-key", self.api_key,
-                "--name", name,
-                "--timezone", timezone,
-                "--config", str(device.config_path),
-                "--install-root", str(device.install_root),
-                "--state-dir", str(device.state_dir),
-                "--keyring", str(device.keyring_dir),
-                "--token-file", str(device.root / "etc" / "device-token"),
-                "--service-mode", "command",
-                "--start-command", json.dumps([sys.executable, "app.py"]),
-                "--app-env", app_env,
-                "--heartbeat-interval", str(self.heartbeat_seconds),
+                "agent",
+                "register",
+                "--server",
+                self.url,
+                "--api-key",
+                self.api_key,
+                "--name",
+                name,
+                "--timezone",
+                timezone,
+                "--config",
+                str(device.config_path),
+                "--install-root",
+                str(device.install_root),
+                "--state-dir",
+                str(device.state_dir),
+                "--keyring",
+                str(device.keyring_dir),
+                "--token-file",
+                str(device.root / "etc" / "device-token"),
+                "--service-mode",
+                "command",
+                "--start-command",
+                json.dumps([sys.executable, "app.py"]),
+                "--app-env",
+                app_env,
+                "--heartbeat-interval",
+                str(self.heartbeat_seconds),
             ],
             env=self.agent_env(device),
         )
@@ -300,12 +329,18 @@ class LocalFleet:
         """``javia publish --output``: a signed package directory on disk."""
         self.run_javia(
             [
-                "publish", str(app_dir),
-                "--version", version,
-                "--type", update_type,
-                "--description", f"example release {version}",
-                "--key", str(self.private_key_path),
-                "--output", str(output),
+                "publish",
+                str(app_dir),
+                "--version",
+                version,
+                "--type",
+                update_type,
+                "--description",
+                f"example release {version}",
+                "--key",
+                str(self.private_key_path),
+                "--output",
+                str(output),
             ]
         )
         return output
@@ -314,14 +349,22 @@ class LocalFleet:
         """``javia publish`` to the fleet's server; returns the published update."""
         out = self.run_javia(
             [
-                "publish", str(app_dir),
-                "--version", version,
-                "--type", update_type,
-                "--description", description or f"example release {version}",
-                "--key", str(self.private_key_path),
-                "--server", self.url,
-                "--api-key", self.api_key,
-                "--yes", "--json",
+                "publish",
+                str(app_dir),
+                "--version",
+                version,
+                "--type",
+                update_type,
+                "--description",
+                description or f"example release {version}",
+                "--key",
+                str(self.private_key_path),
+                "--server",
+                self.url,
+                "--api-key",
+                self.api_key,
+                "--yes",
+                "--json",
             ]
         )
         return json.loads(out)

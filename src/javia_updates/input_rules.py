@@ -251,8 +251,7 @@ def _explain(value: Any, field: str) -> None:
         item, path, depth = stack.pop()
         if isinstance(item, dict | list) and depth > MAX_JSON_DEPTH:
             raise ValueError(
-                f"{path} is nested deeper than {MAX_JSON_DEPTH} levels: "
-                "expected flatter JSON"
+                f"{path} is nested deeper than {MAX_JSON_DEPTH} levels: expected flatter JSON"
             )
         if isinstance(item, dict):
             keys += len(item)
@@ -383,7 +382,9 @@ def check_timezone(name: object, field: str = "timezone") -> str:
         ValueError: naming ``field`` and showing an example (``Europe/Berlin``).
     """
     if not isinstance(name, str) or not name or len(name) > 64:
-        raise ValueError(f"invalid {field}: expected an IANA time zone name such as {TIMEZONE_EXAMPLE}")
+        raise ValueError(
+            f"invalid {field}: expected an IANA time zone name such as {TIMEZONE_EXAMPLE}"
+        )
     if name not in iana_timezones():
         raise ValueError(
             f"unknown {field} {ascii(name)}: expected an IANA time zone name such as "

@@ -117,7 +117,9 @@ def validate_apt_package(spec: str) -> str:
     if not isinstance(spec, str):
         raise ManifestError("system package must be a string such as 'libasound2' or 'sox=14.4.2'")
     name, sep, version = spec.partition("=")
-    if not APT_NAME_PATTERN.fullmatch(name) or (sep and not _APT_VERSION_PATTERN.fullmatch(version)):
+    if not APT_NAME_PATTERN.fullmatch(name) or (
+        sep and not _APT_VERSION_PATTERN.fullmatch(version)
+    ):
         raise ManifestError(
             f"invalid system package {spec[:80]!r}: expected a Debian package name "
             "(lower case letters, digits, '+', '-', '.'; starting with a letter or digit), "
@@ -208,7 +210,9 @@ class FileEntry(_Frozen):
     sha256: str
     size: int = Field(ge=0)
     mode: int = Field(
-        ge=0, le=0o777, description="permission bits; not group/other-writable, no setuid/setgid/sticky"
+        ge=0,
+        le=0o777,
+        description="permission bits; not group/other-writable, no setuid/setgid/sticky",
     )
 
     _path = field_validator("path")(_check_relative_path)
@@ -239,7 +243,9 @@ def _public_key_from_pem(pem: str) -> Ed25519PublicKey:
     if not isinstance(pem, str) or len(pem) > _MAX_PUBLIC_KEY_PEM_CHARS:
         raise ValueError("a key to add must be a PEM public key of at most 1024 characters")
     if "PRIVATE KEY" in pem:
-        raise ValueError("a key to add must be a public key: a private key never leaves the operator")
+        raise ValueError(
+            "a key to add must be a public key: a private key never leaves the operator"
+        )
     try:
         key = load_pem_public_key(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
@@ -477,7 +483,9 @@ class Signature(_Frozen):
                 '"key_id": "<16 hex>", "signature": "<base64>"}'
             ) from None
         if parsed.algorithm != "ed25519":
-            raise SignatureError(f"unsupported signature algorithm {parsed.algorithm[:40]!r}: expected ed25519")
+            raise SignatureError(
+                f"unsupported signature algorithm {parsed.algorithm[:40]!r}: expected ed25519"
+            )
         if not _KEY_ID_PATTERN.fullmatch(parsed.key_id):
             raise SignatureError("signature key_id must be 16 lower-case hex digits")
         parsed.raw_signature()
@@ -538,7 +546,9 @@ def verify_manifest(
     signature = Signature.from_bytes(signature_bytes)
     public_key = keyring.get(signature.key_id)
     if public_key is None:
-        raise SignatureError(f"package signed by key {signature.key_id}, which is not in the keyring")
+        raise SignatureError(
+            f"package signed by key {signature.key_id}, which is not in the keyring"
+        )
     try:
         public_key.verify(signature.raw_signature(), manifest_bytes)
     except InvalidSignature:

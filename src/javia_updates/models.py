@@ -213,6 +213,7 @@ def _check_version(value: str | None) -> str | None:
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
+
 # -- server answers: every field is checked where the agent reads it -----------------
 #
 # The agent parses every answer of the server with the models below, and only
@@ -311,7 +312,6 @@ ApiPath = Annotated[str, AfterValidator(check_api_path)]
 ServerTime = Annotated[AwareDatetime, AfterValidator(_check_server_time)]
 #: A database id: a whole number from 1 to :data:`MAX_ID`.
 ServerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=False)]
-
 
 
 class ErrorBody(BaseModel):

@@ -531,8 +531,7 @@ class UpdateService:
             for other in rows
             if other.update_id != row.update_id
             and other.status in (UpdateStatus.PENDING, UpdateStatus.SUPERSEDED)
-            and scheduling.most_urgent((other.update_type, row.install_type))
-            is other.update_type
+            and scheduling.most_urgent((other.update_type, row.install_type)) is other.update_type
             and (running is None or Version.parse(other.version) > running)
             and Version.parse(other.version) < version
         ]

@@ -84,9 +84,7 @@ def deep_package(base: BuiltPackage, out: Path, signer: Signer, version: str) ->
     }
     manifest_bytes = canonical_json(data)
     (out / "manifest.json").write_bytes(manifest_bytes)
-    (out / "manifest.sig").write_bytes(
-        sign_manifest(manifest_bytes, signer.private_key).to_bytes()
-    )
+    (out / "manifest.sig").write_bytes(sign_manifest(manifest_bytes, signer.private_key).to_bytes())
     return out
 
 
@@ -147,9 +145,7 @@ def test_verify_and_install_refuse_a_signed_1000_deep_package_and_the_next_comma
     config = _config(tmp_path, signer)
     releases = tmp_path / "opt" / "app" / "releases"
     try:
-        verify = runner.invoke(
-            app, ["verify", str(package), "--keyring", str(signer.keyring_dir)]
-        )
+        verify = runner.invoke(app, ["verify", str(package), "--keyring", str(signer.keyring_dir)])
         assert verify.exit_code == 1, verify.output
         _one_red_line(verify.output, "components deep (at most 32)")
 

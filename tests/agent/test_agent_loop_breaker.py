@@ -225,9 +225,7 @@ def test_every_recovery_action_has_a_handler_and_the_table_decides_which_runs(
         if state == UpdateState.IDLE:
             continue
         record = UpdateRecord(update_id=40, version="v1.9.0", state=state)
-        store.path.write_text(
-            store.load().model_copy(update={"update": record}).model_dump_json()
-        )
+        store.path.write_text(store.load().model_copy(update={"update": record}).model_dump_json())
         called.clear()
         make_installer(running_v1, signer).recover()
         assert called == [RECOVERY[state]], state
@@ -330,8 +328,10 @@ def test_a_real_agent_whose_last_rollback_dies_too_reports_failed_and_asks_for_a
     # The heartbeat carries the mark to the server.
     with fleet.client() as admin:
         wait_for(
-            lambda: "rollback could not complete"
-            in str(admin.get_device(device.device_uuid).get("metadata", {}).get("attention")),
+            lambda: (
+                "rollback could not complete"
+                in str(admin.get_device(device.device_uuid).get("metadata", {}).get("attention"))
+            ),
             30,
             "the attention mark in the device's metadata on the server",
         )

@@ -130,7 +130,9 @@ def test_an_agent_killed_before_it_records_the_pid_leaves_the_app_running_once(
 
     restarted = _service(layout)  # the agent's next start
     restarted.start()
-    running = wait_for(lambda: [pid for pid in _started(layout / "starts") if _alive(pid)], 10, "the app")
+    running = wait_for(
+        lambda: [pid for pid in _started(layout / "starts") if _alive(pid)], 10, "the app"
+    )
     time.sleep(0.5)  # a second copy would have written its pid by now
     running = [pid for pid in _started(layout / "starts") if _alive(pid)]
     assert running == [restarted.pid()], f"copies running: {running}"

@@ -235,7 +235,11 @@ def _refusals(packages: dict[tuple[str, UpdateType, str], Signed]) -> dict[str, 
             packages[("v1.1.0", UpdateType.URGENT, "trusted")].manifest,
             packages[("v1.1.0", UpdateType.URGENT, "trusted")].signature,
         ),
-        "a version other than named": (_evidence(version="v1.1.0"), other.manifest, other.signature),
+        "a version other than named": (
+            _evidence(version="v1.1.0"),
+            other.manifest,
+            other.signature,
+        ),
         "the running version": _signed(packages, "v1.0.0"),
         "older than running": _signed(packages, "v0.9.0"),
         "the offered version": _signed(packages, "v1.2.0"),
@@ -400,9 +404,7 @@ def test_evidence_proves_a_timing_only_between_running_and_offered_and_at_least_
     signed_version: Version,
     signed_type: UpdateType,
 ) -> None:
-    evidence = UrgencyEvidence(
-        update_id=3, version=named, manifest_url="/m", signature_url="/s"
-    )
+    evidence = UrgencyEvidence(update_id=3, version=named, manifest_url="/m", signature_url="/s")
     reason = check_urgency_evidence(
         claimed,
         offered=offered,

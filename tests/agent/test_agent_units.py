@@ -28,7 +28,9 @@ def test_the_agent_runs_in_its_own_notify_unit_with_a_watchdog() -> None:
     assert agent["WatchdogSec"] and agent["Restart"] == "always"
     # SIGTERM goes to the agent alone so it can finish its step (and apt is not cut).
     assert agent["KillMode"] == "mixed"
-    assert "javia-app.service" not in (UNITS / "javia-agent.service").read_text().split("[Service]")[1]
+    assert (
+        "javia-app.service" not in (UNITS / "javia-agent.service").read_text().split("[Service]")[1]
+    )
 
 
 def test_the_application_unit_matches_what_the_agent_drives() -> None:

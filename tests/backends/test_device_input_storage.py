@@ -60,7 +60,9 @@ def database(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Backend]:
     built = create_backend(
-        settings_for(str(request.param), tmp_path / "data", request=request, monkeypatch=monkeypatch)
+        settings_for(
+            str(request.param), tmp_path / "data", request=request, monkeypatch=monkeypatch
+        )
     )
     built.prepare()
     try:
@@ -92,7 +94,9 @@ def _new_device(metadata: dict[str, Any]) -> NewDevice:
     return NewDevice(uuid.uuid4(), None, "UTC", metadata, uuid.uuid4().hex * 2)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(metadata=METADATA)
 def test_accepted_metadata_is_stored_and_read_back_equal(database, metadata):
     store = database.store

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
-    tmp_path: Path, app_dir: Path  # noqa: F811 - fixture
+    tmp_path: Path,
+    app_dir: Path,  # noqa: F811 - fixture
 ) -> None:
     # Today's 3 h window closed 30 min ago: the next one opens in ~20.5 h.
     far = datetime.now(timezone.utc) - timedelta(hours=3, minutes=30)
@@ -41,15 +42,17 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
         assert final_rows(fleet, fix["id"])[kitchen.device_uuid]["status"] == "pending"
         release = fleet.publish(app_dir, "v1.2.0", "scheduled", "feature release")
         (row,) = final_rows(fleet, release["id"]).values()
-        assert datetime.fromisoformat(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(
-            hours=19
-        ), "the scheduled release's own slot is the far window"
+        assert datetime.fromisoformat(row["scheduled_for"]) > datetime.now(
+            timezone.utc
+        ) + timedelta(hours=19), "the scheduled release's own slot is the far window"
 
         fleet.start_agent(kitchen)
         done = wait_for(
-            lambda: (r := final_rows(fleet, release["id"])[kitchen.device_uuid])["status"]
-            == "completed"
-            and r,
+            lambda: (
+                (r := final_rows(fleet, release["id"])[kitchen.device_uuid])["status"]
+                == "completed"
+                and r
+            ),
             45,
             "v1.2.0 to install at once with the fix's instant timing",
         )

@@ -33,7 +33,9 @@ def final_rows(fleet: LocalFleet, update_id: int) -> dict[str, dict]:
 
 
 def provision(fleet: LocalFleet, app_dir: Path, names_and_zones) -> list[FleetDevice]:
-    initial = fleet.build_package(app_dir, "v1.0.0", "scheduled", fleet.root / "packages" / "v1.0.0")
+    initial = fleet.build_package(
+        app_dir, "v1.0.0", "scheduled", fleet.root / "packages" / "v1.0.0"
+    )
     devices = []
     for name, zone in names_and_zones:
         device = fleet.add_device(name, zone, initial_package=initial)
@@ -49,7 +51,9 @@ def provision(fleet: LocalFleet, app_dir: Path, names_and_zones) -> list[FleetDe
 
 
 def test_instant_update_restarts_every_app_on_the_new_version(fleet: LocalFleet, app_dir: Path):
-    devices = provision(fleet, app_dir, [("a", "America/New_York"), ("b", "Europe/Berlin"), ("c", "Asia/Kolkata")])
+    devices = provision(
+        fleet, app_dir, [("a", "America/New_York"), ("b", "Europe/Berlin"), ("c", "Asia/Kolkata")]
+    )
     before = {d.name: d.app_status() for d in devices}
     assert all(status and status["version"] == "v1.0.0" for status in before.values())
 
@@ -62,7 +66,9 @@ def test_instant_update_restarts_every_app_on_the_new_version(fleet: LocalFleet,
     rows = wait_for(all_completed, 45, "every device to report completed")
     for device in devices:
         status = wait_for(
-            lambda d=device: (s := d.app_status()) and s["version"] == "v1.1.0" and s, 10, "app on v1.1.0"
+            lambda d=device: (s := d.app_status()) and s["version"] == "v1.1.0" and s,
+            10,
+            "app on v1.1.0",
         )
         assert status["pid"] != before[device.name]["pid"], "the application was restarted"
         assert device.app_running()
@@ -95,7 +101,9 @@ def test_realistic_payload_installs_byte_for_byte(fleet: LocalFleet, app_dir: Pa
     (device,) = provision(fleet, app_dir, [("big", "Europe/Berlin")])
     update = fleet.publish(app_dir, "v2.0.0", "instant")
     wait_for(
-        lambda: final_rows(fleet, update["id"]).get(device.device_uuid, {}).get("status") == "completed",
+        lambda: (
+            final_rows(fleet, update["id"]).get(device.device_uuid, {}).get("status") == "completed"
+        ),
         60,
         "the large update to complete",
     )
@@ -123,9 +131,11 @@ def test_package_signed_by_untrusted_key_is_refused_and_app_keeps_running(
     # The operator sees why on the row; the device does not blacklist the version
     # (an untrusted signature is the server's fault, retried with backoff).
     row = wait_for(
-        lambda: (r := final_rows(fleet, update["id"]).get(device.device_uuid))
-        and stranger.key_id in (r.get("error_message") or "")
-        and r,
+        lambda: (
+            (r := final_rows(fleet, update["id"]).get(device.device_uuid))
+            and stranger.key_id in (r.get("error_message") or "")
+            and r
+        ),
         30,
         "the device to report the untrusted signature",
     )

@@ -42,14 +42,24 @@ def app_dir(tmp_path: Path) -> Path:
     return target
 
 
-def _provision(fleet: LocalFleet, app_dir: Path, names_and_zones, start_agents: bool = True) -> list[FleetDevice]:
-    initial = fleet.build_package(app_dir, "v1.0.0", "scheduled", fleet.root / "packages" / "v1.0.0")
-    devices = [fleet.add_device(name, zone, initial_package=initial) for name, zone in names_and_zones]
+def _provision(
+    fleet: LocalFleet, app_dir: Path, names_and_zones, start_agents: bool = True
+) -> list[FleetDevice]:
+    initial = fleet.build_package(
+        app_dir, "v1.0.0", "scheduled", fleet.root / "packages" / "v1.0.0"
+    )
+    devices = [
+        fleet.add_device(name, zone, initial_package=initial) for name, zone in names_and_zones
+    ]
     if start_agents:
         for device in devices:
             fleet.start_agent(device)
         with fleet.client() as client:
-            wait_for(lambda: all(d.get("last_seen") for d in client.list_devices()), 20, "first heartbeats")
+            wait_for(
+                lambda: all(d.get("last_seen") for d in client.list_devices()),
+                20,
+                "first heartbeats",
+            )
     return devices
 
 
@@ -66,13 +76,18 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
         fleet.stop()
 
 
-def test_scheduled_update_waits_for_each_devices_slot_in_the_window(fleet: LocalFleet, app_dir: Path):
+def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
+    fleet: LocalFleet, app_dir: Path
+):
     devices = _provision(fleet, app_dir, [("utc", "UTC"), ("abidjan", "Africa/Abidjan")])
     pids = {d.name: d.app_status()["pid"] for d in devices}
     # The operator moves the maintenance window: it now opens 12 s from now and lasts 36 s.
     opens = (datetime.now(timezone.utc) + timedelta(seconds=12)).replace(microsecond=0)
     fleet.restart_server(
-        extra_env={"JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"), "JAVIA_WINDOW_SECONDS": str(WINDOW_SECONDS)}
+        extra_env={
+            "JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"),
+            "JAVIA_WINDOW_SECONDS": str(WINDOW_SECONDS),
+        }
     )
 
     update = fleet.publish(app_dir, "v1.1.0", "scheduled")
@@ -87,20 +102,30 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(fleet: Local
     assert {d.name: d.app_status()["pid"] for d in devices} == pids
 
     done = wait_for(
-        lambda: (r := final_rows(fleet, update["id"])) and all(x["status"] == "completed" for x in r.values()) and r,
+        lambda: (
+            (r := final_rows(fleet, update["id"]))
+            and all(x["status"] == "completed" for x in r.values())
+            and r
+        ),
         WINDOW_SECONDS + 30,
         "both devices to install in the window",
     )
     for device in devices:
         row = done[device.device_uuid]
         started = _utc(row["started_at"])
-        assert started >= _utc(row["scheduled_for"]) - timedelta(seconds=1), "installed before its slot"
-        assert started < opens + timedelta(seconds=WINDOW_SECONDS), "installed after the window closed"
+        assert started >= _utc(row["scheduled_for"]) - timedelta(seconds=1), (
+            "installed before its slot"
+        )
+        assert started < opens + timedelta(seconds=WINDOW_SECONDS), (
+            "installed after the window closed"
+        )
         assert device.app_status()["version"] == "v1.1.0"
         assert device.app_status()["pid"] != pids[device.name]
 
 
-def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: LocalFleet, app_dir: Path):
+def test_urgent_update_waits_for_idle_then_installs_before_the_window(
+    fleet: LocalFleet, app_dir: Path
+):
     (busy,) = _provision(fleet, app_dir, [("busy", "UTC")])
     # Today's 3 h window closed 30 min ago, so the next opens in ~20.5 h; 3 s of quiet counts as idle.
     far = datetime.now(timezone.utc) - timedelta(hours=3, minutes=30)
@@ -125,7 +150,9 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: Loc
     try:
         update = fleet.publish(app_dir, "v1.1.0", "urgent")
         (row,) = final_rows(fleet, update["id"]).values()
-        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=19), "deadline is the window"
+        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=19), (
+            "deadline is the window"
+        )
         time.sleep(6)
         assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
         assert busy.app_status()["pid"] == pid
@@ -135,11 +162,15 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(fleet: Loc
     last_activity = datetime.now(timezone.utc)
 
     done = wait_for(
-        lambda: (r := final_rows(fleet, update["id"])[busy.device_uuid])["status"] == "completed" and r,
+        lambda: (
+            (r := final_rows(fleet, update["id"])[busy.device_uuid])["status"] == "completed" and r
+        ),
         30,
         "the urgent update to install once idle",
     )
-    assert _utc(done["started_at"]) >= last_activity + timedelta(seconds=2.5), "did not wait for 3 s of idle"
+    assert _utc(done["started_at"]) >= last_activity + timedelta(seconds=2.5), (
+        "did not wait for 3 s of idle"
+    )
     assert busy.app_status()["version"] == "v1.1.0"
 
 
@@ -147,21 +178,37 @@ def test_instant_update_reaches_online_devices_now_and_offline_ones_at_their_nex
     fleet: LocalFleet, app_dir: Path
 ):
     if True:
-        online, offline = _provision(fleet, app_dir, [("online", "UTC"), ("offline", "Asia/Kolkata")], start_agents=False)
+        online, offline = _provision(
+            fleet, app_dir, [("online", "UTC"), ("offline", "Asia/Kolkata")], start_agents=False
+        )
         fleet.start_agent(online)
         with fleet.client() as client:
-            wait_for(lambda: client.get_device(online.device_uuid).get("last_seen"), 20, "online's heartbeat")
+            wait_for(
+                lambda: client.get_device(online.device_uuid).get("last_seen"),
+                20,
+                "online's heartbeat",
+            )
             assert client.get_device(offline.device_uuid)["last_seen"] is None
 
         update = fleet.publish(app_dir, "v1.1.0", "instant")
         rows = final_rows(fleet, update["id"])
-        assert set(rows) == {online.device_uuid}, "only devices seen in the last 300 s get a row at publish"
-        wait_for(lambda: final_rows(fleet, update["id"])[online.device_uuid]["status"] == "completed", 30, "online")
+        assert set(rows) == {online.device_uuid}, (
+            "only devices seen in the last 300 s get a row at publish"
+        )
+        wait_for(
+            lambda: final_rows(fleet, update["id"])[online.device_uuid]["status"] == "completed",
+            30,
+            "online",
+        )
         assert offline.app_status()["version"] == "v1.0.0"
 
         fleet.start_agent(offline)  # the device comes back: reconciled at its next heartbeat
         row = wait_for(
-            lambda: (r := final_rows(fleet, update["id"]).get(offline.device_uuid)) and r["status"] == "completed" and r,
+            lambda: (
+                (r := final_rows(fleet, update["id"]).get(offline.device_uuid))
+                and r["status"] == "completed"
+                and r
+            ),
             30,
             "the returning device to install",
         )

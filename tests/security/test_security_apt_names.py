@@ -93,7 +93,7 @@ def test_publish_refuses_an_option_as_package_before_writing(tmp_path: Path) -> 
     app = tmp_path / "app"
     app.mkdir()
     (app / "VERSION").write_text("v1.0.0\n")
-    (app / "app.py").write_text("print(\"hello\")\n")
+    (app / "app.py").write_text('print("hello")\n')
     runner = CliRunner()
     key_dir = tmp_path / "keys"
     assert runner.invoke(javia_app, ["keys", "generate", "-o", str(key_dir)]).exit_code == 0

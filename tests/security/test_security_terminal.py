@@ -184,7 +184,9 @@ def test_every_table_of_device_text_is_inert(fleet: HostileFleet) -> None:
 
     shown = outputs["devices show"]
     assert "\\x1b[31mred\\x1b[0m [link=http://evil]x[/link]" in shown
-    assert "health check failed [/x] \\x1b]2;error-title\\x07 \\x1b[2J\\x0afake row \\u202e" in shown
+    assert (
+        "health check failed [/x] \\x1b]2;error-title\\x07 \\x1b[2J\\x0afake row \\u202e" in shown
+    )
 
     update = outputs["updates show"]
     assert MARKUP_NAME in update and "\\x1b]2;error-title\\x07" in update
@@ -235,8 +237,16 @@ def test_any_device_text_renders_inert_in_every_table(name: str, error: str, rea
         [{"device_name": name, "device_uuid": "u", "status": error, "error_message": error}]
     )
     plan = plan_table(
-        [{"device_name": name, "device_uuid": "u", "timezone": reason, "reason": reason,
-          "install_at_utc": "2027-01-01T02:00:00Z", "gets_row": True}],  # fmt: skip
+        [
+            {
+                "device_name": name,
+                "device_uuid": "u",
+                "timezone": reason,
+                "reason": reason,
+                "install_at_utc": "2027-01-01T02:00:00Z",
+                "gets_row": True,
+            }
+        ],  # fmt: skip
         title=name,
     )
     table = SafeTable(title=name)

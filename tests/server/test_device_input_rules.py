@@ -32,7 +32,23 @@ def test_names_refuse_control_separator_bidi_and_surrogate_characters(character)
         check_no_control_characters(f"kitchen{character}pi", "device_name", multiline=False)
 
 
-@pytest.mark.parametrize("bidi", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"])
+@pytest.mark.parametrize(
+    "bidi",
+    [
+        "\u202a",
+        "\u202b",
+        "\u202c",
+        "\u202d",
+        "\u202e",
+        "\u2066",
+        "\u2067",
+        "\u2068",
+        "\u2069",
+        "\u200e",
+        "\u200f",
+        "\u061c",
+    ],
+)
 def test_every_bidi_control_is_listed(bidi):
     assert bidi in BIDI_CONTROLS
 
@@ -64,8 +80,21 @@ def test_any_text_is_storable_text_except_nul_and_lone_surrogates():
 
 @pytest.mark.parametrize(
     "name",
-    ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Berlin", "right/Europe/Berlin",
-     "Europe/Berlin/", "../zoneinfo/UTC", "", "x" * 65, "europe/berlin", "zone.tab", "tzdata.zi"],
+    [
+        "localtime",
+        "posixrules",
+        "Factory",
+        "right/UTC",
+        "posix/Europe/Berlin",
+        "right/Europe/Berlin",
+        "Europe/Berlin/",
+        "../zoneinfo/UTC",
+        "",
+        "x" * 65,
+        "europe/berlin",
+        "zone.tab",
+        "tzdata.zi",
+    ],
 )
 def test_non_canonical_time_zones_are_refused_with_an_example(name):
     with pytest.raises(ValueError, match="Europe/Berlin"):

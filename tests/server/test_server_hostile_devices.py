@@ -31,7 +31,6 @@ from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
 
 
-
 API_KEY = "hostile-devices-admin-key-0123456789"
 ADMIN = {"X-API-Key": API_KEY}
 START = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
@@ -53,7 +52,11 @@ HOSTILE_HEARTBEATS: list[tuple[str, bytes, str]] = [
     ("NUL in a value", b'{"metadata": {"os": "a\\u0000b"}}', "metadata"),
     ("NUL in a key", b'{"metadata": {"a\\u0000": true}}', "metadata"),
     ("lists 256 deep", json.dumps({"metadata": {"x": _deep_list(256)}}).encode(), "metadata"),
-    ("lists 100,000 deep", b'{"metadata": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nested"),
+    (
+        "lists 100,000 deep",
+        b'{"metadata": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        "nested",
+    ),
     ("a 5,000-digit integer", b'{"metadata": {"n": ' + b"7" * 5000 + b"}}", "body"),
     ("invalid UTF-8", b'{"metadata": {"os": "\xff\xfe"}}', "UTF-8"),
     (
@@ -103,9 +106,7 @@ def _register(api: TestClient, name: str, **fields: Any) -> tuple[str, dict[str,
 
 def _heartbeat(api: TestClient, device: tuple[str, dict[str, str]], body: bytes):  # type: ignore[no-untyped-def]
     uid, headers = device
-    return api.post(
-        f"/api/v1/devices/{uid}/heartbeat", content=body, headers={**headers, **JSON}
-    )
+    return api.post(f"/api/v1/devices/{uid}/heartbeat", content=body, headers={**headers, **JSON})
 
 
 def _listed(api: TestClient) -> dict[str, dict[str, Any]]:
@@ -201,15 +202,16 @@ def test_enrollment_registration_applies_the_same_rules(api):
         b'{"device_name": "\\u202eevil"}',
         b'{"timezone": "posixrules"}',
     ):
-        response = api.post(
-            "/api/v1/devices/register", content=body, headers={**enroll, **JSON}
-        )
+        response = api.post("/api/v1/devices/register", content=body, headers={**enroll, **JSON})
         assert response.status_code == 422, (body, response.text)
     tokens = api.get("/api/v1/enrollment-tokens/", headers=ADMIN).json()["items"]
     assert tokens[0]["uses"] == 0  # a refused registration uses nothing up
 
 
-@pytest.mark.parametrize("timezone", ["Europe/Berlin", "UTC", "Etc/UTC", "America/Argentina/Salta", "US/Eastern", "Etc/GMT+5"])
+@pytest.mark.parametrize(
+    "timezone",
+    ["Europe/Berlin", "UTC", "Etc/UTC", "America/Argentina/Salta", "US/Eastern", "Etc/GMT+5"],
+)
 def test_iana_names_and_their_links_register(api, timezone):
     response = api.post("/api/v1/devices/register", json={"timezone": timezone}, headers=ADMIN)
     assert response.status_code == 201, response.text
@@ -231,7 +233,9 @@ def test_hostile_status_reports_get_422_naming_the_field(api, publish_update):
         assert response.status_code == 422, response.text
         assert "error_message" in response.json()["detail"]
     ok = api.post(
-        url, json={"status": "failed", "error_message": "line 1\n\tline 2 \x1b[31mred"}, headers=headers
+        url,
+        json={"status": "failed", "error_message": "line 1\n\tline 2 \x1b[31mred"},
+        headers=headers,
     )
     assert ok.status_code == 200, ok.text
     history = api.get(f"/api/v1/devices/{uid}/updates", headers=ADMIN).json()["items"]

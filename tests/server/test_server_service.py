@@ -570,13 +570,13 @@ def test_updates_resolve_by_id_or_version(service, clock, make_package):
         service.get_update("latest")
 
 
-def test_sub_second_demo_interval_reaches_the_device_and_drives_offline(
-    backend, settings, clock
-):
+def test_sub_second_demo_interval_reaches_the_device_and_drives_offline(backend, settings, clock):
     fast = UpdateService(backend, settings.model_copy(update={"heartbeat_interval_seconds": 0.5}))
     registered = fast.register_device(DeviceRegisterRequest(), now=clock.now)
     device = fast.find_device(registered.device_uuid)
-    assert fast.heartbeat(device, HeartbeatRequest(), now=clock.now).heartbeat_interval_seconds == 0.5
+    assert (
+        fast.heartbeat(device, HeartbeatRequest(), now=clock.now).heartbeat_interval_seconds == 0.5
+    )
     assert (
         fast.get_device(device.device_uuid, now=clock.now + timedelta(seconds=1.5)).status
         is DeviceStatus.ONLINE

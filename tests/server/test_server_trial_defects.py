@@ -191,7 +191,9 @@ def test_device_names_with_control_characters_are_422(client, admin, name):
 def test_device_names_may_hold_any_language_but_not_tabs_or_newlines(client, admin):
     # A tab or newline in a name fakes table rows in the operator's terminal (issue 11).
     for name in ("Küche\tvorne", "Küche\nvorne"):
-        response = client.post("/api/v1/devices/register", json={"device_name": name}, headers=admin)
+        response = client.post(
+            "/api/v1/devices/register", json={"device_name": name}, headers=admin
+        )
         assert_detail(response, 422, "device_name", "control character")
     response = client.post(
         "/api/v1/devices/register", json={"device_name": "Küche vorne レ ☕ مطبخ"}, headers=admin

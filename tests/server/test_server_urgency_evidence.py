@@ -72,9 +72,7 @@ def test_no_evidence_when_the_timing_is_the_packages_own(
     assert directive.urgency_from is None
 
 
-def test_the_wire_form_carries_the_evidence_and_the_device_may_fetch_it(
-    client, device, publish
-):
+def test_the_wire_form_carries_the_evidence_and_the_device_may_fetch_it(client, device, publish):
     instant, _ = publish("v1.1.0", "instant")
     scheduled, _ = publish("v1.2.0", "scheduled")
     assert instant.status_code == scheduled.status_code == 201

@@ -273,7 +273,9 @@ def migrate_data(
                 source_blobs = _blob_store(from_backend, source_dir or target_dir, settings)
                 target_blobs = _blob_store(destination, target_dir, settings)
                 target_blobs.prepare()
-        printer = None if as_json else (lambda line: console.print(markup_safe(line), highlight=False))
+        printer = (
+            None if as_json else (lambda line: console.print(markup_safe(line), highlight=False))
+        )
         try:
             result = run_migration(
                 source_url,

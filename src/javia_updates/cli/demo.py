@@ -56,7 +56,9 @@ def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) ->
 
 def demo(
     directory: Path | None = typer.Option(
-        None, "--dir", help="Keep everything in this directory (default: a temporary one, removed after)."
+        None,
+        "--dir",
+        help="Keep everything in this directory (default: a temporary one, removed after).",
     ),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for every device."),
 ) -> None:
@@ -84,7 +86,9 @@ def demo(
             f"signing key {markup_safe(fleet.private_key_path)} (public key copied to every device)"
         )
         fleet.start_server()
-        console.print(f"server      {markup_safe(fleet.url)}  (data in {markup_safe(root / 'server')})")
+        console.print(
+            f"server      {markup_safe(fleet.url)}  (data in {markup_safe(root / 'server')})"
+        )
         initial = fleet.build_package(app_dir, "v1.0.0", "scheduled", root / "packages" / "v1.0.0")
         for name, tz in DEVICES:
             device = fleet.add_device(name, tz, initial_package=initial)
@@ -98,19 +102,23 @@ def demo(
         _wait_online(fleet, timeout=15)
 
         (app_dir / "app.py").write_text(
-            (app_dir / "app.py").read_text(encoding="utf-8").replace(
-                "listening", "listening, now with faster wake-word detection"
-            ),
+            (app_dir / "app.py")
+            .read_text(encoding="utf-8")
+            .replace("listening", "listening, now with faster wake-word detection"),
             encoding="utf-8",
         )
-        console.print("\n[bold]javia publish ./pi_client --version v1.1.0 --type instant --yes[/bold]")
+        console.print(
+            "\n[bold]javia publish ./pi_client --version v1.1.0 --type instant --yes[/bold]"
+        )
         update = fleet.publish(app_dir, "v1.1.0", "instant", "Faster wake-word detection")
         target = update["version"]
         client = fleet.client()
         deadline = time.monotonic() + timeout
         rows: dict[str, dict] = {}
         publish_started = time.monotonic()
-        with Live(_table(fleet, rows, target, publish_started), console=console, refresh_per_second=4) as live:
+        with Live(
+            _table(fleet, rows, target, publish_started), console=console, refresh_per_second=4
+        ) as live:
             while time.monotonic() < deadline:
                 rows = {str(r["device_uuid"]): r for r in client.update_devices(update["id"])}
                 live.update(_table(fleet, rows, target, publish_started))
@@ -124,10 +132,17 @@ def demo(
                     break
                 time.sleep(0.25)
         if not all(done):
-            detail = "; ".join(f"{r.get('device_name')}: {r['status']} {r.get('error_message') or ''}" for r in rows.values())
-            fail(f"not every device reached {target} within {timeout:.0f} s ({detail}); logs in {root}")
+            detail = "; ".join(
+                f"{r.get('device_name')}: {r['status']} {r.get('error_message') or ''}"
+                for r in rows.values()
+            )
+            fail(
+                f"not every device reached {target} within {timeout:.0f} s ({detail}); logs in {root}"
+            )
 
-        console.print("\n[bold]How the next updates would be planned[/bold] (javia publish --dry-run):")
+        console.print(
+            "\n[bold]How the next updates would be planned[/bold] (javia publish --dry-run):"
+        )
         for kind in ("scheduled", "urgent"):
             plans = client.plan_new_update(update_type=kind, version="v1.2.0")
             console.print(plan_table(plans, f"{kind} update v1.2.0"))
@@ -165,7 +180,11 @@ def _wait_online(fleet, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         devices = client.list_devices()
-        if devices and all(d.get("last_seen") for d in devices) and len(devices) >= len(fleet.devices):
+        if (
+            devices
+            and all(d.get("last_seen") for d in devices)
+            and len(devices) >= len(fleet.devices)
+        ):
             return
         time.sleep(0.2)
     fail(f"devices did not send a heartbeat within {timeout:.0f} s")

@@ -33,7 +33,9 @@ from javia_updates.cli.common import (
 if TYPE_CHECKING:
     from javia_updates.admin_client import AdminClient
 
-app = typer.Typer(help="List and inspect devices; revoke and rotate their tokens.", no_args_is_help=True)
+app = typer.Typer(
+    help="List and inspect devices; revoke and rotate their tokens.", no_args_is_help=True
+)
 enrollment_app = typer.Typer(
     help="Enrollment tokens: new devices register themselves without the admin key.",
     no_args_is_help=True,
@@ -94,7 +96,9 @@ def show_device(
         details.add_row(key.replace("_", " "), str(device.get(key) or "—"))
     if device.get("token_revoked_at"):
         details.add_row("token revoked", str(device["token_revoked_at"]))
-    details.add_row("last seen", f"{device.get('last_seen') or '—'} ({ago(device.get('last_seen'))})")
+    details.add_row(
+        "last seen", f"{device.get('last_seen') or '—'} ({ago(device.get('last_seen'))})"
+    )
     details.add_row("registered", str(device.get("registered_at")))
     metadata = device.get("metadata")
     for key, value in sorted((metadata if isinstance(metadata, dict) else {}).items()):

@@ -22,7 +22,9 @@ def generate(
     output: Path = typer.Option(
         DEFAULT_SIGNING_KEY.parent, "--output", "-o", help="Directory for the key pair."
     ),
-    name: str = typer.Option("javia-signing", "--name", help="File name stem: NAME.pem (private), NAME.pub."),
+    name: str = typer.Option(
+        "javia-signing", "--name", help="File name stem: NAME.pem (private), NAME.pub."
+    ),
     passphrase: bool = typer.Option(
         False, "--passphrase", help="Ask for a passphrase to encrypt the private key."
     ),
@@ -46,12 +48,18 @@ def generate(
         hint = " (pass --force to replace it)" if "already exists" in str(error) else ""
         fail(f"{error}{hint}")
     console.print(f"key id      [bold]{paths.key_id}[/bold]")
-    console.print(f"private key {markup_safe(paths.private_path)}  (mode 0600, never leaves this machine)")
-    console.print(f"public key  {markup_safe(paths.public_path)}  (copy to each device's /etc/javia/keys/)")
+    console.print(
+        f"private key {markup_safe(paths.private_path)}  (mode 0600, never leaves this machine)"
+    )
+    console.print(
+        f"public key  {markup_safe(paths.public_path)}  (copy to each device's /etc/javia/keys/)"
+    )
 
 
 @app.command("show")
-def show(path: Path = typer.Argument(..., help="A public (.pub) or private (.pem) key file.")) -> None:
+def show(
+    path: Path = typer.Argument(..., help="A public (.pub) or private (.pem) key file."),
+) -> None:
     """Print the key id of a public or private key file."""
     from javia_updates.keys import load_private_key, load_public_key
     from javia_updates.manifest import key_id_for

@@ -80,21 +80,26 @@ def _wizard(app_dir: Path, current: Version | None) -> dict:
     choices = [
         questionary.Choice(f"{base.bump('patch')}  patch: fixes only", str(base.bump("patch"))),
         questionary.Choice(f"{base.bump('minor')}  minor: new features", str(base.bump("minor"))),
-        questionary.Choice(f"{base.bump('major')}  major: breaking changes", str(base.bump("major"))),
+        questionary.Choice(
+            f"{base.bump('major')}  major: breaking changes", str(base.bump("major"))
+        ),
         questionary.Choice("other…", "other"),
     ]
     shown = f" (VERSION says {current})" if current else ""
     version = questionary.select(f"Version to publish{shown}", choices=choices).unsafe_ask()
     if version == "other":
         version = questionary.text(
-            "Version (vX.Y.Z)", validate=lambda text: Version.is_valid(text) or "expected vX.Y.Z, e.g. v1.2.3"
+            "Version (vX.Y.Z)",
+            validate=lambda text: Version.is_valid(text) or "expected vX.Y.Z, e.g. v1.2.3",
         ).unsafe_ask()
     description = questionary.text("Description (what changes for users)").unsafe_ask()
     update_type = questionary.select(
         "Update type",
         choices=[questionary.Choice(f"{t.value:<9} {TYPE_HELP[t]}", t.value) for t in UpdateType],
     ).unsafe_ask()
-    packages = questionary.text("System packages to apt-install (comma-separated, empty for none)").unsafe_ask()
+    packages = questionary.text(
+        "System packages to apt-install (comma-separated, empty for none)"
+    ).unsafe_ask()
     return {
         "version": version,
         "description": description,
@@ -142,9 +147,13 @@ def publish(
     output: Path | None = typer.Option(
         None, "--output", help="Write the signed package to this directory instead of uploading."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show who would install when; publish nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show who would install when; publish nothing."
+    ),
     add_key: list[Path] | None = typer.Option(
-        None, "--add-key", help="Public key (.pub) devices trust after this update (key rotation; repeatable)."
+        None,
+        "--add-key",
+        help="Public key (.pub) devices trust after this update (key rotation; repeatable).",
     ),
     retire_key: list[str] | None = typer.Option(
         None, "--retire-key", help="Key id devices stop trusting after this update (repeatable)."
@@ -158,7 +167,9 @@ def publish(
     from javia_updates.packaging import build_package, collect_files, read_app_version
 
     if not app_dir.is_dir():
-        fail(f"application directory {app_dir} does not exist (expected a folder with a VERSION file)")
+        fail(
+            f"application directory {app_dir} does not exist (expected a folder with a VERSION file)"
+        )
     if dry_run and output is not None:
         fail("--dry-run publishes nothing and writes nothing: drop --output, or drop --dry-run")
     with friendly_errors():
@@ -200,13 +211,17 @@ def publish(
         if as_json:
             print_json(plans)
         else:
-            console.print(plan_table(plans, f"dry run: {kind.value} update {new_version} (nothing published)"))
+            console.print(
+                plan_table(plans, f"dry run: {kind.value} update {new_version} (nothing published)")
+            )
         return
 
     settings = OperatorSettings()
     key_path = key or settings.signing_key
     if not key_path.exists():
-        fail(f"signing key {key_path} not found: create one with 'javia keys generate' or pass --key")
+        fail(
+            f"signing key {key_path} not found: create one with 'javia keys generate' or pass --key"
+        )
 
     if asked:
         console.print(
@@ -248,7 +263,9 @@ def publish(
         if output is not None:
             built = build(output)  # nothing is published, so VERSION stays as it is
             if as_json:
-                print_json({"directory": str(built.directory), "manifest": built.manifest.to_json_dict()})
+                print_json(
+                    {"directory": str(built.directory), "manifest": built.manifest.to_json_dict()}
+                )
             else:
                 console.print(
                     f"wrote signed package {new_version} ({len(built.manifest.files)} files, "

@@ -21,7 +21,9 @@ def serve(
         from javia_updates.server import run
         from javia_updates.settings import load_server_settings
     except ImportError as error:
-        fail(f"the server needs the server extra: pip install 'javia[server]' ({error.name} missing)")
+        fail(
+            f"the server needs the server extra: pip install 'javia[server]' ({error.name} missing)"
+        )
     with friendly_errors():
         overrides = {"data_dir": data_dir} if data_dir is not None else {}
         settings = load_server_settings(**overrides)

@@ -63,7 +63,11 @@ def simulate(
             database_url=database_url,
             work_dir=work_dir,
         )
-        progress = None if as_json else (lambda line: error_console.print(f"[dim]{markup_safe(line)}[/dim]"))
+        progress = (
+            None
+            if as_json
+            else (lambda line: error_console.print(f"[dim]{markup_safe(line)}[/dim]"))
+        )
         report = run_simulation(config, progress=progress)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -133,7 +133,14 @@ def plan_table(plans: list[dict], title: str) -> Table:
     A time or timezone the CLI cannot read is shown as the server sent it.
     """
     table = SafeTable(title=title, title_justify="left")
-    for column in ("device", "timezone", "gets it", "installs (device-local)", "installs (UTC)", "why"):
+    for column in (
+        "device",
+        "timezone",
+        "gets it",
+        "installs (device-local)",
+        "installs (UTC)",
+        "why",
+    ):
         table.add_column(column)
     for plan in plans:
         tz = str(plan.get("timezone") or "UTC")
