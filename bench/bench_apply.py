@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import BenchResult, Row, summarize
-
 from javia_agent.clock import Clock
 from javia_agent.config import AgentPaths
 from javia_agent.installer import Installer

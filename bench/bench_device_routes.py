@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib
 import httpx
-from benchlib import BenchResult, Row, summarize
 
+import benchlib
+from benchlib import BenchResult, Row, summarize
 from javia_updates.simulate import BASE_VERSION, _build_package
 
 CONNECTIONS = 16

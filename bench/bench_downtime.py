@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 from benchlib import BenchResult, Row, summarize  # noqa: E402
-
 from javia_agent.clock import Clock  # noqa: E402
 from javia_agent.config import AgentPaths  # noqa: E402
 from javia_agent.installer import Installer, InstallResult  # noqa: E402

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import MIB, BenchResult, Row
-
 from javia_updates.simulate import SimulationConfig, SimulationError, run_simulation
 
 

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import BenchResult, Row, summarize
-
 from javia_updates.admin_client import AdminClient
 from javia_updates.demo import LocalFleet, example_app_dir
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from postgres import (
     PostgresCluster,
     PostgresUnavailable,

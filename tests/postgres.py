@@ -24,6 +24,7 @@ second), which keeps workers independent: no shared state, no lock files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -248,10 +249,8 @@ class PostgresCluster:
                     "pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop", check=False
                 )
                 if result.returncode != 0 and (self.data_dir / "postmaster.pid").exists():
-                    try:
+                    with contextlib.suppress(OSError, ValueError, IndexError):
                         os.kill(self.postmaster_pid(), signal.SIGKILL)
-                    except (OSError, ValueError, IndexError):
-                        pass
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 

@@ -14,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from packages_helpers import NOW, keyring_for, make_app
 
 from javia_updates.errors import ManifestError, PackageError, VersionError
 from javia_updates.manifest import verify_manifest
@@ -30,6 +29,7 @@ from javia_updates.packaging import (
     sanitize_app_name,
 )
 from javia_updates.versioning import Version
+from packages_helpers import NOW, keyring_for, make_app
 
 KEY = Ed25519PrivateKey.generate()
 

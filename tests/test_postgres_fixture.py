@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from postgres import PostgresCluster, find_server_binaries, report_unavailable
 from sqlalchemy.dialects.postgresql import JSONB
+
+from postgres import PostgresCluster, find_server_binaries, report_unavailable
 
 
 def _uid_of(pid: int) -> int:

@@ -24,17 +24,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from packages_helpers import (
-    NOW,
-    Member,
-    entry,
-    keyring_for,
-    make_app,
-    sign_package_dir,
-    snapshot,
-    write_archive,
-    write_signed_package,
-)
 
 from javia_agent import verification
 from javia_agent.verification import (
@@ -49,6 +38,17 @@ from javia_updates.manifest import FileEntry, Manifest, canonical_json, sign_man
 from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package, read_package_dir
 from javia_updates.versioning import Version
+from packages_helpers import (
+    NOW,
+    Member,
+    entry,
+    keyring_for,
+    make_app,
+    sign_package_dir,
+    snapshot,
+    write_archive,
+    write_signed_package,
+)
 
 KEY = Ed25519PrivateKey.generate()
 KEYRING = keyring_for(KEY)

@@ -27,6 +27,7 @@ Python environment (built from its ``requirements.txt``, see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -342,10 +343,8 @@ class CommandService:
             if child.poll() is not None:
                 del _CHILDREN[pid]
             return
-        try:
+        with contextlib.suppress(ChildProcessError, OSError):  # not our child: init reaps it
             os.waitpid(pid, os.WNOHANG)
-        except (ChildProcessError, OSError):
-            pass  # not our child: init reaps it
 
     def pid(self) -> int | None:
         """The running application's pid, or ``None`` when it is not running."""
@@ -435,10 +434,8 @@ class CommandService:
         try:
             os.killpg(pid, signum)  # the whole session: the app and its children
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _wait_gone(self, pid: int, ticks: int | None, seconds: float) -> bool:
         """Whether ``pid`` exited within ``seconds``.

@@ -10,6 +10,7 @@ Nothing here is simulated: every process is the real program a user runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -396,7 +397,5 @@ class LocalFleet:
             activity_file=device.state_dir / "activity.json",
             stop_timeout_seconds=5,
         )
-        try:
+        with contextlib.suppress(JaviaError):
             service.stop()
-        except JaviaError:
-            pass

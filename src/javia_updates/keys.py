@@ -15,6 +15,7 @@ This module is importable on a device: it needs only ``cryptography``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,8 @@ def _write_new_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None
         # Remove first, so that O_EXCL still guarantees we created the file and
         # its mode is the one given here (an existing 0644 file keeps its mode
         # when opened for writing).
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        except FileNotFoundError:
-            pass
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         descriptor = os.open(path, flags, mode)

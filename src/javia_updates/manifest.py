@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -362,7 +362,7 @@ class Manifest(_Frozen):
         if value.tzinfo is None:
             raise ValueError("created_at must carry a UTC offset")
         # Whole seconds: the canonical form writes no fraction.
-        return value.astimezone(timezone.utc).replace(microsecond=0)
+        return value.astimezone(UTC).replace(microsecond=0)
 
     @field_validator("system_packages")
     @classmethod

@@ -60,7 +60,7 @@ from zoneinfo import ZoneInfo
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, Field
 
-from javia_updates import scheduling
+from javia_updates import input_rules, scheduling
 from javia_updates.backends.base import (
     IN_FLIGHT_STATUSES,
     AuditEntry,
@@ -90,6 +90,7 @@ from javia_updates.errors import (
     PackageError,
     VersionError,
 )
+from javia_updates.input_rules import check_json, sanitize_json
 from javia_updates.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -116,8 +117,6 @@ from javia_updates.models import (
     UrgencyEvidence,
     check_no_control_characters,
 )
-from javia_updates import input_rules
-from javia_updates.input_rules import check_json, sanitize_json
 from javia_updates.settings import ServerSettings
 from javia_updates.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
 
@@ -773,10 +772,13 @@ class UpdateService:
             return None
         token_hash = hash_token(token)
         device = self.cache.device(token_hash)
-        if device is not None and not self.store.exclusive:
-            if not self.store.token_is_current(device.id, token_hash):
-                self.cache.forget(device.id)
-                device = None
+        if (
+            device is not None
+            and not self.store.exclusive
+            and not self.store.token_is_current(device.id, token_hash)
+        ):
+            self.cache.forget(device.id)
+            device = None
         if device is None:
             device = self.store.find_device_by_token_hash(token_hash)
             if device is not None:

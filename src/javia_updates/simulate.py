@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,10 +346,8 @@ class _Fleet:
         """Heartbeat forever (until cancelled), installing what the server directs."""
         await asyncio.sleep(self.rng.uniform(0, interval))
         while True:
-            try:
+            with suppress(_RequestFailed):
                 interval = await self._heartbeat(device, interval)
-            except _RequestFailed:
-                pass
             await asyncio.sleep(interval * (1 + self.rng.uniform(-_JITTER, _JITTER)))
 
     async def _heartbeat(self, device: _Device, interval: float) -> float:
@@ -687,10 +685,8 @@ async def _simulate(
             # A device that completed a check-in during the publish may hold no
             # directive yet; it gets one at its next heartbeat.
             say("waiting for every device to report completed")
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(fleet.all_completed.wait(), timeout=config.timeout_seconds)
-            except TimeoutError:
-                pass
             ended = time.perf_counter()
             cpu_after = process_cpu_seconds(server_pid)
             own_cpu_seconds = time.process_time() - own_cpu_before

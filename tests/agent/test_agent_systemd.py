@@ -92,7 +92,7 @@ def test_watchdog_pings_are_spaced_by_a_quarter_of_the_interval(systemd: FakeSys
     now = [100.0]
     notifier = SystemdNotifier(systemd.address, watchdog_seconds=20, monotonic=lambda: now[0])
     sent = []
-    for step in range(12):
+    for _ in range(12):
         sent.append(notifier.watchdog())
         now[0] += 1.0
     assert sent == [True, False, False, False, False, True] + [False] * 4 + [True, False]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from shared_helpers import Package, app_files, build_package, isolate_javia_environment
-from test_supabase_storage import SECRET_KEY, StorageContract
 
 import javia_updates.backends.supabase  # noqa: F401 - registers the supabase backend
 from javia_updates.backends import Backend, create_backend
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
+from shared_helpers import Package, app_files, build_package, isolate_javia_environment
+from test_supabase_storage import SECRET_KEY, StorageContract
 
 API_KEY = "backend-tests-admin-key-0123456789"
 BACKEND_KINDS = ["sqlite", "postgresql", "supabase"]

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from shared_helpers import store_update
 
 from javia_updates.backends import Backend
 from javia_updates.backends.base import DeviceRecord
@@ -34,6 +33,7 @@ from javia_updates.models import (
     UpdateType,
 )
 from javia_updates.service import UpdateService
+from shared_helpers import store_update
 
 # A Friday noon in winter: no DST change in Berlin or New York for weeks.
 NOW = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
@@ -129,7 +129,9 @@ def test_devices_list_in_registration_order_with_filters_and_pages(service):
     beat(service, devices[1], version="v1.0.0")
     beat(service, devices[3], version="v1.1.0")
 
-    names = lambda page: [d.device_name for d in page.items]
+    def names(page):
+        return [d.device_name for d in page.items]
+
     assert names(service.list_devices(now=NOW)) == [f"pi-{i}" for i in range(5)]
     assert service.list_devices(now=NOW, online=True).total == 3
     assert names(service.list_devices(now=NOW, online=False)) == ["pi-2", "pi-4"]
@@ -348,7 +350,9 @@ def test_updates_list_highest_version_first_numerically_with_filters_and_pages(
     for version, kind in (("v1.2.0", "instant"), ("v1.9.0", "scheduled"), ("v1.10.0", "urgent")):
         service.publish_update(make_package(version, kind).upload(), now=NOW)
 
-    versions = lambda page: [u.version for u in page.items]
+    def versions(page):
+        return [u.version for u in page.items]
+
     assert versions(service.list_updates()) == ["v1.10.0", "v1.9.0", "v1.2.0"]
     assert versions(service.list_updates(update_type=UpdateType.URGENT)) == ["v1.10.0"]
     page = service.list_updates(limit=1, offset=1)

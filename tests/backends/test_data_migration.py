@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
-from test_supabase_storage import SECRET_KEY
 
 from javia_updates.backends import create_backend
 from javia_updates.backends.data_migration import DataMigrationError, migrate_data, table_counts
@@ -34,6 +33,7 @@ from javia_updates.models import (
 )
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
+from test_supabase_storage import SECRET_KEY
 
 from .conftest import API_KEY
 from .test_conformance import NOW

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from shared_helpers import Clock, bearer
 
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
+from shared_helpers import Clock, bearer
 
 API_KEY = "revocation-replicas-admin-key-0123456789"
 ADMIN = {"X-API-Key": API_KEY}

@@ -33,19 +33,19 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 from fastapi.testclient import TestClient
-from shared_helpers import Package
 from sqlalchemy import text
+
+from javia_updates.backends import Backend, create_backend
+from javia_updates.demo import free_port, javia_command
+from javia_updates.server import create_app
+from javia_updates.settings import ServerSettings
+from shared_helpers import Package
 from test_supabase_storage import (
     ANON_KEY,
     StorageContract,
     gateway_error,
     storage_error,
 )
-
-from javia_updates.backends import Backend, create_backend
-from javia_updates.demo import free_port, javia_command
-from javia_updates.server import create_app
-from javia_updates.settings import ServerSettings
 
 from .conftest import API_KEY, BACKEND_KINDS, settings_for
 

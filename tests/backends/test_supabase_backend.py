@@ -21,7 +21,6 @@ import httpx
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
-from test_supabase_storage import SECRET_KEY
 
 from javia_updates.backends import backend_names, create_backend, get_backend_class
 from javia_updates.backends import database as database_module
@@ -37,6 +36,7 @@ from javia_updates.backends.supabase_storage import SupabaseStorageError
 from javia_updates.demo import free_port
 from javia_updates.errors import BackendError
 from javia_updates.settings import ServerSettings, SettingsError
+from test_supabase_storage import SECRET_KEY
 
 from .conftest import API_KEY
 from .test_conformance import NOW

@@ -11,7 +11,7 @@ waiting for it would fail the test.
 from __future__ import annotations
 
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
     app_dir: Path,  # noqa: F811 - fixture
 ) -> None:
     # Today's 3 h window closed 30 min ago: the next one opens in ~20.5 h.
-    far = datetime.now(timezone.utc) - timedelta(hours=3, minutes=30)
+    far = datetime.now(UTC) - timedelta(hours=3, minutes=30)
     fleet: LocalFleet = _fleet(tmp_path, JAVIA_WINDOW_START=far.strftime("%H:%M:%S"))
     try:
         (kitchen,) = _provision(fleet, app_dir, [("kitchen", "UTC")])
@@ -42,9 +42,9 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
         assert final_rows(fleet, fix["id"])[kitchen.device_uuid]["status"] == "pending"
         release = fleet.publish(app_dir, "v1.2.0", "scheduled", "feature release")
         (row,) = final_rows(fleet, release["id"]).values()
-        assert datetime.fromisoformat(row["scheduled_for"]) > datetime.now(
-            timezone.utc
-        ) + timedelta(hours=19), "the scheduled release's own slot is the far window"
+        assert datetime.fromisoformat(row["scheduled_for"]) > datetime.now(UTC) + timedelta(
+            hours=19
+        ), "the scheduled release's own slot is the far window"
 
         fleet.start_agent(kitchen)
         done = wait_for(

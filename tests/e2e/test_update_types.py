@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ def _provision(
 
 
 def _utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
     devices = _provision(fleet, app_dir, [("utc", "UTC"), ("abidjan", "Africa/Abidjan")])
     pids = {d.name: d.app_status()["pid"] for d in devices}
     # The operator moves the maintenance window: it now opens 12 s from now and lasts 36 s.
-    opens = (datetime.now(timezone.utc) + timedelta(seconds=12)).replace(microsecond=0)
+    opens = (datetime.now(UTC) + timedelta(seconds=12)).replace(microsecond=0)
     fleet.restart_server(
         extra_env={
             "JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"),
@@ -97,7 +97,7 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
         slot = _utc(row["scheduled_for"])
         assert opens <= slot < opens + timedelta(seconds=WINDOW_SECONDS * 2 / 3 + 1), row
     # Before the window nothing moves: the rows stay pending and the apps keep running.
-    time.sleep(max(0.0, (opens - datetime.now(timezone.utc)).total_seconds() - 2))
+    time.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds() - 2))
     assert all(r["status"] == "pending" for r in final_rows(fleet, update["id"]).values())
     assert {d.name: d.app_status()["pid"] for d in devices} == pids
 
@@ -128,7 +128,7 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
 ):
     (busy,) = _provision(fleet, app_dir, [("busy", "UTC")])
     # Today's 3 h window closed 30 min ago, so the next opens in ~20.5 h; 3 s of quiet counts as idle.
-    far = datetime.now(timezone.utc) - timedelta(hours=3, minutes=30)
+    far = datetime.now(UTC) - timedelta(hours=3, minutes=30)
     fleet.restart_server(
         extra_env={"JAVIA_WINDOW_START": far.strftime("%H:%M:%S"), "JAVIA_URGENT_IDLE_SECONDS": "3"}
     )
@@ -150,7 +150,7 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
     try:
         update = fleet.publish(app_dir, "v1.1.0", "urgent")
         (row,) = final_rows(fleet, update["id"]).values()
-        assert _utc(row["scheduled_for"]) > datetime.now(timezone.utc) + timedelta(hours=19), (
+        assert _utc(row["scheduled_for"]) > datetime.now(UTC) + timedelta(hours=19), (
             "deadline is the window"
         )
         time.sleep(6)
@@ -159,7 +159,7 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
     finally:
         talking.clear()
         speaker.join()
-    last_activity = datetime.now(timezone.utc)
+    last_activity = datetime.now(UTC)
 
     done = wait_for(
         lambda: (

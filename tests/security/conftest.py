@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from security_helpers import API_KEY, START, World, build_world
-from shared_helpers import Clock, isolate_javia_environment
 
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
+from shared_helpers import Clock, isolate_javia_environment
 
 
 @pytest.fixture(autouse=True)

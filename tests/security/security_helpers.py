@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+
 from shared_helpers import Package, bearer, build_package
 
 API_KEY = "security-test-admin-key-0123456789"

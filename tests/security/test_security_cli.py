@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from shared_helpers import server_process
 from typer.testing import CliRunner
 
 from javia_updates.cli.devices import parse_duration
 from javia_updates.cli.main import app as javia_app
+from shared_helpers import server_process
 
 API_KEY = "cli-security-admin-key"
 

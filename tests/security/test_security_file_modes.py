@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from shared_helpers import build_package, server_process
 
 from javia_agent.activity import ACTIVITY_DIR_MODE, DEFAULT_APP_GROUP, app_group_id
+from shared_helpers import build_package, server_process
 
 API_KEY = "file-modes-admin-key-0123456789"
 ADMIN = {"X-API-Key": API_KEY}

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from security_helpers import ADMIN, assert_detail, bearer, make_package, register
-from shared_helpers import Clock
 
 from javia_updates.server.limits import HeartbeatRateLimiter
+from shared_helpers import Clock
 
 
 def chunks(body: bytes, size: int = 512) -> object:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from shared_helpers import build_package, server_process
 
 from javia_updates.cli.common import SafeTable, cell, markup_safe, visible
 from javia_updates.cli.updates import plan_table, progress_table
+from shared_helpers import build_package, server_process
 
 API_KEY = "terminal-test-admin-key-0123456789"
 ADMIN = {"X-API-Key": API_KEY}

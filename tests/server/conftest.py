@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from shared_helpers import Clock, Package, bearer, build_package, isolate_javia_environment
 
 from javia_updates.backends.local import LocalBackend
 from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest
 from javia_updates.server import create_app
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
+from shared_helpers import Clock, Package, bearer, build_package, isolate_javia_environment
 
 API_KEY = "test-admin-key-0123456789"
 # A Friday noon in winter: UTC+1 in Berlin, no DST change within days.

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from shared_helpers import bearer
 
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings, SettingsError
+from shared_helpers import bearer
 
 
 def assert_detail(response, status: int, *fragments: str) -> str:  # type: ignore[no-untyped-def]

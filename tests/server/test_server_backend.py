@@ -13,7 +13,6 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from shared_helpers import store_update
 from sqlalchemy import event, inspect, text
 
 from javia_updates.backends import (
@@ -36,6 +35,7 @@ from javia_updates.backends.sql_store import SQLStore, make_engine
 from javia_updates.errors import BackendError, ConflictError, NotFoundError
 from javia_updates.models import FINAL_STATUSES, UpdateStatus, UpdateType
 from javia_updates.settings import ServerSettings
+from shared_helpers import store_update
 
 ZONE_PLUS_5 = timezone(timedelta(hours=5))
 NOW = datetime.fromisoformat("2027-01-15T12:00:00+00:00")

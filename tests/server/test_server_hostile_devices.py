@@ -16,20 +16,19 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from shared_helpers import Clock, bearer
 from sqlalchemy import text
 
 from javia_updates.backends.base import HeartbeatWrite
 from javia_updates.models import DeviceStatus
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
-
+from shared_helpers import Clock, bearer
 
 API_KEY = "hostile-devices-admin-key-0123456789"
 ADMIN = {"X-API-Key": API_KEY}

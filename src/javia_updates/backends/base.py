@@ -677,7 +677,7 @@ class Store(ABC):
         """Audit log lines, newest first."""
 
     # lifecycle ---------------------------------------------------------------
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: a store without connections keeps it
         """Release connections."""
 
 
@@ -741,7 +741,7 @@ class Backend(ABC):
     def from_settings(cls, settings: ServerSettings) -> Backend:
         """Build the backend from server settings (does not create the schema)."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook: the default needs no preparation
         """Bring storage up to date (run migrations, create directories)."""
 
     def close(self) -> None:

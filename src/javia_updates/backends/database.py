@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -176,12 +177,11 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
             try:
                 upgrade(database_url, schema=schema)
             finally:
-                try:
+                # If unlocking fails, closing the session releases the lock as well.
+                with contextlib.suppress(SQLAlchemyError):
                     connection.execute(
                         text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
                     )
-                except SQLAlchemyError:
-                    pass  # closing the session releases the lock as well
     finally:
         engine.dispose()
 

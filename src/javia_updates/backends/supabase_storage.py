@@ -49,6 +49,7 @@ The status is Storage's ``statusCode`` when the body has one, else the HTTP stat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -811,7 +812,6 @@ class _ObjectStream(Iterator[bytes]):
         self._response.close()
 
     def __del__(self) -> None:
-        try:
+        # Best effort, maybe at interpreter shutdown: any failure is ignored.
+        with contextlib.suppress(Exception):
             self._response.close()
-        except Exception:  # noqa: BLE001, S110 - best effort, maybe at interpreter shutdown
-            pass

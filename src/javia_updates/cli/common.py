@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -186,7 +186,7 @@ def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def ago(value: str | None, now: datetime | None = None) -> str:
@@ -197,7 +197,7 @@ def ago(value: str | None, now: datetime | None = None) -> str:
         return visible(value)
     if moment is None:
         return "never"
-    seconds = int(((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
     if seconds < 0:
         return "just now"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):

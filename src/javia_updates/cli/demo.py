@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -36,7 +36,7 @@ def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) ->
     )
     for column in ("device", "timezone", "local time", "server status", "app version", "app pid"):
         table.add_column(column)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for device in fleet.devices:
         row = rows_by_uuid.get(device.device_uuid, {})
         status = str(row.get("status", "waiting for heartbeat"))

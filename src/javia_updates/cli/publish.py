@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -252,7 +252,7 @@ def publish(
                 description=description,
                 system_packages=packages,
                 private_key=private_key,
-                now=datetime.now(timezone.utc),
+                now=datetime.now(UTC),
                 write_version_file=False,  # only once the package is safely out
                 add_keys=add_key or (),
                 retire_keys=retire_key or (),

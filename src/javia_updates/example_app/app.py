@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 running = True
@@ -38,7 +38,7 @@ def main() -> int:
         record = {
             "version": version,
             "pid": os.getpid(),
-            "started_at": datetime.now(timezone.utc).isoformat(),
+            "started_at": datetime.now(UTC).isoformat(),
             "release_dir": str(release),
         }
         temporary = Path(status_file + ".tmp")
