@@ -92,8 +92,8 @@ def main() -> None:
                 payload_path=package / "payload.tar.gz",
                 targets=[device_uuid for device_uuid, _ in devices],
             )
-        size = update["size"]
-        path = f"/api/v1/updates/{update['id']}/download"
+        size = update.size
+        path = f"/api/v1/updates/{update.id}/download"
         requests = [("GET", path, {"Authorization": f"Bearer {token}"}, "") for _, token in devices]
         stored = next((fleet.root / "server").rglob("payload.tar.gz"))
         assert fleet.server is not None

@@ -173,7 +173,7 @@ def main() -> None:
                         payload_path=package / "payload.tar.gz",
                     )
                     javia_seconds.append(time.perf_counter() - begun)
-                    row_counts.append(sum(published["status_counts"].values()))
+                    row_counts.append(sum(published.status_counts.values()))
             finally:
                 fleet.stop()
             update, rows, columns, update_columns = read_back(database)

@@ -46,7 +46,8 @@ def skip_httpx_command_line() -> bool:
     """
     if "httpx" in sys.modules:
         return False
-    sys.modules.setdefault(_HTTPX_COMMAND_LINE, None)
+    # typeshed types sys.modules as modules only; None is the documented import blocker.
+    sys.modules.setdefault(_HTTPX_COMMAND_LINE, None)  # type: ignore[arg-type]
     return sys.modules[_HTTPX_COMMAND_LINE] is None
 
 

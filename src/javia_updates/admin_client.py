@@ -1,25 +1,39 @@
 """HTTP client for the operator's side of the API (DESIGN.md section 6).
 
 Used by ``javia publish``, ``javia devices``, ``javia updates`` and ``javia demo``.
-Every call carries the admin key in ``X-API-Key``. Errors become
-:class:`ApiError` with the HTTP status and the server's ``detail`` message, or
-:class:`ServerUnreachableError` when no HTTP answer came back.
+Every call carries the admin key in ``X-API-Key`` and returns the route's wire
+model (:mod:`javia_updates.models`); ``model_dump(mode="json")`` gives back the
+server's JSON. Errors become :class:`ApiError` with the HTTP status and the
+server's ``detail`` message, :class:`ServerUnreachableError` when no HTTP
+answer came back, or :class:`UnexpectedAnswerError` when an answer does not
+fit its model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from javia_updates.errors import JaviaError
+from javia_updates.models import (
+    DeviceOut,
+    DeviceRegistered,
+    DeviceUpdateOut,
+    EnrollmentTokenCreated,
+    EnrollmentTokenOut,
+    PlanEntry,
+    UpdateOut,
+)
 
-__all__ = ["AdminClient", "ApiError", "ServerUnreachableError"]
+__all__ = ["AdminClient", "ApiError", "ServerUnreachableError", "UnexpectedAnswerError"]
 
 ProgressCallback = Callable[[int], None]
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(JaviaError):
@@ -40,6 +54,10 @@ class ServerUnreachableError(JaviaError):
     """No HTTP answer: connection refused, DNS failure or timeout."""
 
 
+class UnexpectedAnswerError(JaviaError):
+    """A successful answer that does not fit the route's model (another server version?)."""
+
+
 class _ProgressReader:
     """A read-only file wrapper that reports bytes read to ``progress``."""
 
@@ -57,7 +75,7 @@ class _ProgressReader:
         """Lets httpx size the upload (Content-Length) without reading it."""
         return self._handle.fileno()
 
-    def __iter__(self):  # httpx streams iterables chunk by chunk
+    def __iter__(self) -> Iterator[bytes]:  # httpx streams iterables chunk by chunk
         while chunk := self.read(64 * 1024):
             yield chunk
 
@@ -73,6 +91,11 @@ def _detail(response: httpx.Response) -> str:
             f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}" for item in detail
         )
     return str(detail)
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
 
 
 class AdminClient:
@@ -117,6 +140,29 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """The answer to one request, parsed as ``model``."""
+        body = self._request(method, path, **kwargs)
+        try:
+            return model.model_validate(body)
+        except ValidationError as error:
+            raise UnexpectedAnswerError(
+                f"unexpected answer from {method} {path}: {_first_error(error)}"
+            ) from None
+
+    def _items(self, model: type[M], method: str, path: str, **kwargs: Any) -> list[M]:
+        """The ``items`` of a page or list answer (or a bare list), each parsed as ``model``."""
+        body = self._request(method, path, **kwargs)
+        items = body["items"] if isinstance(body, dict) and "items" in body else body
+        if not isinstance(items, list):
+            raise UnexpectedAnswerError(f"unexpected answer from {method} {path}: expected a list")
+        try:
+            return [model.model_validate(item) for item in items]
+        except ValidationError as error:
+            raise UnexpectedAnswerError(
+                f"unexpected answer from {method} {path}: {_first_error(error)}"
+            ) from None
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._client.request(method, path, **kwargs)
@@ -135,87 +181,86 @@ class AdminClient:
         return response.json()
 
     # Devices -------------------------------------------------------------
-    def list_devices(self, *, limit: int = 1000, offset: int = 0, **filters: Any) -> list[dict]:
+    def list_devices(
+        self, *, limit: int = 1000, offset: int = 0, **filters: Any
+    ) -> list[DeviceOut]:
         """``GET /api/v1/devices/``: devices as JSON objects (see ``models.DeviceOut``)."""
         params = {
             "limit": limit,
             "offset": offset,
             **{k: v for k, v in filters.items() if v is not None},
         }
-        body = self._request("GET", "/api/v1/devices/", params=params)
-        return body["items"] if isinstance(body, dict) else body
+        return self._items(DeviceOut, "GET", "/api/v1/devices/", params=params)
 
-    def get_device(self, device_uuid: str) -> dict:
+    def get_device(self, device_uuid: str) -> DeviceOut:
         """``GET /api/v1/devices/{uuid}``."""
-        return self._request("GET", f"/api/v1/devices/{device_uuid}")
+        return self._one(DeviceOut, "GET", f"/api/v1/devices/{device_uuid}")
 
-    def device_history(self, device_uuid: str) -> list[dict]:
+    def device_history(self, device_uuid: str) -> list[DeviceUpdateOut]:
         """``GET /api/v1/devices/{uuid}/updates``: the device's update rows, newest first."""
-        body = self._request("GET", f"/api/v1/devices/{device_uuid}/updates")
-        return body["items"] if isinstance(body, dict) else body
+        return self._items(DeviceUpdateOut, "GET", f"/api/v1/devices/{device_uuid}/updates")
 
-    def register_device(self, **body: Any) -> dict:
+    def register_device(self, **body: Any) -> DeviceRegistered:
         """``POST /api/v1/devices/register``; the answer holds the one-time device token."""
-        return self._request("POST", "/api/v1/devices/register", json=body)
+        return self._one(DeviceRegistered, "POST", "/api/v1/devices/register", json=body)
 
-    def revoke_device_token(self, device_uuid: str) -> dict:
+    def revoke_device_token(self, device_uuid: str) -> DeviceOut:
         """``POST /api/v1/devices/{uuid}/revoke``: the device's token stops working at once."""
-        return self._request("POST", f"/api/v1/devices/{device_uuid}/revoke")
+        return self._one(DeviceOut, "POST", f"/api/v1/devices/{device_uuid}/revoke")
 
-    def rotate_device_token(self, device_uuid: str) -> dict:
+    def rotate_device_token(self, device_uuid: str) -> DeviceRegistered:
         """``POST /api/v1/devices/{uuid}/rotate-token``: a new token, shown once; the old one stops working."""
-        return self._request("POST", f"/api/v1/devices/{device_uuid}/rotate-token")
+        return self._one(DeviceRegistered, "POST", f"/api/v1/devices/{device_uuid}/rotate-token")
 
     # Enrollment tokens -----------------------------------------------------
     def create_enrollment_token(
         self, *, max_uses: int, expires_in_seconds: int, label: str | None = None
-    ) -> dict:
+    ) -> EnrollmentTokenCreated:
         """``POST /api/v1/enrollment-tokens/``; the answer holds the token, shown once."""
         body: dict[str, Any] = {"max_uses": max_uses, "expires_in_seconds": expires_in_seconds}
         if label is not None:
             body["label"] = label
-        return self._request("POST", "/api/v1/enrollment-tokens/", json=body)
+        return self._one(EnrollmentTokenCreated, "POST", "/api/v1/enrollment-tokens/", json=body)
 
-    def list_enrollment_tokens(self, *, limit: int = 1000, offset: int = 0) -> list[dict]:
+    def list_enrollment_tokens(
+        self, *, limit: int = 1000, offset: int = 0
+    ) -> list[EnrollmentTokenOut]:
         """``GET /api/v1/enrollment-tokens/``: tokens (never the secrets), newest first."""
-        body = self._request(
-            "GET", "/api/v1/enrollment-tokens/", params={"limit": limit, "offset": offset}
-        )
-        return body["items"] if isinstance(body, dict) else body
+        params = {"limit": limit, "offset": offset}
+        return self._items(EnrollmentTokenOut, "GET", "/api/v1/enrollment-tokens/", params=params)
 
-    def revoke_enrollment_token(self, token_id: int) -> dict:
+    def revoke_enrollment_token(self, token_id: int) -> EnrollmentTokenOut:
         """``POST /api/v1/enrollment-tokens/{id}/revoke``."""
-        return self._request("POST", f"/api/v1/enrollment-tokens/{token_id}/revoke")
+        return self._one(EnrollmentTokenOut, "POST", f"/api/v1/enrollment-tokens/{token_id}/revoke")
 
     # Updates -------------------------------------------------------------
-    def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[dict]:
+    def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[UpdateOut]:
         """``GET /api/v1/updates/``: published updates with per-status counts."""
-        body = self._request("GET", "/api/v1/updates/", params={"limit": limit, "offset": offset})
-        return body["items"] if isinstance(body, dict) else body
+        params = {"limit": limit, "offset": offset}
+        return self._items(UpdateOut, "GET", "/api/v1/updates/", params=params)
 
-    def get_update(self, update: str | int) -> dict:
+    def get_update(self, update: str | int) -> UpdateOut:
         """``GET /api/v1/updates/{id or vX.Y.Z}``."""
-        return self._request("GET", f"/api/v1/updates/{update}")
+        return self._one(UpdateOut, "GET", f"/api/v1/updates/{update}")
 
-    def update_devices(self, update: str | int) -> list[dict]:
+    def update_devices(self, update: str | int) -> list[DeviceUpdateOut]:
         """``GET /api/v1/updates/{id}/devices``: per-device progress rows."""
-        body = self._request("GET", f"/api/v1/updates/{update}/devices", params={"limit": 1000})
-        return body["items"] if isinstance(body, dict) else body
+        return self._items(
+            DeviceUpdateOut, "GET", f"/api/v1/updates/{update}/devices", params={"limit": 1000}
+        )
 
-    def plan_update(self, update: str | int) -> list[dict]:
+    def plan_update(self, update: str | int) -> list[PlanEntry]:
         """``GET /api/v1/updates/{id}/plan``: who installs a published update, when and why."""
-        body = self._request("GET", f"/api/v1/updates/{update}/plan")
-        return body["items"] if isinstance(body, dict) else body
+        return self._items(PlanEntry, "GET", f"/api/v1/updates/{update}/plan")
 
     def plan_new_update(
         self, *, update_type: str, version: str, targets: Sequence[str] | None = None
-    ) -> list[dict]:
+    ) -> list[PlanEntry]:
         """``POST /api/v1/updates/plan``: the dry run of a publish."""
         payload: dict[str, Any] = {"update_type": update_type, "version": version}
         if targets:
             payload["targets"] = list(targets)
-        body = self._request("POST", "/api/v1/updates/plan", json=payload)
-        return body["items"] if isinstance(body, dict) else body
+        return self._items(PlanEntry, "POST", "/api/v1/updates/plan", json=payload)
 
     def publish(
         self,
@@ -226,7 +271,7 @@ class AdminClient:
         update_type: str | None = None,
         targets: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
-    ) -> dict:
+    ) -> UpdateOut:
         """``POST /api/v1/updates/``: upload the three package objects.
 
         The payload is streamed from disk; ``progress(n)`` is called with each
@@ -247,11 +292,12 @@ class AdminClient:
                 "signature": ("manifest.sig", signature_path.read_bytes(), "application/json"),
                 "payload": (
                     payload_path.name,
-                    _ProgressReader(payload, progress),  # type: ignore[arg-type]
+                    _ProgressReader(payload, progress),
                     "application/gzip",
                 ),
             }
-            return self._request(
+            return self._one(
+                UpdateOut,
                 "POST",
                 "/api/v1/updates/",
                 data=data,

@@ -30,6 +30,7 @@ import httpx
 
 from javia_updates.admin_client import AdminClient
 from javia_updates.errors import JaviaError
+from javia_updates.models import UpdateOut
 
 __all__ = [
     "LocalFleet",
@@ -54,7 +55,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def example_app_dir() -> Path:
@@ -105,9 +107,10 @@ class FleetDevice:
     def app_status(self) -> dict[str, Any] | None:
         """What the running application says about itself, or None."""
         try:
-            return json.loads(self.app_status_file.read_text(encoding="utf-8"))
+            status = json.loads(self.app_status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return status if isinstance(status, dict) else None
 
     def app_running(self) -> bool:
         """Whether the application process recorded in the status file is alive."""
@@ -346,7 +349,9 @@ class LocalFleet:
         )
         return output
 
-    def publish(self, app_dir: Path, version: str, update_type: str, description: str = "") -> dict:
+    def publish(
+        self, app_dir: Path, version: str, update_type: str, description: str = ""
+    ) -> UpdateOut:
         """``javia publish`` to the fleet's server; returns the published update."""
         out = self.run_javia(
             [
@@ -368,7 +373,7 @@ class LocalFleet:
                 "--json",
             ]
         )
-        return json.loads(out)
+        return UpdateOut.model_validate_json(out)
 
     def stop(self) -> None:
         """Stop every agent, every application and the server (only our own processes)."""

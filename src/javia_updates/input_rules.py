@@ -42,7 +42,7 @@ import json
 import math
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -164,7 +164,11 @@ def _key_path(path: str, key: str) -> str:
     return f"{path}[{ascii(key[:40])}{'...' if len(key) > 40 else ''}]"
 
 
-def check_json(value: Any, field: str, *, max_bytes: int = MAX_METADATA_BYTES) -> Any:
+#: Any JSON value: :func:`check_json` returns what it was given.
+J = TypeVar("J")
+
+
+def check_json(value: J, field: str, *, max_bytes: int = MAX_METADATA_BYTES) -> J:
     """Return ``value`` if it is JSON a device may send (see the module docstring).
 
     It runs at every heartbeat, so the common case costs one walk over the

@@ -44,11 +44,14 @@ __all__ = [
     "DeviceRegistered",
     "DeviceStatus",
     "DeviceUpdateOut",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenOut",
     "ErrorBody",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "ApiPath",
     "InstallDirective",
+    "PlanEntry",
     "StatusReport",
     "StatusReportResult",
     "UpdateCheckResponse",
@@ -571,3 +574,58 @@ class DeviceUpdateOut(BaseModel):
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class PlanEntry(BaseModel):
+    """Whether and when one device installs an update (dry run or published).
+
+    Attributes:
+        device_uuid: the device.
+        device_name: its display name, if any.
+        timezone: its IANA timezone.
+        gets_row: publish creates (or created) its ``device_updates`` row.
+        status: the row's status for a published update, else None.
+        install_at_utc: when it installs (urgent: the deadline), UTC; None if not
+            known yet.
+        install_at_local: the same instant in the device's timezone.
+        reason: one line saying why.
+    """
+
+    device_uuid: uuid.UUID
+    device_name: str | None
+    timezone: str
+    gets_row: bool
+    status: UpdateStatus | None = None
+    install_at_utc: datetime | None
+    install_at_local: datetime | None
+    reason: str
+
+
+class EnrollmentTokenOut(BaseModel):
+    """An enrollment token as operators see it (never the token itself).
+
+    Attributes:
+        id: how operators name it (``javia devices enrollment-token revoke ID``).
+        label: the operator's note.
+        created_at: UTC.
+        expires_at: UTC; from then on it registers nothing.
+        max_uses: how many devices it may register.
+        uses: how many it registered so far.
+        revoked_at: UTC, if revoked.
+        usable: not revoked, not expired and not used up at the time of asking.
+    """
+
+    id: int
+    label: str | None
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int
+    uses: int
+    revoked_at: datetime | None
+    usable: bool
+
+
+class EnrollmentTokenCreated(EnrollmentTokenOut):
+    """A new enrollment token; ``token`` is shown this once only (the server keeps its hash)."""
+
+    token: str = Field(description="shown once; give it to the devices to register with")

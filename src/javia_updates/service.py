@@ -58,7 +58,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, Field
 
 from javia_updates import input_rules, scheduling
 from javia_updates.backends.base import (
@@ -105,9 +104,12 @@ from javia_updates.models import (
     DeviceRegisterRequest,
     DeviceStatus,
     DeviceUpdateOut,
+    EnrollmentTokenCreated,
+    EnrollmentTokenOut,
     HeartbeatRequest,
     HeartbeatResponse,
     InstallDirective,
+    PlanEntry,
     StatusReport,
     StatusReportResult,
     UpdateCheckResponse,
@@ -287,61 +289,6 @@ class PackageUpload:
     payload_sha256: str | None = None
 
 
-class PlanEntry(BaseModel):
-    """Whether and when one device installs an update (dry run or published).
-
-    Attributes:
-        device_uuid: the device.
-        device_name: its display name, if any.
-        timezone: its IANA timezone.
-        gets_row: publish creates (or created) its ``device_updates`` row.
-        status: the row's status for a published update, else None.
-        install_at_utc: when it installs (urgent: the deadline), UTC; None if not
-            known yet.
-        install_at_local: the same instant in the device's timezone.
-        reason: one line saying why.
-    """
-
-    device_uuid: uuid.UUID
-    device_name: str | None
-    timezone: str
-    gets_row: bool
-    status: UpdateStatus | None = None
-    install_at_utc: datetime | None
-    install_at_local: datetime | None
-    reason: str
-
-
-class EnrollmentTokenOut(BaseModel):
-    """An enrollment token as operators see it (never the token itself).
-
-    Attributes:
-        id: how operators name it (``javia devices enrollment-token revoke ID``).
-        label: the operator's note.
-        created_at: UTC.
-        expires_at: UTC; from then on it registers nothing.
-        max_uses: how many devices it may register.
-        uses: how many it registered so far.
-        revoked_at: UTC, if revoked.
-        usable: not revoked, not expired and not used up at the time of asking.
-    """
-
-    id: int
-    label: str | None
-    created_at: datetime
-    expires_at: datetime
-    max_uses: int
-    uses: int
-    revoked_at: datetime | None
-    usable: bool
-
-
-class EnrollmentTokenCreated(EnrollmentTokenOut):
-    """A new enrollment token; ``token`` is shown this once only (the server keeps its hash)."""
-
-    token: str = Field(description="shown once; give it to the devices to register with")
-
-
 # --------------------------------------------------------------------------- service
 
 
@@ -493,7 +440,7 @@ class UpdateService:
             evidence = self._urgency_evidence(row, rows, running)
         return InstallDirective(
             update_id=row.update_id,
-            version=row.version,
+            version=Version.parse(row.version),
             update_type=row.install_type,
             status=row.status,
             install_at=row.scheduled_for,
@@ -543,7 +490,7 @@ class UpdateService:
         base = f"{API_PREFIX}/updates/{best.update_id}"
         return UrgencyEvidence(
             update_id=best.update_id,
-            version=best.version,
+            version=Version.parse(best.version),
             manifest_url=f"{base}/manifest",
             signature_url=f"{base}/signature",
         )
@@ -922,7 +869,9 @@ class UpdateService:
         return UpdateCheckResponse(
             device_uuid=device.device_uuid,
             server_time=now,
-            current_version=device.current_version,
+            current_version=(
+                None if device.current_version is None else Version.parse(device.current_version)
+            ),
             update_available=directive is not None,
             update=directive,
         )

@@ -594,7 +594,7 @@ def run_simulation(
             )
             with AdminClient(fleet.url, fleet.api_key) as admin:
                 try:
-                    counts = admin.get_update(UPDATE_VERSION)["status_counts"]
+                    counts = admin.get_update(UPDATE_VERSION).status_counts
                 except (ApiError, ServerUnreachableError) as error:
                     raise SimulationError(
                         f"reading the update's progress failed: {error}"

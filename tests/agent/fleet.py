@@ -38,7 +38,7 @@ from javia_agent.verification import extract_payload
 from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, javia_command
 from javia_updates.keys import load_private_key
 from javia_updates.manifest import Manifest
-from javia_updates.models import UpdateType
+from javia_updates.models import DeviceUpdateOut, UpdateType
 from javia_updates.packaging import BuiltPackage, build_package
 from javia_updates.versioning import Version
 
@@ -96,7 +96,7 @@ class CrashFleet(LocalFleet):
         shutil.copy2(self.public_key_path, device.keyring_dir / self.public_key_path.name)
         with self.client() as admin:
             registered = admin.register_device(device_name=name, timezone="UTC")
-        device.device_uuid = str(registered["device_uuid"])
+        device.device_uuid = str(registered.device_uuid)
         config = AgentConfig(
             server_url=self.url,
             device_uuid=device.device_uuid,
@@ -111,7 +111,7 @@ class CrashFleet(LocalFleet):
             heartbeat_interval_seconds=self.heartbeat_seconds,
         )
         write_config(config, device.config_path)
-        write_token_file(config.token_file, registered["device_token"])
+        write_token_file(config.token_file, registered.device_token)
         version = first.manifest.version
         releases = device.install_root / "releases"
         releases.mkdir(parents=True)
@@ -182,13 +182,13 @@ class CrashFleet(LocalFleet):
                 update_type="instant",
                 targets=[device.device_uuid],
             )
-        return int(update["id"])
+        return int(update.id)
 
-    def row(self, device: FleetDevice, update_id: int) -> dict[str, Any] | None:
+    def row(self, device: FleetDevice, update_id: int) -> DeviceUpdateOut | None:
         """The server's progress row for that device and update."""
         with self.client() as admin:
             for row in admin.update_devices(update_id):
-                if str(row["device_uuid"]) == device.device_uuid:
+                if str(row.device_uuid) == device.device_uuid:
                     return row
         return None
 
@@ -311,7 +311,7 @@ def assert_converged(
         30,
         "a final status on the server",
     )
-    assert row["status"] == final, row
+    assert row.status == final, row
     state = wait_for(
         lambda: (s := saved_state(device)).update is None and s, 30, "the agent to go idle"
     )

@@ -62,11 +62,11 @@ def test_a_release_that_exits_1_is_rolled_back_and_never_offered_again(
     update_id = fleet.publish_to(device, bad)
 
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] == "rolled_back" and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status == "rolled_back" and r,
         60,
         "rolled_back on the server",
     )
-    assert "v2.0.0 stopped running" in row["error_message"]
+    assert "v2.0.0 stopped running" in row.error_message
     status = wait_for(
         lambda: (s := device.app_status()) and s["pid"] != old_pid and app_alive(device) and s,
         20,
@@ -88,7 +88,7 @@ def test_a_release_that_exits_1_is_rolled_back_and_never_offered_again(
 
     wait_for(later_heartbeats, 30, "three heartbeats without an offer")
     with fleet.client() as admin:
-        assert admin.get_device(device.device_uuid)["current_version"] == "v1.0.0"
+        assert admin.get_device(device.device_uuid).current_version == "v1.0.0"
     assert starts_of(device, "v2.0.0") == 1  # tried once, not in a loop
     assert saved_state(device).failed_versions == ["v2.0.0"]
     assert fleet.final_transitions(device, update_id) == ["rolled_back"]
@@ -97,7 +97,7 @@ def test_a_release_that_exits_1_is_rolled_back_and_never_offered_again(
     fixed = fleet.package("v2.0.1")
     fixed_id = fleet.publish_to(device, fixed)
     wait_for(
-        lambda: (r := fleet.row(device, fixed_id)) and r["status"] == "completed",
+        lambda: (r := fleet.row(device, fixed_id)) and r.status == "completed",
         60,
         "the republished version to complete",
     )
@@ -117,11 +117,11 @@ def test_too_little_disk_space_is_refused_before_anything_is_switched(
     update_id = fleet.publish_to(device, new)
 
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] == "failed" and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status == "failed" and r,
         60,
         "failed on the server",
     )
-    message = row["error_message"]
+    message = row.error_message
     assert "not enough disk space for v3.0.0" in message
     assert f"download {new.manifest.archive.size:,}" in message
     assert f"unpacked release {new.manifest.unpacked_size:,}" in message
@@ -143,7 +143,7 @@ def test_reports_queued_while_the_server_is_down_are_delivered_in_order_when_it_
     fleet.start_agent_with(device, pause_env("verifying"))
     marker = device.state_dir / "paused-at-verifying"
     wait_for(marker.exists, 60, "the download to finish")
-    assert fleet.row(device, update_id)["status"] == "downloading"
+    assert fleet.row(device, update_id).status == "downloading"
     assert fleet.server is not None
     fleet.server.send_signal(signal.SIGTERM)
     fleet.server.wait(timeout=15)
@@ -167,7 +167,7 @@ def test_reports_queued_while_the_server_is_down_are_delivered_in_order_when_it_
         fleet.start_server()
 
     wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] == "completed",
+        lambda: (r := fleet.row(device, update_id)) and r.status == "completed",
         60,
         "the queued reports to arrive",
     )
@@ -192,7 +192,7 @@ def test_reports_queued_while_the_server_is_down_are_delivered_in_order_when_it_
     ]
     with fleet.client() as admin:
         wait_for(
-            lambda: admin.get_device(device.device_uuid)["current_version"] == "v4.0.0",
+            lambda: admin.get_device(device.device_uuid).current_version == "v4.0.0",
             20,
             "the heartbeat to carry v4.0.0",
         )

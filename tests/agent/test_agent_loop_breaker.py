@@ -268,7 +268,7 @@ def _kill_at_every_rollback(
 
     def paused_or_finished() -> bool:
         row = fleet.row(device, update_id)
-        return any(m.exists() for m in markers) or bool(row and row["status"] in FINAL)
+        return any(m.exists() for m in markers) or bool(row and row.status in FINAL)
 
     for _ in range(20):
         fleet.start_agent_with(device, pause_env(points))
@@ -293,11 +293,11 @@ def test_a_real_agent_killed_at_every_rollback_ends_with_the_old_release_running
     fleet.start_agent_with(device)  # (already running if the last start finished it)
 
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] in FINAL and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status in FINAL and r,
         60,
         "a final status on the server",
     )
-    assert row["status"] == "rolled_back", row
+    assert row.status == "rolled_back", row
     assert current_version(device) == "v1.0.0"
     wait_for(lambda: device.app_status()["version"] == "v1.0.0" and app_alive(device), 30, "v1.0.0")
     state = wait_for(lambda: (s := saved_state(device)).update is None and s, 30, "idle")
@@ -317,12 +317,12 @@ def test_a_real_agent_whose_last_rollback_dies_too_reports_failed_and_asks_for_a
     fleet.start_agent_with(device)
 
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] in FINAL and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status in FINAL and r,
         60,
         "a final status on the server",
     )
-    assert row["status"] == "failed", row
-    assert (row["error_message"] or "").startswith("rollback could not complete")
+    assert row.status == "failed", row
+    assert (row.error_message or "").startswith("rollback could not complete")
     assert fleet.final_transitions(device, update_id) == ["failed"]
     assert current_version(device) == bad.manifest.version  # said, not hidden
     # The heartbeat carries the mark to the server.
@@ -330,7 +330,7 @@ def test_a_real_agent_whose_last_rollback_dies_too_reports_failed_and_asks_for_a
         wait_for(
             lambda: (
                 "rollback could not complete"
-                in str(admin.get_device(device.device_uuid).get("metadata", {}).get("attention"))
+                in str(admin.get_device(device.device_uuid).metadata.get("attention"))
             ),
             30,
             "the attention mark in the device's metadata on the server",

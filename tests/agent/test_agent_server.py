@@ -133,15 +133,15 @@ def test_agent_registers_installs_an_instant_update_and_reports_completed(
             assert len(agent.outbox) == 0  # every report delivered
 
             agent.run_once()  # heartbeat with the new version
-            rows = admin.update_devices(update["id"])
+            rows = admin.update_devices(update.id)
             device = admin.get_device(str(config.device_uuid))
 
-        assert [(row["device_uuid"], row["status"]) for row in rows] == [
+        assert [(str(row.device_uuid), row.status) for row in rows] == [
             (str(config.device_uuid), "completed")
         ]
-        assert device["current_version"] == "v1.1.0"
-        assert device["metadata"]["ip_address"] == "127.0.0.1"
-        assert device["metadata"]["hostname"]
+        assert device.current_version == "v1.1.0"
+        assert device.metadata["ip_address"] == "127.0.0.1"
+        assert device.metadata["hostname"]
         assert agent.installer.current_release() == "v1.1.0"
     finally:
         build_service(config).stop()
@@ -244,7 +244,7 @@ def _device_names(live_server: LiveServer) -> list[str]:
     from javia_updates.admin_client import AdminClient
 
     with AdminClient(live_server.url, live_server.api_key) as admin:
-        return [device["device_name"] for device in admin.list_devices()]
+        return [device.device_name for device in admin.list_devices()]
 
 
 def test_register_with_an_unwritable_path_leaves_no_device_on_the_server(

@@ -25,7 +25,7 @@ import pytest
 
 from javia_updates.admin_client import AdminClient
 from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, free_port, javia_command
-from javia_updates.models import FINAL_STATUSES
+from javia_updates.models import FINAL_STATUSES, DeviceUpdateOut
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +177,7 @@ def _check_every_device_updates_once(
         for client in clients.values():  # both replicas see all four, whoever registered them
             wait_for(
                 lambda c=client: (
-                    len(d := c.list_devices()) == DEVICES and all(x["last_seen"] for x in d)
+                    len(d := c.list_devices()) == DEVICES and all(x.last_seen for x in d)
                 ),
                 30,
                 "every device's first heartbeat on both replicas",
@@ -186,20 +186,20 @@ def _check_every_device_updates_once(
         fleet.port = replicas[0].port  # the operator publishes through replica a
         update = fleet.publish(app_dir, "v1.1.0", "instant")
 
-        def all_completed() -> list[dict] | None:
-            rows = clients["b"].update_devices(update["id"])
-            done = len(rows) == DEVICES and all(row["status"] == "completed" for row in rows)
+        def all_completed() -> list[DeviceUpdateOut] | None:
+            rows = clients["b"].update_devices(update.id)
+            done = len(rows) == DEVICES and all(row.status == "completed" for row in rows)
             return rows if done else None
 
         rows = wait_for(all_completed, 90, "every device to report completed")
 
-        assert sorted(str(row["device_uuid"]) for row in rows) == sorted(home)  # one row each
-        assert clients["a"].update_devices(update["id"]) == rows  # both replicas agree
+        assert sorted(str(row.device_uuid) for row in rows) == sorted(home)  # one row each
+        assert clients["a"].update_devices(update.id) == rows  # both replicas agree
         finals = [
             entry
             for entry in _audit(replicas[0], fleet.api_key)
             if entry["action"] == "device_update.status"
-            and entry["details"].get("update_id") == update["id"]
+            and entry["details"].get("update_id") == update.id
             and entry["details"].get("to") in {status.value for status in FINAL_STATUSES}
         ]
         assert sorted(entry["actor"] for entry in finals) == sorted(
@@ -217,10 +217,10 @@ def _check_every_device_updates_once(
         # so replica b served an update that was published through replica a.
         for device in devices:
             log = home[device.device_uuid].log_text()
-            assert f"/api/v1/devices/{device.device_uuid}/updates/{update['id']}/status" in log
+            assert f"/api/v1/devices/{device.device_uuid}/updates/{update.id}/status" in log
             other = replicas[1] if home[device.device_uuid] is replicas[0] else replicas[0]
             assert f"/api/v1/devices/{device.device_uuid}/heartbeat" not in other.log_text()
-        assert f"/api/v1/updates/{update['id']}/download" in replicas[1].log_text()
+        assert f"/api/v1/updates/{update.id}/download" in replicas[1].log_text()
     finally:
         for client in clients.values():
             client.close()

@@ -46,20 +46,20 @@ def _register(fleet: LocalFleet, root: Path, *credentials: str) -> Path:
 
 def test_a_pi_self_registers_with_a_one_use_enrollment_token(fleet: LocalFleet, tmp_path: Path):
     with fleet.client() as client:
-        token = client.create_enrollment_token(max_uses=1, expires_in_seconds=600)["token"]
+        token = client.create_enrollment_token(max_uses=1, expires_in_seconds=600).token
 
     config = _register(fleet, tmp_path / "first-pi", "--enrollment-token", token)
     device_uuid = tomllib.loads(config.read_text())["device_uuid"]
     assert fleet.api_key not in config.read_text()
     with fleet.client() as client:
-        assert client.get_device(device_uuid)["device_name"] == "first-pi"
+        assert client.get_device(device_uuid).device_name == "first-pi"
 
     with pytest.raises(FleetError) as refused:
         _register(fleet, tmp_path / "second-pi", "--enrollment-token", token)
     assert "401" in str(refused.value) or "403" in str(refused.value)
     assert "Traceback" not in str(refused.value)
     with fleet.client() as client:
-        assert [d["device_name"] for d in client.list_devices()] == ["first-pi"]
+        assert [d.device_name for d in client.list_devices()] == ["first-pi"]
 
 
 def test_register_needs_exactly_one_credential(fleet: LocalFleet, tmp_path: Path):

@@ -39,18 +39,17 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
         kitchen.agent.wait(timeout=20)
 
         fix = fleet.publish(app_dir, "v1.1.0", "instant", "security fix")
-        assert final_rows(fleet, fix["id"])[kitchen.device_uuid]["status"] == "pending"
+        assert final_rows(fleet, fix.id)[kitchen.device_uuid].status == "pending"
         release = fleet.publish(app_dir, "v1.2.0", "scheduled", "feature release")
-        (row,) = final_rows(fleet, release["id"]).values()
-        assert datetime.fromisoformat(row["scheduled_for"]) > datetime.now(UTC) + timedelta(
-            hours=19
-        ), "the scheduled release's own slot is the far window"
+        (row,) = final_rows(fleet, release.id).values()
+        assert row.scheduled_for > datetime.now(UTC) + timedelta(hours=19), (
+            "the scheduled release's own slot is the far window"
+        )
 
         fleet.start_agent(kitchen)
         done = wait_for(
             lambda: (
-                (r := final_rows(fleet, release["id"])[kitchen.device_uuid])["status"]
-                == "completed"
+                (r := final_rows(fleet, release.id)[kitchen.device_uuid]).status == "completed"
                 and r
             ),
             45,
@@ -58,7 +57,7 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
         )
         assert done["completed_at"] is not None
         assert kitchen.app_status()["version"] == "v1.2.0"
-        assert final_rows(fleet, fix["id"])[kitchen.device_uuid]["status"] == "superseded"
+        assert final_rows(fleet, fix.id)[kitchen.device_uuid].status == "superseded"
         log = kitchen.agent_log.read_text(errors="replace")
         assert "proven by the signed instant of the superseded v1.1.0" in log
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from javia_updates.demo import FleetDevice, LocalFleet
+from javia_updates.models import DeviceUpdateOut
 
 pytestmark = pytest.mark.e2e
 
@@ -27,9 +28,9 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def final_rows(fleet: LocalFleet, update_id: int) -> dict[str, dict]:
+def final_rows(fleet: LocalFleet, update_id: int) -> dict[str, DeviceUpdateOut]:
     with fleet.client() as client:
-        return {str(row["device_uuid"]): row for row in client.update_devices(update_id)}
+        return {str(row.device_uuid): row for row in client.update_devices(update_id)}
 
 
 def provision(fleet: LocalFleet, app_dir: Path, names_and_zones) -> list[FleetDevice]:
@@ -43,7 +44,7 @@ def provision(fleet: LocalFleet, app_dir: Path, names_and_zones) -> list[FleetDe
         devices.append(device)
     with fleet.client() as client:
         wait_for(
-            lambda: all(d.get("last_seen") for d in client.list_devices()),
+            lambda: all(d.last_seen for d in client.list_devices()),
             20,
             "every device's first heartbeat",
         )
@@ -60,8 +61,8 @@ def test_instant_update_restarts_every_app_on_the_new_version(fleet: LocalFleet,
     update = fleet.publish(app_dir, "v1.1.0", "instant")
 
     def all_completed():
-        rows = final_rows(fleet, update["id"])
-        return len(rows) == 3 and all(r["status"] == "completed" for r in rows.values()) and rows
+        rows = final_rows(fleet, update.id)
+        return len(rows) == 3 and all(r.status == "completed" for r in rows.values()) and rows
 
     rows = wait_for(all_completed, 45, "every device to report completed")
     for device in devices:
@@ -75,15 +76,15 @@ def test_instant_update_restarts_every_app_on_the_new_version(fleet: LocalFleet,
         current = (device.install_root / "current").resolve()
         assert current == (device.install_root / "releases" / "v1.1.0").resolve()
         assert (current / "VERSION").read_text().strip() == "v1.1.0"
-        assert rows[device.device_uuid]["completed_at"] is not None
+        assert rows[device.device_uuid].completed_at is not None
     with fleet.client() as client:
         wait_for(
-            lambda: all(d["current_version"] == "v1.1.0" for d in client.list_devices()),
+            lambda: all(d.current_version == "v1.1.0" for d in client.list_devices()),
             10,
             "heartbeats to carry v1.1.0",
         )
-        shown = client.get_update(update["id"])
-    assert shown["status_counts"].get("completed") == 3
+        shown = client.get_update(update.id)
+    assert shown.status_counts.get("completed") == 3
     # The operator's VERSION file now holds the published version.
     assert (app_dir / "VERSION").read_text().strip() == "v1.1.0"
 
@@ -102,7 +103,8 @@ def test_realistic_payload_installs_byte_for_byte(fleet: LocalFleet, app_dir: Pa
     update = fleet.publish(app_dir, "v2.0.0", "instant")
     wait_for(
         lambda: (
-            final_rows(fleet, update["id"]).get(device.device_uuid, {}).get("status") == "completed"
+            (row := final_rows(fleet, update.id).get(device.device_uuid)) is not None
+            and row.status == "completed"
         ),
         60,
         "the large update to complete",
@@ -132,15 +134,15 @@ def test_package_signed_by_untrusted_key_is_refused_and_app_keeps_running(
     # (an untrusted signature is the server's fault, retried with backoff).
     row = wait_for(
         lambda: (
-            (r := final_rows(fleet, update["id"]).get(device.device_uuid))
-            and stranger.key_id in (r.get("error_message") or "")
+            (r := final_rows(fleet, update.id).get(device.device_uuid))
+            and stranger.key_id in (r.error_message or "")
             and r
         ),
         30,
         "the device to report the untrusted signature",
     )
-    assert "keyring" in row["error_message"] and "server fault" in row["error_message"]
-    assert row["status"] not in ("completed", "failed", "rolled_back")
+    assert "keyring" in row.error_message and "server fault" in row.error_message
+    assert row.status not in ("completed", "failed", "rolled_back")
     assert device.app_status()["pid"] == before["pid"]
     assert device.app_running()
     assert not (device.install_root / "releases" / "v1.1.0").exists()

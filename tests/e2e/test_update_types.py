@@ -56,15 +56,16 @@ def _provision(
             fleet.start_agent(device)
         with fleet.client() as client:
             wait_for(
-                lambda: all(d.get("last_seen") for d in client.list_devices()),
+                lambda: all(d.last_seen for d in client.list_devices()),
                 20,
                 "first heartbeats",
             )
     return devices
 
 
-def _utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+def _utc(moment: datetime | None) -> datetime:
+    assert moment is not None
+    return moment.astimezone(UTC)
 
 
 @pytest.fixture
@@ -91,20 +92,20 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
     )
 
     update = fleet.publish(app_dir, "v1.1.0", "scheduled")
-    rows = final_rows(fleet, update["id"])
+    rows = final_rows(fleet, update.id)
     assert len(rows) == 2
     for row in rows.values():
-        slot = _utc(row["scheduled_for"])
+        slot = _utc(row.scheduled_for)
         assert opens <= slot < opens + timedelta(seconds=WINDOW_SECONDS * 2 / 3 + 1), row
     # Before the window nothing moves: the rows stay pending and the apps keep running.
     time.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds() - 2))
-    assert all(r["status"] == "pending" for r in final_rows(fleet, update["id"]).values())
+    assert all(r.status == "pending" for r in final_rows(fleet, update.id).values())
     assert {d.name: d.app_status()["pid"] for d in devices} == pids
 
     done = wait_for(
         lambda: (
-            (r := final_rows(fleet, update["id"]))
-            and all(x["status"] == "completed" for x in r.values())
+            (r := final_rows(fleet, update.id))
+            and all(x.status == "completed" for x in r.values())
             and r
         ),
         WINDOW_SECONDS + 30,
@@ -112,8 +113,8 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
     )
     for device in devices:
         row = done[device.device_uuid]
-        started = _utc(row["started_at"])
-        assert started >= _utc(row["scheduled_for"]) - timedelta(seconds=1), (
+        started = _utc(row.started_at)
+        assert started >= _utc(row.scheduled_for) - timedelta(seconds=1), (
             "installed before its slot"
         )
         assert started < opens + timedelta(seconds=WINDOW_SECONDS), (
@@ -149,12 +150,12 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
     speaker.start()
     try:
         update = fleet.publish(app_dir, "v1.1.0", "urgent")
-        (row,) = final_rows(fleet, update["id"]).values()
-        assert _utc(row["scheduled_for"]) > datetime.now(UTC) + timedelta(hours=19), (
+        (row,) = final_rows(fleet, update.id).values()
+        assert _utc(row.scheduled_for) > datetime.now(UTC) + timedelta(hours=19), (
             "deadline is the window"
         )
         time.sleep(6)
-        assert final_rows(fleet, update["id"])[busy.device_uuid]["status"] == "pending"
+        assert final_rows(fleet, update.id)[busy.device_uuid].status == "pending"
         assert busy.app_status()["pid"] == pid
     finally:
         talking.clear()
@@ -162,13 +163,11 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
     last_activity = datetime.now(UTC)
 
     done = wait_for(
-        lambda: (
-            (r := final_rows(fleet, update["id"])[busy.device_uuid])["status"] == "completed" and r
-        ),
+        lambda: (r := final_rows(fleet, update.id)[busy.device_uuid]).status == "completed" and r,
         30,
         "the urgent update to install once idle",
     )
-    assert _utc(done["started_at"]) >= last_activity + timedelta(seconds=2.5), (
+    assert _utc(done.started_at) >= last_activity + timedelta(seconds=2.5), (
         "did not wait for 3 s of idle"
     )
     assert busy.app_status()["version"] == "v1.1.0"
@@ -184,19 +183,19 @@ def test_instant_update_reaches_online_devices_now_and_offline_ones_at_their_nex
         fleet.start_agent(online)
         with fleet.client() as client:
             wait_for(
-                lambda: client.get_device(online.device_uuid).get("last_seen"),
+                lambda: client.get_device(online.device_uuid).last_seen,
                 20,
                 "online's heartbeat",
             )
-            assert client.get_device(offline.device_uuid)["last_seen"] is None
+            assert client.get_device(offline.device_uuid).last_seen is None
 
         update = fleet.publish(app_dir, "v1.1.0", "instant")
-        rows = final_rows(fleet, update["id"])
+        rows = final_rows(fleet, update.id)
         assert set(rows) == {online.device_uuid}, (
             "only devices seen in the last 300 s get a row at publish"
         )
         wait_for(
-            lambda: final_rows(fleet, update["id"])[online.device_uuid]["status"] == "completed",
+            lambda: final_rows(fleet, update.id)[online.device_uuid].status == "completed",
             30,
             "online",
         )
@@ -205,12 +204,12 @@ def test_instant_update_reaches_online_devices_now_and_offline_ones_at_their_nex
         fleet.start_agent(offline)  # the device comes back: reconciled at its next heartbeat
         row = wait_for(
             lambda: (
-                (r := final_rows(fleet, update["id"]).get(offline.device_uuid))
-                and r["status"] == "completed"
+                (r := final_rows(fleet, update.id).get(offline.device_uuid))
+                and r.status == "completed"
                 and r
             ),
             30,
             "the returning device to install",
         )
         assert offline.app_status()["version"] == "v1.1.0"
-        assert row["completed_at"] is not None
+        assert row.completed_at is not None

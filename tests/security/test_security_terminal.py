@@ -18,8 +18,10 @@ import re
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -31,6 +33,7 @@ from rich.console import Console
 
 from javia_updates.cli.common import SafeTable, cell, markup_safe, visible
 from javia_updates.cli.updates import plan_table, progress_table
+from javia_updates.models import DeviceUpdateOut, PlanEntry, UpdateStatus
 from shared_helpers import build_package, server_process
 
 API_KEY = "terminal-test-admin-key-0123456789"
@@ -221,6 +224,7 @@ def test_an_error_line_quoting_hostile_text_is_inert(fleet: HostileFleet) -> Non
 
 # --------------------------------------------------------------------------- the rule, in general
 
+DEVICE_UUID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
 
 
@@ -233,20 +237,37 @@ def _render(*renderables: object) -> str:
 @settings(max_examples=300, deadline=None)
 @given(ANY_TEXT, ANY_TEXT, ANY_TEXT)
 def test_any_device_text_renders_inert_in_every_table(name: str, error: str, reason: str) -> None:
+    # The status is an UpdateStatus once the answer is parsed: no server text reaches it.
+    at = datetime(2027, 1, 1, 2, 0, tzinfo=UTC)
     progress = progress_table(
-        [{"device_name": name, "device_uuid": "u", "status": error, "error_message": error}]
+        [
+            DeviceUpdateOut(
+                device_uuid=DEVICE_UUID,
+                device_name=name,
+                update_id=1,
+                version="v1.2.0",
+                status=UpdateStatus.FAILED,
+                scheduled_for=at,
+                started_at=at,
+                completed_at=at,
+                error_message=error,
+                created_at=at,
+                updated_at=at,
+            )
+        ]
     )
     plan = plan_table(
         [
-            {
-                "device_name": name,
-                "device_uuid": "u",
-                "timezone": reason,
-                "reason": reason,
-                "install_at_utc": "2027-01-01T02:00:00Z",
-                "gets_row": True,
-            }
-        ],  # fmt: skip
+            PlanEntry(
+                device_name=name,
+                device_uuid=DEVICE_UUID,
+                timezone=reason,
+                reason=reason,
+                install_at_utc=at,
+                install_at_local=None,
+                gets_row=True,
+            )
+        ],
         title=name,
     )
     table = SafeTable(title=name)

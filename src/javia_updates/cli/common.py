@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter
 from pydantic_settings import SettingsConfigDict
 from rich.console import Console
 from rich.markup import escape
@@ -35,6 +35,9 @@ from rich.text import Text
 
 from javia_updates.errors import JaviaError
 from javia_updates.settings_sources import EnvOverTomlSettings
+
+if TYPE_CHECKING:
+    from javia_updates.admin_client import AdminClient
 
 # emoji=False: ":smile:" in a device's name is shown as written, not as a picture.
 console = Console(emoji=False)
@@ -101,7 +104,7 @@ class SafeTable(Table):
             title = cell(title)
         super().__init__(*columns, title=title, **options)
 
-    def add_row(self, *renderables: Any, **options: Any) -> None:  # type: ignore[override]
+    def add_row(self, *renderables: Any, **options: Any) -> None:
         """Add a row; ``str`` cells (and anything not a rich renderable) become :func:`cell` text."""
         super().add_row(
             *(
@@ -160,7 +163,7 @@ def friendly_errors() -> Iterator[None]:
         fail(str(error))
 
 
-def admin_client(server_url: str | None, api_key: str | None):
+def admin_client(server_url: str | None, api_key: str | None) -> AdminClient:
     """An :class:`AdminClient` from flags over settings; exits with a clear line if no key."""
     from javia_updates.admin_client import AdminClient
 
@@ -172,12 +175,34 @@ def admin_client(server_url: str | None, api_key: str | None):
     return AdminClient(url, key)
 
 
+def as_json_data(value: Any) -> Any:
+    """``value`` with every wire model in it as the JSON the server sent (``model_dump(mode="json")``)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [as_json_data(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_json_data(item) for key, item in value.items()}
+    return value
+
+
 def print_json(value: Any) -> None:
-    """Write ``value`` as JSON on stdout (for scripts: no colour, no wrapping)."""
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    """Write ``value`` as JSON on stdout (for scripts: no colour, no wrapping).
+
+    Wire models are written as the server's JSON (:func:`as_json_data`).
+    """
+    sys.stdout.write(json.dumps(as_json_data(value), indent=2, default=str) + "\n")
 
 
-def parse_time(value: str | None) -> datetime | None:
+_TIME = TypeAdapter(datetime)
+
+
+def wire_time(value: datetime | None) -> str | None:
+    """A timestamp as the API writes it (ISO 8601, ``Z`` for UTC), or None."""
+    return None if value is None else str(_TIME.dump_python(value, mode="json"))
+
+
+def parse_time(value: str | datetime | None) -> datetime | None:
     """Parse an ISO 8601 timestamp from the API into an aware datetime.
 
     Raises:
@@ -185,11 +210,13 @@ def parse_time(value: str | None) -> datetime | None:
     """
     if not value:
         return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def ago(value: str | None, now: datetime | None = None) -> str:
+def ago(value: str | datetime | None, now: datetime | None = None) -> str:
     """``'42 s ago'``-style age of an API timestamp, ``'never'``, or the value if it is no timestamp."""
     try:
         moment = parse_time(value)

@@ -14,13 +14,18 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
-from javia_updates.cli.common import SafeTable, cell, console, fail, markup_safe
+from javia_updates.cli.common import SafeTable, cell, console, fail, markup_safe, wire_time
+from javia_updates.models import DeviceUpdateOut, UpdateStatus
+
+if TYPE_CHECKING:
+    from javia_updates.demo import LocalFleet
 
 DEVICES = (
     ("living-room", "America/New_York"),
@@ -29,7 +34,9 @@ DEVICES = (
 )
 
 
-def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) -> Table:
+def _table(
+    fleet: LocalFleet, rows_by_uuid: dict[str, DeviceUpdateOut], target: str, started: float
+) -> Table:
     table = SafeTable(
         title=f"instant update {target}: {time.monotonic() - started:4.1f} s",
         title_justify="left",
@@ -38,8 +45,8 @@ def _table(fleet, rows_by_uuid: dict[str, dict], target: str, started: float) ->
         table.add_column(column)
     now = datetime.now(UTC)
     for device in fleet.devices:
-        row = rows_by_uuid.get(device.device_uuid, {})
-        status = str(row.get("status", "waiting for heartbeat"))
+        row = rows_by_uuid.get(device.device_uuid)
+        status = row.status.value if row is not None else "waiting for heartbeat"
         colour = {"completed": "green", "failed": "red", "rolled_back": "red"}.get(status, "yellow")
         app = device.app_status() or {}
         version = str(app.get("version", "—"))
@@ -111,30 +118,34 @@ def demo(
             "\n[bold]javia publish ./pi_client --version v1.1.0 --type instant --yes[/bold]"
         )
         update = fleet.publish(app_dir, "v1.1.0", "instant", "Faster wake-word detection")
-        target = update["version"]
+        target = update.version
         client = fleet.client()
         deadline = time.monotonic() + timeout
-        rows: dict[str, dict] = {}
+        rows: dict[str, DeviceUpdateOut] = {}
         publish_started = time.monotonic()
         with Live(
             _table(fleet, rows, target, publish_started), console=console, refresh_per_second=4
         ) as live:
             while time.monotonic() < deadline:
-                rows = {str(r["device_uuid"]): r for r in client.update_devices(update["id"])}
+                rows = {str(r.device_uuid): r for r in client.update_devices(update.id)}
                 live.update(_table(fleet, rows, target, publish_started))
                 done = [
-                    rows.get(d.device_uuid, {}).get("status") == "completed"
+                    (row := rows.get(d.device_uuid)) is not None
+                    and row.status is UpdateStatus.COMPLETED
                     and (d.app_status() or {}).get("version") == target
                     for d in fleet.devices
                 ]
-                failed = [r for r in rows.values() if r["status"] in ("failed", "rolled_back")]
+                failed = [
+                    r
+                    for r in rows.values()
+                    if r.status in (UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK)
+                ]
                 if all(done) or failed:
                     break
                 time.sleep(0.25)
         if not all(done):
             detail = "; ".join(
-                f"{r.get('device_name')}: {r['status']} {r.get('error_message') or ''}"
-                for r in rows.values()
+                f"{r.device_name}: {r.status.value} {r.error_message or ''}" for r in rows.values()
             )
             fail(
                 f"not every device reached {target} within {timeout:.0f} s ({detail}); logs in {root}"
@@ -158,7 +169,7 @@ def demo(
                 f"{old.get('version')} (pid {old.get('pid')})",
                 f"{after.get('version')} (pid {after.get('pid')})",
                 cell("yes") if after.get("pid") != old.get("pid") else cell("no", "red"),
-                str(rows[device.device_uuid].get("completed_at", "—"))[:19],
+                str(wire_time(rows[device.device_uuid].completed_at))[:19],
             )
         console.print(summary)
         console.print(
@@ -174,17 +185,13 @@ def demo(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_online(fleet, timeout: float) -> None:
+def _wait_online(fleet: LocalFleet, timeout: float) -> None:
     """Wait until every device has sent a heartbeat (instant updates need it)."""
     client = fleet.client()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         devices = client.list_devices()
-        if (
-            devices
-            and all(d.get("last_seen") for d in devices)
-            and len(devices) >= len(fleet.devices)
-        ):
+        if devices and all(d.last_seen for d in devices) and len(devices) >= len(fleet.devices):
             return
         time.sleep(0.2)
     fail(f"devices did not send a heartbeat within {timeout:.0f} s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.table import Table
@@ -28,10 +28,16 @@ from javia_updates.cli.common import (
     friendly_errors,
     markup_safe,
     print_json,
+    wire_time,
 )
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from javia_updates.admin_client import AdminClient
+    from javia_updates.models import EnrollmentTokenOut
+
+M = TypeVar("M", bound="BaseModel")
 
 app = typer.Typer(
     help="List and inspect devices; revoke and rotate their tokens.", no_args_is_help=True
@@ -62,15 +68,14 @@ def list_devices(
     for column in ("device", "uuid", "version", "status", "last seen", "timezone", "model"):
         table.add_column(column)
     for device in devices:
-        metadata = device.get("metadata")
         table.add_row(
-            device.get("device_name") or "—",
-            str(device.get("device_uuid")),
-            device.get("current_version") or "—",
-            cell(device.get("status"), STATUS_STYLE.get(str(device.get("status")), "")),
-            ago(device.get("last_seen")),
-            device.get("timezone") or "UTC",
-            str((metadata.get("hardware_model") if isinstance(metadata, dict) else None) or "—"),
+            device.device_name or "—",
+            str(device.device_uuid),
+            device.current_version or "—",
+            cell(device.status.value, STATUS_STYLE.get(device.status.value, "")),
+            ago(device.last_seen),
+            device.timezone or "UTC",
+            str(device.metadata.get("hardware_model") or "—"),
         )
     console.print(table)
 
@@ -92,16 +97,19 @@ def show_device(
     details = SafeTable.grid(padding=(0, 2))
     details.add_column(style="bold")
     details.add_column()
-    for key in ("device_name", "device_uuid", "current_version", "status", "timezone"):
-        details.add_row(key.replace("_", " "), str(device.get(key) or "—"))
-    if device.get("token_revoked_at"):
-        details.add_row("token revoked", str(device["token_revoked_at"]))
-    details.add_row(
-        "last seen", f"{device.get('last_seen') or '—'} ({ago(device.get('last_seen'))})"
-    )
-    details.add_row("registered", str(device.get("registered_at")))
-    metadata = device.get("metadata")
-    for key, value in sorted((metadata if isinstance(metadata, dict) else {}).items()):
+    for label, value in (
+        ("device name", device.device_name),
+        ("device uuid", str(device.device_uuid)),
+        ("current version", device.current_version),
+        ("status", device.status.value),
+        ("timezone", device.timezone),
+    ):
+        details.add_row(label, value or "—")
+    if device.token_revoked_at:
+        details.add_row("token revoked", str(wire_time(device.token_revoked_at)))
+    details.add_row("last seen", f"{wire_time(device.last_seen) or '—'} ({ago(device.last_seen)})")
+    details.add_row("registered", str(wire_time(device.registered_at)))
+    for key, value in sorted(device.metadata.items()):
         details.add_row(key.replace("_", " "), str(value))
     console.print(details)
     if history:
@@ -110,11 +118,11 @@ def show_device(
             table.add_column(column)
         for row in history:
             table.add_row(
-                str(row.get("version")),
-                str(row.get("status")),
-                str(row.get("scheduled_for") or "—"),
-                str(row.get("completed_at") or "—"),
-                row.get("error_message") or "",
+                row.version,
+                row.status.value,
+                wire_time(row.scheduled_for) or "—",
+                wire_time(row.completed_at) or "—",
+                row.error_message or "",
             )
         console.print(table)
 
@@ -127,8 +135,8 @@ def _device_uuid(text: str) -> str:
 
 
 def _call_unless_json(
-    server: str | None, api_key: str | None, as_json: bool, call: Callable[[AdminClient], dict]
-) -> dict | None:
+    server: str | None, api_key: str | None, as_json: bool, call: Callable[[AdminClient], M]
+) -> M | None:
     """The server's answer to ``call(client)``, or None once printed as JSON (``--json``).
 
     Exits with a clear line on a missing admin key or a server error
@@ -158,7 +166,7 @@ def revoke(
         return
     console.print(
         f"revoked the token of device {target}"
-        + (f" ({markup_safe(device['device_name'])})" if device.get("device_name") else "")
+        + (f" ({markup_safe(device.device_name)})" if device.device_name else "")
         + "; it can no longer call the server. Re-admit it with: javia devices rotate-token "
         + target,
         highlight=False,
@@ -180,7 +188,7 @@ def rotate_token(
     if registered is None:
         return
     console.print(f"new token for device {target} (shown this once):", highlight=False)
-    console.print(cell(registered["device_token"]), highlight=False, soft_wrap=True)
+    console.print(cell(registered.device_token), highlight=False, soft_wrap=True)
     console.print(
         "write it to the device's token file (default /etc/javia/device-token, mode 0600); "
         "the running agent re-reads that file when the server refuses its old token, "
@@ -205,24 +213,24 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def _token_table(tokens: list[dict]) -> Table:
+def _token_table(tokens: list[EnrollmentTokenOut]) -> Table:
     table = SafeTable(title=f"{len(tokens)} enrollment token(s)", title_justify="left")
     for column in ("id", "label", "uses", "expires (UTC)", "state"):
         table.add_column(column)
     for token in tokens:
-        if token.get("revoked_at"):
+        if token.revoked_at:
             state = cell("revoked", "red")
-        elif token.get("usable"):
+        elif token.usable:
             state = cell("usable", "green")
-        elif token["uses"] >= token["max_uses"]:
+        elif token.uses >= token.max_uses:
             state = cell("used up")
         else:
             state = cell("expired")
         table.add_row(
-            str(token["id"]),
-            token.get("label") or "—",
-            f"{token['uses']}/{token['max_uses']}",
-            str(token["expires_at"]),
+            str(token.id),
+            token.label or "—",
+            f"{token.uses}/{token.max_uses}",
+            str(wire_time(token.expires_at)),
             state,
         )
     return table
@@ -249,12 +257,12 @@ def create_enrollment_token(
         print_json(created)
         return
     console.print(
-        f"enrollment token {markup_safe(created['id'])}: registers up to "
-        f"{markup_safe(created['max_uses'])} device(s) until {markup_safe(created['expires_at'])} (UTC); "
+        f"enrollment token {markup_safe(created.id)}: registers up to "
+        f"{markup_safe(created.max_uses)} device(s) until {markup_safe(wire_time(created.expires_at))} (UTC); "
         "shown this once:",
         highlight=False,
     )
-    console.print(cell(created["token"]), highlight=False, soft_wrap=True)
+    console.print(cell(created.token), highlight=False, soft_wrap=True)
     console.print(
         "on each new device: javia agent register --server URL --enrollment-token TOKEN",
         highlight=False,
@@ -289,4 +297,4 @@ def revoke_enrollment_token(
     if as_json:
         print_json(token)
         return
-    console.print(f"revoked enrollment token {markup_safe(token['id'])}", highlight=False)
+    console.print(f"revoked enrollment token {markup_safe(token.id)}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -13,6 +14,9 @@ from javia_updates.cli.common import (
     friendly_errors,
     markup_safe,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 app = typer.Typer(help="Create and inspect signing keys.", no_args_is_help=True)
 
@@ -72,7 +76,7 @@ def show(
     console.print(key_id_for(public))
 
 
-def _public_key_of(path: Path):
+def _public_key_of(path: Path) -> Ed25519PublicKey:
     """The public key of a ``.pub`` file, or of a ``.pem`` private key (its ``.pub`` twin if present)."""
     import os
 

@@ -15,8 +15,10 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -36,6 +38,13 @@ from javia_updates.cli.common import (
 from javia_updates.errors import SigningKeyError
 from javia_updates.models import UpdateType
 from javia_updates.versioning import Version
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from javia_updates.admin_client import ProgressCallback
+    from javia_updates.models import UpdateOut
+    from javia_updates.packaging import BuiltPackage
 
 TYPE_HELP = {
     UpdateType.SCHEDULED: "installs in each device's 02:00 local maintenance window",
@@ -72,7 +81,7 @@ def _parse_system_packages(value: str | None) -> list[str]:
     return names
 
 
-def _wizard(app_dir: Path, current: Version | None) -> dict:
+def _wizard(app_dir: Path, current: Version | None) -> dict[str, str]:
     """Ask the publish questions in a terminal; returns the chosen values."""
     import questionary
 
@@ -108,7 +117,7 @@ def _wizard(app_dir: Path, current: Version | None) -> dict:
     }
 
 
-def _load_key(path: Path):
+def _load_key(path: Path) -> Ed25519PrivateKey:
     from javia_updates.keys import load_private_key
 
     passphrase_env = os.environ.get("JAVIA_SIGNING_KEY_PASSPHRASE")
@@ -243,7 +252,7 @@ def publish(
     with friendly_errors():
         private_key = _load_key(key_path)
 
-        def build(directory: Path):
+        def build(directory: Path) -> BuiltPackage:
             built = build_package(
                 app_dir,
                 directory,
@@ -280,22 +289,22 @@ def publish(
     if as_json:
         print_json(result)
         return
-    counts = result.get("status_counts") or {}
+    counts = result.status_counts
     console.print(
-        f"[green]published[/green] {markup_safe(result.get('version'))} as update "
-        f"{markup_safe(result.get('id'))} ({kind.value}); "
+        f"[green]published[/green] {markup_safe(result.version)} as update "
+        f"{markup_safe(result.id)} ({kind.value}); "
         f"{markup_safe(sum(counts.values()))} device(s) scheduled so far. "
-        f"Follow it with: javia updates show {markup_safe(result.get('version'))}",
+        f"Follow it with: javia updates show {markup_safe(result.version)}",
         highlight=False,
     )
 
 
-def _preflight(server, api_key, new_version: Version) -> None:
+def _preflight(server: str | None, api_key: str | None, new_version: Version) -> None:
     """Check the key and the version with the server before spending time on a build."""
     with friendly_errors(), admin_client(server, api_key) as client:
         newest = client.list_updates(limit=1)
     if newest:
-        highest = Version.parse(newest[0]["version"])
+        highest = Version.parse(newest[0].version)
         if new_version == highest:
             fail(f"version {new_version} is already published: publish a higher version")
         if new_version < highest:
@@ -305,7 +314,7 @@ def _preflight(server, api_key, new_version: Version) -> None:
             )
 
 
-def _warn(warnings) -> None:
+def _warn(warnings: Iterable[str]) -> None:
     from javia_updates.cli.common import error_console
 
     for warning in warnings:
@@ -314,11 +323,19 @@ def _warn(warnings) -> None:
         )
 
 
-def _upload(built, kind: UpdateType, targets: list[str], server, api_key, *, quiet: bool) -> dict:
+def _upload(
+    built: BuiltPackage,
+    kind: UpdateType,
+    targets: list[str],
+    server: str | None,
+    api_key: str | None,
+    *,
+    quiet: bool,
+) -> UpdateOut:
     """Upload the package, with a progress bar unless ``quiet`` (JSON output)."""
     with admin_client(server, api_key) as client:
 
-        def send(progress=None) -> dict:
+        def send(progress: ProgressCallback | None = None) -> UpdateOut:
             return client.publish(
                 manifest_path=built.manifest_path,
                 signature_path=built.signature_path,

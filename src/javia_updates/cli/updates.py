@@ -20,7 +20,9 @@ from javia_updates.cli.common import (
     markup_safe,
     parse_time,
     print_json,
+    wire_time,
 )
+from javia_updates.models import DeviceUpdateOut, PlanEntry, UpdateOut
 
 app = typer.Typer(help="List, inspect and plan updates.", no_args_is_help=True)
 
@@ -46,9 +48,8 @@ def _human_size(size: object) -> str:
     return f"{size} B"
 
 
-def _counts(update: dict) -> str:
-    counts = update.get("status_counts")
-    counts = counts if isinstance(counts, dict) else {}
+def _counts(update: UpdateOut) -> str:
+    counts = update.status_counts
     parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts.get(s)]
     return ", ".join(parts) or "no devices yet"
 
@@ -70,13 +71,13 @@ def list_updates(
         table.add_column(column)
     for update in updates:
         table.add_row(
-            str(update.get("id")),
-            str(update.get("version")),
-            str(update.get("update_type")),
-            str(update.get("created_at"))[:19],
-            _human_size(update.get("size", 0)),
+            str(update.id),
+            update.version,
+            update.update_type.value,
+            str(wire_time(update.created_at))[:19],
+            _human_size(update.size),
             _counts(update),
-            str(update.get("description") or ""),
+            update.description or "",
         )
     console.print(table)
 
@@ -91,46 +92,46 @@ def show_update(
     """One update and every targeted device's progress."""
     with friendly_errors(), admin_client(server, api_key) as client:
         info = client.get_update(update)
-        rows = client.update_devices(info["id"])
+        rows = client.update_devices(info.id)
     if as_json:
         print_json({"update": info, "devices": rows})
         return
     console.print(
-        f"[bold]{markup_safe(info['version'])}[/bold] ({markup_safe(info['update_type'])}), "
-        f"update {markup_safe(info['id'])}, key {markup_safe(info.get('key_id', '?'))}: "
-        f"{markup_safe(info.get('description', ''))}",
+        f"[bold]{markup_safe(info.version)}[/bold] ({markup_safe(info.update_type.value)}), "
+        f"update {markup_safe(info.id)}, key {markup_safe(info.key_id)}: "
+        f"{markup_safe(info.description)}",
         highlight=False,
     )
-    if info.get("system_packages"):
-        packages = ", ".join(map(str, info["system_packages"]))
+    if info.system_packages:
+        packages = ", ".join(info.system_packages)
         console.print("system packages: " + markup_safe(packages), highlight=False)
     console.print(markup_safe(_counts(info)), highlight=False)
     console.print(progress_table(rows))
 
 
-def progress_table(rows: list[dict], title: str = "devices") -> Table:
-    """A rich table of per-device progress rows (``models.DeviceUpdateOut`` JSON), shown as text."""
+def progress_table(rows: list[DeviceUpdateOut], title: str = "devices") -> Table:
+    """A rich table of per-device progress rows, shown as text."""
     table = SafeTable(title=title, title_justify="left")
     for column in ("device", "status", "scheduled for (UTC)", "started", "completed", "error"):
         table.add_column(column)
     style = {"completed": "green", "failed": "red", "rolled_back": "red", "pending": "dim"}
     for row in rows:
-        status = str(row.get("status"))
+        status = row.status.value
         table.add_row(
-            row.get("device_name") or str(row.get("device_uuid")),
+            row.device_name or str(row.device_uuid),
             cell(status, style.get(status, "yellow")),
-            str(row.get("scheduled_for") or "—")[:19],
-            str(row.get("started_at") or "—")[11:19],
-            str(row.get("completed_at") or "—")[11:19],
-            str(row.get("error_message") or ""),
+            (wire_time(row.scheduled_for) or "—")[:19],
+            (wire_time(row.started_at) or "—")[11:19],
+            (wire_time(row.completed_at) or "—")[11:19],
+            row.error_message or "",
         )
     return table
 
 
-def plan_table(plans: list[dict], title: str) -> Table:
+def plan_table(plans: list[PlanEntry], title: str) -> Table:
     """A rich table of a rollout plan: who gets the update, when (local and UTC), why; shown as text.
 
-    A time or timezone the CLI cannot read is shown as the server sent it.
+    A timezone the CLI cannot read is shown as the server sent it.
     """
     table = SafeTable(title=title, title_justify="left")
     for column in (
@@ -143,13 +144,9 @@ def plan_table(plans: list[dict], title: str) -> Table:
     ):
         table.add_column(column)
     for plan in plans:
-        tz = str(plan.get("timezone") or "UTC")
-        try:
-            at_utc = parse_time(plan.get("install_at_utc"))
-        except ValueError:
-            at_utc, utc, local = None, str(plan.get("install_at_utc")), "—"
-        else:
-            utc, local = (at_utc.strftime("%Y-%m-%d %H:%M"), "—") if at_utc else ("—", "—")
+        tz = plan.timezone or "UTC"
+        at_utc = parse_time(plan.install_at_utc)
+        utc, local = (at_utc.strftime("%Y-%m-%d %H:%M"), "—") if at_utc else ("—", "—")
         if at_utc is not None:
             try:
                 local_time: datetime = at_utc.astimezone(ZoneInfo(tz))
@@ -158,12 +155,12 @@ def plan_table(plans: list[dict], title: str) -> Table:
             else:
                 local = local_time.strftime("%a %Y-%m-%d %H:%M %Z")
         table.add_row(
-            plan.get("device_name") or str(plan.get("device_uuid")),
+            plan.device_name or str(plan.device_uuid),
             tz,
-            cell("yes", "green") if plan.get("gets_row") else cell("not now", "dim"),
+            cell("yes", "green") if plan.gets_row else cell("not now", "dim"),
             local,
             utc,
-            str(plan.get("reason") or ""),
+            plan.reason or "",
         )
     return table
 

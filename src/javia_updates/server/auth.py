@@ -57,12 +57,14 @@ T = TypeVar("T")
 
 async def get_service(request: Request) -> UpdateService:
     """The application's :class:`UpdateService`."""
-    return request.app.state.service
+    service: UpdateService = request.app.state.service
+    return service
 
 
 async def get_now(request: Request) -> datetime:
     """The application's clock (aware UTC; injectable for tests)."""
-    return request.app.state.clock()
+    now: datetime = request.app.state.clock()
+    return now
 
 
 async def run_store_read(service: UpdateService, read: Callable[..., T], *args: Any) -> T:

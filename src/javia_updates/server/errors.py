@@ -66,7 +66,7 @@ def status_for(error: JaviaError) -> int:
     """The HTTP status for ``error`` (most specific listed class wins)."""
     for cls in type(error).__mro__:
         if cls in STATUS_FOR_ERROR:
-            return STATUS_FOR_ERROR[cls]  # type: ignore[index]
+            return STATUS_FOR_ERROR[cls]
     return 400
 
 

@@ -168,7 +168,8 @@ class HeartbeatRateLimiter:
 
 def get_heartbeat_limiter(request: Request) -> HeartbeatRateLimiter:
     """The application's heartbeat limiter."""
-    return request.app.state.heartbeat_limiter
+    limiter: HeartbeatRateLimiter = request.app.state.heartbeat_limiter
+    return limiter
 
 
 def limit_heartbeat(limiter: HeartbeatRateLimiter, device_id: int, now: datetime) -> None:

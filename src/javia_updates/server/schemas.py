@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from javia_updates.models import DeviceOut, DeviceUpdateOut, UpdateOut, UpdateType
-from javia_updates.service import EnrollmentTokenOut, PlanEntry
+from javia_updates.models import (
+    DeviceOut,
+    DeviceUpdateOut,
+    EnrollmentTokenOut,
+    PlanEntry,
+    UpdateOut,
+    UpdateType,
+)
 from javia_updates.versioning import Version
 
 __all__ = [
@@ -72,7 +78,7 @@ class AuditOut(BaseModel):
     at: datetime
     actor: str
     action: str
-    details: dict
+    details: dict[str, Any]
 
 
 AuditPage = Page[AuditOut]
