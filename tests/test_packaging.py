@@ -109,6 +109,24 @@ def test_javiaignore_patterns_are_applied_like_gitignore(tmp_path: Path) -> None
     ]
 
 
+def test_javiaignore_double_star_and_negation_match_as_in_git(tmp_path: Path) -> None:
+    app = make_app(
+        tmp_path / "app",
+        {
+            ".javiaignore": "**/secrets\n*.txt\n!keep.txt\n!secrets/keep.txt\n",
+            "main.py": "",
+            "secrets/token": "",  # '**/secrets' matches at the top level too
+            "secrets/keep.txt": "",  # inside an excluded directory: not re-included (git)
+            "sub/secrets/token": "",
+            "notes.txt": "",
+            "sub/notes.txt": "",
+            "keep.txt": "",  # '!keep.txt' re-includes it at any depth
+            "sub/keep.txt": "",
+        },
+    )
+    assert paths_of(app) == [".javiaignore", "VERSION", "keep.txt", "main.py", "sub/keep.txt"]
+
+
 def test_a_symlink_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     app = make_app(tmp_path / "app", {"models/real.bin": b"weights"})
     os.symlink("real.bin", app / "models" / "current.bin")

@@ -155,53 +155,34 @@ class BuiltPackage:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Pattern:
-    text: str
-    glob: str
-    directory_only: bool
-    negated: bool
-
-
 class ExcludeRules:
-    """Gitignore-like exclude patterns.
+    """Exclude patterns with the syntax and meaning of a ``.gitignore`` file.
 
-    Each pattern is matched with :func:`fnmatch.fnmatchcase` against the
-    relative posix path and against the entry's name (each path part is
-    tested as the walk descends, and an excluded directory is not entered).
-    A trailing ``/`` restricts a pattern to directories; a leading ``/``
-    anchors it to the application root (then only the whole path is tested).
-    A pattern starting with ``!`` re-includes what an earlier pattern
-    excluded; the last matching pattern wins. ``#`` starts a comment line.
+    Matching is git's own (the ``pathspec`` library's ``gitignore`` flavour):
+    a pattern without a slash (other than a trailing one) matches a name at any
+    depth; a slash at the start or in the middle anchors it to the application
+    root; ``**`` matches any number of directories (``**/secrets`` excludes a
+    top-level ``secrets/`` too); a trailing ``/`` restricts it to directories;
+    ``!`` re-includes what an earlier pattern excluded and the last matching
+    pattern wins; ``#`` starts a comment line. As in git, a file inside an
+    excluded directory cannot be re-included: the walk does not enter it.
+    Leading and trailing blanks of a line are ignored.
     """
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self._patterns: list[_Pattern] = []
-        for raw in patterns:
-            text = raw.strip()
-            if not text or text.startswith("#"):
-                continue
-            negated = text.startswith("!")
-            body = text[1:] if negated else text
-            directory_only = body.endswith("/")
-            body = body.rstrip("/")
-            anchored = body.startswith("/")
-            body = body.lstrip("/")
-            if not body:
-                continue
-            self._patterns.append(
-                _Pattern(
-                    text=text,
-                    glob=("/" if anchored else "") + body,
-                    directory_only=directory_only,
-                    negated=negated,
-                )
-            )
+        # Imported here: the agent imports this module to read packages and
+        # never builds one, so it does not load the matcher.
+        from pathspec import GitIgnoreSpec
+
+        self._patterns = tuple(
+            text for text in (raw.strip() for raw in patterns) if text and not text.startswith("#")
+        )
+        self._spec = GitIgnoreSpec.from_lines(self._patterns)
 
     @property
     def patterns(self) -> tuple[str, ...]:
         """The patterns in force, as written."""
-        return tuple(pattern.text for pattern in self._patterns)
+        return self._patterns
 
     def excludes(self, path: str, is_directory: bool) -> bool:
         """Return whether ``path`` (relative posix path) is excluded.
@@ -210,20 +191,7 @@ class ExcludeRules:
         descend into excluded directories, which is how a pattern applies to
         every path part.
         """
-        name = path.rsplit("/", 1)[-1]
-        excluded = False
-        for pattern in self._patterns:
-            if pattern.directory_only and not is_directory:
-                continue
-            if pattern.glob.startswith("/"):
-                matched = fnmatch.fnmatchcase(path, pattern.glob[1:])
-            else:
-                matched = fnmatch.fnmatchcase(path, pattern.glob) or fnmatch.fnmatchcase(
-                    name, pattern.glob
-                )
-            if matched:
-                excluded = not pattern.negated
-        return excluded
+        return self._spec.match_file(f"{path}/" if is_directory else path)
 
 
 def _load_rules(app_dir: Path) -> ExcludeRules:
