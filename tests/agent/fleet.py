@@ -307,7 +307,7 @@ def assert_converged(
     assert_complete_tree(current, running.manifest)
 
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] in FINAL and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status in FINAL and r,
         30,
         "a final status on the server",
     )

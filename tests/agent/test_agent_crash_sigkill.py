@@ -172,7 +172,7 @@ def test_a_crash_loop_in_the_health_check_is_broken_by_the_save_cap(
 
     def paused_or_finished() -> bool:
         row = fleet.row(device, update_id)
-        return marker.exists() or bool(row and row["status"] in FINAL)
+        return marker.exists() or bool(row and row.status in FINAL)
 
     try:
         for _ in range(8):
@@ -190,10 +190,10 @@ def test_a_crash_loop_in_the_health_check_is_broken_by_the_save_cap(
     assert state.failed_versions == [new.manifest.version]
     assert current_version(device) == "v1.0.0"
     row = wait_for(
-        lambda: (r := fleet.row(device, update_id)) and r["status"] == "rolled_back" and r,
+        lambda: (r := fleet.row(device, update_id)) and r.status == "rolled_back" and r,
         30,
         "rolled_back on the server",
     )
-    assert "crash loop" in (row["error_message"] or "")
+    assert "crash loop" in (row.error_message or "")
     assert fleet.final_transitions(device, update_id) == ["rolled_back"]
     wait_for(lambda: device.app_status()["version"] == "v1.0.0" and app_alive(device), 20, "v1.0.0")

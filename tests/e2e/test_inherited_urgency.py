@@ -55,7 +55,7 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
             45,
             "v1.2.0 to install at once with the fix's instant timing",
         )
-        assert done["completed_at"] is not None
+        assert done.completed_at is not None
         assert kitchen.app_status()["version"] == "v1.2.0"
         assert final_rows(fleet, fix.id)[kitchen.device_uuid].status == "superseded"
         log = kitchen.agent_log.read_text(errors="replace")
