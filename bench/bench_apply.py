@@ -38,8 +38,8 @@ from benchlib import BenchResult, Row, summarize
 from javia_agent.clock import Clock
 from javia_agent.config import AgentPaths
 from javia_agent.installer import Installer
+from javia_core.keys import load_keyring
 from javia_updates.demo import LocalFleet, example_app_dir
-from javia_updates.keys import load_keyring
 
 FILES = 1000
 TOTAL_BYTES = 20 * 1000 * 1000

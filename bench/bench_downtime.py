@@ -44,10 +44,11 @@ from javia_agent.clock import Clock  # noqa: E402
 from javia_agent.config import AgentPaths  # noqa: E402
 from javia_agent.installer import Installer, InstallResult  # noqa: E402
 from javia_agent.services import CommandService  # noqa: E402
-from javia_updates.keys import generate_keypair, load_keyring, load_private_key  # noqa: E402
-from javia_updates.models import UpdateType  # noqa: E402
+from javia_core.keys import load_keyring  # noqa: E402
+from javia_core.models import UpdateType  # noqa: E402
+from javia_core.versioning import Version  # noqa: E402
+from javia_updates.keys import generate_keypair, load_private_key  # noqa: E402
 from javia_updates.packaging import BuiltPackage, build_package  # noqa: E402
-from javia_updates.versioning import Version  # noqa: E402
 
 #: The measured application: ready = status file written; exits on SIGTERM at once.
 APP_SOURCE = """\

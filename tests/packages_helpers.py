@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from javia_updates.manifest import (
+from javia_core.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
     SIGNATURE_NAME,
@@ -29,7 +29,7 @@ from javia_updates.manifest import (
     key_id_for,
     sign_manifest,
 )
-from javia_updates.models import UpdateType
+from javia_core.models import UpdateType
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

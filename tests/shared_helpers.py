@@ -24,12 +24,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from javia_core.manifest import canonical_json, sign_manifest
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 from javia_updates.backends.base import AuditEntry, NewDeviceUpdate, NewUpdate, Store, UpdateRecord
 from javia_updates.demo import free_port
-from javia_updates.manifest import canonical_json, sign_manifest
-from javia_updates.models import UpdateType
 from javia_updates.service import PackageUpload
-from javia_updates.versioning import Version
 
 
 class Clock:

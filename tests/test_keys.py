@@ -18,14 +18,10 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from javia_updates.errors import SignatureError, SigningKeyError
-from javia_updates.keys import (
-    generate_keypair,
-    load_keyring,
-    load_private_key,
-    load_public_key,
-)
-from javia_updates.manifest import sign_manifest, verify_manifest
+from javia_core.errors import SignatureError, SigningKeyError
+from javia_core.keys import load_keyring, load_public_key
+from javia_core.manifest import sign_manifest, verify_manifest
+from javia_updates.keys import generate_keypair, load_private_key
 
 
 def mode_of(path: Path) -> int:

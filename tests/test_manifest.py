@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from javia_updates.errors import ManifestError, SignatureError
-from javia_updates.manifest import (
+from javia_core.errors import ManifestError, SignatureError
+from javia_core.manifest import (
     MAX_PATH_BYTES,
     MAX_PATH_COMPONENT_BYTES,
     MAX_PATH_COMPONENTS,
@@ -27,7 +27,7 @@ from javia_updates.manifest import (
     sign_manifest,
     verify_manifest,
 )
-from javia_updates.models import UpdateType
+from javia_core.models import UpdateType
 
 SIGNING_KEY = Ed25519PrivateKey.generate()
 KEYRING = {key_id_for(SIGNING_KEY.public_key()): SIGNING_KEY.public_key()}

@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from javia_updates.errors import ManifestError, PackageError, VersionError
-from javia_updates.manifest import verify_manifest
-from javia_updates.models import UpdateType
+from javia_core.errors import ManifestError, PackageError, VersionError
+from javia_core.manifest import verify_manifest
+from javia_core.models import UpdateType
+from javia_core.package_reader import read_package_dir
+from javia_core.versioning import Version
 from javia_updates.packaging import (
     PAYLOAD_MTIME,
     BuiltPackage,
@@ -25,10 +27,8 @@ from javia_updates.packaging import (
     collect_files,
     normalized_mode,
     read_app_version,
-    read_package_dir,
     sanitize_app_name,
 )
-from javia_updates.versioning import Version
 from packages_helpers import NOW, keyring_for, make_app
 
 KEY = Ed25519PrivateKey.generate()

@@ -1,4 +1,4 @@
-"""The update-type rules of DESIGN.md section 4 (``javia_updates.scheduling``).
+"""The update-type rules of DESIGN.md section 4 (``javia_core.scheduling``).
 
 Every test injects ``now``; no test reads a clock or sleeps. Expected instants
 are written out by hand from the zones' published rules (e.g. Europe/Berlin
@@ -14,9 +14,9 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 
 import pytest
 
-from javia_updates.errors import JaviaError, ScheduleError, VersionError
-from javia_updates.models import InstallDirective, UpdateStatus, UpdateType
-from javia_updates.scheduling import (
+from javia_core.errors import JaviaError, ScheduleError, VersionError
+from javia_core.models import InstallDirective, UpdateStatus, UpdateType
+from javia_core.scheduling import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_WINDOW_SECONDS,
     DeviceFacts,

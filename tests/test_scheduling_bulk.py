@@ -7,8 +7,8 @@ from datetime import UTC, datetime, time, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from javia_updates.models import UpdateType
-from javia_updates.scheduling import install_times, plan_install
+from javia_core.models import UpdateType
+from javia_core.scheduling import install_times, plan_install
 
 ZONES = [
     "UTC",

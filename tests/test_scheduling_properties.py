@@ -1,4 +1,4 @@
-"""General rules of ``javia_updates.scheduling`` checked over many zones and instants.
+"""General rules of ``javia_core.scheduling`` checked over many zones and instants.
 
 The window rule (DESIGN.md section 4) is checked against an independent oracle
 that walks the zone's wall clock minute by minute: a window for local date *d*
@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo, available_timezones
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from javia_updates.models import InstallDirective, UpdateStatus, UpdateType
-from javia_updates.scheduling import (
+from javia_core.models import InstallDirective, UpdateStatus, UpdateType
+from javia_core.scheduling import (
     decide_install,
     is_online,
     next_window_start,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import SettingsConfigDict
 
-from javia_updates.settings_sources import EnvOverTomlSettings
+from javia_core.settings_sources import EnvOverTomlSettings
 
 
 class ExampleSettings(EnvOverTomlSettings):

@@ -71,6 +71,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from javia_core.errors import (
+    BackendError,
+    NotFoundError,
+    StorageRefusedError,
+    StorageTooLargeError,
+)
 from javia_updates.backends.supabase_storage import (
     DEFAULT_BUCKET,
     StorageObjectNotFoundError,
@@ -78,12 +84,6 @@ from javia_updates.backends.supabase_storage import (
     SupabaseStorageError,
     SupabaseStorageRefusedError,
     SupabaseStorageTooLargeError,
-)
-from javia_updates.errors import (
-    BackendError,
-    NotFoundError,
-    StorageRefusedError,
-    StorageTooLargeError,
 )
 from javia_updates.settings import SettingsError
 

@@ -33,11 +33,12 @@ from javia_agent.verification import (
     verify_metadata,
     verify_package_dir,
 )
-from javia_updates.errors import ManifestError, PackageError, SignatureError
-from javia_updates.manifest import FileEntry, Manifest, canonical_json, sign_manifest
-from javia_updates.models import UpdateType
-from javia_updates.packaging import build_package, read_package_dir
-from javia_updates.versioning import Version
+from javia_core.errors import ManifestError, PackageError, SignatureError
+from javia_core.manifest import FileEntry, Manifest, canonical_json, sign_manifest
+from javia_core.models import UpdateType
+from javia_core.package_reader import read_package_dir
+from javia_core.versioning import Version
+from javia_updates.packaging import build_package
 from packages_helpers import (
     NOW,
     Member,

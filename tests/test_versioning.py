@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from javia_updates.errors import VersionError
-from javia_updates.versioning import EXPECTED_FORM, Version
+from javia_core.errors import VersionError
+from javia_core.versioning import EXPECTED_FORM, Version
 
 ORDERED = [
     "v0.99.0",

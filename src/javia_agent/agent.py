@@ -6,7 +6,7 @@ One cycle (:meth:`Agent.run_once`):
    the server's time, the heartbeat interval and any pending install
    directive (one request per interval, ANCHORS.md "Polling");
 2. deliver queued status reports (the outbox);
-3. ask :func:`javia_updates.scheduling.decide_install` whether to install now,
+3. ask :func:`javia_core.scheduling.decide_install` whether to install now,
    with the *server's* time — ``server_time`` of the last heartbeat plus the
    monotonic time elapsed since (a Pi has no RTC; its wall clock is never
    used for this) — and the application's idle time;
@@ -62,8 +62,8 @@ from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
 from javia_agent.state import PRE_SWITCH_STATES
 from javia_agent.systemd import SystemdNotifier
-from javia_updates.errors import JaviaError
-from javia_updates.models import (
+from javia_core.errors import JaviaError
+from javia_core.models import (
     DeviceStatus,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -72,14 +72,14 @@ from javia_updates.models import (
     UpdateStatus,
     UpdateType,
 )
-from javia_updates.scheduling import (
+from javia_core.scheduling import (
     InstallDecision,
     bound_by_signed_type,
     check_urgency_evidence,
     decide_install,
     most_urgent,
 )
-from javia_updates.versioning import Version
+from javia_core.versioning import Version
 
 __all__ = ["Agent", "CycleResult", "agent_version", "build_service", "device_metadata"]
 
@@ -562,7 +562,7 @@ class Agent:
         verified first (once per update). If the offer is more urgent than
         that signed type, it stands only if the superseded update the server
         names in ``urgency_from`` proves it (:meth:`_proven_urgency`, DESIGN.md
-        section 4); then :func:`javia_updates.scheduling.bound_by_signed_type`
+        section 4); then :func:`javia_core.scheduling.bound_by_signed_type`
         decides.
 
         Raises:
@@ -608,7 +608,7 @@ class Agent:
         Its manifest and signature are fetched and verified with the device's
         keyring by the same code as a package's own
         (:func:`javia_agent.verification.verify_metadata`), then
-        :func:`javia_updates.scheduling.check_urgency_evidence` checks that its
+        :func:`javia_core.scheduling.check_urgency_evidence` checks that its
         signed version lies between the running and the offered one and that
         it was signed at least as urgent as the offer. The verdict is kept for
         that evidence (one fetch, not one per heartbeat); a fetch that failed

@@ -2,7 +2,7 @@
 
 The names come from the signed manifest (the server cannot add any) and are
 checked again here against Debian policy 5.6.1
-(:func:`javia_updates.manifest.validate_apt_package`) before they reach a
+(:func:`javia_core.manifest.validate_apt_package`) before they reach a
 command line, always after ``--`` so that no name can be read as an option.
 
 apt and dpkg refuse to run while another package manager holds the dpkg
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from javia_agent.errors import InstallError, PackageManagerLockError
-from javia_updates.errors import ManifestError
+from javia_core.errors import ManifestError
 
 __all__ = [
     "DPKG_FRONTEND_LOCK",
@@ -57,8 +57,8 @@ def apt_install_argv(apt_command: Sequence[str], packages: Sequence[str]) -> lis
             signed manifest was checked already), or ``--`` appears in the
             middle of ``apt_command``.
     """
-    # Imported here: javia_updates.manifest loads cryptography, which an idle agent never needs.
-    from javia_updates.manifest import validate_apt_package
+    # Imported here: javia_core.manifest loads cryptography, which an idle agent never needs.
+    from javia_core.manifest import validate_apt_package
 
     prefix = list(apt_command)
     if not prefix:

@@ -30,7 +30,7 @@ from javia_agent.config import (
 )
 from javia_agent.daemon import exec_daemon, setup_logging
 from javia_agent.errors import ConfigError
-from javia_updates.errors import JaviaError
+from javia_core.errors import JaviaError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -191,7 +191,7 @@ def register(
     """
     from javia_agent.agent import device_metadata
     from javia_agent.client import DeviceClient
-    from javia_updates.models import DeviceRegisterRequest
+    from javia_core.models import DeviceRegisterRequest
 
     if (api_key is None) == (enrollment_token is None):
         raise ConfigError(
@@ -207,7 +207,7 @@ def register(
                 "123e4567-e89b-12d3-a456-426614174000"
             ) from None
     if timezone is not None:
-        from javia_updates.models import validate_timezone
+        from javia_core.models import validate_timezone
 
         try:
             validate_timezone(timezone)  # new input: canonical IANA names only
@@ -532,8 +532,8 @@ def verify(
 ) -> None:
     """Run every check installation runs, short of writing; exit 0 if accepted, 1 if not."""
     from javia_agent.verification import verify_package_dir
-    from javia_updates.keys import load_keyring
-    from javia_updates.versioning import Version
+    from javia_core.keys import load_keyring
+    from javia_core.versioning import Version
 
     config = _load(config_path)
     if keyring is None:

@@ -50,7 +50,7 @@ from javia_agent.errors import (
     NetworkError,
     ServerError,
 )
-from javia_updates.models import (
+from javia_core.models import (
     DeviceRegistered,
     DeviceRegisterRequest,
     HeartbeatRequest,
@@ -274,11 +274,11 @@ class DeviceClient:
     def _resolve(self, url: str) -> str:
         """A directive URL as a request target: a plain path on the configured server.
 
-        The models already refuse anything else (:func:`javia_updates.models.check_api_path`);
+        The models already refuse anything else (:func:`javia_core.models.check_api_path`);
         this is the second line, next to the request: another scheme or host
         would receive the device token, and ``..`` would leave the API.
         """
-        from javia_updates.models import check_api_path
+        from javia_core.models import check_api_path
 
         try:
             return check_api_path(url)
@@ -554,8 +554,8 @@ class DeviceClient:
                 after the retries (a 4xx other than 408/429 is not retried).
             DownloadCancelledError: ``should_stop`` asked to stop while waiting.
         """
-        # Imported here: javia_updates.manifest loads cryptography, which an idle agent never needs.
-        from javia_updates.manifest import MAX_MANIFEST_BYTES
+        # Imported here: javia_core.manifest loads cryptography, which an idle agent never needs.
+        from javia_core.manifest import MAX_MANIFEST_BYTES
 
         return self._download_small(url, MAX_MANIFEST_BYTES, "manifest download", should_stop)
 
@@ -563,7 +563,7 @@ class DeviceClient:
         self, url: str, *, should_stop: Callable[[], bool] | None = None
     ) -> bytes:
         """Download ``manifest.sig`` bytes (at most 4 KiB). Raises as :meth:`download_manifest`."""
-        from javia_updates.manifest import MAX_SIGNATURE_BYTES
+        from javia_core.manifest import MAX_SIGNATURE_BYTES
 
         return self._download_small(url, MAX_SIGNATURE_BYTES, "signature download", should_stop)
 

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
-from javia_updates.models import load_timezone
-from javia_updates.versioning import Version
+from javia_core.models import load_timezone
+from javia_core.versioning import Version
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -172,7 +172,7 @@ def _settings_class() -> type[AgentConfig]:
 
     Sources, highest priority first: keyword arguments, ``JAVIA_AGENT_<FIELD>``
     environment variables, the TOML file :func:`load_config` names
-    (:class:`javia_updates.settings_sources.EnvOverTomlSettings`).
+    (:class:`javia_core.settings_sources.EnvOverTomlSettings`).
     pydantic-settings is imported here, not with this module: with asyncio,
     argparse and python-dotenv it costs about 3 MiB, which the long-running
     agent does not carry (it receives its loaded configuration,
@@ -180,7 +180,7 @@ def _settings_class() -> type[AgentConfig]:
     """
     from pydantic_settings import SettingsConfigDict
 
-    from javia_updates.settings_sources import EnvOverTomlSettings
+    from javia_core.settings_sources import EnvOverTomlSettings
 
     class AgentSettings(AgentConfig, EnvOverTomlSettings):
         model_config = SettingsConfigDict(env_prefix="JAVIA_AGENT_", extra="forbid")

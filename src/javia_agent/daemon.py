@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from javia_agent.agent import Agent
     from javia_agent.config import AgentConfig
-    from javia_updates.errors import JaviaError
+    from javia_core.errors import JaviaError
 
     setup_logging(verbose)
     try:

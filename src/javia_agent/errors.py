@@ -1,19 +1,19 @@
 """Errors raised by the javia agent (DESIGN.md sections 1 and 7).
 
-Every error derives from :class:`javia_updates.errors.JaviaError`, so the
+Every error derives from :class:`javia_core.errors.JaviaError`, so the
 ``javia agent`` commands turn it into one red line and a non-zero exit. As in
 python-tuf there are two families: the server or network failed
 (:class:`NetworkError`, :class:`ServerError`, :class:`DownloadError`) — worth a
 retry later — and the device itself cannot proceed (:class:`ConfigError`,
 :class:`ServiceError`, :class:`StateError`). Bad package *data* is reported
-with the shared :class:`~javia_updates.errors.PackageError`,
-:class:`~javia_updates.errors.SignatureError` and
-:class:`~javia_updates.errors.ManifestError`.
+with the shared :class:`~javia_core.errors.PackageError`,
+:class:`~javia_core.errors.SignatureError` and
+:class:`~javia_core.errors.ManifestError`.
 """
 
 from __future__ import annotations
 
-from javia_updates.errors import JaviaError
+from javia_core.errors import JaviaError
 
 __all__ = [
     "AgentError",

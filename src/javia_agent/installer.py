@@ -87,14 +87,14 @@ from javia_agent.state import (
     UpdateSource,
     UpdateState,
 )
-from javia_updates.errors import JaviaError
-from javia_updates.models import InstallDirective, UpdateStatus, UpdateType
-from javia_updates.versioning import Version
+from javia_core.errors import JaviaError
+from javia_core.models import InstallDirective, UpdateStatus, UpdateType
+from javia_core.versioning import Version
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from javia_updates.manifest import Manifest
+    from javia_core.manifest import Manifest
 
 # Verifying, unpacking and the manifest's rules need cryptography (its Rust
 # extension and libcrypto, about 6 MiB of resident memory): they are imported
@@ -137,8 +137,8 @@ def __getattr__(name: str) -> ModuleType:
 
 
 def _load_keyring(directory: Path) -> Keyring:
-    """The trusted keys in ``directory`` (:func:`javia_updates.keys.load_keyring`), read now."""
-    from javia_updates.keys import load_keyring
+    """The trusted keys in ``directory`` (:func:`javia_core.keys.load_keyring`), read now."""
+    from javia_core.keys import load_keyring
 
     return load_keyring(directory)
 
@@ -608,7 +608,7 @@ class Installer:
             DiskSpaceError: the unpacked release would not fit; nothing was written.
         """
         from javia_agent import verification
-        from javia_updates.packaging import read_package_dir
+        from javia_core.package_reader import read_package_dir
 
         package_dir = Path(package_dir).resolve()
         read_package_dir(package_dir)  # refuse a missing or incomplete package before touching disk
@@ -779,8 +779,8 @@ class Installer:
     def _pre_switch(self, run: _Run, step: UpdateState) -> None:
         """Download (server updates), verify and stage; raise to fail, retry or abandon."""
         from javia_agent import verification
-        from javia_updates.manifest import PAYLOAD_NAME
-        from javia_updates.packaging import read_package_dir
+        from javia_core.manifest import PAYLOAD_NAME
+        from javia_core.package_reader import read_package_dir
 
         record = run.record
         package_dir = self._package_dir(record)
@@ -825,7 +825,7 @@ class Installer:
     def _download(self, run: _Run, package_dir: Path) -> None:
         """Fetch and verify the metadata, then stream the payload (resumable)."""
         from javia_agent import verification
-        from javia_updates.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
+        from javia_core.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
 
         directive = run.directive
         client = self.client
@@ -907,7 +907,7 @@ class Installer:
     @staticmethod
     def _downloaded_bytes(package_dir: Path) -> int:
         """Payload bytes on disk (complete or ``.partial``) for a download directory."""
-        from javia_updates.manifest import PAYLOAD_NAME
+        from javia_core.manifest import PAYLOAD_NAME
 
         payload = package_dir / PAYLOAD_NAME
         have = 0
@@ -1209,7 +1209,7 @@ class Installer:
         if self.keyring_dir is None:
             return
         from javia_agent.keyring import apply_package_keyring_changes
-        from javia_updates.packaging import read_package_dir
+        from javia_core.package_reader import read_package_dir
 
         try:
             manifest_bytes, signature_bytes, _ = read_package_dir(self._package_dir(record))

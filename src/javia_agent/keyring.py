@@ -1,7 +1,7 @@
 """Apply the key rotation a committed package carries to the device's keyring.
 
 A signed manifest may carry ``keyring`` changes
-(:class:`javia_updates.manifest.KeyringChanges`): public keys to trust from
+(:class:`javia_core.manifest.KeyringChanges`): public keys to trust from
 now on and key ids to stop trusting. The agent applies them with
 :func:`apply_keyring_changes` only **after it committed** the package, whose
 signature it verified with a key already in the keyring. So a new key becomes
@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from javia_agent._fs import atomic_write, fsync_directory
-from javia_updates.errors import SigningKeyError
-from javia_updates.keys import PUBLIC_KEY_MODE, PUBLIC_KEY_SUFFIX, load_keyring, load_public_key
-from javia_updates.manifest import Manifest, Signature, key_id_for, verify_manifest
+from javia_core.errors import SigningKeyError
+from javia_core.keys import PUBLIC_KEY_MODE, PUBLIC_KEY_SUFFIX, load_keyring, load_public_key
+from javia_core.manifest import Manifest, Signature, key_id_for, verify_manifest
 
 __all__ = [
     "KeyringChangeError",
@@ -173,7 +173,7 @@ def apply_package_keyring_changes(
 
     For the installer's commit step, which may run again after a restart
     (the parsed manifest is then no longer in memory): the signature is checked
-    with :func:`javia_updates.manifest.verify_manifest` (no version rule: the
+    with :func:`javia_core.manifest.verify_manifest` (no version rule: the
     package is the running one by now).
 
     Args:

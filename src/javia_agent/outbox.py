@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import AuthenticationError, NetworkError, ServerError
-from javia_updates.models import StatusReport
+from javia_core.models import StatusReport
 
 __all__ = ["Outbox", "QueuedReport"]
 

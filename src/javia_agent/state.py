@@ -38,8 +38,8 @@ from pydantic import (
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import CrashLoopError, StateError
-from javia_updates.models import UpdateStatus
-from javia_updates.versioning import Version
+from javia_core.models import UpdateStatus
+from javia_core.versioning import Version
 
 __all__ = [
     "POST_SWITCH_STATES",

@@ -12,9 +12,9 @@ One code path serves network installs, ``javia agent verify`` and
 3. :func:`extract_payload` / :func:`check_payload`: every tar member checked
    against the manifest's ``files`` while streaming: only regular files and
    directories; safe relative paths within the manifest's bounds (at most
-   :data:`~javia_updates.manifest.MAX_PATH_COMPONENTS` components,
-   :data:`~javia_updates.manifest.MAX_PATH_COMPONENT_BYTES` bytes each,
-   :data:`~javia_updates.manifest.MAX_PATH_BYTES` bytes in all); no
+   :data:`~javia_core.manifest.MAX_PATH_COMPONENTS` components,
+   :data:`~javia_core.manifest.MAX_PATH_COMPONENT_BYTES` bytes each,
+   :data:`~javia_core.manifest.MAX_PATH_BYTES` bytes in all); no
    setuid/setgid/sticky bit and no group- or other-writable mode; listed,
    of the listed size and SHA-256, seen once; unpacked bytes and member count
    capped; every listed file present. Extraction writes into a private staging
@@ -47,16 +47,16 @@ from typing import BinaryIO, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from javia_agent._fs import remove_tree
-from javia_updates.errors import PackageError
-from javia_updates.manifest import (
+from javia_core.errors import PackageError
+from javia_core.manifest import (
     FileEntry,
     Manifest,
     Signature,
     path_bound_violation,
     verify_manifest,
 )
-from javia_updates.packaging import read_package_dir
-from javia_updates.versioning import Version
+from javia_core.package_reader import read_package_dir
+from javia_core.versioning import Version
 
 __all__ = [
     "DIRECTORY_MODE",

@@ -2,7 +2,7 @@
 
 Used by ``javia publish``, ``javia devices``, ``javia updates`` and ``javia demo``.
 Every call carries the admin key in ``X-API-Key`` and returns the route's wire
-model (:mod:`javia_updates.models`); ``model_dump(mode="json")`` gives back the
+model (:mod:`javia_core.models`); ``model_dump(mode="json")`` gives back the
 server's JSON. Errors become :class:`ApiError` with the HTTP status and the
 server's ``detail`` message, :class:`ServerUnreachableError` when no HTTP
 answer came back, or :class:`UnexpectedAnswerError` when an answer does not
@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from javia_updates.errors import JaviaError
-from javia_updates.models import (
+from javia_core.errors import JaviaError
+from javia_core.models import (
     DeviceOut,
     DeviceRegistered,
     DeviceUpdateOut,

@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
+from javia_core.errors import JaviaError
+from javia_core.models import UpdateOut
 from javia_updates.admin_client import AdminClient
-from javia_updates.errors import JaviaError
-from javia_updates.models import UpdateOut
 
 __all__ = [
     "LocalFleet",

@@ -1,14 +1,17 @@
-"""Ed25519 signing keys on disk and keyrings (DESIGN.md section 3, "Keys").
+"""The operator's Ed25519 signing key pair on disk (DESIGN.md section 3, "Keys").
+
+Reading public keys and keyrings, which a device needs too, lives in
+:mod:`javia_core.keys`.
 
 - The private key is PEM PKCS#8, written with file mode 0600 from the moment
   the file exists (never created world-readable and tightened afterwards), and
   optionally encrypted with a passphrase.
 - The public key is PEM SubjectPublicKeyInfo in ``<name>.pub``.
 - A key id is the first 16 hex digits of SHA-256 of the raw 32-byte public key
-  (:func:`javia_updates.manifest.key_id_for`).
+  (:func:`javia_core.manifest.key_id_for`).
 - A keyring is a directory of ``*.pub`` files (agent default
   ``/etc/javia/keys``). A missing or empty keyring trusts nothing, and
-  :func:`javia_updates.manifest.verify_manifest` then refuses every package.
+  :func:`javia_core.manifest.verify_manifest` then refuses every package.
 
 This module is importable on a device: it needs only ``cryptography``.
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
@@ -29,30 +32,23 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
     load_pem_private_key,
-    load_pem_public_key,
 )
 
-from javia_updates.errors import SigningKeyError
-from javia_updates.manifest import key_id_for
+from javia_core.errors import SigningKeyError
+from javia_core.keys import PUBLIC_KEY_MODE, PUBLIC_KEY_SUFFIX, read_key_file
+from javia_core.manifest import key_id_for
 
 __all__ = [
     "DEFAULT_KEY_NAME",
     "PRIVATE_KEY_SUFFIX",
-    "PUBLIC_KEY_SUFFIX",
     "KeyPairPaths",
     "generate_keypair",
-    "load_keyring",
     "load_private_key",
-    "load_public_key",
 ]
 
 DEFAULT_KEY_NAME = "javia-signing"
-PUBLIC_KEY_SUFFIX = ".pub"
 PRIVATE_KEY_SUFFIX = ".pem"
 PRIVATE_KEY_MODE = 0o600
-PUBLIC_KEY_MODE = 0o644
-# A PEM Ed25519 key is a few hundred bytes; anything far larger is not a key file.
-_MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -173,22 +169,6 @@ def generate_keypair(
     )
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_KEY_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise SigningKeyError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise SigningKeyError(f"{what} file {path} is a directory, expected a PEM file") from None
-    except OSError as error:
-        raise SigningKeyError(f"cannot read {what} file {path}: {error.strerror}") from None
-    if len(data) > _MAX_KEY_FILE_BYTES or b"-----BEGIN " not in data:
-        raise SigningKeyError(f"{what} file {path} is not a PEM file (expected '-----BEGIN ...')")
-    return data
-
-
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """Load an Ed25519 private key from a PEM PKCS#8 file.
 
@@ -204,7 +184,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
             a key that is not Ed25519, is encrypted and no passphrase was
             given, or the passphrase is wrong.
     """
-    data = _read_key_file(path, "private key")
+    data = read_key_file(path, "private key")
     if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
         raise SigningKeyError(f"{path} holds a public key: expected the private key (.pem)")
     encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
@@ -231,57 +211,3 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
             "key: javia signs with Ed25519 keys only"
         )
     return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load an Ed25519 public key from a PEM SubjectPublicKeyInfo file.
-
-    Raises:
-        SigningKeyError: the file is missing or unreadable, is not PEM, or holds
-            a key that is not an Ed25519 public key.
-    """
-    data = _read_key_file(path, "public key")
-    if b"PRIVATE KEY-----" in data:
-        raise SigningKeyError(
-            f"{path} holds a private key: a keyring must contain public keys only"
-        )
-    try:
-        key = load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        raise SigningKeyError(
-            f"{path} is not a valid PEM public key (expected an Ed25519 SubjectPublicKeyInfo)"
-        ) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SigningKeyError(
-            f"public key {path} is a {type(key).__name__.removesuffix('PublicKey')} key: "
-            "javia verifies Ed25519 keys only"
-        )
-    return key
-
-
-def load_keyring(directory: Path) -> dict[str, Ed25519PublicKey]:
-    """Load every ``*.pub`` file of ``directory``, keyed by key id.
-
-    Args:
-        directory: the keyring directory (agent default ``/etc/javia/keys``).
-
-    Returns:
-        Trusted public keys by key id. A missing directory gives an empty
-        dict, with which verification refuses every package (fail closed).
-
-    Raises:
-        SigningKeyError: ``directory`` exists but is not a directory, or a
-            ``*.pub`` file in it does not parse (the message names the file).
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        return {}
-    if not directory.is_dir():
-        raise SigningKeyError(f"keyring {directory} is not a directory of *.pub files")
-    keyring: dict[str, Ed25519PublicKey] = {}
-    for path in sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}")):
-        if not path.is_file():
-            continue
-        key = load_public_key(path)
-        keyring[key_id_for(key)] = key
-    return keyring

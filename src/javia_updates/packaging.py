@@ -18,8 +18,9 @@ Files that still look like secrets (private keys, cloud and service tokens)
 are packaged but named in :attr:`BuiltPackage.warnings`
 (:func:`find_secret_warnings`), so the operator sees them before devices do.
 
-The agent reads package directories with :func:`read_package_dir` (installs
-from a USB stick), so this module imports nothing server-only.
+The agent reads package directories with
+:func:`javia_core.package_reader.read_package_dir` (installs from a USB stick);
+this module is the operator's builder.
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from javia_updates.errors import ManifestError, PackageError, VersionError
-from javia_updates.manifest import (
+from javia_core.errors import ManifestError, PackageError, VersionError
+from javia_core.manifest import (
     MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    MAX_SIGNATURE_BYTES,
     PAYLOAD_NAME,
     SIGNATURE_NAME,
     ArchiveInfo,
@@ -56,8 +55,8 @@ from javia_updates.manifest import (
     sign_manifest,
     validate_apt_package,
 )
-from javia_updates.models import UpdateType
-from javia_updates.versioning import EXPECTED_FORM, Version
+from javia_core.models import UpdateType
+from javia_core.versioning import EXPECTED_FORM, Version
 
 __all__ = [
     "DEFAULT_EXCLUDES",
@@ -72,7 +71,6 @@ __all__ = [
     "find_secret_warnings",
     "normalized_mode",
     "read_app_version",
-    "read_package_dir",
     "sanitize_app_name",
 ]
 
@@ -576,7 +574,7 @@ def _keyring_changes(
         return None
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from javia_updates.keys import load_public_key
+    from javia_core.keys import load_public_key
 
     pems = []
     for path in add_keys:
@@ -695,7 +693,7 @@ def build_package(
     app_dir = Path(app_dir)
     output_dir = Path(output_dir)
     if not isinstance(version, Version):
-        raise TypeError("version must be a javia_updates.versioning.Version")
+        raise TypeError("version must be a javia_core.versioning.Version")
     packages = tuple(validate_apt_package(spec) for spec in system_packages)
     if now.tzinfo is None or now.utcoffset() is None:
         raise ManifestError("created_at (now) must be an aware datetime, e.g. UTC")
@@ -787,51 +785,3 @@ def build_package(
         payload_path=payload_path,
         warnings=warnings,
     )
-
-
-def _read_capped(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise PackageError(f"package is incomplete: {path} is missing") from None
-    except IsADirectoryError:
-        raise PackageError(f"{path} is a directory: expected the {what} file") from None
-    except OSError as error:
-        raise PackageError(f"cannot read {path}: {error.strerror}") from None
-    if len(data) > limit:
-        raise PackageError(f"{path} is larger than {limit} bytes: not a javia {what}")
-    return data
-
-
-def read_package_dir(directory: Path) -> tuple[bytes, bytes, Path]:
-    """Read a package directory (DESIGN.md section 3) without trusting it.
-
-    Nothing is verified here; pass the result to the agent's verification.
-
-    Args:
-        directory: a directory holding ``manifest.json``, ``manifest.sig`` and
-            ``payload.tar.gz``.
-
-    Returns:
-        ``(manifest_bytes, signature_bytes, payload_path)``.
-
-    Raises:
-        PackageError: ``directory`` does not exist, or one of the three files is
-            missing, is not a regular file, or the manifest or signature file is
-            larger than any real one (16 MiB, 4 KiB).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise PackageError(
-            f"package directory {directory} does not exist or is not a directory "
-            f"(expected {MANIFEST_NAME}, {SIGNATURE_NAME} and {PAYLOAD_NAME} in it)"
-        )
-    manifest_bytes = _read_capped(directory / MANIFEST_NAME, MAX_MANIFEST_BYTES, "manifest")
-    signature_bytes = _read_capped(directory / SIGNATURE_NAME, MAX_SIGNATURE_BYTES, "signature")
-    payload_path = directory / PAYLOAD_NAME
-    if not payload_path.exists():
-        raise PackageError(f"package is incomplete: {payload_path} is missing")
-    if not payload_path.is_file():
-        raise PackageError(f"{payload_path} is not a regular file")
-    return manifest_bytes, signature_bytes, payload_path

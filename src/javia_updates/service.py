@@ -9,7 +9,7 @@ The rules (DESIGN.md section 4), where they are applied:
 
 * **publish** (:meth:`UpdateService.publish_update`): scheduled and urgent
   updates get a pending row for every targeted device, timed by
-  :func:`javia_updates.scheduling.plan_install`; instant updates only for
+  :func:`javia_core.scheduling.plan_install`; instant updates only for
   targeted devices seen within ``instant_online_seconds`` (inclusive), to
   install at once. Devices that already run the version or a newer one get no
   row. The update and all its rows are written in one transaction.
@@ -25,15 +25,15 @@ The rules (DESIGN.md section 4), where they are applied:
      and nothing else changes until it finishes;
   4. *supersession*: the highest pending version wins; it takes the most
      urgent timing among the pending rows (instant > urgent > scheduled,
-     :func:`javia_updates.scheduling.most_urgent`), then the others become
+     :func:`javia_core.scheduling.most_urgent`), then the others become
      ``superseded``;
   5. a scheduled/urgent row whose window has closed is re-planned for the next
-     window (:func:`javia_updates.scheduling.current_install_plan`).
+     window (:func:`javia_core.scheduling.current_install_plan`).
 
   A ``failed`` or ``rolled_back`` row is final: that version is never offered
   to that device again, a newer one is.
 * **status reports** (:meth:`UpdateService.report_status`) move a row only
-  forward (:data:`javia_updates.backends.base.ALLOWED_PREVIOUS`). Repeating
+  forward (:data:`javia_core.status_rules.ALLOWED_PREVIOUS`). Repeating
   the current status, or reporting one the row is already past (a late or
   duplicated report, e.g. ``downloading`` after ``completed``), is answered
   with the stored status and ``changed=False`` rather than an error: the
@@ -59,29 +59,8 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from javia_updates import input_rules, scheduling
-from javia_updates.backends.base import (
-    IN_FLIGHT_STATUSES,
-    AuditEntry,
-    AuditRecord,
-    Backend,
-    DeviceQuery,
-    DeviceRecord,
-    DeviceUpdateRecord,
-    EnrollmentTokenRecord,
-    HeartbeatWrite,
-    NewDevice,
-    NewDeviceUpdate,
-    NewEnrollmentToken,
-    NewUpdate,
-    Page,
-    PublishTarget,
-    TransitionResult,
-    UpdateRecord,
-)
-from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
-from javia_updates.backends.soft_state import SoftStateWriter
-from javia_updates.errors import (
+from javia_core import input_rules, scheduling
+from javia_core.errors import (
     BackendError,
     ConflictError,
     JaviaError,
@@ -89,8 +68,8 @@ from javia_updates.errors import (
     PackageError,
     VersionError,
 )
-from javia_updates.input_rules import check_json, sanitize_json
-from javia_updates.manifest import (
+from javia_core.input_rules import check_json, sanitize_json
+from javia_core.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
     SIGNATURE_NAME,
@@ -98,7 +77,7 @@ from javia_updates.manifest import (
     Signature,
     verify_manifest,
 )
-from javia_updates.models import (
+from javia_core.models import (
     DeviceOut,
     DeviceRegistered,
     DeviceRegisterRequest,
@@ -119,8 +98,29 @@ from javia_updates.models import (
     UrgencyEvidence,
     check_no_control_characters,
 )
+from javia_core.status_rules import IN_FLIGHT_STATUSES
+from javia_core.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
+from javia_updates.backends.base import (
+    AuditEntry,
+    AuditRecord,
+    Backend,
+    DeviceQuery,
+    DeviceRecord,
+    DeviceUpdateRecord,
+    EnrollmentTokenRecord,
+    HeartbeatWrite,
+    NewDevice,
+    NewDeviceUpdate,
+    NewEnrollmentToken,
+    NewUpdate,
+    Page,
+    PublishTarget,
+    TransitionResult,
+    UpdateRecord,
+)
+from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
+from javia_updates.backends.soft_state import SoftStateWriter
 from javia_updates.settings import ServerSettings
-from javia_updates.versioning import EXPECTED_FORM, MAX_COMPONENT, Version
 
 __all__ = [
     "API_PREFIX",
@@ -171,7 +171,7 @@ class DamagedPackageError(BackendError):
     A server-side fault (the object was truncated or damaged on disk or in
     the bucket): the download is refused before the first byte rather than
     declaring the recorded ``Content-Length`` and then sending too little.
-    Maps to HTTP 503 (a :class:`~javia_updates.errors.BackendError`).
+    Maps to HTTP 503 (a :class:`~javia_core.errors.BackendError`).
     """
 
 
@@ -235,7 +235,7 @@ def _version_or_none(text: str | None) -> Version | None:
 
 
 def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """``metadata`` if it is device JSON within bounds (:func:`javia_updates.input_rules.check_json`).
+    """``metadata`` if it is device JSON within bounds (:func:`javia_core.input_rules.check_json`).
 
     The request models check each request's metadata; this checks what is
     stored: a heartbeat's metadata merged into the device's.
@@ -318,7 +318,7 @@ class UpdateService:
         self.blobs = backend.blobs
         self.settings = settings
         if keyring is None and settings.trusted_keys_dir is not None:
-            from javia_updates.keys import load_keyring
+            from javia_core.keys import load_keyring
 
             keyring = load_keyring(settings.trusted_keys_dir)
         self.keyring = keyring
@@ -1449,7 +1449,7 @@ class UpdateService:
 
         Devices already at ``version`` or newer get none; an instant update
         reaches only devices ``seen`` within ``instant_online_seconds``
-        (inclusive, as :func:`javia_updates.scheduling.is_online`: the store
+        (inclusive, as :func:`javia_core.scheduling.is_online`: the store
         compared ``last_seen`` with ``now`` minus that).
         """
         behind: dict[str | None, bool] = {}

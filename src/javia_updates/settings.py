@@ -23,8 +23,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from javia_updates.errors import JaviaError
-from javia_updates.settings_sources import EnvOverTomlSettings
+from javia_core.errors import JaviaError
+from javia_core.settings_sources import EnvOverTomlSettings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

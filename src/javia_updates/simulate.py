@@ -52,9 +52,9 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from javia_updates.errors import JaviaError
-from javia_updates.models import UpdateType
-from javia_updates.versioning import Version
+from javia_core.errors import JaviaError
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 
 __all__ = [
     "BASE_VERSION",
@@ -382,7 +382,7 @@ class _Fleet:
         )
 
     async def _install(self, device: _Device, directive: dict[str, Any]) -> None:
-        from javia_updates.manifest import verify_manifest
+        from javia_core.manifest import verify_manifest
 
         update_id = int(directive["update_id"])
         await self._report(device, update_id, "downloading")
@@ -444,8 +444,9 @@ def _percentiles(values: list[float], names: dict[str, float]) -> dict[str, floa
 
 def _build_package(root: Path, payload_bytes: int) -> tuple[Any, dict[str, Any]]:
     """Sign an instant update ``UPDATE_VERSION`` of a tiny app; returns (package, keyring)."""
-    from javia_updates.keys import generate_keypair, load_private_key, load_public_key
-    from javia_updates.manifest import key_id_for
+    from javia_core.keys import load_public_key
+    from javia_core.manifest import key_id_for
+    from javia_updates.keys import generate_keypair, load_private_key
     from javia_updates.packaging import build_package
 
     paths = generate_keypair(root / "operator", name="simulator")

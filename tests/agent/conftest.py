@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from javia_agent.config import AgentPaths
 from javia_agent.services import CommandService
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 from javia_updates.keys import generate_keypair, load_private_key
-from javia_updates.models import UpdateType
 from javia_updates.packaging import BuiltPackage, build_package
-from javia_updates.versioning import Version
 
 from .fleet import CrashFleet
 from .helpers import APP_SOURCE, NOW, Device, FileServer, PackageFactory, Signer, handler_for

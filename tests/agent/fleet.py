@@ -35,12 +35,12 @@ from javia_agent.environments import ENV_LINK_NAME
 from javia_agent.installer import PAUSE_AT_ENV
 from javia_agent.state import AgentState, StateStore
 from javia_agent.verification import extract_payload
+from javia_core.manifest import Manifest
+from javia_core.models import DeviceUpdateOut, UpdateType
+from javia_core.versioning import Version
 from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, javia_command
 from javia_updates.keys import load_private_key
-from javia_updates.manifest import Manifest
-from javia_updates.models import DeviceUpdateOut, UpdateType
 from javia_updates.packaging import BuiltPackage, build_package
-from javia_updates.versioning import Version
 
 T = TypeVar("T")
 FINAL = {"completed", "failed", "rolled_back"}

@@ -17,8 +17,8 @@ from javia_agent.clock import Clock
 from javia_agent.config import AgentPaths
 from javia_agent.installer import Installer
 from javia_agent.services import CommandService
-from javia_updates.keys import load_keyring
-from javia_updates.models import UpdateStatus
+from javia_core.keys import load_keyring
+from javia_core.models import UpdateStatus
 from javia_updates.packaging import BuiltPackage
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -21,7 +21,7 @@ from javia_agent.client import DeviceClient
 from javia_agent.errors import InstallError, PackageManagerLockError
 from javia_agent.installer import InstallResult
 from javia_agent.state import StateStore, UpdateState
-from javia_updates.models import InstallDirective
+from javia_core.models import InstallDirective
 
 from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
 

@@ -19,7 +19,7 @@ from javia_agent.errors import (
     NetworkError,
     ServerError,
 )
-from javia_updates.models import HeartbeatRequest, StatusReport, UpdateStatus
+from javia_core.models import HeartbeatRequest, StatusReport, UpdateStatus
 
 from .helpers import FileServer
 

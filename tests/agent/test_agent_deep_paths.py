@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from javia_agent.cli import app
 from javia_agent.config import AgentConfig, write_config, write_token_file
 from javia_agent.installer import InstallResult
-from javia_updates.manifest import canonical_json, sign_manifest
+from javia_core.manifest import canonical_json, sign_manifest
 from javia_updates.packaging import BuiltPackage
 
 from .helpers import Device, PackageFactory, Signer, make_installer

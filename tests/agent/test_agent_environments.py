@@ -19,7 +19,7 @@ import pytest
 from javia_agent.environments import COMPLETE_MARKER, ENV_LINK_NAME, PythonEnvironments
 from javia_agent.installer import InstallResult
 from javia_agent.services import CommandService
-from javia_updates.versioning import Version
+from javia_core.versioning import Version
 
 from .helpers import Device, PackageFactory, Signer, make_installer
 

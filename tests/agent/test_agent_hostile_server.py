@@ -39,10 +39,10 @@ from javia_agent.errors import AgentError
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import StateStore
-from javia_updates.models import InstallDirective, UpdateStatus, UpdateType
+from javia_core.models import InstallDirective, UpdateStatus, UpdateType
+from javia_core.scheduling import bound_by_signed_type
+from javia_core.versioning import Version
 from javia_updates.packaging import BuiltPackage, build_package
-from javia_updates.scheduling import bound_by_signed_type
-from javia_updates.versioning import Version
 
 from .helpers import (
     APP_SOURCE,
@@ -665,7 +665,7 @@ def test_a_token_rotated_while_the_agent_runs_is_read_again_after_a_401(tmp_path
         return httpx.Response(200, content=b"manifest")
 
     from javia_agent.config import read_token
-    from javia_updates.models import HeartbeatRequest
+    from javia_core.models import HeartbeatRequest
 
     with DeviceClient(
         f"https://{HOST}",

@@ -8,8 +8,8 @@ from pathlib import Path
 from javia_agent.client import DeviceClient
 from javia_agent.installer import InstallResult
 from javia_agent.state import StateStore, UpdateState
-from javia_updates.models import InstallDirective, UpdateStatus
-from javia_updates.versioning import Version
+from javia_core.models import InstallDirective, UpdateStatus
+from javia_core.versioning import Version
 
 from .helpers import Device, FileServer, PackageFactory, Signer, make_installer, serve_package
 
@@ -410,10 +410,11 @@ def test_key_rotation_is_applied_when_an_update_commits_and_never_when_it_rolls_
 ) -> None:
     import shutil
 
-    from javia_updates.keys import generate_keypair, load_keyring
-    from javia_updates.models import UpdateType
+    from javia_core.keys import load_keyring
+    from javia_core.models import UpdateType
+    from javia_core.versioning import Version
+    from javia_updates.keys import generate_keypair
     from javia_updates.packaging import build_package
-    from javia_updates.versioning import Version
 
     from .helpers import APP_SOURCE, NOW
 
@@ -521,7 +522,7 @@ def test_an_empty_keyring_fails_the_update_without_blacklisting_its_version(
 ) -> None:
     import shutil
 
-    from javia_updates.keys import load_keyring
+    from javia_core.keys import load_keyring
 
     _install_initial(device, signer, make_package)
     keyring_dir = device.root / "keys"

@@ -21,8 +21,8 @@ from javia_agent.config import AgentConfig
 from javia_agent.installer import InstallOutcome, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import AgentState
-from javia_updates.models import InstallDirective, StatusReport, UpdateStatus, UpdateType
-from javia_updates.scheduling import InstallDecision
+from javia_core.models import InstallDirective, StatusReport, UpdateStatus, UpdateType
+from javia_core.scheduling import InstallDecision
 
 UUID = uuid.UUID("00000000-0000-0000-0000-0000000000a1")
 SERVER_TIME = datetime(2031, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -175,7 +175,7 @@ def _harness(tmp_path: Path, api: FakeApi, decide=None, **config: Any) -> Harnes
         decisions.append({"now": now, "idle": idle_seconds})
         if decide is not None:
             return decide(directive, now=now, idle_seconds=idle_seconds)
-        from javia_updates.scheduling import decide_install
+        from javia_core.scheduling import decide_install
 
         return decide_install(directive, now=now, idle_seconds=idle_seconds)
 

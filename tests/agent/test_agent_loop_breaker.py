@@ -28,8 +28,8 @@ from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.config import AgentConfig, write_config, write_token_file
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.state import RECOVERY, Recovery, StateStore, UpdateRecord, UpdateState
+from javia_core.models import InstallDirective, UpdateStatus
 from javia_updates.demo import FleetDevice
-from javia_updates.models import InstallDirective, UpdateStatus
 
 from .fleet import (
     FINAL,

@@ -8,7 +8,7 @@ import pytest
 
 from javia_agent.errors import AuthenticationError, NetworkError, ServerError
 from javia_agent.outbox import Outbox
-from javia_updates.models import StatusReport, UpdateStatus
+from javia_core.models import StatusReport, UpdateStatus
 
 
 class FlakyServer:

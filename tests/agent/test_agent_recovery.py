@@ -16,8 +16,8 @@ from javia_agent import installer as installer_module
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.state import StateStore, UpdateState
-from javia_updates.models import InstallDirective, UpdateStatus
-from javia_updates.versioning import Version
+from javia_core.models import InstallDirective, UpdateStatus
+from javia_core.versioning import Version
 
 from .helpers import (
     Crash,

@@ -150,7 +150,7 @@ def test_agent_registers_installs_an_instant_update_and_reports_completed(
 
 def test_a_device_token_cannot_be_used_for_another_device(live_server: LiveServer) -> None:
     from javia_agent.errors import AuthenticationError, ServerError
-    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest
+    from javia_core.models import DeviceRegisterRequest, HeartbeatRequest
 
     with DeviceClient(live_server.url) as client:
         first = client.register(live_server.api_key, DeviceRegisterRequest(device_name="a"))
@@ -174,9 +174,9 @@ def test_the_server_resumes_with_an_exact_range_and_takes_repeated_reports_in_st
     """The server side of the agent's contract: Range → 206, reports idempotent and forward-only."""
     import httpx
 
+    from javia_core.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
+    from javia_core.models import UpdateStatus as Status
     from javia_updates.admin_client import AdminClient
-    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
-    from javia_updates.models import UpdateStatus as Status
 
     with DeviceClient(live_server.url) as client:
         registered = client.register(live_server.api_key, DeviceRegisterRequest(device_name="r"))

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from javia_updates.models import InstallDirective, UpdateStatus, UpdateType, UrgencyEvidence
+from javia_core.models import InstallDirective, UpdateStatus, UpdateType, UrgencyEvidence
+from javia_core.scheduling import bound_by_signed_type, check_urgency_evidence
+from javia_core.versioning import Version
 from javia_updates.packaging import BuiltPackage, build_package
-from javia_updates.scheduling import bound_by_signed_type, check_urgency_evidence
-from javia_updates.versioning import Version
 
 from .helpers import APP_SOURCE, NOW, Signer
 from .test_agent_hostile_server import DEVICE, SERVER_TIME, HostileApi, World, _agent, _paths

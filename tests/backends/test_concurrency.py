@@ -25,9 +25,7 @@ from typing import Self
 import pytest
 from sqlalchemy import event, insert, select, text
 
-from javia_updates.backends.base import AuditEntry, NewDeviceUpdate, NewUpdate
-from javia_updates.backends.local import LocalBackend
-from javia_updates.models import (
+from javia_core.models import (
     FINAL_STATUSES,
     DeviceRegisterRequest,
     HeartbeatRequest,
@@ -35,6 +33,8 @@ from javia_updates.models import (
     UpdateStatus,
     UpdateType,
 )
+from javia_updates.backends.base import AuditEntry, NewDeviceUpdate, NewUpdate
+from javia_updates.backends.local import LocalBackend
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
 

@@ -20,11 +20,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from javia_updates.backends import Backend
-from javia_updates.backends.base import DeviceRecord
-from javia_updates.errors import ConflictError, NotFoundError
-from javia_updates.manifest import PAYLOAD_NAME
-from javia_updates.models import (
+from javia_core.errors import ConflictError, NotFoundError
+from javia_core.manifest import PAYLOAD_NAME
+from javia_core.models import (
     DeviceRegisterRequest,
     DeviceStatus,
     HeartbeatRequest,
@@ -32,6 +30,8 @@ from javia_updates.models import (
     UpdateStatus,
     UpdateType,
 )
+from javia_updates.backends import Backend
+from javia_updates.backends.base import DeviceRecord
 from javia_updates.service import UpdateService
 from shared_helpers import store_update
 

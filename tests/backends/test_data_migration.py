@@ -19,18 +19,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from javia_core.models import (
+    DeviceRegisterRequest,
+    HeartbeatRequest,
+    StatusReport,
+    UpdateStatus,
+)
 from javia_updates.backends import create_backend
 from javia_updates.backends.data_migration import DataMigrationError, migrate_data, table_counts
 from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.migrations import upgrade
 from javia_updates.backends.schema import build_tables, default_schema
 from javia_updates.backends.sql_store import make_engine
-from javia_updates.models import (
-    DeviceRegisterRequest,
-    HeartbeatRequest,
-    StatusReport,
-    UpdateStatus,
-)
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
 from test_supabase_storage import SECRET_KEY

@@ -2,10 +2,10 @@
 
 The rule is general, so hypothesis states it: for any JSON value (text from
 all of Unicode, NUL and lone surrogates included, numbers of any size,
-nesting), either :func:`~javia_updates.input_rules.check_json` refuses it,
+nesting), either :func:`~javia_core.input_rules.check_json` refuses it,
 or SQLite and PostgreSQL store it, through registration and through the
 batched heartbeat write, and read back an equal value that the rules accept
-again. And :func:`~javia_updates.input_rules.sanitize_json` turns anything
+again. And :func:`~javia_core.input_rules.sanitize_json` turns anything
 at all into a value both store.
 """
 
@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from javia_core.input_rules import check_json, sanitize_json
+from javia_core.models import DeviceStatus
 from javia_updates.backends import Backend, create_backend
 from javia_updates.backends.base import AuditEntry, HeartbeatWrite, NewDevice
-from javia_updates.input_rules import check_json, sanitize_json
-from javia_updates.models import DeviceStatus
 
 from .conftest import DATABASE_KINDS, settings_for
 

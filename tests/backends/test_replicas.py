@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from javia_core.models import FINAL_STATUSES, DeviceUpdateOut
 from javia_updates.admin_client import AdminClient
 from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, free_port, javia_command
-from javia_updates.models import FINAL_STATUSES, DeviceUpdateOut
 
 pytestmark = pytest.mark.e2e
 

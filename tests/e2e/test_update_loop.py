@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from javia_core.models import DeviceUpdateOut
 from javia_updates.demo import FleetDevice, LocalFleet
-from javia_updates.models import DeviceUpdateOut
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from javia_agent.cli import app as agent_app
 from javia_agent.config import AgentConfig, load_config, write_config
-from javia_updates.keys import generate_keypair, load_keyring, load_private_key
-from javia_updates.models import UpdateType
+from javia_core.keys import load_keyring
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
+from javia_updates.keys import generate_keypair, load_private_key
 from javia_updates.packaging import build_package
-from javia_updates.versioning import Version
 
 APP = "import time\nwhile True:\n    time.sleep(1)\n"
 

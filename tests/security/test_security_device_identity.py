@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from security_helpers import ADMIN, START, World, assert_detail, bearer, register
 
+from javia_core.errors import ConflictError
 from javia_updates.backends.base import AuditEntry, EnrollmentError, NewDevice, NewEnrollmentToken
 from javia_updates.backends.migrations import upgrade
 from javia_updates.backends.sql_store import SQLStore, make_engine
-from javia_updates.errors import ConflictError
 from javia_updates.service import ENROLLMENT_TOKEN_PREFIX, hash_token
 from shared_helpers import Clock
 

@@ -30,10 +30,9 @@ from javia_agent.keyring import (
     apply_package_keyring_changes,
 )
 from javia_agent.verification import verify_package_dir
-from javia_updates.cli.main import app as javia_app
-from javia_updates.errors import ManifestError, SignatureError
-from javia_updates.keys import load_keyring
-from javia_updates.manifest import (
+from javia_core.errors import ManifestError, SignatureError
+from javia_core.keys import load_keyring
+from javia_core.manifest import (
     ArchiveInfo,
     FileEntry,
     KeyringChanges,
@@ -43,9 +42,10 @@ from javia_updates.manifest import (
     sign_manifest,
     verify_manifest,
 )
-from javia_updates.models import UpdateType
-from javia_updates.packaging import read_package_dir
-from javia_updates.versioning import Version
+from javia_core.models import UpdateType
+from javia_core.package_reader import read_package_dir
+from javia_core.versioning import Version
+from javia_updates.cli.main import app as javia_app
 
 
 def javia(*args: str) -> tuple[int, str, str]:

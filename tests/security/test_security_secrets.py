@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from security_helpers import START
 from typer.testing import CliRunner
 
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 from javia_updates.cli.main import app as javia_app
 from javia_updates.keys import generate_keypair
-from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package
-from javia_updates.versioning import Version
 
 AWS_KEY_ID = (
     "AKIA" + "Q3EXAMPLE7WXYZ12"

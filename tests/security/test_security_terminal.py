@@ -31,9 +31,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from javia_core.models import DeviceUpdateOut, PlanEntry, UpdateStatus
 from javia_updates.cli.common import SafeTable, cell, markup_safe, visible
 from javia_updates.cli.updates import plan_table, progress_table
-from javia_updates.models import DeviceUpdateOut, PlanEntry, UpdateStatus
 from shared_helpers import build_package, server_process
 
 API_KEY = "terminal-test-admin-key-0123456789"

@@ -28,7 +28,7 @@ from security_helpers import API_KEY
 
 from javia_agent.client import DeviceClient
 from javia_agent.errors import ConfigError, NetworkError
-from javia_updates.models import DeviceRegisterRequest
+from javia_core.models import DeviceRegisterRequest
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
 

@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
+from javia_core.models import DeviceRegisterRequest, HeartbeatRequest
 from javia_updates.backends.local import LocalBackend
-from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest
 from javia_updates.server import create_app
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings

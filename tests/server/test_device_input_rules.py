@@ -1,4 +1,4 @@
-"""The input rules for device text, names and time zones (javia_updates.input_rules, issue 11)."""
+"""The input rules for device text, names and time zones (javia_core.input_rules, issue 11)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from javia_updates.input_rules import (
+from javia_core.input_rules import (
     BIDI_CONTROLS,
     check_display_text,
     check_text,
     check_timezone,
     iana_timezones,
 )
-from javia_updates.models import check_no_control_characters, validate_timezone
+from javia_core.models import check_no_control_characters, validate_timezone
 
 REFUSED_IN_NAMES = (
     [chr(c) for c in range(0x20)]
@@ -153,7 +153,7 @@ def test_an_agent_configuration_written_before_the_rule_still_loads(tmp_path: Pa
 @given(st.text(st.characters(exclude_categories=()), max_size=9000))
 def test_a_devices_failure_reason_is_always_a_report_the_server_accepts(reason: str):
     """Whatever an application printed, the agent's report is storable (not lost to a 422)."""
-    from javia_updates.models import MAX_ERROR_MESSAGE_CHARS, StatusReport, UpdateStatus
+    from javia_core.models import MAX_ERROR_MESSAGE_CHARS, StatusReport, UpdateStatus
 
     report = StatusReport.from_device(UpdateStatus.FAILED, "start: " + reason + "END")
     sent = report.model_dump_json()

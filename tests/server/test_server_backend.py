@@ -15,6 +15,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import event, inspect, text
 
+from javia_core.errors import BackendError, ConflictError, NotFoundError
+from javia_core.models import FINAL_STATUSES, UpdateStatus, UpdateType
+from javia_core.status_rules import ALLOWED_PREVIOUS
 from javia_updates.backends import (
     Backend,
     backend_names,
@@ -23,7 +26,6 @@ from javia_updates.backends import (
     register_backend,
 )
 from javia_updates.backends.base import (
-    ALLOWED_PREVIOUS,
     AuditEntry,
     NewDevice,
     NewDeviceUpdate,
@@ -32,8 +34,6 @@ from javia_updates.backends.files import FileBlobStore
 from javia_updates.backends.migrations import current_revision, head_revision, offline_sql, upgrade
 from javia_updates.backends.schema import build_tables, default_schema
 from javia_updates.backends.sql_store import SQLStore, make_engine
-from javia_updates.errors import BackendError, ConflictError, NotFoundError
-from javia_updates.models import FINAL_STATUSES, UpdateStatus, UpdateType
 from javia_updates.settings import ServerSettings
 from shared_helpers import store_update
 
@@ -441,8 +441,8 @@ def test_registry_refuses_a_second_class_under_a_taken_name():
 
 
 def test_update_rules_run_the_same_on_every_database(database_url, tmp_path, make_package):
+    from javia_core.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
     from javia_updates.backends.local import LocalBackend
-    from javia_updates.models import DeviceRegisterRequest, HeartbeatRequest, StatusReport
     from javia_updates.service import UpdateService
 
     settings = ServerSettings(

@@ -24,8 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from javia_core.models import DeviceStatus
 from javia_updates.backends.base import HeartbeatWrite
-from javia_updates.models import DeviceStatus
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
 from shared_helpers import Clock, bearer

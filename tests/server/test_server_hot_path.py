@@ -14,18 +14,19 @@ from typing import Any
 import httpx
 import pytest
 
-from javia_updates.backends.base import DeviceRecord, HeartbeatWrite, raises_version
-from javia_updates.backends.cache import DeviceCache, UpdateCatalog
-from javia_updates.backends.soft_state import SoftStateWriter
-from javia_updates.demo import LocalFleet
-from javia_updates.errors import BackendError
-from javia_updates.models import (
+from javia_core.errors import BackendError
+from javia_core.models import (
     DeviceRegisterRequest,
     DeviceStatus,
     HeartbeatRequest,
     StatusReport,
     UpdateStatus,
 )
+from javia_core.status_rules import raises_version
+from javia_updates.backends.base import DeviceRecord, HeartbeatWrite
+from javia_updates.backends.cache import DeviceCache, UpdateCatalog
+from javia_updates.backends.soft_state import SoftStateWriter
+from javia_updates.demo import LocalFleet
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.service import UpdateService
 
@@ -418,8 +419,8 @@ def test_update_catalog_notices_a_publish_made_by_another_server() -> None:
 
 
 def _update(update_id: int, version: str, targets: Any = None) -> Any:
+    from javia_core.models import UpdateType
     from javia_updates.backends.base import UpdateRecord
-    from javia_updates.models import UpdateType
 
     return UpdateRecord(
         id=update_id,

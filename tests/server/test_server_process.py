@@ -12,11 +12,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from javia_core.manifest import key_id_for, verify_manifest
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 from javia_updates import __version__
-from javia_updates.manifest import key_id_for, verify_manifest
-from javia_updates.models import UpdateType
 from javia_updates.packaging import build_package
-from javia_updates.versioning import Version
 from shared_helpers import server_process
 
 API_KEY = "process-test-admin-key"

@@ -8,15 +8,15 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from javia_updates import scheduling
-from javia_updates.errors import (
+from javia_core import scheduling
+from javia_core.errors import (
     ConflictError,
     ManifestError,
     NotFoundError,
     PackageError,
     SignatureError,
 )
-from javia_updates.models import (
+from javia_core.models import (
     DeviceRegisterRequest,
     DeviceStatus,
     HeartbeatRequest,
@@ -218,7 +218,7 @@ def test_malformed_signature_file_is_refused(service, clock, make_package):
 def test_server_side_keyring_refuses_an_untrusted_signature(backend, settings, clock, make_package):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from javia_updates.manifest import key_id_for
+    from javia_core.manifest import key_id_for
 
     other = Ed25519PrivateKey.generate().public_key()
     strict = UpdateService(backend, settings, keyring={key_id_for(other): other})
@@ -229,7 +229,7 @@ def test_server_side_keyring_refuses_an_untrusted_signature(backend, settings, c
 def test_server_side_keyring_accepts_the_trusted_key(
     backend, settings, clock, make_package, signing_key
 ):
-    from javia_updates.manifest import key_id_for
+    from javia_core.manifest import key_id_for
 
     public = signing_key.public_key()
     strict = UpdateService(backend, settings, keyring={key_id_for(public): public})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from javia_updates.versioning import MAX_COMPONENT, Version, VersionError
+from javia_core.versioning import MAX_COMPONENT, Version, VersionError
 
 HUGE = "v99999999999999999999999.0.0"
 
@@ -215,7 +215,7 @@ def test_update_descriptions_with_control_characters_are_422(client, admin, publ
 def test_trusted_keys_dir_makes_publish_refuse_a_foreign_signature(
     tmp_path, backend, clock, make_package
 ):
-    from javia_updates.errors import SignatureError
+    from javia_core.errors import SignatureError
     from javia_updates.keys import generate_keypair
     from javia_updates.service import UpdateService
     from javia_updates.settings import ServerSettings

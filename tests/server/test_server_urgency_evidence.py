@@ -8,7 +8,7 @@ device may fetch that update's manifest and signature to verify the claim.
 
 from __future__ import annotations
 
-from javia_updates.models import InstallDirective, UpdateType
+from javia_core.models import InstallDirective, UpdateType
 
 
 def _publish(service, clock, make_package, version: str, update_type: str) -> int:  # type: ignore[no-untyped-def]

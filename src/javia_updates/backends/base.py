@@ -16,8 +16,8 @@ service layer talks only to these two interfaces; implementations register by
 Built-in backends register on import of :mod:`javia_updates.backends`; others
 can do the same from an entry point in the ``javia.backends`` group.
 
-Update progress moves only forward (:data:`ALLOWED_PREVIOUS`, the one table of
-legal transitions). Every store must apply a transition as one conditional
+Update progress moves only forward (:data:`javia_core.status_rules.ALLOWED_PREVIOUS`,
+the one table of legal transitions). Every store must apply a transition as one conditional
 write (``UPDATE ... WHERE status IN (allowed previous)``), so that concurrent
 server replicas can never move a row backwards.
 """
@@ -28,21 +28,19 @@ import asyncio
 import functools
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from javia_updates.errors import BackendError, JaviaError, NotFoundError
-from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
-from javia_updates.versioning import Version
+from javia_core.errors import BackendError, JaviaError, NotFoundError
+from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings
 
 __all__ = [
-    "ALLOWED_PREVIOUS",
     "AuditEntry",
     "AuditRecord",
     "Backend",
@@ -65,31 +63,10 @@ __all__ = [
     "backend_names",
     "create_backend",
     "get_backend_class",
-    "raises_version",
     "register_backend",
 ]
 
 T = TypeVar("T")
-
-_S = UpdateStatus
-#: Legal transitions of a ``device_updates`` row: target status → statuses it
-#: may come from (DESIGN.md section 5). Progress moves only forward; a step the
-#: agent did not report (its ``downloading`` report was lost, say) may be
-#: skipped. Final statuses (completed, failed, rolled_back, superseded,
-#: cancelled) have no way out, so a failed version is never offered again.
-ALLOWED_PREVIOUS: Mapping[UpdateStatus, frozenset[UpdateStatus]] = {
-    _S.PENDING: frozenset(),
-    _S.DOWNLOADING: frozenset({_S.PENDING}),
-    _S.INSTALLING: frozenset({_S.PENDING, _S.DOWNLOADING}),
-    _S.COMPLETED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
-    _S.FAILED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
-    _S.ROLLED_BACK: frozenset({_S.DOWNLOADING, _S.INSTALLING}),
-    _S.SUPERSEDED: frozenset({_S.PENDING}),
-    _S.CANCELLED: frozenset({_S.PENDING}),
-}
-
-#: Statuses of a row the device is working on right now.
-IN_FLIGHT_STATUSES = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
 
 
 class EnrollmentError(JaviaError):
@@ -341,8 +318,8 @@ class Store(ABC):
     """Metadata storage: devices, updates, device_updates and the audit log.
 
     Every method is one transaction. Instants are aware UTC datetimes.
-    Methods raise :class:`~javia_updates.errors.NotFoundError` for a missing
-    row, :class:`~javia_updates.errors.ConflictError` for a write that
+    Methods raise :class:`~javia_core.errors.NotFoundError` for a missing
+    row, :class:`~javia_core.errors.ConflictError` for a write that
     conflicts with what is stored, and :class:`BackendError` when the database
     itself fails.
 
@@ -627,7 +604,7 @@ class Store(ABC):
         ``started_at`` is set on the first move off ``pending``, ``completed_at``
         on reaching a final status, and on ``completed`` the device's
         ``current_version`` becomes the update's version if that is newer
-        (:func:`raises_version`). A move writes ``audit`` with ``from`` added
+        (:func:`javia_core.status_rules.raises_version`). A move writes ``audit`` with ``from`` added
         to its details: the status the row had, read in the same transaction.
 
         Raises:
@@ -754,18 +731,6 @@ class Backend(ABC):
 _REGISTRY: dict[str, type[Backend]] = {}
 _ENTRY_POINT_GROUP = "javia.backends"
 _entry_points_loaded = False
-
-
-def raises_version(running: str | None, installed: str) -> bool:
-    """Whether completing ``installed`` raises a device that reports ``running``.
-
-    The rule of :meth:`Store.transition` on ``completed``: the device's
-    ``current_version`` becomes the update's version unless it already runs
-    that version or a higher one (an unparsable or missing version is raised).
-    """
-    if running is None or not Version.is_valid(running):
-        return True
-    return Version.parse(running) < Version.parse(installed)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:

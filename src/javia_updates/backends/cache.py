@@ -29,13 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from javia_core.status_rules import raises_version
+from javia_core.versioning import Version
 from javia_updates.backends.base import (
     DeviceRecord,
     DeviceUpdateRecord,
     UpdateRecord,
-    raises_version,
 )
-from javia_updates.versioning import Version
 
 __all__ = ["CATALOG_MAX_AGE_SECONDS", "DeviceCache", "UpdateCatalog"]
 

@@ -47,11 +47,11 @@ from sqlalchemy import Connection, Engine, Table, false, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from javia_core.errors import BackendError, NotFoundError
+from javia_core.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
 from javia_updates.backends.base import BlobStore
 from javia_updates.backends.schema import Tables, build_tables, default_schema
 from javia_updates.backends.sql_store import _redact, make_engine
-from javia_updates.errors import BackendError, NotFoundError
-from javia_updates.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
 
 __all__ = [
     "PACKAGE_OBJECTS",

@@ -22,8 +22,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
+from javia_core.errors import BackendError
 from javia_updates.backends.sql_store import _redact, make_engine
-from javia_updates.errors import BackendError
 
 __all__ = [
     "MIGRATION_LOCK_KEY",

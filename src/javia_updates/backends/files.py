@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from javia_core.errors import BackendError, NotFoundError
 from javia_updates.backends.base import BlobStore
-from javia_updates.errors import BackendError, NotFoundError
 
 __all__ = ["STALE_UPLOAD_SECONDS", "FileBlobStore"]
 

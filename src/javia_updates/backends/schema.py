@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
-from javia_updates.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
 
 __all__ = [
     "NAMING_CONVENTION",

@@ -21,8 +21,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from javia_core.errors import JaviaError
 from javia_updates.backends.base import HeartbeatWrite
-from javia_updates.errors import JaviaError
 
 __all__ = ["SoftStateWriter"]
 

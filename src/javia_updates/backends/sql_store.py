@@ -12,7 +12,7 @@ first reads and then writes can otherwise fail with "database is locked" when
 another writer committed in between.
 
 Status transitions are single conditional ``UPDATE ... WHERE status IN
-(allowed previous)`` statements (:data:`~javia_updates.backends.base.ALLOWED_PREVIOUS`),
+(allowed previous)`` statements (:data:`~javia_core.status_rules.ALLOWED_PREVIOUS`),
 so two server replicas can never move a row backwards.
 """
 
@@ -48,9 +48,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
+from javia_core.errors import BackendError, ConflictError, NotFoundError
+from javia_core.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
+from javia_core.status_rules import ALLOWED_PREVIOUS, IN_FLIGHT_STATUSES, raises_version
 from javia_updates.backends.base import (
-    ALLOWED_PREVIOUS,
-    IN_FLIGHT_STATUSES,
     AuditEntry,
     AuditRecord,
     DeviceQuery,
@@ -68,7 +69,6 @@ from javia_updates.backends.base import (
     Store,
     TransitionResult,
     UpdateRecord,
-    raises_version,
 )
 from javia_updates.backends.group_commit import GroupCommit
 from javia_updates.backends.schema import (
@@ -78,8 +78,6 @@ from javia_updates.backends.schema import (
     default_schema,
     json_type,
 )
-from javia_updates.errors import BackendError, ConflictError, NotFoundError
-from javia_updates.models import FINAL_STATUSES, DeviceStatus, UpdateStatus, UpdateType
 
 T = TypeVar("T")
 

@@ -42,6 +42,8 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from javia_core.errors import BackendError
+from javia_core.settings_sources import EnvOverTomlSettings
 from javia_updates.backends.base import Backend, register_backend
 from javia_updates.backends.database import normalize_database_url, upgrade_serialized
 from javia_updates.backends.schema import POSTGRES_SCHEMA
@@ -51,9 +53,7 @@ from javia_updates.backends.supabase_storage import (
     DEFAULT_SIGNED_URL_SECONDS,
     SupabaseStorageBlobStore,
 )
-from javia_updates.errors import BackendError
 from javia_updates.settings import SettingsError, config_path
-from javia_updates.settings_sources import EnvOverTomlSettings
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings

@@ -60,13 +60,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from javia_updates.backends.base import BlobStore
-from javia_updates.errors import (
+from javia_core.errors import (
     BackendError,
     NotFoundError,
     StorageRefusedError,
     StorageTooLargeError,
 )
+from javia_updates.backends.base import BlobStore
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings

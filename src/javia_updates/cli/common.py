@@ -33,8 +33,8 @@ from rich.protocol import is_renderable
 from rich.table import Table
 from rich.text import Text
 
-from javia_updates.errors import JaviaError
-from javia_updates.settings_sources import EnvOverTomlSettings
+from javia_core.errors import JaviaError
+from javia_core.settings_sources import EnvOverTomlSettings
 
 if TYPE_CHECKING:
     from javia_updates.admin_client import AdminClient

@@ -21,8 +21,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from javia_core.models import DeviceUpdateOut, UpdateStatus
 from javia_updates.cli.common import SafeTable, cell, console, fail, markup_safe, wire_time
-from javia_updates.models import DeviceUpdateOut, UpdateStatus
 
 if TYPE_CHECKING:
     from javia_updates.demo import LocalFleet
@@ -70,9 +70,9 @@ def demo(
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for every device."),
 ) -> None:
     """Run a server, three devices and an instant update, all on this machine."""
+    from javia_core.errors import JaviaError
     from javia_updates.cli.updates import plan_table
     from javia_updates.demo import LocalFleet, example_app_dir
-    from javia_updates.errors import JaviaError
 
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)

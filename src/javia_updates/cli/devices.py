@@ -34,8 +34,8 @@ from javia_updates.cli.common import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from javia_core.models import EnrollmentTokenOut
     from javia_updates.admin_client import AdminClient
-    from javia_updates.models import EnrollmentTokenOut
 
 M = TypeVar("M", bound="BaseModel")
 

@@ -44,7 +44,7 @@ def generate(
     secret = None
     if passphrase:
         secret = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True).encode()
-    from javia_updates.errors import SigningKeyError
+    from javia_core.errors import SigningKeyError
 
     try:
         paths = generate_keypair(output, name=name, passphrase=secret, overwrite=force)
@@ -65,8 +65,9 @@ def show(
     path: Path = typer.Argument(..., help="A public (.pub) or private (.pem) key file."),
 ) -> None:
     """Print the key id of a public or private key file."""
-    from javia_updates.keys import load_private_key, load_public_key
-    from javia_updates.manifest import key_id_for
+    from javia_core.keys import load_public_key
+    from javia_core.manifest import key_id_for
+    from javia_updates.keys import load_private_key
 
     with friendly_errors():
         if path.suffix == ".pub":  # else a private key (.pem)
@@ -80,7 +81,8 @@ def _public_key_of(path: Path) -> Ed25519PublicKey:
     """The public key of a ``.pub`` file, or of a ``.pem`` private key (its ``.pub`` twin if present)."""
     import os
 
-    from javia_updates.keys import load_private_key, load_public_key
+    from javia_core.keys import load_public_key
+    from javia_updates.keys import load_private_key
 
     if path.suffix == ".pub":
         return load_public_key(path)
@@ -119,9 +121,9 @@ def rotate(
     """
     from datetime import UTC, datetime
 
+    from javia_core.manifest import key_id_for
     from javia_updates.cli.common import print_json
     from javia_updates.keys import generate_keypair
-    from javia_updates.manifest import key_id_for
 
     with friendly_errors():
         current_id = key_id_for(_public_key_of(key))

@@ -12,8 +12,8 @@ import sys
 
 import typer
 
+from javia_core.errors import JaviaError
 from javia_updates import __version__
-from javia_updates.errors import JaviaError
 
 _app = typer.Typer(
     name="javia",

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from javia_core.errors import SigningKeyError
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 from javia_updates.cli.common import (
     ApiKeyOption,
     JsonOption,
@@ -35,15 +38,12 @@ from javia_updates.cli.common import (
     markup_safe,
     print_json,
 )
-from javia_updates.errors import SigningKeyError
-from javia_updates.models import UpdateType
-from javia_updates.versioning import Version
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from javia_core.models import UpdateOut
     from javia_updates.admin_client import ProgressCallback
-    from javia_updates.models import UpdateOut
     from javia_updates.packaging import BuiltPackage
 
 TYPE_HELP = {
@@ -72,7 +72,7 @@ def _parse_targets(values: list[str] | None) -> list[str]:
 
 
 def _parse_system_packages(value: str | None) -> list[str]:
-    from javia_updates.manifest import validate_apt_package
+    from javia_core.manifest import validate_apt_package
 
     names = [name.strip() for name in (value or "").split(",") if name.strip()]
     with friendly_errors():

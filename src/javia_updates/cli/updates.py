@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
+from javia_core.models import DeviceUpdateOut, PlanEntry, UpdateOut
 from javia_updates.cli.common import (
     ApiKeyOption,
     JsonOption,
@@ -22,7 +23,6 @@ from javia_updates.cli.common import (
     print_json,
     wire_time,
 )
-from javia_updates.models import DeviceUpdateOut, PlanEntry, UpdateOut
 
 app = typer.Typer(help="List, inspect and plan updates.", no_args_is_help=True)
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from javia_updates.errors import JaviaError
+from javia_core.errors import JaviaError
 from javia_updates.server import run
 from javia_updates.settings import load_server_settings
 

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
+from javia_core.errors import BackendError
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
-from javia_updates.errors import BackendError
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware

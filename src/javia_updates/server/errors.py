@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from javia_updates.backends.base import EnrollmentError
-from javia_updates.errors import (
+from javia_core.errors import (
     BackendError,
     ConflictError,
     InvalidTransitionError,
@@ -32,7 +31,8 @@ from javia_updates.errors import (
     StorageTooLargeError,
     VersionError,
 )
-from javia_updates.input_rules import MAX_JSON_DEPTH
+from javia_core.input_rules import MAX_JSON_DEPTH
+from javia_updates.backends.base import EnrollmentError
 from javia_updates.server.uploads import UploadError, UploadTooLargeError
 from javia_updates.service import InvalidRequestError
 

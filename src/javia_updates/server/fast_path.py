@@ -16,7 +16,7 @@ body, a refused rate, a reconciliation to write, a store whose reads are
 not local — goes on to the FastAPI route with the request body replayed,
 so every error is produced in one place, by the documented route. The
 answer of the fast path is byte for byte the route's: the same
-:class:`~javia_updates.models.HeartbeatResponse` JSON, status 200.
+:class:`~javia_core.models.HeartbeatResponse` JSON, status 200.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from datetime import datetime
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from javia_updates.errors import JaviaError
-from javia_updates.models import HeartbeatRequest
+from javia_core.errors import JaviaError
+from javia_core.models import HeartbeatRequest
 from javia_updates.server.limits import HeartbeatRateLimiter
 from javia_updates.service import API_PREFIX, UpdateService, WriteNeeded
 

@@ -1,6 +1,6 @@
 """Response and request bodies that only the HTTP API has (lists, plan requests).
 
-The shared wire models live in :mod:`javia_updates.models`.
+The shared wire models live in :mod:`javia_core.models`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from javia_updates.models import (
+from javia_core.models import (
     DeviceOut,
     DeviceUpdateOut,
     EnrollmentTokenOut,
@@ -19,7 +19,7 @@ from javia_updates.models import (
     UpdateOut,
     UpdateType,
 )
-from javia_updates.versioning import Version
+from javia_core.versioning import Version
 
 __all__ = [
     "AuditOut",

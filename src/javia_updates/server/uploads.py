@@ -34,8 +34,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from javia_updates.errors import JaviaError
-from javia_updates.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
+from javia_core.errors import JaviaError
+from javia_core.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 
 __all__ = ["ReceivedUpload", "UploadError", "UploadTooLargeError", "receive_package_upload"]
 

@@ -19,8 +19,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import SQLAlchemyError
 
+from javia_core.errors import BackendError
 from javia_updates.backends.schema import default_schema
-from javia_updates.errors import BackendError
 
 __all__ = [
     "MIGRATIONS_DIR",

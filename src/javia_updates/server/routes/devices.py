@@ -10,8 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from javia_updates.backends.base import DeviceRecord
-from javia_updates.models import (
+from javia_core.models import (
     DeviceOut,
     DeviceRegistered,
     DeviceRegisterRequest,
@@ -23,6 +22,7 @@ from javia_updates.models import (
     UpdateCheckResponse,
     UpdateStatus,
 )
+from javia_updates.backends.base import DeviceRecord
 from javia_updates.server.auth import (
     Caller,
     Registrar,

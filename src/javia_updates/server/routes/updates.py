@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from javia_core.manifest import PAYLOAD_NAME
+from javia_core.models import UpdateOut, UpdateStatus, UpdateType
 from javia_updates.backends.base import UpdateRecord
-from javia_updates.manifest import PAYLOAD_NAME
-from javia_updates.models import UpdateOut, UpdateStatus, UpdateType
 from javia_updates.server.auth import (
     Caller,
     get_now,

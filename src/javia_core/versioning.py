@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from javia_updates.errors import VersionError
+from javia_core.errors import VersionError
 
 __all__ = ["EXPECTED_FORM", "MAX_COMPONENT", "Version", "VersionError"]
 

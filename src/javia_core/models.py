@@ -26,15 +26,15 @@ from pydantic import (
     field_validator,
 )
 
-from javia_updates.errors import ScheduleError
-from javia_updates.input_rules import (
+from javia_core.errors import ScheduleError
+from javia_core.input_rules import (
     TIMEZONE_EXAMPLE,
     check_display_text,
     check_json,
     check_text,
     check_timezone,
 )
-from javia_updates.versioning import Version
+from javia_core.versioning import Version
 
 __all__ = [
     "DEVICE_REPORTABLE_STATUSES",
@@ -145,7 +145,7 @@ def validate_timezone(name: str) -> str:
     Accepted: the names the ``tzdata`` package lists (every zone and its
     backward-compatible links such as ``UTC`` and ``US/Eastern``), except
     ``Factory``; refused: ``localtime``, ``posixrules``, the ``posix/`` and
-    ``right/`` trees and any other file name (:func:`javia_updates.input_rules.check_timezone`).
+    ``right/`` trees and any other file name (:func:`javia_core.input_rules.check_timezone`).
     Used for new input: registration and the agent's configuration. Names
     stored by older versions are loaded by :func:`load_timezone`.
 
@@ -189,7 +189,7 @@ def check_no_control_characters(
     (U+007F), C1 (U+0080 to U+009F), U+2028/U+2029, the bidi embeddings,
     overrides, isolates and marks (U+061C, U+200E, U+200F, U+202A to U+202E,
     U+2066 to U+2069) and lone surrogates
-    (:func:`javia_updates.input_rules.check_display_text`).
+    (:func:`javia_core.input_rules.check_display_text`).
 
     Args:
         value: the text (None passes).
@@ -329,7 +329,7 @@ class DeviceRegisterRequest(_Model):
     ``device_name``: one line of printable text, at most 200 characters (no
     control, separator or bidi character: :func:`check_no_control_characters`);
     ``timezone``: a canonical IANA name (:func:`validate_timezone`);
-    ``metadata``: device JSON within :mod:`javia_updates.input_rules`' bounds
+    ``metadata``: device JSON within :mod:`javia_core.input_rules`' bounds
     (depth, keys, 64 KiB). A field breaking its rule is a 422 naming it.
     """
 
@@ -384,7 +384,7 @@ class HeartbeatRequest(_Model):
     """``POST /api/v1/devices/{uuid}/heartbeat`` body.
 
     ``current_version`` is ``vX.Y.Z``; ``metadata`` device JSON within
-    :mod:`javia_updates.input_rules`' bounds (valid Unicode without NUL,
+    :mod:`javia_core.input_rules`' bounds (valid Unicode without NUL,
     depth, keys, 64 KiB). A field breaking its rule is a 422 naming it, on
     the route and on its fast path alike (both validate with this model).
     """
@@ -409,7 +409,7 @@ class UrgencyEvidence(BaseModel):
     directive's ``update_type`` is more urgent than the signed type of the
     package it offers, the server names here the superseded update that was
     signed that urgent, so the device can verify the claim with its keyring
-    (see :func:`javia_updates.scheduling.check_urgency_evidence`).
+    (see :func:`javia_core.scheduling.check_urgency_evidence`).
 
     Validated like the directive itself: ``update_id`` 1 to :data:`MAX_ID`,
     ``version`` a :class:`Version` (``vX.Y.Z`` on the wire), URLs plain
@@ -523,7 +523,7 @@ class StatusReport(_Model):
         message over :data:`MAX_ERROR_MESSAGE_CHARS` keeps its first 1,000 and
         its last characters around a ``[...]`` marker (the end of an output is
         usually where the error is). The server refuses such a report with
-        422 (:func:`javia_updates.input_rules.check_text`), which would lose it.
+        422 (:func:`javia_core.input_rules.check_text`), which would lose it.
         """
         if message is not None:
             message = _UNSTORABLE_CHARACTERS.sub("\ufffd", message)

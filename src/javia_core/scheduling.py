@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from javia_updates.errors import ScheduleError, VersionError
-from javia_updates.models import InstallDirective, UpdateType, UrgencyEvidence, load_timezone
-from javia_updates.versioning import Version
+from javia_core.errors import ScheduleError, VersionError
+from javia_core.models import InstallDirective, UpdateType, UrgencyEvidence, load_timezone
+from javia_core.versioning import Version
 
 __all__ = [
     "DEFAULT_IDLE_SECONDS",

@@ -1,7 +1,7 @@
 """What text, JSON and time zone names a device (or any client) may send (issue 11).
 
 Every field a device sends is hostile until checked here, at the API's one
-boundary (the request models of :mod:`javia_updates.models`), so that
+boundary (the request models of :mod:`javia_core.models`), so that
 nothing stored can later fail a batch write, a list or a terminal:
 
 - **Text** (:func:`check_text`): valid Unicode without lone surrogates

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from javia_updates.errors import ManifestError, SignatureError
-from javia_updates.models import UpdateType
-from javia_updates.versioning import Version
+from javia_core.errors import ManifestError, SignatureError
+from javia_core.models import UpdateType
+from javia_core.versioning import Version
 
 __all__ = [
     "MANIFEST_FORMAT",
