@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
-from javia_updates.cli.main import app
+from javia_cli.main import app
 from javia_updates.demo import javia_command
 from javia_updates.simulate import (
     UPDATE_VERSION,

@@ -48,7 +48,7 @@ class FleetError(JaviaError):
 
 def javia_command() -> list[str]:
     """argv prefix that runs this installation's ``javia`` CLI."""
-    return [sys.executable, "-m", "javia_updates.cli.main"]
+    return [sys.executable, "-m", "javia_cli.main"]
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ TOKEN = "s3cret-device-token-value"
 
 
 def _javia() -> list[str]:
-    return [sys.executable, "-m", "javia_updates.cli.main"]
+    return [sys.executable, "-m", "javia_cli.main"]
 
 
 def test_verify_accepts_a_good_package(signer: Signer, make_package: PackageFactory) -> None:

@@ -158,7 +158,7 @@ def test_the_agent_process_reports_ready_pings_the_watchdog_and_says_stopping(
         [
             sys.executable,
             "-m",
-            "javia_updates.cli.main",
+            "javia_cli.main",
             "agent",
             "run",
             "--config",

@@ -101,7 +101,7 @@ def run_javia(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     environment = {k: v for k, v in os.environ.items() if not k.startswith("JAVIA_")}
     environment.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "javia_updates.cli.main", *args],
+        [sys.executable, "-m", "javia_cli.main", *args],
         check=False,
         env=environment,
         capture_output=True,

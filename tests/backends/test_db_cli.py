@@ -16,6 +16,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+from javia_cli.main import app
 from javia_core.models import DeviceRegisterRequest
 from javia_updates.backends import backend_names, create_backend
 from javia_updates.backends.database import upgrade_serialized
@@ -23,7 +24,6 @@ from javia_updates.backends.migrations import current_revision, head_revision
 from javia_updates.backends.sql_store import make_engine
 from javia_updates.backends.supabase import SupabaseSettings
 from javia_updates.cli.db import app as db_app
-from javia_updates.cli.main import app
 from javia_updates.service import UpdateService
 from javia_updates.settings import ServerSettings
 

@@ -206,7 +206,7 @@ def test_replicas_starting_together_migrate_one_at_a_time(new_postgres_url, tmp_
     command = [
         sys.executable,
         "-m",
-        "javia_updates.cli.main",
+        "javia_cli.main",
         "db",
         "upgrade",
         "--database-url",
@@ -247,7 +247,7 @@ def test_a_migration_waits_for_the_lock_and_gives_up_with_a_clear_message(
 # backend is registered on import of javia_updates.backends.
 _LAUNCHER = (
     "import sys, javia_updates.backends.supabase; "
-    "from javia_updates.cli.main import run; sys.argv[0] = 'javia'; run()"
+    "from javia_cli.main import run; sys.argv[0] = 'javia'; run()"
 )
 
 

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
+from javia_cli.main import app as javia_app
 from javia_core.errors import ManifestError
 from javia_core.manifest import canonical_json, sign_manifest, validate_apt_package
-from javia_updates.cli.main import app as javia_app
 
 VALID = ["sox", "libasound2", "libc6=2.36-9+deb12u4", "g++", "python3.11", "lib32z1=1:1.2.13"]
 HOSTILE = [

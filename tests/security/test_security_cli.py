@@ -11,8 +11,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from javia_cli.main import app as javia_app
 from javia_updates.cli.devices import parse_duration
-from javia_updates.cli.main import app as javia_app
 from shared_helpers import server_process
 
 API_KEY = "cli-security-admin-key"

@@ -57,7 +57,7 @@ def register(
         **(env or {}),
     }
     command = [
-        sys.executable, "-m", "javia_updates.cli.main", "agent", "register",
+        sys.executable, "-m", "javia_cli.main", "agent", "register",
         "--server", server, "--api-key", API_KEY, "--name", "kitchen",
         "--config", str(root / "etc" / "agent.toml"),
         "--token-file", str(root / "etc" / "device-token"),

@@ -30,6 +30,7 @@ from javia_agent.keyring import (
     apply_package_keyring_changes,
 )
 from javia_agent.verification import verify_package_dir
+from javia_cli.main import app as javia_app
 from javia_core.errors import ManifestError, SignatureError
 from javia_core.keys import load_keyring
 from javia_core.manifest import (
@@ -45,7 +46,6 @@ from javia_core.manifest import (
 from javia_core.models import UpdateType
 from javia_core.package_reader import read_package_dir
 from javia_core.versioning import Version
-from javia_updates.cli.main import app as javia_app
 
 
 def javia(*args: str) -> tuple[int, str, str]:

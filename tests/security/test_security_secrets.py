@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from security_helpers import START
 from typer.testing import CliRunner
 
+from javia_cli.main import app as javia_app
 from javia_core.models import UpdateType
 from javia_core.versioning import Version
-from javia_updates.cli.main import app as javia_app
 from javia_updates.keys import generate_keypair
 from javia_updates.packaging import build_package
 

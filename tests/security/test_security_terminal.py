@@ -137,7 +137,7 @@ def javia(fleet: HostileFleet, *args: str) -> subprocess.CompletedProcess[str]:
         PYTHONIOENCODING="utf-8",
     )
     return subprocess.run(
-        [sys.executable, "-m", "javia_updates.cli.main", *args],
+        [sys.executable, "-m", "javia_cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

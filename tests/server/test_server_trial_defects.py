@@ -107,7 +107,7 @@ def test_publishing_or_planning_a_lower_version_is_409(client, admin, publish):
 def run_server_cli(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
-    from javia_updates.cli.main import app as javia_app
+    from javia_cli.main import app as javia_app
 
     monkeypatch.setenv("JAVIA_API_KEY", "trial-defects-admin-key-0123456789")
 

@@ -1,8 +1,10 @@
 """Root of the ``javia`` command: wires the command groups together.
 
-Each group lives in its own module; server-only dependencies are imported
-inside the commands that need them, so ``javia agent ...`` runs on a Pi that
-installed only the base distribution.
+Each group lives in its own module of its own package (the agent's in
+:mod:`javia_agent.cli`, the server's and operator's in :mod:`javia_updates.cli`,
+the dev tools' in :mod:`javia_devtools.cli`); this module only registers them.
+Server-only dependencies are imported inside the commands that need them, so
+``javia agent ...`` runs on a Pi that installed only the base distribution.
 """
 
 from __future__ import annotations
