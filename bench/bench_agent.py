@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import MIB, BenchResult, Row, summarize
-from javia_updates.demo import LocalFleet, example_app_dir
+from javia_devtools.demo import LocalFleet, example_app_dir
 
 WARM_UP_SECONDS = 5.0
 

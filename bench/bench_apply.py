@@ -39,7 +39,7 @@ from javia_agent.clock import Clock
 from javia_agent.config import AgentPaths
 from javia_agent.installer import Installer
 from javia_core.keys import load_keyring
-from javia_updates.demo import LocalFleet, example_app_dir
+from javia_devtools.demo import LocalFleet, example_app_dir
 
 FILES = 1000
 TOTAL_BYTES = 20 * 1000 * 1000

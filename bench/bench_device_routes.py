@@ -30,7 +30,7 @@ import httpx
 
 import benchlib
 from benchlib import BenchResult, Row, summarize
-from javia_updates.simulate import BASE_VERSION, _build_package
+from javia_devtools.simulate import BASE_VERSION, _build_package
 
 CONNECTIONS = 16
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import MIB, BenchResult, Row, summarize
+from javia_devtools.demo import example_app_dir
 from javia_updates.admin_client import AdminClient
-from javia_updates.demo import example_app_dir
 
 CLIENTS = 50
 PAYLOAD_BYTES = 100 * 1000 * 1000

@@ -1,6 +1,6 @@
 """Fleet simulator: 10,000 simulated devices install an instant update from a real server.
 
-Runs :func:`javia_updates.simulate.run_simulation` (what ``javia simulate``
+Runs :func:`javia_devtools.simulate.run_simulation` (what ``javia simulate``
 runs): a real ``javia server`` (local backend), devices registered through
 the admin API, each device an asyncio task in this process speaking the real
 device API over HTTP with an accelerated heartbeat; once all are online an
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import MIB, BenchResult, Row
-from javia_updates.simulate import SimulationConfig, SimulationError, run_simulation
+from javia_devtools.simulate import SimulationConfig, SimulationError, run_simulation
 
 
 def main() -> None:

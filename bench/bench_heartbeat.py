@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import BenchResult, Row, summarize
-from javia_updates.demo import example_app_dir
+from javia_devtools.demo import example_app_dir
 
 DEVICES = 200
 CONNECTIONS = 200

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import BenchResult, Row, summarize
+from javia_devtools.demo import LocalFleet, example_app_dir
 from javia_updates.admin_client import AdminClient
-from javia_updates.demo import LocalFleet, example_app_dir
 
 TIMEZONES = [
     "UTC",

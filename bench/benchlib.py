@@ -39,8 +39,8 @@ from typing import Any, Self
 
 import httpx
 
-from javia_updates.demo import LocalFleet, free_port
-from javia_updates.simulate import process_cpu_seconds, process_rss_bytes
+from javia_devtools.demo import LocalFleet, free_port
+from javia_devtools.simulate import process_cpu_seconds, process_rss_bytes
 
 __all__ = [
     "BenchResult",

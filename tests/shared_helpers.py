@@ -8,10 +8,7 @@ import gzip
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,15 +17,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from javia_core.manifest import canonical_json, sign_manifest
 from javia_core.models import UpdateType
 from javia_core.versioning import Version
+from javia_devtools.server_process import (
+    SERVER_MODULE_COMMAND,
+    ServerProcess,
+    ServerStartError,
+)
 from javia_updates.backends.base import AuditEntry, NewDeviceUpdate, NewUpdate, Store, UpdateRecord
-from javia_updates.demo import free_port
 from javia_updates.service import PackageUpload
 
 
@@ -208,41 +208,18 @@ def server_process(tmp_path: Path, api_key: str) -> Iterator[tuple[str, Path]]:
     in ``tmp_path/data`` and logs to ``tmp_path/server.log``. Yields (base URL,
     log file); terminated on exit (killed after 10 s).
     """
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
-    env.update(JAVIA_API_KEY=api_key, JAVIA_CONFIG=str(tmp_path / "absent.toml"))
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "javia_updates.server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until_healthy(base, process, log_path)
-            yield base, log_path
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_healthy(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Poll the health route until the server answers (start-up, not policy); at most 30 s.
-
-    Raises:
-        AssertionError: the process exited or did not answer within 30 s; the
-            message holds its log.
-    """
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not come up:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    server = ServerProcess(
+        tmp_path / "data",
+        api_key,
+        log_path=tmp_path / "server.log",
+        command=SERVER_MODULE_COMMAND,
+        config_path=tmp_path / "absent.toml",
+    )
+    try:
+        server.start()
+    except ServerStartError as error:
+        raise AssertionError(f"server did not come up:\n{error}") from None
+    try:
+        yield server.url, server.log
+    finally:
+        server.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from javia_updates.demo import example_app_dir, free_port, javia_command
+from javia_devtools.demo import example_app_dir, free_port, javia_command
 
 
 def javia(

@@ -21,8 +21,8 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from javia_cli.main import app
-from javia_updates.demo import javia_command
-from javia_updates.simulate import (
+from javia_devtools.demo import javia_command
+from javia_devtools.simulate import (
     UPDATE_VERSION,
     SimulationConfig,
     SimulationError,

@@ -30,7 +30,8 @@ _app = typer.Typer(
 def _full_app() -> typer.Typer:
     """The root app with every command group (imported on first use, see :func:`run`)."""
     from javia_agent.cli import app as agent_app
-    from javia_updates.cli import db, demo, devices, keys, publish, server, simulate, updates
+    from javia_devtools.cli import demo, simulate
+    from javia_updates.cli import db, devices, keys, publish, server, updates
 
     _app.command("publish")(publish.publish)
     _app.add_typer(devices.app, name="devices")

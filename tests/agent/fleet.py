@@ -1,6 +1,6 @@
 """Real processes for the agent's crash and delivery tests: server, agent, application.
 
-Built on :class:`javia_updates.demo.LocalFleet` (a real ``javia server``
+Built on :class:`javia_devtools.demo.LocalFleet` (a real ``javia server``
 process, real ``javia agent register/install/run`` processes, the example
 application started by the agent in its own session). Adds what these tests
 need: per-start agent environment (the pause hook, a download rate limit),
@@ -38,7 +38,7 @@ from javia_agent.verification import extract_payload
 from javia_core.manifest import Manifest
 from javia_core.models import DeviceUpdateOut, UpdateType
 from javia_core.versioning import Version
-from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, javia_command
+from javia_devtools.demo import FleetDevice, LocalFleet, example_app_dir, javia_command
 from javia_updates.keys import load_private_key
 from javia_updates.packaging import BuiltPackage, build_package
 

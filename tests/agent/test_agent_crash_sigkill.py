@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from javia_agent.state import UpdateState
-from javia_updates.demo import FleetDevice
+from javia_devtools.demo import FleetDevice
 from javia_updates.packaging import BuiltPackage
 
 from .fleet import (

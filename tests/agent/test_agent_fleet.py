@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from javia_updates.demo import FleetDevice
+from javia_devtools.demo import FleetDevice
 
 from .fleet import (
     CrashFleet,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from javia_agent.config import AgentConfig, write_config, write_token_file
-from javia_updates.demo import javia_command
+from javia_devtools.demo import javia_command
 
 from .helpers import Signer
 

@@ -29,7 +29,7 @@ from javia_agent.config import AgentConfig, write_config, write_token_file
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.state import RECOVERY, Recovery, StateStore, UpdateRecord, UpdateState
 from javia_core.models import InstallDirective, UpdateStatus
-from javia_updates.demo import FleetDevice
+from javia_devtools.demo import FleetDevice
 
 from .fleet import (
     FINAL,

@@ -22,7 +22,7 @@ import pytest
 
 from javia_agent.services import CommandService
 from javia_agent.state import UpdateState
-from javia_updates.demo import FleetDevice
+from javia_devtools.demo import FleetDevice
 
 from .fleet import (
     CrashFleet,

@@ -12,8 +12,6 @@ device must end with exactly one final status for it.
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +22,9 @@ import httpx
 import pytest
 
 from javia_core.models import FINAL_STATUSES, DeviceUpdateOut
+from javia_devtools.demo import FleetDevice, LocalFleet, example_app_dir
+from javia_devtools.server_process import ServerProcess, ServerStartError
 from javia_updates.admin_client import AdminClient
-from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir, free_port, javia_command
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +37,19 @@ class Replica:
     """One ``javia server`` process."""
 
     name: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
+    server: ServerProcess
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        log = self.server.log
+        return log.read_text(errors="replace") if log.exists() else ""
 
 
 def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -83,47 +85,32 @@ def replicas(fleet: LocalFleet, new_postgres_url, tmp_path: Path) -> Iterator[li
     }
     fleet.run_javia(["db", "upgrade"], env=env)  # migrations first, then the replicas
     shared = tmp_path / "shared-data"
-    started = [Replica(name, free_port(), tmp_path / f"{name}.log") for name in ("a", "b")]
+    replica_env = {
+        key: env[key] for key in ("JAVIA_DATABASE_URL", "JAVIA_HEARTBEAT_INTERVAL_SECONDS")
+    }
+    started = [
+        Replica(
+            name,
+            ServerProcess(
+                shared,
+                fleet.api_key,
+                log_path=tmp_path / f"{name}.log",
+                env=replica_env,
+                config_path=tmp_path / "no-server-config.toml",
+            ),
+        )
+        for name in ("a", "b")
+    ]
     try:
         for replica in started:
-            with replica.log.open("ab") as log:
-                replica.process = subprocess.Popen(
-                    [
-                        *javia_command(),
-                        "server",
-                        "--port",
-                        str(replica.port),
-                        "--data-dir",
-                        str(shared),
-                    ],
-                    env=fleet._env(env),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-        for replica in started:
-            wait_for(lambda r=replica: _healthy(r), 30, f"replica {replica.name} to answer")
+            try:
+                replica.server.start(timeout=30)
+            except ServerStartError as error:
+                raise AssertionError(f"replica {replica.name} did not answer: {error}") from None
         yield started
     finally:
         for replica in started:
-            if replica.process is not None and replica.process.poll() is None:
-                replica.process.send_signal(signal.SIGTERM)
-        for replica in started:
-            if replica.process is not None:
-                try:
-                    replica.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    replica.process.kill()
-                    replica.process.wait()
-
-
-def _healthy(replica: Replica) -> bool:
-    if replica.process is not None and replica.process.poll() is not None:
-        raise AssertionError(f"replica {replica.name} exited: {replica.log_text()[-2000:]}")
-    try:
-        return httpx.get(f"{replica.url}/api/v1/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+            replica.server.stop(timeout=15)
 
 
 def test_an_update_published_on_one_replica_installs_on_every_device_of_both_exactly_once(

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.serialization import (
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from javia_devtools.demo import free_port, javia_command
 from javia_updates.backends import Backend, create_backend
-from javia_updates.demo import free_port, javia_command
 from javia_updates.server import create_app
 from javia_updates.settings import ServerSettings
 from shared_helpers import Package

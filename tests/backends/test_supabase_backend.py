@@ -23,6 +23,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from javia_core.errors import BackendError
+from javia_devtools.demo import free_port
 from javia_updates.backends import backend_names, create_backend, get_backend_class
 from javia_updates.backends import database as database_module
 from javia_updates.backends.database import (
@@ -34,7 +35,6 @@ from javia_updates.backends.migrations import current_revision, head_revision
 from javia_updates.backends.sql_store import make_engine
 from javia_updates.backends.supabase import SupabaseBackend, SupabaseSettings
 from javia_updates.backends.supabase_storage import SupabaseStorageError
-from javia_updates.demo import free_port
 from javia_updates.settings import ServerSettings, SettingsError
 from test_supabase_storage import SECRET_KEY
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from javia_updates.demo import LocalFleet, example_app_dir
+from javia_devtools.demo import LocalFleet, example_app_dir
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from javia_updates.demo import FleetError, LocalFleet
+from javia_devtools.demo import FleetError, LocalFleet
 
 pytestmark = pytest.mark.e2e
 

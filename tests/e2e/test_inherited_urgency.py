@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from javia_updates.demo import LocalFleet
+from javia_devtools.demo import LocalFleet
 
 from .test_update_loop import final_rows, wait_for
 from .test_update_types import _fleet, _provision, app_dir  # noqa: F401 - fixture

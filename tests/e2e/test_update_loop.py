@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from javia_core.models import DeviceUpdateOut
-from javia_updates.demo import FleetDevice, LocalFleet
+from javia_devtools.demo import FleetDevice, LocalFleet
 
 pytestmark = pytest.mark.e2e
 

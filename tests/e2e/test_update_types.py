@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from javia_agent.activity import record_activity
-from javia_updates.demo import FleetDevice, LocalFleet, example_app_dir
+from javia_devtools.demo import FleetDevice, LocalFleet, example_app_dir
 
 from .test_update_loop import final_rows, wait_for
 

@@ -23,10 +23,10 @@ from javia_core.models import (
     UpdateStatus,
 )
 from javia_core.status_rules import raises_version
+from javia_devtools.demo import LocalFleet
 from javia_updates.backends.base import DeviceRecord, HeartbeatWrite
 from javia_updates.backends.cache import DeviceCache, UpdateCatalog
 from javia_updates.backends.soft_state import SoftStateWriter
-from javia_updates.demo import LocalFleet
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.service import UpdateService
 

@@ -1,6 +1,6 @@
 """``javia simulate``: a fleet of lightweight simulated devices against a real server.
 
-See :mod:`javia_updates.simulate` for what is simulated and measured.
+See :mod:`javia_devtools.simulate` for what is simulated and measured.
 """
 
 from __future__ import annotations
@@ -51,7 +51,13 @@ def simulate(
     reports how long until all had reported completed, error counts and the
     server's CPU. Exits 1 unless every device completed without an error.
     """
-    from javia_updates.simulate import SimulationConfig, run_simulation
+    try:
+        from javia_devtools.simulate import SimulationConfig, run_simulation
+    except ImportError as error:
+        fail(
+            "the simulator needs the server and sim extras: "
+            f"pip install 'javia[server,sim]' ({error.name} missing)"
+        )
 
     with friendly_errors():
         config = SimulationConfig(

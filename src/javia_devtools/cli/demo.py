@@ -25,7 +25,7 @@ from javia_core.models import DeviceUpdateOut, UpdateStatus
 from javia_updates.cli.common import SafeTable, cell, console, fail, markup_safe, wire_time
 
 if TYPE_CHECKING:
-    from javia_updates.demo import LocalFleet
+    from javia_devtools.demo import LocalFleet
 
 DEVICES = (
     ("living-room", "America/New_York"),
@@ -71,8 +71,8 @@ def demo(
 ) -> None:
     """Run a server, three devices and an instant update, all on this machine."""
     from javia_core.errors import JaviaError
+    from javia_devtools.demo import LocalFleet, example_app_dir
     from javia_updates.cli.updates import plan_table
-    from javia_updates.demo import LocalFleet, example_app_dir
 
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -574,8 +574,8 @@ def run_simulation(
         SimulationError: the server did not start, a registration or the
             publish failed, or not every device was seen within the timeout.
     """
+    from javia_devtools.demo import FleetError, LocalFleet
     from javia_updates.admin_client import AdminClient, ApiError, ServerUnreachableError
-    from javia_updates.demo import FleetError, LocalFleet
 
     say = progress or (lambda _line: None)
     wall_start = time.perf_counter()

@@ -16,20 +16,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from javia_core.errors import JaviaError
 from javia_core.models import UpdateOut
+from javia_devtools.server_process import ServerProcess, ServerStartError, free_port, javia_command
 from javia_updates.admin_client import AdminClient
 
 __all__ = [
@@ -46,22 +43,9 @@ class FleetError(JaviaError):
     """A fleet process failed to start or a command it ran failed."""
 
 
-def javia_command() -> list[str]:
-    """argv prefix that runs this installation's ``javia`` CLI."""
-    return [sys.executable, "-m", "javia_cli.main"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def example_app_dir() -> Path:
     """The bundled example application (``VERSION`` + ``app.py``)."""
-    return Path(str(resources.files("javia_updates") / "example_app"))
+    return Path(str(resources.files("javia_devtools") / "example_app"))
 
 
 @dataclass
@@ -140,7 +124,7 @@ class LocalFleet:
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     port: int = field(default_factory=free_port)
     devices: list[FleetDevice] = field(default_factory=list)
-    server: subprocess.Popen[bytes] | None = None
+    server_process: ServerProcess | None = None
     private_key_path: Path | None = None
     public_key_path: Path | None = None
 
@@ -183,39 +167,32 @@ class LocalFleet:
             )
         return result.stdout
 
+    @property
+    def server(self) -> subprocess.Popen[bytes] | None:
+        """The running server's process (None before :meth:`start_server`)."""
+        return None if self.server_process is None else self.server_process.process
+
     def start_server(self, *, extra_env: dict[str, str] | None = None, timeout: float = 20) -> None:
-        """Start ``javia server`` and wait until it answers its health check."""
-        data_dir = self.root / "server"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            "JAVIA_API_KEY": self.api_key,
-            "JAVIA_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat_seconds),
-            "JAVIA_CONFIG": str(self.root / "no-server-config.toml"),
-            **(extra_env or {}),
-        }
-        log = (self.root / "server.log").open("ab")
-        self.server = subprocess.Popen(
-            [*javia_command(), "server", "--port", str(self.port), "--data-dir", str(data_dir)],
-            env=self._env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        """Start ``javia server`` and wait until it answers its health check.
+
+        Raises:
+            FleetError: it exited or did not answer within ``timeout`` seconds.
+        """
+        self.server_process = ServerProcess(
+            self.root / "server",
+            self.api_key,
+            log_path=self.root / "server.log",
+            port=self.port,
+            env={
+                "JAVIA_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat_seconds),
+                **(extra_env or {}),
+            },
+            config_path=self.root / "no-server-config.toml",
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise FleetError(
-                    f"server exited {self.server.returncode}: {self._tail(self.root / 'server.log')}"
-                )
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise FleetError(
-            f"server did not answer within {timeout} s: {self._tail(self.root / 'server.log')}"
-        )
+        try:
+            self.server_process.start(timeout=timeout)
+        except ServerStartError as error:
+            raise FleetError(str(error)) from None
 
     def restart_server(self, *, extra_env: dict[str, str] | None = None) -> None:
         """Stop the server and start it again on the same port and data, with new settings."""
@@ -223,13 +200,8 @@ class LocalFleet:
         self.start_server(extra_env=extra_env)
 
     def _stop_server(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server_process is not None:
+            self.server_process.stop()
 
     @staticmethod
     def _tail(path: Path, size: int = 1500) -> str:

@@ -1,0 +1,1 @@
+"""The dev tools' command groups: ``javia demo`` and ``javia simulate``."""
