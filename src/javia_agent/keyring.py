@@ -22,7 +22,7 @@ before any is removed, and the directory is fsynced after each step. Applying
 the same changes twice (say, after a power loss during commit) changes
 nothing the second time.
 
-Imports only what a device installs (``cryptography``, pure ``javia_updates``
+Imports only what a device installs (``cryptography``, ``javia_core``
 modules).
 """
 

@@ -7,7 +7,7 @@ and ``payload.tar.gz``. The signature covers the exact bytes of
 key *before* parsing them, so nothing an attacker wrote is interpreted first.
 
 Everything here works on bytes and key objects; reading key files and keyring
-directories lives in :mod:`javia_updates.keys`.
+directories lives in :mod:`javia_core.keys`.
 """
 
 from __future__ import annotations
