@@ -111,3 +111,18 @@ def test_the_checker_sees_lazy_and_relative_imports() -> None:
     )
     names = _imported_modules(source, ["javia_core", "sub"])
     assert {"httpx", "javia_updates.keys", "javia_core.sub", "javia_core.other"} <= names
+
+
+def test_aiohttp_is_installed_only_with_the_sim_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {
+            requirement.split("[")[0].split(">")[0].split("=")[0] for requirement in requirements
+        }
+
+    assert "aiohttp" not in names(project["dependencies"])  # a device's `pip install .`
+    assert "aiohttp" not in names(project["optional-dependencies"]["server"])
+    assert "aiohttp" in names(project["optional-dependencies"]["sim"])
