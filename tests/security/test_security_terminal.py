@@ -288,3 +288,12 @@ def test_markup_and_emoji_codes_are_shown_as_written(text: str) -> None:
     table.add_column("a")
     table.add_row(text)
     assert text in _render(table)
+
+
+def test_invisible_characters_in_stored_names_are_shown_escaped():
+    """A name stored before the API refused them cannot pass for ``kitchen``."""
+    from javia_updates.cli.common import visible
+
+    assert visible("kit\u200bchen") == "kit\\u200bchen"
+    assert visible("kit\U000e0041chen") == "kit\\U000e0041chen"
+    assert visible("Küche 🎙") == "Küche 🎙"
