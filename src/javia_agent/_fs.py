@@ -31,6 +31,7 @@ __all__ = [
     "hold_instance_lock",
     "remove_interrupted_writes",
     "remove_tree",
+    "restrict_umask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -295,3 +296,13 @@ def _empty_files(directory: int, shown: str, errors: list[OSError]) -> list[str]
         except OSError as error:
             errors.append(error)
     return subdirectories
+
+
+def restrict_umask() -> None:
+    """Add group and other write (0o022) to the process's umask; keep anything stricter.
+
+    Files and directories the agent creates without an explicit mode are then
+    at most 0644/0755, even when it was started from a shell with umask 0000.
+    """
+    current = os.umask(0o022)
+    os.umask(current | 0o022)

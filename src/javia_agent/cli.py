@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
+from javia_agent._fs import restrict_umask
 from javia_agent.config import (
     CONFIG_PATH_ENV,
     AgentConfig,
@@ -45,6 +46,16 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _agent_commands() -> None:
+    """Run and inspect the javia agent on a device."""
+    # The agent runs as root and writes state, configuration and releases:
+    # never group- or world-writable, whatever umask it was started with
+    # (systemd's default UMask is 0022; a shell may have 0000).
+    restrict_umask()
+
 
 ConfigOption = typer.Option(
     None,

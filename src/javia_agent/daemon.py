@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     skip_httpx_command_line()  # before httpx is first imported (javia_agent.client)
     from pydantic import ValidationError
 
+    from javia_agent._fs import restrict_umask
     from javia_agent.agent import Agent
     from javia_agent.config import AgentConfig
     from javia_core.errors import JaviaError
 
+    restrict_umask()
     setup_logging(verbose)
     try:
         with os.fdopen(descriptor, "rb") as handle:

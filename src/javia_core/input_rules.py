@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from functools import lru_cache
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -58,6 +59,8 @@ __all__ = [
     "check_text",
     "check_timezone",
     "iana_timezones",
+    "INVISIBLE_EXTRAS",
+    "is_invisible",
     "sanitize_json",
     "sanitize_text",
 ]
@@ -85,6 +88,26 @@ BIDI_CONTROLS = frozenset(
     "\u2066\u2067\u2068\u2069"  # isolates
 )
 
+#: Code points that show nothing although their Unicode category says otherwise:
+#: COMBINING GRAPHEME JOINER and the Hangul fillers.
+INVISIBLE_EXTRAS = frozenset("\u034f\u115f\u1160\u3164\uffa0")
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cn"})
+
+
+def is_invisible(character: str) -> bool:
+    """Whether ``character`` shows nothing (or nothing reliable) in a terminal.
+
+    True for format characters (Unicode category Cf: zero-width space and
+    joiners, word joiner, soft hyphen, byte order mark, tag characters, the
+    bidirectional controls), private use (Co), unassigned code points and
+    noncharacters (Cn, e.g. U+FFFE) and :data:`INVISIBLE_EXTRAS`. Such a
+    character in a name would make ``kit<U+200B>chen`` look like ``kitchen``.
+    """
+    return character in INVISIBLE_EXTRAS or unicodedata.category(character) in (
+        _INVISIBLE_CATEGORIES
+    )
+
+
 # Lone surrogates and NUL: refused in every text.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Additionally refused in a one-line name; tab and newline are in the C0 range.
@@ -111,6 +134,8 @@ def _describe(character: str) -> str:
         kind = "the bidirectional formatting character"
     elif character in "\u2028\u2029":
         kind = "the line/paragraph separator"
+    elif code >= 0x80 and is_invisible(character):
+        kind = "the invisible character"
     else:
         kind = "the control character"
     return f"{kind} U+{code:04X}"
@@ -148,11 +173,15 @@ def check_display_text(value: str, field: str, *, multiline: bool = False) -> st
     """
     pattern = _NOT_DISPLAYABLE_MULTILINE if multiline else _NOT_DISPLAYABLE
     found = pattern.search(value)
-    if found is not None:
+    position = found.start() if found is not None else None
+    if position is None and not value.isascii():
+        position = next((i for i, c in enumerate(value) if is_invisible(c)), None)
+    if position is not None:
         allowed = "tab and newline allowed" if multiline else "one line"
         raise ValueError(
-            f"{field} contains {_describe(found.group())} at character {found.start()}: "
-            f"expected printable text without control or bidirectional characters ({allowed})"
+            f"{field} contains {_describe(value[position])} at character {position}: "
+            "expected printable text without control, invisible or bidirectional "
+            f"characters ({allowed})"
         )
     return value
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -78,6 +79,18 @@ class _ProgressReader:
     def __iter__(self) -> Iterator[bytes]:  # httpx streams iterables chunk by chunk
         while chunk := self.read(64 * 1024):
             yield chunk
+
+
+def _segment(value: object) -> str:
+    """``value`` as one path segment: ``/``, ``..``, ``?``, ``#`` and control bytes escaped.
+
+    An operator's argument (a device uuid, an update's version or id) can never
+    become another path or a malformed URL (``updates show ../../etc`` asks for
+    the update named ``../../etc`` and gets the server's 404).
+    """
+    text = str(value)
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if text in (".", "..") else quoted
 
 
 def _detail(response: httpx.Response) -> str:
@@ -194,11 +207,13 @@ class AdminClient:
 
     def get_device(self, device_uuid: str) -> DeviceOut:
         """``GET /api/v1/devices/{uuid}``."""
-        return self._one(DeviceOut, "GET", f"/api/v1/devices/{device_uuid}")
+        return self._one(DeviceOut, "GET", f"/api/v1/devices/{_segment(device_uuid)}")
 
     def device_history(self, device_uuid: str) -> list[DeviceUpdateOut]:
         """``GET /api/v1/devices/{uuid}/updates``: the device's update rows, newest first."""
-        return self._items(DeviceUpdateOut, "GET", f"/api/v1/devices/{device_uuid}/updates")
+        return self._items(
+            DeviceUpdateOut, "GET", f"/api/v1/devices/{_segment(device_uuid)}/updates"
+        )
 
     def register_device(self, **body: Any) -> DeviceRegistered:
         """``POST /api/v1/devices/register``; the answer holds the one-time device token."""
@@ -206,11 +221,13 @@ class AdminClient:
 
     def revoke_device_token(self, device_uuid: str) -> DeviceOut:
         """``POST /api/v1/devices/{uuid}/revoke``: the device's token stops working at once."""
-        return self._one(DeviceOut, "POST", f"/api/v1/devices/{device_uuid}/revoke")
+        return self._one(DeviceOut, "POST", f"/api/v1/devices/{_segment(device_uuid)}/revoke")
 
     def rotate_device_token(self, device_uuid: str) -> DeviceRegistered:
         """``POST /api/v1/devices/{uuid}/rotate-token``: a new token, shown once; the old one stops working."""
-        return self._one(DeviceRegistered, "POST", f"/api/v1/devices/{device_uuid}/rotate-token")
+        return self._one(
+            DeviceRegistered, "POST", f"/api/v1/devices/{_segment(device_uuid)}/rotate-token"
+        )
 
     # Enrollment tokens -----------------------------------------------------
     def create_enrollment_token(
@@ -231,7 +248,9 @@ class AdminClient:
 
     def revoke_enrollment_token(self, token_id: int) -> EnrollmentTokenOut:
         """``POST /api/v1/enrollment-tokens/{id}/revoke``."""
-        return self._one(EnrollmentTokenOut, "POST", f"/api/v1/enrollment-tokens/{token_id}/revoke")
+        return self._one(
+            EnrollmentTokenOut, "POST", f"/api/v1/enrollment-tokens/{_segment(token_id)}/revoke"
+        )
 
     # Updates -------------------------------------------------------------
     def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[UpdateOut]:
@@ -241,17 +260,20 @@ class AdminClient:
 
     def get_update(self, update: str | int) -> UpdateOut:
         """``GET /api/v1/updates/{id or vX.Y.Z}``."""
-        return self._one(UpdateOut, "GET", f"/api/v1/updates/{update}")
+        return self._one(UpdateOut, "GET", f"/api/v1/updates/{_segment(update)}")
 
     def update_devices(self, update: str | int) -> list[DeviceUpdateOut]:
         """``GET /api/v1/updates/{id}/devices``: per-device progress rows."""
         return self._items(
-            DeviceUpdateOut, "GET", f"/api/v1/updates/{update}/devices", params={"limit": 1000}
+            DeviceUpdateOut,
+            "GET",
+            f"/api/v1/updates/{_segment(update)}/devices",
+            params={"limit": 1000},
         )
 
     def plan_update(self, update: str | int) -> list[PlanEntry]:
         """``GET /api/v1/updates/{id}/plan``: who installs a published update, when and why."""
-        return self._items(PlanEntry, "GET", f"/api/v1/updates/{update}/plan")
+        return self._items(PlanEntry, "GET", f"/api/v1/updates/{_segment(update)}/plan")
 
     def plan_new_update(
         self, *, update_type: str, version: str, targets: Sequence[str] | None = None

@@ -143,6 +143,8 @@ def test_the_servers_database_and_packages_are_not_readable_by_others(
     for path in (data / "packages").rglob("*"):
         if path.is_file():
             assert mode(path) == 0o640, path
+        else:  # every level a publish creates, not just the last one
+            assert mode(path) == 0o750, path
 
 
 def test_an_existing_world_readable_database_is_narrowed_at_start(
@@ -154,3 +156,21 @@ def test_an_existing_world_readable_database_is_narrowed_at_start(
     database.chmod(0o644)
     with server_process(tmp_path, API_KEY):
         assert mode(database) == 0o600
+
+
+def test_register_under_umask_0000_creates_nothing_group_or_world_writable(
+    server: str, tmp_path: Path
+) -> None:
+    """A root shell with umask 0000 must not leave the agent's state world-writable."""
+    previous = os.umask(0)
+    try:
+        result = register(server, tmp_path / "device")
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    writable = [
+        f"{path} {mode(path):o}"
+        for path in (tmp_path / "device").rglob("*")
+        if not path.is_symlink() and mode(path) & 0o022 and not path.match("activity")
+    ]
+    assert writable == []

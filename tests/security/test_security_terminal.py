@@ -288,3 +288,41 @@ def test_markup_and_emoji_codes_are_shown_as_written(text: str) -> None:
     table.add_column("a")
     table.add_row(text)
     assert text in _render(table)
+
+
+def test_invisible_characters_in_stored_names_are_shown_escaped():
+    """A name stored before the API refused them cannot pass for ``kitchen``."""
+    from javia_updates.cli.common import visible
+
+    assert visible("kit\u200bchen") == "kit\\u200bchen"
+    assert visible("kit\U000e0041chen") == "kit\\U000e0041chen"
+    assert visible("Küche 🎙") == "Küche 🎙"
+
+
+@pytest.mark.parametrize(
+    ("reference", "path"),
+    [
+        ("../../etc", "/api/v1/updates/..%2F..%2Fetc"),
+        ("..", "/api/v1/updates/%2E%2E"),
+        ("v1.0.0?x=1#y", "/api/v1/updates/v1.0.0%3Fx%3D1%23y"),
+        ("x\x1b]0;T\x07", "/api/v1/updates/x%1B%5D0%3BT%07"),
+    ],
+)
+def test_an_operators_reference_is_one_path_segment(reference: str, path: str):
+    """``javia updates show ../../etc`` asks for that update, never for another path."""
+    import httpx
+
+    from javia_updates.admin_client import AdminClient, ApiError
+
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode("ascii"))
+        return httpx.Response(404, json={"detail": "no such update"})
+
+    with (
+        AdminClient("http://127.0.0.1:9", "key", transport=httpx.MockTransport(answer)) as client,
+        pytest.raises(ApiError, match="no such update"),
+    ):
+        client.get_update(reference)
+    assert seen == [path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,36 @@ def test_names_refuse_control_separator_bidi_and_surrogate_characters(character)
 
 
 @pytest.mark.parametrize(
+    "character",
+    # zero-width space, non-joiner, joiner, word joiner, invisible plus, byte order
+    # mark, soft hyphen, grapheme joiner, Mongolian vowel separator, a tag letter,
+    # interlinear anchor, a noncharacter, private use
+    [
+        "\u200b",
+        "\u200c",
+        "\u200d",
+        "\u2060",
+        "\u2064",
+        "\ufeff",
+        "\u00ad",
+        "\u034f",
+        "\u180e",
+        "\U000e0041",
+        "\ufff9",
+        "\ufffe",
+        "\ue000",
+    ],  # fmt: skip
+    ids=lambda c: f"U+{ord(c):04X}",
+)
+def test_names_refuse_invisible_characters(character):
+    """``kit<U+200B>chen`` would look exactly like ``kitchen`` in the operator's list."""
+    with pytest.raises(
+        ValueError, match=rf"device_name contains the invisible character U\+{ord(character):04X}"
+    ):
+        check_no_control_characters(f"kit{character}chen", "device_name", multiline=False)
+
+
+@pytest.mark.parametrize(
     "bidi",
     [
         "\u202a",
@@ -55,7 +86,14 @@ def test_every_bidi_control_is_listed(bidi):
 
 @given(st.text(st.characters(codec=None, categories=None)))
 def test_a_name_is_accepted_exactly_when_it_has_no_refused_character(name):
-    refused = any(c in REFUSED_IN_NAMES for c in name)
+    # Independent oracle: controls, format, private-use, unassigned, surrogate and
+    # separator categories, plus the fillers that show nothing.
+    refused = any(
+        c in REFUSED_IN_NAMES
+        or unicodedata.category(c) in {"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"}
+        or c in "\u034f\u115f\u1160\u3164\uffa0"
+        for c in name
+    )
     try:
         check_display_text(name, "device_name")
     except ValueError:

@@ -42,6 +42,29 @@ def _check_segment(value: str, what: str) -> str:
     return value
 
 
+def _make_directories(directory: Path) -> None:
+    """Create ``directory`` and every missing parent with mode 0750, whatever the umask.
+
+    ``Path.mkdir(mode=..., parents=True)`` gives only the last directory that
+    mode; the parents it creates get the umask's (0755 under 022), which would
+    open a version's directory to every local user.
+
+    Raises:
+        OSError: a directory cannot be created or its mode set.
+    """
+    missing: list[Path] = []
+    for candidate in (directory, *directory.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o750)
+        except FileExistsError:
+            continue  # made by another server process meanwhile
+        os.chmod(path, 0o750)
+
+
 def _fsync_dir(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -76,7 +99,7 @@ class FileBlobStore(BlobStore):
         """
         try:
             for directory in (self.packages, self._uploads):
-                directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+                _make_directories(directory)
         except OSError as error:
             raise BackendError(f"cannot create {self.root}: {error.strerror}") from None
         current = time.time() if now is None else now
@@ -97,7 +120,7 @@ class FileBlobStore(BlobStore):
     def _write(self, key: str, name: str, fill) -> None:  # type: ignore[no-untyped-def]
         target = self._path(key, name)
         try:
-            target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _make_directories(target.parent)
             descriptor, temp_name = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
         except OSError as error:
             raise BackendError(f"cannot write {target}: {error.strerror}") from None
@@ -129,7 +152,7 @@ class FileBlobStore(BlobStore):
         source = Path(source)
         target = self._path(key, name)
         try:
-            target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _make_directories(target.parent)
             with open(source, "rb+") as handle:
                 os.fsync(handle.fileno())
             if os.stat(source).st_dev == os.stat(target.parent).st_dev:

@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from javia_core.errors import JaviaError
+from javia_core.input_rules import is_invisible
 from javia_core.settings_sources import EnvOverTomlSettings
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def visible(value: object, *, newlines: bool = False) -> str:
     """``str(value)`` with every unsafe code point written as a visible escape.
 
     Control characters (C0, DEL, C1), bidirectional controls, line and
-    paragraph separators and lone surrogates become ``\\xNN`` or ``\\uNNNN``
+    paragraph separators, invisible characters
+    (:func:`javia_core.input_rules.is_invisible`) and lone surrogates become ``\\xNN`` or ``\\uNNNN``
     (ESC shows as the four characters ``\\x1b``), so device text can neither
     drive the operator's terminal nor fake a table row. With ``newlines``,
     ``\\n`` is kept (multi-line messages of our own). The result is plain text,
@@ -71,8 +73,18 @@ def visible(value: object, *, newlines: bool = False) -> str:
     """
     text = str(value)
     if newlines:
-        return "\n".join(_UNSAFE.sub(_escape_code_point, line) for line in text.split("\n"))
-    return _UNSAFE.sub(_escape_code_point, text)
+        return "\n".join(_visible_line(line) for line in text.split("\n"))
+    return _visible_line(text)
+
+
+def _visible_line(text: str) -> str:
+    text = _UNSAFE.sub(_escape_code_point, text)
+    if text.isascii():
+        return text
+    return "".join(
+        (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") if is_invisible(c) else c
+        for c in text
+    )
 
 
 def markup_safe(value: object, *, newlines: bool = False) -> str:
