@@ -40,7 +40,7 @@ from typing import IO, Any
 
 from javia_agent._fs import InstanceLockedError, atomic_write, hold_instance_lock
 from javia_agent.activity import IdleTracker
-from javia_agent.client import DeviceClient, RetryPolicy
+from javia_agent.client import MAX_SERVER_DELAY_SECONDS, DeviceClient, RetryPolicy
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
 from javia_agent.errors import (
@@ -326,6 +326,7 @@ class Agent:
             ca_bundle=config.ca_bundle,
             allow_insecure_http=config.allow_insecure_http,
             timeout_seconds=config.request_timeout_seconds,
+            request_deadline_seconds=config.request_deadline_seconds,
             user_agent=f"javia-agent/{agent_version()}",
             retry=RetryPolicy(
                 attempts=config.download_retry_attempts,
@@ -336,6 +337,9 @@ class Agent:
             # A token rotated on the server and written to the file is picked up
             # at the next 401, without a restart.
             token_source=lambda: read_token(config.token_file),
+            # While an answer streams in: the watchdog is pinged and a stop is noticed.
+            should_stop=lambda: agent.stopping,
+            keepalive=notifier.watchdog,
             sleep=clock.sleep,
             monotonic=clock.monotonic,
         )
@@ -548,7 +552,7 @@ class Agent:
             elif outcome.result == InstallResult.RETRY_LATER:
                 sleep = min(sleep, self._backoff(1))
                 if outcome.retry_after_seconds is not None:  # the server asked for a pause
-                    sleep = max(sleep, outcome.retry_after_seconds)
+                    sleep = max(sleep, min(MAX_SERVER_DELAY_SECONDS, outcome.retry_after_seconds))
         elif decision.wake_at is not None:
             until = (decision.wake_at - server_now).total_seconds()
             sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
@@ -715,12 +719,15 @@ class Agent:
         return self.outbox.flush(self.client.report_status)
 
     def _backoff(self, failures: int, retry_after: float | None = None) -> float:
-        """Exponential backoff with jitter, capped at the interval; never below ``retry_after``."""
+        """Exponential backoff with jitter, capped at the interval; never below ``retry_after``.
+
+        ``retry_after`` (the server's ask) counts up to :data:`MAX_SERVER_DELAY_SECONDS`.
+        """
         ceiling = max(MIN_SLEEP_SECONDS, self.interval_seconds)
         delay = min(ceiling, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
         wait = self.rng.uniform(delay / 2, delay)
         if retry_after is not None:
-            wait = max(wait, retry_after)
+            wait = max(wait, min(MAX_SERVER_DELAY_SECONDS, retry_after))
         return wait
 
     def _write_status(self, response: HeartbeatResponse, decision: InstallDecision | None) -> None:

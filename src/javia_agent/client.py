@@ -11,7 +11,16 @@ arrive, and resumes an interrupted download with ``Range: bytes=N-``
 body gets the partial file truncated and written from the start — never
 appended to, which would corrupt it. Failed attempts are retried with
 exponential backoff and jitter, honouring ``Retry-After`` on 429 and 503
-(:class:`RetryPolicy`); a download rate limit in bytes per second is optional.
+(:class:`RetryPolicy`) up to :data:`MAX_SERVER_DELAY_SECONDS`; a download
+rate limit in bytes per second is optional.
+
+Every request asks for ``Accept-Encoding: identity``; a small answer (API
+call, manifest, signature) that comes encoded anyway is refused before any
+byte of it is decoded, and must arrive whole within the request deadline.
+While such an answer streams in, the ``keepalive`` callback is called and
+``should_stop`` is polled for every piece, so a server trickling bytes can
+neither starve the systemd watchdog nor delay a stop. Any httpx failure is
+turned into the agent's own errors here, never passed on.
 
 Errors: :class:`~javia_agent.errors.NetworkError` (no answer),
 :class:`~javia_agent.errors.ServerError` / ``AuthenticationError`` (an HTTP
@@ -60,7 +69,15 @@ from javia_core.models import (
     UpdateCheckResponse,
 )
 
-__all__ = ["API_PREFIX", "DeviceClient", "RetryPolicy", "parse_retry_after", "server_trust"]
+__all__ = [
+    "API_PREFIX",
+    "DEFAULT_REQUEST_DEADLINE_SECONDS",
+    "MAX_SERVER_DELAY_SECONDS",
+    "DeviceClient",
+    "RetryPolicy",
+    "parse_retry_after",
+    "server_trust",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +89,14 @@ _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RESTARTS = 3
 #: Largest JSON answer read from the server, in bytes (decoded); a longer one is a server fault.
 MAX_ANSWER_BYTES = 1024 * 1024
+#: Longest wait a server may impose (``Retry-After``, on any route), in seconds;
+#: a longer one is cut to this, so one answer cannot silence the device for good.
+MAX_SERVER_DELAY_SECONDS = 3600.0
+#: Default time limit, in seconds, for one small request from sending it to the
+#: last byte of the answer (``request_deadline_seconds`` in the agent config).
+DEFAULT_REQUEST_DEADLINE_SECONDS = 60.0
+#: ``Retry-After`` delay-seconds longer than this many digits exceed any cap.
+_MAX_DELAY_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -113,10 +138,24 @@ def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
         detail = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
+    except (ValueError, RecursionError):
         detail = response.text
     text = detail if isinstance(detail, str) else str(detail)
     return " ".join(text.split())[:300] or response.reason_phrase
+
+
+def _loaded(streamed: httpx.Response, body: bytes) -> httpx.Response:
+    """A copy of a streamed answer with its (unencoded, already read) body."""
+    return httpx.Response(
+        streamed.status_code, headers=streamed.headers, content=body, request=streamed.request
+    )
+
+
+def _unusable_answer(what: str, error: httpx.HTTPError) -> ServerError:
+    """An httpx failure that is not the network's (e.g. an undecodable body): a server fault."""
+    return ServerError(
+        f"{what}: server fault: unusable answer ({error or type(error).__name__}): refused"
+    )
 
 
 def _http_error(response: httpx.Response, what: str) -> ServerError:
@@ -186,6 +225,9 @@ class DeviceClient:
             (:func:`server_trust`).
         allow_insecure_http: allow plain ``http://`` to a non-loopback host.
         timeout_seconds: connect/read timeout for each request.
+        request_deadline_seconds: time limit for a whole small request (API
+            calls, manifest, signature), answer included; an answer still
+            arriving then is cut off (:class:`NetworkError`).
         retry: how downloads are retried (default :class:`RetryPolicy`).
         download_rate_limit: cap on the payload download speed in bytes per
             second; ``None`` for no cap.
@@ -194,8 +236,12 @@ class DeviceClient:
             token, the request is sent once more with it, so a token rotated
             with ``javia devices rotate-token`` and written to the file is
             used without restarting the agent.
+        should_stop: polled while an answer streams in and while waiting to
+            retry (default for calls given none); True ends the call.
+        keepalive: called for every piece of an answer and while waiting to
+            retry (the systemd watchdog ping).
         sleep: blocks for the given seconds (backoff waits, rate limit).
-        monotonic: seconds on a clock that never jumps (rate limit).
+        monotonic: seconds on a clock that never jumps (rate limit, deadlines).
         rng: randomness for the backoff jitter.
 
     Raises:
@@ -214,16 +260,25 @@ class DeviceClient:
         ca_bundle: Path | None = None,
         allow_insecure_http: bool = False,
         timeout_seconds: float = 30.0,
+        request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE_SECONDS,
         user_agent: str = "javia-agent",
         retry: RetryPolicy | None = None,
         download_rate_limit: float | None = None,
         token_source: Callable[[], str] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        keepalive: Callable[[], object] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         if download_rate_limit is not None and download_rate_limit <= 0:
             raise ValueError("download_rate_limit must be a positive number of bytes per second")
+        if not request_deadline_seconds > 0:
+            raise ValueError("request_deadline_seconds must be a positive number of seconds")
+        self.request_deadline_seconds = float(request_deadline_seconds)
+        self._timeout_seconds = float(timeout_seconds)
+        self._should_stop = should_stop
+        self._keepalive = keepalive
         self.retry = retry or RetryPolicy()
         self.download_rate_limit = download_rate_limit
         self._sleep = sleep
@@ -241,7 +296,7 @@ class DeviceClient:
                 verify=server_trust(ca_bundle),
                 timeout=httpx.Timeout(timeout_seconds),
                 follow_redirects=False,
-                headers={"User-Agent": user_agent},
+                headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             )
         self._http = http_client
         self._origin = urlsplit(self.base_url)
@@ -342,29 +397,99 @@ class DeviceClient:
     def _send(
         self, method: str, path: str, what: str, headers: dict[str, str], json: Any
     ) -> httpx.Response:
-        """One request; the body is read up to :data:`MAX_ANSWER_BYTES` (decoded)."""
+        """One request; the body is read up to :data:`MAX_ANSWER_BYTES` within the deadline."""
+        deadline = self._monotonic() + self.request_deadline_seconds
+        self._ping()
         try:
-            with self._http.stream(method, path, headers=headers, json=json) as streamed:
+            with self._http.stream(
+                method, path, headers={**headers, "Accept-Encoding": "identity"}, json=json
+            ) as streamed:
                 self._note_local_address(streamed)
-                body = bytearray()
-                for chunk in streamed.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        raise ServerError(
-                            f"{what}: server fault: the answer is larger than "
-                            f"{MAX_ANSWER_BYTES} bytes: refused",
-                            status_code=streamed.status_code,
-                        )
-                return httpx.Response(
-                    streamed.status_code,
-                    headers=streamed.headers,
-                    content=bytes(body),
-                    request=streamed.request,
+                body = self._read_small(
+                    streamed,
+                    what,
+                    MAX_ANSWER_BYTES,
+                    deadline,
+                    self._should_stop,
+                    too_large=ServerError,
+                    stopped=NetworkError,
                 )
+                return _loaded(streamed, body)
         except httpx.TransportError as error:
             raise NetworkError(
                 f"{what}: cannot reach {self.base_url}: {error or type(error).__name__}"
             ) from None
+        except httpx.HTTPError as error:
+            raise _unusable_answer(what, error) from None
+
+    def _ping(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive()
+
+    def _read_small(
+        self,
+        response: httpx.Response,
+        what: str,
+        limit: int,
+        deadline: float,
+        should_stop: Callable[[], bool] | None,
+        *,
+        too_large: type[AgentError],
+        stopped: type[AgentError],
+    ) -> bytes:
+        """The body of a small answer: unencoded, at most ``limit`` bytes, whole by ``deadline``.
+
+        Each piece of the body pings the keepalive callback; while more is
+        due, ``should_stop`` is polled and the deadline (monotonic seconds)
+        checked, so a server trickling bytes neither starves the watchdog nor
+        delays a stop (a silent one is cut by the read timeout). A complete
+        answer is never thrown away for a stop.
+
+        Raises:
+            ServerError: the answer is encoded (``Content-Encoding``) although
+                the device asked for ``identity``; nothing of it is decoded.
+            too_large: more than ``limit`` bytes arrived.
+            stopped: ``should_stop`` returned True.
+            NetworkError: the deadline passed before the answer was whole.
+        """
+        status = response.status_code
+        coding = response.headers.get("Content-Encoding", "")
+        if any(part.strip().lower() not in ("", "identity") for part in coding.split(",")):
+            raise ServerError(
+                f"{what}: server fault: the answer is encoded "
+                f"(Content-Encoding: {' '.join(coding.split())[:60]}) although the device "
+                "asked for identity: refused"
+            )
+        declared = response.headers.get("Content-Length", "").strip()
+        expected = (
+            int(declared)
+            if declared.isascii() and declared.isdigit() and len(declared) < 19
+            else None
+        )
+        if self._monotonic() > deadline:
+            raise self._overrun(what)
+        body = bytearray()
+        for chunk in response.iter_bytes():  # no Content-Encoding: the raw bytes
+            body += chunk
+            if len(body) > limit:
+                raise too_large(
+                    f"{what}: server fault: the answer is larger than {limit} bytes: refused",
+                    status_code=status,
+                )
+            self._ping()
+            if expected is not None and len(body) >= expected:
+                continue  # whole: only the end of the message is left
+            if should_stop is not None and should_stop():
+                raise stopped(f"{what}: stopped while the answer was arriving")
+            if self._monotonic() > deadline:
+                raise self._overrun(what)
+        return bytes(body)
+
+    def _overrun(self, what: str) -> NetworkError:
+        return NetworkError(
+            f"{what}: the answer did not arrive whole within "
+            f"{self.request_deadline_seconds:.0f} s: cut off"
+        )
 
     @staticmethod
     def _parse(response: httpx.Response, model: type[M], what: str) -> M:
@@ -486,6 +611,8 @@ class DeviceClient:
         what: str,
     ) -> None:
         """Sleep ``seconds``; in slices of at most one second when someone polls or listens."""
+        if self._keepalive is not None:
+            on_wait = functools.partial(_both, self._keepalive, on_wait)
         if should_stop is None and on_wait is None:
             self._sleep(seconds)
             return
@@ -505,11 +632,12 @@ class DeviceClient:
         self, url: str, limit: int, what: str, should_stop: Callable[[], bool] | None = None
     ) -> bytes:
         target = self._resolve(url)
+        should_stop = should_stop or self._should_stop
         streak = 0
         reloaded = False
         while True:
             try:
-                return self._fetch_small(target, limit, what)
+                return self._fetch_small(target, limit, what, should_stop)
             except (NetworkError, ServerError) as error:
                 if error.status_code == 401 and not reloaded and self._reload_token():
                     reloaded = True
@@ -523,25 +651,43 @@ class DeviceClient:
                 logger.warning("%s (attempt %d; retrying in %.1f s)", error, streak, delay)
                 self._wait_to_retry(delay, should_stop, None, what)
 
-    def _fetch_small(self, target: str, limit: int, what: str) -> bytes:
+    def _fetch_small(
+        self, target: str, limit: int, what: str, should_stop: Callable[[], bool] | None
+    ) -> bytes:
+        deadline = self._monotonic() + self.request_deadline_seconds
+        self._ping()
+        headers = {**self._auth(), "Accept-Encoding": "identity"}
         try:
-            with self._http.stream("GET", target, headers=self._auth()) as response:
+            with self._http.stream("GET", target, headers=headers) as response:
                 self._note_local_address(response)
                 if response.status_code >= 400:
-                    response.read()
-                    raise _http_error(response, what)
+                    body = self._read_small(
+                        response,
+                        what,
+                        MAX_ANSWER_BYTES,
+                        deadline,
+                        should_stop,
+                        too_large=ServerError,
+                        stopped=DownloadCancelledError,
+                    )
+                    raise _http_error(_loaded(response, body), what)
                 if response.status_code != 200:
                     raise DownloadError(f"{what}: unexpected HTTP {response.status_code}")
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        raise DownloadTooLargeError(f"{what} is larger than {limit} bytes: refused")
-                return bytes(data)
+                return self._read_small(
+                    response,
+                    what,
+                    limit,
+                    deadline,
+                    should_stop,
+                    too_large=DownloadTooLargeError,
+                    stopped=DownloadCancelledError,
+                )
         except httpx.TransportError as error:
             raise NetworkError(
                 f"{what}: download interrupted: {error or type(error).__name__}"
             ) from None
+        except httpx.HTTPError as error:
+            raise _unusable_answer(what, error) from None
 
     def download_manifest(
         self, url: str, *, should_stop: Callable[[], bool] | None = None
@@ -700,8 +846,16 @@ class DeviceClient:
                     logger.info("server refused to resume at byte %d; starting over", offset)
                     return 0
                 if status >= 400:
-                    response.read()
-                    raise _http_error(response, what)
+                    body = self._read_small(
+                        response,
+                        what,
+                        MAX_ANSWER_BYTES,
+                        self._monotonic() + self.request_deadline_seconds,
+                        should_stop,
+                        too_large=ServerError,
+                        stopped=DownloadCancelledError,
+                    )
+                    raise _http_error(_loaded(response, body), what)
                 if status == 206 and offset:
                     restart = _check_content_range(
                         response.headers.get("Content-Range", ""), offset, expected_size
@@ -769,6 +923,8 @@ class DeviceClient:
                 f"{what} interrupted at {received} of {expected_size} bytes "
                 f"({error or type(error).__name__}); will resume"
             ) from None
+        except httpx.HTTPError as error:
+            raise _unusable_answer(what, error) from None
         if received < expected_size:
             raise DownloadError(f"{what} ended at {received} of {expected_size} bytes; will resume")
         return None
@@ -787,6 +943,12 @@ def _retryable(error: AgentError) -> bool:
     if isinstance(error, ServerError):
         return error.status_code is None or error.status_code in _RETRYABLE_STATUSES
     return isinstance(error, (NetworkError, DownloadError))
+
+
+def _both(first: Callable[[], object], then: Callable[[], object] | None) -> None:
+    first()
+    if then is not None:
+        then()
 
 
 def _file_size(path: Path) -> int:
@@ -861,16 +1023,19 @@ def parse_retry_after(value: str | None, *, date: str | None = None) -> float | 
             the device's wall clock is the fallback.
 
     Returns:
-        Seconds (0 or more), or ``None`` when the header is missing or malformed.
+        Seconds, from 0 to :data:`MAX_SERVER_DELAY_SECONDS` (a longer delay is
+        cut to it), or ``None`` when the header is missing or malformed.
     """
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        if len(text.lstrip("0")) > _MAX_DELAY_DIGITS:
+            return MAX_SERVER_DELAY_SECONDS
+        return min(MAX_SERVER_DELAY_SECONDS, float(int(text)))
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -878,10 +1043,14 @@ def parse_retry_after(value: str | None, *, date: str | None = None) -> float | 
     if date:
         try:
             reference = parsedate_to_datetime(date)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             reference = None
         if reference is not None and reference.tzinfo is None:
             reference = reference.replace(tzinfo=UTC)
     if reference is None:
         reference = datetime.now(UTC)
-    return max(0.0, (when - reference).total_seconds())
+    try:
+        seconds = (when - reference).total_seconds()
+    except OverflowError:
+        return MAX_SERVER_DELAY_SECONDS
+    return min(MAX_SERVER_DELAY_SECONDS, max(0.0, seconds))

@@ -92,6 +92,9 @@ class AgentConfig(BaseModel):
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
     request_timeout_seconds: float = Field(default=30.0, gt=0)
+    request_deadline_seconds: float = Field(
+        default=60.0, gt=0, description="whole small request, answer included"
+    )
     health_seconds: float = Field(default=30.0, ge=0)
     health_command: list[str] | None = None
     health_command_timeout_seconds: float = Field(default=60.0, gt=0)

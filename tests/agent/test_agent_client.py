@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import socket
+import threading
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from javia_agent.client import DeviceClient, RetryPolicy, parse_retry_after
+from javia_agent.client import (
+    MAX_SERVER_DELAY_SECONDS,
+    DeviceClient,
+    RetryPolicy,
+    parse_retry_after,
+)
 from javia_agent.errors import (
     AuthenticationError,
     ConfigError,
+    DownloadCancelledError,
     DownloadError,
     DownloadTooLargeError,
     NetworkError,
@@ -317,10 +330,10 @@ def test_a_retry_after_longer_than_the_limit_ends_the_attempt_with_the_delay(
     retrying_client: DeviceClient, file_server: FileServer, fake_time: FakeTime, tmp_path: Path
 ) -> None:
     route = file_server.add(PATH, DATA)
-    route.refusals = [(503, {"Retry-After": "86400"})]
+    route.refusals = [(503, {"Retry-After": "1800"})]
     with pytest.raises(ServerError) as error:
         retrying_client.download_payload(PATH, tmp_path / "p", len(DATA))
-    assert error.value.retry_after_seconds == 86400
+    assert error.value.retry_after_seconds == 1800
     assert fake_time.sleeps == []
 
 
@@ -346,20 +359,20 @@ def test_should_stop_interrupts_the_wait_before_a_retry(
     file_server: FileServer, tmp_path: Path
 ) -> None:
     file_server.add(PATH, DATA, status=503)
-    asked = []
+    slept: list[float] = []
 
-    def stop_on_second_question() -> bool:
-        asked.append(1)
-        return len(asked) > 1
+    def stop_once_the_wait_began() -> bool:
+        return bool(slept)
 
     with (
-        DeviceClient(file_server.url, device_uuid=UUID, token="t", sleep=lambda s: None) as client,
+        DeviceClient(file_server.url, device_uuid=UUID, token="t", sleep=slept.append) as client,
         pytest.raises(DownloadError, match="stopped while waiting"),
     ):
         client.download_payload(
-            PATH, tmp_path / "p", len(DATA), should_stop=stop_on_second_question
+            PATH, tmp_path / "p", len(DATA), should_stop=stop_once_the_wait_began
         )
     assert len(_downloads(file_server)) == 1
+    assert slept == [1.0]
 
 
 @pytest.mark.parametrize(
@@ -434,3 +447,251 @@ def test_a_resume_answered_for_a_larger_object_is_refused(
         pytest.raises(DownloadTooLargeError, match="signed size"),
     ):
         client.download_payload(PATH, tmp_path / "p", len(DATA))
+
+
+# -- server-imposed delays are capped -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "date"),
+    [
+        ("99999999999999999999", None),
+        ("3601", None),
+        ("9" * 5000, None),  # more digits than int() converts
+        ("0" * 30 + "7200", None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", "Wed, 21 Oct 2015 07:26:30 GMT"),
+    ],
+)
+def test_a_retry_after_longer_than_the_cap_is_cut_to_it(header: str, date: str | None) -> None:
+    assert parse_retry_after(header, date=date) == MAX_SERVER_DELAY_SECONDS == 3600
+
+
+def test_a_huge_retry_after_on_a_download_is_capped(
+    retrying_client: DeviceClient, file_server: FileServer, tmp_path: Path
+) -> None:
+    route = file_server.add(PATH, DATA)
+    route.refusals = [(429, {"Retry-After": "99999999999999999999"})]
+    with pytest.raises(ServerError) as error:
+        retrying_client.download_payload(PATH, tmp_path / "p", len(DATA))
+    assert error.value.retry_after_seconds == MAX_SERVER_DELAY_SECONDS
+
+
+def test_a_huge_retry_after_on_a_status_report_is_capped() -> None:
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            503, headers={"Retry-After": "99999999999999999999"}, json={"detail": "busy"}
+        )
+    )
+    with (
+        DeviceClient(
+            "https://u.example.org", device_uuid=UUID, token="t", transport=transport
+        ) as client,
+        pytest.raises(ServerError) as error,
+    ):
+        client.report_status(5, StatusReport(status=UpdateStatus.DOWNLOADING))
+    assert error.value.retry_after_seconds == MAX_SERVER_DELAY_SECONDS
+
+
+# -- small answers: deadline, keepalive, stop, encodings (a real loopback server) ---------
+
+
+class OneAnswerServer:
+    """A loopback HTTP/1.1 server giving every request the same 200 answer.
+
+    The answer is ``head`` and then ``tail`` spaces, one byte per :meth:`step`,
+    so a trickling server moves in lockstep with the test and needs no sleeps.
+    """
+
+    def __init__(self, head: bytes, tail: int = 0, headers: dict[str, str] | None = None) -> None:
+        self.head, self.tail, self.headers = head, tail, headers or {}
+        self.steps = threading.Semaphore(0)
+        self.sent = 0
+        self.accept_encodings: list[str | None] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                outer.answer(self)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.answer(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def step(self) -> None:
+        self.steps.release()
+
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        self.accept_encodings.append(handler.headers.get("Accept-Encoding"))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(self.head) + self.tail))
+        for name, value in self.headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        try:
+            handler.wfile.write(self.head)
+            handler.wfile.flush()
+            for _ in range(self.tail):
+                if not self.steps.acquire(timeout=5):
+                    return
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                self.sent += 1
+        except OSError:
+            handler.close_connection = True
+
+    def __enter__(self) -> OneAnswerServer:
+        threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for _ in range(self.tail):
+            self.steps.release()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+HEARTBEAT_JSON = json.dumps(
+    {"server_time": "2025-06-01T12:00:00Z", "heartbeat_interval_seconds": 120}
+).encode()
+
+
+@pytest.fixture
+def trickle() -> Iterator[OneAnswerServer]:
+    with OneAnswerServer(HEARTBEAT_JSON, tail=500) as server:
+        yield server
+
+
+def _trickled_client(
+    server: OneAnswerServer, fake_time: FakeTime, pings: list[float], **options: Any
+) -> DeviceClient:
+    """Every keepalive ping lets one more byte out and moves the clock 10 s on."""
+
+    def keepalive() -> None:
+        pings.append(fake_time.now)
+        fake_time.now += 10
+        server.step()
+
+    return DeviceClient(
+        server.url,
+        device_uuid=UUID,
+        token="t",
+        retry=RetryPolicy(attempts=1),
+        keepalive=keepalive,
+        sleep=fake_time.sleep,
+        monotonic=fake_time.monotonic,
+        **options,
+    )
+
+
+def test_a_trickled_heartbeat_answer_is_cut_off_at_the_deadline_while_pinging_the_watchdog(
+    trickle: OneAnswerServer, fake_time: FakeTime
+) -> None:
+    pings: list[float] = []
+    with (
+        _trickled_client(trickle, fake_time, pings) as client,
+        pytest.raises(NetworkError, match="within 60 s"),
+    ):
+        client.heartbeat(HeartbeatRequest())
+    assert trickle.sent < 10  # not the 500 bytes the server wanted to drip
+    assert 6 <= len(pings) <= 9  # the watchdog heard from the agent every 10 s
+    assert pings[-1] - pings[0] <= 80
+
+
+@pytest.mark.parametrize("call", ["manifest", "signature"])
+def test_a_trickled_manifest_or_signature_is_cut_off_at_the_configured_deadline(
+    trickle: OneAnswerServer, fake_time: FakeTime, call: str
+) -> None:
+    pings: list[float] = []
+    with (
+        _trickled_client(trickle, fake_time, pings, request_deadline_seconds=30) as client,
+        pytest.raises(NetworkError, match="within 30 s"),
+    ):
+        getattr(client, f"download_{call}")("/api/v1/updates/1/" + call)
+    assert trickle.sent < 6
+
+
+def test_a_stop_during_a_trickled_answer_ends_the_request_at_once(
+    trickle: OneAnswerServer, fake_time: FakeTime
+) -> None:
+    pings: list[float] = []
+    with (
+        _trickled_client(trickle, fake_time, pings, should_stop=lambda: len(pings) >= 3) as client,
+    ):
+        with pytest.raises(NetworkError, match="stopped"):
+            client.heartbeat(HeartbeatRequest())
+        with pytest.raises(DownloadCancelledError):
+            client.download_manifest("/api/v1/updates/1/manifest")
+    assert trickle.sent <= 4
+
+
+def _gzip_bomb(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(size // len(block))) + packer.flush()
+
+
+def test_a_compressed_answer_is_refused_before_it_is_decompressed() -> None:
+    bomb = _gzip_bomb(64 * 1024 * 1024)
+    assert len(bomb) < 128 * 1024
+    with (
+        OneAnswerServer(bomb, headers={"Content-Encoding": "gzip"}) as server,
+        DeviceClient(server.url, device_uuid=UUID, token="t") as client,
+    ):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ServerError, match="Content-Encoding: gzip"):
+                client.heartbeat(HeartbeatRequest())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024  # not the 64 MiB it expands to
+    assert server.accept_encodings == ["identity"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-unknown"])
+@pytest.mark.parametrize("call", ["heartbeat", "manifest"])
+def test_an_answer_that_is_not_what_its_encoding_says_is_a_server_error(
+    encoding: str, call: str
+) -> None:
+    with (
+        OneAnswerServer(b"not compressed at all", headers={"Content-Encoding": encoding}) as server,
+        DeviceClient(server.url, device_uuid=UUID, token="t", retry=RetryPolicy(attempts=1)) as c,
+        pytest.raises(ServerError, match="server fault"),
+    ):
+        if call == "heartbeat":
+            c.heartbeat(HeartbeatRequest())
+        else:
+            c.download_manifest("/api/v1/updates/1/manifest")
+
+
+def test_every_request_asks_for_unencoded_answers() -> None:
+    with (
+        OneAnswerServer(gzip.compress(HEARTBEAT_JSON)) as server,
+        DeviceClient(server.url, device_uuid=UUID, token="t", retry=RetryPolicy(attempts=1)) as c,
+    ):
+        with pytest.raises(ServerError):
+            c.heartbeat(HeartbeatRequest())  # gzip bytes, unannounced: not JSON
+        with pytest.raises(ServerError):
+            c.report_status(1, StatusReport(status=UpdateStatus.DOWNLOADING))
+        c.download_signature("/api/v1/updates/1/signature")
+    assert server.accept_encodings == ["identity"] * 3
+
+
+def test_a_complete_answer_is_used_even_when_a_stop_was_asked() -> None:
+    with (
+        OneAnswerServer(HEARTBEAT_JSON) as server,
+        DeviceClient(server.url, device_uuid=UUID, token="t", should_stop=lambda: True) as c,
+    ):
+        assert c.heartbeat(HeartbeatRequest()).heartbeat_interval_seconds == 120

@@ -709,3 +709,26 @@ def test_the_agent_wires_its_token_file_into_the_client(tmp_path: Path) -> None:
         assert agent.client._auth() == {"Authorization": "Bearer second"}
     finally:
         agent.client.close()
+
+
+def test_the_agent_wires_watchdog_stop_and_deadline_into_its_client(tmp_path: Path) -> None:
+    token_file = tmp_path / "device-token"
+    token_file.write_text("token\n")
+    config = AgentConfig(
+        server_url=f"https://{HOST}",
+        device_uuid=DEVICE,
+        token_file=token_file,
+        install_root=tmp_path / "app",
+        state_dir=tmp_path / "var",
+        request_deadline_seconds=45,
+    )
+    agent = Agent.from_config(config)
+    try:
+        client = agent.client
+        assert client.request_deadline_seconds == 45
+        assert client._keepalive == agent.notifier.watchdog
+        assert client._should_stop is not None and not client._should_stop()
+        agent.stop()
+        assert client._should_stop()
+    finally:
+        agent.client.close()

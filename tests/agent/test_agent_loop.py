@@ -403,6 +403,69 @@ def test_a_download_paused_by_a_long_retry_after_waits_that_long_before_trying_a
     assert result.sleep_seconds == pytest.approx(3600.0)
 
 
+def _serving(h: Harness, first: httpx.Response) -> list[float]:
+    """Answer the first request with ``first``, then as the fake API; the agent's waits."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return first if calls["n"] == 1 else h.api(request)
+
+    h.agent.client = DeviceClient(
+        "https://updates.example.org",
+        device_uuid=UUID,
+        token="t",
+        transport=httpx.MockTransport(handler),
+    )
+    waits: list[float] = []
+
+    def fake_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            h.agent.stop()
+
+    h.agent._wait = fake_wait  # type: ignore[method-assign]
+    return waits
+
+
+def test_a_huge_retry_after_on_a_heartbeat_pauses_it_for_an_hour_at_most(tmp_path: Path) -> None:
+    h = _harness(tmp_path, FakeApi())
+    busy = httpx.Response(
+        429, headers={"Retry-After": "99999999999999999999"}, json={"detail": "slow down"}
+    )
+    waits = _serving(h, busy)
+    assert h.agent.run_forever() == 0
+    assert waits[0] == pytest.approx(3600.0)
+    assert waits[1] == pytest.approx(300.0)
+    assert len(h.api.heartbeats) == 1  # the heartbeats go on
+
+
+def test_a_download_paused_by_a_huge_retry_after_waits_an_hour_at_most(tmp_path: Path) -> None:
+    h = _harness(tmp_path, FakeApi(directive=_directive("instant")))
+    h.installer.result = InstallResult.RETRY_LATER
+    h.installer.retry_after = 1e20
+    result = h.agent.run_once()
+    assert result.sleep_seconds == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_an_answer_that_does_not_decode_is_backed_off_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, encoding: str
+) -> None:
+    h = _harness(tmp_path, FakeApi())
+    junk = httpx.Response(
+        200,
+        headers={"Content-Encoding": encoding},
+        stream=httpx.ByteStream(b"this is not compressed"),
+    )
+    waits = _serving(h, junk)
+    assert h.agent.run_forever() == 0
+    assert "unexpected error" not in caplog.text
+    assert "server fault" in caplog.text
+    assert 0 < waits[0] <= 30  # the first backoff
+    assert len(h.api.heartbeats) == 1
+
+
 def test_a_recovered_update_without_a_reason_logs_no_none(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
