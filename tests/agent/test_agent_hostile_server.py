@@ -166,7 +166,14 @@ class World:
         }
 
 
-def _agent(world: World, api: HostileApi, signer: Signer, **client: Any) -> Agent:
+def _agent(
+    world: World,
+    api: HostileApi,
+    signer: Signer,
+    *,
+    settings: dict[str, Any] | None = None,
+    **client: Any,
+) -> Agent:
     config = AgentConfig(
         server_url=f"https://{HOST}",
         device_uuid=DEVICE,
@@ -174,6 +181,7 @@ def _agent(world: World, api: HostileApi, signer: Signer, **client: Any) -> Agen
         state_dir=world.paths.state_dir,
         activity_file=world.paths.activity_file,
         heartbeat_jitter=0.0,
+        **(settings or {}),
     )
     http = DeviceClient(
         config.server_url,
@@ -265,10 +273,21 @@ def _paths(update_id: object) -> dict[str, str]:
     }
 
 
+#: Numbers in the wrong JSON type: ``true`` is not 1, ``"227"`` is not 227 (refused).
+LOOSE_NUMBERS: list[Any] = [True, False, "227", "1", 227.0, 1.0, "0x1"]
+#: Fields that are JSON integers, strictly.
+INTEGER_FIELDS = ("update_id", "size", "idle_seconds_required")
+
+
+def _loose(value: object) -> bool:
+    """Whether ``value`` is a number in the wrong JSON type (a bool, a string, a float)."""
+    return isinstance(value, (bool, str, float))
+
+
 #: Per field, values a hostile server may send (some valid, most not).
 HOSTILE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "update_id": st.one_of(
-        st.sampled_from([0, -1, True, 2**63, "7", 7.5, None]),
+        st.sampled_from([0, -1, True, 2**63, "7", 7.5, None, *LOOSE_NUMBERS]),
         st.integers(min_value=-(2**70), max_value=2**70),
     ),
     "version": st.one_of(st.sampled_from(HOSTILE_VERSIONS), st.text(max_size=40)),
@@ -276,9 +295,12 @@ HOSTILE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "status": st.sampled_from(["downloading", "completed", "bogus", None]),
     "install_at": st.sampled_from(TIMES),
     "window_end": st.sampled_from(TIMES),
-    "idle_seconds_required": st.integers(min_value=-(2**40), max_value=2**40),
+    "idle_seconds_required": st.one_of(
+        st.sampled_from(LOOSE_NUMBERS), st.integers(min_value=-(2**40), max_value=2**40)
+    ),
     "size": st.one_of(
-        st.sampled_from([-1, 0, 2**40 + 1, 2**70, "big"]), st.integers(min_value=-(2**70))
+        st.sampled_from([-1, 0, 2**40 + 1, 2**70, "big", *LOOSE_NUMBERS]),
+        st.integers(min_value=-(2**70)),
     ),
     "manifest_url": st.sampled_from(HOSTILE_URLS),
     "signature_url": st.sampled_from(HOSTILE_URLS),
@@ -358,6 +380,11 @@ def test_no_directive_makes_the_agent_touch_anything_outside_its_own_directories
 
         assert world.untouched() == before
         assert all(url.host == HOST for url in api.requests), api.requests
+        if any(_loose(fields.get(name)) for name in INTEGER_FIELDS) or isinstance(
+            interval, (bool, str)
+        ):
+            # A number in the wrong type refuses the whole answer: nothing is fetched.
+            assert all(url.path.endswith("/heartbeat") for url in api.requests), api.requests
         state = StateStore(world.paths.state_file).load()
         assert all(Version.is_valid(name) for name in state.failed_versions)
         for entry in world.paths.releases_dir.iterdir():
@@ -421,6 +448,53 @@ def test_a_malformed_heartbeat_answer_is_a_named_server_fault_and_changes_nothin
         agent.run_once()
     assert agent.interval_seconds == agent.config.heartbeat_interval_seconds
     assert world.untouched() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("update_id", True),
+        ("update_id", "7"),
+        ("update_id", 7.0),
+        ("size", "227"),
+        ("size", True),
+        ("size", 227.0),
+        ("idle_seconds_required", "0"),
+        ("idle_seconds_required", False),
+        ("heartbeat_interval_seconds", "300"),
+        ("heartbeat_interval_seconds", True),
+    ],
+)
+def test_a_number_in_the_wrong_json_type_is_refused_not_converted(
+    tmp_path: Path, signer: Signer, name: str, value: object
+) -> None:
+    """``true`` is not the id 1 and ``"227"`` not the size 227: the answer is a server fault."""
+    world = World.create(tmp_path)
+    fields: dict[str, Any] = {
+        "update_id": 7,
+        "version": "v1.1.0",
+        "update_type": "urgent",
+        "status": "pending",
+        "install_at": SERVER_TIME.isoformat(),
+        "idle_seconds_required": 0,
+        "size": 227,
+        **_paths(7),
+    }
+    body: dict[str, Any] = {
+        "server_time": SERVER_TIME.isoformat(),
+        "heartbeat_interval_seconds": 300,
+        "update": fields,
+    }
+    if name == "heartbeat_interval_seconds":
+        body[name] = value
+    else:
+        fields[name] = value
+    api = HostileApi(heartbeat=lambda: body)
+    agent = _agent(world, api, signer)
+    with pytest.raises(AgentError, match=f"server fault.*{name}"):
+        agent.run_once()
+    assert [url.path for url in api.requests] == [f"/api/v1/devices/{DEVICE}/heartbeat"]
+    assert agent.interval_seconds == agent.config.heartbeat_interval_seconds
 
 
 # -- 2. only a verified package may mark a version failed ------------------------------
