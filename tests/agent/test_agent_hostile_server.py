@@ -21,7 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from javia_agent.installer import Installer, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import StateStore
 from javia_core.models import InstallDirective, UpdateStatus, UpdateType
-from javia_core.scheduling import bound_by_signed_type
+from javia_core.scheduling import bound_by_signed_type, plan_install, window_offset_seconds
 from javia_core.versioning import Version
 from javia_updates.packaging import BuiltPackage, build_package
 
@@ -685,6 +685,179 @@ def test_a_signed_scheduled_update_offered_as_more_urgent_waits_for_the_window(
     # One fetch of the signed metadata per update, not one per heartbeat.
     agent.run_once()
     assert sum(url.path.endswith("/manifest") for url in api.requests) == 1
+
+
+# 22:36 device-local (UTC): far from the 02:00 maintenance window.
+EVENING = datetime(2031, 3, 4, 22, 36, tzinfo=UTC)
+PIN = {"window_start": "02:00", "window_seconds": 10_800}
+
+
+def _scheduled_offer(
+    package: BuiltPackage,
+    install_at: datetime,
+    window_end: datetime | None,
+    now: datetime | list[datetime],
+) -> HostileApi:
+    """A server offering the signed-scheduled v1.1.0 as scheduled, with the window it chose.
+
+    ``now``: the server's time, or a one-item list the test may move on.
+    """
+    clock = now if isinstance(now, list) else [now]
+    fields: dict[str, Any] = {
+        "update_id": 9,
+        "version": "v1.1.0",
+        "update_type": "scheduled",
+        "status": "pending",
+        "install_at": install_at.isoformat(),
+        "size": package.manifest.archive.size,
+        **_paths(9),
+    }
+    if window_end is not None:
+        fields["window_end"] = window_end.isoformat()
+    api = HostileApi(
+        heartbeat=lambda: {
+            "server_time": clock[0].isoformat(),
+            "heartbeat_interval_seconds": 300,
+            "update": fields,
+        }
+    )
+    api.objects["/api/v1/updates/9/manifest"] = (200, package.manifest_bytes)
+    api.objects["/api/v1/updates/9/signature"] = (200, package.signature_bytes)
+    api.objects["/api/v1/updates/9/download"] = (200, package.payload_path.read_bytes())
+    return api
+
+
+def _fetched(api: HostileApi) -> bool:
+    return any(url.path.startswith("/api/v1/updates/9/") for url in api.requests)
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+@pytest.mark.parametrize(
+    "window_end",
+    [datetime(2040, 1, 1, tzinfo=UTC), None, EVENING - timedelta(minutes=2)],
+    ids=["years-long", "missing", "ends-before-the-slot"],
+)
+def test_a_scheduled_offer_whose_window_is_not_a_window_is_a_server_fault(
+    window_end: datetime | None,
+    pinned: bool,
+    tmp_path: Path,
+    signer: Signer,
+    scheduled_package: BuiltPackage,
+) -> None:
+    world = World.create(tmp_path)
+    api = _scheduled_offer(scheduled_package, EVENING - timedelta(minutes=1), window_end, EVENING)
+    agent = _agent(world, api, signer, settings=PIN if pinned else None)
+    first = agent.run_once()
+
+    assert first.decision is None and first.outcome is None
+    assert not _fetched(api)
+    assert first.sleep_seconds >= 30  # backed off, as after any server fault
+    assert len(api.reports) == 1 and "server fault" in api.reports[0]["error_message"]
+    assert api.reports[0]["status"] == "downloading"  # never failed, never blacklisted
+    # Within the backoff: the offer is not looked at again, nor reported again.
+    agent.fake_time[0] += first.sleep_seconds / 2  # type: ignore[attr-defined]
+    agent.run_once()
+    assert len(api.reports) == 1 and not _fetched(api)
+    assert StateStore(world.paths.state_file).load().failed_versions == []
+    assert os.readlink(world.paths.current_link) == "releases/v1.0.0"
+
+
+def test_a_chosen_window_at_any_hour_is_followed_without_a_pin_and_ignored_with_one(
+    tmp_path: Path, signer: Signer, scheduled_package: BuiltPackage
+) -> None:
+    """What a compromised server can still do without the pin, and what the pin removes.
+
+    A window opened at 22:36 device-local, 3 h long, is a window in form: the
+    window's time of day is the server's setting. Without a pin the device
+    follows it; a device that pins its own window (02:00, 3 h) installs only
+    in that one.
+    """
+    start, end = EVENING - timedelta(minutes=1), EVENING + timedelta(hours=3)
+    free = _scheduled_offer(scheduled_package, start, end, EVENING)
+    unpinned = _agent(World.create(tmp_path / "free"), free, signer).run_once()
+    assert unpinned.decision is not None and unpinned.decision.install_now
+    assert _fetched(free) and unpinned.outcome is not None
+
+    server_now = [EVENING]
+    pinned_api = _scheduled_offer(scheduled_package, start, end, server_now)
+    world = World.create(tmp_path / "pinned")
+    agent = _agent(world, pinned_api, signer, settings=PIN)
+    waiting = agent.run_once()
+    assert waiting.decision is not None and not waiting.decision.install_now
+    assert waiting.outcome is None and not _fetched(pinned_api)
+    # Its own slot: 02:00 UTC the next night plus the device's offset (first 2 h).
+    wake_at = waiting.decision.wake_at
+    night = datetime(2031, 3, 5, 2, 0, tzinfo=UTC)
+    assert wake_at is not None and night <= wake_at < night + timedelta(hours=2)
+    assert wake_at == night + timedelta(seconds=window_offset_seconds(DEVICE, 10_800))
+
+    # In its own window the device installs, whatever window the server names.
+    server_now[0] = wake_at + timedelta(seconds=5)
+    installing = agent.run_once()
+    assert installing.decision is not None and installing.decision.install_now
+    assert _fetched(pinned_api) and installing.outcome is not None
+
+
+def test_an_honest_servers_own_window_works_without_a_pin(
+    tmp_path: Path, signer: Signer, scheduled_package: BuiltPackage
+) -> None:
+    """A fleet whose window starts at 22:00 (JAVIA_WINDOW_START): the device follows it."""
+    plan = plan_install(
+        UpdateType.SCHEDULED,
+        now=EVENING - timedelta(hours=1),
+        timezone="UTC",
+        device_uuid=DEVICE,
+        window_start=time(22, 0),
+        window_seconds=10_800,
+    )
+    assert plan.window_end is not None
+    now = max(plan.install_at, EVENING) + timedelta(seconds=1)
+    api = _scheduled_offer(scheduled_package, plan.install_at, plan.window_end, now)
+    result = _agent(World.create(tmp_path), api, signer).run_once()
+    assert result.decision is not None and result.decision.install_now, result.decision
+    assert _fetched(api) and result.outcome is not None
+
+
+def test_an_older_version_offered_is_a_server_fault_backed_off_and_reported_once(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """Running v1.0.0, offered v0.9.0: no retry every second, one report per backoff."""
+    world = World.create(tmp_path)
+    fields = {
+        "update_id": 6,
+        "version": "v0.9.0",
+        "update_type": "instant",
+        "status": "pending",
+        "install_at": SERVER_TIME.isoformat(),
+        "size": 10,
+        **_paths(6),
+    }
+    api = HostileApi(
+        heartbeat=lambda: {
+            "server_time": SERVER_TIME.isoformat(),
+            "heartbeat_interval_seconds": 300,
+            "update": fields,
+        }
+    )
+    agent = _agent(world, api, signer)
+    heartbeats = 0
+    elapsed = 0.0
+    while elapsed < 25:
+        result = agent.run_once()
+        heartbeats += 1
+        assert result.outcome is None and result.sleep_seconds >= 30
+        elapsed += result.sleep_seconds
+        agent.fake_time[0] += result.sleep_seconds  # type: ignore[attr-defined]
+    assert heartbeats == 1
+    assert len(api.reports) == 1
+    assert api.reports[0]["status"] == "failed"
+    assert "older than the running v1.0.0" in api.reports[0]["error_message"]
+    # After the backoff it is reported again, once; the backoff grows.
+    second = agent.run_once()
+    assert len(api.reports) == 2 and second.sleep_seconds >= result.sleep_seconds
+    assert not any(url.path.startswith("/api/v1/updates/6/") for url in api.requests)
+    assert StateStore(world.paths.state_file).load().failed_versions == []
+    assert os.readlink(world.paths.current_link) == "releases/v1.0.0"
 
 
 @given(
