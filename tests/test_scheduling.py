@@ -19,8 +19,10 @@ from javia_core.models import InstallDirective, UpdateStatus, UpdateType
 from javia_core.scheduling import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_WINDOW_SECONDS,
+    MAX_WINDOW_SECONDS,
     DeviceFacts,
     InstallPlan,
+    check_offered_window,
     current_install_plan,
     current_window,
     decide_install,
@@ -28,6 +30,7 @@ from javia_core.scheduling import (
     is_online,
     most_urgent,
     next_window_start,
+    plan_in_own_window,
     plan_install,
     plan_rollout,
     window_offset_seconds,
@@ -657,3 +660,52 @@ def test_stored_plan_keeps_its_operator_reason() -> None:
     assert replan(stored, UpdateType.SCHEDULED, utc(2027, 6, 10, 20, 0)).reason == stored.reason
     urgent = plan(UpdateType.URGENT, utc(2027, 6, 10, 12, 0))
     assert replan(urgent, UpdateType.URGENT, utc(2027, 6, 10, 20, 0)).reason == urgent.reason
+
+
+# --------------------------------------------------------------------------- the offered window
+
+
+def test_a_scheduled_offer_must_name_a_window_no_longer_than_any_server_may_set() -> None:
+    evening = utc(2027, 6, 10, 20, 36)
+    # A window at any hour of day is still a window: its time of day is the server's setting.
+    assert (
+        check_offered_window(directive(UpdateType.SCHEDULED, evening, evening + timedelta(hours=3)))
+        is None
+    )
+    longest = evening + timedelta(seconds=MAX_WINDOW_SECONDS)
+    assert check_offered_window(directive(UpdateType.SCHEDULED, evening, longest)) is None
+    refused = {
+        "no window_end": directive(UpdateType.SCHEDULED, evening),
+        "years": directive(UpdateType.SCHEDULED, evening, utc(2030, 1, 1)),
+        "a second too long": directive(
+            UpdateType.SCHEDULED, evening, longest + timedelta(seconds=1)
+        ),
+        "ends at the slot": directive(UpdateType.SCHEDULED, evening, evening),
+        "ends before": directive(UpdateType.SCHEDULED, evening, evening - timedelta(hours=1)),
+    }
+    for name, offer in refused.items():
+        assert check_offered_window(offer) is not None, name
+    # The server's own bound is the same one.
+    from javia_updates.settings import ServerSettings
+
+    assert ServerSettings.model_fields["window_seconds"].metadata[-1].le == MAX_WINDOW_SECONDS
+    # Other types are not windows of a scheduled update.
+    assert check_offered_window(directive(UpdateType.INSTANT, evening)) is None
+
+
+def test_a_pinned_window_replaces_the_servers_and_is_kept_while_open() -> None:
+    evening = utc(2027, 6, 10, 20, 36)  # 22:36 in Berlin
+    offer = directive(
+        UpdateType.SCHEDULED, evening - timedelta(minutes=1), evening + timedelta(hours=3)
+    )
+    pin = {"timezone": "Europe/Berlin", "device_uuid": DEVICE, "window_start": time(2, 0)}
+    own = plan_in_own_window(offer, now=evening, window_seconds=10_800, **pin)
+    assert own.install_at == SLOT and own.window_end == END
+    assert decide_install(own, now=evening, idle_seconds=None).install_now is False
+    # Late in its own window (after its slot) the plan it already made still stands.
+    late = END - timedelta(minutes=5)
+    kept = plan_in_own_window(offer, now=late, window_seconds=10_800, previous=own, **pin)
+    assert kept.install_at == SLOT and decide_install(kept, now=late, idle_seconds=None).install_now
+    # Other types are bounded elsewhere.
+    urgent = directive(UpdateType.URGENT, evening, evening + timedelta(hours=3), idle=3600)
+    assert plan_in_own_window(urgent, now=evening, window_seconds=10_800, **pin) is urgent

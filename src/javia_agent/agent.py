@@ -73,11 +73,15 @@ from javia_core.models import (
     UpdateType,
 )
 from javia_core.scheduling import (
+    DEFAULT_WINDOW_SECONDS,
+    DEFAULT_WINDOW_START,
     InstallDecision,
     bound_by_signed_type,
+    check_offered_window,
     check_urgency_evidence,
     decide_install,
     most_urgent,
+    plan_in_own_window,
 )
 from javia_core.versioning import Version
 
@@ -500,9 +504,24 @@ class Agent:
             self.notifier.status(f"update {directive.version}: server fault; retrying later")
             return None, None, min(sleep, max(MIN_SLEEP_SECONDS, wait)), 0
         offered = directive
-        newer = running is None or not Version.is_valid(running)
-        newer = newer or directive.version > Version.parse(running or "")
+        known = running is not None and Version.is_valid(running)
+        if known and directive.version < Version.parse(running or ""):
+            # A downgrade is never installed; offering one is the server's fault.
+            # Reported failed (the row can never succeed here) once per backoff;
+            # the version is not marked failed on the device.
+            count = self._server_fault(
+                offered,
+                f"it offers {directive.version}, older than the running {running}: "
+                "refusing a downgrade",
+                status=UpdateStatus.FAILED,
+            )
+            return None, None, min(sleep, self._fault_wait()), count
+        newer = not known or directive.version > Version.parse(running or "")
         if newer and str(directive.version) not in failed_versions:
+            problem = check_offered_window(directive)
+            if problem is not None:
+                count = self._server_fault(offered, f"its maintenance window is not one: {problem}")
+                return None, None, min(sleep, self._fault_wait()), count
             try:
                 directive = self._within_signed_type(directive, server_now)
             except (AgentError, JaviaError) as error:
@@ -574,7 +593,7 @@ class Agent:
             JaviaError: it did not verify (SignatureError, ManifestError, PackageError).
         """
         if directive.update_type is UpdateType.SCHEDULED:
-            return directive
+            return self._within_own_window(directive, now)
         key = (directive.update_id, str(directive.version))
         if self._signed is None or self._signed[0] != key:
             self._signed = (key, self.installer.signed_update_type(directive))
@@ -584,6 +603,10 @@ class Agent:
         why = "the server names no superseded update that was signed so"
         if most_urgent((directive.update_type, signed)) is not signed:
             proven, why = self._proven_urgency(directive)
+        window = self.config.pinned_window
+        start, length = (
+            window if window is not None else (DEFAULT_WINDOW_START, DEFAULT_WINDOW_SECONDS)
+        )
         bounded = bound_by_signed_type(
             directive,
             signed,
@@ -592,6 +615,8 @@ class Agent:
             device_uuid=self.config.device_uuid or "",
             previous=self._bounded,
             proven_type=proven,
+            window_start=start,
+            window_seconds=length,
         )
         if bounded is not directive:
             if self._bounded is None:
@@ -605,6 +630,41 @@ class Agent:
                 )
             self._bounded = bounded
         return bounded
+
+    def _within_own_window(self, directive: InstallDirective, now: datetime) -> InstallDirective:
+        """A scheduled ``directive``, in the device's own window if it pins one.
+
+        Without a pin (agent settings ``window_start``, ``window_seconds``) the
+        server's window is followed (:func:`javia_core.scheduling.check_offered_window`
+        has checked that it is one). With a pin the device plans the update in
+        its own window (:func:`javia_core.scheduling.plan_in_own_window`),
+        whatever the server's ``install_at`` and ``window_end`` say.
+        """
+        window = self.config.pinned_window
+        if window is None:
+            return directive
+        previous = self._bounded  # used only if it is this update's (plan_in_own_window)
+        pinned = plan_in_own_window(
+            directive,
+            now=now,
+            timezone=self.config.timezone,
+            device_uuid=self.config.device_uuid or "",
+            window_start=window[0],
+            window_seconds=window[1],
+            previous=previous,
+        )
+        if previous is None or pinned.install_at != previous.install_at:
+            logger.info(
+                "update %s (scheduled): in this device's own maintenance window (%s, %d s, "
+                "%s), not the server's: installs at %s UTC",
+                directive.version,
+                window[0].strftime("%H:%M"),
+                window[1],
+                self.config.timezone,
+                f"{pinned.install_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            )
+        self._bounded = pinned
+        return pinned
 
     def _proven_urgency(self, directive: InstallDirective) -> tuple[UpdateType | None, str]:
         """The signed type of the superseded update that ``directive.urgency_from`` names.
@@ -699,8 +759,18 @@ class Agent:
     def _fault_wait(self) -> float:
         return max(MIN_SLEEP_SECONDS, self._fault_until - self.clock.monotonic())
 
-    def _server_fault(self, directive: InstallDirective, reason: str) -> int:
-        """Log and report a server fault on ``directive`` (never marks it failed); back off."""
+    def _server_fault(
+        self,
+        directive: InstallDirective,
+        reason: str,
+        *,
+        status: UpdateStatus = UpdateStatus.DOWNLOADING,
+    ) -> int:
+        """Log and report (as ``status``) a server fault on ``directive``; back off.
+
+        The version is never marked failed on the device: it is tried again
+        after the backoff (:meth:`_note_fault`), and reported once per try.
+        """
         message = (
             f"server fault: {reason} ({directive.version} is not marked failed on the "
             "device; it is tried again later)"
@@ -711,7 +781,7 @@ class Agent:
         try:
             self.outbox.enqueue(
                 directive.update_id,
-                StatusReport.from_device(UpdateStatus.DOWNLOADING, message, self.clock.wall()),
+                StatusReport.from_device(status, message, self.clock.wall()),
             )
         except (OSError, JaviaError) as error:
             logger.error("could not queue the report of the server fault: %s", error)

@@ -146,6 +146,17 @@ def register(
     timezone: str | None = typer.Option(
         None, "--timezone", help="IANA timezone, e.g. Europe/Berlin."
     ),
+    window_start: str | None = typer.Option(
+        None,
+        "--window-start",
+        help="Pin this device's own maintenance window: device-local start HH:MM, e.g. 02:00 "
+        "(default: the server's window). Scheduled updates then install only inside it.",
+    ),
+    window_seconds: int | None = typer.Option(
+        None,
+        "--window-seconds",
+        help="Length of the pinned window in seconds (with --window-start; default 10800).",
+    ),
     device_uuid: str | None = typer.Option(
         None, "--uuid", help="Use this device uuid (default: server picks)."
     ),
@@ -239,6 +250,8 @@ def register(
         "heartbeat_interval_seconds": heartbeat_interval,
         "health_seconds": health_seconds,
         "ca_bundle": ca_bundle,
+        "window_start": window_start,
+        "window_seconds": window_seconds,
     }.items():
         if value is not None:
             overrides[key] = value

@@ -31,15 +31,24 @@ import tempfile
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
 from javia_core.models import load_timezone
+from javia_core.scheduling import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from javia_core.versioning import Version
 
 __all__ = [
@@ -144,6 +153,42 @@ class AgentConfig(BaseModel):
     )
     activity_poll_seconds: float = Field(default=15.0, gt=0)
     timezone: str = "UTC"
+    window_start: time | None = Field(
+        default=None,
+        description="pin: device-local start HH:MM of this device's own maintenance window; "
+        "unset: the server's window",
+    )
+    window_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_WINDOW_SECONDS,
+        description="pin: length of this device's own window in seconds (default 3 h)",
+    )
+
+    @field_validator("window_start")
+    @classmethod
+    def _local_window_start(cls, value: time | None) -> time | None:
+        if value is not None and value.tzinfo is not None:
+            raise ValueError(
+                "window_start is a device-local wall-clock time such as 02:00, without offset"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _window_pinned_whole(self) -> AgentConfig:
+        if self.window_seconds is not None and self.window_start is None:
+            raise ValueError(
+                "window_seconds pins the device's own maintenance window only together with "
+                "window_start (HH:MM device-local, e.g. 02:00)"
+            )
+        return self
+
+    @property
+    def pinned_window(self) -> tuple[time, int] | None:
+        """The device's own maintenance window (start, seconds), or None: the server's."""
+        if self.window_start is None:
+            return None
+        return self.window_start, self.window_seconds or DEFAULT_WINDOW_SECONDS
 
     @field_validator("timezone")
     @classmethod

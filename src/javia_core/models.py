@@ -313,8 +313,9 @@ def _check_server_time(value: datetime) -> datetime:
 ApiPath = Annotated[str, AfterValidator(check_api_path)]
 #: An aware instant (an offset is required) in [EARLIEST_TIME, LATEST_TIME).
 ServerTime = Annotated[AwareDatetime, AfterValidator(_check_server_time)]
-#: A database id: a whole number from 1 to :data:`MAX_ID`.
-ServerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=False)]
+#: A database id: a whole number from 1 to :data:`MAX_ID`, a JSON integer on
+#: the wire (strict: ``true`` or ``"7"`` is refused, not read as 1 or 7).
+ServerId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
 
 
 class ErrorBody(BaseModel):
@@ -432,7 +433,8 @@ class InstallDirective(BaseModel):
     no end). URLs are paths relative to the server's base URL.
 
     Every field is checked when an answer is parsed (the agent's one
-    boundary for server data): ``update_id`` a whole number from 1 to
+    boundary for server data), numbers strictly (a JSON integer, never
+    ``true`` or a string): ``update_id`` a whole number from 1 to
     :data:`MAX_ID`; ``version`` a :class:`Version` (``vX.Y.Z`` on the wire);
     times aware and in range; ``idle_seconds_required`` 0 to
     :data:`MAX_IDLE_SECONDS`; ``size`` 0 to :data:`MAX_DIRECTIVE_SIZE` bytes;
@@ -450,8 +452,10 @@ class InstallDirective(BaseModel):
     status: UpdateStatus
     install_at: ServerTime
     window_end: ServerTime | None = None
-    idle_seconds_required: int | None = Field(default=None, ge=0, le=MAX_IDLE_SECONDS)
-    size: int = Field(ge=0, le=MAX_DIRECTIVE_SIZE, description="payload archive size in bytes")
+    idle_seconds_required: int | None = Field(default=None, ge=0, le=MAX_IDLE_SECONDS, strict=True)
+    size: int = Field(
+        ge=0, le=MAX_DIRECTIVE_SIZE, strict=True, description="payload archive size in bytes"
+    )
     manifest_url: ApiPath
     signature_url: ApiPath
     download_url: ApiPath
@@ -468,7 +472,7 @@ class HeartbeatResponse(BaseModel):
 
     server_time: ServerTime
     heartbeat_interval_seconds: float = Field(
-        gt=0, le=MAX_HEARTBEAT_INTERVAL_SECONDS, allow_inf_nan=False
+        gt=0, le=MAX_HEARTBEAT_INTERVAL_SECONDS, allow_inf_nan=False, strict=True
     )
     update: InstallDirective | None = None
 
@@ -479,7 +483,7 @@ class UpdateCheckResponse(BaseModel):
     device_uuid: uuid.UUID
     server_time: ServerTime
     current_version: WireVersion | None
-    update_available: bool
+    update_available: bool = Field(strict=True)
     update: InstallDirective | None = None
 
 
@@ -540,7 +544,7 @@ class StatusReportResult(BaseModel):
     update_id: ServerId
     device_uuid: uuid.UUID
     status: UpdateStatus
-    changed: bool
+    changed: bool = Field(strict=True)
 
 
 class UpdateOut(BaseModel):

@@ -70,6 +70,7 @@ __all__ = [
     "current_install_plan",
     "current_window",
     "bound_by_signed_type",
+    "check_offered_window",
     "check_urgency_evidence",
     "decide_install",
     "describe_duration",
@@ -77,6 +78,7 @@ __all__ = [
     "is_online",
     "most_urgent",
     "next_window_start",
+    "plan_in_own_window",
     "plan_install",
     "plan_rollout",
     "window_offset_seconds",
@@ -875,6 +877,95 @@ def check_urgency_evidence(
     return None
 
 
+def check_offered_window(directive: InstallDirective) -> str | None:
+    """Why a scheduled directive's window is not a maintenance window, or None if it is.
+
+    The time of day of the window is a fleet setting the server holds
+    (``window_start``, ``window_seconds``), so the device cannot tell an honest
+    window from a chosen one by its hour. It can tell that it is *a* window:
+    a scheduled directive names where its window ends (``window_end``), after
+    the device's slot (``install_at``), and no longer than the longest window
+    a server may be configured with, :data:`MAX_WINDOW_SECONDS` after it (the
+    slot lies inside the window). Anything else is a server fault. A device
+    that pins its own window (:func:`plan_in_own_window`) does not use the
+    server's at all.
+
+    Args:
+        directive: the server's directive (already validated); other types pass.
+
+    Returns:
+        None for a plausible window, or a scheduled directive that is not
+        scheduled; otherwise the reason, for the log and the report.
+    """
+    if _update_type(directive.update_type) is not UpdateType.SCHEDULED:
+        return None
+    install_at = _aware("install_at", directive.install_at)
+    window_end = directive.window_end
+    if window_end is None:
+        return "a scheduled offer without a window_end (no maintenance window)"
+    length = (_aware("window_end", window_end) - install_at).total_seconds()
+    if length <= 0:
+        return (
+            f"its window_end {window_end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC is not after "
+            f"its install_at {install_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if length > MAX_WINDOW_SECONDS:
+        return (
+            f"its window is open for {describe_duration(length)} from install_at, longer than "
+            f"any maintenance window ({describe_duration(MAX_WINDOW_SECONDS)})"
+        )
+    return None
+
+
+def _own_plan(
+    kind: UpdateType,
+    directive: InstallDirective,
+    previous: InstallDirective | None,
+    *,
+    now: datetime,
+    timezone: str,
+    device_uuid: uuid.UUID | str,
+    window_start: time,
+    window_seconds: int,
+) -> InstallDirective:
+    """``directive`` with the device's own plan for ``kind``; ``previous`` kept while open."""
+    same = (
+        previous is not None
+        and previous.update_id == directive.update_id
+        and previous.version == directive.version
+        and previous.update_type is kind
+    )
+    if same and previous is not None:
+        plan = current_install_plan(
+            kind,
+            previous.install_at,
+            previous.window_end,
+            now=now,
+            timezone=timezone,
+            device_uuid=device_uuid,
+            window_start=window_start,
+            window_seconds=window_seconds,
+        )
+    else:
+        plan = plan_install(
+            kind,
+            now=now,
+            timezone=timezone,
+            device_uuid=device_uuid,
+            window_start=window_start,
+            window_seconds=window_seconds,
+        )
+    return directive.model_copy(
+        update={
+            "update_type": kind,
+            "install_at": plan.install_at,
+            "window_end": plan.window_end,
+            "idle_seconds_required": plan.idle_seconds_required,
+            "urgency_from": None,
+        }
+    )
+
+
 def bound_by_signed_type(
     directive: InstallDirective,
     signed_type: UpdateType,
@@ -884,6 +975,8 @@ def bound_by_signed_type(
     device_uuid: uuid.UUID | str,
     previous: InstallDirective | None = None,
     proven_type: UpdateType | None = None,
+    window_start: time = DEFAULT_WINDOW_START,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
 ) -> InstallDirective:
     """The directive the agent may act on: never sooner than a signature proves.
 
@@ -900,9 +993,10 @@ def bound_by_signed_type(
     of the two, ``directive`` is returned as it is. Otherwise its timing
     fields belong to a type no signature supports and are not used: the
     device plans ``signed_type`` itself, with :func:`plan_install` in its own
-    ``timezone`` and the defaults of DESIGN.md section 4 (window at 02:00
-    local, 3 h long, urgent after 1 h idle), and keeps that plan while its
-    window is open (:func:`current_install_plan` given ``previous``, the
+    ``timezone`` and its own window (``window_start``, ``window_seconds``: the
+    defaults of DESIGN.md section 4, window at 02:00 local, 3 h long, unless
+    the device pins its own; urgent after 1 h idle), and keeps that plan while
+    its window is open (:func:`current_install_plan` given ``previous``, the
     directive this function returned last time for the same update).
 
     Args:
@@ -914,44 +1008,83 @@ def bound_by_signed_type(
         previous: the bounded directive from an earlier call for this update.
         proven_type: ``update_type`` of a verified superseded update that
             :func:`check_urgency_evidence` accepted, or None.
+        window_start: device-local start of the device's own window, naive.
+        window_seconds: length of the device's own window in seconds.
 
     Returns:
         ``directive``, or a copy with ``update_type=signed_type`` and the
         device's own ``install_at``, ``window_end`` and ``idle_seconds_required``.
 
     Raises:
-        ScheduleError: a naive ``now``, or an unknown timezone.
+        ScheduleError: a naive ``now``, an unknown timezone or a bad window.
     """
     offered = _update_type(directive.update_type)
     signed = _update_type(signed_type)
     allowed = signed if proven_type is None else most_urgent((signed, proven_type))
     if _URGENCY[offered] <= _URGENCY[allowed]:
         return directive
-    same = (
-        previous is not None
-        and previous.update_id == directive.update_id
-        and previous.version == directive.version
-        and previous.update_type is signed
+    return _own_plan(
+        signed,
+        directive,
+        previous,
+        now=now,
+        timezone=timezone,
+        device_uuid=device_uuid,
+        window_start=window_start,
+        window_seconds=window_seconds,
     )
-    if same and previous is not None:
-        plan = current_install_plan(
-            signed,
-            previous.install_at,
-            previous.window_end,
-            now=now,
-            timezone=timezone,
-            device_uuid=device_uuid,
-        )
-    else:
-        plan = plan_install(signed, now=now, timezone=timezone, device_uuid=device_uuid)
-    return directive.model_copy(
-        update={
-            "update_type": signed,
-            "install_at": plan.install_at,
-            "window_end": plan.window_end,
-            "idle_seconds_required": plan.idle_seconds_required,
-            "urgency_from": None,
-        }
+
+
+def plan_in_own_window(
+    directive: InstallDirective,
+    *,
+    now: datetime,
+    timezone: str,
+    device_uuid: uuid.UUID | str,
+    window_start: time,
+    window_seconds: int,
+    previous: InstallDirective | None = None,
+) -> InstallDirective:
+    """A scheduled directive planned in the device's own, pinned maintenance window.
+
+    Without a pin the device follows the server's window for a scheduled
+    update (:func:`check_offered_window` only checks that it is one): the
+    window's time of day is a fleet setting the server holds. A device that
+    pins its own window (agent settings ``window_start``, ``window_seconds``)
+    ignores the server's ``install_at`` and ``window_end`` and plans the
+    update itself, as the server would (:func:`plan_install`, its slot in the
+    next window of its own ``timezone``), on the server's clock; the plan is
+    kept while its window is open (``previous``: what this function returned
+    last time for the same update). Other update types are returned as they
+    are (:func:`bound_by_signed_type` bounds those).
+
+    Args:
+        directive: the directive the device would otherwise act on.
+        now: aware datetime on the server's clock.
+        timezone: the device's IANA timezone (agent configuration).
+        device_uuid: the device's uuid (its slot within the window).
+        window_start: device-local start of the pinned window, naive.
+        window_seconds: its length in seconds (1 to :data:`MAX_WINDOW_SECONDS`).
+        previous: the directive from an earlier call for this update.
+
+    Returns:
+        ``directive`` unless it is scheduled; else a copy with the device's
+        own ``install_at`` and ``window_end``.
+
+    Raises:
+        ScheduleError: a naive ``now``, an unknown timezone or a bad window.
+    """
+    if _update_type(directive.update_type) is not UpdateType.SCHEDULED:
+        return directive
+    return _own_plan(
+        UpdateType.SCHEDULED,
+        directive,
+        previous,
+        now=now,
+        timezone=timezone,
+        device_uuid=device_uuid,
+        window_start=window_start,
+        window_seconds=window_seconds,
     )
 
 

@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from javia_core.errors import JaviaError
+from javia_core.scheduling import MAX_WINDOW_SECONDS
 from javia_core.settings_sources import EnvOverTomlSettings
 
 __all__ = [
@@ -112,7 +113,7 @@ class ServerSettings(EnvOverTomlSettings):
     database_url: str | None = None
     heartbeat_interval_seconds: float = Field(default=300, gt=0, le=86_400)
     window_start: time = time(2, 0)
-    window_seconds: int = Field(default=10_800, ge=1, le=86_400)
+    window_seconds: int = Field(default=10_800, ge=1, le=MAX_WINDOW_SECONDS)
     urgent_idle_seconds: int = Field(default=3600, ge=0, le=7 * 86_400)
     instant_online_seconds: int = Field(default=300, ge=0, le=86_400)
     max_upload_bytes: int = Field(default=2 * GIB, ge=1024)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from datetime import time as dt_time
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,56 @@ def test_run_exits_0_on_sigterm_even_while_the_server_is_unreachable(
             agent.wait()
     assert code == 0
     assert b"Traceback" not in output and b"stopped" in output
+
+
+def test_a_pinned_maintenance_window_round_trips_through_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert AgentConfig().pinned_window is None  # unset by default: the server's window
+    path = tmp_path / "agent.toml"
+    write_config(
+        load_config(
+            path, server_url="https://u.example", window_start="02:00", window_seconds=7200
+        ),
+        path,
+    )
+    text = path.read_text()
+    assert "window_start" in text and "window_seconds = 7200" in text
+    loaded = load_config(path)
+    assert loaded.pinned_window == (dt_time(2, 0), 7200)
+    # The length defaults to 3 h; the environment sets it like any setting.
+    monkeypatch.setenv("JAVIA_AGENT_WINDOW_START", "23:30")
+    assert load_config(tmp_path / "none.toml").pinned_window == (dt_time(23, 30), 10_800)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--window-start", "25:00"], "window_start"),
+        (["--window-start", "02:00+01:00"], "window_start"),
+        (["--window-start", "02:00", "--window-seconds", "0"], "window_seconds"),
+        (["--window-start", "02:00", "--window-seconds", "86401"], "window_seconds"),
+        (["--window-seconds", "3600"], "only together with window_start"),
+    ],
+)
+def test_register_refuses_a_pinned_window_that_is_not_one_before_contacting_the_server(
+    tmp_path: Path, arguments: list[str], named: str
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+            *arguments,
+            "--config",
+            str(tmp_path / "a.toml"),
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert named in result.output, result.output
+    assert not (tmp_path / "a.toml").exists() and not (tmp_path / "token").exists()

@@ -21,7 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from javia_agent.installer import Installer, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import StateStore
 from javia_core.models import InstallDirective, UpdateStatus, UpdateType
-from javia_core.scheduling import bound_by_signed_type
+from javia_core.scheduling import bound_by_signed_type, plan_install, window_offset_seconds
 from javia_core.versioning import Version
 from javia_updates.packaging import BuiltPackage, build_package
 
@@ -166,7 +166,14 @@ class World:
         }
 
 
-def _agent(world: World, api: HostileApi, signer: Signer, **client: Any) -> Agent:
+def _agent(
+    world: World,
+    api: HostileApi,
+    signer: Signer,
+    *,
+    settings: dict[str, Any] | None = None,
+    **client: Any,
+) -> Agent:
     config = AgentConfig(
         server_url=f"https://{HOST}",
         device_uuid=DEVICE,
@@ -174,6 +181,7 @@ def _agent(world: World, api: HostileApi, signer: Signer, **client: Any) -> Agen
         state_dir=world.paths.state_dir,
         activity_file=world.paths.activity_file,
         heartbeat_jitter=0.0,
+        **(settings or {}),
     )
     http = DeviceClient(
         config.server_url,
@@ -265,10 +273,21 @@ def _paths(update_id: object) -> dict[str, str]:
     }
 
 
+#: Numbers in the wrong JSON type: ``true`` is not 1, ``"227"`` is not 227 (refused).
+LOOSE_NUMBERS: list[Any] = [True, False, "227", "1", 227.0, 1.0, "0x1"]
+#: Fields that are JSON integers, strictly.
+INTEGER_FIELDS = ("update_id", "size", "idle_seconds_required")
+
+
+def _loose(value: object) -> bool:
+    """Whether ``value`` is a number in the wrong JSON type (a bool, a string, a float)."""
+    return isinstance(value, (bool, str, float))
+
+
 #: Per field, values a hostile server may send (some valid, most not).
 HOSTILE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "update_id": st.one_of(
-        st.sampled_from([0, -1, True, 2**63, "7", 7.5, None]),
+        st.sampled_from([0, -1, True, 2**63, "7", 7.5, None, *LOOSE_NUMBERS]),
         st.integers(min_value=-(2**70), max_value=2**70),
     ),
     "version": st.one_of(st.sampled_from(HOSTILE_VERSIONS), st.text(max_size=40)),
@@ -276,9 +295,12 @@ HOSTILE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "status": st.sampled_from(["downloading", "completed", "bogus", None]),
     "install_at": st.sampled_from(TIMES),
     "window_end": st.sampled_from(TIMES),
-    "idle_seconds_required": st.integers(min_value=-(2**40), max_value=2**40),
+    "idle_seconds_required": st.one_of(
+        st.sampled_from(LOOSE_NUMBERS), st.integers(min_value=-(2**40), max_value=2**40)
+    ),
     "size": st.one_of(
-        st.sampled_from([-1, 0, 2**40 + 1, 2**70, "big"]), st.integers(min_value=-(2**70))
+        st.sampled_from([-1, 0, 2**40 + 1, 2**70, "big", *LOOSE_NUMBERS]),
+        st.integers(min_value=-(2**70)),
     ),
     "manifest_url": st.sampled_from(HOSTILE_URLS),
     "signature_url": st.sampled_from(HOSTILE_URLS),
@@ -358,6 +380,11 @@ def test_no_directive_makes_the_agent_touch_anything_outside_its_own_directories
 
         assert world.untouched() == before
         assert all(url.host == HOST for url in api.requests), api.requests
+        if any(_loose(fields.get(name)) for name in INTEGER_FIELDS) or isinstance(
+            interval, (bool, str)
+        ):
+            # A number in the wrong type refuses the whole answer: nothing is fetched.
+            assert all(url.path.endswith("/heartbeat") for url in api.requests), api.requests
         state = StateStore(world.paths.state_file).load()
         assert all(Version.is_valid(name) for name in state.failed_versions)
         for entry in world.paths.releases_dir.iterdir():
@@ -421,6 +448,53 @@ def test_a_malformed_heartbeat_answer_is_a_named_server_fault_and_changes_nothin
         agent.run_once()
     assert agent.interval_seconds == agent.config.heartbeat_interval_seconds
     assert world.untouched() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("update_id", True),
+        ("update_id", "7"),
+        ("update_id", 7.0),
+        ("size", "227"),
+        ("size", True),
+        ("size", 227.0),
+        ("idle_seconds_required", "0"),
+        ("idle_seconds_required", False),
+        ("heartbeat_interval_seconds", "300"),
+        ("heartbeat_interval_seconds", True),
+    ],
+)
+def test_a_number_in_the_wrong_json_type_is_refused_not_converted(
+    tmp_path: Path, signer: Signer, name: str, value: object
+) -> None:
+    """``true`` is not the id 1 and ``"227"`` not the size 227: the answer is a server fault."""
+    world = World.create(tmp_path)
+    fields: dict[str, Any] = {
+        "update_id": 7,
+        "version": "v1.1.0",
+        "update_type": "urgent",
+        "status": "pending",
+        "install_at": SERVER_TIME.isoformat(),
+        "idle_seconds_required": 0,
+        "size": 227,
+        **_paths(7),
+    }
+    body: dict[str, Any] = {
+        "server_time": SERVER_TIME.isoformat(),
+        "heartbeat_interval_seconds": 300,
+        "update": fields,
+    }
+    if name == "heartbeat_interval_seconds":
+        body[name] = value
+    else:
+        fields[name] = value
+    api = HostileApi(heartbeat=lambda: body)
+    agent = _agent(world, api, signer)
+    with pytest.raises(AgentError, match=f"server fault.*{name}"):
+        agent.run_once()
+    assert [url.path for url in api.requests] == [f"/api/v1/devices/{DEVICE}/heartbeat"]
+    assert agent.interval_seconds == agent.config.heartbeat_interval_seconds
 
 
 # -- 2. only a verified package may mark a version failed ------------------------------
@@ -611,6 +685,179 @@ def test_a_signed_scheduled_update_offered_as_more_urgent_waits_for_the_window(
     # One fetch of the signed metadata per update, not one per heartbeat.
     agent.run_once()
     assert sum(url.path.endswith("/manifest") for url in api.requests) == 1
+
+
+# 22:36 device-local (UTC): far from the 02:00 maintenance window.
+EVENING = datetime(2031, 3, 4, 22, 36, tzinfo=UTC)
+PIN = {"window_start": "02:00", "window_seconds": 10_800}
+
+
+def _scheduled_offer(
+    package: BuiltPackage,
+    install_at: datetime,
+    window_end: datetime | None,
+    now: datetime | list[datetime],
+) -> HostileApi:
+    """A server offering the signed-scheduled v1.1.0 as scheduled, with the window it chose.
+
+    ``now``: the server's time, or a one-item list the test may move on.
+    """
+    clock = now if isinstance(now, list) else [now]
+    fields: dict[str, Any] = {
+        "update_id": 9,
+        "version": "v1.1.0",
+        "update_type": "scheduled",
+        "status": "pending",
+        "install_at": install_at.isoformat(),
+        "size": package.manifest.archive.size,
+        **_paths(9),
+    }
+    if window_end is not None:
+        fields["window_end"] = window_end.isoformat()
+    api = HostileApi(
+        heartbeat=lambda: {
+            "server_time": clock[0].isoformat(),
+            "heartbeat_interval_seconds": 300,
+            "update": fields,
+        }
+    )
+    api.objects["/api/v1/updates/9/manifest"] = (200, package.manifest_bytes)
+    api.objects["/api/v1/updates/9/signature"] = (200, package.signature_bytes)
+    api.objects["/api/v1/updates/9/download"] = (200, package.payload_path.read_bytes())
+    return api
+
+
+def _fetched(api: HostileApi) -> bool:
+    return any(url.path.startswith("/api/v1/updates/9/") for url in api.requests)
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+@pytest.mark.parametrize(
+    "window_end",
+    [datetime(2040, 1, 1, tzinfo=UTC), None, EVENING - timedelta(minutes=2)],
+    ids=["years-long", "missing", "ends-before-the-slot"],
+)
+def test_a_scheduled_offer_whose_window_is_not_a_window_is_a_server_fault(
+    window_end: datetime | None,
+    pinned: bool,
+    tmp_path: Path,
+    signer: Signer,
+    scheduled_package: BuiltPackage,
+) -> None:
+    world = World.create(tmp_path)
+    api = _scheduled_offer(scheduled_package, EVENING - timedelta(minutes=1), window_end, EVENING)
+    agent = _agent(world, api, signer, settings=PIN if pinned else None)
+    first = agent.run_once()
+
+    assert first.decision is None and first.outcome is None
+    assert not _fetched(api)
+    assert first.sleep_seconds >= 30  # backed off, as after any server fault
+    assert len(api.reports) == 1 and "server fault" in api.reports[0]["error_message"]
+    assert api.reports[0]["status"] == "downloading"  # never failed, never blacklisted
+    # Within the backoff: the offer is not looked at again, nor reported again.
+    agent.fake_time[0] += first.sleep_seconds / 2  # type: ignore[attr-defined]
+    agent.run_once()
+    assert len(api.reports) == 1 and not _fetched(api)
+    assert StateStore(world.paths.state_file).load().failed_versions == []
+    assert os.readlink(world.paths.current_link) == "releases/v1.0.0"
+
+
+def test_a_chosen_window_at_any_hour_is_followed_without_a_pin_and_ignored_with_one(
+    tmp_path: Path, signer: Signer, scheduled_package: BuiltPackage
+) -> None:
+    """What a compromised server can still do without the pin, and what the pin removes.
+
+    A window opened at 22:36 device-local, 3 h long, is a window in form: the
+    window's time of day is the server's setting. Without a pin the device
+    follows it; a device that pins its own window (02:00, 3 h) installs only
+    in that one.
+    """
+    start, end = EVENING - timedelta(minutes=1), EVENING + timedelta(hours=3)
+    free = _scheduled_offer(scheduled_package, start, end, EVENING)
+    unpinned = _agent(World.create(tmp_path / "free"), free, signer).run_once()
+    assert unpinned.decision is not None and unpinned.decision.install_now
+    assert _fetched(free) and unpinned.outcome is not None
+
+    server_now = [EVENING]
+    pinned_api = _scheduled_offer(scheduled_package, start, end, server_now)
+    world = World.create(tmp_path / "pinned")
+    agent = _agent(world, pinned_api, signer, settings=PIN)
+    waiting = agent.run_once()
+    assert waiting.decision is not None and not waiting.decision.install_now
+    assert waiting.outcome is None and not _fetched(pinned_api)
+    # Its own slot: 02:00 UTC the next night plus the device's offset (first 2 h).
+    wake_at = waiting.decision.wake_at
+    night = datetime(2031, 3, 5, 2, 0, tzinfo=UTC)
+    assert wake_at is not None and night <= wake_at < night + timedelta(hours=2)
+    assert wake_at == night + timedelta(seconds=window_offset_seconds(DEVICE, 10_800))
+
+    # In its own window the device installs, whatever window the server names.
+    server_now[0] = wake_at + timedelta(seconds=5)
+    installing = agent.run_once()
+    assert installing.decision is not None and installing.decision.install_now
+    assert _fetched(pinned_api) and installing.outcome is not None
+
+
+def test_an_honest_servers_own_window_works_without_a_pin(
+    tmp_path: Path, signer: Signer, scheduled_package: BuiltPackage
+) -> None:
+    """A fleet whose window starts at 22:00 (JAVIA_WINDOW_START): the device follows it."""
+    plan = plan_install(
+        UpdateType.SCHEDULED,
+        now=EVENING - timedelta(hours=1),
+        timezone="UTC",
+        device_uuid=DEVICE,
+        window_start=time(22, 0),
+        window_seconds=10_800,
+    )
+    assert plan.window_end is not None
+    now = max(plan.install_at, EVENING) + timedelta(seconds=1)
+    api = _scheduled_offer(scheduled_package, plan.install_at, plan.window_end, now)
+    result = _agent(World.create(tmp_path), api, signer).run_once()
+    assert result.decision is not None and result.decision.install_now, result.decision
+    assert _fetched(api) and result.outcome is not None
+
+
+def test_an_older_version_offered_is_a_server_fault_backed_off_and_reported_once(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """Running v1.0.0, offered v0.9.0: no retry every second, one report per backoff."""
+    world = World.create(tmp_path)
+    fields = {
+        "update_id": 6,
+        "version": "v0.9.0",
+        "update_type": "instant",
+        "status": "pending",
+        "install_at": SERVER_TIME.isoformat(),
+        "size": 10,
+        **_paths(6),
+    }
+    api = HostileApi(
+        heartbeat=lambda: {
+            "server_time": SERVER_TIME.isoformat(),
+            "heartbeat_interval_seconds": 300,
+            "update": fields,
+        }
+    )
+    agent = _agent(world, api, signer)
+    heartbeats = 0
+    elapsed = 0.0
+    while elapsed < 25:
+        result = agent.run_once()
+        heartbeats += 1
+        assert result.outcome is None and result.sleep_seconds >= 30
+        elapsed += result.sleep_seconds
+        agent.fake_time[0] += result.sleep_seconds  # type: ignore[attr-defined]
+    assert heartbeats == 1
+    assert len(api.reports) == 1
+    assert api.reports[0]["status"] == "failed"
+    assert "older than the running v1.0.0" in api.reports[0]["error_message"]
+    # After the backoff it is reported again, once; the backoff grows.
+    second = agent.run_once()
+    assert len(api.reports) == 2 and second.sleep_seconds >= result.sleep_seconds
+    assert not any(url.path.startswith("/api/v1/updates/6/") for url in api.requests)
+    assert StateStore(world.paths.state_file).load().failed_versions == []
+    assert os.readlink(world.paths.current_link) == "releases/v1.0.0"
 
 
 @given(
