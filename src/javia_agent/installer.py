@@ -56,7 +56,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from javia_agent._fs import atomic_write, fsync_directory, remove_interrupted_writes, remove_tree
+from javia_agent import releases as releases_module
+from javia_agent._fs import atomic_write, remove_interrupted_writes
 from javia_agent.apt import apt_install_argv, apt_lock_failure, wait_for_dpkg_lock
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
@@ -76,6 +77,7 @@ from javia_agent.errors import (
     ServerError,
     StateError,
 )
+from javia_agent.releases import Releases
 from javia_agent.services import AppService, application_environment, protect_environment_file
 from javia_agent.state import (
     PRE_SWITCH_STATES,
@@ -366,6 +368,7 @@ class Installer:
 
     def __post_init__(self) -> None:
         self.store = StateStore(self.paths.state_file, max_saves=self.max_state_saves)
+        self.releases = Releases(self.paths, keep=self.keep_releases, python_envs=self.python_envs)
 
     @classmethod
     def from_config(
@@ -426,25 +429,11 @@ class Installer:
 
     def current_release(self) -> str | None:
         """The version ``current`` points to (``releases/<version>``), or ``None``."""
-        try:
-            target = Path(os.readlink(self.paths.current_link))
-        except (FileNotFoundError, OSError):
-            return None
-        name = target.name
-        return name if Version.is_valid(name) else None
-
-    def _release_dir(self, version: str) -> Path:
-        """``releases/<version>`` for a version read from the state file or a link.
-
-        Raises:
-            VersionError: ``version`` is not ``vX.Y.Z`` (it never becomes a path).
-        """
-        return self.paths.release_dir(Version.parse(version))
+        return self.releases.current()
 
     def running_version(self) -> Version | None:
         """The running release's version, the anti-rollback floor; ``None`` if none."""
-        name = self.current_release()
-        return Version.parse(name) if name is not None else None
+        return self.releases.running_version()
 
     def load_state(self) -> AgentState:
         """The saved state (read-only use: ``javia agent status``)."""
@@ -1004,7 +993,7 @@ class Installer:
         if os.path.lexists(release):
             if self.current_release() == manifest.version:  # pragma: no cover - refused earlier
                 raise InstallError(f"{manifest.version} is the running release")
-            _remove_tree(release)  # left over from an interrupted staging
+            releases_module._remove_tree(release)  # left over from an interrupted staging
         with self.keepalive_during():
             verification.extract_payload(payload, manifest, release)
         self.checkpoint("staging.extracted")
@@ -1022,8 +1011,8 @@ class Installer:
                     timeout=_SETUP_TIMEOUT_SECONDS,
                 )
         except BaseException:
-            _remove_tree(release)
-            self._prune_environments()
+            releases_module._remove_tree(release)
+            self.releases.prune_environments()
             raise
 
     def _install_system_packages(self, manifest: Manifest, release: Path) -> None:
@@ -1098,22 +1087,6 @@ class Installer:
             )
         return result
 
-    def _point_current(self, version: str | None) -> None:
-        """Make ``current`` point at ``releases/<version>`` atomically (None: remove it)."""
-        link = self.paths.current_link
-        root = self.paths.install_root
-        if version is None:
-            if os.path.lexists(link):
-                link.unlink()
-                fsync_directory(root)
-            return
-        temporary = root / f"current.tmp-{os.getpid()}"
-        if os.path.lexists(temporary):
-            temporary.unlink()
-        os.symlink(self._release_dir(version).relative_to(root), temporary)
-        os.replace(temporary, link)
-        fsync_directory(root)
-
     def _switch(self, run: _Run) -> None:
         """Stop → point ``current`` at the new release → start: the only downtime."""
         version = run.record.version
@@ -1123,7 +1096,7 @@ class Installer:
             self.service.stop()
         stopped = self.clock.monotonic()
         self.checkpoint("switching.stopped")
-        self._point_current(version)
+        self.releases.point_current(version)
         self.checkpoint("switching.linked")
         linked = self.clock.monotonic()
         logger.info("current -> releases/%s; starting the application", version)
@@ -1152,7 +1125,7 @@ class Installer:
                 break
             self.clock.sleep(min(self.health_poll_seconds, remaining))
         if self.health_command:
-            release = self._release_dir(version)
+            release = self.releases.directory(version)
             try:
                 self._run_command(
                     list(self.health_command),
@@ -1178,8 +1151,8 @@ class Installer:
         # Before the download is deleted: a crash after this step finds it applied
         # (idempotent), a crash before it finds the metadata still on disk.
         self._apply_keyring_changes(record)
-        self._prune_releases(keep_previous=record.previous_version)
-        self._remove_download(record)
+        self.releases.prune(keep_previous=record.previous_version)
+        self.releases.remove_download(record)
         run.state = self._persist(
             run.state.model_copy(
                 update={
@@ -1238,10 +1211,8 @@ class Installer:
         problem = self._restore_previous(record)
         if problem is not None:
             reason = f"{reason}; {problem}"
-        if self.current_release() != record.version:
-            _remove_tree(self._release_dir(record.version))
-            self._prune_environments()
-        self._remove_download(record)
+        self.releases.discard(record.version)
+        self.releases.remove_download(record)
         return self._finish(run, UpdateStatus.ROLLED_BACK, reason)
 
     def _restore_previous(self, record: UpdateRecord) -> str | None:
@@ -1252,15 +1223,15 @@ class Installer:
             self.service.stop()
         except JaviaError as error:
             logger.error("stopping %s during rollback failed: %s", record.version, error)
-        if previous is not None and self._release_dir(previous).is_dir():
-            self._point_current(previous)
+        if previous is not None and self.releases.directory(previous).is_dir():
+            self.releases.point_current(previous)
             try:
                 self.service.start()
             except JaviaError as error:
                 logger.error("restarting %s after rollback failed: %s", previous, error)
                 return f"restarting {previous} failed too: {error}"
         else:
-            self._point_current(None)
+            self.releases.point_current(None)
         return None
 
     def _end_rollback_loop(self, run: _Run, reason: str) -> InstallOutcome:
@@ -1307,7 +1278,7 @@ class Installer:
             )
         )
         problem = self._restore_previous(record)
-        self._remove_download(record)
+        self.releases.remove_download(record)
         current = self.current_release()
         active = self.service.is_active()
         back = current == previous and (active if previous is not None else not active)
@@ -1354,10 +1325,8 @@ class Installer:
         """
         record = run.record
         logger.error("update %s failed: %s", record.version, reason)
-        if self.current_release() != record.version:
-            _remove_tree(self._release_dir(record.version))
-            self._prune_environments()
-        self._remove_download(record)
+        self.releases.discard(record.version)
+        self.releases.remove_download(record)
         return self._finish(run, UpdateStatus.FAILED, reason, blacklist=blacklist)
 
     def _server_fault(self, run: _Run, reason: str) -> InstallOutcome:
@@ -1424,10 +1393,8 @@ class Installer:
                 f"update {record.version} is in state {record.state}: it must finish before another starts"
             )
         logger.info("abandoning update %s: %s", record.version, reason)
-        if self.current_release() != record.version:
-            _remove_tree(self._release_dir(record.version))
-            self._prune_environments()
-        self._remove_download(record)
+        self.releases.discard(record.version)
+        self.releases.remove_download(record)
         run.state = self._persist(run.state.model_copy(update={"update": None}))
 
     def _report(self, update_id: int | None, status: UpdateStatus, message: str | None) -> None:
@@ -1451,7 +1418,10 @@ class Installer:
         action cannot be added without saying what recovery does with it.
         """
         state = self.store.load()
-        self._remove_debris(state)
+        keep = None
+        if state.update is not None and state.update.source == UpdateSource.SERVER:
+            keep = state.update.update_id
+        self.releases.remove_debris(keep_download=keep)
         record = state.update
         if record is None:
             return None
@@ -1486,9 +1456,7 @@ class Installer:
     def _recover_staging(self, run: _Run) -> InstallOutcome | None:
         """RESTAGE: remove the half-written release; staging starts afresh when next told."""
         record = run.record
-        if self.current_release() != record.version:
-            _remove_tree(self._release_dir(record.version))
-            self._prune_environments()
+        self.releases.discard(record.version)
         return None
 
     def _recover_switch(self, run: _Run) -> InstallOutcome | None:
@@ -1520,61 +1488,6 @@ class Installer:
                 return self._roll_back(run, f"{run.record.version} did not start again: {error}")
         return self._advance(run, step)
 
-    def _remove_debris(self, state: AgentState) -> None:
-        """Remove stale staging directories, temporary links and other updates' downloads."""
-        releases = self.paths.releases_dir
-        if releases.is_dir():
-            for entry in releases.iterdir():
-                if not Version.is_valid(entry.name):
-                    logger.info("removing stale staging entry %s", entry)
-                    _remove_tree(entry)
-        root = self.paths.install_root
-        if root.is_dir():
-            for entry in root.glob("current.tmp-*"):
-                entry.unlink(missing_ok=True)
-        downloads = self.paths.downloads_dir
-        keep = None
-        if state.update is not None and state.update.source == UpdateSource.SERVER:
-            keep = str(state.update.update_id)
-        if downloads.is_dir():
-            for entry in downloads.iterdir():
-                if entry.name != keep:
-                    logger.info("removing stale download %s", entry)
-                    _remove_tree(entry)
-        self._prune_environments()
-
-    def _prune_environments(self) -> None:
-        """Delete Python environments no release links to (and half-built ones)."""
-        if self.python_envs is not None:
-            self.python_envs.prune(self.paths.releases_dir)
-
-    def _remove_download(self, record: UpdateRecord) -> None:
-        if record.source == UpdateSource.SERVER and record.update_id is not None:
-            _remove_tree(self.paths.download_dir(record.update_id))
-
-    def _prune_releases(self, keep_previous: str | None) -> None:
-        """Keep the current release and ``keep_releases`` previous ones; delete the rest."""
-        current = self.current_release()
-        releases = self.paths.releases_dir
-        if current is None or not releases.is_dir():
-            return
-        others = sorted(
-            (
-                entry.name
-                for entry in releases.iterdir()
-                if Version.is_valid(entry.name) and entry.name != current
-            ),
-            key=Version.parse,
-            reverse=True,
-        )
-        if keep_previous in others:
-            others.remove(keep_previous)
-            others.insert(0, keep_previous)
-        for name in others[self.keep_releases :]:
-            logger.info("removing old release %s", name)
-            _remove_tree(self._release_dir(name))
-        self._prune_environments()
-
 
 #: The handler of each recovery action (see :meth:`Installer._recover_locked`).
 _RECOVERY_HANDLERS: Mapping[Recovery, Callable[[Installer, _Run], InstallOutcome | None]] = {
@@ -1590,18 +1503,6 @@ _RECOVERY_HANDLERS: Mapping[Recovery, Callable[[Installer, _Run], InstallOutcome
 }
 if set(_RECOVERY_HANDLERS) != set(Recovery):  # pragma: no cover - caught by any import
     raise RuntimeError("every recovery action needs a handler in _RECOVERY_HANDLERS")
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove an agent-owned file or tree of any depth (:func:`javia_agent._fs.remove_tree`).
-
-    Never raises: what cannot be removed is logged and tried again by the
-    next start-up clean-up, so debris can never stop the agent.
-    """
-    try:
-        remove_tree(path)
-    except OSError as error:
-        logger.error("cannot remove %s: %s", path, error.strerror or error)
 
 
 def _clip(text: str | None) -> str | None:

@@ -15,6 +15,7 @@ import pytest
 from javia_agent import installer as installer_module
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.installer import Installer, InstallResult
+from javia_agent.releases import Releases
 from javia_agent.state import StateStore, UpdateState
 from javia_updates.models import InstallDirective, UpdateStatus
 from javia_updates.versioning import Version
@@ -247,7 +248,7 @@ def test_crash_while_committing_commits_on_restart(
         raise Crash("power loss while pruning")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Installer, "_prune_releases", crash)
+        patch.setattr(Releases, "prune", crash)
         _crash_then_restart(
             make_installer(running_v1, signer, client=client), directive, UpdateState.COMMITTING
         )
