@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from javia_agent import installer as installer_module
+from javia_agent import driver
 from javia_agent import releases as releases_module
 from javia_agent.cli import app
 from javia_agent.client import DeviceClient, RetryPolicy
@@ -213,14 +213,14 @@ def test_the_breaker_tripping_at_the_switch_fails_the_update_without_touching_th
 def test_every_recovery_action_has_a_handler_and_the_table_decides_which_runs(
     running_v1: Device, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert set(installer_module._RECOVERY_HANDLERS) == set(Recovery)
+    assert set(driver.RECOVERY_PROBES) == set(Recovery)
     called: list[Recovery] = []
     for action in Recovery:
 
         def handler(self: Installer, run: object, action: Recovery = action) -> None:
             called.append(action)
 
-        monkeypatch.setitem(installer_module._RECOVERY_HANDLERS, action, handler)
+        monkeypatch.setitem(driver.RECOVERY_PROBES, action, handler)
     store = StateStore(running_v1.paths.state_file)
     for state in UpdateState:
         if state == UpdateState.IDLE:

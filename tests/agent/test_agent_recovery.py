@@ -322,3 +322,37 @@ def test_crash_loop_is_broken_by_the_save_cap_and_rolls_back(
     running_v1.wait_for_app("v1.0.0")
     state = StateStore(running_v1.paths.state_file).load()
     assert state.failed_versions == ["v1.1.0"] and state.update is None
+
+
+def test_a_commit_that_keeps_crashing_is_rolled_back_by_the_save_cap(
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop row of COMMITTING rolls back (it used to be a forbidden move: RuntimeError)."""
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 30, make_package("v1.1.0"))
+    )
+
+    def crash(self, keep_previous):
+        raise Crash("dies while pruning, every time")
+
+    monkeypatch.setattr(Releases, "prune", crash)
+    with pytest.raises(Crash):
+        make_installer(running_v1, signer, client=client, max_state_saves=6).install(directive)
+    outcome = None
+    for _ in range(10):  # every start dies in the commit again, until the cap trips
+        try:
+            outcome = make_installer(running_v1, signer, client=client, max_state_saves=6).recover()
+            break
+        except Crash:
+            continue
+    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK, outcome
+    assert "crash loop" in (outcome.reason or "")
+    assert running_v1.current() == "v1.0.0"
+    running_v1.wait_for_app("v1.0.0")
+    state = StateStore(running_v1.paths.state_file).load()
+    assert state.failed_versions == ["v1.1.0"] and state.update is None
