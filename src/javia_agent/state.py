@@ -9,8 +9,10 @@ agent knows which step was interrupted and :data:`RECOVERY` says what to do.
   refuses any other (a programming error, ``RuntimeError``). Re-entering the
   same state is always allowed: that is a retry after a crash.
 - Every save of an update counts; past ``max_saves`` a forward step raises
-  :class:`~javia_agent.errors.CrashLoopError`, and the installer fails the
-  update or rolls back to the old release (the loop breaker).
+  :class:`~javia_agent.errors.CrashLoopError`, and the flow table's
+  ``loop_detected`` row fails the update or rolls back to the old release
+  (the loop breaker; :data:`javia_agent.flow.FLOW` says which moves happen,
+  this module which are allowed).
 - State names are a wire format: a released name never changes meaning.
 
 Pure apart from :class:`StateStore`, which owns the one file.
@@ -105,7 +107,8 @@ TRANSITIONS: Mapping[UpdateState, frozenset[UpdateState]] = MappingProxyType(
         _S.STAGING: frozenset({_S.SWITCHING, _S.REPORTING, _S.IDLE}),
         _S.SWITCHING: frozenset({_S.HEALTH_CHECK, _S.ROLLING_BACK}),
         _S.HEALTH_CHECK: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
-        _S.COMMITTING: frozenset({_S.REPORTING}),
+        # A commit the loop breaker stops (it kept crashing the agent) is rolled back.
+        _S.COMMITTING: frozenset({_S.REPORTING, _S.ROLLING_BACK}),
         _S.ROLLING_BACK: frozenset({_S.REPORTING}),
         _S.REPORTING: frozenset({_S.IDLE}),
     }

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from javia_agent import installer as installer_module
+from javia_agent import driver
+from javia_agent import releases as releases_module
 from javia_agent.cli import app
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.config import AgentConfig, write_config, write_token_file
@@ -159,14 +160,14 @@ def test_a_rollback_crashing_after_the_old_release_runs_again_ends_rolled_back(
     directive = InstallDirective.model_validate(
         serve_package(file_server, 32, make_package("v1.1.0", fail=True))
     )
-    remove = installer_module._remove_tree
+    remove = releases_module._remove_tree
 
     def crash_removing_the_new_release(path: Path) -> None:
         if path.name == "v1.1.0":
             raise Crash("dies removing the failed release")
         remove(path)
 
-    monkeypatch.setattr(installer_module, "_remove_tree", crash_removing_the_new_release)
+    monkeypatch.setattr(releases_module, "_remove_tree", crash_removing_the_new_release)
     with pytest.raises(Crash):
         make_installer(running_v1, signer, client=client, max_state_saves=MAX_SAVES).install(
             directive
@@ -212,14 +213,14 @@ def test_the_breaker_tripping_at_the_switch_fails_the_update_without_touching_th
 def test_every_recovery_action_has_a_handler_and_the_table_decides_which_runs(
     running_v1: Device, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert set(installer_module._RECOVERY_HANDLERS) == set(Recovery)
+    assert set(driver.RECOVERY_PROBES) == set(Recovery)
     called: list[Recovery] = []
     for action in Recovery:
 
         def handler(self: Installer, run: object, action: Recovery = action) -> None:
             called.append(action)
 
-        monkeypatch.setitem(installer_module._RECOVERY_HANDLERS, action, handler)
+        monkeypatch.setitem(driver.RECOVERY_PROBES, action, handler)
     store = StateStore(running_v1.paths.state_file)
     for state in UpdateState:
         if state == UpdateState.IDLE:

@@ -15,6 +15,7 @@ import pytest
 from javia_agent import installer as installer_module
 from javia_agent.client import DeviceClient, RetryPolicy
 from javia_agent.installer import Installer, InstallResult
+from javia_agent.releases import Releases
 from javia_agent.state import StateStore, UpdateState
 from javia_core.models import InstallDirective, UpdateStatus
 from javia_core.versioning import Version
@@ -247,7 +248,7 @@ def test_crash_while_committing_commits_on_restart(
         raise Crash("power loss while pruning")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Installer, "_prune_releases", crash)
+        patch.setattr(Releases, "prune", crash)
         _crash_then_restart(
             make_installer(running_v1, signer, client=client), directive, UpdateState.COMMITTING
         )
@@ -316,6 +317,40 @@ def test_crash_loop_is_broken_by_the_save_cap_and_rolls_back(
         except Crash:
             continue
     assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK
+    assert "crash loop" in (outcome.reason or "")
+    assert running_v1.current() == "v1.0.0"
+    running_v1.wait_for_app("v1.0.0")
+    state = StateStore(running_v1.paths.state_file).load()
+    assert state.failed_versions == ["v1.1.0"] and state.update is None
+
+
+def test_a_commit_that_keeps_crashing_is_rolled_back_by_the_save_cap(
+    running_v1: Device,
+    signer: Signer,
+    make_package: PackageFactory,
+    file_server: FileServer,
+    client: DeviceClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop row of COMMITTING rolls back (it used to be a forbidden move: RuntimeError)."""
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 30, make_package("v1.1.0"))
+    )
+
+    def crash(self, keep_previous):
+        raise Crash("dies while pruning, every time")
+
+    monkeypatch.setattr(Releases, "prune", crash)
+    with pytest.raises(Crash):
+        make_installer(running_v1, signer, client=client, max_state_saves=6).install(directive)
+    outcome = None
+    for _ in range(10):  # every start dies in the commit again, until the cap trips
+        try:
+            outcome = make_installer(running_v1, signer, client=client, max_state_saves=6).recover()
+            break
+        except Crash:
+            continue
+    assert outcome is not None and outcome.result == InstallResult.ROLLED_BACK, outcome
     assert "crash loop" in (outcome.reason or "")
     assert running_v1.current() == "v1.0.0"
     running_v1.wait_for_app("v1.0.0")
