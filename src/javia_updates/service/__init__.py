@@ -13,6 +13,10 @@
 * :mod:`~javia_updates.service.tokens` and :mod:`~javia_updates.service.common`:
   token helpers, limits, errors.
 
+The façade keeps the full docstrings of the public methods (the reference of
+the use cases, with their errors), which is most of its length; the methods
+only hand over.
+
 No HTTP here: the FastAPI routes (:mod:`javia_updates.server`) translate
 requests into these calls and errors into status codes. Every method that
 depends on the time takes ``now`` (an aware datetime: the injected clock), so
