@@ -1,0 +1,133 @@
+"""Rollout plans: who would install an update when (a dry run), or will, from its rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from javia_core import scheduling
+from javia_core.models import PlanEntry, UpdateStatus, UpdateType
+from javia_core.versioning import Version
+from javia_updates.backends.base import DeviceRecord
+from javia_updates.service import views
+from javia_updates.service.publishing import refuse_unpublishable
+from javia_updates.service.records import FleetRecords
+from javia_updates.service.updates import Updates
+from javia_updates.settings import ServerSettings
+
+__all__ = ["Planning"]
+
+
+class Planning:
+    """The plan use cases.
+
+    Args:
+        records: the store with its caches.
+        updates: to resolve an update reference.
+        settings: install window, idle seconds, instant-update online limit.
+    """
+
+    def __init__(self, records: FleetRecords, updates: Updates, settings: ServerSettings) -> None:
+        self.records = records
+        self.store = records.store
+        self.updates = updates
+        self.settings = settings
+
+    def plan_new_update(
+        self,
+        update_type: UpdateType,
+        version: str,
+        targets: Sequence[uuid.UUID] | None,
+        *,
+        now: datetime,
+    ) -> list[PlanEntry]:
+        """See :meth:`javia_updates.service.UpdateService.plan_new_update`."""
+        parsed = Version.parse(version)
+        refuse_unpublishable(self.store, str(parsed), parsed)
+        self.records.flush()
+        devices = self.store.devices_for_targets(
+            None if targets is None else tuple(dict.fromkeys(targets))
+        )
+        return [
+            views.plan_entry(plan) for plan in self._rollout(update_type, str(parsed), devices, now)
+        ]
+
+    def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
+        """See :meth:`javia_updates.service.UpdateService.plan_published`."""
+        update = self.updates.resolve_update(reference)
+        self.records.flush()
+        if update.targets is None:
+            devices = self.store.devices_for_targets(None)
+        else:
+            devices = self.store.devices_for_targets(update.targets)
+        rows = {
+            row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items
+        }
+        by_uuid = {
+            plan.device_uuid: plan
+            for plan in self._rollout(update.update_type, update.version, devices, now)
+        }
+        entries: list[PlanEntry] = []
+        for device in devices:
+            plan = by_uuid[device.device_uuid]
+            row = rows.get(device.id)
+            if row is None:
+                reason = plan.reason
+                if plan.gets_row:
+                    reason = f"no row yet: gets it at its next heartbeat; {reason}"
+                entries.append(views.plan_entry(plan, gets_row=False, reason=reason))
+                continue
+            if row.status is UpdateStatus.PENDING:
+                current = scheduling.current_install_plan(
+                    row.install_type,
+                    row.scheduled_for,
+                    row.window_end,
+                    now=now,
+                    timezone=device.timezone,
+                    device_uuid=device.device_uuid,
+                    window_start=self.settings.window_start,
+                    window_seconds=self.settings.window_seconds,
+                    idle_seconds=self.settings.urgent_idle_seconds,
+                )
+                at: datetime | None = current.install_at
+                reason = current.reason
+            else:
+                at = row.completed_at or row.started_at
+                reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
+            local = None if at is None else at.astimezone(ZoneInfo(device.timezone))
+            entries.append(
+                views.plan_entry(
+                    plan,
+                    gets_row=True,
+                    status=row.status,
+                    install_at_utc=at,
+                    install_at_local=local,
+                    reason=reason,
+                )
+            )
+        return entries
+
+    def _rollout(
+        self, update_type: UpdateType, version: str, devices: Sequence[DeviceRecord], now: datetime
+    ) -> list[scheduling.DevicePlan]:
+        return scheduling.plan_rollout(
+            update_type,
+            version,
+            [
+                scheduling.DeviceFacts(
+                    device_uuid=device.device_uuid,
+                    device_name=device.device_name,
+                    timezone=device.timezone,
+                    last_seen=device.last_seen,
+                    current_version=device.current_version,
+                )
+                for device in devices
+            ],
+            now=now,
+            window_start=self.settings.window_start,
+            window_seconds=self.settings.window_seconds,
+            idle_seconds=self.settings.urgent_idle_seconds,
+            online_within_seconds=self.settings.instant_online_seconds,
+        )

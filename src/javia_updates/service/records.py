@@ -1,0 +1,203 @@
+"""The fleet's stored records as the use cases see them, with the performance plumbing behind them.
+
+:class:`FleetRecords` wraps the metadata store together with the heartbeat
+path's in-memory caches (:mod:`javia_updates.backends.cache`), the batched
+writer of heartbeat soft state (:mod:`javia_updates.backends.soft_state`) and
+the cache of package documents. The rule modules ask it for a device, its
+rows or the newest update meant for it, and tell it what they changed; which
+answer comes from memory, when the cache is dropped and when soft state is
+written is decided here alone. Writes that are rules (a transition, a
+reconciled row) still go to :attr:`FleetRecords.store`.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from javia_core.models import UpdateStatus
+from javia_core.versioning import Version
+from javia_updates.backends.base import (
+    DeviceRecord,
+    DeviceUpdateRecord,
+    HeartbeatWrite,
+    Store,
+    TransitionResult,
+    UpdateRecord,
+)
+from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
+from javia_updates.backends.soft_state import SoftStateWriter
+from javia_updates.service.common import DOCUMENT_CACHE_SIZE
+from javia_updates.settings import ServerSettings
+
+__all__ = ["FleetRecords"]
+
+
+class FleetRecords:
+    """The store, read through the device cache and update catalog, with batched soft state.
+
+    Args:
+        store: the metadata store.
+        settings: ``device_cache_seconds`` and ``heartbeat_flush_seconds``.
+
+    Attributes:
+        store: the metadata store, for the writes the rules make.
+        cache: devices by token hash and their rows (:class:`DeviceCache`).
+        catalog: the published updates (:class:`UpdateCatalog`).
+        soft_state: the batched writer of heartbeat soft state.
+    """
+
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
+        self.store = store
+        self.cache = DeviceCache(settings.device_cache_seconds)
+        self.catalog = UpdateCatalog(
+            store.update_ids,
+            store.get_update,
+            max_age_seconds=CATALOG_MAX_AGE_SECONDS,
+        )
+        self.soft_state = SoftStateWriter(
+            store.record_heartbeats, flush_seconds=settings.heartbeat_flush_seconds
+        )
+        self._documents: dict[int, tuple[bytes, bytes]] = {}
+        self._documents_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ soft state
+    def start(self) -> None:
+        """Start the batched writes of heartbeat soft state."""
+        self.soft_state.start()
+
+    def close(self) -> None:
+        """Write the soft state still queued and stop the writer.
+
+        Raises:
+            BackendError: that final write failed.
+        """
+        self.soft_state.close()
+
+    def flush(self) -> None:
+        """Write queued soft state now, so reads see every heartbeat answered so far.
+
+        Raises:
+            BackendError: the write failed.
+        """
+        self.soft_state.flush()
+
+    def record_heartbeat(self, device: DeviceRecord, now: datetime) -> None:
+        """Queue ``device``'s soft state as of its heartbeat at ``now`` and cache the device.
+
+        Written at most ``heartbeat_flush_seconds`` later (a crash loses at
+        most that much, which the device sends again).
+        """
+        self.soft_state.record(
+            HeartbeatWrite(device.id, now, device.current_version, device.status, device.metadata)
+        )
+        self.cache.refresh_device(device)
+
+    # ------------------------------------------------------------------ devices
+    def device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
+        """The device whose token hashes to ``token_hash``: from the cache when possible.
+
+        On a database that other replicas write too (``store.exclusive``
+        False), a cached device is confirmed with one primary-key query
+        (:meth:`~javia_updates.backends.base.Store.token_is_current`).
+
+        Raises:
+            BackendError: the database cannot be read.
+        """
+        device = self.cache.device(token_hash)
+        if (
+            device is not None
+            and not self.store.exclusive
+            and not self.store.token_is_current(device.id, token_hash)
+        ):
+            self.cache.forget(device.id)
+            device = None
+        if device is None:
+            device = self.store.find_device_by_token_hash(token_hash)
+            if device is not None:
+                self.cache.put_device(token_hash, device)
+        return device
+
+    def cached_device(self, token_hash: str) -> DeviceRecord | None:
+        """The cached device for ``token_hash`` (no I/O); None if other replicas write the store."""
+        if not self.store.exclusive:
+            return None
+        return self.cache.device(token_hash)
+
+    def token_replaced(self, device: DeviceRecord) -> None:
+        """``device``'s token was revoked or rotated: forget what is cached of it."""
+        self.cache.forget(device.id)
+
+    # ------------------------------------------------------------------ rows
+    def device_rows(self, device: DeviceRecord) -> list[DeviceUpdateRecord]:
+        """All update rows of ``device``, from the cache if fresh."""
+        generation = self.catalog.current_generation()
+        rows = self.cache.rows(device.id, generation)
+        if rows is None:
+            epoch = self.cache.rows_epoch(device.id)
+            rows = self.store.list_device_updates(device_id=device.id).items
+            self.cache.put_rows(device.id, generation, rows, epoch)
+        return rows
+
+    def device_update(self, device: DeviceRecord, update_id: int) -> DeviceUpdateRecord:
+        """The row of ``device`` for ``update_id``: from the cached rows, else the store.
+
+        A cached row's status may lag behind another replica's write by the
+        cache's lifetime; callers use it only to find the row (status changes
+        are conditional in the store).
+
+        Raises:
+            NotFoundError: the device has no row for that update.
+        """
+        for row in self.device_rows(device):
+            if row.update_id == update_id:
+                return row
+        return self.store.get_device_update(device.id, update_id)
+
+    def rows_changing(self, device: DeviceRecord) -> None:
+        """``device``'s rows are about to be written: its cached rows are dropped."""
+        self.cache.forget_rows(device.id)
+
+    def row_reported(self, device: DeviceRecord, result: TransitionResult) -> None:
+        """A device's status report was applied to the store (``result``): cache it."""
+        if result.changed:
+            self.cache.replace_row(result.record)
+            if result.record.status is UpdateStatus.COMPLETED:
+                self.cache.raise_version(device.id, result.record.version, result.record.updated_at)
+
+    # ------------------------------------------------------------------ updates
+    def newest_targeting(
+        self, device: DeviceRecord, running: Version | None
+    ) -> UpdateRecord | None:
+        """The newest published update that targets ``device`` and is newer than ``running``."""
+        numbers = None if running is None else (running.major, running.minor, running.patch)
+        return self.catalog.newest_targeting(device.device_uuid, numbers)
+
+    def update(self, update_id: int) -> UpdateRecord:
+        """The published update ``update_id``, from the catalog if it has it.
+
+        Raises:
+            NotFoundError: no such update.
+        """
+        cached = self.catalog.get(update_id)
+        return cached if cached is not None else self.store.get_update(update_id)
+
+    def update_published(self) -> None:
+        """An update was published: every device's next heartbeat must see it."""
+        self.catalog.invalidate()
+
+    def package_documents(self, update_id: int) -> tuple[bytes, bytes]:
+        """The exact stored ``manifest.json`` and ``manifest.sig`` bytes of ``update_id``.
+
+        Kept in memory for the most recent :data:`DOCUMENT_CACHE_SIZE` updates
+        asked for: an update never changes once published, and every device
+        of a rollout fetches the same two documents.
+        """
+        documents = self._documents.get(update_id)
+        if documents is None:
+            documents = self.store.get_package_documents(update_id)
+            with self._documents_lock:
+                self._documents[update_id] = documents
+                while len(self._documents) > DOCUMENT_CACHE_SIZE:
+                    del self._documents[next(iter(self._documents))]
+        return documents
