@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,3 +293,31 @@ class CrashingService:
     def is_active(self) -> bool:
         self._call("is_active")
         return self.inner.is_active()
+
+
+def deep_tree(
+    root: Path, depth: int, *, file_each_level: bool = False, link_to: Path | None = None
+) -> None:
+    """``root/deep/deep/...`` ``depth`` levels with ``leaf.txt`` at the bottom, made
+    through directory descriptors (the absolute path is far longer than PATH_MAX).
+
+    Args:
+        file_each_level: also write ``leaf.txt`` at every level.
+        link_to: every 100 levels, a symlink ``outside`` pointing there.
+    """
+    root.mkdir()
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth):
+            os.mkdir("deep", dir_fd=descriptor)
+            child = os.open("deep", os.O_RDONLY | os.O_DIRECTORY, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = child
+            if file_each_level or level == depth - 1:
+                leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=descriptor)
+                os.write(leaf, b"leaf")
+                os.close(leaf)
+            if link_to is not None and level % 100 == 0:
+                os.symlink(link_to, "outside", dir_fd=descriptor)
+    finally:
+        os.close(descriptor)

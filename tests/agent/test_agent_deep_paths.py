@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from javia_agent.installer import InstallResult
 from javia_core.manifest import canonical_json, sign_manifest
 from javia_updates.packaging import BuiltPackage
 
-from .helpers import Device, PackageFactory, Signer, make_installer
+from .helpers import Device, PackageFactory, Signer, deep_tree, make_installer
 
 runner = CliRunner()
 DEPTH = 1000
@@ -89,21 +88,8 @@ def deep_package(base: BuiltPackage, out: Path, signer: Signer, version: str) ->
 
 
 def deep_directory(root: Path, depth: int = DEPTH) -> None:
-    """``root/deep/deep/...`` ``depth`` levels with a file at the bottom, as an older
-    agent left it (made through directory descriptors: the path is past PATH_MAX)."""
-    root.mkdir()
-    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("deep", dir_fd=descriptor)
-            child = os.open("deep", os.O_RDONLY | os.O_DIRECTORY, dir_fd=descriptor)
-            os.close(descriptor)
-            descriptor = child
-        leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=descriptor)
-        os.write(leaf, b"leaf")
-        os.close(leaf)
-    finally:
-        os.close(descriptor)
+    """``root/deep/.../leaf.txt`` ``depth`` levels deep, as an older agent left it."""
+    deep_tree(root, depth)
 
 
 def _config(tmp_path: Path, signer: Signer) -> Path:

@@ -11,25 +11,7 @@ import pytest
 
 from javia_agent._fs import atomic_write, remove_interrupted_writes, remove_tree
 
-
-def _deep_tree(root: Path, depth: int, *, link_to: Path | None = None) -> None:
-    """``root/d/d/.../d`` ``depth`` levels deep, a file at each level, made through
-    directory descriptors (the absolute path is far longer than PATH_MAX)."""
-    root.mkdir()
-    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for level in range(depth):
-            os.mkdir("d", dir_fd=descriptor)
-            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=descriptor)
-            os.close(descriptor)
-            descriptor = child
-            file = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=descriptor)
-            os.write(file, b"x")
-            os.close(file)
-            if link_to is not None and level % 100 == 0:
-                os.symlink(link_to, "outside", dir_fd=descriptor)
-    finally:
-        os.close(descriptor)
+from .helpers import deep_tree
 
 
 def test_a_tree_deeper_than_the_recursion_limit_is_removed_without_following_links(
@@ -40,7 +22,7 @@ def test_a_tree_deeper_than_the_recursion_limit_is_removed_without_following_lin
     (sentinel / "keep.txt").write_text("must survive")
     tree = tmp_path / "releases" / ".staging-v1.1.0-0123456789abcdef"
     tree.parent.mkdir()
-    _deep_tree(tree, sys.getrecursionlimit() + 500, link_to=sentinel)
+    deep_tree(tree, sys.getrecursionlimit() + 500, file_each_level=True, link_to=sentinel)
 
     remove_tree(tree)
 
@@ -52,7 +34,7 @@ def test_a_tree_deeper_than_the_recursion_limit_is_removed_without_following_lin
 def test_a_deep_tree_is_removed_with_a_few_file_descriptors(tmp_path: Path) -> None:
     """1,200 levels while at most 32 descriptors may be open: no descriptor per level."""
     tree = tmp_path / "tree"
-    _deep_tree(tree, 1200)
+    deep_tree(tree, 1200, file_each_level=True)
     script = (
         "import resource, sys\n"
         "from pathlib import Path\n"
