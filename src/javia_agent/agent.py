@@ -12,6 +12,13 @@ One cycle (:meth:`Agent.run_once`):
    used for this) — and the application's idle time;
 4. install when told.
 
+This module is the loop; the decisions it asks for live elsewhere: what an
+offer allows (its signed type, urgency evidence, the pinned maintenance
+window) in :mod:`javia_agent.offers`, the server-fault backoff and its reports
+in :mod:`javia_agent.faults`, the heartbeat's inventory in
+:mod:`javia_agent.inventory`, and the install itself in
+:mod:`javia_agent.installer`.
+
 :meth:`Agent.run_forever` repeats it, sleeping until the next heartbeat
 (interval with jitter) or the decision's ``wake_at``, whichever is first. The
 sleep is interruptible: SIGTERM or SIGINT lets the current step finish safely
@@ -23,45 +30,37 @@ readiness, its status and watchdog pings (:mod:`javia_agent.systemd`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import platform
 import random
-import shutil
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import IO, Any
 
 from javia_agent._fs import InstanceLockedError, atomic_write, hold_instance_lock
 from javia_agent.activity import IdleTracker
-from javia_agent.client import MAX_SERVER_DELAY_SECONDS, DeviceClient, RetryPolicy
+from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
-from javia_agent.errors import (
-    AgentError,
-    ConfigError,
-    DownloadCancelledError,
-    DownloadTooLargeError,
-    NetworkError,
-    ServerError,
-)
+from javia_agent.errors import AgentError, ConfigError, DownloadTooLargeError
+from javia_agent.faults import ServerFaults
 from javia_agent.installer import (
     Installer,
     InstallOutcome,
     InstallResult,
     pause_hook_from_environment,
 )
+from javia_agent.inventory import agent_version, device_metadata
 from javia_agent.memory import release_memory
+from javia_agent.offers import OfferTiming
 from javia_agent.outbox import Outbox
 from javia_agent.services import AppService, CommandService, SystemdService, application_environment
 from javia_agent.state import PRE_SWITCH_STATES
 from javia_agent.systemd import SystemdNotifier
+from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
 from javia_core.errors import JaviaError
 from javia_core.models import (
     DeviceStatus,
@@ -70,22 +69,11 @@ from javia_core.models import (
     InstallDirective,
     StatusReport,
     UpdateStatus,
-    UpdateType,
 )
-from javia_core.scheduling import (
-    DEFAULT_WINDOW_SECONDS,
-    DEFAULT_WINDOW_START,
-    InstallDecision,
-    bound_by_signed_type,
-    check_offered_window,
-    check_urgency_evidence,
-    decide_install,
-    most_urgent,
-    plan_in_own_window,
-)
+from javia_core.scheduling import InstallDecision, check_offered_window, decide_install
 from javia_core.versioning import Version
 
-__all__ = ["Agent", "CycleResult", "agent_version", "build_service", "device_metadata"]
+__all__ = ["Agent", "CycleResult", "build_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,80 +82,8 @@ BACKOFF_BASE_SECONDS = 30.0
 #: After an install ran, heartbeat again this soon to announce the new version.
 AFTER_INSTALL_SECONDS = 1.0
 MIN_SLEEP_SECONDS = 1.0
-#: After a server fault on an update (its metadata or payload did not verify),
-#: the first wait before trying that update again, in seconds; doubles per
-#: fault in a row, with jitter, up to SERVER_FAULT_MAX_SECONDS.
-SERVER_FAULT_BASE_SECONDS = 60.0
-SERVER_FAULT_MAX_SECONDS = 6 * 3600.0
 #: In the state directory: held (``flock``) by the one agent using that directory.
 INSTANCE_LOCK_NAME = "agent.lock"
-
-
-@functools.cache
-def agent_version() -> str:
-    """The installed javia distribution's version, or ``unknown`` (read once per process)."""
-    try:
-        from importlib.metadata import version
-
-        return version("javia")
-    except Exception:  # noqa: BLE001 - informative only
-        return "unknown"
-
-
-def _read_text(path: Path, limit: int = 4096) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
-def _os_pretty_name(os_release: Path) -> str | None:
-    text = _read_text(os_release)
-    if text is None:
-        return None
-    for line in text.splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.partition("=")[2].strip().strip('"').strip("'") or None
-    return None
-
-
-def _free_bytes(path: Path) -> int | None:
-    for candidate in (path, *path.parents):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return None
-
-
-def device_metadata(
-    install_root: Path,
-    *,
-    ip_address: str | None,
-    model_file: Path = Path("/proc/device-tree/model"),
-    os_release: Path = Path("/etc/os-release"),
-) -> dict[str, Any]:
-    """The inventory sent with each heartbeat. No external lookups.
-
-    Returns:
-        ``hardware_model`` (from the device tree, on a Pi), ``os_version``
-        (``PRETTY_NAME`` of os-release), ``python_version``, ``ip_address``
-        (the local address of the connection to the server), ``hostname``,
-        ``free_disk_bytes`` of the file system holding ``install_root`` and
-        ``agent_version``. Unknown values are left out.
-    """
-    model = _read_text(model_file)
-    values: dict[str, Any] = {
-        "hardware_model": model.strip("\x00\n ") if model else None,
-        "os_version": _os_pretty_name(os_release),
-        "python_version": platform.python_version(),
-        "ip_address": ip_address,
-        "hostname": socket.gethostname(),
-        "free_disk_bytes": _free_bytes(Path(install_root)),
-        "agent_version": agent_version(),
-    }
-    return {key: value for key, value in values.items() if value is not None}
 
 
 def build_service(config: AgentConfig) -> AppService:
@@ -211,27 +127,6 @@ class CycleResult:
     outcome: InstallOutcome | None
     reports_delivered: int
     sleep_seconds: float
-
-
-def _no_answer_yet(error: AgentError) -> bool:
-    """Whether a failed fetch had no definite answer (worth asking again later).
-
-    A connection failure, a stop, or an HTTP 5xx/408/429; a 4xx such as 404
-    or an oversized body is an answer.
-    """
-    if isinstance(error, (NetworkError, DownloadCancelledError)):
-        return True
-    if isinstance(error, ServerError):
-        return (
-            error.status_code is None
-            or error.status_code >= 500
-            or error.status_code
-            in (
-                408,
-                429,
-            )
-        )
-    return False
 
 
 class Agent:
@@ -284,17 +179,10 @@ class Agent:
         self.interval_seconds = config.heartbeat_interval_seconds
         self._failures = 0
         self.notifier = notifier or SystemdNotifier(None)
-        # (update id, version) -> its signed update type, verified (one fetch per update).
-        self._signed: tuple[tuple[int, str], UpdateType] | None = None
-        # The last directive bounded by its signed type (keeps the device's own plan).
-        self._bounded: InstallDirective | None = None
-        # The verdict on the last urgency evidence (a superseded update named by
-        # the server): its key -> the signed type it proves, or None (refused).
-        self._evidence: tuple[tuple[object, ...], UpdateType | None] | None = None
-        # Server faults in a row for one update, and the monotonic time to retry it.
-        self._fault: tuple[int, str] | None = None
-        self._fault_count = 0
-        self._fault_until = 0.0
+        #: What an offer allows: its signed type, urgency evidence, the pinned window.
+        self.offers = OfferTiming(config)
+        #: Server faults on an offered update and the backoff before trying it again.
+        self.faults = ServerFaults(self.clock, self.rng)
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, clock: Clock | None = None) -> Agent:
@@ -493,8 +381,8 @@ class Agent:
             to sleep, reports delivered).
         """
         key = (directive.update_id, str(directive.version))
-        if self._fault == key and self.clock.monotonic() < self._fault_until:
-            wait = self._fault_until - self.clock.monotonic()
+        if self.faults.holds_back(key):
+            wait = self.faults.seconds_left()
             logger.info(
                 "update %s (%s): waiting %.0f s after a server fault before trying again",
                 directive.version,
@@ -523,7 +411,9 @@ class Agent:
                 count = self._server_fault(offered, f"its maintenance window is not one: {problem}")
                 return None, None, min(sleep, self._fault_wait()), count
             try:
-                directive = self._within_signed_type(directive, server_now)
+                directive = self.offers.bound(
+                    directive, server_now, installer=self.installer, client=self.client
+                )
             except (AgentError, JaviaError) as error:
                 if isinstance(error, AgentError) and not isinstance(error, DownloadTooLargeError):
                     # No (usable) answer: the network or the server is in trouble.
@@ -558,7 +448,7 @@ class Agent:
             )
             delivered += self.outbox.flush(self.client.report_status)
             if outcome.result == InstallResult.SERVER_FAULT:
-                self._note_fault(key)
+                self.faults.note(key)
                 sleep = min(sleep, self._fault_wait())
             elif outcome.result in (
                 InstallResult.COMPLETED,
@@ -566,7 +456,7 @@ class Agent:
                 InstallResult.ROLLED_BACK,
                 InstallResult.ABANDONED,
             ):
-                self._fault, self._fault_count = None, 0
+                self.faults.clear()
                 sleep = AFTER_INSTALL_SECONDS
             elif outcome.result == InstallResult.RETRY_LATER:
                 sleep = min(sleep, self._backoff(1))
@@ -577,187 +467,8 @@ class Agent:
             sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
         return decision, outcome, sleep, delivered
 
-    def _within_signed_type(self, directive: InstallDirective, now: datetime) -> InstallDirective:
-        """``directive``, installed no sooner than a signature proves the operator wanted.
-
-        A scheduled offer needs no check (nothing is less urgent). For an
-        urgent or instant offer the manifest and signature are fetched and
-        verified first (once per update). If the offer is more urgent than
-        that signed type, it stands only if the superseded update the server
-        names in ``urgency_from`` proves it (:meth:`_proven_urgency`, DESIGN.md
-        section 4); then :func:`javia_core.scheduling.bound_by_signed_type`
-        decides.
-
-        Raises:
-            AgentError: fetching the offered package's metadata failed.
-            JaviaError: it did not verify (SignatureError, ManifestError, PackageError).
-        """
-        if directive.update_type is UpdateType.SCHEDULED:
-            return self._within_own_window(directive, now)
-        key = (directive.update_id, str(directive.version))
-        if self._signed is None or self._signed[0] != key:
-            self._signed = (key, self.installer.signed_update_type(directive))
-            self._bounded = None
-        signed = self._signed[1]
-        proven: UpdateType | None = None
-        why = "the server names no superseded update that was signed so"
-        if most_urgent((directive.update_type, signed)) is not signed:
-            proven, why = self._proven_urgency(directive)
-        window = self.config.pinned_window
-        start, length = (
-            window if window is not None else (DEFAULT_WINDOW_START, DEFAULT_WINDOW_SECONDS)
-        )
-        bounded = bound_by_signed_type(
-            directive,
-            signed,
-            now=now,
-            timezone=self.config.timezone,
-            device_uuid=self.config.device_uuid or "",
-            previous=self._bounded,
-            proven_type=proven,
-            window_start=start,
-            window_seconds=length,
-        )
-        if bounded is not directive:
-            if self._bounded is None:
-                logger.warning(
-                    "update %s is signed %s but offered as %s and %s: installing it no "
-                    "sooner than its signed type allows",
-                    directive.version,
-                    bounded.update_type,
-                    directive.update_type,
-                    why,
-                )
-            self._bounded = bounded
-        return bounded
-
-    def _within_own_window(self, directive: InstallDirective, now: datetime) -> InstallDirective:
-        """A scheduled ``directive``, in the device's own window if it pins one.
-
-        Without a pin (agent settings ``window_start``, ``window_seconds``) the
-        server's window is followed (:func:`javia_core.scheduling.check_offered_window`
-        has checked that it is one). With a pin the device plans the update in
-        its own window (:func:`javia_core.scheduling.plan_in_own_window`),
-        whatever the server's ``install_at`` and ``window_end`` say.
-        """
-        window = self.config.pinned_window
-        if window is None:
-            return directive
-        previous = self._bounded  # used only if it is this update's (plan_in_own_window)
-        pinned = plan_in_own_window(
-            directive,
-            now=now,
-            timezone=self.config.timezone,
-            device_uuid=self.config.device_uuid or "",
-            window_start=window[0],
-            window_seconds=window[1],
-            previous=previous,
-        )
-        if previous is None or pinned.install_at != previous.install_at:
-            logger.info(
-                "update %s (scheduled): in this device's own maintenance window (%s, %d s, "
-                "%s), not the server's: installs at %s UTC",
-                directive.version,
-                window[0].strftime("%H:%M"),
-                window[1],
-                self.config.timezone,
-                f"{pinned.install_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-            )
-        self._bounded = pinned
-        return pinned
-
-    def _proven_urgency(self, directive: InstallDirective) -> tuple[UpdateType | None, str]:
-        """The signed type of the superseded update that ``directive.urgency_from`` names.
-
-        Its manifest and signature are fetched and verified with the device's
-        keyring by the same code as a package's own
-        (:func:`javia_agent.verification.verify_metadata`), then
-        :func:`javia_core.scheduling.check_urgency_evidence` checks that its
-        signed version lies between the running and the offered one and that
-        it was signed at least as urgent as the offer. The verdict is kept for
-        that evidence (one fetch, not one per heartbeat); a fetch that failed
-        for lack of an answer is tried again at the next heartbeat.
-
-        Returns:
-            (the proven type, "") or (None, why the timing is not proven).
-        """
-        evidence = directive.urgency_from
-        if evidence is None:
-            return None, "the server names no superseded update that was signed so"
-        running = self.installer.running_version()
-        key: tuple[object, ...] = (
-            directive.update_id,
-            str(directive.version),
-            str(directive.update_type),
-            str(running),
-            evidence.update_id,
-            str(evidence.version),
-            evidence.manifest_url,
-            evidence.signature_url,
-        )
-        if self._evidence is not None and self._evidence[0] == key:
-            proven = self._evidence[1]
-            return proven, "" if proven is not None else (
-                f"the superseded {evidence.version} it names does not prove it"
-            )
-        # Imported here: verification loads cryptography, which an idle agent never needs.
-        from javia_agent import verification
-
-        named = f"the superseded {evidence.version} (update {evidence.update_id}) it names"
-        try:
-            manifest_bytes = self.client.download_manifest(
-                evidence.manifest_url, should_stop=self.installer.should_stop
-            )
-            signature_bytes = self.client.download_signature(
-                evidence.signature_url, should_stop=self.installer.should_stop
-            )
-            verified = verification.verify_metadata(
-                manifest_bytes, signature_bytes, self.installer.keyring(), current_version=None
-            )
-        except AgentError as error:
-            if _no_answer_yet(error):
-                # Not a verdict (network, 5xx, 408/429, a stop): asked again next heartbeat.
-                return None, f"{named} could not be fetched yet ({error})"
-            reason: str | None = f"{named} could not be fetched ({error})"
-        except JaviaError as error:
-            reason = f"{named} did not verify ({error})"
-        else:
-            reason = check_urgency_evidence(
-                directive.update_type,
-                offered=directive.version,
-                running=running,
-                evidence=evidence,
-                signed_version=verified.manifest.parsed_version,
-                signed_type=verified.manifest.update_type,
-            )
-            if reason is not None:
-                reason = f"{named} does not prove it: {reason}"
-        if reason is None:
-            proven = verified.manifest.update_type
-            logger.info(
-                "update %s is offered as %s: proven by the signed %s of the superseded %s "
-                "(DESIGN.md section 4)",
-                directive.version,
-                directive.update_type,
-                proven,
-                evidence.version,
-            )
-            self._evidence = (key, proven)
-            return proven, ""
-        self._evidence = (key, None)
-        return None, reason
-
-    def _note_fault(self, key: tuple[int, str]) -> None:
-        """Count a server fault for ``key`` and set when to try that update again."""
-        self._fault_count = self._fault_count + 1 if self._fault == key else 1
-        self._fault = key
-        ceiling = min(
-            SERVER_FAULT_MAX_SECONDS, SERVER_FAULT_BASE_SECONDS * 2 ** (self._fault_count - 1)
-        )
-        self._fault_until = self.clock.monotonic() + self.rng.uniform(ceiling / 2, ceiling)
-
     def _fault_wait(self) -> float:
-        return max(MIN_SLEEP_SECONDS, self._fault_until - self.clock.monotonic())
+        return max(MIN_SLEEP_SECONDS, self.faults.seconds_left())
 
     def _server_fault(
         self,
@@ -766,27 +477,15 @@ class Agent:
         *,
         status: UpdateStatus = UpdateStatus.DOWNLOADING,
     ) -> int:
-        """Log and report (as ``status``) a server fault on ``directive``; back off.
-
-        The version is never marked failed on the device: it is tried again
-        after the backoff (:meth:`_note_fault`), and reported once per try.
-        """
-        message = (
-            f"server fault: {reason} ({directive.version} is not marked failed on the "
-            "device; it is tried again later)"
+        """Report a server fault on ``directive`` and back off (:meth:`ServerFaults.report`)."""
+        return self.faults.report(
+            directive,
+            reason,
+            status=status,
+            outbox=self.outbox,
+            deliver=self.client.report_status,
+            notifier=self.notifier,
         )
-        logger.error("update %s (%s): %s", directive.version, directive.update_id, message)
-        self.notifier.status(f"update {directive.version}: server fault; retrying later")
-        self._note_fault((directive.update_id, str(directive.version)))
-        try:
-            self.outbox.enqueue(
-                directive.update_id,
-                StatusReport.from_device(status, message, self.clock.wall()),
-            )
-        except (OSError, JaviaError) as error:
-            logger.error("could not queue the report of the server fault: %s", error)
-            return 0
-        return self.outbox.flush(self.client.report_status)
 
     def _backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Exponential backoff with jitter, capped at the interval; never below ``retry_after``.

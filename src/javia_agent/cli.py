@@ -211,8 +211,8 @@ def register(
     (``<state_dir>/activity/``, root:``--app-group``, mode 2770) and gives the
     configuration (mode 0640: it holds ``--app-env``) to that group.
     """
-    from javia_agent.agent import device_metadata
     from javia_agent.client import DeviceClient
+    from javia_agent.inventory import device_metadata
     from javia_core.models import DeviceRegisterRequest
 
     if (api_key is None) == (enrollment_token is None):

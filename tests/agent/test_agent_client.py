@@ -17,12 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from javia_agent.client import (
-    MAX_SERVER_DELAY_SECONDS,
-    DeviceClient,
-    RetryPolicy,
-    parse_retry_after,
-)
+from javia_agent.client import DeviceClient
 from javia_agent.errors import (
     AuthenticationError,
     ConfigError,
@@ -32,6 +27,7 @@ from javia_agent.errors import (
     NetworkError,
     ServerError,
 )
+from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy, parse_retry_after
 from javia_core.models import HeartbeatRequest, StatusReport, UpdateStatus
 
 from .helpers import FileServer

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from javia_agent.client import DeviceClient, RetryPolicy
+from javia_agent.client import DeviceClient
 from javia_agent.errors import DownloadError, DownloadTooLargeError
+from javia_agent.transport import RetryPolicy
 
 PATH = "/api/v1/updates/1/download"
 UUID = "00000000-0000-0000-0000-0000000000e1"

@@ -32,13 +32,14 @@ from hypothesis import strategies as st
 
 from javia_agent.activity import IdleTracker
 from javia_agent.agent import Agent
-from javia_agent.client import DeviceClient, RetryPolicy
+from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, AgentPaths
 from javia_agent.errors import AgentError
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.outbox import Outbox
 from javia_agent.state import StateStore
+from javia_agent.transport import RetryPolicy
 from javia_core.models import InstallDirective, UpdateStatus, UpdateType
 from javia_core.scheduling import bound_by_signed_type, plan_install, window_offset_seconds
 from javia_core.versioning import Version
@@ -952,8 +953,8 @@ def test_the_agent_wires_its_token_file_into_the_client(tmp_path: Path) -> None:
     agent = Agent.from_config(config)
     try:
         token_file.write_text("second\n")
-        assert agent.client._reload_token()  # what a 401 triggers
-        assert agent.client._auth() == {"Authorization": "Bearer second"}
+        assert agent.client.session.reload_token()  # what a 401 triggers
+        assert agent.client.session.auth() == {"Authorization": "Bearer second"}
     finally:
         agent.client.close()
 
@@ -973,9 +974,9 @@ def test_the_agent_wires_watchdog_stop_and_deadline_into_its_client(tmp_path: Pa
     try:
         client = agent.client
         assert client.request_deadline_seconds == 45
-        assert client._keepalive == agent.notifier.watchdog
-        assert client._should_stop is not None and not client._should_stop()
+        assert client.session.keepalive == agent.notifier.watchdog
+        assert client.session.should_stop is not None and not client.session.should_stop()
         agent.stop()
-        assert client._should_stop()
+        assert client.session.should_stop()
     finally:
         agent.client.close()

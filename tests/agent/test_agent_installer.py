@@ -465,8 +465,8 @@ def test_key_rotation_is_applied_when_an_update_commits_and_never_when_it_rolls_
 def test_a_payload_that_can_never_be_downloaded_fails_after_a_few_cycles_without_progress(
     device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
 ) -> None:
-    from javia_agent.client import RetryPolicy
     from javia_agent.installer import MAX_STALLED_DOWNLOADS
+    from javia_agent.transport import RetryPolicy
 
     _install_initial(device, signer, make_package)
     package = make_package("v1.1.0")
@@ -494,7 +494,7 @@ def test_a_payload_that_can_never_be_downloaded_fails_after_a_few_cycles_without
 def test_a_newer_update_replaces_a_stuck_download(
     device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
 ) -> None:
-    from javia_agent.client import RetryPolicy
+    from javia_agent.transport import RetryPolicy
 
     _install_initial(device, signer, make_package)
     stuck_package = make_package("v1.1.0")

@@ -14,11 +14,12 @@ import httpx
 import pytest
 
 from javia_agent.activity import IdleTracker
-from javia_agent.agent import Agent, device_metadata
+from javia_agent.agent import Agent
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig
 from javia_agent.installer import InstallOutcome, InstallResult
+from javia_agent.inventory import device_metadata
 from javia_agent.outbox import Outbox
 from javia_agent.state import AgentState
 from javia_core.models import InstallDirective, StatusReport, UpdateStatus, UpdateType

@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 from javia_agent import driver
 from javia_agent import releases as releases_module
 from javia_agent.cli import app
-from javia_agent.client import DeviceClient, RetryPolicy
+from javia_agent.client import DeviceClient
 from javia_agent.config import AgentConfig, write_config, write_token_file
 from javia_agent.installer import Installer, InstallOutcome, InstallResult
 from javia_agent.state import RECOVERY, Recovery, StateStore, UpdateRecord, UpdateState
+from javia_agent.transport import RetryPolicy
 from javia_core.models import InstallDirective, UpdateStatus
 from javia_devtools.demo import FleetDevice
 

@@ -13,10 +13,11 @@ import random
 import pytest
 
 from javia_agent import installer as installer_module
-from javia_agent.client import DeviceClient, RetryPolicy
+from javia_agent.client import DeviceClient
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.releases import Releases
 from javia_agent.state import StateStore, UpdateState
+from javia_agent.transport import RetryPolicy
 from javia_core.models import InstallDirective, UpdateStatus
 from javia_core.versioning import Version
 

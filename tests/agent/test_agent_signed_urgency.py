@@ -178,7 +178,7 @@ def test_a_superseded_update_signed_that_urgent_makes_the_successor_install_now(
     _serve_evidence(api, fix.manifest, fix.signature)
     agent = _agent(world, api, signer)
 
-    with caplog.at_level(logging.INFO, logger="javia_agent.agent"):
+    with caplog.at_level(logging.INFO, logger="javia_agent.offers"):
         result = agent.run_once()
 
     assert result.decision is not None and result.decision.install_now, result.decision
@@ -288,7 +288,7 @@ def test_an_unproven_inherited_instant_waits_for_the_window(
     _serve_evidence(api, manifest, signature)
     agent = _agent(world, api, signer)
 
-    with caplog.at_level(logging.WARNING, logger="javia_agent.agent"):
+    with caplog.at_level(logging.WARNING, logger="javia_agent.offers"):
         result = agent.run_once()
         _assert_waits_for_the_window(result, api, world)
         # The verdict is kept: the next heartbeat neither installs nor fetches it again.
