@@ -27,14 +27,11 @@ from javia_devtools.simulate import (
     SimulationConfig,
     SimulationError,
     _build_package,
-    _Device,
-    _Fleet,
-    _Http,
-    _RequestFailed,
     process_cpu_seconds,
     process_rss_bytes,
     run_simulation,
 )
+from javia_devtools.simulated_fleet import FleetHttp, RequestFailed, SimulatedDevice, SimulatedFleet
 
 
 def test_twenty_devices_install_an_instant_update_without_errors() -> None:
@@ -132,9 +129,9 @@ def _free_port() -> int:
 
 async def _with_device(
     routes: web.RouteTableDef | None,
-    body: Callable[[_Fleet, _Device], Awaitable[None]],
+    body: Callable[[SimulatedFleet, SimulatedDevice], Awaitable[None]],
     keyring: dict[str, Any] | None = None,
-) -> _Fleet:
+) -> SimulatedFleet:
     """Run ``body`` with one simulated device against ``routes`` (None: nothing listens)."""
     runner = None
     if routes is None:
@@ -151,9 +148,9 @@ async def _with_device(
         base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
         async with aiohttp.ClientSession() as session:
-            fleet = _Fleet(
-                _Http(base_url, session, asyncio.Semaphore(2)),
-                [_Device(uuid="device-1", headers={"Authorization": "Bearer token"})],
+            fleet = SimulatedFleet(
+                FleetHttp(base_url, session, asyncio.Semaphore(2)),
+                [SimulatedDevice(uuid="device-1", headers={"Authorization": "Bearer token"})],
                 keyring or {},
                 random.Random(1),
             )
@@ -164,8 +161,8 @@ async def _with_device(
     return fleet
 
 
-async def _heartbeat_fails(fleet: _Fleet, device: _Device) -> None:
-    with pytest.raises(_RequestFailed):
+async def _heartbeat_fails(fleet: SimulatedFleet, device: SimulatedDevice) -> None:
+    with pytest.raises(RequestFailed):
         await fleet._heartbeat(device, 1.0)
 
 
@@ -225,8 +222,8 @@ def test_a_payload_must_match_the_manifest_before_the_device_reports_completed(
         data = Path(paths[request.match_info["name"]]).read_bytes()
         return web.Response(body=data + extra if request.match_info["name"] == "payload" else data)
 
-    async def heartbeat_once(fleet: _Fleet, device: _Device) -> None:
-        with contextlib.suppress(_RequestFailed):
+    async def heartbeat_once(fleet: SimulatedFleet, device: SimulatedDevice) -> None:
+        with contextlib.suppress(RequestFailed):
             assert await fleet._heartbeat(device, 1.0) == 5.0
 
     fleet = asyncio.run(_with_device(routes, heartbeat_once, keyring))

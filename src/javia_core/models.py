@@ -3,6 +3,11 @@
 These pydantic models are the JSON bodies of the HTTP API in DESIGN.md
 section 6. Times are aware UTC datetimes (ISO 8601 on the wire); sizes are in
 bytes; intervals in seconds. Importable on a device (pydantic only).
+
+Kept as one module on purpose, though it passes 600 lines: it is the whole
+wire contract (the enums, the bounds and validators the models share, every
+request and answer body), read side by side with DESIGN.md section 6, and the
+models reuse each other's field types.
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ The rules, in one place:
   :func:`decide_install` with the server's time from the heartbeat response
   plus the monotonic time elapsed since.
 
+The window arithmetic (DST gaps and folds, offsets) is
+:mod:`javia_core.maintenance_windows`, re-exported here. The rest stays in
+this one module on purpose, though it is long: it is the single table of
+update-type rules that the server's plan, the device's own decision and the
+dry run all apply, so "when does an urgent update install?" is answered in
+one place, checkable line by line against DESIGN.md section 4.
+
 Example:
     >>> from datetime import datetime, timezone
     >>> after = datetime(2027, 3, 13, 20, 0, tzinfo=timezone.utc)
@@ -47,11 +54,28 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from javia_core.errors import ScheduleError, VersionError
-from javia_core.models import InstallDirective, UpdateType, UrgencyEvidence, load_timezone
+from javia_core.maintenance_windows import (
+    DEFAULT_WINDOW_SECONDS,
+    DEFAULT_WINDOW_START,
+    MAX_WINDOW_SECONDS,
+    OFFSET_SPREAD_DENOMINATOR,
+    OFFSET_SPREAD_NUMERATOR,
+    check_aware,
+    check_window_seconds,
+    check_window_time,
+    current_window,
+    device_zone,
+    latest_window_start,
+    next_window_start,
+    parse_device_uuid,
+    window_offset_seconds,
+    window_start_on,
+)
+from javia_core.models import InstallDirective, UpdateType, UrgencyEvidence
 from javia_core.versioning import Version
 
 __all__ = [
@@ -85,68 +109,14 @@ __all__ = [
     "window_start_on",
 ]
 
-DEFAULT_WINDOW_START = time(2, 0)
-DEFAULT_WINDOW_SECONDS = 3 * 3600
 DEFAULT_IDLE_SECONDS = 3600
 ONLINE_WITHIN_SECONDS = 300
-
-#: Device offsets are spread over the first 2/3 of the window (see
-#: :func:`window_offset_seconds`): the last third is the margin in which a
-#: device that starts at its offset downloads, installs and health-checks.
-OFFSET_SPREAD_NUMERATOR = 2
-OFFSET_SPREAD_DENOMINATOR = 3
-
-#: A window may last at most one day (seconds); longer windows would overlap
-#: the next day's.
-MAX_WINDOW_SECONDS = 24 * 3600
 
 _URGENCY = {UpdateType.SCHEDULED: 0, UpdateType.URGENT: 1, UpdateType.INSTANT: 2}
 _LOCAL_FORMAT = "%Y-%m-%d %H:%M %Z"
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _aware(name: str, value: datetime) -> datetime:
-    """Return ``value`` if it is an aware datetime, else raise ScheduleError."""
-    if not isinstance(value, datetime):
-        raise ScheduleError(
-            f"{name} must be a datetime with a timezone, e.g. 2027-03-14T02:00:00+00:00; "
-            f"got {type(value).__name__}"
-        )
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ScheduleError(
-            f"{name} must be timezone-aware (naive datetimes are ambiguous), "
-            f"e.g. 2027-03-14T02:00:00+00:00; got {value.isoformat()}"
-        )
-    return value
-
-
-def _zone(timezone: str) -> ZoneInfo:
-    """The ZoneInfo of a device's stored IANA name (lenient for names stored before
-    registration refused non-canonical ones); ScheduleError naming an example otherwise."""
-    return load_timezone(timezone)
-
-
-def _window_time(at: time) -> time:
-    if not isinstance(at, time) or at.tzinfo is not None:
-        raise ScheduleError(
-            "window start must be a local wall-clock time without timezone, e.g. time(2, 0)"
-        )
-    return at
-
-
-def _window_seconds(window_seconds: int) -> int:
-    if (
-        isinstance(window_seconds, bool)
-        or not isinstance(window_seconds, int)
-        or not 0 < window_seconds <= MAX_WINDOW_SECONDS
-    ):
-        raise ScheduleError(
-            f"window length must be a whole number of seconds from 1 to {MAX_WINDOW_SECONDS}, "
-            f"e.g. 10800 for 3 h; got {window_seconds!r}"
-        )
-    return window_seconds
 
 
 def _idle_required(idle_seconds: int) -> int:
@@ -166,200 +136,6 @@ def _update_type(update_type: UpdateType | str) -> UpdateType:
     raise ScheduleError(
         f"unknown update type {update_type!r}: expected one of scheduled, urgent, instant"
     )
-
-
-def _device_uuid(device_uuid: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(device_uuid, uuid.UUID):
-        return device_uuid
-    try:
-        return uuid.UUID(str(device_uuid))
-    except ValueError:
-        raise ScheduleError(
-            f"invalid device uuid {device_uuid!r}: expected the form "
-            "123e4567-e89b-12d3-a456-426614174000"
-        ) from None
-
-
-# --------------------------------------------------------------------------- windows
-
-
-def _wall(instant_seconds: int, zone: ZoneInfo) -> datetime:
-    """Naive local wall-clock time of a whole-second POSIX timestamp."""
-    return datetime.fromtimestamp(instant_seconds, zone).replace(tzinfo=None)
-
-
-def window_start_on(local_date: date, timezone: str, at: time = DEFAULT_WINDOW_START) -> datetime:
-    """The maintenance-window start belonging to one local calendar date.
-
-    That is the earliest instant whose local wall clock reads ``local_date`` ``at``
-    or later (DESIGN.md section 4): normally ``at`` itself; the first occurrence
-    when ``at`` occurs twice (fall-back); the first instant after the gap when the
-    gap swallowed ``at`` (spring-forward, or a skipped day such as
-    Pacific/Apia on 2011-12-30, whose window starts at 2011-12-31 00:00 local).
-
-    Args:
-        local_date: the device-local calendar date.
-        timezone: IANA timezone of the device, e.g. ``Europe/Berlin``.
-        at: local wall-clock start of the window, naive (default 02:00).
-
-    Returns:
-        The window start as an aware UTC datetime.
-
-    Raises:
-        ScheduleError: unknown timezone, an ``at`` with a tzinfo, or a date so far
-            out that it cannot be represented.
-    """
-    zone = _zone(timezone)
-    _window_time(at)
-    try:
-        return _resolve(local_date, at, zone)
-    except OverflowError:
-        raise ScheduleError(
-            f"date {local_date.isoformat()} is out of range for scheduling"
-        ) from None
-
-
-def _resolve(local_date: date, at: time, zone: ZoneInfo) -> datetime:
-    wall = datetime.combine(local_date, at)
-    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-    if first.astimezone(zone).replace(tzinfo=None) == wall:
-        # The wall time exists; with fold=0 zoneinfo gives its first occurrence (PEP 495).
-        return first
-    # A gap: fold=0 applies the offset before the transition, fold=1 the one after,
-    # so the transition instant lies in (after_offset, before_offset]. Offsets and
-    # transitions in the zone database are whole seconds: bisect for the earliest
-    # second whose wall clock has reached ``wall``.
-    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    low = math.floor(min(first, second).timestamp())  # wall clock still before ``wall``
-    high = math.ceil(max(first, second).timestamp())  # wall clock at or past ``wall``
-    if _wall(low, zone) >= wall or _wall(high, zone) < wall:  # pragma: no cover - defensive
-        raise ScheduleError(f"cannot resolve {wall.isoformat()} in timezone {zone.key}")
-    while high - low > 1:
-        middle = (low + high) // 2
-        if _wall(middle, zone) >= wall:
-            high = middle
-        else:
-            low = middle
-    return datetime.fromtimestamp(high, UTC)
-
-
-def _candidates(around: datetime, zone: ZoneInfo, at: time, days: range) -> list[datetime]:
-    local_date = around.astimezone(zone).date()
-    return [_resolve(local_date + timedelta(days=d), at, zone) for d in days]
-
-
-def next_window_start(after: datetime, timezone: str, at: time = DEFAULT_WINDOW_START) -> datetime:
-    """Earliest maintenance-window start strictly later than ``after`` (DESIGN.md section 4).
-
-    A window starts at ``at`` (02:00) device-local time. A 02:00 inside a
-    spring-forward gap means the first instant after the gap; a 02:00 that occurs
-    twice (fall-back) means the first occurrence, so an ``after`` between the two
-    occurrences gets the next day's window. ``after`` exactly at a window start
-    gets the next one.
-
-    Consecutive window starts are 24 h apart, except around a UTC-offset change:
-    at most 24 h plus that night's backward shift (25 h for a 1 h fall-back; the
-    longest in the zone database for 1990-2090 is 31 h, Antarctica/Vostok in
-    1994), and as little as 2 h when a whole day is skipped (Pacific/Apia,
-    2011-12-30). See ``docs/update-types.md``.
-
-    Args:
-        after: an aware datetime (any offset).
-        timezone: IANA timezone of the device, e.g. ``Europe/Berlin``.
-        at: local wall-clock start of the window, naive (default 02:00).
-
-    Returns:
-        The window start as an aware UTC datetime, strictly later than ``after``.
-
-    Raises:
-        ScheduleError: (a ``ValueError``) when ``after`` is naive, the timezone is
-            unknown (the message names ``Europe/Berlin`` as an example), ``at``
-            carries a tzinfo, or the date is out of range.
-
-    Example:
-        >>> from datetime import datetime, timedelta, timezone
-        >>> est = timezone(timedelta(hours=-5))
-        >>> next_window_start(datetime(2027, 3, 13, 20, 0, tzinfo=est), "America/New_York")
-        datetime.datetime(2027, 3, 14, 7, 0, tzinfo=datetime.timezone.utc)
-    """
-    _aware("after", after)
-    zone = _zone(timezone)
-    _window_time(at)
-    try:
-        candidates = _candidates(after, zone, at, range(-1, 4))
-    except OverflowError:
-        raise ScheduleError(f"{after.isoformat()} is out of range for scheduling") from None
-    return min(c for c in candidates if c > after)
-
-
-def _latest_window_start(now: datetime, zone: ZoneInfo, at: time) -> datetime:
-    """The latest window start at or before ``now``."""
-    return max(c for c in _candidates(now, zone, at, range(-3, 2)) if c <= now)
-
-
-def current_window(
-    now: datetime,
-    timezone: str,
-    *,
-    window_start: time = DEFAULT_WINDOW_START,
-    window_seconds: int = DEFAULT_WINDOW_SECONDS,
-) -> tuple[datetime, datetime] | None:
-    """The maintenance window open at ``now``, if any.
-
-    Args:
-        now: an aware datetime.
-        timezone: IANA timezone of the device.
-        window_start: local wall-clock start of windows, naive (default 02:00).
-        window_seconds: window length in seconds (1 to 86400).
-
-    Returns:
-        ``(start, end)`` as aware UTC datetimes with ``start <= now < end`` for the
-        latest window that started at or before ``now``, or None outside a window.
-
-    Raises:
-        ScheduleError: naive ``now``, unknown timezone, or a bad window length.
-    """
-    _aware("now", now)
-    zone = _zone(timezone)
-    _window_time(window_start)
-    _window_seconds(window_seconds)
-    try:
-        start = _latest_window_start(now, zone, window_start)
-    except OverflowError:
-        raise ScheduleError(f"{now.isoformat()} is out of range for scheduling") from None
-    end = start + timedelta(seconds=window_seconds)
-    return (start, end) if now < end else None
-
-
-def window_offset_seconds(
-    device_uuid: uuid.UUID | str, window_seconds: int = DEFAULT_WINDOW_SECONDS
-) -> int:
-    """Stable per-device start offset inside a window, in whole seconds, in [0, window_seconds).
-
-    The offset is SHA-256 of the canonical lower-case uuid string
-    (``123e4567-e89b-12d3-a456-426614174000``), read as a big-endian integer,
-    modulo the spread: the first 2/3 of the window (``window_seconds * 2 // 3``,
-    at least 1). A fleet in one timezone therefore spreads its downloads evenly
-    over the first two hours of a 3 h window, and the device with the latest
-    offset still has an hour to download, install and health-check
-    (DESIGN.md section 4). The same uuid always gets the same offset, on the
-    server and on the device, whatever the Python version or process.
-
-    Args:
-        device_uuid: the device's uuid, as a UUID or any string ``uuid.UUID`` accepts.
-        window_seconds: window length in seconds (1 to 86400).
-
-    Returns:
-        The offset in seconds, ``0 <= offset < max(1, window_seconds * 2 // 3)``.
-
-    Raises:
-        ScheduleError: an unparsable uuid or a bad window length.
-    """
-    parsed = _device_uuid(device_uuid)
-    _window_seconds(window_seconds)
-    spread = max(1, window_seconds * OFFSET_SPREAD_NUMERATOR // OFFSET_SPREAD_DENOMINATOR)
-    digest = hashlib.sha256(str(parsed).encode("ascii")).digest()
-    return int.from_bytes(digest, "big") % spread
 
 
 # --------------------------------------------------------------------------- small rules
@@ -385,10 +161,10 @@ def is_online(
     Raises:
         ScheduleError: a naive ``now`` or ``last_seen``.
     """
-    _aware("now", now)
+    check_aware("now", now)
     if last_seen is None:
         return False
-    _aware("last_seen", last_seen)
+    check_aware("last_seen", last_seen)
     return now - last_seen <= timedelta(seconds=within_seconds)
 
 
@@ -500,10 +276,10 @@ def plan_install(
             window length or idle time.
     """
     kind = _update_type(update_type)
-    _aware("now", now)
-    zone = _zone(timezone)
-    _window_time(window_start)
-    _window_seconds(window_seconds)
+    check_aware("now", now)
+    zone = device_zone(timezone)
+    check_window_time(window_start)
+    check_window_seconds(window_seconds)
     _idle_required(idle_seconds)
     offset = window_offset_seconds(device_uuid, window_seconds)
     now_utc = now.astimezone(UTC)
@@ -512,7 +288,7 @@ def plan_install(
 
     length = timedelta(seconds=window_seconds)
     try:
-        start = _latest_window_start(now_utc, zone, window_start)
+        start = latest_window_start(now_utc, zone, window_start)
         if not _slot_ahead(now_utc, start, length, offset):
             start = next_window_start(now_utc, zone.key, window_start)
     except OverflowError:
@@ -558,9 +334,9 @@ def install_times(
         ScheduleError: as :func:`plan_install`.
     """
     kind = _update_type(update_type)
-    _aware("now", now)
-    _window_time(window_start)
-    _window_seconds(window_seconds)
+    check_aware("now", now)
+    check_window_time(window_start)
+    check_window_seconds(window_seconds)
     now_utc = now.astimezone(UTC)
     if kind is UpdateType.INSTANT:
         return [(now_utc, None)] * len(devices)
@@ -571,10 +347,10 @@ def install_times(
     for timezone, device_uuid in devices:
         pair = windows.get(timezone)
         if pair is None:
-            zone = _zone(timezone)
+            zone = device_zone(timezone)
             try:
                 pair = (
-                    _latest_window_start(now_utc, zone, window_start),
+                    latest_window_start(now_utc, zone, window_start),
                     next_window_start(now_utc, zone.key, window_start),
                 )
             except OverflowError:
@@ -584,7 +360,7 @@ def install_times(
         if type(device_uuid) is str and _CANONICAL_UUID.fullmatch(device_uuid):
             text = device_uuid
         else:
-            text = str(_device_uuid(device_uuid))
+            text = str(parse_device_uuid(device_uuid))
         offset = int.from_bytes(hashlib.sha256(text.encode("ascii")).digest(), "big") % spread
         start = pair[0] if _slot_ahead(now_utc, pair[0], length, offset) else pair[1]
         times.append((start + timedelta(seconds=offset), start + length))
@@ -659,22 +435,22 @@ def current_install_plan(
         ScheduleError: as :func:`plan_install`, or a naive ``install_at``/``window_end``.
     """
     kind = _update_type(update_type)
-    _aware("install_at", install_at)
-    _aware("now", now)
-    zone = _zone(timezone)
+    check_aware("install_at", install_at)
+    check_aware("now", now)
+    zone = device_zone(timezone)
     _idle_required(idle_seconds)
     if kind is UpdateType.INSTANT:
         return InstallPlan(
             install_at.astimezone(UTC), None, None, "instant: installs at its next check"
         )
     if window_end is not None:
-        _aware("window_end", window_end)
+        check_aware("window_end", window_end)
         if now < window_end:
             end = window_end.astimezone(UTC)
             slot = install_at.astimezone(UTC)
             # The stored row does not keep its window start; the window length
             # gives it back (or the slot, should the setting have changed since).
-            start = min(slot, end - timedelta(seconds=_window_seconds(window_seconds)))
+            start = min(slot, end - timedelta(seconds=check_window_seconds(window_seconds)))
             return _window_plan(kind, start, end, slot, zone, idle_seconds)
     return plan_install(
         kind,
@@ -750,11 +526,11 @@ def decide_install(
         ScheduleError: a naive ``now`` or directive datetime, or a negative
             ``idle_seconds``.
     """
-    _aware("now", now)
-    install_at = _aware("install_at", directive.install_at)
+    check_aware("now", now)
+    install_at = check_aware("install_at", directive.install_at)
     window_end = directive.window_end
     if window_end is not None:
-        _aware("window_end", window_end)
+        check_aware("window_end", window_end)
     if idle_seconds is not None and (math.isnan(idle_seconds) or idle_seconds < 0):
         raise ScheduleError(
             f"idle time must be a non-negative number of seconds, got {idle_seconds!r}"
@@ -899,11 +675,11 @@ def check_offered_window(directive: InstallDirective) -> str | None:
     """
     if _update_type(directive.update_type) is not UpdateType.SCHEDULED:
         return None
-    install_at = _aware("install_at", directive.install_at)
+    install_at = check_aware("install_at", directive.install_at)
     window_end = directive.window_end
     if window_end is None:
         return "a scheduled offer without a window_end (no maintenance window)"
-    length = (_aware("window_end", window_end) - install_at).total_seconds()
+    length = (check_aware("window_end", window_end) - install_at).total_seconds()
     if length <= 0:
         return (
             f"its window_end {window_end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC is not after "
@@ -1178,10 +954,10 @@ def plan_rollout(
     """
     kind = _update_type(update_type)
     target = Version.parse(version)
-    _aware("now", now)
+    check_aware("now", now)
     plans: list[DevicePlan] = []
     for device in devices:
-        zone = _zone(device.timezone)
+        zone = device_zone(device.timezone)
         running = _parse_or_none(device.current_version)
 
         def plan(gets_row: bool, at: datetime | None, reason: str) -> DevicePlan:

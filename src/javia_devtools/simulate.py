@@ -25,15 +25,18 @@ the server process used (read from ``/proc``; None where there is none).
 
 Load stays on loopback: the simulator only ever talks to the server it
 started. Every loop is bounded by ``timeout_seconds``.
+
+This module sets up and runs a simulation (configuration, server, signed
+package, registration, publish, timing); the devices are
+:mod:`javia_devtools.simulated_fleet` and the report
+:mod:`javia_devtools.simulation_report` (its names are re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
-import os
 import random
 import secrets
 import shutil
@@ -41,20 +44,32 @@ import signal
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import aiohttp
 
 from javia_core.errors import JaviaError
 from javia_core.models import UpdateType
 from javia_core.versioning import Version
+from javia_devtools.simulated_fleet import (
+    API_PREFIX,
+    BASE_VERSION,
+    HTTP_ERRORS,
+    FleetHttp,
+    SimulatedDevice,
+    SimulatedFleet,
+)
+from javia_devtools.simulation_report import (
+    SimulationReport,
+    percentiles,
+    process_cpu_seconds,
+    process_rss_bytes,
+)
 
 __all__ = [
     "BASE_VERSION",
@@ -77,17 +92,11 @@ MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024
 #: Longest heartbeat interval the server accepts (its ``heartbeat_interval_seconds``).
 MAX_HEARTBEAT_SECONDS = 86_400
 
-#: The version every simulated device runs at the start.
-BASE_VERSION = "v1.0.0"
 #: The version the simulator publishes.
 UPDATE_VERSION = "v1.1.0"
 
-_API = "/api/v1"
-_JITTER = 0.1  # fraction of the heartbeat interval, like the agent's default
 _KEEPALIVE_SECONDS = 2.0  # below uvicorn's 5 s keep-alive timeout
 _REQUEST_TIMEOUT_SECONDS = 60.0  # connect, and between two reads of an answer
-_DOWNLOAD_CHUNK_BYTES = 64 * 1024
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class SimulationError(JaviaError):
@@ -153,293 +162,7 @@ class SimulationConfig:
             _check_work_dir(self.work_dir)
 
 
-@dataclass
-class SimulationReport:
-    """What a simulation measured. Durations in seconds, sizes in bytes.
-
-    Attributes:
-        devices: simulated devices.
-        heartbeat_seconds: the heartbeat interval devices were told.
-        register_seconds: registering every device through the admin API.
-        publish_seconds: the publish request (upload + creating device rows).
-        completed: devices that reported ``completed`` in time.
-        server_completed: the server's own count of ``completed`` rows.
-        seconds_to_all_completed: from the publish answer until the last device
-            reported ``completed``; None if not all did.
-        completion_percentiles: per-device seconds to ``completed`` since the
-            publish answer: keys ``p50``, ``p90``, ``p99``, ``max``.
-        requests: requests sent, by kind (heartbeat, status, manifest, ...).
-        errors: failures by kind and cause, e.g. ``"heartbeat: HTTP 500"``.
-        heartbeat_latency_ms: heartbeat round trips in milliseconds (``p50``,
-            ``p99``, ``max``).
-        server_cpu_seconds: CPU the server used from publish to the end (None
-            without ``/proc``).
-        server_cpu_percent: that CPU as a share of one core over the same time.
-        server_rss_bytes: the server's resident memory at the end (None without
-            ``/proc``).
-        simulator_cpu_seconds: CPU this simulator process used over the same
-            time as ``server_cpu_seconds`` (the two share the machine's cores).
-        wall_seconds: the whole run, server start included.
-    """
-
-    devices: int
-    heartbeat_seconds: float
-    register_seconds: float
-    publish_seconds: float
-    completed: int
-    server_completed: int
-    seconds_to_all_completed: float | None
-    completion_percentiles: dict[str, float]
-    requests: dict[str, int]
-    errors: dict[str, int]
-    heartbeat_latency_ms: dict[str, float]
-    server_cpu_seconds: float | None
-    server_cpu_percent: float | None
-    server_rss_bytes: int | None
-    wall_seconds: float
-    simulator_cpu_seconds: float | None = None
-
-    @property
-    def error_count(self) -> int:
-        """All failed requests and verifications."""
-        return sum(self.errors.values())
-
-    @property
-    def succeeded(self) -> bool:
-        """Every device completed, the server agrees, and nothing failed."""
-        return (
-            self.completed == self.devices
-            and self.server_completed == self.devices
-            and self.error_count == 0
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values."""
-        return {**asdict(self), "error_count": self.error_count, "succeeded": self.succeeded}
-
-
-# --------------------------------------------------------------------------- /proc
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds used so far by process ``pid``, from ``/proc/PID/stat``.
-
-    Returns None where ``/proc`` is not available or the process is gone.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces: fields after its closing ')'.
-    fields = data.rsplit(")", 1)[-1].split()
-    try:
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (IndexError, ValueError):
-        return None
-
-
-def process_rss_bytes(pid: int) -> int | None:
-    """Resident set size of process ``pid`` in bytes (``VmRSS``), or None without ``/proc``."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-# --------------------------------------------------------------------------- devices
-
-#: What a failed request raises: aiohttp's errors, and the timeouts (asyncio's
-#: TimeoutError; aiohttp's own timeout errors are ClientError subclasses too).
-_HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
-
-
-@dataclass
-class _Http:
-    """The one HTTP session all devices share, and a gate of as many requests as connections.
-
-    The session's connector holds ``connections`` keep-alive connections. The
-    gate (an asyncio semaphore) serves waiting requests first come, first
-    served; the connector's own ``limit`` alone would not: it hands an idle
-    connection to whichever request asks first, so a device in the middle of
-    an install (six requests in a row) would overtake queued heartbeats.
-    """
-
-    base_url: str
-    session: aiohttp.ClientSession
-    slots: asyncio.Semaphore
-
-    def url(self, path: str) -> str:
-        """``path`` (e.g. a directive's ``/api/v1/...``) resolved against the server's root URL."""
-        return urljoin(self.base_url, path)
-
-
-@dataclass
-class _Device:
-    uuid: str
-    headers: dict[str, str]
-    version: str = BASE_VERSION
-    seen: bool = False
-    completed_at: float | None = None
-
-
-@dataclass
-class _Tally:
-    requests: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    heartbeat_ms: list[float] = field(default_factory=list)
-
-
-class _RequestFailed(Exception):
-    """One request or verification failed; already counted in the tally."""
-
-
-class _Fleet:
-    """The simulated devices, sharing one HTTP session."""
-
-    def __init__(
-        self, http: _Http, devices: list[_Device], keyring: dict[str, Any], rng: random.Random
-    ) -> None:
-        self.http = http
-        self.devices = devices
-        self.keyring = keyring
-        self.rng = rng
-        self.tally = _Tally()
-        self.published_at: float | None = None
-        self.all_seen = asyncio.Event()
-        self.all_completed = asyncio.Event()
-        self._unseen = len(devices)
-        self._incomplete = len(devices)
-
-    async def _call(
-        self, kind: str, method: str, path: str, device: _Device, **kwargs: Any
-    ) -> bytes:
-        """Send one request and read the whole answer; returns its body.
-
-        Raises:
-            _RequestFailed: no answer (counted as ``"KIND: ErrorClass"``) or an
-                HTTP status of 400 or more (counted as ``"KIND: HTTP 500"``).
-        """
-        self.tally.requests[kind] += 1
-        async with self.http.slots:
-            try:
-                async with self.http.session.request(
-                    method, self.http.url(path), headers=device.headers, **kwargs
-                ) as response:
-                    # Reading the whole body (error answers too) hands the
-                    # connection back for the next request.
-                    body = await response.read()
-                    status = response.status
-            except _HTTP_ERRORS as error:
-                self.tally.errors[f"{kind}: {type(error).__name__}"] += 1
-                raise _RequestFailed from None
-        if status >= 400:
-            self.tally.errors[f"{kind}: HTTP {status}"] += 1
-            raise _RequestFailed
-        return body
-
-    async def run_device(self, device: _Device, interval: float) -> None:
-        """Heartbeat forever (until cancelled), installing what the server directs."""
-        await asyncio.sleep(self.rng.uniform(0, interval))
-        while True:
-            with suppress(_RequestFailed):
-                interval = await self._heartbeat(device, interval)
-            await asyncio.sleep(interval * (1 + self.rng.uniform(-_JITTER, _JITTER)))
-
-    async def _heartbeat(self, device: _Device, interval: float) -> float:
-        started = time.perf_counter()
-        body = json.loads(
-            await self._call(
-                "heartbeat",
-                "POST",
-                f"{_API}/devices/{device.uuid}/heartbeat",
-                device,
-                json={"current_version": device.version, "status": "online", "metadata": {}},
-            )
-        )
-        self.tally.heartbeat_ms.append((time.perf_counter() - started) * 1000)
-        if not device.seen:
-            device.seen = True
-            self._unseen -= 1
-            if self._unseen == 0:
-                self.all_seen.set()
-        directive = body.get("update")
-        if directive is not None and directive["version"] != device.version:
-            await self._install(device, directive)
-        return float(body.get("heartbeat_interval_seconds") or interval)
-
-    async def _report(self, device: _Device, update_id: int, status: str) -> None:
-        await self._call(
-            "status",
-            "POST",
-            f"{_API}/devices/{device.uuid}/updates/{update_id}/status",
-            device,
-            json={"status": status},
-        )
-
-    async def _install(self, device: _Device, directive: dict[str, Any]) -> None:
-        from javia_core.manifest import verify_manifest
-
-        update_id = int(directive["update_id"])
-        await self._report(device, update_id, "downloading")
-        manifest_bytes = await self._call("manifest", "GET", directive["manifest_url"], device)
-        signature_bytes = await self._call("signature", "GET", directive["signature_url"], device)
-        try:
-            manifest = verify_manifest(manifest_bytes, signature_bytes, self.keyring)
-        except JaviaError as error:
-            self.tally.errors[f"verify: {type(error).__name__}"] += 1
-            raise _RequestFailed from None
-        digest = hashlib.sha256()
-        size = 0
-        self.tally.requests["download"] += 1
-        async with self.http.slots:
-            try:
-                async with self.http.session.get(
-                    self.http.url(directive["download_url"]), headers=device.headers
-                ) as response:
-                    if response.status >= 400:
-                        await response.read()
-                        self.tally.errors[f"download: HTTP {response.status}"] += 1
-                        raise _RequestFailed
-                    # Streamed like the agent does; a payload longer than the
-                    # manifest says stops the read (and drops that connection).
-                    async for chunk in response.content.iter_chunked(_DOWNLOAD_CHUNK_BYTES):
-                        size += len(chunk)
-                        if size > manifest.archive.size:
-                            break
-                        digest.update(chunk)
-            except _HTTP_ERRORS as error:
-                self.tally.errors[f"download: {type(error).__name__}"] += 1
-                raise _RequestFailed from None
-        if size != manifest.archive.size or digest.hexdigest() != manifest.archive.sha256:
-            self.tally.errors["verify: payload does not match the manifest"] += 1
-            raise _RequestFailed
-        await self._report(device, update_id, "installing")
-        await self._report(device, update_id, "completed")
-        device.version = manifest.version
-        if device.completed_at is None and self.published_at is not None:
-            device.completed_at = time.perf_counter()
-            self._incomplete -= 1
-            if self._incomplete == 0:
-                self.all_completed.set()
-
-
 # --------------------------------------------------------------------------- set-up
-
-
-def _percentiles(values: list[float], names: dict[str, float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    result = {}
-    for name, fraction in names.items():
-        index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-        result[name] = round(ordered[index], 3)
-    return result
 
 
 def _build_package(root: Path, payload_bytes: int) -> tuple[Any, dict[str, Any]]:
@@ -471,11 +194,13 @@ def _build_package(root: Path, payload_bytes: int) -> tuple[Any, dict[str, Any]]
     return package, {key_id_for(public_key): public_key}
 
 
-async def _register(http: _Http, api_key: str, count: int, concurrency: int) -> list[_Device]:
+async def _register(
+    http: FleetHttp, api_key: str, count: int, concurrency: int
+) -> list[SimulatedDevice]:
     slots = asyncio.Semaphore(concurrency)
-    url = http.url(f"{_API}/devices/register")
+    url = http.url(f"{API_PREFIX}/devices/register")
 
-    async def one(index: int) -> _Device:
+    async def one(index: int) -> SimulatedDevice:
         async with slots, http.slots:
             try:
                 async with http.session.post(
@@ -485,13 +210,13 @@ async def _register(http: _Http, api_key: str, count: int, concurrency: int) -> 
                 ) as response:
                     body = await response.read()
                     status = response.status
-            except _HTTP_ERRORS as error:
+            except HTTP_ERRORS as error:
                 raise SimulationError(f"registering device {index} failed: {error!r}") from None
         if status != 201:
             text = body[:300].decode("utf-8", "replace")
             raise SimulationError(f"registering device {index} failed: HTTP {status}: {text}")
         answer = json.loads(body)
-        return _Device(
+        return SimulatedDevice(
             uuid=answer["device_uuid"],
             headers={"Authorization": f"Bearer {answer['device_token']}"},
         )
@@ -636,13 +361,13 @@ async def _simulate(
         limit=config.connections, limit_per_host=0, keepalive_timeout=_KEEPALIVE_SECONDS
     )
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        http = _Http(url, session, asyncio.Semaphore(config.connections))
+        http = FleetHttp(url, session, asyncio.Semaphore(config.connections))
         say(f"registering {config.devices} devices through the admin API")
         started = time.perf_counter()
         devices = await _register(http, api_key, config.devices, config.register_concurrency)
         register_seconds = time.perf_counter() - started
 
-        fleet = _Fleet(http, devices, keyring, rng)
+        fleet = SimulatedFleet(http, devices, keyring, rng)
         tasks = [
             asyncio.create_task(fleet.run_device(device, config.heartbeat_seconds))
             for device in devices
@@ -712,12 +437,10 @@ async def _simulate(
         completed=len(done),
         server_completed=0,
         seconds_to_all_completed=round(max(done), 3) if all_done else None,
-        completion_percentiles=_percentiles(
-            done, {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
-        ),
+        completion_percentiles=percentiles(done, {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}),
         requests=dict(fleet.tally.requests),
         errors=dict(fleet.tally.errors),
-        heartbeat_latency_ms=_percentiles(
+        heartbeat_latency_ms=percentiles(
             fleet.tally.heartbeat_ms, {"p50": 0.5, "p99": 0.99, "max": 1.0}
         ),
         server_cpu_seconds=cpu_seconds,

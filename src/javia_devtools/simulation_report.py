@@ -1,0 +1,128 @@
+"""What ``javia simulate`` measured, and the ``/proc`` readings behind it.
+
+:class:`SimulationReport` holds the run's numbers (durations in seconds,
+sizes in bytes); :func:`process_cpu_seconds` and :func:`process_rss_bytes`
+read a process's CPU time and resident memory from Linux's ``/proc`` (None
+elsewhere); :func:`percentiles` summarises per-device timings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["SimulationReport", "percentiles", "process_cpu_seconds", "process_rss_bytes"]
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass
+class SimulationReport:
+    """What a simulation measured. Durations in seconds, sizes in bytes.
+
+    Attributes:
+        devices: simulated devices.
+        heartbeat_seconds: the heartbeat interval devices were told.
+        register_seconds: registering every device through the admin API.
+        publish_seconds: the publish request (upload + creating device rows).
+        completed: devices that reported ``completed`` in time.
+        server_completed: the server's own count of ``completed`` rows.
+        seconds_to_all_completed: from the publish answer until the last device
+            reported ``completed``; None if not all did.
+        completion_percentiles: per-device seconds to ``completed`` since the
+            publish answer: keys ``p50``, ``p90``, ``p99``, ``max``.
+        requests: requests sent, by kind (heartbeat, status, manifest, ...).
+        errors: failures by kind and cause, e.g. ``"heartbeat: HTTP 500"``.
+        heartbeat_latency_ms: heartbeat round trips in milliseconds (``p50``,
+            ``p99``, ``max``).
+        server_cpu_seconds: CPU the server used from publish to the end (None
+            without ``/proc``).
+        server_cpu_percent: that CPU as a share of one core over the same time.
+        server_rss_bytes: the server's resident memory at the end (None without
+            ``/proc``).
+        simulator_cpu_seconds: CPU this simulator process used over the same
+            time as ``server_cpu_seconds`` (the two share the machine's cores).
+        wall_seconds: the whole run, server start included.
+    """
+
+    devices: int
+    heartbeat_seconds: float
+    register_seconds: float
+    publish_seconds: float
+    completed: int
+    server_completed: int
+    seconds_to_all_completed: float | None
+    completion_percentiles: dict[str, float]
+    requests: dict[str, int]
+    errors: dict[str, int]
+    heartbeat_latency_ms: dict[str, float]
+    server_cpu_seconds: float | None
+    server_cpu_percent: float | None
+    server_rss_bytes: int | None
+    wall_seconds: float
+    simulator_cpu_seconds: float | None = None
+
+    @property
+    def error_count(self) -> int:
+        """All failed requests and verifications."""
+        return sum(self.errors.values())
+
+    @property
+    def succeeded(self) -> bool:
+        """Every device completed, the server agrees, and nothing failed."""
+        return (
+            self.completed == self.devices
+            and self.server_completed == self.devices
+            and self.error_count == 0
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
+        return {**asdict(self), "error_count": self.error_count, "succeeded": self.succeeded}
+
+
+def percentiles(values: list[float], names: dict[str, float]) -> dict[str, float]:
+    """The value at each named fraction of the sorted ``values``, rounded to 3 decimals.
+
+    Nearest rank: ``{"p50": 0.5, "max": 1.0}`` gives the median and the
+    largest value. An empty ``values`` gives ``{}``.
+    """
+    if not values:
+        return {}
+    ordered = sorted(values)
+    result = {}
+    for name, fraction in names.items():
+        index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+        result[name] = round(ordered[index], 3)
+    return result
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process ``pid``, from ``/proc/PID/stat``.
+
+    Returns None where ``/proc`` is not available or the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: fields after its closing ')'.
+    fields = data.rsplit(")", 1)[-1].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` in bytes (``VmRSS``), or None without ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
