@@ -31,7 +31,7 @@ nothing stored can later fail a batch write, a list or a terminal:
   directory.
 
 Rows stored by older versions, before these rules, are made readable by
-:func:`sanitize_json` when read (see :mod:`javia_updates.backends.sql_store`).
+:func:`sanitize_json` when read (see :mod:`javia_updates.backends.sql.engine`).
 
 Pure functions; importable on a device (standard library only).
 """

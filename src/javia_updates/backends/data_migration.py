@@ -51,7 +51,7 @@ from javia_core.errors import BackendError, NotFoundError
 from javia_core.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
 from javia_updates.backends.base import BlobStore
 from javia_updates.backends.schema import Tables, build_tables, default_schema
-from javia_updates.backends.sql_store import _redact, make_engine
+from javia_updates.backends.sql.engine import make_engine, redact_url
 
 __all__ = [
     "PACKAGE_OBJECTS",
@@ -138,19 +138,19 @@ def _require_source(source_url: str) -> None:
         database = url.database or ""
         if database in ("", ":memory:") or not Path(database).expanduser().is_file():
             raise DataMigrationError(
-                f"source database {_redact(source_url)} does not exist: expected the local "
+                f"source database {redact_url(source_url)} does not exist: expected the local "
                 "server's database file, e.g. sqlite:////var/lib/javia-server/javia.db"
             )
     revision = current_revision(source_url)
     head = head_revision()
     if revision is None:
         raise DataMigrationError(
-            f"source database {_redact(source_url)} holds no javia tables (no migration was "
+            f"source database {redact_url(source_url)} holds no javia tables (no migration was "
             "applied): check --from"
         )
     if revision != head:
         raise DataMigrationError(
-            f"source database {_redact(source_url)} is at migration {revision}, this javia "
+            f"source database {redact_url(source_url)} is at migration {revision}, this javia "
             f"writes {head}: bring the source up to date first (javia db upgrade with "
             "JAVIA_DATABASE_URL set to the source), then copy again"
         )
@@ -171,7 +171,7 @@ def table_counts(engine: Engine) -> dict[str, int]:
             }
     except SQLAlchemyError as error:
         raise BackendError(
-            f"cannot count the rows of {_redact(str(engine.url))}: {error}"
+            f"cannot count the rows of {redact_url(str(engine.url))}: {error}"
         ) from None
 
 
@@ -407,12 +407,12 @@ def migrate_data(
     say = progress or _quiet
     if _same_database(source_url, target_url):
         raise DataMigrationError(
-            f"source and target are the same database ({_redact(source_url)}): --to must name "
+            f"source and target are the same database ({redact_url(source_url)}): --to must name "
             "another, empty database"
         )
     _require_source(source_url)
     upgrade_serialized(target_url)
-    say(f"target database {_redact(target_url)} is at the newest migration")
+    say(f"target database {redact_url(target_url)} is at the newest migration")
 
     source_engine = make_engine(source_url)
     target_engine = make_engine(target_url)
@@ -420,7 +420,7 @@ def migrate_data(
         present = table_counts(target_engine)
         if any(present.values()):
             raise DataMigrationError(
-                f"target database {_redact(target_url)} already holds {_describe_counts(present)}: "
+                f"target database {redact_url(target_url)} already holds {_describe_counts(present)}: "
                 "migrate-data copies into an empty javia database only, so that every id stays "
                 "the same; point --to at a new database (or, if it holds nothing you need, drop "
                 "javia's tables there: DROP SCHEMA javia CASCADE on PostgreSQL) and run it again"
@@ -451,13 +451,13 @@ def migrate_data(
                     result.rows.update(rows)
         except SQLAlchemyError as error:
             raise BackendError(
-                f"copying {_redact(source_url)} to {_redact(target_url)} failed, the target "
+                f"copying {redact_url(source_url)} to {redact_url(target_url)} failed, the target "
                 f"database is unchanged: {str(getattr(error, 'orig', error)).splitlines()[0][:300]}"
             ) from None
         copied = table_counts(target_engine)
         if copied != result.rows:  # pragma: no cover - a concurrent writer on the target
             raise DataMigrationError(
-                f"target database {_redact(target_url)} holds {_describe_counts(copied)} after the "
+                f"target database {redact_url(target_url)} holds {_describe_counts(copied)} after the "
                 f"copy, expected {_describe_counts(result.rows)}: was a server writing to it?"
             )
         return result

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from javia_core.errors import BackendError
-from javia_updates.backends.sql_store import _redact, make_engine
+from javia_updates.backends.sql.engine import make_engine, redact_url
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -170,7 +170,7 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as error:
             raise BackendError(
-                f"cannot connect to database {_redact(database_url)}: {_first_line(error)}"
+                f"cannot connect to database {redact_url(database_url)}: {_first_line(error)}"
             ) from None
         with connection:
             _lock(connection, database_url)
@@ -194,12 +194,12 @@ def _lock(connection: Connection, database_url: str) -> None:
     except DBAPIError as error:
         if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
             raise BackendError(
-                f"cannot migrate database {_redact(database_url)}: another javia process has "
+                f"cannot migrate database {redact_url(database_url)}: another javia process has "
                 f"held the migration lock for {MIGRATION_LOCK_TIMEOUT_SECONDS} s; look for a "
                 "stuck `javia db upgrade` or server start"
             ) from None
         raise BackendError(
-            f"cannot migrate database {_redact(database_url)}: {_first_line(error)}"
+            f"cannot migrate database {redact_url(database_url)}: {_first_line(error)}"
         ) from None
 
 

@@ -2,7 +2,7 @@
 
 Zero set-up for one server: ``<data_dir>/javia.db`` and ``<data_dir>/packages``.
 ``database_url`` may point the same code at PostgreSQL (SQLAlchemy Core, see
-:mod:`javia_updates.backends.sql_store`), with packages still on local disk.
+:mod:`javia_updates.backends.sql`), with packages still on local disk.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from javia_updates.backends.base import Backend, register_backend
 from javia_updates.backends.database import normalize_database_url, upgrade_serialized
 from javia_updates.backends.files import FileBlobStore
-from javia_updates.backends.sql_store import SQLStore, make_engine
+from javia_updates.backends.sql import SQLStore, make_engine
 
 if TYPE_CHECKING:
     from javia_updates.settings import ServerSettings

@@ -3,7 +3,7 @@
 Metadata lives in the project's PostgreSQL database, in the ``javia`` schema
 (out of reach of Supabase's public data API, which serves ``public``), through
 the same SQLAlchemy Core store as the ``local`` backend
-(:class:`~javia_updates.backends.sql_store.SQLStore`). Packages live in a
+(:class:`~javia_updates.backends.sql.SQLStore`). Packages live in a
 private Storage bucket (:class:`~javia_updates.backends.supabase_storage.SupabaseStorageBlobStore`).
 No server replica keeps state of its own, so any number of them can run
 behind a load balancer (docs/backends.md).
@@ -47,7 +47,8 @@ from javia_core.settings_sources import EnvOverTomlSettings
 from javia_updates.backends.base import Backend, register_backend
 from javia_updates.backends.database import normalize_database_url, upgrade_serialized
 from javia_updates.backends.schema import POSTGRES_SCHEMA
-from javia_updates.backends.sql_store import SQLStore, _redact, make_engine
+from javia_updates.backends.sql import SQLStore, make_engine
+from javia_updates.backends.sql.engine import redact_url
 from javia_updates.backends.supabase_storage import (
     DEFAULT_BUCKET,
     DEFAULT_SIGNED_URL_SECONDS,
@@ -196,7 +197,7 @@ class SupabaseBackend(Backend):
         if make_url(database_url).get_backend_name() != "postgresql":
             raise BackendError(
                 f"the supabase backend keeps its metadata in Supabase's PostgreSQL, but "
-                f"database_url is {_redact(database_url)}: expected e.g. {_URL_EXAMPLE}"
+                f"database_url is {redact_url(database_url)}: expected e.g. {_URL_EXAMPLE}"
             )
         supabase = SupabaseSettings.for_server(settings)
         blobs = supabase.blob_store(Path(settings.data_dir).expanduser() / "uploads")

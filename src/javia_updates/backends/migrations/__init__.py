@@ -76,7 +76,7 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
         BackendError: the database cannot be reached or a migration fails; the
             message names the database (without its password).
     """
-    from javia_updates.backends.sql_store import _redact
+    from javia_updates.backends.sql.engine import redact_url
 
     try:
         if database_url.startswith("sqlite:///"):
@@ -85,7 +85,7 @@ def upgrade(database_url: str, *, schema: str | None = None, revision: str = "he
                 database_path.parent.mkdir(parents=True, exist_ok=True)
         command.upgrade(alembic_config(database_url, schema=schema), revision)
     except (SQLAlchemyError, OSError) as error:
-        raise BackendError(f"cannot migrate database {_redact(database_url)}: {error}") from None
+        raise BackendError(f"cannot migrate database {redact_url(database_url)}: {error}") from None
 
 
 def offline_sql(database_url: str, *, schema: str | None = None, revision: str = "head") -> str:
@@ -115,7 +115,7 @@ def current_revision(database_url: str, *, schema: str | None = None) -> str | N
     Raises:
         BackendError: the database cannot be reached.
     """
-    from javia_updates.backends.sql_store import _redact, make_engine
+    from javia_updates.backends.sql.engine import make_engine, redact_url
 
     schema = _schema_for(database_url, schema)
     engine = make_engine(database_url)
@@ -124,6 +124,6 @@ def current_revision(database_url: str, *, schema: str | None = None) -> str | N
             options = {"version_table_schema": schema} if schema else {}
             return MigrationContext.configure(connection, opts=options).get_current_revision()
     except SQLAlchemyError as error:
-        raise BackendError(f"cannot read database {_redact(database_url)}: {error}") from None
+        raise BackendError(f"cannot read database {redact_url(database_url)}: {error}") from None
     finally:
         engine.dispose()

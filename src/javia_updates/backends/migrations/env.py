@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from javia_updates.backends.schema import build_tables
-from javia_updates.backends.sql_store import make_engine
+from javia_updates.backends.sql import make_engine
 
 config = context.config
 # Run by hand (`alembic -c .../alembic.ini -x url=sqlite:///javia.db upgrade head`)
