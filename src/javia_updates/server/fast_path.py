@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from javia_core.errors import JaviaError
 from javia_core.models import HeartbeatRequest
 from javia_updates.server.limits import HeartbeatRateLimiter
-from javia_updates.service import API_PREFIX, UpdateService, WriteNeeded
+from javia_updates.service import API_PREFIX, UpdateService
 
 __all__ = ["ADMITTED_SCOPE_KEY", "HeartbeatFastPath"]
 
@@ -147,8 +147,10 @@ class HeartbeatFastPath:
         if self.limiter.acquire(device.id, now) is not None:
             return None  # nothing taken: the route answers 429 with Retry-After
         try:
-            response = service.heartbeat(device, report, now=now, allow_writes=False)
-        except (WriteNeeded, JaviaError):
+            response = service.heartbeat_without_writes(device, report, now=now)
+        except JaviaError:
+            response = None
+        if response is None:
             scope[ADMITTED_SCOPE_KEY] = True  # this heartbeat was counted already
             return None
         return response.model_dump_json().encode("utf-8")

@@ -399,7 +399,6 @@ class UpdateService:
         request: HeartbeatRequest,
         *,
         now: datetime,
-        allow_writes: bool = True,
     ) -> HeartbeatResponse:
         """Record a heartbeat and answer with the server's clock and any install directive.
 
@@ -416,14 +415,28 @@ class UpdateService:
             device: the authenticated device.
             request: what it reported.
             now: the server's clock.
-            allow_writes: False to answer only if no database write is needed
-                (the event loop's fast path); otherwise :class:`WriteNeeded`.
 
         Raises:
             InvalidRequestError: the metadata is too large or not plain JSON.
-            WriteNeeded: ``allow_writes`` is False and a row must be written.
         """
-        return self._heartbeats.heartbeat(device, request, now=now, allow_writes=allow_writes)
+        return self._heartbeats.heartbeat(device, request, now=now)
+
+    def heartbeat_without_writes(
+        self, device: DeviceRecord, request: HeartbeatRequest, *, now: datetime
+    ) -> HeartbeatResponse | None:
+        """:meth:`heartbeat` if it needs no database write (the event loop's answer), else None.
+
+        None means nothing was written or queued: answer with :meth:`heartbeat`
+        off the event loop (a row must be reconciled, superseded or re-planned).
+
+        Raises:
+            InvalidRequestError: the metadata is too large or not plain JSON.
+        """
+        try:
+            with self.records.without_writes():
+                return self._heartbeats.heartbeat(device, request, now=now)
+        except WriteNeeded:
+            return None
 
     def check_update(self, device: DeviceRecord, *, now: datetime) -> UpdateCheckResponse:
         """The pending update of ``device`` and when it may install (reconciles like a heartbeat)."""

@@ -39,9 +39,11 @@ DOCUMENT_CACHE_SIZE = 64
 
 
 class WriteNeeded(Exception):
-    """Raised by :meth:`UpdateService.heartbeat` with ``allow_writes=False`` when
-    answering needs a database write (a reconciled, superseded or re-planned
-    row): the caller retries with writes allowed, off the event loop."""
+    """A row write was attempted inside :meth:`FleetRecords.without_writes`.
+
+    Raised before anything is written or queued (a reconciled, superseded or
+    re-planned row); :meth:`UpdateService.heartbeat_without_writes` turns it
+    into None and the caller answers again off the event loop."""
 
 
 class DamagedPackageError(BackendError):

@@ -37,7 +37,6 @@ from javia_updates.backends.base import (
 from javia_updates.service.common import (
     API_PREFIX,
     MAX_METADATA_BYTES,
-    WriteNeeded,
     check_metadata,
     version_or_none,
 )
@@ -66,7 +65,6 @@ class Heartbeats:
         request: HeartbeatRequest,
         *,
         now: datetime,
-        allow_writes: bool = True,
     ) -> HeartbeatResponse:
         """See :meth:`javia_updates.service.UpdateService.heartbeat`."""
         try:
@@ -85,7 +83,7 @@ class Heartbeats:
             metadata=metadata,
             updated_at=now,
         )
-        directive = self.directive_for(current, now, allow_writes=allow_writes)
+        directive = self.directive_for(current, now)
         self.records.record_heartbeat(current, now)
         return HeartbeatResponse(
             server_time=now,
@@ -107,20 +105,14 @@ class Heartbeats:
         )
 
     # ------------------------------------------------------------------ the rules
-    def directive_for(
-        self, device: DeviceRecord, now: datetime, *, allow_writes: bool = True
-    ) -> InstallDirective | None:
+    def directive_for(self, device: DeviceRecord, now: datetime) -> InstallDirective | None:
         """Reconcile ``device``'s rows (module docstring) and return its directive, if any.
 
         Raises:
-            WriteNeeded: ``allow_writes`` is False and a row must be written.
+            WriteNeeded: a row must be written inside
+                :meth:`~javia_updates.service.records.FleetRecords.without_writes`.
         """
         running = version_or_none(device.current_version)
-
-        def writing() -> None:
-            if not allow_writes:
-                raise WriteNeeded
-            self.records.rows_changing(device)
 
         def load() -> list[DeviceUpdateRecord]:
             return self.store.list_device_updates(device_id=device.id).items
@@ -130,8 +122,8 @@ class Heartbeats:
         # 1. Reconciliation: the newest update meant for this device, if it has no row.
         newest = self.records.newest_targeting(device, running)
         if newest is not None and all(row.update_id != newest.id for row in rows):
-            writing()
-            self.store.add_device_update(
+            self.records.add_row(
+                device,
                 newest.id,
                 self._new_row(newest.update_type, device, now),
                 now=now,
@@ -155,7 +147,6 @@ class Heartbeats:
             if row.status is not UpdateStatus.PENDING:
                 continue
             if running is not None and Version.parse(row.version) <= running:
-                writing()
                 self._supersede(row, device, f"device already runs {running}", now)
             else:
                 live.append(row)
@@ -191,8 +182,8 @@ class Heartbeats:
         )
         timing = (kind, plan.install_at, plan.window_end)
         if timing != (winner.install_type, winner.scheduled_for, winner.window_end):
-            writing()
-            still_pending = self.store.reschedule(
+            still_pending = self.records.reschedule_row(
+                device,
                 winner.id,
                 install_type=kind,
                 scheduled_for=plan.install_at,
@@ -204,7 +195,6 @@ class Heartbeats:
                 return None
         for row in live:
             if row.id != winner.id:
-                writing()
                 self._supersede(row, device, f"superseded by {winner.version}", now)
         return self._directive(winner, rows, running)
 
@@ -225,7 +215,8 @@ class Heartbeats:
     def _supersede(
         self, row: DeviceUpdateRecord, device: DeviceRecord, reason: str, now: datetime
     ) -> None:
-        self.store.transition(
+        self.records.transition_row(
+            device,
             row.id,
             UpdateStatus.SUPERSEDED,
             now=now,

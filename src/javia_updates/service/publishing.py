@@ -37,6 +37,7 @@ from javia_updates.backends.base import (
     PublishTarget,
     Store,
 )
+from javia_updates.package_archive import sha256_of
 from javia_updates.service import views
 from javia_updates.service.common import (
     InvalidRequestError,
@@ -48,7 +49,6 @@ from javia_updates.settings import ServerSettings
 
 __all__ = ["PackageUpload", "Publishing", "refuse_unpublishable"]
 
-_HASH_CHUNK = 1024 * 1024
 
 _publish_log = logging.getLogger("javia.server.publish")
 
@@ -102,16 +102,6 @@ def refuse_unpublishable(store: Store, text: str, version: Version) -> None:
             f"{version} is lower than {highest}, already published: publish a higher "
             "version (a rollback is a roll-forward: republish the old content as a new version)"
         )
-
-
-def _file_size_and_sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 class Publishing:
@@ -288,7 +278,7 @@ class Publishing:
             size, sha256 = upload.payload_size, upload.payload_sha256
         else:
             try:
-                size, sha256 = _file_size_and_sha256(payload_path)
+                sha256, size = sha256_of(payload_path)
             except OSError as error:
                 raise PackageError(f"cannot read the payload: {error.strerror}") from None
         expected = manifest.archive

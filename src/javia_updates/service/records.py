@@ -4,33 +4,43 @@
 path's in-memory caches (:mod:`javia_updates.backends.cache`), the batched
 writer of heartbeat soft state (:mod:`javia_updates.backends.soft_state`) and
 the cache of package documents. The rule modules ask it for a device, its
-rows or the newest update meant for it, and tell it what they changed; which
-answer comes from memory, when the cache is dropped and when soft state is
-written is decided here alone. Writes that are rules (a transition, a
-reconciled row) still go to :attr:`FleetRecords.store`.
+rows or the newest update meant for it, and write a device's rows through it
+(:meth:`FleetRecords.add_row`, :meth:`FleetRecords.transition_row`,
+:meth:`FleetRecords.reschedule_row`); which answer comes from memory, when the
+cache is dropped, when soft state is written and whether a write may happen
+at all (:meth:`FleetRecords.without_writes`, the event loop's heartbeat) is
+decided here alone, so a rule reads as plain reads and writes.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
-from javia_core.models import UpdateStatus
+from javia_core.models import UpdateStatus, UpdateType
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
+    AuditEntry,
     DeviceRecord,
     DeviceUpdateRecord,
     HeartbeatWrite,
+    NewDeviceUpdate,
     Store,
     TransitionResult,
     UpdateRecord,
 )
 from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS, DeviceCache, UpdateCatalog
 from javia_updates.backends.soft_state import SoftStateWriter
-from javia_updates.service.common import DOCUMENT_CACHE_SIZE
+from javia_updates.service.common import DOCUMENT_CACHE_SIZE, WriteNeeded
 from javia_updates.settings import ServerSettings
 
 __all__ = ["FleetRecords"]
+
+#: True while the caller answers without database writes (:meth:`FleetRecords.without_writes`).
+_READ_ONLY: ContextVar[bool] = ContextVar("javia_read_only_answer", default=False)
 
 
 class FleetRecords:
@@ -154,9 +164,90 @@ class FleetRecords:
                 return row
         return self.store.get_device_update(device.id, update_id)
 
-    def rows_changing(self, device: DeviceRecord) -> None:
-        """``device``'s rows are about to be written: its cached rows are dropped."""
+    # ------------------------------------------------------------------ row writes
+    @contextmanager
+    def without_writes(self) -> Iterator[None]:
+        """Within this block a row write raises :class:`WriteNeeded` before touching anything.
+
+        The event loop answers the ordinary heartbeat this way (no thread hop);
+        a heartbeat that must reconcile, supersede or re-plan a row is answered
+        again off the event loop. A context variable, so it holds for this
+        call only, whatever else runs on the loop or in threads.
+        """
+        token = _READ_ONLY.set(True)
+        try:
+            yield
+        finally:
+            _READ_ONLY.reset(token)
+
+    def _rows_changing(self, device: DeviceRecord) -> None:
+        if _READ_ONLY.get():
+            raise WriteNeeded
         self.cache.forget_rows(device.id)
+
+    def add_row(
+        self,
+        device: DeviceRecord,
+        update_id: int,
+        row: NewDeviceUpdate,
+        *,
+        now: datetime,
+        audit: AuditEntry,
+    ) -> None:
+        """Create ``device``'s row for ``update_id`` (:meth:`Store.add_device_update`).
+
+        Raises:
+            WriteNeeded: inside :meth:`without_writes`.
+        """
+        self._rows_changing(device)
+        self.store.add_device_update(update_id, row, now=now, audit=audit)
+
+    def transition_row(
+        self,
+        device: DeviceRecord,
+        row_id: int,
+        status: UpdateStatus,
+        *,
+        now: datetime,
+        error_message: str | None,
+        audit: AuditEntry,
+    ) -> TransitionResult:
+        """Move ``device``'s row ``row_id`` to ``status`` (:meth:`Store.transition`).
+
+        Raises:
+            WriteNeeded: inside :meth:`without_writes`.
+        """
+        self._rows_changing(device)
+        return self.store.transition(
+            row_id, status, now=now, error_message=error_message, audit=audit
+        )
+
+    def reschedule_row(
+        self,
+        device: DeviceRecord,
+        row_id: int,
+        *,
+        install_type: UpdateType,
+        scheduled_for: datetime,
+        window_end: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Re-plan ``device``'s pending row ``row_id`` (:meth:`Store.reschedule`).
+
+        Returns:
+            True if the row was still pending and was re-planned.
+
+        Raises:
+            WriteNeeded: inside :meth:`without_writes`.
+        """
+        self._rows_changing(device)
+        return self.store.reschedule(
+            row_id,
+            install_type=install_type,
+            scheduled_for=scheduled_for,
+            window_end=window_end,
+            now=now,
+        )
 
     def row_reported(self, device: DeviceRecord, result: TransitionResult) -> None:
         """A device's status report was applied to the store (``result``): cache it."""

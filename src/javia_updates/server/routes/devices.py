@@ -37,7 +37,7 @@ from javia_updates.server.auth import (
 from javia_updates.server.fast_path import ADMITTED_SCOPE_KEY
 from javia_updates.server.limits import limit_heartbeat
 from javia_updates.server.schemas import DevicePage, DeviceUpdatePage
-from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService, WriteNeeded
+from javia_updates.service import MAX_DATABASE_INTEGER, UpdateService
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -150,10 +150,7 @@ async def heartbeat(
     report = body or HeartbeatRequest()
     answer: HeartbeatResponse | None = None
     if service.store.local_reads:
-        try:
-            answer = service.heartbeat(device, report, now=now, allow_writes=False)
-        except WriteNeeded:
-            answer = None
+        answer = service.heartbeat_without_writes(device, report, now=now)
     if answer is None:
         answer = await run_in_threadpool(service.heartbeat, device, report, now=now)
     return Response(answer.model_dump_json(), media_type="application/json")
