@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +34,15 @@ from javia_core.rollouts import (
     post_install_regression,
     rollout_at_publish,
 )
+from javia_core.rollouts.states import markdown_table
 
 NOW = datetime(2027, 6, 10, 12, 0, tzinfo=UTC)
+DOC = Path(__file__).resolve().parents[1] / "docs" / "rollouts.md"
+TABLE_START = (
+    "<!-- rollout-table: generated from javia_core.rollouts.states.markdown_table(); "
+    "a test keeps it in step -->\n"
+)
+TABLE_END = "<!-- /rollout-table -->"
 S, E = RolloutState, RolloutEvent
 
 
@@ -156,6 +164,16 @@ def test_each_release_has_its_own_first_percent() -> None:
 
 
 # --------------------------------------------------------------------------- states
+
+
+def test_the_docs_table_is_the_code_table() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert TABLE_START in text and TABLE_END in text
+    documented = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    assert documented == markdown_table(), (
+        "docs/rollouts.md's state table differs from javia_core.rollouts.states.TRANSITIONS: "
+        "paste markdown_table()'s output between the rollout-table markers"
+    )
 
 
 def test_approve_starts_an_awaiting_rollout_and_offers_begin() -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "RolloutState",
     "apply_event",
     "device_may_start",
+    "markdown_table",
     "rollout_at_publish",
 ]
 
@@ -249,6 +250,32 @@ def apply_event(
     return replace(
         rollout, state=move.next, halt_reason=reason, awaiting_phase_approval=waits
     ), True
+
+
+def markdown_table() -> str:
+    """:data:`TRANSITIONS` as a Markdown grid, states by events (docs/rollouts.md holds it verbatim).
+
+    A cell is ``→ state`` (the rollout moves), ``next phase``, ``next phase if
+    waiting`` (approve), ``no-op`` (idempotent success) or ``refused``.
+    """
+    cells = {
+        Effect.NEXT_PHASE: "next phase",
+        Effect.APPROVE_PHASE: "next phase if waiting",
+        Effect.STAY: "no-op",
+        Effect.REFUSE: "refused",
+    }
+    events = list(RolloutEvent)
+    lines = [
+        "| state | " + " | ".join(f"`{event}`" for event in events) + " |",
+        "|---" * (len(events) + 1) + "|",
+    ]
+    for state in RolloutState:
+        row = []
+        for event in events:
+            move = TRANSITIONS[(state, event)]
+            row.append(f"→ `{move.next}`" if move.effect is Effect.ENTER else cells[move.effect])
+        lines.append(f"| `{state}` | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def device_may_start(state: RolloutState, device_phase: int, open_phase: int) -> bool:
