@@ -63,7 +63,8 @@ def phase_gate(
        for scheduled updates, the maintenance window has not closed: WAIT with
        ``opens_at``. Else ADVANCE.
 
-    The halt itself is :func:`halt_decision` over the whole rollout, asked first.
+    The halt itself is :func:`~javia_core.rollouts.health.halt_decision` over the
+    whole rollout, asked first.
 
     Args:
         policy: the rollout's policy.
@@ -85,6 +86,7 @@ def phase_gate(
     """
     check_aware("now", now)
     check_aware("first_completed_at", first_completed_at)
+    check_aware("window_closed_at", window_closed_at)
     count = len(policy.phases)
     if not 0 <= phase < count:
         raise RolloutError(f"phase index {phase} is outside the policy's {count} phases")
