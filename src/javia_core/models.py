@@ -384,6 +384,58 @@ class DeviceOut(BaseModel):
     token_revoked_at: datetime | None = Field(
         default=None, description="when the device's token was revoked (UTC); None: not revoked"
     )
+    tags: list[str] = Field(default_factory=list, description="operator tags, sorted")
+
+
+#: A device tag (``kitchen``, ``canary``, ``beta-2``): lower case, digits, ``.``, ``_``, ``-``.
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+#: At most this many tags per device, and per publish.
+MAX_TAGS = 32
+
+
+def check_tag(value: object) -> str:
+    """``value`` as a tag, or ValueError naming the expected form (docs/rollouts.md, tags).
+
+    Raises:
+        ValueError: not a string of 1-32 characters ``[a-z0-9][a-z0-9._-]*``.
+    """
+    if not isinstance(value, str) or TAG_PATTERN.fullmatch(value) is None:
+        shown = repr(value)[:40]
+        raise ValueError(
+            f"tag {shown} is not valid: 1-32 characters, lower-case letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (e.g. kitchen, beta-2)"
+        )
+    return value
+
+
+def check_tags(values: object) -> list[str]:
+    """A list of tags, de-duplicated and sorted; ValueError naming the first bad one or too many."""
+    if not isinstance(values, list | tuple):
+        raise ValueError("tags must be a list of strings")
+    tags = sorted({check_tag(value) for value in values})
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"{len(tags)} tags: at most {MAX_TAGS} are allowed")
+    return tags
+
+
+class ApplicationHealth(_Model):
+    """How the device application has fared since the running release became current.
+
+    Sent by the agent in every heartbeat (``HeartbeatRequest.application``);
+    the server uses it to find post-install regressions during a rollout's
+    soak (docs/rollouts.md, halt).
+
+    Attributes:
+        restarts: times the application was restarted (crashed, was killed or
+            exited and was started again) since the release became current; >= 0.
+        last_exit_status: the application's last exit: its exit code, or minus
+            the signal number that ended it; None if it has not exited.
+        running: whether it runs now.
+    """
+
+    restarts: int = Field(default=0, ge=0, le=MAX_ID)
+    last_exit_status: int | None = Field(default=None, ge=-128, le=255)
+    running: bool = True
 
 
 class HeartbeatRequest(_Model):
@@ -398,6 +450,9 @@ class HeartbeatRequest(_Model):
     current_version: str | None = Field(default=None, description="vX.Y.Z the device runs")
     status: DeviceStatus = DeviceStatus.ONLINE
     metadata: dict[str, Any] = Field(default_factory=dict)
+    application: ApplicationHealth | None = Field(
+        default=None, description="the application's restarts and last exit (post-install health)"
+    )
 
     _version = field_validator("current_version")(_check_version)
 
@@ -552,6 +607,121 @@ class StatusReportResult(BaseModel):
     changed: bool = Field(strict=True)
 
 
+class RolloutState(StrEnum):
+    """Where a rollout stands (DESIGN.md section 9; the rules in :mod:`javia_core.rollouts`)."""
+
+    AWAITING_APPROVAL = "awaiting_approval"  # offers nothing until approved
+    ACTIVE = "active"  # offers to the devices of its open phases
+    PAUSED = "paused"  # offers nothing; installs in flight finish
+    HALTED = "halted"  # the failure threshold was crossed; offers nothing
+    CANCELLED = "cancelled"  # not-started rows cancelled; never offers again
+    COMPLETED = "completed"  # every phase open and every targeted device finished
+
+
+class Cohort(BaseModel):
+    """Health of a group of devices (the A/B view of ``javia updates show``).
+
+    Attributes:
+        devices: devices in the group.
+        finished: of those, how many finished installing (completed, failed, rolled back).
+        failed: installs that failed.
+        rolled_back: installs that rolled back.
+        regressions: devices that completed, then went silent or crashed within the soak.
+        silent: devices not heard from for more than three heartbeat intervals.
+        failure_rate: (failed + rolled_back + regressions) / finished, in percent; 0 if none finished.
+    """
+
+    devices: int = 0
+    finished: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+    regressions: int = 0
+    silent: int = 0
+    failure_rate: float = 0.0
+
+
+class RolloutHealth(BaseModel):
+    """The exposed cohort (devices that started this update) against the devices still on
+    the previous version."""
+
+    exposed: Cohort = Field(default_factory=Cohort)
+    previous: Cohort = Field(default_factory=Cohort)
+
+
+class RolloutOut(BaseModel):
+    """One update's rollout as operators see it (docs/rollouts.md).
+
+    Attributes:
+        state: where it stands.
+        phase: index of the open phase (phases ``0..phase`` are open).
+        phases: cumulative percentages, e.g. ``[1, 10, 50, 100]``.
+        phase_opened_at: when the open phase opened (UTC).
+        phase_soak_seconds: how long a phase must stay healthy before the next opens.
+        halt_failure_rate: percent of finished devices failing that halts the rollout.
+        halt_min_devices: finished devices needed before the halt rule applies.
+        require_approval: the rollout waited (or waits) for ``approve`` to start.
+        phase_approval: each next phase waits for ``approve`` instead of the soak alone.
+        awaiting_phase_approval: the open phase passed its gate and waits for ``approve``.
+        halt_reason: why it halted, if it did.
+        target_tags: tags the publish targeted (a device with any of them), or None.
+        phase_counts: per phase, devices per status (``{"completed": 3, ...}``).
+        health: the exposed cohort against the devices on the previous version.
+    """
+
+    state: RolloutState
+    phase: int
+    phases: list[int]
+    phase_opened_at: datetime | None = None
+    phase_soak_seconds: int
+    halt_failure_rate: float
+    halt_min_devices: int
+    require_approval: bool = False
+    phase_approval: bool = False
+    awaiting_phase_approval: bool = False
+    halt_reason: str | None = None
+    target_tags: list[str] | None = None
+    phase_counts: list[dict[str, int]] = Field(default_factory=list)
+    health: RolloutHealth = Field(default_factory=RolloutHealth)
+
+
+class RolloutCommand(_Model):
+    """Body of ``POST /api/v1/updates/{reference}/{pause,resume,cancel,approve,advance}``.
+
+    ``reason``: the operator's words for the audit log (one line, at most 500 characters).
+    """
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DeviceTagsChange(_Model):
+    """Body of ``POST /api/v1/devices/{uuid}/tags``: tags to add and to remove."""
+
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+    @field_validator("add", "remove")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return check_tags(value)
+
+
+class RevertSource(BaseModel):
+    """``GET /api/v1/updates/{reference}/revert-source``: what a revert would roll forward to.
+
+    Attributes:
+        bad_version: the version being reverted.
+        healthy_version: the highest earlier version that completed on the
+            affected devices and was not halted or cancelled.
+        healthy_update_id: its update id (its package is downloaded and re-signed).
+        devices: the devices running the bad version.
+    """
+
+    bad_version: str
+    healthy_version: str
+    healthy_update_id: int
+    devices: list[uuid.UUID]
+
+
 class UpdateOut(BaseModel):
     """A published update as operators see it, with per-status device counts."""
 
@@ -567,6 +737,7 @@ class UpdateOut(BaseModel):
     key_id: str
     targets: list[uuid.UUID] | None = Field(default=None, description="None: every device")
     status_counts: dict[str, int] = Field(default_factory=dict)
+    rollout: RolloutOut | None = None
 
 
 class DeviceUpdateOut(BaseModel):
@@ -608,6 +779,7 @@ class PlanEntry(BaseModel):
     install_at_utc: datetime | None
     install_at_local: datetime | None
     reason: str
+    phase: int | None = Field(default=None, description="the device's rollout phase index")
 
 
 class EnrollmentTokenOut(BaseModel):

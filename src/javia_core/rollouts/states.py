@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
-from javia_core.models import UpdateType
+from javia_core.models import RolloutState, UpdateType
 from javia_core.rollouts.policy import RolloutError, RolloutPolicy, RolloutStateError
 
 __all__ = [
@@ -27,17 +27,6 @@ __all__ = [
     "markdown_table",
     "rollout_at_publish",
 ]
-
-
-class RolloutState(StrEnum):
-    """Where a rollout stands (``javia updates show`` → ``rollout.state``)."""
-
-    AWAITING_APPROVAL = "awaiting_approval"  # offers nothing until approved
-    ACTIVE = "active"  # offers to the devices of its open phases
-    PAUSED = "paused"  # offers nothing; installs in flight finish
-    HALTED = "halted"  # the failure threshold was crossed; offers nothing
-    CANCELLED = "cancelled"  # not-started rows cancelled; never offers again
-    COMPLETED = "completed"  # every phase open and every targeted device finished
 
 
 class RolloutEvent(StrEnum):
