@@ -82,8 +82,9 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
 ):
     devices = _provision(fleet, app_dir, [("utc", "UTC"), ("abidjan", "Africa/Abidjan")])
     pids = {d.name: d.app_status()["pid"] for d in devices}
-    # The operator moves the maintenance window: it now opens 12 s from now and lasts 36 s.
-    opens = (datetime.now(UTC) + timedelta(seconds=12)).replace(microsecond=0)
+    # The operator moves the maintenance window: it now opens 20 s from now (room for a restart
+    # and a publish on a loaded machine) and lasts 36 s.
+    opens = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)
     fleet.restart_server(
         extra_env={
             "JAVIA_WINDOW_START": opens.strftime("%H:%M:%S"),
