@@ -45,6 +45,8 @@ BENCHMARKS = [
     # 10,000 devices: about 4 min here (docs/benchmarks.md, "Rollouts").
     ("fleet", "bench_fleet.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 540),
     ("downtime", "bench_downtime.py", [], 180),
+    # Issue 12: heartbeats and the idle agent beside the previous main (a git worktree).
+    ("baseline", "bench_baseline.py", [], 480),
 ]
 
 SUMMARY_HEADER = (
