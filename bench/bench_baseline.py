@@ -110,7 +110,8 @@ def _git(*args: str) -> str:
     except FileNotFoundError:
         raise BaselineUnavailable("git is not installed") from None
     if completed.returncode != 0:
-        raise BaselineUnavailable(f"git {' '.join(args)}: {completed.stderr.strip()[-500:]}")
+        detail = completed.stderr.strip()[-500:] or f"exit {completed.returncode}"
+        raise BaselineUnavailable(f"git {' '.join(args)}: {detail}")
     return completed.stdout.strip()
 
 
@@ -125,7 +126,13 @@ def baseline_worktree(revision: str, parent: Path) -> Iterator[tuple[Path, str]]
         BaselineUnavailable: no git, not a repository, or the commit is not
             there (a shallow clone: ``git fetch --unshallow``).
     """
-    commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    except BaselineUnavailable as error:
+        raise BaselineUnavailable(
+            f"no commit {revision} in {benchlib.REPO} (a shallow clone? git fetch --unshallow): "
+            f"{error}"
+        ) from None
     short = _git("rev-parse", "--short", commit)
     path = parent / f"baseline-{short}"
     _git("worktree", "add", "--detach", str(path), commit)
@@ -430,9 +437,17 @@ def main() -> None:
                 result.rows += agent_rows(windows, label)
         except BaselineUnavailable as error:
             print(f"baseline {args.baseline} not available: {error}", flush=True)
-            for name in ("heartbeats/s warm", "agent idle RSS", "agent CPU per heartbeat"):
+            for name, target in (
+                ("heartbeats/s warm", "≥ 0.95 × previous (noise allowance)"),
+                ("agent idle RSS", "≤ previous + 1 MiB"),
+                ("agent CPU per heartbeat", "≤ previous + 1 ms"),
+            ):
                 result.rows.append(
-                    Row(f"{name}: current vs previous main ({args.baseline})", "not measured")
+                    Row(
+                        f"{name}: current vs previous main ({args.baseline})",
+                        "not measured",
+                        target=target,
+                    )
                 )
             result.notes.append(f"baseline {args.baseline} not available: {error}")
             benchlib.finish(result, args, started)
