@@ -56,6 +56,30 @@ LATENCY_SECONDS = 6.0
 WARM_UP_SECONDS = 3.0
 
 
+def load(
+    url: str,
+    requests: list[tuple[str, str, dict[str, str], str]],
+    seconds: float,
+    think_ms: float = 0.0,
+) -> benchlib.LoadResult:
+    """One load run of ``requests`` over :data:`CONNECTIONS` connections (``think_ms``: see run_load)."""
+    return benchlib.run_load(
+        url, requests, connections=CONNECTIONS, seconds=seconds, think_ms=think_ms
+    )
+
+
+def registered_and_warm(url: str, api_key: str) -> list[tuple[str, str, dict[str, str], str]]:
+    """Register :data:`DEVICES` devices on the server at ``url``, warm it up; their heartbeats.
+
+    Each device reports ``v1.0.0`` once; then one :data:`WARM_UP_SECONDS` load
+    run (imports, connection set-up, caches) that is not counted.
+    """
+    devices = benchlib.register_devices(url, api_key, DEVICES, current_version="v1.0.0")
+    requests = heartbeat_requests(devices)
+    load(url, requests, WARM_UP_SECONDS)
+    return requests
+
+
 def _values(runs: list[benchlib.LoadResult]) -> dict:
     return {
         "rps": [run.requests_per_second for run in runs],
@@ -73,15 +97,8 @@ def cold_runs(root: Path, runs: int, seconds: float) -> list[benchlib.LoadResult
     """
     env = {**SERVER_ENV, "JAVIA_DEVICE_CACHE_SECONDS": "0"}
     with benchlib.javia_server(root, env=env) as fleet:
-        devices = benchlib.register_devices(
-            fleet.url, fleet.api_key, DEVICES, current_version="v1.0.0"
-        )
-        requests = heartbeat_requests(devices)
-        benchlib.run_load(fleet.url, requests, connections=CONNECTIONS, seconds=WARM_UP_SECONDS)
-        return [
-            benchlib.run_load(fleet.url, requests, connections=CONNECTIONS, seconds=seconds)
-            for _ in range(runs)
-        ]
+        requests = registered_and_warm(fleet.url, fleet.api_key)
+        return [load(fleet.url, requests, seconds) for _ in range(runs)]
 
 
 def main() -> None:
@@ -99,10 +116,7 @@ def main() -> None:
         benchlib.scratch_dir("heartbeat") as root,
         benchlib.javia_server(root / "fleet", env=SERVER_ENV) as fleet,
     ):
-        devices = benchlib.register_devices(
-            fleet.url, fleet.api_key, DEVICES, current_version="v1.0.0"
-        )
-        requests = heartbeat_requests(devices)
+        requests = registered_and_warm(fleet.url, fleet.api_key)
         port = benchlib.free_port()
         reference = benchlib.start_process(
             [
@@ -116,34 +130,27 @@ def main() -> None:
         try:
             reference_url = f"http://127.0.0.1:{port}"
             benchlib.wait_for_http(f"{reference_url}/api/v1/health")
-
-            def load(url: str, seconds: float, think_ms: float = 0.0) -> benchlib.LoadResult:
-                return benchlib.run_load(
-                    url, requests, connections=CONNECTIONS, seconds=seconds, think_ms=think_ms
-                )
-
-            load(reference_url, WARM_UP_SECONDS)  # imports, connection set-up: not counted
-            load(fleet.url, WARM_UP_SECONDS)
+            load(reference_url, requests, WARM_UP_SECONDS)  # imports, connections: not counted
             for _ in range(args.runs):
-                saturated["reference"].append(load(reference_url, args.seconds))
-                saturated["none"].append(load(fleet.url, args.seconds))
+                saturated["reference"].append(load(reference_url, requests, args.seconds))
+                saturated["none"].append(load(fleet.url, requests, args.seconds))
             # Latency at the target rate: half the reference's throughput, offered
             # by 200 devices that each pause between heartbeats.
             target_rate = (
                 0.5 * summarize([r.requests_per_second for r in saturated["reference"]]).median
             )
             think_ms = 1000.0 * CONNECTIONS / target_rate
-            paced["reference"].append(load(reference_url, LATENCY_SECONDS, think_ms))
+            paced["reference"].append(load(reference_url, requests, LATENCY_SECONDS, think_ms))
             for _ in range(args.runs):
-                paced["none"].append(load(fleet.url, LATENCY_SECONDS, think_ms))
+                paced["none"].append(load(fleet.url, requests, LATENCY_SECONDS, think_ms))
             app_dir = root / "app"
             shutil.copytree(
                 example_app_dir(), app_dir, ignore=shutil.ignore_patterns("__pycache__")
             )
             fleet.publish(app_dir, "v1.1.0", "scheduled", "benchmark: pending for every device")
             for _ in range(args.runs):
-                saturated["pending"].append(load(fleet.url, args.seconds))
-                paced["pending"].append(load(fleet.url, LATENCY_SECONDS, think_ms))
+                saturated["pending"].append(load(fleet.url, requests, args.seconds))
+                paced["pending"].append(load(fleet.url, requests, LATENCY_SECONDS, think_ms))
         finally:
             benchlib.stop_process(reference)
         cold = cold_runs(root / "cold", args.runs, args.seconds)

@@ -569,13 +569,17 @@ async def _httpx_load_async(
     latencies: list[float] = []
     rng = random.Random(0)
     counters = {"requests": 0, "bytes": 0, "errors": 0}
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # Made before the clock starts: each client builds a TLS context (tens of
+    # milliseconds), which on a busy machine would eat much of a short run.
+    clients = [
+        httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_seconds)
+        for _ in range(connections)
+    ]
     deadline = time.perf_counter() + seconds
 
     async def worker(index: int) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(
-            base_url=url, limits=limits, timeout=timeout_seconds
-        ) as client:
+        async with clients[index] as client:
             turn = index
             while time.perf_counter() < deadline:
                 method, path, headers, body = requests[turn % len(requests)]
@@ -596,7 +600,8 @@ async def _httpx_load_async(
                 counters["bytes"] += size
                 counters["errors"] += 0 if ok else 1
                 if think_ms > 0:
-                    await asyncio.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+                    pause = rng.uniform(0.5, 1.5) * think_ms / 1000
+                    await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(index) for index in range(connections)))

@@ -45,6 +45,9 @@ BENCHMARKS = [
     # 10,000 devices: about 4 min here (docs/benchmarks.md, "Rollouts").
     ("fleet", "bench_fleet.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 540),
     ("downtime", "bench_downtime.py", [], 180),
+    # Issue 12: heartbeats and the idle agent beside the previous main (a git worktree).
+    # About 3 min on a quiet machine, 9 min when the machine is shared.
+    ("baseline", "bench_baseline.py", [], 900),
 ]
 
 SUMMARY_HEADER = (

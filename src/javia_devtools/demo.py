@@ -116,6 +116,13 @@ class LocalFleet:
         root: an empty working directory for everything (data, keys, devices).
         heartbeat_seconds: the server's heartbeat interval (300 in production).
         health_seconds: how long a new release must stay up to count as good.
+        command: argv prefix of the ``javia`` CLI that every command and agent
+            runs with (default: this installation's, :func:`javia_command`).
+        server_command: argv that starts the server, before ``--host``,
+            ``--port`` and ``--data-dir`` (default ``command`` + ``server``).
+        env: more environment variables for every process started, e.g. the
+            ``PYTHONPATH`` of another checkout's sources (the benchmarks'
+            side-by-side runs of a previous commit).
     """
 
     root: Path
@@ -127,6 +134,9 @@ class LocalFleet:
     server_process: ServerProcess | None = None
     private_key_path: Path | None = None
     public_key_path: Path | None = None
+    command: Sequence[str] = field(default_factory=javia_command)
+    server_command: Sequence[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -141,6 +151,7 @@ class LocalFleet:
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("JAVIA_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         env.update(extra or {})
         return env
 
@@ -153,7 +164,7 @@ class LocalFleet:
             FleetError: it exited non-zero (the message holds its stderr).
         """
         result = subprocess.run(
-            [*javia_command(), *args],
+            [*self.command, *args],
             env=self._env(env),
             capture_output=True,
             text=True,
@@ -184,9 +195,13 @@ class LocalFleet:
             log_path=self.root / "server.log",
             port=self.port,
             env={
+                **self.env,
                 "JAVIA_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat_seconds),
                 **(extra_env or {}),
             },
+            command=(
+                [*self.command, "server"] if self.server_command is None else self.server_command
+            ),
             config_path=self.root / "no-server-config.toml",
         )
         try:
@@ -294,7 +309,7 @@ class LocalFleet:
         """Start ``javia agent run`` for ``device`` in the background."""
         log = device.agent_log.open("ab")
         device.agent = subprocess.Popen(
-            [*javia_command(), "agent", "run", "--config", str(device.config_path)],
+            [*self.command, "agent", "run", "--config", str(device.config_path)],
             env=self._env(self.agent_env(device)),
             stdout=log,
             stderr=subprocess.STDOUT,
