@@ -31,7 +31,13 @@ from javia_devtools.simulate import (
     process_rss_bytes,
     run_simulation,
 )
-from javia_devtools.simulated_fleet import FleetHttp, RequestFailed, SimulatedDevice, SimulatedFleet
+from javia_devtools.simulated_fleet import (
+    FleetHttp,
+    ReleaseBehaviour,
+    RequestFailed,
+    SimulatedDevice,
+    SimulatedFleet,
+)
 
 
 def test_twenty_devices_install_an_instant_update_without_errors() -> None:
@@ -95,6 +101,9 @@ def test_simulate_command_prints_a_json_report(tmp_path) -> None:
         ({"heartbeat_seconds": float("inf")}, "heartbeat_seconds is inf"),
         ({"timeout_seconds": float("nan")}, "timeout_seconds is nan"),
         ({"payload_bytes": 10**14}, "expected 0 to 1,073,741,824 bytes"),
+        ({"fail_rate": 1.5}, "fail_rate is 1.5"),
+        ({"fail_rate": float("nan")}, "fail_rate is nan"),
+        ({"crash_after_seconds": 0}, "crash_after_seconds is 0"),
     ],
 )
 def test_nonsense_settings_are_refused_with_what_was_wrong(changes: dict, message: str) -> None:
@@ -131,6 +140,7 @@ async def _with_device(
     routes: web.RouteTableDef | None,
     body: Callable[[SimulatedFleet, SimulatedDevice], Awaitable[None]],
     keyring: dict[str, Any] | None = None,
+    behaviour: ReleaseBehaviour | None = None,
 ) -> SimulatedFleet:
     """Run ``body`` with one simulated device against ``routes`` (None: nothing listens)."""
     runner = None
@@ -153,12 +163,25 @@ async def _with_device(
                 [SimulatedDevice(uuid="device-1", headers={"Authorization": "Bearer token"})],
                 keyring or {},
                 random.Random(1),
+                behaviour,
             )
             await body(fleet, fleet.devices[0])
     finally:
         if runner is not None:
             await runner.cleanup()
     return fleet
+
+
+def _offer(manifest: str, signature: str, payload: str) -> web.Response:
+    """A heartbeat answer offering update 7 with its files under ``/files/``."""
+    directive = {
+        "update_id": 7,
+        "version": UPDATE_VERSION,
+        "manifest_url": f"/files/{manifest}",
+        "signature_url": f"/files/{signature}",
+        "download_url": f"/files/{payload}",
+    }
+    return web.json_response({"update": directive, "heartbeat_interval_seconds": 5})
 
 
 async def _heartbeat_fails(fleet: SimulatedFleet, device: SimulatedDevice) -> None:
@@ -198,14 +221,7 @@ def test_a_payload_must_match_the_manifest_before_the_device_reports_completed(
 
     @routes.post("/api/v1/devices/{uuid}/heartbeat")
     async def heartbeat(request: web.Request) -> web.Response:
-        directive = {
-            "update_id": 7,
-            "version": UPDATE_VERSION,
-            "manifest_url": "/files/manifest",
-            "signature_url": "/files/signature",
-            "download_url": "/files/payload",
-        }
-        return web.json_response({"update": directive, "heartbeat_interval_seconds": 5})
+        return _offer("manifest", "signature", "payload")
 
     @routes.post("/api/v1/devices/{uuid}/updates/7/status")
     async def status(request: web.Request) -> web.Response:
@@ -292,3 +308,68 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+# -- a bad release: failures and crashes after a "successful" install (issue 13) ----------
+
+
+def test_fail_all_fails_every_install_and_a_rate_fails_about_that_share() -> None:
+    rng = random.Random(5)
+    rate = ReleaseBehaviour(fail_rate=0.005)
+
+    failures = sum(rate.install_fails(rng) for _ in range(40_000))
+
+    assert all(ReleaseBehaviour(fail_all=True).install_fails(rng) for _ in range(100))
+    assert not any(ReleaseBehaviour().install_fails(rng) for _ in range(1_000))
+    assert 140 <= failures <= 260  # 200 expected
+
+
+def test_the_app_of_a_crashing_release_reports_restarts_after_crash_after_seconds() -> None:
+    crashing = ReleaseBehaviour(crash_after_seconds=600)
+    healthy = {"restarts": 0, "last_exit_status": None, "running": True}
+
+    assert crashing.application(None, 10_000.0) == healthy  # the base version never crashes
+    assert crashing.application(1_000.0, 1_599.0) == healthy
+    assert crashing.application(1_000.0, 1_600.0)["restarts"] == 1
+    assert crashing.application(1_000.0, 2_900.0) == {
+        "restarts": 3,
+        "last_exit_status": -11,
+        "running": True,
+    }
+    assert ReleaseBehaviour().application(0.0, 1e9) == healthy
+
+
+def test_a_failing_release_reports_failed_and_heartbeats_carry_the_application(
+    tmp_path: Path,
+) -> None:
+    package, keyring = _build_package(tmp_path, 1024)
+    reported: list[dict[str, Any]] = []
+    beats: list[dict[str, Any]] = []
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/v1/devices/{uuid}/heartbeat")
+    async def heartbeat(request: web.Request) -> web.Response:
+        beats.append(await request.json())
+        return _offer("manifest_path", "signature_path", "payload_path")
+
+    @routes.post("/api/v1/devices/{uuid}/updates/7/status")
+    async def status(request: web.Request) -> web.Response:
+        reported.append(await request.json())
+        return web.json_response({})
+
+    @routes.get("/files/{name}")
+    async def files(request: web.Request) -> web.Response:
+        return web.Response(body=Path(getattr(package, request.match_info["name"])).read_bytes())
+
+    async def heartbeat_once(fleet: SimulatedFleet, device: SimulatedDevice) -> None:
+        await fleet._heartbeat(device, 1.0)
+
+    fleet = asyncio.run(
+        _with_device(routes, heartbeat_once, keyring, ReleaseBehaviour(fail_all=True))
+    )
+
+    assert [report["status"] for report in reported] == ["downloading", "installing", "failed"]
+    assert reported[-1]["error_message"] == "simulated failure"
+    assert fleet.devices[0].failed_at is not None
+    assert fleet.devices[0].version != UPDATE_VERSION
+    assert beats[0]["application"] == {"restarts": 0, "last_exit_status": None, "running": True}

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 from javia_agent._fs import InstanceLockedError, atomic_write, hold_instance_lock
 from javia_agent.activity import IdleTracker
+from javia_agent.app_health import ApplicationMonitor
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
@@ -57,12 +58,13 @@ from javia_agent.inventory import agent_version, device_metadata
 from javia_agent.memory import release_memory
 from javia_agent.offers import OfferTiming
 from javia_agent.outbox import Outbox
-from javia_agent.services import AppService, CommandService, SystemdService, application_environment
+from javia_agent.services import CommandService, SystemdService, application_environment
 from javia_agent.state import PRE_SWITCH_STATES
 from javia_agent.systemd import SystemdNotifier
 from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
 from javia_core.errors import JaviaError
 from javia_core.models import (
+    ApplicationHealth,
     DeviceStatus,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -86,7 +88,7 @@ MIN_SLEEP_SECONDS = 1.0
 INSTANCE_LOCK_NAME = "agent.lock"
 
 
-def build_service(config: AgentConfig) -> AppService:
+def build_service(config: AgentConfig) -> CommandService | SystemdService:
     """The application service the configuration names (systemd or command)."""
     paths = config.paths
     if config.service_mode == "command":
@@ -144,6 +146,9 @@ class Agent:
         metadata: returns the heartbeat inventory.
         notifier: readiness, status and watchdog pings to systemd (default:
             as the environment says; does nothing outside systemd).
+        application: returns the heartbeat's ``application`` object, or
+            ``None`` when unknown (:class:`javia_agent.app_health.ApplicationMonitor`);
+            default: none sent.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class Agent:
         decide: Callable[..., InstallDecision] = decide_install,
         metadata: Callable[[], dict[str, Any]] | None = None,
         notifier: SystemdNotifier | None = None,
+        application: Callable[[], ApplicationHealth | None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -173,6 +179,7 @@ class Agent:
         self._metadata = metadata or (
             lambda: device_metadata(config.install_root, ip_address=client.local_address)
         )
+        self._application = application or (lambda: None)
         self._stop = threading.Event()
         self._server_time: datetime | None = None
         self._server_time_at: float | None = None  # monotonic reading when it arrived
@@ -257,6 +264,9 @@ class Agent:
             keepalive_during=notifier.keepalive,
         )
         idle = IdleTracker(config.paths.activity_file, monotonic=clock.monotonic)
+        monitor = ApplicationMonitor(
+            config.paths.application_file, sample=service.sample, release=installer.current_release
+        )
         agent = cls(
             config,
             client=client,
@@ -265,6 +275,7 @@ class Agent:
             idle=idle,
             clock=clock,
             notifier=notifier,
+            application=monitor.health,
         )
         agent.instance_lock = instance_lock  # held (open) for the agent's lifetime
         return agent
@@ -337,6 +348,7 @@ class Agent:
             current_version=self.installer.current_release(),
             status=DeviceStatus.UPDATING if state.update is not None else DeviceStatus.ONLINE,
             metadata=metadata,
+            application=self._application(),
         )
         response = self.client.heartbeat(request)
         self._server_time = response.server_time.astimezone(UTC)

@@ -249,14 +249,17 @@ class DeviceClient:
     def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:
         """``POST /api/v1/devices/{uuid}/heartbeat``: report in, learn the server time and any update.
 
+        ``application`` is left out of the body while it is unknown (``None``).
+
         Raises:
             AuthenticationError, ServerError, NetworkError: as for every call.
         """
+        unknown = {"application"} if request.application is None else None
         response = self.session.request(
             "POST",
             self._device_path("/heartbeat"),
             "heartbeat",
-            json=request.model_dump(mode="json"),
+            json=request.model_dump(mode="json", exclude=unknown),
         )
         return self._parse(response, HeartbeatResponse, "heartbeat")
 

@@ -343,6 +343,11 @@ class AgentPaths:
         return self.state_dir / "app.log"
 
     @property
+    def application_file(self) -> Path:
+        """``<state_dir>/application.json``: the application's restarts since its release became current."""
+        return self.state_dir / "application.json"
+
+    @property
     def app_env_file(self) -> Path:
         """``<state_dir>/app.env``: environment for a systemd unit's ``EnvironmentFile=``."""
         return self.state_dir / "app.env"

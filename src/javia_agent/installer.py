@@ -352,6 +352,7 @@ class Installer:
                 paths.pid_file.name,
                 paths.heartbeat_file.name,
                 paths.app_env_file.name,
+                paths.application_file.name,
             },
         )
         remove_interrupted_writes(paths.outbox_dir)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from javia_agent._fs import atomic_write
+from javia_agent.app_health import SYSTEMCTL_PROPERTIES, ServiceSample, parse_systemctl_show
 from javia_agent.environments import environment_variables
 from javia_agent.errors import ServiceError
 
@@ -72,6 +73,10 @@ _GATE_NAME = "javia-app-gate"
 # Popen objects of applications this process started, so they are reaped (no
 # zombies) and not garbage-collected while running.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Exit statuses of the last few reaped ones (pid -> code, or -signal), for
+# CommandService.sample; bounded so a long-lived agent keeps a handful.
+_EXIT_STATUSES: dict[int, int] = {}
+_KEPT_EXIT_STATUSES = 8
 
 
 @runtime_checkable
@@ -227,6 +232,21 @@ class SystemdService:
         except ServiceError:
             return False
 
+    def sample(self) -> ServiceSample:
+        """One ``systemctl show -p NRestarts,ExecMainCode,ExecMainStatus,ActiveState UNIT``.
+
+        Returns:
+            Whether the unit is active, its restart counter and the main
+            process's last exit (:func:`javia_agent.app_health.parse_systemctl_show`).
+
+        Raises:
+            ServiceError: systemctl could not be run or exited non-zero.
+        """
+        result = self._systemctl("show", f"--property={','.join(SYSTEMCTL_PROPERTIES)}")
+        if result.returncode != 0:
+            raise ServiceError(f"systemctl show {self.unit} failed: {result.stderr.strip()[:300]}")
+        return parse_systemctl_show(result.stdout)
+
 
 def _no_checkpoint(point: str) -> None:
     return None
@@ -342,6 +362,9 @@ class CommandService:
         if child is not None:
             if child.poll() is not None:
                 del _CHILDREN[pid]
+                _EXIT_STATUSES[pid] = child.returncode
+                while len(_EXIT_STATUSES) > _KEPT_EXIT_STATUSES:
+                    del _EXIT_STATUSES[next(iter(_EXIT_STATUSES))]
             return
         with contextlib.suppress(ChildProcessError, OSError):  # not our child: init reaps it
             os.waitpid(pid, os.WNOHANG)
@@ -358,6 +381,24 @@ class CommandService:
     def is_active(self) -> bool:
         """Whether the process in the pid file is alive (and not a zombie)."""
         return self.pid() is not None
+
+    def sample(self) -> ServiceSample:
+        """One look through the pid file and ``/proc`` (no process is spawned).
+
+        Returns:
+            ``running`` and ``instance`` (``"<pid>:<start ticks>"``) while the
+            recorded process runs; once it exited, its exit status (code, or
+            minus the signal) when this process started it and reaped it,
+            else ``None``.
+        """
+        info = self._read_pid()
+        if info is None:
+            return ServiceSample(running=False)
+        pid, ticks = info
+        self._reap(pid)
+        if _process_alive(pid, ticks):
+            return ServiceSample(running=True, instance=f"{pid}:{ticks}")
+        return ServiceSample(running=False, exit_status=_EXIT_STATUSES.get(pid))
 
     def start(self) -> None:
         """Spawn the start command in a new session, unless it already runs.

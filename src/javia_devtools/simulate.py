@@ -61,6 +61,7 @@ from javia_devtools.simulated_fleet import (
     BASE_VERSION,
     HTTP_ERRORS,
     FleetHttp,
+    ReleaseBehaviour,
     SimulatedDevice,
     SimulatedFleet,
 )
@@ -123,6 +124,11 @@ class SimulationConfig:
         work_dir: scratch directory to use and keep (None: a temporary one,
             removed afterwards).
         seed: seed of the jitter's random generator (None: unseeded).
+        fail_rate: fraction (0 to 1) of installs that report ``failed``.
+        fail_all: every install reports ``failed`` (a release bad everywhere).
+        crash_after_seconds: the application of a completed install crashes
+            this many seconds after ``completed`` (and again every as many);
+            heartbeats then report ``restarts`` > 0. None: it never crashes.
     """
 
     devices: int
@@ -134,6 +140,9 @@ class SimulationConfig:
     database_url: str | None = None
     work_dir: Path | None = None
     seed: int | None = None
+    fail_rate: float = 0.0
+    fail_all: bool = False
+    crash_after_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= MAX_DEVICES:
@@ -158,8 +167,27 @@ class SimulationConfig:
             raise SimulationError(
                 f"timeout_seconds is {self.timeout_seconds}: expected a positive number of seconds"
             )
+        if not (math.isfinite(self.fail_rate) and 0 <= self.fail_rate <= 1):
+            raise SimulationError(
+                f"fail_rate is {self.fail_rate}: expected a fraction from 0 to 1 (0.005 = 0.5 %)"
+            )
+        if self.crash_after_seconds is not None and not (
+            math.isfinite(self.crash_after_seconds) and self.crash_after_seconds > 0
+        ):
+            raise SimulationError(
+                f"crash_after_seconds is {self.crash_after_seconds}: expected seconds above 0"
+            )
         if self.work_dir is not None:
             _check_work_dir(self.work_dir)
+
+    @property
+    def behaviour(self) -> ReleaseBehaviour:
+        """How the published release fares on the devices."""
+        return ReleaseBehaviour(
+            fail_rate=self.fail_rate,
+            fail_all=self.fail_all,
+            crash_after_seconds=self.crash_after_seconds,
+        )
 
 
 # --------------------------------------------------------------------------- set-up
@@ -367,7 +395,7 @@ async def _simulate(
         devices = await _register(http, api_key, config.devices, config.register_concurrency)
         register_seconds = time.perf_counter() - started
 
-        fleet = SimulatedFleet(http, devices, keyring, rng)
+        fleet = SimulatedFleet(http, devices, keyring, rng, config.behaviour)
         tasks = [
             asyncio.create_task(fleet.run_device(device, config.heartbeat_seconds))
             for device in devices
@@ -435,6 +463,7 @@ async def _simulate(
         register_seconds=round(register_seconds, 3),
         publish_seconds=round(publish_seconds, 3),
         completed=len(done),
+        failed=sum(device.failed_at is not None for device in devices),
         server_completed=0,
         seconds_to_all_completed=round(max(done), 3) if all_done else None,
         completion_percentiles=percentiles(done, {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}),

@@ -8,6 +8,14 @@ payload checking its size and SHA-256, reports ``installing`` and
 ``completed``. :class:`SimulatedFleet` runs them over one shared HTTP
 session and counts every request and failure in a :class:`Tally`.
 Nothing is installed: this measures the server and the wire.
+
+A :class:`ReleaseBehaviour` makes the published release bad, for rollout
+benchmarks (issue 13): some or all installs report ``failed`` after
+``installing``, or the application of a release that reported ``completed``
+starts crashing ``crash_after_seconds`` later. Every heartbeat carries
+``application`` like the agent's (:class:`javia_core.models.ApplicationHealth`):
+after such a crash its ``restarts`` counts one per ``crash_after_seconds``
+and ``last_exit_status`` is -11 (SIGSEGV).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ __all__ = [
     "BASE_VERSION",
     "HTTP_ERRORS",
     "FleetHttp",
+    "ReleaseBehaviour",
     "RequestFailed",
     "SimulatedDevice",
     "SimulatedFleet",
@@ -48,6 +57,45 @@ _DOWNLOAD_CHUNK_BYTES = 64 * 1024
 #: What a failed request raises: aiohttp's errors, and the timeouts (asyncio's
 #: TimeoutError; aiohttp's own timeout errors are ClientError subclasses too).
 HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
+#: The exit status a simulated crash reports (minus SIGSEGV).
+CRASH_EXIT_STATUS = -11
+
+
+@dataclass(frozen=True)
+class ReleaseBehaviour:
+    """How the published release fares on the simulated devices.
+
+    Attributes:
+        fail_rate: fraction (0 to 1) of installs that report ``failed``.
+        fail_all: every install reports ``failed``.
+        crash_after_seconds: the application of a completed install crashes
+            (and is restarted) every this many seconds after ``completed``;
+            ``None``: it never crashes.
+    """
+
+    fail_rate: float = 0.0
+    fail_all: bool = False
+    crash_after_seconds: float | None = None
+
+    def install_fails(self, rng: random.Random) -> bool:
+        """Whether one install fails (draws from ``rng`` only with a rate set)."""
+        return self.fail_all or (self.fail_rate > 0 and rng.random() < self.fail_rate)
+
+    def application(self, installed_at: float | None, now: float) -> dict[str, Any]:
+        """The heartbeat's ``application`` object ``now`` (``time.perf_counter`` seconds).
+
+        Args:
+            installed_at: when the release reported ``completed``; ``None``
+                for the base version, which never crashes.
+        """
+        crashes = 0
+        if installed_at is not None and self.crash_after_seconds is not None:
+            crashes = int(max(0.0, now - installed_at) // self.crash_after_seconds)
+        return {
+            "restarts": crashes,
+            "last_exit_status": CRASH_EXIT_STATUS if crashes else None,
+            "running": True,
+        }
 
 
 @dataclass
@@ -72,13 +120,14 @@ class FleetHttp:
 
 @dataclass
 class SimulatedDevice:
-    """One simulated device: its credentials, the version it runs, and when it completed."""
+    """One simulated device: its credentials, the version it runs, and when it completed or failed."""
 
     uuid: str
     headers: dict[str, str]
     version: str = BASE_VERSION
     seen: bool = False
     completed_at: float | None = None
+    failed_at: float | None = None
 
 
 @dataclass
@@ -103,14 +152,17 @@ class SimulatedFleet:
         devices: list[SimulatedDevice],
         keyring: dict[str, Any],
         rng: random.Random,
+        behaviour: ReleaseBehaviour | None = None,
     ) -> None:
         self.http = http
+        self.behaviour = behaviour or ReleaseBehaviour()
         self.devices = devices
         self.keyring = keyring
         self.rng = rng
         self.tally = Tally()
         self.published_at: float | None = None
         self.all_seen = asyncio.Event()
+        #: Set once every device reported ``completed`` or ``failed``.
         self.all_completed = asyncio.Event()
         self._unseen = len(devices)
         self._incomplete = len(devices)
@@ -158,7 +210,14 @@ class SimulatedFleet:
                 "POST",
                 f"{API_PREFIX}/devices/{device.uuid}/heartbeat",
                 device,
-                json={"current_version": device.version, "status": "online", "metadata": {}},
+                json={
+                    "current_version": device.version,
+                    "status": "online",
+                    "metadata": {},
+                    "application": self.behaviour.application(
+                        device.completed_at, time.perf_counter()
+                    ),
+                },
             )
         )
         self.tally.heartbeat_ms.append((time.perf_counter() - started) * 1000)
@@ -172,13 +231,15 @@ class SimulatedFleet:
             await self._install(device, directive)
         return float(body.get("heartbeat_interval_seconds") or interval)
 
-    async def _report(self, device: SimulatedDevice, update_id: int, status: str) -> None:
+    async def _report(
+        self, device: SimulatedDevice, update_id: int, status: str, message: str | None = None
+    ) -> None:
         await self._call(
             "status",
             "POST",
             f"{API_PREFIX}/devices/{device.uuid}/updates/{update_id}/status",
             device,
-            json={"status": status},
+            json={"status": status, "error_message": message},
         )
 
     async def _install(self, device: SimulatedDevice, directive: dict[str, Any]) -> None:
@@ -219,10 +280,19 @@ class SimulatedFleet:
             self.tally.errors["verify: payload does not match the manifest"] += 1
             raise RequestFailed
         await self._report(device, update_id, "installing")
+        if self.behaviour.install_fails(self.rng):
+            await self._report(device, update_id, "failed", "simulated failure")
+            if device.failed_at is None:
+                device.failed_at = time.perf_counter()
+                self._finished()
+            return
         await self._report(device, update_id, "completed")
         device.version = manifest.version
         if device.completed_at is None and self.published_at is not None:
             device.completed_at = time.perf_counter()
-            self._incomplete -= 1
-            if self._incomplete == 0:
-                self.all_completed.set()
+            self._finished()
+
+    def _finished(self) -> None:
+        self._incomplete -= 1
+        if self._incomplete == 0:
+            self.all_completed.set()

@@ -27,6 +27,7 @@ class SimulationReport:
         register_seconds: registering every device through the admin API.
         publish_seconds: the publish request (upload + creating device rows).
         completed: devices that reported ``completed`` in time.
+        failed: devices that reported ``failed`` (the simulated bad release).
         server_completed: the server's own count of ``completed`` rows.
         seconds_to_all_completed: from the publish answer until the last device
             reported ``completed``; None if not all did.
@@ -62,6 +63,7 @@ class SimulationReport:
     server_rss_bytes: int | None
     wall_seconds: float
     simulator_cpu_seconds: float | None = None
+    failed: int = 0
 
     @property
     def error_count(self) -> int:

@@ -42,6 +42,17 @@ def simulate(
         "--work-dir",
         help="Keep the server's data and logs here (default: a removed temp dir).",
     ),
+    fail_rate: float = typer.Option(
+        0.0,
+        "--fail-rate",
+        help="Fraction of installs that report failed (0.005 = 0.5 %).",
+    ),
+    fail_all: bool = typer.Option(False, "--fail-all", help="Every install reports failed."),
+    crash_after_seconds: float | None = typer.Option(
+        None,
+        "--crash-after-seconds",
+        help="The app crashes this many seconds after a completed install (heartbeats report restarts).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Simulate N devices over real HTTP: heartbeat, install an instant update, report.
@@ -68,6 +79,9 @@ def simulate(
             timeout_seconds=timeout_seconds,
             database_url=database_url,
             work_dir=work_dir,
+            fail_rate=fail_rate,
+            fail_all=fail_all,
+            crash_after_seconds=crash_after_seconds,
         )
         progress = (
             None
