@@ -204,6 +204,11 @@ def register(
         "<state-dir>/activity/ and read the configuration.",
         show_default="javia-app",
     ),
+    tag: list[str] | None = typer.Option(
+        None,
+        "--tag",
+        help="Operator tag of this device, e.g. kitchen (repeatable; 'javia publish --tag').",
+    ),
 ) -> None:
     """Register this device with the server; write the configuration and the token file.
 
@@ -235,6 +240,7 @@ def register(
             validate_timezone(timezone)  # new input: canonical IANA names only
         except ValueError as error:
             raise ConfigError(f"--timezone: {error}") from None
+    tags = _checked_tags(tag or [])
     overrides: dict[str, Any] = {"server_url": server}
     for key, value in {
         "device_name": name,
@@ -293,6 +299,7 @@ def register(
         device_name=config.device_name,
         timezone=config.timezone,
         metadata={},
+        tags=tags,
     )
     with DeviceClient(
         url,
@@ -314,6 +321,20 @@ def register(
         + f"; configuration {_escape(str(path))}, token {_escape(str(config.token_file))}",
         highlight=False,
     )
+
+
+def _checked_tags(values: list[str]) -> list[str]:
+    """``--tag`` values, each checked before anything is sent (:func:`javia_core.models.check_tags`).
+
+    Raises:
+        ConfigError: a malformed tag (naming it and the expected form), or too many.
+    """
+    from javia_core.models import check_tags
+
+    try:
+        return check_tags(values)
+    except ValueError as error:
+        raise ConfigError(f"--tag: {error}") from None
 
 
 def _prepare_activity(config: AgentConfig, app_group: str | None) -> int | None:

@@ -336,13 +336,15 @@ class DeviceRegisterRequest(_Model):
     control, separator or bidi character: :func:`check_no_control_characters`);
     ``timezone``: a canonical IANA name (:func:`validate_timezone`);
     ``metadata``: device JSON within :mod:`javia_core.input_rules`' bounds
-    (depth, keys, 64 KiB). A field breaking its rule is a 422 naming it.
+    (depth, keys, 64 KiB); ``tags``: the operator's tags (:func:`check_tags`,
+    at most :data:`MAX_TAGS`). A field breaking its rule is a 422 naming it.
     """
 
     device_uuid: uuid.UUID | None = None
     device_name: str | None = Field(default=None, max_length=200)
     timezone: str = Field(default="UTC", description="IANA timezone, e.g. Europe/Berlin")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list, description="operator tags, e.g. kitchen")
 
     _tz = field_validator("timezone")(validate_timezone)
 
@@ -355,6 +357,11 @@ class DeviceRegisterRequest(_Model):
     @classmethod
     def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_json(value, "metadata")
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str]) -> list[str]:
+        return check_tags(value)
 
 
 class DeviceRegistered(BaseModel):

@@ -223,6 +223,17 @@ class AdminClient:
         """``POST /api/v1/devices/{uuid}/revoke``: the device's token stops working at once."""
         return self._one(DeviceOut, "POST", f"/api/v1/devices/{_segment(device_uuid)}/revoke")
 
+    def change_device_tags(
+        self, device_uuid: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> DeviceOut:
+        """``POST /api/v1/devices/{uuid}/tags``: add and remove tags; the device afterwards."""
+        return self._one(
+            DeviceOut,
+            "POST",
+            f"/api/v1/devices/{_segment(device_uuid)}/tags",
+            json={"add": list(add), "remove": list(remove)},
+        )
+
     def rotate_device_token(self, device_uuid: str) -> DeviceRegistered:
         """``POST /api/v1/devices/{uuid}/rotate-token``: a new token, shown once; the old one stops working."""
         return self._one(
@@ -276,12 +287,19 @@ class AdminClient:
         return self._items(PlanEntry, "GET", f"/api/v1/updates/{_segment(update)}/plan")
 
     def plan_new_update(
-        self, *, update_type: str, version: str, targets: Sequence[str] | None = None
+        self,
+        *,
+        update_type: str,
+        version: str,
+        targets: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[PlanEntry]:
         """``POST /api/v1/updates/plan``: the dry run of a publish."""
         payload: dict[str, Any] = {"update_type": update_type, "version": version}
         if targets:
             payload["targets"] = list(targets)
+        if tags:
+            payload["tags"] = list(tags)
         return self._items(PlanEntry, "POST", "/api/v1/updates/plan", json=payload)
 
     def publish(
@@ -293,6 +311,7 @@ class AdminClient:
         update_type: str | None = None,
         targets: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
+        tags: Sequence[str] | None = None,
     ) -> UpdateOut:
         """``POST /api/v1/updates/``: upload the three package objects.
 
@@ -308,6 +327,8 @@ class AdminClient:
             data["update_type"] = update_type
         if targets:
             data["targets"] = ",".join(targets)
+        if tags:
+            data["tags"] = ",".join(tags)
         with payload_path.open("rb") as payload:
             files = {
                 "manifest": ("manifest.json", manifest_path.read_bytes(), "application/json"),

@@ -88,6 +88,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/devices/{device_uuid}"): Row(ADMIN_ONLY, a()),
     ("POST", "/api/v1/devices/{device_uuid}/revoke"): Row(ADMIN_ONLY, a("/revoke")),
     ("POST", "/api/v1/devices/{device_uuid}/rotate-token"): Row(ADMIN_ONLY, a("/rotate-token")),
+    ("POST", "/api/v1/devices/{device_uuid}/tags"): Row(
+        ADMIN_ONLY, a("/tags"), lambda world: {"json": {"add": ["kitchen"]}}
+    ),
     ("GET", "/api/v1/devices/{device_uuid}/updates"): Row(ADMIN_OR_A, a("/updates")),
     ("POST", "/api/v1/devices/{device_uuid}/heartbeat"): Row(
         A_ONLY, a("/heartbeat"), lambda world: {"json": {"current_version": "v1.0.0"}}

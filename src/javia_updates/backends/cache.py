@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from javia_core.rollouts.targeting import is_targeted
 from javia_core.status_rules import raises_version
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
@@ -115,10 +116,16 @@ class DeviceCache:
             self._by_id[device.id] = entry
 
     def refresh_device(self, device: DeviceRecord) -> None:
-        """Replace a cached device's record (its new soft state), keeping token and rows."""
+        """Replace a cached device's record (its new soft state), keeping token, rows and tags.
+
+        Soft state never changes tags: the cached entry's tags (read after
+        any tag change, which drops the entry) win over ``device``'s.
+        """
         with self._lock:
             entry = self._by_id.get(device.id)
             if entry is not None:
+                if device.tags != entry.device.tags:
+                    device = replace(device, tags=entry.device.tags)
                 entry.device = device
 
     def rows(self, device_id: int, generation: int) -> list[DeviceUpdateRecord] | None:
@@ -197,6 +204,7 @@ class _Published:
     record: UpdateRecord
     numbers: tuple[int, int, int]
     targets: frozenset[uuid.UUID] | None
+    target_tags: frozenset[str] | None
 
 
 class UpdateCatalog:
@@ -256,8 +264,11 @@ class UpdateCatalog:
             record = self._load_update(update_id)
             version = Version.parse(record.version)
             targets = None if record.targets is None else frozenset(record.targets)
+            target_tags = None if record.target_tags is None else frozenset(record.target_tags)
             updates.append(
-                _Published(record, (version.major, version.minor, version.patch), targets)
+                _Published(
+                    record, (version.major, version.minor, version.patch), targets, target_tags
+                )
             )
         updates.sort(key=lambda update: update.numbers, reverse=True)
         with self._lock:
@@ -284,12 +295,20 @@ class UpdateCatalog:
         return None
 
     def newest_targeting(
-        self, device_uuid: uuid.UUID, running: tuple[int, int, int] | None
+        self,
+        device_uuid: uuid.UUID,
+        running: tuple[int, int, int] | None,
+        tags: tuple[str, ...] = (),
     ) -> UpdateRecord | None:
-        """The highest update newer than ``running`` that targets the device, or None."""
+        """The highest update newer than ``running`` that targets the device, or None.
+
+        Targeted by uuid, by one of the device's ``tags``, or as every device
+        (:func:`~javia_core.rollouts.targeting.is_targeted`): O(updates) set
+        lookups, no I/O beyond the catalog's own check of the ids.
+        """
         for update in self._current():
             if running is not None and update.numbers <= running:
                 return None  # highest first: nothing newer follows
-            if update.targets is None or device_uuid in update.targets:
+            if is_targeted(update.targets, update.target_tags, device_uuid, tags):
                 return update.record
         return None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_core.rollouts.targeting import is_targeted
 
 __all__ = [
     "AuditEntry",
@@ -66,18 +67,23 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class NewDevice:
-    """A device to register. ``token_hash`` is the SHA-256 hex of its token."""
+    """A device to register. ``token_hash`` is the SHA-256 hex of its token; ``tags`` sorted."""
 
     device_uuid: uuid.UUID
     device_name: str | None
     timezone: str
     metadata: dict[str, Any]
     token_hash: str
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
-    """A stored device. ``status`` is what it last reported, not yet the derived one."""
+    """A stored device. ``status`` is what it last reported, not yet the derived one.
+
+    ``tags`` are the operator's tags, sorted (``javia_core.models.check_tag``);
+    heartbeats never change them.
+    """
 
     id: int
     device_uuid: uuid.UUID
@@ -91,6 +97,7 @@ class DeviceRecord:
     created_at: datetime
     updated_at: datetime
     token_revoked_at: datetime | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,17 +184,23 @@ class DeviceQuery:
         online: True keeps devices whose derived status is not offline, False
             those whose derived status is offline; needs ``offline_before``.
         current_version: keep devices reporting exactly this version.
+        tag: keep devices carrying this tag.
     """
 
     derived_status: DeviceStatus | None = None
     offline_before: datetime | None = None
     online: bool | None = None
     current_version: str | None = None
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NewUpdate:
-    """An update to publish; ``package_url`` is the blob store key of its objects."""
+    """An update to publish; ``package_url`` is the blob store key of its objects.
+
+    ``targets`` (device uuids) and ``target_tags`` (a device with any of them)
+    name the devices it is meant for; both None: every device.
+    """
 
     version: str
     version_numbers: tuple[int, int, int]
@@ -202,6 +215,7 @@ class NewUpdate:
     manifest: bytes
     signature: bytes
     targets: tuple[uuid.UUID, ...] | None
+    target_tags: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +235,11 @@ class UpdateRecord:
     archive_size: int
     archive_sha256: str
     targets: tuple[uuid.UUID, ...] | None
+    target_tags: tuple[str, ...] | None = None
 
-    def targets_device(self, device_uuid: uuid.UUID) -> bool:
-        """Whether this update is meant for ``device_uuid`` (None targets every device)."""
-        return self.targets is None or device_uuid in self.targets
+    def targets_device(self, device_uuid: uuid.UUID, tags: tuple[str, ...] = ()) -> bool:
+        """Whether this update is meant for the device (:func:`javia_core.rollouts.targeting.is_targeted`)."""
+        return is_targeted(self.targets, self.target_tags, device_uuid, tags)
 
 
 @dataclass(frozen=True, slots=True)

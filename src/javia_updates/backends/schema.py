@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -162,6 +163,8 @@ def build_tables(schema: str | None = None) -> Tables:
         # Set when the operator revoked the device's token (revision 0002); the
         # token hash is then replaced by the hash of a token nobody holds.
         Column("token_revoked_at", UTCDateTime(), nullable=True),
+        # The operator's tags, a sorted JSON list of strings (revision 0004).
+        Column("tags", json_type(), nullable=False, server_default=text("'[]'")),
         UniqueConstraint("device_uuid"),
         UniqueConstraint("token_hash"),
         CheckConstraint(_in("status", DeviceStatus), name="status"),
@@ -192,6 +195,8 @@ def build_tables(schema: str | None = None) -> Tables:
         Column("manifest", LargeBinary(), nullable=False),
         Column("signature", LargeBinary(), nullable=False),
         Column("targets", json_type(), nullable=True),
+        # Tags the publish targeted (a device with any of them), or NULL (revision 0004).
+        Column("target_tags", json_type(), nullable=True),
         UniqueConstraint("version"),
         CheckConstraint(_in("update_type", UpdateType), name="update_type"),
         Index(None, "version_major", "version_minor", "version_patch"),

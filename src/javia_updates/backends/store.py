@@ -161,25 +161,57 @@ class Store(Protocol):
     def list_devices(self, query: DeviceQuery, *, limit: int, offset: int) -> Page[DeviceRecord]:
         """Devices matching ``query``, oldest registration first."""
 
-    def devices_for_targets(self, targets: Sequence[uuid.UUID] | None) -> list[DeviceRecord]:
-        """Every device named in ``targets`` (None: every registered device).
+    def devices_for_targets(
+        self, targets: Sequence[uuid.UUID] | None, tags: Sequence[str] | None = None
+    ) -> list[DeviceRecord]:
+        """Every device named in ``targets`` or carrying one of ``tags`` (both None: every device).
 
         Raises:
             NotFoundError: a uuid in ``targets`` is not registered; the message lists them.
         """
 
     def publish_targets(
-        self, targets: Sequence[uuid.UUID] | None, *, seen_since: datetime | None = None
+        self,
+        targets: Sequence[uuid.UUID] | None,
+        *,
+        tags: Sequence[str] | None = None,
+        seen_since: datetime | None = None,
     ) -> list[PublishTarget]:
         """:meth:`devices_for_targets`, reduced to what a publish needs, in registration order.
 
         Args:
-            targets: device uuids, or None for every registered device.
+            targets: device uuids, or None.
+            tags: a device carrying any of them is targeted too, or None;
+                ``targets`` and ``tags`` both None: every registered device.
             seen_since: mark devices whose ``last_seen`` is at or after this
                 instant (``seen``); an instant update reaches only those.
 
         Raises:
             NotFoundError: a uuid in ``targets`` is not registered; the message lists them.
+        """
+
+    def tags_in_use(self, tags: Sequence[str]) -> set[str]:
+        """Those of ``tags`` that at least one registered device carries (a publish's check)."""
+
+    def change_device_tags(
+        self,
+        device_uuid: uuid.UUID,
+        *,
+        add: Sequence[str],
+        remove: Sequence[str],
+        now: datetime,
+        audit: AuditEntry,
+    ) -> DeviceRecord:
+        """Add and remove tags of one device, atomically; returns the device after the change.
+
+        Conditional on the tags read in the same transaction (row locked), so
+        two operators racing both take effect; a tag in both lists ends up
+        removed. ``audit`` (details gain ``before`` and ``tags``) is written
+        only when the tags changed. Heartbeats never change tags.
+
+        Raises:
+            NotFoundError: no such device.
+            ConflictError: the device would carry more than ``MAX_TAGS`` (32) tags.
         """
 
     def record_heartbeat(

@@ -250,3 +250,18 @@ ApiKeyOption = typer.Option(
     None, "--api-key", envvar="JAVIA_API_KEY", help="Admin API key.", show_default=False
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+def parse_tags(values: list[str] | None, option: str = "--tag") -> list[str]:
+    """Tags given to ``option`` (repeatable, each may be comma-separated), checked locally.
+
+    Returns them de-duplicated and sorted; a malformed tag is one red line
+    naming it and the expected form, and exit 1, before any request is sent.
+    """
+    from javia_core.models import check_tags
+
+    items = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    try:
+        return check_tags(items)
+    except ValueError as error:
+        fail(f"invalid {option}: {error}")

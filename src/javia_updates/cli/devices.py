@@ -27,6 +27,7 @@ from javia_updates.cli.common import (
     fail,
     friendly_errors,
     markup_safe,
+    parse_tags,
     print_json,
     wire_time,
 )
@@ -54,18 +55,33 @@ STATUS_STYLE = {"online": "green", "offline": "red", "updating": "yellow"}
 @app.command("list")
 def list_devices(
     status: str | None = typer.Option(None, "--status", help="online, offline or updating."),
+    tag: str | None = typer.Option(None, "--tag", help="Only devices carrying this tag."),
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One line per device: name, version, status, last heartbeat, timezone."""
+    """One line per device: name, version, status, last heartbeat, timezone, tags."""
+    if tag is not None:
+        wanted = parse_tags([tag])
+        if len(wanted) != 1:
+            fail(f"--tag takes one tag, e.g. --tag kitchen (got {tag[:60]!r})")
+        tag = wanted[0]
     with friendly_errors(), admin_client(server, api_key) as client:
-        devices = client.list_devices(status=status)
+        devices = client.list_devices(status=status, tag=tag)
     if as_json:
         print_json(devices)
         return
     table = SafeTable(title=f"{len(devices)} device(s)", title_justify="left")
-    for column in ("device", "uuid", "version", "status", "last seen", "timezone", "model"):
+    for column in (
+        "device",
+        "uuid",
+        "version",
+        "status",
+        "last seen",
+        "timezone",
+        "model",
+        "tags",
+    ):
         table.add_column(column)
     for device in devices:
         table.add_row(
@@ -76,6 +92,7 @@ def list_devices(
             ago(device.last_seen),
             device.timezone or "UTC",
             str(device.metadata.get("hardware_model") or "—"),
+            ", ".join(device.tags) or "—",
         )
     console.print(table)
 
@@ -103,6 +120,7 @@ def show_device(
         ("current version", device.current_version),
         ("status", device.status.value),
         ("timezone", device.timezone),
+        ("tags", ", ".join(device.tags)),
     ):
         details.add_row(label, value or "—")
     if device.token_revoked_at:
@@ -169,6 +187,36 @@ def revoke(
         + (f" ({markup_safe(device.device_name)})" if device.device_name else "")
         + "; it can no longer call the server. Re-admit it with: javia devices rotate-token "
         + target,
+        highlight=False,
+    )
+
+
+@app.command("tag")
+def tag_device(
+    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    add: list[str] | None = typer.Option(None, "--add", help="Tag to add (repeatable)."),
+    remove: list[str] | None = typer.Option(None, "--remove", help="Tag to remove (repeatable)."),
+    server: str | None = ServerOption,
+    api_key: str | None = ApiKeyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Add and remove a device's tags; it joins updates published to a new tag at its next heartbeat."""
+    target = _device_uuid(device_uuid)
+    added, removed = parse_tags(add, "--add"), parse_tags(remove, "--remove")
+    if not added and not removed:
+        fail("nothing to change: give --add TAG and/or --remove TAG (e.g. --add kitchen)")
+    device = _call_unless_json(
+        server,
+        api_key,
+        as_json,
+        lambda client: client.change_device_tags(target, add=added, remove=removed),
+    )
+    if device is None:
+        return
+    console.print(
+        f"device {target}"
+        + (f" ({markup_safe(device.device_name)})" if device.device_name else "")
+        + f" is tagged: {markup_safe(', '.join(device.tags) or 'no tags')}",
         highlight=False,
     )
 

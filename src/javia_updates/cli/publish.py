@@ -36,6 +36,7 @@ from javia_updates.cli.common import (
     fail,
     friendly_errors,
     markup_safe,
+    parse_tags,
     print_json,
 )
 
@@ -150,6 +151,12 @@ def publish(
     target: list[str] | None = typer.Option(
         None, "--target", help="Device uuid to target (repeatable; default: every device)."
     ),
+    tag: list[str] | None = typer.Option(
+        None,
+        "--tag",
+        help="Target devices carrying this tag, now and when tagged later (repeatable; "
+        "a device with any given tag, beside --target).",
+    ),
     key: Path | None = typer.Option(
         None, "--key", envvar="JAVIA_SIGNING_KEY", help="Private signing key (PEM)."
     ),
@@ -208,6 +215,7 @@ def publish(
         fail(f"{new_version} is older than {app_dir}/VERSION ({current}): publish a higher version")
     packages = _parse_system_packages(system_packages)
     targets = _parse_targets(target)
+    tags = parse_tags(tag)
     description = description or ""
 
     if dry_run:
@@ -215,7 +223,10 @@ def publish(
 
         with friendly_errors(), admin_client(server, api_key) as client:
             plans = client.plan_new_update(
-                update_type=kind.value, version=str(new_version), targets=targets or None
+                update_type=kind.value,
+                version=str(new_version),
+                targets=targets or None,
+                tags=tags or None,
             )
         if as_json:
             print_json(plans)
@@ -237,7 +248,8 @@ def publish(
             f"\n[bold]{new_version}[/bold] ({kind.value}: {TYPE_HELP[kind]})\n"
             f"  from {markup_safe(app_dir)}  description: {markup_safe(description or '—')}\n"
             f"  system packages: {', '.join(packages) or 'none'}  targets: "
-            f"{', '.join(targets) or 'every device'}"
+            f"{', '.join(targets) or ('' if tags else 'every device')}"
+            + (f"  tags: {', '.join(tags)}" if tags else "")
         )
     if kind is UpdateType.INSTANT and output is None and not yes:
         if not _interactive():
@@ -284,7 +296,7 @@ def publish(
             return
         with tempfile.TemporaryDirectory(prefix="javia-publish-") as workspace:
             built = build(Path(workspace) / "package")
-            result = _upload(built, kind, targets, server, api_key, quiet=as_json)
+            result = _upload(built, kind, targets, server, api_key, quiet=as_json, tags=tags)
         _write_version(app_dir, new_version)
     if as_json:
         print_json(result)
@@ -331,6 +343,7 @@ def _upload(
     api_key: str | None,
     *,
     quiet: bool,
+    tags: list[str] | None = None,
 ) -> UpdateOut:
     """Upload the package, with a progress bar unless ``quiet`` (JSON output)."""
     with admin_client(server, api_key) as client:
@@ -343,6 +356,7 @@ def _upload(
                 update_type=kind.value,
                 targets=targets or None,
                 progress=progress,
+                tags=tags or None,
             )
 
         if quiet:

@@ -18,6 +18,7 @@ from javia_core.models import (
     PlanEntry,
     UpdateOut,
     UpdateType,
+    check_tags,
 )
 from javia_core.versioning import Version
 
@@ -98,6 +99,12 @@ class PlanRequest(BaseModel):
     update_type: UpdateType
     version: str = Field(description="vX.Y.Z")
     targets: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+    tags: list[str] | None = Field(default=None, description="a device with any of them")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_tags(value)
 
     @field_validator("version")
     @classmethod

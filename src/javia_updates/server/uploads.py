@@ -17,6 +17,7 @@ signature  file     ``manifest.sig`` (at most 4 KiB)
 payload    file     ``payload.tar.gz``
 targets    field    comma-separated device uuids (absent: every device)
 update_type field   scheduled, urgent or instant (must equal the signed type)
+tags       field    comma-separated device tags (a device with any of them)
 ========== ======== ===============================================
 """
 
@@ -40,12 +41,12 @@ from javia_core.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 __all__ = ["ReceivedUpload", "UploadError", "UploadTooLargeError", "receive_package_upload"]
 
 FILE_PARTS = ("manifest", "signature", "payload")
-FIELD_PARTS = ("targets", "update_type")
+FIELD_PARTS = ("targets", "update_type", "tags")
 MAX_FIELD_BYTES = 4 * 1024 * 1024
 _LIMITS = {"manifest": MAX_MANIFEST_BYTES, "signature": MAX_SIGNATURE_BYTES}
 _EXPECTED_PARTS = (
     "expected multipart/form-data with files manifest (manifest.json), signature "
-    "(manifest.sig) and payload (payload.tar.gz), and optional fields targets and update_type"
+    "(manifest.sig) and payload (payload.tar.gz), and optional fields targets, update_type and tags"
 )
 
 

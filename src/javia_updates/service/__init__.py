@@ -72,6 +72,7 @@ from javia_core.models import (
     DeviceRegistered,
     DeviceRegisterRequest,
     DeviceStatus,
+    DeviceTagsChange,
     DeviceUpdateOut,
     EnrollmentTokenCreated,
     EnrollmentTokenOut,
@@ -366,17 +367,42 @@ class UpdateService:
         status: DeviceStatus | None = None,
         version: str | None = None,
         online: bool | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page[DeviceOut]:
-        """Devices in registration order, filtered by derived status, version, online.
+        """Devices in registration order, filtered by derived status, version, online, tag.
 
         Raises:
             VersionError: ``version`` is not ``vX.Y.Z``.
+            InvalidRequestError: ``tag`` is not a valid tag.
         """
         return self._devices.list_devices(
-            now=now, status=status, version=version, online=online, limit=limit, offset=offset
+            now=now,
+            status=status,
+            version=version,
+            online=online,
+            tag=tag,
+            limit=limit,
+            offset=offset,
         )
+
+    def change_device_tags(
+        self,
+        device_uuid: uuid.UUID,
+        change: DeviceTagsChange,
+        *,
+        now: datetime,
+        actor: str = "admin",
+    ) -> DeviceOut:
+        """Add and remove a device's tags (audited); the device joins updates targeting a new tag
+        at its next heartbeat (docs/rollouts.md, "Tags"). Repeating a change changes nothing.
+
+        Raises:
+            NotFoundError: not registered.
+            ConflictError: the device would carry more than 32 tags.
+        """
+        return self._devices.change_device_tags(device_uuid, change, now=now, actor=actor)
 
     def device_history(
         self,
@@ -547,6 +573,7 @@ class UpdateService:
         targets: Sequence[uuid.UUID] | None = None,
         update_type: UpdateType | None = None,
         actor: str = "admin",
+        tags: Sequence[str] | None = None,
     ) -> UpdateOut:
         """Publish a signed package and create its device rows, atomically.
 
@@ -563,9 +590,12 @@ class UpdateService:
         Args:
             upload: the three objects; ``upload.payload_path`` is consumed.
             now: the server's clock.
-            targets: device uuids to update; None means every registered device.
+            targets: device uuids to update; None means every registered device
+                (unless ``tags`` are given).
             update_type: the type the operator asked for, or None.
             actor: who publishes, for the audit log.
+            tags: a device carrying any of these tags is targeted too, at
+                publish and at its heartbeats (a device tagged later joins).
 
         Returns:
             The update with per-status counts of the rows just created.
@@ -580,7 +610,8 @@ class UpdateService:
             ConflictError: the version is already published, or a higher
                 version is (a rollback is a roll-forward).
             NotFoundError: a target is not a registered device.
-            InvalidRequestError: ``targets`` is an empty list.
+            InvalidRequestError: ``targets`` or ``tags`` is an empty list, a tag
+                is malformed, or no device carries one (``unknown tag ...``).
             StorageTooLargeError: the blob store refused an object as too large
                 (the message names the limit); API 413.
             StorageRefusedError: the blob store refused an object otherwise
@@ -589,7 +620,7 @@ class UpdateService:
                 failed; API 503.
         """
         return self._publishing.publish_update(
-            upload, now=now, targets=targets, update_type=update_type, actor=actor
+            upload, now=now, targets=targets, update_type=update_type, actor=actor, tags=tags
         )
 
     def plan_new_update(
@@ -599,16 +630,21 @@ class UpdateService:
         targets: Sequence[uuid.UUID] | None,
         *,
         now: datetime,
+        tags: Sequence[str] | None = None,
     ) -> list[PlanEntry]:
         """Dry run: who would install ``version`` when, if published now.
+
+        With ``targets`` or ``tags`` every device is listed, each saying why
+        it is in or out ("tagged kitchen; ...", "not tagged kitchen").
 
         Raises:
             VersionError: ``version`` is not ``vX.Y.Z``.
             ConflictError: ``version`` is already published, or a higher
                 version is.
             NotFoundError: a target is not registered.
+            InvalidRequestError: a tag is malformed or no device carries it.
         """
-        return self._planning.plan_new_update(update_type, version, targets, now=now)
+        return self._planning.plan_new_update(update_type, version, targets, now=now, tags=tags)
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
         """Who installs a published update when, from its rows (and the rules for devices without one).

@@ -13,10 +13,12 @@ from javia_core.models import (
     DeviceRegistered,
     DeviceRegisterRequest,
     DeviceStatus,
+    DeviceTagsChange,
     DeviceUpdateOut,
     EnrollmentTokenCreated,
     EnrollmentTokenOut,
     UpdateStatus,
+    check_tag,
 )
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
@@ -73,10 +75,12 @@ class Devices:
             timezone=request.timezone,
             metadata=check_metadata(request.metadata),
             token_hash=hash_token(token),
+            tags=tuple(request.tags),
         )
         details: dict[str, Any] = {
             "device_uuid": str(device_uuid),
             "device_name": request.device_name,
+            "tags": list(request.tags),
         }
         if enrollment_token is None:
             device = self.store.create_device(
@@ -119,6 +123,24 @@ class Devices:
         )
         self.records.token_replaced(device)
         return views.device_registered(device, token)
+
+    def change_device_tags(
+        self, device_uuid: uuid.UUID, change: DeviceTagsChange, *, now: datetime, actor: str
+    ) -> DeviceOut:
+        """See :meth:`javia_updates.service.UpdateService.change_device_tags`."""
+        device = self.store.change_device_tags(
+            device_uuid,
+            add=change.add,
+            remove=change.remove,
+            now=now,
+            audit=AuditEntry(
+                actor,
+                "device.tags",
+                {"device_uuid": str(device_uuid), "add": change.add, "remove": change.remove},
+            ),
+        )
+        self.records.tags_changed(device)
+        return self.device_out(device, now=now)
 
     def authenticate_device(self, token: str) -> DeviceRecord | None:
         """See :meth:`javia_updates.service.UpdateService.authenticate_device`."""
@@ -197,10 +219,16 @@ class Devices:
         status: DeviceStatus | None = None,
         version: str | None = None,
         online: bool | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page[DeviceOut]:
         """See :meth:`javia_updates.service.UpdateService.list_devices`."""
+        if tag is not None:
+            try:
+                check_tag(tag)
+            except ValueError as error:
+                raise InvalidRequestError(str(error)) from None
         if version is not None:
             Version.parse(version)
         self.records.flush()
@@ -209,6 +237,7 @@ class Devices:
             offline_before=views.offline_before(now, self.settings.heartbeat_interval_seconds),
             online=online,
             current_version=version,
+            tag=tag,
         )
         page = self.store.list_devices(query, limit=limit, offset=offset)
         return Page([self.device_out(device, now=now) for device in page.items], page.total)

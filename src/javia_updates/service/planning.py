@@ -1,4 +1,10 @@
-"""Rollout plans: who would install an update when (a dry run), or will, from its rows."""
+"""Rollout plans: who would install an update when (a dry run), or will, from its rows.
+
+An update that names devices (by uuid or tag) plans every registered device:
+those it does not target appear with ``gets_row`` False and the reason they
+are out ("not tagged kitchen or beta"); those it targets say why they are in
+("tagged kitchen; ...", "listed by uuid; ...").
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ from zoneinfo import ZoneInfo
 
 from javia_core import scheduling
 from javia_core.models import PlanEntry, UpdateStatus, UpdateType
+from javia_core.rollouts.targeting import targeting_reason
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceRecord
 from javia_updates.service import views
-from javia_updates.service.publishing import refuse_unpublishable
+from javia_updates.service.publishing import known_target_tags, refuse_unpublishable
 from javia_updates.service.records import FleetRecords
 from javia_updates.service.updates import Updates
 from javia_updates.settings import ServerSettings
@@ -42,26 +49,38 @@ class Planning:
         targets: Sequence[uuid.UUID] | None,
         *,
         now: datetime,
+        tags: Sequence[str] | None = None,
     ) -> list[PlanEntry]:
         """See :meth:`javia_updates.service.UpdateService.plan_new_update`."""
         parsed = Version.parse(version)
         refuse_unpublishable(self.store, str(parsed), parsed)
+        target_tags = known_target_tags(self.store, tags)
         self.records.flush()
-        devices = self.store.devices_for_targets(
-            None if targets is None else tuple(dict.fromkeys(targets))
-        )
-        return [
-            views.plan_entry(plan) for plan in self._rollout(update_type, str(parsed), devices, now)
-        ]
+        unique = None if targets is None else tuple(dict.fromkeys(targets))
+        devices = self.store.devices_for_targets(unique, target_tags)  # unknown uuids: NotFound
+        if unique is None and target_tags is None:
+            return [
+                views.plan_entry(plan)
+                for plan in self._rollout(update_type, str(parsed), devices, now)
+            ]
+        devices = self.store.devices_for_targets(None)
+        entries = []
+        for device, plan in zip(
+            devices, self._rollout(update_type, str(parsed), devices, now), strict=True
+        ):
+            targeted, why = targeting_reason(unique, target_tags, device.device_uuid, device.tags)
+            if targeted:
+                entries.append(views.plan_entry(plan, reason=f"{why}; {plan.reason}"))
+            else:
+                entries.append(_left_out(plan, why))
+        return entries
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
         """See :meth:`javia_updates.service.UpdateService.plan_published`."""
         update = self.updates.resolve_update(reference)
         self.records.flush()
-        if update.targets is None:
-            devices = self.store.devices_for_targets(None)
-        else:
-            devices = self.store.devices_for_targets(update.targets)
+        devices = self.store.devices_for_targets(None)
+        everyone = update.targets is None and update.target_tags is None
         rows = {
             row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items
         }
@@ -73,11 +92,18 @@ class Planning:
         for device in devices:
             plan = by_uuid[device.device_uuid]
             row = rows.get(device.id)
+            targeted, why = targeting_reason(
+                update.targets, update.target_tags, device.device_uuid, device.tags
+            )
+            if row is None and not targeted:
+                entries.append(_left_out(plan, why))
+                continue
+            prefix = "" if everyone else f"{why}; "
             if row is None:
                 reason = plan.reason
                 if plan.gets_row:
                     reason = f"no row yet: gets it at its next heartbeat; {reason}"
-                entries.append(views.plan_entry(plan, gets_row=False, reason=reason))
+                entries.append(views.plan_entry(plan, gets_row=False, reason=prefix + reason))
                 continue
             if row.status is UpdateStatus.PENDING:
                 current = scheduling.current_install_plan(
@@ -104,7 +130,7 @@ class Planning:
                     status=row.status,
                     install_at_utc=at,
                     install_at_local=local,
-                    reason=reason,
+                    reason=prefix + reason,
                 )
             )
         return entries
@@ -131,3 +157,10 @@ class Planning:
             idle_seconds=self.settings.urgent_idle_seconds,
             online_within_seconds=self.settings.instant_online_seconds,
         )
+
+
+def _left_out(plan: scheduling.DevicePlan, why: str) -> PlanEntry:
+    """The plan line of a device the update does not target: no row, no time, ``why``."""
+    return views.plan_entry(
+        plan, gets_row=False, install_at_utc=None, install_at_local=None, reason=why
+    )

@@ -27,7 +27,7 @@ from javia_core.manifest import (
     Signature,
     verify_manifest,
 )
-from javia_core.models import UpdateOut, UpdateType, check_no_control_characters
+from javia_core.models import UpdateOut, UpdateType, check_no_control_characters, check_tags
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     AuditEntry,
@@ -47,7 +47,7 @@ from javia_updates.service.common import (
 from javia_updates.service.records import FleetRecords
 from javia_updates.settings import ServerSettings
 
-__all__ = ["PackageUpload", "Publishing", "refuse_unpublishable"]
+__all__ = ["PackageUpload", "Publishing", "known_target_tags", "refuse_unpublishable"]
 
 
 _publish_log = logging.getLogger("javia.server.publish")
@@ -104,6 +104,36 @@ def refuse_unpublishable(store: Store, text: str, version: Version) -> None:
         )
 
 
+def known_target_tags(store: Store, tags: Sequence[str] | None) -> tuple[str, ...] | None:
+    """A publish's ``tags``, checked, de-duplicated and sorted; None stays None.
+
+    A tag no device carries is refused: it is more likely a typo than a tag
+    meant for devices not yet tagged (docs/rollouts.md, "Tags").
+
+    Raises:
+        InvalidRequestError: an empty list, a malformed tag, more than
+            ``MAX_TAGS``, or ``unknown tag kitchen: no device has it``.
+    """
+    if tags is None:
+        return None
+    if not tags:
+        raise InvalidRequestError(
+            "tags is empty: give comma-separated tags, or omit tags to target by uuid or everyone"
+        )
+    try:
+        checked = check_tags(list(tags))
+    except ValueError as error:
+        raise InvalidRequestError(f"tags: {error}") from None
+    in_use = store.tags_in_use(checked)
+    for tag in checked:
+        if tag not in in_use:
+            raise InvalidRequestError(
+                f"unknown tag {tag}: no device has it (tag devices first: "
+                f"javia devices tag UUID --add {tag})"
+            )
+    return tuple(checked)
+
+
 class Publishing:
     """The publish use case.
 
@@ -136,6 +166,7 @@ class Publishing:
         targets: Sequence[uuid.UUID] | None = None,
         update_type: UpdateType | None = None,
         actor: str = "admin",
+        tags: Sequence[str] | None = None,
     ) -> UpdateOut:
         """See :meth:`javia_updates.service.UpdateService.publish_update`."""
         payload_path = Path(upload.payload_path)
@@ -165,12 +196,15 @@ class Publishing:
                     "targets is empty: give device uuids, or omit targets to update every device"
                 )
             refuse_unpublishable(self.store, manifest.version, version)
+            target_tags = known_target_tags(self.store, tags)
             unique_targets = None if targets is None else tuple(dict.fromkeys(targets))
             self.records.flush()  # "seen within 300 s" must count every heartbeat answered
             seen_since = None
             if manifest.update_type is UpdateType.INSTANT:
                 seen_since = now - timedelta(seconds=self.settings.instant_online_seconds)
-            devices = self.store.publish_targets(unique_targets, seen_since=seen_since)
+            devices = self.store.publish_targets(
+                unique_targets, tags=target_tags, seen_since=seen_since
+            )
             rows = self._rows_for_publish(manifest.update_type, version, devices, now)
 
             # A key of this publish alone (manifest digest + random suffix): a
@@ -201,6 +235,7 @@ class Publishing:
                 manifest=upload.manifest_bytes,
                 signature=upload.signature_bytes,
                 targets=unique_targets,
+                target_tags=target_tags,
             )
             try:
                 update = self.store.create_update(
@@ -217,6 +252,7 @@ class Publishing:
                             "targets": None
                             if unique_targets is None
                             else [str(t) for t in unique_targets],
+                            "target_tags": None if target_tags is None else list(target_tags),
                         },
                     ),
                 )

@@ -138,6 +138,10 @@ class FleetRecords:
         """``device``'s token was revoked or rotated: forget what is cached of it."""
         self.cache.forget(device.id)
 
+    def tags_changed(self, device: DeviceRecord) -> None:
+        """``device``'s tags changed: forget it, so its next heartbeat reads them (and joins)."""
+        self.cache.forget(device.id)
+
     # ------------------------------------------------------------------ rows
     def device_rows(self, device: DeviceRecord) -> list[DeviceUpdateRecord]:
         """All update rows of ``device``, from the cache if fresh."""
@@ -262,7 +266,7 @@ class FleetRecords:
     ) -> UpdateRecord | None:
         """The newest published update that targets ``device`` and is newer than ``running``."""
         numbers = None if running is None else (running.major, running.minor, running.patch)
-        return self.catalog.newest_targeting(device.device_uuid, numbers)
+        return self.catalog.newest_targeting(device.device_uuid, numbers, device.tags)
 
     def update(self, update_id: int) -> UpdateRecord:
         """The published update ``update_id``, from the catalog if it has it.

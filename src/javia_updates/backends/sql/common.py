@@ -172,6 +172,7 @@ class SQLStoreBase:
             created_at=row.created_at,
             updated_at=row.updated_at,
             token_revoked_at=row.token_revoked_at,
+            tags=tuple(row.tags or ()),
         )
 
     def _device_columns(self) -> list[Any]:
@@ -193,6 +194,7 @@ class SQLStoreBase:
                 "status": DeviceStatus.OFFLINE.value,
                 "metadata": device.metadata,
                 "token_hash": device.token_hash,
+                "tags": list(device.tags),
                 "created_at": now,
                 "updated_at": now,
             },

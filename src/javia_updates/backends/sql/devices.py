@@ -14,11 +14,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, case, func, literal, or_, select
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
-from javia_core.errors import NotFoundError
-from javia_core.models import DeviceStatus
+from javia_core.errors import ConflictError, NotFoundError
+from javia_core.models import MAX_TAGS, DeviceStatus
 from javia_updates.backends.records import (
     AuditEntry,
     DeviceQuery,
@@ -122,11 +135,21 @@ class DeviceStore(SQLStoreBase):
             ).scalar_one_or_none()
         return held is not None
 
+    def _has_tag(self, tag: str) -> Any:
+        """The condition "the device carries ``tag``" (JSONB containment, or SQLite's json_each)."""
+        d = self.tables.devices
+        if self.engine.dialect.name == "postgresql":
+            return type_coerce(d.c.tags, JSONB).contains([tag])
+        held = func.json_each(d.c.tags).table_valued("value")
+        return exists(select(literal(1)).select_from(held).where(held.c.value == tag))
+
     def _device_conditions(self, query: DeviceQuery) -> list[Any]:
         d = self.tables.devices
         conditions: list[Any] = []
         if query.current_version is not None:
             conditions.append(d.c.current_version == query.current_version)
+        if query.tag is not None:
+            conditions.append(self._has_tag(query.tag))
         if query.derived_status is None and query.online is None:
             return conditions
         if query.offline_before is None:
@@ -169,18 +192,28 @@ class DeviceStore(SQLStoreBase):
         return Page([self._device_from_row(row) for row in rows], total)
 
     def _targeted_rows(
-        self, connection: Connection, columns: list[Any], targets: Sequence[uuid.UUID] | None
+        self,
+        connection: Connection,
+        columns: list[Any],
+        targets: Sequence[uuid.UUID] | None,
+        tags: Sequence[str] | None = None,
     ) -> list[Any]:
         d = self.tables.devices
-        if targets is None:
+        if targets is None and tags is None:
             return list(connection.execute(select(*columns).order_by(d.c.id)).all())
-        wanted = [str(target) for target in dict.fromkeys(targets)]
+        wanted = [str(target) for target in dict.fromkeys(targets or ())]
         rows: list[Any] = []
         for start in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[start : start + _IN_CHUNK]
             rows.extend(
                 connection.execute(select(*columns).where(d.c.device_uuid.in_(chunk))).all()
             )
+        if tags:
+            listed = {row.id for row in rows}
+            tagged = connection.execute(
+                select(*columns).where(or_(*(self._has_tag(tag) for tag in dict.fromkeys(tags))))
+            ).all()
+            rows.extend(row for row in tagged if row.id not in listed)
         rows.sort(key=lambda row: row.id)
         missing = set(wanted) - {row.device_uuid for row in rows}
         if missing:
@@ -189,20 +222,94 @@ class DeviceStore(SQLStoreBase):
             raise NotFoundError(f"targets name devices that are not registered: {shown}{more}")
         return rows
 
-    def devices_for_targets(self, targets: Sequence[uuid.UUID] | None) -> list[DeviceRecord]:
-        """Every targeted device, in registration order.
+    def devices_for_targets(
+        self, targets: Sequence[uuid.UUID] | None, tags: Sequence[str] | None = None
+    ) -> list[DeviceRecord]:
+        """Every targeted device (listed by uuid or carrying one of ``tags``), in registration order.
 
         Raises:
             NotFoundError: some targets are not registered devices (all are listed).
         """
         with self._read() as connection:
-            rows = self._targeted_rows(connection, self._device_columns(), targets)
+            rows = self._targeted_rows(connection, self._device_columns(), targets, tags)
         return [self._device_from_row(row) for row in rows]
 
+    def tags_in_use(self, tags: Sequence[str]) -> set[str]:
+        """Those of ``tags`` that at least one device carries."""
+        d = self.tables.devices
+        with self._read() as connection:
+            return {
+                tag
+                for tag in dict.fromkeys(tags)
+                if connection.execute(select(d.c.id).where(self._has_tag(tag)).limit(1)).first()
+                is not None
+            }
+
+    def change_device_tags(
+        self,
+        device_uuid: uuid.UUID,
+        *,
+        add: Sequence[str],
+        remove: Sequence[str],
+        now: datetime,
+        audit: AuditEntry,
+    ) -> DeviceRecord:
+        """Add ``add`` and remove ``remove`` from the device's tags, with ``audit`` if they changed.
+
+        Read and written in one write transaction with the row locked
+        (``FOR UPDATE`` on PostgreSQL; SQLite has one writer), so two operators
+        changing the same device's tags at once both take effect. A tag in
+        both lists ends up removed. Nothing changes (and nothing is audited)
+        when the tags are already so.
+
+        Raises:
+            NotFoundError: no such device.
+            ConflictError: the device would carry more than ``MAX_TAGS`` tags.
+        """
+        d = self.tables.devices
+        with self._write() as connection:
+            held = connection.execute(
+                select(d.c.tags).where(d.c.device_uuid == str(device_uuid)).with_for_update()
+            ).one_or_none()
+            if held is None:
+                raise NotFoundError(f"device {device_uuid} is not registered")
+            before = sorted(held.tags or ())
+            after = sorted((set(before) | set(add)) - set(remove))
+            if len(after) > MAX_TAGS:
+                raise ConflictError(
+                    f"device {device_uuid} would carry {len(after)} tags: at most {MAX_TAGS} "
+                    "are allowed; remove some first"
+                )
+            if after != before:
+                connection.execute(
+                    d.update()
+                    .where(d.c.device_uuid == str(device_uuid))
+                    .values(tags=after, updated_at=now)
+                )
+                self._audit(
+                    connection,
+                    AuditEntry(
+                        audit.actor,
+                        audit.action,
+                        {**audit.details, "before": before, "tags": after},
+                    ),
+                    now,
+                )
+            row = connection.execute(
+                select(*self._device_columns()).where(d.c.device_uuid == str(device_uuid))
+            ).one()
+        return self._device_from_row(row)
+
     def publish_targets(
-        self, targets: Sequence[uuid.UUID] | None, *, seen_since: datetime | None = None
+        self,
+        targets: Sequence[uuid.UUID] | None,
+        *,
+        tags: Sequence[str] | None = None,
+        seen_since: datetime | None = None,
     ) -> list[PublishTarget]:
         """What a publish needs of the targeted devices: five columns, ``seen`` computed in SQL.
+
+        Targeted: listed in ``targets`` or carrying one of ``tags``; both None: every device.
 
         Raises:
             NotFoundError: some targets are not registered devices (all are listed).
@@ -215,7 +322,7 @@ class DeviceStore(SQLStoreBase):
         )
         columns = [d.c.id, d.c.device_uuid, d.c.timezone, d.c.current_version, seen.label("seen")]
         with self._read() as connection:
-            rows = self._targeted_rows(connection, columns, targets)
+            rows = self._targeted_rows(connection, columns, targets, tags)
         return [
             PublishTarget(device_id, device_uuid, timezone, version, bool(seen))
             for device_id, device_uuid, timezone, version, seen in rows

@@ -52,6 +52,7 @@ class UpdateStore(SQLStoreBase):
             archive_size=row.archive_size,
             archive_sha256=row.archive_sha256,
             targets=targets,
+            target_tags=None if row.target_tags is None else tuple(row.target_tags),
         )
 
     def create_update(
@@ -101,6 +102,9 @@ class UpdateStore(SQLStoreBase):
                         targets=None
                         if update.targets is None
                         else [str(t) for t in update.targets],
+                        target_tags=None
+                        if update.target_tags is None
+                        else list(update.target_tags),
                     )
                 )
                 update_id = inserted_id(result)

@@ -15,6 +15,7 @@ from javia_core.models import (
     DeviceRegistered,
     DeviceRegisterRequest,
     DeviceStatus,
+    DeviceTagsChange,
     HeartbeatRequest,
     HeartbeatResponse,
     StatusReport,
@@ -77,12 +78,21 @@ def list_devices(
         str | None, Query(max_length=80, description="vX.Y.Z the device runs")
     ] = None,
     online: Annotated[bool | None, Query(description="derived status is not offline")] = None,
+    tag: Annotated[
+        str | None, Query(max_length=64, description="devices carrying this tag")
+    ] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> DevicePage:
     """Devices in registration order; ``status`` is derived (offline after 3 silent intervals)."""
     page = service.list_devices(
-        now=now, status=status_filter, version=version, online=online, limit=limit, offset=offset
+        now=now,
+        status=status_filter,
+        version=version,
+        online=online,
+        tag=tag,
+        limit=limit,
+        offset=offset,
     )
     return DevicePage(items=page.items, total=page.total, limit=limit, offset=offset)
 
@@ -97,6 +107,15 @@ def get_device(device_uuid: DeviceUuid, service: Service, now: Now, _: Admin) ->
 def revoke_device_token(device_uuid: DeviceUuid, service: Service, now: Now, _: Admin) -> DeviceOut:
     """Revoke the device's token at once (it then gets 401); rotate-token re-admits it."""
     return service.revoke_device_token(device_uuid, now=now)
+
+
+@router.post("/{device_uuid}/tags", response_model=DeviceOut)
+def change_device_tags(
+    device_uuid: DeviceUuid, body: DeviceTagsChange, service: Service, now: Now, _: Admin
+) -> DeviceOut:
+    """Add and remove the device's tags (idempotent, audited); it joins updates targeting a new
+    tag at its next heartbeat. 404 unknown device, 409 above 32 tags, 422 a malformed tag."""
+    return service.change_device_tags(device_uuid, body, now=now)
 
 
 @router.post("/{device_uuid}/rotate-token", response_model=DeviceRegistered)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from javia_core.manifest import PAYLOAD_NAME
-from javia_core.models import UpdateOut, UpdateStatus, UpdateType
+from javia_core.models import UpdateOut, UpdateStatus, UpdateType, check_tags
 from javia_updates.backends.base import UpdateRecord
 from javia_updates.server.auth import (
     Caller,
@@ -66,6 +66,17 @@ def _parse_targets(text: str | None) -> list[uuid.UUID] | None:
     return targets
 
 
+def _parse_tags(text: str | None) -> list[str] | None:
+    """The publish form's ``tags``: comma-separated, each a valid tag (422 naming the bad one)."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return check_tags(items) if items else []
+    except ValueError as error:
+        raise InvalidRequestError(f"tags: {error}") from None
+
+
 def _parse_update_type(text: str | None) -> UpdateType | None:
     if text is None or not text.strip():
         return None
@@ -102,6 +113,7 @@ def list_updates(
                             "signature": {"type": "string", "format": "binary"},
                             "payload": {"type": "string", "format": "binary"},
                             "targets": {"type": "string", "description": "comma-separated uuids"},
+                            "tags": {"type": "string", "description": "comma-separated tags"},
                             "update_type": {
                                 "type": "string",
                                 "enum": [t.value for t in UpdateType],
@@ -114,7 +126,10 @@ def list_updates(
     },
 )
 async def publish_update(request: Request, service: Service, now: Now, _: Admin) -> UpdateOut:
-    """Publish a signed package: multipart files manifest, signature, payload; fields targets, update_type.
+    """Publish a signed package: multipart files manifest, signature, payload; fields targets, update_type, tags.
+
+    ``tags``: a device carrying any of them is targeted (now and when tagged
+    later); a tag no device carries is a 422.
 
     The payload is streamed to disk while hashed; 400 if it does not match the
     manifest, 409 if the version exists, 413 above the upload limit.
@@ -127,6 +142,7 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
     try:
         targets = _parse_targets(received.fields.get("targets"))
         update_type = _parse_update_type(received.fields.get("update_type"))
+        tags = _parse_tags(received.fields.get("tags"))
     except BaseException:
         received.payload_path.unlink(missing_ok=True)
         raise
@@ -142,6 +158,7 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
         now=now,
         targets=targets,
         update_type=update_type,
+        tags=tags,
     )
 
 
@@ -149,7 +166,9 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
 def plan_new_update(body: PlanRequest, service: Service, now: Now, _: Admin) -> PlanList:
     """Dry run of a publish: who would install when, and why."""
     return PlanList(
-        items=service.plan_new_update(body.update_type, body.version, body.targets, now=now)
+        items=service.plan_new_update(
+            body.update_type, body.version, body.targets, now=now, tags=body.tags
+        )
     )
 
 
