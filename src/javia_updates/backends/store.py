@@ -310,6 +310,9 @@ class Store(Protocol):
     def rollout_devices(self, update_id: int) -> list[RolloutDeviceRow]:
         """Every device row of ``update_id`` with the device's ``last_seen`` (the evaluation's input)."""
 
+    def regression_count(self, update_id: int) -> int:
+        """How many completed rows of ``update_id`` have a post-install regression (one aggregate)."""
+
     def previous_update_id(self, update_id: int) -> int | None:
         """The update with the next lower version (the health view's "previous"), or None."""
 

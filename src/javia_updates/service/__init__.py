@@ -193,7 +193,7 @@ class UpdateService:
 
     def _evaluate_rollout(self, update_id: int, now: datetime) -> None:
         """A row of ``update_id`` finished or regressed: halt, advance or complete its rollout now."""
-        self._rollouts.evaluate(self.records.update(update_id), now)
+        self._rollouts.row_finished(self.records.update(update_id), now)
 
     def evaluate_rollouts(self, *, now: datetime) -> None:
         """Evaluate every running rollout: soaks, silent devices, phase gates (the periodic task).

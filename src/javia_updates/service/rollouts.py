@@ -20,6 +20,7 @@ asks them and writes what they decide:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -69,6 +70,8 @@ COMMANDS: dict[str, RolloutEvent] = {
         RolloutEvent.ADVANCE,
     )
 }
+#: After a report, the full evaluation (every row read) runs at most this often per update, seconds.
+FULL_EVALUATION_SECONDS = 1.0
 #: A conditional write lost this many times in a row is reported as a conflict.
 MAX_RACE_RETRIES = 8
 _FINISHED = frozenset({UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK})
@@ -147,10 +150,18 @@ class Rollouts:
         settings: the heartbeat interval (silence) and ``approval_required``.
     """
 
-    def __init__(self, records: FleetRecords, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        records: FleetRecords,
+        settings: ServerSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.records = records
         self.store = records.store
         self.settings = settings
+        self._clock = clock
+        self._evaluated_at: dict[int, float] = {}
 
     # ------------------------------------------------------------------ writes
     def _change(
@@ -235,6 +246,35 @@ class Rollouts:
         return record
 
     # ------------------------------------------------------------------ evaluation
+    def row_finished(self, update: UpdateRecord, now: datetime) -> RolloutRecord | None:
+        """A report finished a row (or a heartbeat recorded a regression) of ``update``.
+
+        The halt is decided at once over the whole rollout's counts (two
+        aggregate queries), so it lands within the report that crossed the
+        line; the full evaluation (phase gate, silences), which reads every
+        row, runs at most every :data:`FULL_EVALUATION_SECONDS` per update here
+        (and whenever every device may have finished), and in the periodic task.
+        """
+        record = self.records.catalog.rollout(update.id) or self.store.get_rollout(update.id)
+        if record is None or record.state in _SETTLED:
+            return record
+        counts = self.store.status_counts([update.id])[update.id]
+        tally = Tally(
+            targeted=sum(n for s, n in counts.items() if UpdateStatus(s) not in _NOT_TARGETED),
+            completed=counts.get(UpdateStatus.COMPLETED.value, 0),
+            failed=counts.get(UpdateStatus.FAILED.value, 0),
+            rolled_back=counts.get(UpdateStatus.ROLLED_BACK.value, 0),
+            regressions=self.store.regression_count(update.id),
+        )
+        reason = halt_decision(policy_of(record), tally)
+        if reason is not None:
+            return self._automatic(update, RolloutEvent.HALT, now, reason=reason)
+        last = self._evaluated_at.get(update.id)
+        recent = last is not None and self._clock() - last < FULL_EVALUATION_SECONDS
+        if recent and tally.finished < tally.targeted:
+            return record  # the periodic task or a later report evaluates it
+        return self.evaluate(update, now)
+
     def evaluate(self, update: UpdateRecord, now: datetime) -> RolloutRecord | None:
         """Regressions, halt, phase gate and completion of ``update``'s rollout (module docstring).
 
@@ -244,6 +284,7 @@ class Rollouts:
         record = self.store.get_rollout(update.id)
         if record is None or record.state in _SETTLED:
             return record
+        self._evaluated_at[update.id] = self._clock()
         policy = policy_of(record)
         rows = self._record_silences(update, record, self.store.rollout_devices(update.id), now)
         reason = halt_decision(policy, _tally(rows))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from javia_core.models import RolloutState, UpdateStatus
@@ -185,6 +185,21 @@ class RolloutStore(SQLStoreBase):
             )
             for row in rows
         ]
+
+    def regression_count(self, update_id: int) -> int:
+        """How many completed rows of ``update_id`` have a post-install regression recorded."""
+        du = self.tables.device_updates
+        with self._read() as connection:
+            count: int = connection.execute(
+                select(func.count())
+                .select_from(du)
+                .where(
+                    du.c.update_id == update_id,
+                    du.c.status == UpdateStatus.COMPLETED.value,
+                    du.c.regressed_at.is_not(None),
+                )
+            ).scalar_one()
+        return count
 
     def previous_update_id(self, update_id: int) -> int | None:
         """The update with the next lower version than ``update_id``'s, or None."""
