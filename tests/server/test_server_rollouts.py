@@ -319,3 +319,39 @@ def test_an_empty_first_phase_opens_the_next_at_once(fleet: Fleet) -> None:
     assert fleet.rollout(update_id).phase == 1
     assert fleet.offered(version) == {device}
     assert fleet.clock.now - START < timedelta(seconds=1)
+
+
+def test_updates_published_before_rollouts_get_an_active_single_phase_rollout(
+    database_url: str,
+) -> None:
+    from sqlalchemy import insert
+
+    from javia_updates.backends.migrations import upgrade
+    from javia_updates.backends.schema import build_tables, default_schema
+    from javia_updates.backends.sql.engine import make_engine
+    from javia_updates.backends.sql.store import SQLStore
+
+    upgrade(database_url, revision="0002")
+    engine = make_engine(database_url)
+    updates = build_tables(default_schema(engine.dialect.name)).updates
+    with engine.begin() as connection:
+        connection.execute(
+            insert(updates).values(
+                version="v1.0.0", version_major=1, version_minor=0, version_patch=0,
+                created_at=START, update_type="scheduled", description="", package_url="k",
+                requires_system_packages=False, system_packages=[], app="app", key_id="k" * 16,
+                archive_size=1, archive_sha256="0" * 64, manifest=b"{}", signature=b"{}",
+            )
+        )  # fmt: skip
+    engine.dispose()
+    upgrade(database_url)
+    store = SQLStore(make_engine(database_url))
+    try:
+        (rollout,) = store.list_rollouts().values()
+        assert (rollout.state, rollout.phases, rollout.phase_index) == (
+            RolloutState.ACTIVE,
+            (100,),
+            0,
+        )
+    finally:
+        store.close()

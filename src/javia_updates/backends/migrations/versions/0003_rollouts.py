@@ -78,7 +78,9 @@ def upgrade() -> None:
     op.add_column(
         "device_updates", sa.Column("regression_reason", sa.Text(), nullable=True), schema=schema
     )
-    updates = sa.table("updates", sa.column("id"), sa.column("created_at"), schema=schema)
+    updates = sa.table(
+        "updates", sa.column("id"), sa.column("created_at", UTCDateTime()), schema=schema
+    )
     existing = op.get_bind().execute(sa.select(updates.c.id, updates.c.created_at)).all()
     now = datetime.now(UTC)
     if existing:
