@@ -17,8 +17,6 @@ what they did before, so nothing changes for them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import sqlalchemy as sa
 from alembic import context, op
 
@@ -78,35 +76,30 @@ def upgrade() -> None:
     op.add_column(
         "device_updates", sa.Column("regression_reason", sa.Text(), nullable=True), schema=schema
     )
+    # One INSERT ... SELECT, so the offline SQL (javia db sql) backfills too.
     updates = sa.table(
         "updates", sa.column("id"), sa.column("created_at", UTCDateTime()), schema=schema
     )
-    existing = op.get_bind().execute(sa.select(updates.c.id, updates.c.created_at)).all()
-    now = datetime.now(UTC)
-    if existing:
-        op.bulk_insert(
-            rollouts,
-            [
-                {
-                    "update_id": update_id,
-                    "state": RolloutState.ACTIVE.value,
-                    "phases": [100],
-                    "phase_index": 0,
-                    "phase_opened_at": created_at,
-                    "phase_soak_seconds": DEFAULT_PHASE_SOAK_SECONDS,
-                    "halt_failure_rate": DEFAULT_HALT_FAILURE_RATE,
-                    "halt_min_devices": DEFAULT_HALT_MIN_DEVICES,
-                    "require_approval": False,
-                    "phase_approval": False,
-                    "awaiting_phase_approval": False,
-                    "halt_reason": None,
-                    "revision": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for update_id, created_at in existing
-            ],
-        )
+    postgres = op.get_context().dialect.name == "postgresql"
+    one_phase = "CAST('[100]' AS JSONB)" if postgres else "'[100]'"
+    values = {
+        "update_id": updates.c.id,
+        "state": sa.literal_column(f"'{RolloutState.ACTIVE.value}'"),
+        "phases": sa.literal_column(one_phase),
+        "phase_index": sa.literal_column("0"),
+        "phase_opened_at": updates.c.created_at,
+        "phase_soak_seconds": sa.literal_column(str(DEFAULT_PHASE_SOAK_SECONDS)),
+        "halt_failure_rate": sa.literal_column(repr(float(DEFAULT_HALT_FAILURE_RATE))),
+        "halt_min_devices": sa.literal_column(str(DEFAULT_HALT_MIN_DEVICES)),
+        "require_approval": sa.false(),
+        "phase_approval": sa.false(),
+        "awaiting_phase_approval": sa.false(),
+        "halt_reason": sa.null(),
+        "revision": sa.literal_column("0"),
+        "created_at": updates.c.created_at,
+        "updated_at": updates.c.created_at,
+    }
+    op.execute(rollouts.insert().from_select(list(values), sa.select(*values.values())))
 
 
 def downgrade() -> None:
