@@ -76,7 +76,9 @@ def dump(url: str) -> dict[str, list[dict]]:
             return {
                 table.name: [
                     dict(row._mapping)
-                    for row in connection.execute(select(table).order_by(*table.primary_key.columns))
+                    for row in connection.execute(
+                        select(table).order_by(*table.primary_key.columns)
+                    )
                 ]
                 for table in tables.metadata.sorted_tables
             }
