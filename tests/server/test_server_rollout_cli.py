@@ -72,7 +72,7 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
     ):
         paths[name] = tmp_path / name
         paths[name].write_bytes(data)
-    with server_process(tmp_path, API_KEY) as (url, _log):
+    with server_process(tmp_path, API_KEY) as (url, log):
         with AdminClient(url, API_KEY) as client:
             client.register_device(device_name="kitchen")  # one device still to install
             published = client.publish(
@@ -103,3 +103,4 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
         assert cancelled.stdout.strip() == "v1.1.0: cancelled, phase 1 of 1 (100%)"
         unknown = javia("updates", "resume", "v7.7.7", *common)
         assert "v7.7.7" in one_red_line(unknown)
+    assert "Traceback" not in log.read_text()  # the periodic evaluation included
