@@ -71,3 +71,41 @@ def test_unknown_command_and_unknown_update_are_refused(
     assert client.post("/api/v1/updates/v1.1.0/explode", json={}, headers=admin).status_code == 422
     assert client.post("/api/v1/updates/v9.9.9/pause", json={}, headers=admin).status_code == 404
     assert client.post("/api/v1/updates/v1.1.0/pause", json={}).status_code == 401
+
+
+def test_a_failure_reported_over_http_halts_and_the_next_device_gets_no_offer(
+    client: Any, admin: dict[str, str], publish: Any
+) -> None:
+    devices = []
+    for name in ("first", "second"):
+        body = client.post(
+            "/api/v1/devices/register", json={"device_name": name}, headers=admin
+        ).json()
+        headers = {"Authorization": f"Bearer {body['device_token']}"}
+        devices.append((body["device_uuid"], headers))
+
+    def heartbeat(uid: str, headers: dict[str, str]) -> Any:
+        response = client.post(
+            f"/api/v1/devices/{uid}/heartbeat", json={"current_version": "v1.0.0"}, headers=headers
+        )
+        assert response.status_code == 200
+        return response.json()["update"]
+
+    for uid, headers in devices:
+        heartbeat(uid, headers)
+    response, _ = publish(data={"halt_min_devices": "1", "halt_failure_rate": "50"})
+    assert response.status_code == 201
+    update_id = response.json()["id"]
+    (first, first_headers), (second, second_headers) = devices
+    assert heartbeat(first, first_headers)["update_id"] == update_id
+
+    reported = client.post(
+        f"/api/v1/devices/{first}/updates/{update_id}/status",
+        json={"status": "failed", "error_message": "health check failed"},
+        headers=first_headers,
+    )
+    assert reported.status_code == 200
+    rollout = client.get(f"/api/v1/updates/{update_id}", headers=admin).json()["rollout"]
+    assert rollout["state"] == "halted"
+    assert rollout["halt_reason"] == "1 of 1 finished devices failed (100%) >= 50%: 1 failed"
+    assert heartbeat(second, second_headers) is None
