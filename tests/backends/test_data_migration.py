@@ -68,7 +68,7 @@ def populate(service: UpdateService, make_package) -> dict:  # type: ignore[no-u
 
 
 def dump(url: str) -> dict[str, list[dict]]:
-    """Every row of every javia table, by table, in id order."""
+    """Every row of every javia table, by table, in primary-key order."""
     engine = make_engine(url)
     tables = build_tables(default_schema(engine.dialect.name))
     try:
@@ -76,7 +76,9 @@ def dump(url: str) -> dict[str, list[dict]]:
             return {
                 table.name: [
                     dict(row._mapping)
-                    for row in connection.execute(select(table).order_by(table.c.id))
+                    for row in connection.execute(
+                        select(table).order_by(*table.primary_key.columns)
+                    )
                 ]
                 for table in tables.metadata.sorted_tables
             }

@@ -114,6 +114,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/updates/{reference}"): Row(ADMIN_ONLY, update()),
     ("GET", "/api/v1/updates/{reference}/devices"): Row(ADMIN_ONLY, update("/devices")),
     ("GET", "/api/v1/updates/{reference}/plan"): Row(ADMIN_ONLY, update("/plan")),
+    ("POST", "/api/v1/updates/{reference}/{command}"): Row(
+        ADMIN_ONLY, update("/pause"), lambda world: {"json": {"reason": "matrix"}}
+    ),
     ("GET", "/api/v1/updates/{reference}/manifest"): Row(ADMIN_OR_A, update("/manifest")),
     ("GET", "/api/v1/updates/{reference}/signature"): Row(ADMIN_OR_A, update("/signature")),
     ("GET", "/api/v1/updates/{reference}/download"): Row(ADMIN_OR_A, update("/download")),

@@ -18,6 +18,8 @@ payload    file     ``payload.tar.gz``
 targets    field    comma-separated device uuids (absent: every device)
 update_type field   scheduled, urgent or instant (must equal the signed type)
 tags       field    comma-separated device tags (a device with any of them)
+phases, phase_soak_seconds, halt_failure_rate, halt_min_devices,
+require_approval, phase_approval: fields, the rollout policy (docs/rollouts.md)
 ========== ======== ===============================================
 """
 
@@ -41,12 +43,22 @@ from javia_core.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 __all__ = ["ReceivedUpload", "UploadError", "UploadTooLargeError", "receive_package_upload"]
 
 FILE_PARTS = ("manifest", "signature", "payload")
-FIELD_PARTS = ("targets", "update_type", "tags")
+#: The rollout policy's fields (docs/rollouts.md), all optional.
+ROLLOUT_FIELD_PARTS = (
+    "phases",
+    "phase_soak_seconds",
+    "halt_failure_rate",
+    "halt_min_devices",
+    "require_approval",
+    "phase_approval",
+)
+FIELD_PARTS = ("targets", "update_type", "tags", *ROLLOUT_FIELD_PARTS)
 MAX_FIELD_BYTES = 4 * 1024 * 1024
 _LIMITS = {"manifest": MAX_MANIFEST_BYTES, "signature": MAX_SIGNATURE_BYTES}
 _EXPECTED_PARTS = (
     "expected multipart/form-data with files manifest (manifest.json), signature "
-    "(manifest.sig) and payload (payload.tar.gz), and optional fields targets, update_type and tags"
+    "(manifest.sig) and payload (payload.tar.gz), and optional fields targets, update_type, "
+    "tags and the rollout's " + ", ".join(ROLLOUT_FIELD_PARTS)
 )
 
 

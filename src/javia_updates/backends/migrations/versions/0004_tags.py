@@ -20,7 +20,7 @@ from alembic import context, op
 from javia_updates.backends.schema import json_type
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

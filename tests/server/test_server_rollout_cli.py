@@ -1,0 +1,106 @@
+"""The rollout commands of the operator CLI against a real server process, and publish's
+rollout options checked before anything is built: one red line on refusal, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from javia_devtools.demo import example_app_dir, javia_command
+from javia_updates.admin_client import AdminClient
+from shared_helpers import server_process
+
+API_KEY = "rollout-cli-admin-key-0123456789"
+
+
+def javia(*args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("JAVIA_")}
+    return subprocess.run(
+        [*javia_command(), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def one_red_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--phases", "10,5,100"], "invalid --phases: phases must increase: 5 follows 10"),
+        (["--phases", "1,abc,100"], "invalid --phases: invalid phase 'abc'"),
+        (["--phase-soak", "30"], "invalid --phase-soak: invalid duration '30'"),
+        (["--halt-failure-rate", "0"], "halt failure rate must be a percentage above 0"),
+        (["--halt-min-devices", "0"], "halt minimum must be a whole number of devices"),
+    ],
+)
+def test_publish_refuses_bad_rollout_options_before_building(
+    tmp_path: Path, options: list[str], expected: str
+) -> None:
+    app_dir = tmp_path / "pi_client"
+    shutil.copytree(example_app_dir(), app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    result = javia(
+        "publish", str(app_dir), "--version", "v9.0.0", "--type", "scheduled", *options,
+        "--server", "http://127.0.0.1:9", "--api-key", API_KEY,
+    )  # fmt: skip
+    assert expected in one_red_line(result)
+    assert (app_dir / "VERSION").read_text().strip() != "v9.0.0"
+
+
+def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package: Any) -> None:
+    package = make_package("v1.1.0", "scheduled")
+    paths = {}
+    for name, data in (
+        ("manifest", package.manifest),
+        ("signature", package.signature),
+        ("payload", package.payload),
+    ):
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    with server_process(tmp_path, API_KEY) as (url, log):
+        with AdminClient(url, API_KEY) as client:
+            client.register_device(device_name="kitchen")  # one device still to install
+            published = client.publish(
+                manifest_path=paths["manifest"],
+                signature_path=paths["signature"],
+                payload_path=paths["payload"],
+                rollout={"phase_soak_seconds": "600", "require_approval": "true"},
+            )
+        assert published.rollout is not None
+        assert published.rollout.state.value == "awaiting_approval"
+        common = ("--server", url, "--api-key", API_KEY)
+
+        refused = javia("updates", "pause", "v1.1.0", *common)
+        assert one_red_line(refused).endswith(
+            "v1.1.0: pause refused: the rollout has not started: approve it or cancel it"
+        )
+        approved = javia("updates", "approve", "v1.1.0", "--reason", "checked", "--json", *common)
+        assert approved.returncode == 0, approved.stderr
+        assert json.loads(approved.stdout)["rollout"]["state"] == "active"
+
+        paused = javia("updates", "pause", "v1.1.0", *common)
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.strip() == "v1.1.0: paused, phase 1 of 1 (100%)"
+        again = javia("updates", "pause", "v1.1.0", *common)
+        assert again.returncode == 0 and again.stdout.strip() == paused.stdout.strip()
+
+        cancelled = javia("updates", "cancel", "v1.1.0", "--reason", "wrong build", *common)
+        assert cancelled.stdout.strip() == "v1.1.0: cancelled, phase 1 of 1 (100%)"
+        unknown = javia("updates", "resume", "v7.7.7", *common)
+        assert "v7.7.7" in one_red_line(unknown)
+    assert "Traceback" not in log.read_text()  # the periodic evaluation included
