@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from javia_core.manifest import PAYLOAD_NAME
-from javia_core.models import UpdateOut, UpdateStatus, UpdateType
+from javia_core.models import RevertSource, UpdateOut, UpdateStatus, UpdateType
 from javia_updates.backends.base import UpdateRecord
 from javia_updates.server.auth import (
     Caller,
@@ -177,6 +177,16 @@ def update_devices(
 def plan_published(reference: Reference, service: Service, now: Now, _: Admin) -> PlanList:
     """Who installs a published update when, from its rows."""
     return PlanList(items=service.plan_published(reference, now=now))
+
+
+@router.get("/{reference}/revert-source", response_model=RevertSource)
+def revert_source(reference: Reference, service: Service, _: Admin) -> RevertSource:
+    """What a revert rolls forward to: the devices running the update and their healthy release.
+
+    409 with one line when no device runs it or none completed an earlier
+    release that was not halted or cancelled (docs/rollouts.md, "Revert").
+    """
+    return service.revert_source(reference)
 
 
 def _readable_update(service: UpdateService, reference: str, caller: Caller) -> UpdateRecord:
