@@ -178,14 +178,6 @@ def test_revert_publishes_the_healthy_content_as_a_new_signed_version(
     } == expected
 
 
-# Needs the cancel route of the rollout-server branch; until it is merged the
-# revert stops after the publish, saying so (see the assertion on stderr).
-CANCEL_ROUTE_MERGED = False
-
-
-@pytest.mark.xfail(
-    not CANCEL_ROUTE_MERGED, reason="cancel route comes with the rollout-server branch", strict=True
-)
 def test_revert_cancels_the_bad_rollout(bad_release: RevertFleet):
     result = revert_bad_release(bad_release)
 
@@ -196,6 +188,12 @@ def test_revert_cancels_the_bad_rollout(bad_release: RevertFleet):
     assert answer["cancelled"]["rollout"]["state"] == "cancelled"
     rollout = bad_release.client.get_update("v1.2.0").rollout
     assert rollout is not None and rollout.state == "cancelled"
+
+    shown = javia("updates", "show", "v1.2.0", url=bad_release.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "rollout: cancelled, phase 1 of 1 (100%) open" in shown.stdout
+    assert "│ 1 of 1 " in shown.stdout and "█" in shown.stdout
+    assert "exposed (started this update)" in shown.stdout
 
 
 def test_revert_without_a_healthy_earlier_release_is_one_line_and_publishes_nothing(

@@ -12,7 +12,7 @@ fit its model.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
@@ -275,6 +275,29 @@ class AdminClient:
             params={"limit": 1000},
         )
 
+    def rollout_command(self, reference: str, action: str, reason: str | None) -> UpdateOut:
+        """``POST /api/v1/updates/{reference}/{action}``: pause, resume, cancel, approve or advance.
+
+        Args:
+            reference: the update's id or version (``v1.5.0``).
+            action: ``pause``, ``resume``, ``cancel``, ``approve`` or ``advance``.
+            reason: the operator's words for the audit log, or None.
+
+        Returns:
+            The update with its rollout after the command (unchanged when the
+            command was already in effect).
+
+        Raises:
+            ApiError: 409 with one line when the rollout's state refuses the
+                move, 404 for an unknown update.
+        """
+        return self._one(
+            UpdateOut,
+            "POST",
+            f"/api/v1/updates/{_segment(reference)}/{_segment(action)}",
+            json={"reason": reason},
+        )
+
     def plan_update(self, update: str | int) -> list[PlanEntry]:
         """``GET /api/v1/updates/{id}/plan``: who installs a published update, when and why."""
         return self._items(PlanEntry, "GET", f"/api/v1/updates/{_segment(update)}/plan")
@@ -345,11 +368,14 @@ class AdminClient:
         update_type: str | None = None,
         targets: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
+        rollout: Mapping[str, str] | None = None,
     ) -> UpdateOut:
         """``POST /api/v1/updates/``: upload the three package objects.
 
         The payload is streamed from disk; ``progress(n)`` is called with each
-        chunk's size in bytes.
+        chunk's size in bytes. ``rollout``: the policy's form fields
+        (``phases``, ``phase_soak_seconds``, ``halt_failure_rate``,
+        ``halt_min_devices``, ``require_approval``, ``phase_approval``), as text.
 
         Raises:
             ApiError: 409 when the version exists, 400/422 for a bad package.
@@ -360,6 +386,7 @@ class AdminClient:
             data["update_type"] = update_type
         if targets:
             data["targets"] = ",".join(targets)
+        data.update(rollout or {})
         with payload_path.open("rb") as payload:
             files = {
                 "manifest": ("manifest.json", manifest_path.read_bytes(), "application/json"),
@@ -378,21 +405,6 @@ class AdminClient:
                 files=files,
                 timeout=httpx.Timeout(self._client.timeout.connect, read=None, write=None),
             )
-
-    def rollout_command(
-        self, update: str | int, action: str, reason: str | None = None
-    ) -> UpdateOut:
-        """``POST /api/v1/updates/{id or vX.Y.Z}/{action}`` (pause, resume, cancel, approve, advance).
-
-        Raises:
-            ApiError: 409 when the move is illegal in the rollout's state.
-        """
-        return self._one(
-            UpdateOut,
-            "POST",
-            f"/api/v1/updates/{_segment(update)}/{_segment(action)}",
-            json={"reason": reason},
-        )
 
     @staticmethod
     def file_size(path: Path) -> int:

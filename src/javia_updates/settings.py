@@ -24,6 +24,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from javia_core.errors import JaviaError
+from javia_core.models import UpdateType
+from javia_core.rollouts import parse_approval_required
 from javia_core.scheduling import MAX_WINDOW_SECONDS
 from javia_core.settings_sources import EnvOverTomlSettings
 
@@ -103,6 +105,12 @@ class ServerSettings(EnvOverTomlSettings):
             enforces trust either way. Set ``JAVIA_TRUSTED_KEYS_DIR`` (or
             ``trusted_keys_dir`` in the settings file) to the directory of the
             publishers' public keys to refuse bad signatures early.
+        approval_required: update types whose rollouts start awaiting the
+            operator's ``approve`` (``JAVIA_APPROVAL_REQUIRED``, e.g. ``instant``
+            or ``instant,urgent``; empty: none). See :attr:`approval_required_types`.
+        rollout_evaluation_seconds: how often the server evaluates running
+            rollouts for soaks, silent devices and phase gates, in seconds
+            (status reports and regressions evaluate at once as well).
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -122,6 +130,19 @@ class ServerSettings(EnvOverTomlSettings):
     heartbeat_flush_seconds: float = Field(default=0.25, ge=0, le=60)
     device_cache_seconds: float = Field(default=30, ge=0, le=3600)
     trusted_keys_dir: Path | None = None
+    approval_required: str = ""
+    rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
+
+    @field_validator("approval_required")
+    @classmethod
+    def _approval_types(cls, value: str) -> str:
+        parse_approval_required(value)  # RolloutError is a ValueError: a clear settings error
+        return value
+
+    @property
+    def approval_required_types(self) -> frozenset[UpdateType]:
+        """The update types of :attr:`approval_required`, parsed (docs/rollouts.md)."""
+        return parse_approval_required(self.approval_required)
 
     @field_validator("window_start")
     @classmethod

@@ -25,22 +25,44 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from javia_core.models import RolloutState
+from javia_core.rollouts import device_may_start, phase_of
 from javia_core.status_rules import raises_version
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     DeviceRecord,
     DeviceUpdateRecord,
+    RolloutRecord,
     UpdateRecord,
 )
 
-__all__ = ["CATALOG_MAX_AGE_SECONDS", "DeviceCache", "UpdateCatalog"]
+__all__ = [
+    "CATALOG_MAX_AGE_SECONDS",
+    "PHASE_MEMO_SIZE",
+    "DeviceCache",
+    "UpdateCatalog",
+    "device_is_canary",
+]
 
 #: The update list is reloaded at least this often, in seconds.
 CATALOG_MAX_AGE_SECONDS = 1.0
+#: Devices' phases kept per catalog (update, device) before the memo starts over.
+PHASE_MEMO_SIZE = 200_000
+#: Rollouts that offer nothing to devices without a row yet (reconciliation skips them).
+_CLOSED_ROLLOUTS = frozenset({RolloutState.HALTED, RolloutState.CANCELLED})
+
+
+def device_is_canary(device_uuid: uuid.UUID) -> bool:
+    """Whether the device is tagged ``canary`` (phase 0 of every rollout, docs/rollouts.md).
+
+    False for now: device tags arrive with their own change (``devices.tags``),
+    which wires this to the device's tags.
+    """
+    return False
 
 
 _epochs = itertools.count(1)
@@ -221,9 +243,13 @@ class UpdateCatalog:
         *,
         max_age_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        load_rollouts: Callable[[], Mapping[int, RolloutRecord]] | None = None,
     ) -> None:
         self._load_ids = load_ids
         self._load_update = load_update
+        self._load_rollouts = load_rollouts
+        self._rollouts: Mapping[int, RolloutRecord] = {}
+        self._phases: dict[tuple[int, uuid.UUID], int] = {}
         self.max_age_seconds = max_age_seconds
         self._clock = clock
         self._updates: list[_Published] = []
@@ -231,10 +257,16 @@ class UpdateCatalog:
         self.generation = 0
         self._lock = threading.Lock()
 
-    def invalidate(self) -> None:
-        """Check the ids at the next use (this process published)."""
+    def invalidate(self, *, rows: bool = False) -> None:
+        """Check the ids and rollouts at the next use (this process published or changed one).
+
+        ``rows``: device rows changed too (a rollout was cancelled): a new
+        :attr:`generation` drops every row cached under the old one.
+        """
         with self._lock:
             self._checked_at = None
+            if rows:
+                self.generation += 1
 
     def _current(self) -> list[_Published]:
         with self._lock:
@@ -247,6 +279,10 @@ class UpdateCatalog:
                 return self._updates
             known = {update.record.id: update for update in self._updates}
         ids = set(self._load_ids())
+        if self._load_rollouts is not None:
+            rollouts = self._load_rollouts()
+            with self._lock:
+                self._rollouts = rollouts
         if ids == set(known):
             with self._lock:
                 self._checked_at = self._clock()
@@ -290,6 +326,52 @@ class UpdateCatalog:
         for update in self._current():
             if running is not None and update.numbers <= running:
                 return None  # highest first: nothing newer follows
+            rollout = self._rollouts.get(update.record.id)
+            if rollout is not None and rollout.state in _CLOSED_ROLLOUTS:
+                continue  # halted or cancelled: offers nothing; a lower one may
             if update.targets is None or device_uuid in update.targets:
                 return update.record
         return None
+
+    def rollout(self, update_id: int) -> RolloutRecord | None:
+        """The rollout of ``update_id`` as of the last check (no I/O), None if it has none."""
+        return self._rollouts.get(update_id)
+
+    def may_start(self, update_id: int, device_uuid: uuid.UUID) -> bool:
+        """Whether a device that has not started ``update_id`` may be offered it now (O(1), no I/O).
+
+        The offer gate of docs/rollouts.md (:func:`device_may_start`) over the
+        rollout as of the last check (at most :data:`CATALOG_MAX_AGE_SECONDS`
+        old, at once after a change on this replica). An update without a
+        rollout row behaves as an active rollout of one phase. The device's
+        phase (a SHA-256, :func:`phase_of`) is hashed only when the phase
+        matters and is kept per (update, device).
+        """
+        rollout = self._rollouts.get(update_id)
+        if rollout is None or rollout.state is RolloutState.COMPLETED:
+            return True
+        if rollout.state is not RolloutState.ACTIVE:
+            return False
+        if rollout.phase_index == len(rollout.phases) - 1:
+            return True  # every phase is open
+        return device_may_start(
+            rollout.state, self.phase(update_id, device_uuid, rollout), rollout.phase_index
+        )
+
+    def phase(self, update_id: int, device_uuid: uuid.UUID, rollout: RolloutRecord) -> int:
+        """The device's phase in ``rollout`` (:func:`phase_of` over the update's version), memoised."""
+        key = (update_id, device_uuid)
+        found = self._phases.get(key)
+        if found is None:
+            version = next(
+                (u.record.version for u in self._updates if u.record.id == update_id), None
+            )
+            if version is None:
+                version = self._load_update(update_id).version
+            found = phase_of(
+                device_uuid, version, rollout.phases, canary=device_is_canary(device_uuid)
+            )
+            if len(self._phases) >= PHASE_MEMO_SIZE:
+                self._phases.clear()
+            self._phases[key] = found
+        return found

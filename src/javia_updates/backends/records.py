@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_core.models import DeviceStatus, RolloutState, UpdateStatus, UpdateType
 
 __all__ = [
     "AuditEntry",
@@ -26,9 +26,12 @@ __all__ = [
     "NewDevice",
     "NewDeviceUpdate",
     "NewEnrollmentToken",
+    "NewRollout",
     "NewUpdate",
     "Page",
     "PublishTarget",
+    "RolloutDeviceRow",
+    "RolloutRecord",
     "TransitionResult",
     "UpdateRecord",
 ]
@@ -258,6 +261,71 @@ class DeviceUpdateRecord:
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    #: When a post-install regression was recorded on this completed row (revision 0003).
+    regressed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """One update's stored rollout (table ``rollouts``, docs/rollouts.md).
+
+    Attributes:
+        update_id: the update it rolls out.
+        state: where it stands.
+        phases: cumulative percentages, e.g. ``(1, 10, 50, 100)``.
+        phase_index: the highest open phase (0-based).
+        phase_opened_at: when that phase opened (UTC); None while awaiting approval.
+        phase_soak_seconds, halt_failure_rate, halt_min_devices, require_approval,
+            phase_approval: the policy chosen at publish (``require_approval``
+            also when the server's ``JAVIA_APPROVAL_REQUIRED`` asked for it).
+        awaiting_phase_approval: the open phase passed its gate and waits for ``approve``.
+        halt_reason: why it halted, if it did.
+        revision: bumped on every change; writes are conditional on it.
+    """
+
+    update_id: int
+    state: RolloutState
+    phases: tuple[int, ...]
+    phase_index: int
+    phase_opened_at: datetime | None
+    phase_soak_seconds: int
+    halt_failure_rate: float
+    halt_min_devices: int
+    require_approval: bool
+    phase_approval: bool
+    awaiting_phase_approval: bool
+    halt_reason: str | None
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewRollout:
+    """The rollout a publish creates (in phase 0), from its policy (docs/rollouts.md)."""
+
+    state: RolloutState
+    phases: tuple[int, ...]
+    phase_soak_seconds: int
+    halt_failure_rate: float
+    halt_min_devices: int
+    require_approval: bool
+    phase_approval: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDeviceRow:
+    """One targeted device's row of a rollout, with what its evaluation needs."""
+
+    device_update_id: int
+    device_id: int
+    device_uuid: uuid.UUID
+    status: UpdateStatus
+    window_end: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    regressed_at: datetime | None
+    last_seen: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

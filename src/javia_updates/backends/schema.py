@@ -27,6 +27,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -40,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
-from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_core.models import DeviceStatus, RolloutState, UpdateStatus, UpdateType
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -128,6 +129,7 @@ class Tables:
     device_updates: Table
     audit_log: Table
     enrollment_tokens: Table
+    rollouts: Table
 
 
 def build_tables(schema: str | None = None) -> Tables:
@@ -225,6 +227,10 @@ def build_tables(schema: str | None = None) -> Tables:
         Column("error_message", Text(), nullable=True),
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
+        # A post-install regression recorded on a completed row (revision 0003;
+        # the status stays completed, docs/rollouts.md).
+        Column("regressed_at", UTCDateTime(), nullable=True),
+        Column("regression_reason", Text(), nullable=True),
         UniqueConstraint("device_id", "update_id"),
         CheckConstraint(_in("status", UpdateStatus), name="status"),
         CheckConstraint(_in("install_type", UpdateType), name="install_type"),
@@ -263,4 +269,35 @@ def build_tables(schema: str | None = None) -> Tables:
         sqlite_autoincrement=True,
     )
 
-    return Tables(metadata, devices, updates, device_updates, audit_log, enrollment_tokens)
+    # One rollout per update (revision 0003, docs/rollouts.md): its policy and
+    # where it stands. Every change is conditional on ``revision``.
+    rollouts = Table(
+        "rollouts",
+        metadata,
+        Column(
+            "update_id",
+            id_type(),
+            ForeignKey(f"{prefix}updates.id", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        Column("state", String(24), nullable=False),
+        Column("phases", json_type(), nullable=False),
+        Column("phase_index", Integer(), nullable=False),
+        Column("phase_opened_at", UTCDateTime(), nullable=True),
+        Column("phase_soak_seconds", Integer(), nullable=False),
+        Column("halt_failure_rate", Float(), nullable=False),
+        Column("halt_min_devices", Integer(), nullable=False),
+        Column("require_approval", Boolean(), nullable=False),
+        Column("phase_approval", Boolean(), nullable=False),
+        Column("awaiting_phase_approval", Boolean(), nullable=False),
+        Column("halt_reason", Text(), nullable=True),
+        Column("revision", Integer(), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("updated_at", UTCDateTime(), nullable=False),
+        CheckConstraint(_in("state", RolloutState), name="state"),
+    )
+
+    return Tables(
+        metadata, devices, updates, device_updates, audit_log, enrollment_tokens, rollouts
+    )

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from javia_core.errors import JaviaError
 from javia_core.models import DeviceStatus, UpdateStatus, UpdateType
+from javia_core.rollouts import Rollout
 from javia_updates.backends.records import (
     AuditEntry,
     AuditRecord,
@@ -37,9 +38,12 @@ from javia_updates.backends.records import (
     NewDevice,
     NewDeviceUpdate,
     NewEnrollmentToken,
+    NewRollout,
     NewUpdate,
     Page,
     PublishTarget,
+    RolloutDeviceRow,
+    RolloutRecord,
     TransitionResult,
     UpdateRecord,
 )
@@ -221,8 +225,12 @@ class Store(Protocol):
         *,
         now: datetime,
         audit: AuditEntry,
+        rollout: NewRollout | None = None,
     ) -> UpdateRecord:
-        """Publish ``update`` with its pending device rows and ``audit``, in ONE transaction.
+        """Publish ``update`` with its rollout, its pending device rows and ``audit``, in ONE transaction.
+
+        ``rollout`` None stores no rollout row: the update then behaves as an
+        active rollout of one phase (as updates published before rollouts).
 
         Raises:
             ConflictError: the version is already published; the message names
@@ -266,6 +274,53 @@ class Store(Protocol):
 
     def status_counts(self, update_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Per update, how many device rows are in each status."""
+
+    # rollouts (docs/rollouts.md) ---------------------------------------------
+    def get_rollout(self, update_id: int) -> RolloutRecord | None:
+        """The rollout of ``update_id``; None if the update has none (or does not exist)."""
+
+    def list_rollouts(self, update_ids: Sequence[int] | None = None) -> dict[int, RolloutRecord]:
+        """``{update_id: rollout}`` for ``update_ids`` (None: every rollout; the catalog's question).
+
+        One row per update: cheap enough for the update catalog to ask every second.
+        """
+
+    def change_rollout(
+        self,
+        update_id: int,
+        *,
+        revision: int,
+        rollout: Rollout,
+        now: datetime,
+        audit: AuditEntry | None,
+    ) -> RolloutRecord | None:
+        """Store ``rollout`` (state, open phase, phase approval, halt reason) if unchanged since read.
+
+        One conditional write (``... WHERE update_id = ? AND revision = ?``) that
+        bumps ``revision``; ``phase_opened_at`` becomes ``now`` when the open phase
+        changes or the rollout starts. Entering ``cancelled`` turns every
+        ``pending`` row of the update into ``cancelled`` in the same transaction.
+        ``audit`` (None: none) is written with it.
+
+        Returns:
+            The stored rollout, or None when ``revision`` is no longer the stored
+            one (another operator or replica changed it first: re-read, re-apply).
+        """
+
+    def rollout_devices(self, update_id: int) -> list[RolloutDeviceRow]:
+        """Every device row of ``update_id`` with the device's ``last_seen`` (the evaluation's input)."""
+
+    def previous_update_id(self, update_id: int) -> int | None:
+        """The update with the next lower version (the health view's "previous"), or None."""
+
+    def record_regression(
+        self, device_update_id: int, reason: str, *, now: datetime, audit: AuditEntry
+    ) -> bool:
+        """Record a post-install regression (``regressed_at`` = ``now``, the reason) on a completed row.
+
+        Returns:
+            False, writing nothing, when the row is not completed or already regressed.
+        """
 
     # device updates ----------------------------------------------------------
     def list_device_updates(

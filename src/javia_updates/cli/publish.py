@@ -167,6 +167,26 @@ def publish(
     retire_key: list[str] | None = typer.Option(
         None, "--retire-key", help="Key id devices stop trusting after this update (repeatable)."
     ),
+    phases: str | None = typer.Option(
+        None,
+        "--phases",
+        help="Cumulative percentages of the targeted devices, e.g. 1,10,50,100 (default 100).",
+    ),
+    phase_soak: str | None = typer.Option(
+        None, "--phase-soak", help="How long a phase stays healthy before the next opens (1h)."
+    ),
+    halt_failure_rate: float | None = typer.Option(
+        None, "--halt-failure-rate", help="Halt at this failure percentage or more (10)."
+    ),
+    halt_min_devices: int | None = typer.Option(
+        None, "--halt-min-devices", help="... once this many devices finished (5)."
+    ),
+    require_approval: bool = typer.Option(
+        False, "--require-approval", help="Offer nothing until 'javia updates approve VERSION'."
+    ),
+    phase_approval: bool = typer.Option(
+        False, "--phase-approval", help="Each next phase waits for approval instead of the soak."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
@@ -209,6 +229,14 @@ def publish(
     packages = _parse_system_packages(system_packages)
     targets = _parse_targets(target)
     description = description or ""
+    rollout = rollout_form(
+        phases=phases,
+        phase_soak=phase_soak,
+        halt_failure_rate=halt_failure_rate,
+        halt_min_devices=halt_min_devices,
+        require_approval=require_approval,
+        phase_approval=phase_approval,
+    )
 
     if dry_run:
         from javia_updates.cli.updates import plan_table
@@ -284,7 +312,7 @@ def publish(
             return
         with tempfile.TemporaryDirectory(prefix="javia-publish-") as workspace:
             built = build(Path(workspace) / "package")
-            result = _upload(built, kind, targets, server, api_key, quiet=as_json)
+            result = _upload(built, kind, targets, rollout, server, api_key, quiet=as_json)
         _write_version(app_dir, new_version)
     if as_json:
         print_json(result)
@@ -297,6 +325,54 @@ def publish(
         f"Follow it with: javia updates show {markup_safe(result.version)}",
         highlight=False,
     )
+
+
+def rollout_form(
+    *,
+    phases: str | None,
+    phase_soak: str | None,
+    halt_failure_rate: float | None,
+    halt_min_devices: int | None,
+    require_approval: bool,
+    phase_approval: bool,
+) -> dict[str, str]:
+    """The rollout options checked with the server's own rules, as publish form fields.
+
+    Checked before anything is built or uploaded: a bad value is one red line
+    naming the option and the expected form, and nothing is published.
+    """
+    from javia_core.rollouts import RolloutError, RolloutPolicy, parse_duration, parse_phases
+
+    values: dict[str, object] = {
+        "require_approval": require_approval,
+        "phase_approval": phase_approval,
+    }
+    for option, text, name, parse in (
+        ("--phases", phases, "phases", parse_phases),
+        ("--phase-soak", phase_soak, "phase_soak_seconds", parse_duration),
+    ):
+        if text is None:
+            continue
+        try:
+            values[name] = parse(text)
+        except RolloutError as error:
+            fail(f"invalid {option}: {error}")
+    if halt_failure_rate is not None:
+        values["halt_failure_rate"] = halt_failure_rate
+    if halt_min_devices is not None:
+        values["halt_min_devices"] = halt_min_devices
+    try:
+        policy = RolloutPolicy(**values)  # type: ignore[arg-type]
+    except RolloutError as error:
+        fail(str(error))
+    return {
+        "phases": ",".join(str(percent) for percent in policy.phases),
+        "phase_soak_seconds": str(policy.phase_soak_seconds),
+        "halt_failure_rate": f"{policy.halt_failure_rate:g}",
+        "halt_min_devices": str(policy.halt_min_devices),
+        "require_approval": str(policy.require_approval).lower(),
+        "phase_approval": str(policy.phase_approval).lower(),
+    }
 
 
 def _preflight(server: str | None, api_key: str | None, new_version: Version) -> None:
@@ -327,6 +403,7 @@ def _upload(
     built: BuiltPackage,
     kind: UpdateType,
     targets: list[str],
+    rollout: dict[str, str],
     server: str | None,
     api_key: str | None,
     *,
@@ -343,6 +420,7 @@ def _upload(
                 update_type=kind.value,
                 targets=targets or None,
                 progress=progress,
+                rollout=rollout,
             )
 
         if quiet:

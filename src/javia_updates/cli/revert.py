@@ -129,7 +129,8 @@ def revert_update(
                 f"{built.manifest.archive.size} bytes"
             )
             try:
-                published = _upload(built, kind, devices, server, api_key, quiet=as_json)
+                # one phase: the affected devices all need it
+                published = _upload(built, kind, devices, {}, server, api_key, quiet=as_json)
             except JaviaError as error:
                 if isinstance(error, ApiError) and error.status_code < 500:
                     raise  # refused: nothing was published
@@ -138,6 +139,8 @@ def revert_update(
                     f"or may not be published: check with 'javia updates show {new_version}'"
                 )
         step(f"published {new_version} as update {published.id} to {len(devices)} device(s)")
+        if published.rollout is not None and published.rollout.state == "awaiting_approval":
+            step(f"{new_version} awaits approval: javia updates approve {new_version}")
     try:
         with admin_client(server, api_key) as client:
             cancelled = client.rollout_command(str(bad_version), "cancel", reason)

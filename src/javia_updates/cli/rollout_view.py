@@ -45,7 +45,8 @@ class PhaseProgress:
 
 
 def phase_bar(progress: PhaseProgress, width: int = BAR_WIDTH) -> Text:
-    """A bar of ``width`` characters: completed (green), failed (red), in flight (yellow), rest.
+    """A bar of ``width`` characters: completed ``█`` (green), failed ``▓`` (red), in flight
+    ``▒`` (yellow), the rest ``░``; readable without colours too.
 
     Each part's length is its share of the phase's devices, rounded down, but
     at least one character when it is not zero; an empty phase is all rest.
@@ -54,7 +55,7 @@ def phase_bar(progress: PhaseProgress, width: int = BAR_WIDTH) -> Text:
     parts: list[tuple[int, str, str]] = []
     for count, char, style in (
         (progress.completed, "█", "green"),
-        (progress.failed, "█", "red"),
+        (progress.failed, "▓", "red"),
         (progress.in_flight, "▒", "yellow"),
     ):
         length = 0 if total == 0 or count == 0 else max(1, count * width // total)

@@ -191,3 +191,50 @@ def plan_update(
         print_json(plans)
         return
     console.print(plan_table(plans, f"plan for {update}"))
+
+
+ROLLOUT_COMMANDS = {
+    "pause": "Pause the rollout: devices that have not started do not start; installs finish.",
+    "resume": "Resume a paused rollout.",
+    "cancel": "Cancel the rollout: every device that has not started never gets this version.",
+    "approve": "Approve a rollout (or its next phase) that waits for approval.",
+    "advance": "Open the next phase now, without waiting for the soak.",
+}
+
+
+def rollout_line(info: UpdateOut) -> str:
+    """One line: the update's rollout state and open phase, e.g. ``v1.5.0: paused, phase 2 of 4 (10%)``."""
+    rollout = info.rollout
+    if rollout is None:
+        return f"{info.version}: no rollout"
+    phase = rollout.phase
+    line = (
+        f"{info.version}: {rollout.state.value}, phase {phase + 1} of {len(rollout.phases)} "
+        f"({rollout.phases[phase]}%)"
+    )
+    if rollout.halt_reason:
+        line += f"; halted: {rollout.halt_reason}"
+    return line
+
+
+def _rollout_command(action: str) -> None:
+    def command(
+        update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
+        reason: str | None = typer.Option(None, "--reason", help="Why, for the audit log."),
+        server: str | None = ServerOption,
+        api_key: str | None = ApiKeyOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        with friendly_errors(), admin_client(server, api_key) as client:
+            info = client.rollout_command(update, action, reason)
+        if as_json:
+            print_json(info)
+            return
+        console.print(markup_safe(rollout_line(info)), highlight=False)
+
+    command.__doc__ = ROLLOUT_COMMANDS[action]
+    app.command(action)(command)
+
+
+for _action in ROLLOUT_COMMANDS:
+    _rollout_command(_action)

@@ -11,6 +11,8 @@ shutdown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -65,12 +67,29 @@ def create_app(
     backend.prepare()
     service = UpdateService(backend, settings)
 
+    now_of = clock or utc_now
+
+    async def evaluate_rollouts() -> None:
+        """Every ``rollout_evaluation_seconds``: soaks, silent devices, phase gates (docs/rollouts.md)."""
+        while True:
+            await asyncio.sleep(settings.rollout_evaluation_seconds)
+            try:
+                await asyncio.to_thread(service.evaluate_rollouts, now=now_of())
+            except BackendError as error:
+                logger.warning("evaluating rollouts failed (the next run retries): %s", error)
+            except Exception:  # the task must outlive one bad evaluation
+                logger.exception("evaluating rollouts failed (the next run retries)")
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        evaluation = asyncio.create_task(evaluate_rollouts())
         try:
             yield
         finally:
+            evaluation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evaluation
             try:
                 service.close()  # the last batch of heartbeat soft state
             except BackendError as error:
@@ -85,7 +104,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.service = service
-    app.state.clock = clock or utc_now
+    app.state.clock = now_of
     app.state.api_key = api_key
     app.state.heartbeat_limiter = HeartbeatRateLimiter(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds

@@ -86,6 +86,7 @@ from javia_core.models import (
     UpdateStatus,
     UpdateType,
 )
+from javia_core.rollouts import RolloutPolicy
 from javia_updates.backends.base import (
     AuditRecord,
     Backend,
@@ -110,6 +111,7 @@ from javia_updates.service.publishing import PackageUpload, Publishing
 from javia_updates.service.records import FleetRecords
 from javia_updates.service.reports import StatusReports
 from javia_updates.service.revert import RevertSources
+from javia_updates.service.rollouts import Rollouts
 from javia_updates.service.tokens import (
     ENROLLMENT_TOKEN_PREFIX,
     hash_token,
@@ -184,12 +186,57 @@ class UpdateService:
         self.catalog = self.records.catalog
         self.soft_state = self.records.soft_state
         self._devices = Devices(self.records, settings)
-        self._heartbeats = Heartbeats(self.records, settings)
-        self._reports = StatusReports(self.records)
-        self._updates = Updates(self.records, self.blobs)
-        self._publishing = Publishing(self.records, self.blobs, settings, keyring)
+        self._rollouts = Rollouts(self.records, settings)
+        self._heartbeats = Heartbeats(self.records, settings, regressed=self._evaluate_rollout)
+        self._reports = StatusReports(self.records, finished=self._evaluate_rollout)
+        self._updates = Updates(self.records, self.blobs, self._rollouts)
+        self._publishing = Publishing(self.records, self.blobs, settings, keyring, self._rollouts)
         self._planning = Planning(self.records, self._updates, settings)
         self._revert_sources = RevertSources(self.records, self._updates)
+
+    def _evaluate_rollout(self, update_id: int, now: datetime) -> None:
+        """A row of ``update_id`` finished or regressed: halt, advance or complete its rollout now."""
+        self._rollouts.evaluate(self.records.update(update_id), now)
+
+    def evaluate_rollouts(self, *, now: datetime) -> None:
+        """Evaluate every running rollout: soaks, silent devices, phase gates (the periodic task).
+
+        Raises:
+            BackendError: the database failed (the next run tries again).
+        """
+        self._rollouts.evaluate_running(now)
+
+    def rollout_command(
+        self,
+        reference: str | int,
+        action: str,
+        *,
+        reason: str | None,
+        now: datetime,
+        actor: str = "admin",
+    ) -> UpdateOut:
+        """Pause, resume, cancel, approve or advance an update's rollout (docs/rollouts.md).
+
+        Idempotent: a command already in effect returns the update unchanged.
+        Audited as ``rollout.<action>`` with ``actor`` and ``reason``.
+
+        Args:
+            reference: the update's id or version.
+            action: ``pause``, ``resume``, ``cancel``, ``approve`` or ``advance``.
+            reason: the operator's words for the audit log, or None.
+            now: the server's clock.
+            actor: who commands.
+
+        Returns:
+            The update with its rollout after the command.
+
+        Raises:
+            ConflictError: the move is illegal in the rollout's state (one line: what and why).
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+        """
+        update = self.resolve_update(reference)
+        self._rollouts.command(update, action, reason=reason, actor=actor, now=now)
+        return self._updates.get_update(update.id, now=now)
 
     def start(self) -> None:
         """Start the batched writes of heartbeat soft state (server start-up).
@@ -483,19 +530,28 @@ class UpdateService:
         """
         return self._updates.resolve_update(reference)
 
-    def get_update(self, reference: str | int) -> UpdateOut:
-        """One update with its per-status device counts.
+    def get_update(self, reference: str | int, *, now: datetime | None = None) -> UpdateOut:
+        """One update with its per-status device counts and its rollout.
+
+        ``now`` (the server's clock; None: the system's) judges silent devices.
 
         Raises:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
         """
-        return self._updates.get_update(reference)
+        return self._updates.get_update(reference, now=now)
 
     def list_updates(
-        self, *, update_type: UpdateType | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        update_type: UpdateType | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: datetime | None = None,
     ) -> Page[UpdateOut]:
-        """Updates, highest version first, with per-status device counts."""
-        return self._updates.list_updates(update_type=update_type, limit=limit, offset=offset)
+        """Updates, highest version first, with per-status device counts and rollouts."""
+        return self._updates.list_updates(
+            update_type=update_type, limit=limit, offset=offset, now=now
+        )
 
     def update_devices(
         self,
@@ -550,8 +606,9 @@ class UpdateService:
         targets: Sequence[uuid.UUID] | None = None,
         update_type: UpdateType | None = None,
         actor: str = "admin",
+        policy: RolloutPolicy | None = None,
     ) -> UpdateOut:
-        """Publish a signed package and create its device rows, atomically.
+        """Publish a signed package and create its rollout and device rows, atomically.
 
         The checks, in order: the signature file's form; the manifest (its
         version must be ``vX.Y.Z``); the signature itself if the server has a
@@ -569,6 +626,10 @@ class UpdateService:
             targets: device uuids to update; None means every registered device.
             update_type: the type the operator asked for, or None.
             actor: who publishes, for the audit log.
+            policy: how it rolls out (phases, soak, halt, approval); None: the
+                defaults, one phase of 100 % (docs/rollouts.md). It starts
+                awaiting approval if the policy or ``JAVIA_APPROVAL_REQUIRED``
+                asks for it.
 
         Returns:
             The update with per-status counts of the rows just created.
@@ -592,7 +653,7 @@ class UpdateService:
                 failed; API 503.
         """
         return self._publishing.publish_update(
-            upload, now=now, targets=targets, update_type=update_type, actor=actor
+            upload, now=now, targets=targets, update_type=update_type, actor=actor, policy=policy
         )
 
     def plan_new_update(

@@ -11,9 +11,9 @@ supersession comes with the superseded update that proves it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from javia_core import scheduling
 from javia_core.input_rules import check_json, sanitize_json
@@ -26,6 +26,7 @@ from javia_core.models import (
     UpdateType,
     UrgencyEvidence,
 )
+from javia_core.rollouts import post_install_regression
 from javia_core.status_rules import IN_FLIGHT_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
@@ -52,12 +53,22 @@ class Heartbeats:
     Args:
         records: the store with its caches and the soft-state writer.
         settings: heartbeat interval, install window, idle seconds.
+        regressed: called with the update id after a heartbeat recorded a
+            post-install regression on one of its rows (the rollout is then
+            evaluated: it may halt).
     """
 
-    def __init__(self, records: FleetRecords, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        records: FleetRecords,
+        settings: ServerSettings,
+        *,
+        regressed: Callable[[int, datetime], None] | None = None,
+    ) -> None:
         self.records = records
         self.store = records.store
         self.settings = settings
+        self.regressed = regressed
 
     def heartbeat(
         self,
@@ -84,12 +95,56 @@ class Heartbeats:
             updated_at=now,
         )
         directive = self.directive_for(current, now)
+        if request.application is not None and (
+            request.application.restarts > 0
+            or request.application.last_exit_status not in (None, 0)
+        ):
+            self._application_trouble(current, request, now)
         self.records.record_heartbeat(current, now)
         return HeartbeatResponse(
             server_time=now,
             heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
             update=directive,
         )
+
+    def _application_trouble(
+        self, device: DeviceRecord, request: HeartbeatRequest, now: datetime
+    ) -> None:
+        """The application restarted or crashed: a regression of the rollout the device completed.
+
+        Only a completed row of a rollout, not yet regressed and inside its soak
+        (from the row's completion) counts (docs/rollouts.md, halt); the row is
+        the one whose version the device runs. Cheap: the device's cached rows.
+        """
+        application = request.application
+        assert application is not None
+        for row in self.records.device_rows(device):
+            if (
+                row.status is not UpdateStatus.COMPLETED
+                or row.regressed_at is not None
+                or row.completed_at is None
+                or row.version != device.current_version
+            ):
+                continue
+            rollout = self.records.catalog.rollout(row.update_id)
+            if rollout is None or now - row.completed_at >= timedelta(
+                seconds=rollout.phase_soak_seconds
+            ):
+                continue
+            reason = post_install_regression(
+                completed_at=row.completed_at,
+                last_seen=now,
+                heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
+                soak_seconds=rollout.phase_soak_seconds,
+                restarts_at_completion=None,
+                restarts_reported=application.restarts,
+                exit_status=application.last_exit_status,
+                now=now,
+            )
+            if reason is None or not self.records.record_regression(device, row, reason, now=now):
+                continue
+            if self.regressed is not None:
+                self.regressed(row.update_id, now)
 
     def check_update(self, device: DeviceRecord, *, now: datetime) -> UpdateCheckResponse:
         """See :meth:`javia_updates.service.UpdateService.check_update`."""
@@ -157,6 +212,10 @@ class Heartbeats:
             return self._directive(
                 max(in_flight, key=lambda row: Version.parse(row.version)), rows, running
             )
+        # The offer gate (docs/rollouts.md): a row not started is offered only
+        # while its rollout lets the device's phase start; the others wait as
+        # they are (they neither supersede nor are superseded). O(1), no I/O.
+        live = [row for row in live if self.records.may_start(device, row.update_id)]
         if not live:
             return None
 

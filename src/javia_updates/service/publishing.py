@@ -28,6 +28,7 @@ from javia_core.manifest import (
     verify_manifest,
 )
 from javia_core.models import UpdateOut, UpdateType, check_no_control_characters
+from javia_core.rollouts import RolloutPolicy
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     AuditEntry,
@@ -45,6 +46,7 @@ from javia_updates.service.common import (
     version_or_none,
 )
 from javia_updates.service.records import FleetRecords
+from javia_updates.service.rollouts import Rollouts, new_rollout
 from javia_updates.settings import ServerSettings
 
 __all__ = ["PackageUpload", "Publishing", "refuse_unpublishable"]
@@ -121,12 +123,14 @@ class Publishing:
         blobs: BlobStore,
         settings: ServerSettings,
         keyring: Mapping[str, Ed25519PublicKey] | None,
+        rollouts: Rollouts,
     ) -> None:
         self.records = records
         self.store = records.store
         self.blobs = blobs
         self.settings = settings
         self.keyring = keyring
+        self.rollouts = rollouts
 
     def publish_update(
         self,
@@ -136,6 +140,7 @@ class Publishing:
         targets: Sequence[uuid.UUID] | None = None,
         update_type: UpdateType | None = None,
         actor: str = "admin",
+        policy: RolloutPolicy | None = None,
     ) -> UpdateOut:
         """See :meth:`javia_updates.service.UpdateService.publish_update`."""
         payload_path = Path(upload.payload_path)
@@ -203,10 +208,16 @@ class Publishing:
                 targets=unique_targets,
             )
             try:
+                rollout = new_rollout(
+                    policy or RolloutPolicy(),
+                    manifest.update_type,
+                    self.settings.approval_required_types,
+                )
                 update = self.store.create_update(
                     new_update,
                     rows,
                     now=now,
+                    rollout=rollout,
                     audit=AuditEntry(
                         actor,
                         "update.publish",
@@ -214,6 +225,14 @@ class Publishing:
                             "version": manifest.version,
                             "update_type": manifest.update_type.value,
                             "devices": len(rows),
+                            "rollout": {
+                                "state": rollout.state.value,
+                                "phases": list(rollout.phases),
+                                "phase_soak_seconds": rollout.phase_soak_seconds,
+                                "halt_failure_rate": rollout.halt_failure_rate,
+                                "halt_min_devices": rollout.halt_min_devices,
+                                "phase_approval": rollout.phase_approval,
+                            },
                             "targets": None
                             if unique_targets is None
                             else [str(t) for t in unique_targets],
@@ -226,8 +245,11 @@ class Publishing:
         finally:
             payload_path.unlink(missing_ok=True)
         self.records.update_published()  # every device's next heartbeat sees the new update
+        self.rollouts.evaluate(update, now)  # a phase without devices opens the next at once
         counts = self.store.status_counts([update.id])[update.id]
-        return views.update_out(update, counts)
+        out = views.update_out(update, counts)
+        out.rollout = self.rollouts.view(update, now)
+        return out
 
     def _discard_unless_used(self, version: str, key: str) -> None:
         """After a failed database write: delete this publish's objects unless it was recorded.

@@ -64,6 +64,7 @@ class FleetRecords:
             store.update_ids,
             store.get_update,
             max_age_seconds=CATALOG_MAX_AGE_SECONDS,
+            load_rollouts=store.list_rollouts,
         )
         self.soft_state = SoftStateWriter(
             store.record_heartbeats, flush_seconds=settings.heartbeat_flush_seconds
@@ -222,6 +223,34 @@ class FleetRecords:
             row_id, status, now=now, error_message=error_message, audit=audit
         )
 
+    def record_regression(
+        self, device: DeviceRecord, row: DeviceUpdateRecord, reason: str, *, now: datetime
+    ) -> bool:
+        """Record a post-install regression on ``device``'s completed ``row`` (:meth:`Store.record_regression`).
+
+        Returns:
+            True if it was recorded now (False: not completed, or recorded before).
+
+        Raises:
+            WriteNeeded: inside :meth:`without_writes`.
+        """
+        self._rows_changing(device)
+        return self.store.record_regression(
+            row.id,
+            reason,
+            now=now,
+            audit=AuditEntry(
+                "server",
+                "device_update.regressed",
+                {
+                    "device_uuid": str(device.device_uuid),
+                    "update_id": row.update_id,
+                    "version": row.version,
+                    "reason": reason,
+                },
+            ),
+        )
+
     def reschedule_row(
         self,
         device: DeviceRecord,
@@ -276,6 +305,17 @@ class FleetRecords:
     def update_published(self) -> None:
         """An update was published: every device's next heartbeat must see it."""
         self.catalog.invalidate()
+
+    def rollout_changed(self, *, rows: bool = False) -> None:
+        """A rollout changed on this replica: the next heartbeat's offer gate must see it.
+
+        ``rows``: the change rewrote device rows too (a cancel): drop every cached row.
+        """
+        self.catalog.invalidate(rows=rows)
+
+    def may_start(self, device: DeviceRecord, update_id: int) -> bool:
+        """The offer gate: may ``device`` start ``update_id`` now (docs/rollouts.md)? No I/O."""
+        return self.catalog.may_start(update_id, device.device_uuid)
 
     def package_documents(self, update_id: int) -> tuple[bytes, bytes]:
         """The exact stored ``manifest.json`` and ``manifest.sig`` bytes of ``update_id``.

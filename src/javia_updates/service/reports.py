@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from javia_core.models import StatusReport, StatusReportResult
+from javia_core.models import RolloutState, StatusReport, StatusReportResult, UpdateStatus
 from javia_updates.backends.base import (
     AuditEntry,
     DeviceRecord,
@@ -22,7 +23,11 @@ from javia_updates.backends.base import (
 )
 from javia_updates.service.records import FleetRecords
 
-__all__ = ["StatusReports"]
+__all__ = ["FINISHED", "StatusReports"]
+
+#: A report moving a row here finishes it: its rollout is evaluated at once.
+FINISHED = frozenset({UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK})
+_SETTLED = frozenset({RolloutState.HALTED, RolloutState.CANCELLED})
 
 
 class StatusReports:
@@ -30,11 +35,20 @@ class StatusReports:
 
     Args:
         records: the store with its caches.
+        finished: called with the update id and ``now`` after a report moved a
+            row to a final status (its rollout is evaluated: a halt lands within
+            that report); None: nothing.
     """
 
-    def __init__(self, records: FleetRecords) -> None:
+    def __init__(
+        self,
+        records: FleetRecords,
+        *,
+        finished: Callable[[int, datetime], None] | None = None,
+    ) -> None:
         self.records = records
         self.store = records.store
+        self.finished = finished
 
     def report_status(
         self, device: DeviceRecord, update_id: int, report: StatusReport, *, now: datetime
@@ -44,7 +58,11 @@ class StatusReports:
         result = self.store.transition(
             row.id, report.status, **self._status_change(device, row, report, now)
         )
-        return self._status_reported(device, update_id, result)
+        reported = self._status_reported(device, update_id, result)
+        if self._finishes(result):
+            assert self.finished is not None
+            self.finished(update_id, now)
+        return reported
 
     async def report_status_async(
         self, device: DeviceRecord, update_id: int, report: StatusReport, *, now: datetime
@@ -58,7 +76,18 @@ class StatusReports:
         result = await self.store.transition_async(
             row.id, report.status, **self._status_change(device, row, report, now)
         )
-        return self._status_reported(device, update_id, result)
+        reported = self._status_reported(device, update_id, result)
+        if self._finishes(result):
+            assert self.finished is not None
+            await asyncio.to_thread(self.finished, update_id, now)
+        return reported
+
+    def _finishes(self, result: TransitionResult) -> bool:
+        """Whether the report finished a row of a rollout that evaluation may still move."""
+        if self.finished is None or not result.changed or result.record.status not in FINISHED:
+            return False
+        rollout = self.records.catalog.rollout(result.record.update_id)
+        return rollout is None or rollout.state not in _SETTLED
 
     @staticmethod
     def _status_change(

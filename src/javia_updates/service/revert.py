@@ -11,8 +11,9 @@ that healthy release's content as a new, higher version. The rule, pure in
   ``installing``: they are about to run it). Devices that have not started
   (``pending``) are not affected: cancelling the bad rollout stops them.
 * a device's **previous release**: the highest published version below the bad
-  one that the device *completed* (a ``completed`` row) and whose rollout was
-  not withdrawn (``halted`` or ``cancelled``).
+  one that the device *completed* (a ``completed`` row with no post-install
+  regression recorded) and whose rollout was not withdrawn (``halted`` or
+  ``cancelled``).
 * the **healthy release**: the previous release of the most affected devices;
   among equally common ones, the highest version. A fleet whose devices went
   v1.0.0 → v1.1.0 → v1.2.0 (bad) reverts to v1.1.0 even though v1.0.0
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from javia_core.errors import ConflictError
@@ -142,20 +143,12 @@ class RevertSources:
     Args:
         records: the store with its caches.
         updates: update lookup by id or version.
-        rollout_states: the rollout state of each of the given update ids
-            (ids without a rollout may be missing); None: no rollout is withdrawn.
     """
 
-    def __init__(
-        self,
-        records: FleetRecords,
-        updates: Updates,
-        rollout_states: Callable[[Sequence[int]], Mapping[int, RolloutState]] | None = None,
-    ) -> None:
+    def __init__(self, records: FleetRecords, updates: Updates) -> None:
         self.records = records
         self.store = records.store
         self.updates = updates
-        self.rollout_states = rollout_states
 
     def revert_source(self, reference: str | int) -> RevertSource:
         """See :meth:`javia_updates.service.UpdateService.revert_source`."""
@@ -173,7 +166,7 @@ class RevertSources:
                 update_id=update.id, status=UpdateStatus.COMPLETED
             )
             for row in rows.items:
-                if row.device_uuid in completed:
+                if row.device_uuid in completed and row.regressed_at is None:
                     completed[row.device_uuid].append(release)
         withdrawn = self._withdrawn([update.id for update in earlier])
         healthy = choose_healthy_release(bad_version, completed, withdrawn)
@@ -204,7 +197,11 @@ class RevertSources:
                 return earlier
 
     def _withdrawn(self, update_ids: Sequence[int]) -> set[int]:
-        if self.rollout_states is None or not update_ids:
+        if not update_ids:
             return set()
-        states = self.rollout_states(update_ids)
-        return {update_id for update_id, state in states.items() if state in WITHDRAWN_STATES}
+        rollouts = self.store.list_rollouts(update_ids)
+        return {
+            update_id
+            for update_id, rollout in rollouts.items()
+            if rollout.state in WITHDRAWN_STATES
+        }

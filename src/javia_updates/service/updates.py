@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from javia_core.errors import NotFoundError
@@ -17,6 +18,7 @@ from javia_updates.service.common import (
     InvalidRequestError,
 )
 from javia_updates.service.records import FleetRecords
+from javia_updates.service.rollouts import Rollouts
 
 __all__ = ["Updates"]
 
@@ -27,12 +29,14 @@ class Updates:
     Args:
         records: the store with its caches.
         blobs: the blob store holding the packages.
+        rollouts: the rollouts, for the ``rollout`` of every update view.
     """
 
-    def __init__(self, records: FleetRecords, blobs: BlobStore) -> None:
+    def __init__(self, records: FleetRecords, blobs: BlobStore, rollouts: Rollouts) -> None:
         self.records = records
         self.store = records.store
         self.blobs = blobs
+        self.rollouts = rollouts
 
     def resolve_update(self, reference: str | int) -> UpdateRecord:
         """See :meth:`javia_updates.service.UpdateService.resolve_update`."""
@@ -52,19 +56,32 @@ class Updates:
             raise NotFoundError(f"update {update_id} does not exist")
         return self.records.update(update_id)
 
-    def get_update(self, reference: str | int) -> UpdateOut:
+    def get_update(self, reference: str | int, *, now: datetime | None = None) -> UpdateOut:
         """See :meth:`javia_updates.service.UpdateService.get_update`."""
         update = self.resolve_update(reference)
-        return views.update_out(update, self.store.status_counts([update.id])[update.id])
+        return self.update_out(update, self.store.status_counts([update.id])[update.id], now)
+
+    def update_out(
+        self, update: UpdateRecord, counts: dict[str, int], now: datetime | None
+    ) -> UpdateOut:
+        """The operator's view of ``update``, with its rollout."""
+        out = views.update_out(update, counts)
+        out.rollout = self.rollouts.view(update, now or datetime.now(UTC))
+        return out
 
     def list_updates(
-        self, *, update_type: UpdateType | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        update_type: UpdateType | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: datetime | None = None,
     ) -> Page[UpdateOut]:
         """See :meth:`javia_updates.service.UpdateService.list_updates`."""
         page = self.store.list_updates(limit=limit, offset=offset, update_type=update_type)
         counts = self.store.status_counts([update.id for update in page.items])
         return Page(
-            [views.update_out(update, counts[update.id]) for update in page.items], page.total
+            [self.update_out(update, counts[update.id], now) for update in page.items], page.total
         )
 
     def update_devices(

@@ -261,4 +261,5 @@ class SQLStoreBase:
             error_message=row.error_message,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            regressed_at=row.regressed_at,
         )

@@ -16,13 +16,14 @@ from javia_updates.backends.sql.audit import AuditStore
 from javia_updates.backends.sql.devices import DeviceStore
 from javia_updates.backends.sql.enrollment import EnrollmentStore
 from javia_updates.backends.sql.progress import ProgressStore
+from javia_updates.backends.sql.rollouts import RolloutStore
 from javia_updates.backends.sql.updates import UpdateStore
 from javia_updates.backends.store import Store
 
 __all__ = ["SQLStore"]
 
 
-class SQLStore(DeviceStore, EnrollmentStore, UpdateStore, ProgressStore, AuditStore):
+class SQLStore(DeviceStore, EnrollmentStore, UpdateStore, RolloutStore, ProgressStore, AuditStore):
     """The :class:`~javia_updates.backends.store.Store` on SQLAlchemy Core.
 
     Args:
@@ -33,7 +34,7 @@ class SQLStore(DeviceStore, EnrollmentStore, UpdateStore, ProgressStore, AuditSt
             (``javia`` on PostgreSQL, none on SQLite), as the migrations use.
 
     Each aggregate is one module of :mod:`javia_updates.backends.sql`
-    (devices, enrollment, updates, progress, audit), all on
+    (devices, enrollment, updates, rollouts, progress, audit), all on
     :class:`~javia_updates.backends.sql.common.SQLStoreBase`: a method call
     is a plain method call, with no layer between the caller and its SQL.
     """

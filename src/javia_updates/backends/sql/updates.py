@@ -15,21 +15,22 @@ from javia_core.models import UpdateStatus, UpdateType
 from javia_updates.backends.records import (
     AuditEntry,
     NewDeviceUpdate,
+    NewRollout,
     NewUpdate,
     Page,
     UpdateRecord,
 )
 from javia_updates.backends.sql.batch import insert_many, inserted_id
-from javia_updates.backends.sql.common import SQLStoreBase
 from javia_updates.backends.sql.engine import (
     short_message,
 )
+from javia_updates.backends.sql.rollouts import RolloutStore
 
 __all__ = ["UpdateStore"]
 
 
-class UpdateStore(SQLStoreBase):
-    """The updates aggregate of the SQL store."""
+class UpdateStore(RolloutStore):
+    """The updates aggregate of the SQL store (publishing creates the rollout too)."""
 
     def _update_columns(self) -> list[Any]:
         u = self.tables.updates
@@ -61,8 +62,9 @@ class UpdateStore(SQLStoreBase):
         *,
         now: datetime,
         audit: AuditEntry,
+        rollout: NewRollout | None = None,
     ) -> UpdateRecord:
-        """Insert the update, all its device rows (one executemany) and the audit line, atomically.
+        """Insert the update, its rollout, all its device rows (one executemany) and the audit line, atomically.
 
         Raises:
             ConflictError: the version is already published.
@@ -104,6 +106,8 @@ class UpdateStore(SQLStoreBase):
                     )
                 )
                 update_id = inserted_id(result)
+                if rollout is not None:
+                    self._insert_rollout(connection, update_id, rollout, now)
                 kinds = {kind: kind.value for kind in UpdateType}
                 insert_many(
                     connection,

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from javia_core.manifest import PAYLOAD_NAME
-from javia_core.models import RevertSource, UpdateOut, UpdateStatus, UpdateType
+from javia_core.models import RevertSource, RolloutCommand, UpdateOut, UpdateStatus, UpdateType
+from javia_core.rollouts import (
+    RolloutError,
+    RolloutPolicy,
+    parse_duration,
+    parse_phases,
+)
 from javia_updates.backends.base import UpdateRecord
 from javia_updates.server.auth import (
     Caller,
@@ -42,6 +50,18 @@ AnyCaller = Annotated[Caller, Depends(require_admin_or_device)]
 Reference = Annotated[
     str, Path(max_length=80, description="the update's id (e.g. 4) or version (e.g. v1.2.3)")
 ]
+
+
+class RolloutCommandName(StrEnum):
+    """The rollout commands an operator posts (docs/rollouts.md, states)."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    CANCEL = "cancel"
+    APPROVE = "approve"
+    ADVANCE = "advance"
+
+
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_DATABASE_INTEGER, description="items to skip")]
 
@@ -72,16 +92,58 @@ def _parse_update_type(text: str | None) -> UpdateType | None:
     return UpdateType.parse(text.strip())
 
 
+def _parse_policy(fields: Mapping[str, str]) -> RolloutPolicy:
+    """The rollout policy of the publish form (docs/rollouts.md); a 422 names the field."""
+    values: dict[str, Any] = {}
+    parsers: dict[str, Callable[[str], Any]] = {
+        "phases": parse_phases,
+        "phase_soak_seconds": lambda text: int(text) if text.isdigit() else parse_duration(text),
+        "halt_failure_rate": lambda text: _number(text, float, "a percentage, e.g. 10"),
+        "halt_min_devices": lambda text: _number(text, int, "a whole number of devices, e.g. 5"),
+        "require_approval": _boolean,
+        "phase_approval": _boolean,
+    }
+    for name, parse in parsers.items():
+        text = fields.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            values[name] = parse(text)
+        except RolloutError as error:
+            raise InvalidRequestError(f"{name}: {error}") from None
+    try:
+        return RolloutPolicy(**values)
+    except RolloutError as error:
+        raise InvalidRequestError(str(error)) from None
+
+
+def _number(text: str, kind: Callable[[str], Any], form: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise RolloutError(f"{text[:20]!r} is not {form}") from None
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise RolloutError(f"{text[:20]!r} is not a boolean: expected true or false")
+
+
 @router.get("/", response_model=UpdatePage)
 def list_updates(
     service: Service,
+    now: Now,
     _: Admin,
     update_type: Annotated[UpdateType | None, Query()] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> UpdatePage:
-    """Published updates, highest version first, with per-status device counts."""
-    page = service.list_updates(update_type=update_type, limit=limit, offset=offset)
+    """Published updates, highest version first, with per-status device counts and rollouts."""
+    page = service.list_updates(update_type=update_type, limit=limit, offset=offset, now=now)
     return UpdatePage(items=page.items, total=page.total, limit=limit, offset=offset)
 
 
@@ -106,6 +168,15 @@ def list_updates(
                                 "type": "string",
                                 "enum": [t.value for t in UpdateType],
                             },
+                            "phases": {"type": "string", "description": "e.g. 1,10,50,100"},
+                            "phase_soak_seconds": {
+                                "type": "string",
+                                "description": "seconds, or a duration such as 30m or 2h",
+                            },
+                            "halt_failure_rate": {"type": "number"},
+                            "halt_min_devices": {"type": "integer"},
+                            "require_approval": {"type": "boolean"},
+                            "phase_approval": {"type": "boolean"},
                         },
                     }
                 }
@@ -127,6 +198,7 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
     try:
         targets = _parse_targets(received.fields.get("targets"))
         update_type = _parse_update_type(received.fields.get("update_type"))
+        policy = _parse_policy(received.fields)
     except BaseException:
         received.payload_path.unlink(missing_ok=True)
         raise
@@ -142,6 +214,7 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
         now=now,
         targets=targets,
         update_type=update_type,
+        policy=policy,
     )
 
 
@@ -154,9 +227,27 @@ def plan_new_update(body: PlanRequest, service: Service, now: Now, _: Admin) -> 
 
 
 @router.get("/{reference}", response_model=UpdateOut)
-def get_update(reference: Reference, service: Service, _: Admin) -> UpdateOut:
-    """One update (by id or by version) with per-status device counts."""
-    return service.get_update(reference)
+def get_update(reference: Reference, service: Service, now: Now, _: Admin) -> UpdateOut:
+    """One update (by id or by version) with per-status device counts and its rollout."""
+    return service.get_update(reference, now=now)
+
+
+@router.post("/{reference}/{command}", response_model=UpdateOut)
+def rollout_command(
+    reference: Reference,
+    command: Annotated[RolloutCommandName, Path(description="what to do with the rollout")],
+    body: RolloutCommand,
+    service: Service,
+    now: Now,
+    _: Admin,
+) -> UpdateOut:
+    """Pause, resume, cancel, approve or advance the update's rollout (docs/rollouts.md).
+
+    Idempotent: a command already in effect is 200 and changes nothing. An
+    illegal move (pausing a completed rollout, approving one that needs no
+    approval) is 409 with one line saying what and why. Audited with the reason.
+    """
+    return service.rollout_command(reference, command.value, reason=body.reason, now=now)
 
 
 @router.get("/{reference}/devices", response_model=DeviceUpdatePage)

@@ -1,0 +1,480 @@
+"""Rollouts the operator steers: commands, evaluation and the rollout view (docs/rollouts.md).
+
+The rules are :mod:`javia_core.rollouts` (pure); this module reads the store,
+asks them and writes what they decide:
+
+* **Commands** (:meth:`Rollouts.command`): pause, resume, cancel, approve and
+  advance through :func:`~javia_core.rollouts.apply_event`, with who and why
+  in the audit log. A refused move is a :class:`ConflictError` (409) with the
+  table's one line; a move already in effect succeeds and changes nothing.
+* **Evaluation** (:meth:`Rollouts.evaluate`): post-install regressions by
+  silence (recorded on the completed row), the automatic halt over the whole
+  rollout, then the phase gate of the open phase (advance, wait for approval,
+  complete). Run after every status report that finishes a row, after a
+  heartbeat that records a regression, and every
+  ``rollout_evaluation_seconds`` by the server's periodic task
+  (:meth:`Rollouts.evaluate_running`).
+* **Races**: every write is conditional on the rollout's ``revision``; the
+  loser of a race re-reads and applies its event again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from javia_core.errors import ConflictError
+from javia_core.models import (
+    Cohort,
+    RolloutHealth,
+    RolloutOut,
+    RolloutState,
+    UpdateStatus,
+    UpdateType,
+)
+from javia_core.rollouts import (
+    SILENT_HEARTBEAT_INTERVALS,
+    GateVerdict,
+    Rollout,
+    RolloutEvent,
+    RolloutPolicy,
+    RolloutStateError,
+    Tally,
+    apply_event,
+    halt_decision,
+    phase_gate,
+    post_install_regression,
+    rollout_at_publish,
+)
+from javia_updates.backends.base import (
+    AuditEntry,
+    NewRollout,
+    RolloutDeviceRow,
+    RolloutRecord,
+    UpdateRecord,
+)
+from javia_updates.service.records import FleetRecords
+from javia_updates.settings import ServerSettings
+
+__all__ = ["COMMANDS", "Rollouts", "new_rollout", "policy_of", "rollout_of"]
+
+#: The operator commands of ``POST /api/v1/updates/{reference}/{command}``.
+COMMANDS: dict[str, RolloutEvent] = {
+    event.value: event
+    for event in (
+        RolloutEvent.PAUSE,
+        RolloutEvent.RESUME,
+        RolloutEvent.CANCEL,
+        RolloutEvent.APPROVE,
+        RolloutEvent.ADVANCE,
+    )
+}
+#: A conditional write lost this many times in a row is reported as a conflict.
+MAX_RACE_RETRIES = 8
+_FINISHED = frozenset({UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK})
+_NOT_TARGETED = frozenset({UpdateStatus.SUPERSEDED, UpdateStatus.CANCELLED})
+_STARTED = frozenset(
+    {
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.INSTALLING,
+        UpdateStatus.COMPLETED,
+        UpdateStatus.FAILED,
+        UpdateStatus.ROLLED_BACK,
+    }
+)
+#: States in which evaluation has nothing to decide.
+_SETTLED = frozenset({RolloutState.AWAITING_APPROVAL, RolloutState.HALTED, RolloutState.CANCELLED})
+
+
+def new_rollout(
+    policy: RolloutPolicy, update_type: UpdateType, approval_required_for: frozenset[UpdateType]
+) -> NewRollout:
+    """The rollout row a publish stores (:func:`~javia_core.rollouts.rollout_at_publish`)."""
+    start = rollout_at_publish(policy, update_type, approval_required_for)
+    return NewRollout(
+        state=start.state,
+        phases=policy.phases,
+        phase_soak_seconds=policy.phase_soak_seconds,
+        halt_failure_rate=float(policy.halt_failure_rate),
+        halt_min_devices=policy.halt_min_devices,
+        require_approval=start.state is RolloutState.AWAITING_APPROVAL,
+        phase_approval=policy.phase_approval,
+    )
+
+
+def policy_of(record: RolloutRecord) -> RolloutPolicy:
+    """The stored rollout's policy."""
+    return RolloutPolicy(
+        phases=record.phases,
+        phase_soak_seconds=record.phase_soak_seconds,
+        halt_failure_rate=record.halt_failure_rate,
+        halt_min_devices=record.halt_min_devices,
+        phase_approval=record.phase_approval,
+        require_approval=record.require_approval,
+    )
+
+
+def rollout_of(record: RolloutRecord) -> Rollout:
+    """The stored rollout as :func:`~javia_core.rollouts.apply_event` reads it."""
+    return Rollout(
+        record.state,
+        phase=record.phase_index,
+        phase_count=len(record.phases),
+        uses_approval=record.require_approval or record.phase_approval,
+        awaiting_phase_approval=record.awaiting_phase_approval,
+        halt_reason=record.halt_reason,
+    )
+
+
+def _tally(rows: Sequence[RolloutDeviceRow]) -> Tally:
+    targeted = [row for row in rows if row.status not in _NOT_TARGETED]
+    completed = [row for row in targeted if row.status is UpdateStatus.COMPLETED]
+    return Tally(
+        targeted=len(targeted),
+        completed=len(completed),
+        failed=sum(row.status is UpdateStatus.FAILED for row in targeted),
+        rolled_back=sum(row.status is UpdateStatus.ROLLED_BACK for row in targeted),
+        regressions=sum(row.regressed_at is not None for row in completed),
+    )
+
+
+class Rollouts:
+    """The rollout use cases (module docstring).
+
+    Args:
+        records: the store with its caches (the catalog holds the rollouts the
+            offer gate reads; every change here refreshes it at once).
+        settings: the heartbeat interval (silence) and ``approval_required``.
+    """
+
+    def __init__(self, records: FleetRecords, settings: ServerSettings) -> None:
+        self.records = records
+        self.store = records.store
+        self.settings = settings
+
+    # ------------------------------------------------------------------ writes
+    def _change(
+        self,
+        update: UpdateRecord,
+        move: Callable[[Rollout], tuple[Rollout, bool]],
+        *,
+        now: datetime,
+        audit: Callable[[RolloutRecord, Rollout], AuditEntry],
+    ) -> RolloutRecord:
+        """Apply ``move`` to the stored rollout, conditionally on its revision; retry a lost race.
+
+        Raises:
+            ConflictError: the update has no rollout, or the move is refused
+                (the rule's one line), or the race was lost too often.
+        """
+        for _ in range(MAX_RACE_RETRIES):
+            record = self.store.get_rollout(update.id)
+            if record is None:
+                raise ConflictError(f"{update.version} has no rollout to change")
+            try:
+                after, changed = move(rollout_of(record))
+            except RolloutStateError as error:
+                raise ConflictError(f"{update.version}: {error}") from None
+            if not changed:
+                return record
+            stored = self.store.change_rollout(
+                update.id,
+                revision=record.revision,
+                rollout=after,
+                now=now,
+                audit=audit(record, after),
+            )
+            if stored is not None:
+                # A cancel rewrote rows: cached rows are dropped too.
+                self.records.rollout_changed(rows=stored.state is RolloutState.CANCELLED)
+                return stored
+        raise ConflictError(
+            f"{update.version}: the rollout kept changing under this command; try again"
+        )
+
+    def command(
+        self,
+        update: UpdateRecord,
+        action: str,
+        *,
+        reason: str | None,
+        actor: str,
+        now: datetime,
+    ) -> RolloutRecord:
+        """Apply an operator command (pause, resume, cancel, approve, advance) to ``update``'s rollout.
+
+        Idempotent: a command already in effect succeeds and writes nothing.
+        A change is audited as ``rollout.<action>`` with actor, reason and the
+        states before and after.
+
+        Raises:
+            ConflictError: the move is refused in this state (one line), or the
+                update has no rollout.
+            KeyError: ``action`` is not one of :data:`COMMANDS` (the route only
+                routes those).
+        """
+        event = COMMANDS[action]
+
+        def audit(before: RolloutRecord, after: Rollout) -> AuditEntry:
+            return AuditEntry(
+                actor,
+                f"rollout.{event.value}",
+                {
+                    "update_id": update.id,
+                    "version": update.version,
+                    "reason": reason,
+                    "from": before.state.value,
+                    "to": after.state.value,
+                    "phase": after.phase,
+                },
+            )
+
+        record = self._change(update, lambda r: apply_event(r, event), now=now, audit=audit)
+        if event is not RolloutEvent.CANCEL:
+            record = self.evaluate(update, now) or record
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, update: UpdateRecord, now: datetime) -> RolloutRecord | None:
+        """Regressions, halt, phase gate and completion of ``update``'s rollout (module docstring).
+
+        Returns:
+            The rollout after evaluation; None if the update has none.
+        """
+        record = self.store.get_rollout(update.id)
+        if record is None or record.state in _SETTLED:
+            return record
+        policy = policy_of(record)
+        rows = self._record_silences(update, record, self.store.rollout_devices(update.id), now)
+        reason = halt_decision(policy, _tally(rows))
+        if reason is not None:
+            return self._automatic(update, RolloutEvent.HALT, now, reason=reason)
+        for _ in range(len(record.phases)):  # an empty phase opens the next at once
+            if record.state is not RolloutState.ACTIVE:
+                break
+            k = record.phase_index
+            last = k == len(record.phases) - 1
+            in_phase = [row for row in rows if last or self._phase(update, record, row) == k]
+            completions = [
+                row.completed_at
+                for row in in_phase
+                if row.status is UpdateStatus.COMPLETED and row.completed_at is not None
+            ]
+            window_closed_at = None
+            if update.update_type is UpdateType.SCHEDULED and record.phase_opened_at is not None:
+                ends = [
+                    row.window_end
+                    for row in in_phase
+                    if row.window_end is not None and row.window_end >= record.phase_opened_at
+                ]
+                window_closed_at = max(ends, default=None)
+            decision = phase_gate(
+                policy,
+                phase=k,
+                tally=_tally(in_phase),
+                first_completed_at=min(completions, default=None),
+                now=now,
+                window_closed_at=window_closed_at,
+            )
+            if decision.verdict is GateVerdict.ADVANCE:
+                record = self._automatic(update, RolloutEvent.ADVANCE, now, reason=decision.reason)
+            elif decision.verdict is GateVerdict.COMPLETE:
+                record = self._automatic(update, RolloutEvent.COMPLETE, now, reason=None)
+                break
+            else:
+                if decision.verdict is GateVerdict.AWAIT_APPROVAL:
+                    record = self._await_phase_approval(update, now, decision.reason)
+                break
+        return record
+
+    def _automatic(
+        self, update: UpdateRecord, event: RolloutEvent, now: datetime, *, reason: str | None
+    ) -> RolloutRecord:
+        def audit(before: RolloutRecord, after: Rollout) -> AuditEntry:
+            return AuditEntry(
+                "server",
+                f"rollout.{event.value}",
+                {
+                    "update_id": update.id,
+                    "version": update.version,
+                    "reason": reason,
+                    "from": before.state.value,
+                    "to": after.state.value,
+                    "phase": after.phase,
+                },
+            )
+
+        def move(rollout: Rollout) -> tuple[Rollout, bool]:
+            try:
+                return apply_event(rollout, event, halt_reason=reason)
+            except RolloutStateError:
+                return rollout, False  # a racing replica moved it first: nothing to do
+
+        return self._change(update, move, now=now, audit=audit)
+
+    def _await_phase_approval(
+        self, update: UpdateRecord, now: datetime, reason: str
+    ) -> RolloutRecord:
+        def move(rollout: Rollout) -> tuple[Rollout, bool]:
+            if rollout.awaiting_phase_approval or rollout.state is not RolloutState.ACTIVE:
+                return rollout, False
+            return Rollout(
+                rollout.state,
+                phase=rollout.phase,
+                phase_count=rollout.phase_count,
+                uses_approval=True,
+                awaiting_phase_approval=True,
+                halt_reason=rollout.halt_reason,
+            ), True
+
+        def audit(before: RolloutRecord, after: Rollout) -> AuditEntry:
+            return AuditEntry(
+                "server",
+                "rollout.awaits_approval",
+                {"update_id": update.id, "version": update.version, "reason": reason},
+            )
+
+        return self._change(update, move, now=now, audit=audit)
+
+    def _record_silences(
+        self,
+        update: UpdateRecord,
+        record: RolloutRecord,
+        rows: list[RolloutDeviceRow],
+        now: datetime,
+    ) -> list[RolloutDeviceRow]:
+        """Record silence regressions of completed rows within the soak; the rows as they are now."""
+        interval = self.settings.heartbeat_interval_seconds
+        result = []
+        for row in rows:
+            if (
+                row.status is UpdateStatus.COMPLETED
+                and row.regressed_at is None
+                and row.completed_at is not None
+            ):
+                reason = post_install_regression(
+                    completed_at=row.completed_at,
+                    last_seen=row.last_seen,
+                    heartbeat_interval_seconds=interval,
+                    soak_seconds=record.phase_soak_seconds,
+                    restarts_at_completion=None,
+                    restarts_reported=None,
+                    exit_status=None,
+                    now=now,
+                )
+                if reason is not None and self.store.record_regression(
+                    row.device_update_id,
+                    reason,
+                    now=now,
+                    audit=AuditEntry(
+                        "server",
+                        "device_update.regressed",
+                        {
+                            "device_uuid": str(row.device_uuid),
+                            "update_id": update.id,
+                            "version": update.version,
+                            "reason": reason,
+                        },
+                    ),
+                ):
+                    self.records.cache.forget_rows(row.device_id)
+                    row = RolloutDeviceRow(
+                        row.device_update_id,
+                        row.device_id,
+                        row.device_uuid,
+                        row.status,
+                        row.window_end,
+                        row.started_at,
+                        row.completed_at,
+                        now,
+                        row.last_seen,
+                    )
+            result.append(row)
+        return result
+
+    def _phase(self, update: UpdateRecord, record: RolloutRecord, row: RolloutDeviceRow) -> int:
+        return self.records.catalog.phase(update.id, row.device_uuid, record)
+
+    def evaluate_running(self, now: datetime) -> None:
+        """Evaluate every rollout that may still change by itself (the periodic task).
+
+        Active and paused rollouts, and completed ones whose last devices may
+        still regress (changed within the soak plus three heartbeat intervals).
+        """
+        self.records.flush()  # silence is judged on every heartbeat answered so far
+        margin = timedelta(
+            seconds=SILENT_HEARTBEAT_INTERVALS * self.settings.heartbeat_interval_seconds
+        )
+        for update_id, record in self.store.list_rollouts().items():
+            if record.state in _SETTLED:
+                continue
+            if (
+                record.state is RolloutState.COMPLETED
+                and now - record.updated_at > timedelta(seconds=record.phase_soak_seconds) + margin
+            ):
+                continue
+            self.evaluate(self.records.update(update_id), now)
+
+    # ------------------------------------------------------------------ view
+    def view(self, update: UpdateRecord, now: datetime) -> RolloutOut | None:
+        """The rollout as ``updates show`` presents it: state, counts per phase, cohort health."""
+        record = self.store.get_rollout(update.id)
+        if record is None:
+            return None
+        rows = self.store.rollout_devices(update.id)
+        phase_counts: list[dict[str, int]] = [{} for _ in record.phases]
+        for row in rows:
+            counts = phase_counts[self._phase(update, record, row)]
+            counts[row.status.value] = counts.get(row.status.value, 0) + 1
+        exposed = [row for row in rows if row.status in _STARTED]
+        waiting = {row.device_id for row in rows if row.status is UpdateStatus.PENDING}
+        previous_id = self.store.previous_update_id(update.id)
+        previous_rows = (
+            []
+            if previous_id is None or not waiting
+            else [
+                row for row in self.store.rollout_devices(previous_id) if row.device_id in waiting
+            ]
+        )
+        last_seen = {row.device_id: row.last_seen for row in rows}
+        return RolloutOut(
+            state=record.state,
+            phase=record.phase_index,
+            phases=list(record.phases),
+            phase_opened_at=record.phase_opened_at,
+            phase_soak_seconds=record.phase_soak_seconds,
+            halt_failure_rate=record.halt_failure_rate,
+            halt_min_devices=record.halt_min_devices,
+            require_approval=record.require_approval,
+            phase_approval=record.phase_approval,
+            awaiting_phase_approval=record.awaiting_phase_approval,
+            halt_reason=record.halt_reason,
+            phase_counts=phase_counts,
+            health=RolloutHealth(
+                exposed=self._cohort(len(exposed), exposed, [r.last_seen for r in exposed], now),
+                previous=self._cohort(
+                    len(waiting), previous_rows, [last_seen[d] for d in waiting], now
+                ),
+            ),
+        )
+
+    def _cohort(
+        self,
+        devices: int,
+        rows: Sequence[RolloutDeviceRow],
+        last_seen: Sequence[datetime | None],
+        now: datetime,
+    ) -> Cohort:
+        tally = _tally([row for row in rows if row.status in _FINISHED])
+        limit = timedelta(
+            seconds=SILENT_HEARTBEAT_INTERVALS * self.settings.heartbeat_interval_seconds
+        )
+        return Cohort(
+            devices=devices,
+            finished=tally.finished,
+            failed=tally.failed,
+            rolled_back=tally.rolled_back,
+            regressions=tally.regressions,
+            silent=sum(seen is None or now - seen > limit for seen in last_seen),
+            failure_rate=round(tally.failures * 100 / tally.finished, 2) if tally.finished else 0.0,
+        )
