@@ -28,6 +28,7 @@ from javia_core.models import (
     EnrollmentTokenCreated,
     EnrollmentTokenOut,
     PlanEntry,
+    RevertSource,
     UpdateOut,
 )
 
@@ -176,7 +177,8 @@ class AdminClient:
                 f"unexpected answer from {method} {path}: {_first_error(error)}"
             ) from None
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """The answer's JSON (None if empty), or with ``raw`` its exact bytes."""
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as error:
@@ -189,6 +191,8 @@ class AdminClient:
             ) from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
+        if raw:
+            return response.content
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -308,6 +312,54 @@ class AdminClient:
     def plan_update(self, update: str | int) -> list[PlanEntry]:
         """``GET /api/v1/updates/{id}/plan``: who installs a published update, when and why."""
         return self._items(PlanEntry, "GET", f"/api/v1/updates/{_segment(update)}/plan")
+
+    def revert_source(self, update: str | int) -> RevertSource:
+        """``GET /api/v1/updates/{id or vX.Y.Z}/revert-source``: what a revert rolls forward to.
+
+        Raises:
+            ApiError: 409 when no device runs the update or none has a healthy earlier release.
+        """
+        return self._one(RevertSource, "GET", f"/api/v1/updates/{_segment(update)}/revert-source")
+
+    def download_package(
+        self, update: str | int, directory: Path, progress: ProgressCallback | None = None
+    ) -> Path:
+        """Download a published package (manifest, signature, payload) into ``directory``.
+
+        Writes ``manifest.json``, ``manifest.sig`` and ``payload.tar.gz`` there
+        exactly as stored (nothing is verified here); ``progress(n)`` is called
+        with each payload chunk's size in bytes.
+
+        Returns:
+            ``directory``.
+
+        Raises:
+            ApiError: the update does not exist (404) or the server failed.
+            ServerUnreachableError: the connection failed.
+        """
+        from javia_core.manifest import MANIFEST_NAME, PAYLOAD_NAME, SIGNATURE_NAME
+
+        base = f"/api/v1/updates/{_segment(update)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, route in ((MANIFEST_NAME, "manifest"), (SIGNATURE_NAME, "signature")):
+            (directory / name).write_bytes(self._request("GET", f"{base}/{route}", raw=True))
+        try:
+            with (
+                self._client.stream("GET", f"{base}/download", timeout=None) as response,
+                (directory / PAYLOAD_NAME).open("wb") as payload,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _detail(response))
+                for chunk in response.iter_bytes(64 * 1024):
+                    payload.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+        except httpx.TransportError as error:
+            raise ServerUnreachableError(
+                f"download from {self.server_url} broke off: {error or type(error).__name__}"
+            ) from None
+        return directory
 
     def plan_new_update(
         self,

@@ -23,8 +23,10 @@ from javia_updates.cli.common import (
     print_json,
     wire_time,
 )
+from javia_updates.cli.revert import revert_update
 
 app = typer.Typer(help="List, inspect and plan updates.", no_args_is_help=True)
+app.command("revert")(revert_update)
 
 STATUS_ORDER = (
     "pending",
@@ -89,7 +91,7 @@ def show_update(
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One update and every targeted device's progress."""
+    """One update, its rollout (state, a bar per phase, health) and every targeted device's progress."""
     with friendly_errors(), admin_client(server, api_key) as client:
         info = client.get_update(update)
         rows = client.update_devices(info.id)
@@ -106,6 +108,10 @@ def show_update(
         packages = ", ".join(info.system_packages)
         console.print("system packages: " + markup_safe(packages), highlight=False)
     console.print(markup_safe(_counts(info)), highlight=False)
+    if info.rollout is not None:
+        from javia_updates.cli.rollout_view import rollout_view
+
+        console.print(rollout_view(info.rollout))
     console.print(progress_table(rows))
 
 
@@ -131,11 +137,15 @@ def progress_table(rows: list[DeviceUpdateOut], title: str = "devices") -> Table
 def plan_table(plans: list[PlanEntry], title: str) -> Table:
     """A rich table of a rollout plan: who gets the update, when (local and UTC), why; shown as text.
 
+    With phases (``PlanEntry.phase``), a column shows each device's phase, 1-based.
+
     A timezone the CLI cannot read is shown as the server sent it.
     """
     table = SafeTable(title=title, title_justify="left")
+    phased = any(plan.phase is not None for plan in plans)
     for column in (
         "device",
+        *(("phase",) if phased else ()),
         "timezone",
         "gets it",
         "installs (device-local)",
@@ -154,8 +164,10 @@ def plan_table(plans: list[PlanEntry], title: str) -> Table:
                 local = "unknown timezone"
             else:
                 local = local_time.strftime("%a %Y-%m-%d %H:%M %Z")
+        phase = () if not phased else ("—" if plan.phase is None else str(plan.phase + 1),)
         table.add_row(
             plan.device_name or str(plan.device_uuid),
+            *phase,
             tz,
             cell("yes", "green") if plan.gets_row else cell("not now", "dim"),
             local,

@@ -79,6 +79,7 @@ from javia_core.models import (
     HeartbeatRequest,
     HeartbeatResponse,
     PlanEntry,
+    RevertSource,
     StatusReport,
     StatusReportResult,
     UpdateCheckResponse,
@@ -110,6 +111,7 @@ from javia_updates.service.planning import Planning
 from javia_updates.service.publishing import PackageUpload, Publishing
 from javia_updates.service.records import FleetRecords
 from javia_updates.service.reports import StatusReports
+from javia_updates.service.revert import RevertSources
 from javia_updates.service.rollouts import Rollouts
 from javia_updates.service.tokens import (
     ENROLLMENT_TOKEN_PREFIX,
@@ -191,6 +193,7 @@ class UpdateService:
         self._updates = Updates(self.records, self.blobs, self._rollouts)
         self._publishing = Publishing(self.records, self.blobs, settings, keyring, self._rollouts)
         self._planning = Planning(self.records, self._updates, settings)
+        self._revert_sources = RevertSources(self.records, self._updates)
 
     def _evaluate_rollout(self, update_id: int, now: datetime) -> None:
         """A row of ``update_id`` finished or regressed: halt, advance or complete its rollout now."""
@@ -720,3 +723,15 @@ class UpdateService:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
         """
         return self._planning.plan_published(reference, now=now)
+
+    def revert_source(self, reference: str | int) -> RevertSource:
+        """What ``javia updates revert`` rolls forward to: the affected devices and the healthy release.
+
+        The rule is :mod:`javia_updates.service.revert` (docs/rollouts.md, "Revert").
+
+        Raises:
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+            ConflictError: no device runs or installs the update, or none of
+                them completed an earlier release that was not halted or cancelled.
+        """
+        return self._revert_sources.revert_source(reference)

@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from javia_core.manifest import PAYLOAD_NAME
-from javia_core.models import RolloutCommand, UpdateOut, UpdateStatus, UpdateType, check_tags
+from javia_core.models import (
+    RevertSource,
+    RolloutCommand,
+    UpdateOut,
+    UpdateStatus,
+    UpdateType,
+    check_tags,
+)
 from javia_core.rollouts import (
     RolloutError,
     RolloutPolicy,
@@ -287,6 +294,16 @@ def update_devices(
 def plan_published(reference: Reference, service: Service, now: Now, _: Admin) -> PlanList:
     """Who installs a published update when, from its rows."""
     return PlanList(items=service.plan_published(reference, now=now))
+
+
+@router.get("/{reference}/revert-source", response_model=RevertSource)
+def revert_source(reference: Reference, service: Service, _: Admin) -> RevertSource:
+    """What a revert rolls forward to: the devices running the update and their healthy release.
+
+    409 with one line when no device runs it or none completed an earlier
+    release that was not halted or cancelled (docs/rollouts.md, "Revert").
+    """
+    return service.revert_source(reference)
 
 
 def _readable_update(service: UpdateService, reference: str, caller: Caller) -> UpdateRecord:

@@ -1,0 +1,81 @@
+"""The rollout part of ``javia updates show`` and the plan's phase column, rendered at a fixed width."""
+
+from __future__ import annotations
+
+import uuid
+
+from rich.console import Console
+
+from javia_core.models import Cohort, PlanEntry, RolloutHealth, RolloutOut, RolloutState
+from javia_updates.cli.rollout_view import BAR_WIDTH, PhaseProgress, phase_bar, rollout_view
+from javia_updates.cli.updates import plan_table
+
+
+def render(renderable: object, width: int = 140) -> str:
+    console = Console(width=width, record=True, color_system=None, emoji=False)
+    console.print(renderable)
+    return console.export_text()
+
+
+HALTED = RolloutOut(
+    state=RolloutState.HALTED,
+    phase=1,
+    phases=[1, 10, 50, 100],
+    phase_soak_seconds=7200,
+    halt_failure_rate=10,
+    halt_min_devices=5,
+    halt_reason="6 of 28 finished devices failed (21.4%) >= 10%\x1b[2J",
+    phase_counts=[
+        {"completed": 6},
+        {"completed": 22, "failed": 3, "rolled_back": 1, "installing": 2, "pending": 6},
+        {"pending": 160},
+        {},
+    ],
+    health=RolloutHealth(
+        exposed=Cohort(
+            devices=40, finished=28, failed=3, rolled_back=1, regressions=2, failure_rate=21.4
+        ),
+        previous=Cohort(devices=360, finished=0, silent=4),
+    ),
+)
+
+
+def test_show_has_the_state_halt_reason_a_bar_per_phase_and_the_health():
+    text = render(rollout_view(HALTED))
+
+    assert "rollout: halted, phase 2 of 4 (10%) open" in text
+    assert "halt reason: 6 of 28 finished devices failed (21.4%) >= 10%\\x1b[2J" in text
+    assert "\x1b" not in text  # device-reported text stays inert
+    for phase in ("1 of 4", "2 of 4", "3 of 4", "4 of 4"):
+        assert phase in text
+    phase_two = next(line for line in text.splitlines() if line.startswith("│ 2 of 4"))
+    assert "10%" in phase_two
+    assert all(part in phase_two for part in ("█", "▓", "▒", "░"))
+    assert "exposed (started this update)" in text and "21.4%" in text
+    assert "previous (still on the old version)" in text
+
+
+def test_a_phase_bar_shows_each_outcome_in_proportion():
+    bar = phase_bar(PhaseProgress({"completed": 5, "failed": 2, "installing": 1, "pending": 2}))
+    assert bar.plain == "█" * 15 + "▓" * 6 + "▒" * 3 + "░" * 6
+    assert len(phase_bar(PhaseProgress({}))) == BAR_WIDTH
+    crowded = PhaseProgress({"completed": 998, "failed": 1, "downloading": 1})
+    assert len(phase_bar(crowded)) == BAR_WIDTH
+
+
+def test_plan_shows_each_devices_phase_when_phased():
+    entry = PlanEntry(
+        device_uuid=uuid.UUID(int=1),
+        device_name="kitchen",
+        timezone="UTC",
+        gets_row=True,
+        install_at_utc=None,
+        install_at_local=None,
+        reason="phase 2 (opens after phase 1 soaks)",
+        phase=1,
+    )
+    phased = render(plan_table([entry], "plan"))
+    plain = render(plan_table([entry.model_copy(update={"phase": None})], "plan"))
+
+    assert "phase" in phased.splitlines()[2] and "│ 2 " in phased
+    assert "phase" not in plain.splitlines()[2]
