@@ -114,6 +114,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/updates/{reference}"): Row(ADMIN_ONLY, update()),
     ("GET", "/api/v1/updates/{reference}/devices"): Row(ADMIN_ONLY, update("/devices")),
     ("GET", "/api/v1/updates/{reference}/plan"): Row(ADMIN_ONLY, update("/plan")),
+    # The matrix's update runs on no device: the admin passes and is told so (409).
+    ("GET", "/api/v1/updates/{reference}/revert-source"): Row(
+        (401, 401, 403, 403, 403, 403, 409), update("/revert-source")
+    ),
     ("POST", "/api/v1/updates/{reference}/{command}"): Row(
         ADMIN_ONLY, update("/pause"), lambda world: {"json": {"reason": "matrix"}}
     ),
