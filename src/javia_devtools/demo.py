@@ -337,9 +337,17 @@ class LocalFleet:
         return output
 
     def publish(
-        self, app_dir: Path, version: str, update_type: str, description: str = ""
+        self,
+        app_dir: Path,
+        version: str,
+        update_type: str,
+        description: str = "",
+        options: Sequence[str] = (),
     ) -> UpdateOut:
-        """``javia publish`` to the fleet's server; returns the published update."""
+        """``javia publish`` to the fleet's server; returns the published update.
+
+        ``options`` are more ``javia publish`` options, e.g. ``("--phases", "1,100")``.
+        """
         out = self.run_javia(
             [
                 "publish",
@@ -358,6 +366,7 @@ class LocalFleet:
                 self.api_key,
                 "--yes",
                 "--json",
+                *options,
             ]
         )
         return UpdateOut.model_validate_json(out)

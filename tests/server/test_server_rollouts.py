@@ -16,6 +16,7 @@ from javia_core.errors import ConflictError
 from javia_core.models import (
     ApplicationHealth,
     DeviceRegisterRequest,
+    DeviceTagsChange,
     HeartbeatRequest,
     RolloutState,
     StatusReport,
@@ -122,6 +123,37 @@ def test_only_open_phases_get_offers_and_advance_opens_the_next(fleet: Fleet) ->
     fleet.service.rollout_command(update_id, "advance", reason="looks fine", now=fleet.clock.now)
     assert fleet.offered() == {d.device_uuid for d in fleet.devices}
     assert fleet.rollout(update_id).phase == 1
+
+
+def test_the_published_plan_shows_each_devices_phase_as_the_offer_gate_sees_it(
+    fleet: Fleet,
+) -> None:
+    fleet.register(12)
+    canary = fleet.devices[0]
+    fleet.service.change_device_tags(
+        canary.device_uuid, DeviceTagsChange(add=["canary"]), now=fleet.clock.now
+    )
+    update_id = fleet.publish(phases=(20, 100))
+    plan = {
+        entry.device_uuid: entry
+        for entry in fleet.service.plan_published(update_id, now=fleet.clock.now)
+    }
+
+    offered = fleet.offered()
+    assert {uid for uid, entry in plan.items() if entry.phase == 0} == offered
+    assert plan[canary.device_uuid].phase == 0
+    later = [entry for entry in plan.values() if entry.phase == 1]
+    assert later and all(
+        entry.reason.startswith("phase 2 of 2 (not open yet); ") for entry in later
+    )
+    assert all(
+        entry.phase == phase_of(uid, "v1.1.0", (20, 100), canary=uid == canary.device_uuid)
+        for uid, entry in plan.items()
+    )
+    single = fleet.publish("v1.2.0")
+    assert all(
+        entry.phase is None for entry in fleet.service.plan_published(single, now=fleet.clock.now)
+    )
 
 
 def test_pause_stops_offers_at_the_next_heartbeat_but_installs_in_flight_finish(

@@ -8,7 +8,10 @@ there so a test or the demo can see which release is really running.
 
 Set ``JAVIA_EXAMPLE_FAIL=1`` in a release's environment, or ship a file named
 ``FAIL`` in the release, to make it exit with status 1 right after starting
-(an unhealthy release, for rollback demonstrations).
+(an unhealthy release, for rollback demonstrations). Ship a file named
+``CRASH_AFTER`` holding a number of seconds to make it run that long, then exit
+with status 1 (a release that passes the agent's health check and crashes
+later: a post-install regression, docs/rollouts.md).
 """
 
 import json
@@ -48,7 +51,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"assistant {version} listening (pid {os.getpid()})", flush=True)
+    crash_file = release / "CRASH_AFTER"
+    crash_at = (
+        time.monotonic() + float(crash_file.read_text(encoding="ascii"))
+        if crash_file.exists()
+        else None
+    )
     while running:
+        if crash_at is not None and time.monotonic() >= crash_at:
+            print(f"assistant {version}: crashing on purpose", flush=True)
+            return 1
         time.sleep(0.2)
     print(f"assistant {version} stopping", flush=True)
     return 0

@@ -4,6 +4,10 @@ An update that names devices (by uuid or tag) plans every registered device:
 those it does not target appear with ``gets_row`` False and the reason they
 are out ("not tagged kitchen or beta"); those it targets say why they are in
 ("tagged kitchen; ...", "listed by uuid; ...").
+
+A published update in phases gives each targeted device its phase
+(:func:`javia_core.rollouts.phase_of`, a ``canary``-tagged device first), and a
+pending device whose phase is not open yet says so (docs/rollouts.md, Phases).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from javia_core import scheduling
-from javia_core.models import PlanEntry, UpdateStatus, UpdateType
+from javia_core.models import PlanEntry, RolloutState, UpdateStatus, UpdateType
+from javia_core.rollouts import CANARY_TAG, phase_of
 from javia_core.rollouts.targeting import targeting_reason
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceRecord
+from javia_updates.backends.records import RolloutRecord
 from javia_updates.service import views
 from javia_updates.service.publishing import known_target_tags, refuse_unpublishable
 from javia_updates.service.records import FleetRecords
@@ -88,6 +94,8 @@ class Planning:
             plan.device_uuid: plan
             for plan in self._rollout(update.update_type, update.version, devices, now)
         }
+        rollout = self.store.get_rollout(update.id)
+        phased = rollout is not None and len(rollout.phases) > 1
         entries: list[PlanEntry] = []
         for device in devices:
             plan = by_uuid[device.device_uuid]
@@ -99,11 +107,24 @@ class Planning:
                 entries.append(_left_out(plan, why))
                 continue
             prefix = "" if everyone else f"{why}; "
+            phase = None
+            if rollout is not None and phased:
+                phase = phase_of(
+                    device.device_uuid,
+                    update.version,
+                    rollout.phases,
+                    canary=CANARY_TAG in device.tags,
+                )
+                prefix += _phase_note(
+                    rollout, phase, pending=row is None or row.status is UpdateStatus.PENDING
+                )
             if row is None:
                 reason = plan.reason
                 if plan.gets_row:
                     reason = f"no row yet: gets it at its next heartbeat; {reason}"
-                entries.append(views.plan_entry(plan, gets_row=False, reason=prefix + reason))
+                entries.append(
+                    views.plan_entry(plan, gets_row=False, reason=prefix + reason, phase=phase)
+                )
                 continue
             if row.status is UpdateStatus.PENDING:
                 current = scheduling.current_install_plan(
@@ -131,6 +152,7 @@ class Planning:
                     install_at_utc=at,
                     install_at_local=local,
                     reason=prefix + reason,
+                    phase=phase,
                 )
             )
         return entries
@@ -157,6 +179,12 @@ class Planning:
             idle_seconds=self.settings.urgent_idle_seconds,
             online_within_seconds=self.settings.instant_online_seconds,
         )
+
+
+def _phase_note(rollout: RolloutRecord, phase: int, *, pending: bool) -> str:
+    """``"phase 2 of 3; "``, with ``" (not open yet)"`` for a pending device of a closed phase."""
+    closed = pending and rollout.state is not RolloutState.COMPLETED and phase > rollout.phase_index
+    return f"phase {phase + 1} of {len(rollout.phases)}{' (not open yet)' if closed else ''}; "
 
 
 def _left_out(plan: scheduling.DevicePlan, why: str) -> PlanEntry:
