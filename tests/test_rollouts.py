@@ -25,6 +25,7 @@ from javia_core.rollouts import (
     Tally,
     apply_event,
     device_may_start,
+    failure_rate_lower_bound,
     halt_decision,
     parse_approval_required,
     parse_duration,
@@ -277,8 +278,8 @@ def test_halt_reason_reads_as_the_docs_say() -> None:
     policy = RolloutPolicy()
     tally = Tally(targeted=100, completed=3, failed=1, rolled_back=1, regressions=1)
     assert halt_decision(policy, tally) == (
-        "3 of 5 finished devices failed (60%) >= 10%: 1 failed, 1 rolled back, "
-        "1 regressed after install"
+        "3 of 5 finished devices failed (60%; at least 27.2% with 95% confidence) >= 10%: "
+        "1 failed, 1 rolled back, 1 regressed after install"
     )
 
 
@@ -287,10 +288,27 @@ def test_no_halt_before_the_minimum_finished() -> None:
     assert halt_decision(RolloutPolicy(), Tally(targeted=100, failed=5)) is not None
 
 
-def test_halt_at_exactly_the_rate_and_not_below() -> None:
-    policy = RolloutPolicy(halt_failure_rate=10, halt_min_devices=10)
-    assert halt_decision(policy, Tally(targeted=50, completed=9, failed=1)) is not None
-    assert halt_decision(policy, Tally(targeted=50, completed=10, failed=1)) is None
+def test_one_chance_failure_does_not_halt_but_evidence_does() -> None:
+    # A good release with rare random failures: 1 of the first 10 finished
+    # devices is 10 % observed, but only 2.3 % with 95 % confidence.
+    policy = RolloutPolicy(halt_failure_rate=10, halt_min_devices=5)
+    assert halt_decision(policy, Tally(targeted=50, completed=9, failed=1)) is None
+    assert halt_decision(policy, Tally(targeted=50, completed=8, failed=2)) is None
+    # Three of ten is at least 12.7 %: halt.
+    assert halt_decision(policy, Tally(targeted=50, completed=7, failed=3)) is not None
+    # A release failing everywhere halts at the minimum, whatever the threshold.
+    assert halt_decision(policy, Tally(targeted=50, failed=5)) is not None
+    strict = RolloutPolicy(halt_failure_rate=100, halt_min_devices=5)
+    assert halt_decision(strict, Tally(targeted=50, rolled_back=5)) is not None
+    assert halt_decision(strict, Tally(targeted=50, completed=1, rolled_back=5)) is None
+
+
+def test_the_lower_bound_grows_with_evidence() -> None:
+    assert failure_rate_lower_bound(0, 0) == 0.0
+    assert failure_rate_lower_bound(0, 100) == 0.0
+    assert round(failure_rate_lower_bound(1, 10), 1) == 2.3
+    assert round(failure_rate_lower_bound(5, 5), 1) == 64.9
+    assert failure_rate_lower_bound(10, 100) < failure_rate_lower_bound(100, 1000) < 10
 
 
 def test_a_tally_that_cannot_be_is_refused() -> None:

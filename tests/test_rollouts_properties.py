@@ -33,6 +33,7 @@ from javia_core.rollouts import (
     Tally,
     apply_event,
     device_may_start,
+    failure_rate_lower_bound,
     halt_decision,
     phase_gate,
     phase_of,
@@ -208,8 +209,15 @@ def test_halt_follows_its_definition(policy: RolloutPolicy, tally: Tally) -> Non
     reason = halt_decision(policy, tally)
     expected = (
         tally.finished >= policy.halt_min_devices
-        and tally.failures / tally.finished * 100 >= policy.halt_failure_rate - 1e-9
+        and tally.failures > 0
+        and (
+            failure_rate_lower_bound(tally.failures, tally.finished) >= policy.halt_failure_rate
+            or tally.failures == tally.finished
+        )
     )
+    # The rule never halts below the observed threshold.
+    if expected:
+        assert tally.failures * 100 >= policy.halt_failure_rate * tally.finished - 1e-9
     assert (reason is not None) == expected
     if reason is not None:
         assert reason.startswith(f"{tally.failures} of {tally.finished} finished devices failed")

@@ -26,7 +26,9 @@ The rules, in one place (docs/rollouts.md explains them with a worked example):
   waits for the operator with ``phase_approval``.
 * **Halt** (:func:`halt_decision`): once ``halt_min_devices`` devices have
   finished, a failure rate (failed + rolled back + post-install regressions)
-  of ``halt_failure_rate`` percent or more halts the rollout.
+  of ``halt_failure_rate`` percent or more, shown with 95 % confidence (the
+  Wilson lower bound, :func:`failure_rate_lower_bound`) or by every finished
+  device failing, halts the rollout.
 * **Post-install regression** (:func:`post_install_regression`): a device that
   completed, then within the soak went silent for more than three heartbeat
   intervals or reported its application restarting or crashing.
@@ -34,8 +36,10 @@ The rules, in one place (docs/rollouts.md explains them with a worked example):
 
 from javia_core.rollouts.gate import GateDecision, GateVerdict, phase_gate
 from javia_core.rollouts.health import (
+    HALT_CONFIDENCE,
     SILENT_HEARTBEAT_INTERVALS,
     Tally,
+    failure_rate_lower_bound,
     halt_decision,
     post_install_regression,
 )
@@ -66,6 +70,7 @@ from javia_core.rollouts.states import (
 )
 
 __all__ = [
+    "HALT_CONFIDENCE",
     "CANARY_TAG",
     "DEFAULT_HALT_FAILURE_RATE",
     "DEFAULT_HALT_MIN_DEVICES",
@@ -87,6 +92,7 @@ __all__ = [
     "Tally",
     "apply_event",
     "device_may_start",
+    "failure_rate_lower_bound",
     "halt_decision",
     "rollout_at_publish",
     "parse_approval_required",

@@ -7,16 +7,53 @@ silent or reported its application restarting or crashing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from javia_core.rollouts.policy import RolloutError, RolloutPolicy, check_aware
 from javia_core.scheduling import describe_duration
 
-__all__ = ["SILENT_HEARTBEAT_INTERVALS", "Tally", "halt_decision", "post_install_regression"]
+__all__ = [
+    "HALT_CONFIDENCE",
+    "SILENT_HEARTBEAT_INTERVALS",
+    "Tally",
+    "failure_rate_lower_bound",
+    "halt_decision",
+    "post_install_regression",
+]
 
 #: A completed device silent for more than this many heartbeat intervals regressed.
 SILENT_HEARTBEAT_INTERVALS = 3
+#: How sure the halt rule must be that the failure rate reached the threshold (one-sided).
+HALT_CONFIDENCE = 0.95
+#: The standard normal quantile of :data:`HALT_CONFIDENCE` (1.645).
+_Z = 1.6448536269514722
+
+
+def failure_rate_lower_bound(failures: int, finished: int) -> float:
+    """The Wilson score lower bound of the true failure rate, in percent, at :data:`HALT_CONFIDENCE`.
+
+    With ``failures`` of ``finished`` devices failed, the true rate of the
+    release is at least this with 95 % confidence (one-sided; Wilson, 1927).
+    Unlike the observed rate it grows with evidence: 1 of 10 (observed 10 %)
+    gives 2.3 %, 3 of 10 gives 12.7 %, 5 of 5 gives 64.9 %, 10 of 100 gives 6.1 %.
+
+    Args:
+        failures: failed + rolled back + regressed devices, 0..finished.
+        finished: devices with a final outcome, >= 0.
+
+    Returns:
+        Percent in [0, 100); 0.0 when nothing finished.
+    """
+    if finished <= 0:
+        return 0.0
+    n = finished
+    p = failures / n
+    z2 = _Z * _Z
+    centre = p + z2 / (2 * n)
+    margin = _Z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n)) * 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +107,18 @@ class Tally:
         """Whether failures are at least ``rate`` percent of the finished devices (none: no)."""
         return self.finished > 0 and self.failures * 100 >= rate * self.finished
 
-    def describe_failures(self, rate: float) -> str:
+    def describe_failures(self, rate: float, *, lower_bound: float | None = None) -> str:
         """``3 of 5 finished devices failed (60%) >= 10%: 2 failed, 1 rolled back``.
 
         Args:
             rate: the threshold in percent the failures are compared with.
+            lower_bound: the rate's 95 % lower bound in percent, shown when given
+                (``(60%; at least 23.1% with 95% confidence)``).
         """
         percent = self.failures * 100 / self.finished if self.finished else 0.0
+        shown = f"{percent:.3g}%"
+        if lower_bound is not None:
+            shown += f"; at least {lower_bound:.3g}% with 95% confidence"
         parts = [
             f"{count} {label}"
             for count, label in (
@@ -87,7 +129,7 @@ class Tally:
             if count
         ]
         return (
-            f"{self.failures} of {self.finished} finished devices failed ({percent:.3g}%) "
+            f"{self.failures} of {self.finished} finished devices failed ({shown}) "
             f">= {rate:g}%: {', '.join(parts)}"
         )
 
@@ -95,24 +137,34 @@ class Tally:
 def halt_decision(policy: RolloutPolicy, tally: Tally) -> str | None:
     """Whether a rollout must halt now, and why (docs/rollouts.md, halt).
 
-    It halts when at least ``halt_min_devices`` devices have finished and
-    failures (failed + rolled back + post-install regressions) are at least
-    ``halt_failure_rate`` percent of them. The server asks after every status
-    report and heartbeat that changes the tally, so a halt lands within one report.
+    It halts when at least ``halt_min_devices`` devices have finished and the
+    failures (failed + rolled back + post-install regressions) show, with 95 %
+    confidence, a failure rate of at least ``halt_failure_rate`` percent: the
+    Wilson lower bound of the rate (:func:`failure_rate_lower_bound`) reaches
+    the threshold, or every finished device failed. A release that fails
+    everywhere halts at ``halt_min_devices`` as with a plain threshold, while
+    a good release's rare random failure (1 in the first 10 finished devices,
+    5 % of rollouts at 0.5 % failures) no longer halts it by chance. The server
+    asks after every status report and heartbeat that changes the tally, so a
+    halt lands within one report.
 
     Args:
         policy: the rollout's policy.
         tally: the counts of the whole rollout.
 
     Returns:
-        The reason, e.g. ``3 of 5 finished devices failed (60%) >= 10%: 2 failed,
-        1 rolled back``, or None to go on.
+        The reason, e.g. ``3 of 5 finished devices failed (60%; at least 27.2%
+        with 95% confidence) >= 10%: 2 failed, 1 rolled back``, or None to go on.
     """
-    if tally.finished < policy.halt_min_devices:
+    if tally.finished < policy.halt_min_devices or not tally.failures:
         return None
-    if not tally.fails_at(policy.halt_failure_rate):
+    bound = failure_rate_lower_bound(tally.failures, tally.finished)
+    if bound < policy.halt_failure_rate and tally.failures < tally.finished:
         return None
-    return tally.describe_failures(policy.halt_failure_rate)
+    every_one = tally.failures == tally.finished  # "(100%)" says it all
+    return tally.describe_failures(
+        policy.halt_failure_rate, lower_bound=None if every_one else bound
+    )
 
 
 def post_install_regression(
