@@ -2,13 +2,13 @@
 
 Runs :func:`javia_devtools.simulate.run_simulation` (a real ``javia server``,
 simulated devices over HTTP, as bench_fleet.py) three ways, each publishing
-with phases ``1,10,50,100`` and the default halt rule (10 % of at least 5
-finished devices; docs/rollouts.md):
+with phases ``1,10,50,100`` and the default halt rule (10 %, shown with 95 %
+confidence, of at least 5 finished devices; docs/rollouts.md):
 
 (a) every install fails, soak 1 h (phase 1 cannot open during the run):
     devices exposed (started the update) against the first phase plus the
     installs in flight at the halt, and seconds from the first ``failed``
-    report to the rollout read as ``halted`` through the admin API (every 0.1 s);
+    report to the rollout read as ``halted`` through the admin API (every 0.5 s);
 (b) every install "succeeds" and the application crashes ``--crash-after``
     seconds later, soak 2 min (long enough to see the crash, short enough that
     phase 2 would open if the halt failed): exposure against 2 %, seconds
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 from benchlib import BenchResult, Row
+from javia_core.rollouts import RolloutPolicy, Tally, halt_decision
 from javia_devtools.simulate import (
     SimulationConfig,
     SimulationError,
@@ -54,13 +55,24 @@ def false_halt_probability(
 ) -> float:
     """Probability that a release failing each install with ``fail_rate`` is halted.
 
-    The halt rule (``javia_core.rollouts.health.halt_decision``) is asked after
-    every finished device: halt once at least ``min_devices`` finished and
-    failures are at least ``halt_rate`` percent of them. With independent
+    The server asks the halt rule (:func:`javia_core.rollouts.halt_decision`:
+    at least ``min_devices`` finished and a failure rate of ``halt_rate``
+    percent shown with 95 % confidence, or every finished device failed) after
+    every finished device; this asks the same function. With independent
     failures the tally after ``k`` finishes is binomial; this walks it finish by
     finish and adds up the probability of first crossing the line, for the
     first ``finishes`` finished devices. Exact up to dropped paths below 1e-15.
     """
+    policy = RolloutPolicy(halt_failure_rate=halt_rate, halt_min_devices=min_devices)
+    halts: dict[tuple[int, int], bool] = {}
+
+    def halted_at(failures: int, finished: int) -> bool:
+        key = (failures, finished)
+        if key not in halts:
+            tally = Tally(targeted=finished, completed=finished - failures, failed=failures)
+            halts[key] = halt_decision(policy, tally) is not None
+        return halts[key]
+
     alive = {0: 1.0}  # failures so far -> probability of not having halted yet
     halted = 0.0
     for finished in range(1, finishes + 1):
@@ -68,7 +80,7 @@ def false_halt_probability(
         for failures, chance in alive.items():
             for extra, step in ((0, 1 - fail_rate), (1, fail_rate)):
                 count, reached = failures + extra, chance * step
-                if finished >= min_devices and count * 100 >= halt_rate * finished:
+                if halted_at(count, finished):
                     halted += reached
                 elif reached > 1e-15:
                     following[count] = following.get(count, 0.0) + reached
@@ -229,7 +241,7 @@ def _good_release(args, result: BenchResult) -> None:  # type: ignore[no-untyped
         result.rows.append(
             Row(
                 f"(c) the same with --halt-min-devices {min_devices} (exact)",
-                f"{100 * other:.3f} % per rollout",
+                f"{100 * other:.2g} % per rollout",
             )
         )
     result.notes.append(
@@ -267,9 +279,9 @@ def main() -> None:
     except SimulationError as error:
         sys.exit(f"error: {error}")
     result.notes.append(
-        f"phases {PHASES}, halt at {HALT_FAILURE_RATE:g} % of at least {HALT_MIN_DEVICES} "
-        f"finished devices (the defaults); heartbeat {args.heartbeat_seconds:g} s for (a) and "
-        "(b); the rollout's state read through the admin API every 0.1 s; simulator and "
+        f"phases {PHASES}, halt at {HALT_FAILURE_RATE:g} % (95 % confidence) of at least "
+        f"{HALT_MIN_DEVICES} finished devices (the defaults); heartbeat {args.heartbeat_seconds:g} s for (a) and "
+        "(b); the rollout's state read through the admin API every 0.5 s; simulator and "
         "servers share the machine's cores"
     )
     benchlib.finish(result, args, started)

@@ -102,7 +102,7 @@ _JITTER_ALLOWANCE = 0.1  # the devices' heartbeat jitter (simulated_fleet)
 #: Statuses of a device that started the update (the exposed devices).
 _STARTED_STATUSES = ("downloading", "installing", "completed", "failed", "rolled_back")
 #: How often the rollout's state is read while the fleet runs (seconds).
-ROLLOUT_POLL_SECONDS = 0.1
+ROLLOUT_POLL_SECONDS = 0.5
 
 
 class SimulationError(JaviaError):

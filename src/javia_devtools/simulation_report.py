@@ -55,7 +55,7 @@ class SimulationReport:
         halt_reason: why it halted, None if it did not.
         first_phase_devices: devices the server placed in the first phase.
         seconds_to_halt: from the publish answer until the rollout was seen
-            ``halted`` (read every 0.1 s through the admin API); None if not.
+            ``halted`` (read every 0.5 s through the admin API); None if not.
         seconds_first_failure_to_halt: from the first failure signal sent (a
             ``failed`` report or a heartbeat reporting a crash) until the
             rollout was seen ``halted``; None if either did not happen.
