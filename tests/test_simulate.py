@@ -373,3 +373,33 @@ def test_a_failing_release_reports_failed_and_heartbeats_carry_the_application(
     assert fleet.devices[0].failed_at is not None
     assert fleet.devices[0].version != UPDATE_VERSION
     assert beats[0]["application"] == {"restarts": 0, "last_exit_status": None, "running": True}
+
+
+def test_a_release_failing_everywhere_halts_inside_the_first_phase_and_the_run_reports_it() -> None:
+    report = run_simulation(
+        SimulationConfig(
+            devices=40,
+            heartbeat_seconds=1.0,
+            connections=8,
+            timeout_seconds=30,
+            seed=2,
+            fail_all=True,
+            rollout={"phases": "20,100", "phase_soak_seconds": "3600", "halt_min_devices": "2"},
+            after_halt_seconds=1.5,
+        )
+    )
+
+    assert report.rollout_state == "halted"
+    assert report.halt_reason is not None and "failed" in report.halt_reason
+    assert report.first_phase_devices is not None and report.first_phase_devices < 40
+    # Only devices of the first phase ever started, and the server agrees.
+    assert 2 <= report.started == report.server_started <= report.first_phase_devices
+    assert report.seconds_first_failure_to_halt is not None
+    assert 0 <= report.seconds_last_failure_to_halt <= report.seconds_first_failure_to_halt
+    assert report.completed == 0 and report.errors == {}
+
+
+def test_after_halt_seconds_must_be_a_number_of_seconds() -> None:
+    with pytest.raises(SimulationError, match="after_halt_seconds is -1"):
+        SimulationConfig(devices=1, after_halt_seconds=-1)
+    assert SimulationConfig(devices=1, heartbeat_seconds=10).seconds_after_halt == 13.0

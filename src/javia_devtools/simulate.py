@@ -44,7 +44,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,6 +98,11 @@ UPDATE_VERSION = "v1.1.0"
 
 _KEEPALIVE_SECONDS = 2.0  # below uvicorn's 5 s keep-alive timeout
 _REQUEST_TIMEOUT_SECONDS = 60.0  # connect, and between two reads of an answer
+_JITTER_ALLOWANCE = 0.1  # the devices' heartbeat jitter (simulated_fleet)
+#: Statuses of a device that started the update (the exposed devices).
+_STARTED_STATUSES = ("downloading", "installing", "completed", "failed", "rolled_back")
+#: How often the rollout's state is read while the fleet runs (seconds).
+ROLLOUT_POLL_SECONDS = 0.5
 
 
 class SimulationError(JaviaError):
@@ -129,6 +134,15 @@ class SimulationConfig:
         crash_after_seconds: the application of a completed install crashes
             this many seconds after ``completed`` (and again every as many);
             heartbeats then report ``restarts`` > 0. None: it never crashes.
+        rollout: the publish's rollout policy as the API's form fields
+            (``phases``, ``phase_soak_seconds``, ``halt_failure_rate``,
+            ``halt_min_devices``; docs/rollouts.md), as text; None: the
+            server's defaults (one phase of 100 %).
+        after_halt_seconds: once the rollout is seen ``halted``, the fleet
+            keeps heartbeating this many seconds more (in-flight installs
+            finish; a device offered the update after the halt would show),
+            then the run ends. None: 1.1 heartbeat intervals + 2 s, so every
+            device heartbeats at least once after the halt.
     """
 
     devices: int
@@ -143,6 +157,8 @@ class SimulationConfig:
     fail_rate: float = 0.0
     fail_all: bool = False
     crash_after_seconds: float | None = None
+    rollout: Mapping[str, str] | None = None
+    after_halt_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= MAX_DEVICES:
@@ -177,8 +193,21 @@ class SimulationConfig:
             raise SimulationError(
                 f"crash_after_seconds is {self.crash_after_seconds}: expected seconds above 0"
             )
+        if self.after_halt_seconds is not None and not (
+            math.isfinite(self.after_halt_seconds) and self.after_halt_seconds >= 0
+        ):
+            raise SimulationError(
+                f"after_halt_seconds is {self.after_halt_seconds}: expected seconds, 0 or more"
+            )
         if self.work_dir is not None:
             _check_work_dir(self.work_dir)
+
+    @property
+    def seconds_after_halt(self) -> float:
+        """How long the fleet keeps running once the rollout is seen halted (seconds)."""
+        if self.after_halt_seconds is not None:
+            return self.after_halt_seconds
+        return (1 + _JITTER_ALLOWANCE) * self.heartbeat_seconds + 2.0
 
     @property
     def behaviour(self) -> ReleaseBehaviour:
@@ -348,12 +377,19 @@ def run_simulation(
             )
             with AdminClient(fleet.url, fleet.api_key) as admin:
                 try:
-                    counts = admin.get_update(UPDATE_VERSION).status_counts
+                    update = admin.get_update(UPDATE_VERSION)
                 except (ApiError, ServerUnreachableError) as error:
                     raise SimulationError(
                         f"reading the update's progress failed: {error}"
                     ) from None
+            counts = update.status_counts
             report.server_completed = int(counts.get("completed", 0))
+            report.server_started = sum(int(counts.get(name, 0)) for name in _STARTED_STATUSES)
+            if update.rollout is not None:
+                report.rollout_state = str(update.rollout.state)
+                report.halt_reason = report.halt_reason or update.rollout.halt_reason
+                if update.rollout.phase_counts:
+                    report.first_phase_devices = sum(update.rollout.phase_counts[0].values())
         finally:
             fleet.stop()
     report.wall_seconds = round(time.perf_counter() - wall_start, 3)
@@ -427,6 +463,7 @@ async def _simulate(
                         manifest_path=package.manifest_path,
                         signature_path=package.signature_path,
                         payload_path=package.payload_path,
+                        rollout=config.rollout,
                     )
 
             try:
@@ -438,9 +475,20 @@ async def _simulate(
             publish_seconds = published_at - started
             # A device that completed a check-in during the publish may hold no
             # directive yet; it gets one at its next heartbeat.
-            say("waiting for every device to report completed")
-            with suppress(TimeoutError):
-                await asyncio.wait_for(fleet.all_completed.wait(), timeout=config.timeout_seconds)
+            say("waiting for every device to finish, or for the rollout to halt")
+            watch = RolloutWatch()
+            watcher = asyncio.create_task(watch.follow(url, api_key))
+            try:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        _finished_or_halted(fleet, watch), timeout=config.timeout_seconds
+                    )
+                if watch.halted_at is not None:
+                    say(f"rollout halted: {watch.halt_reason}")
+                    await asyncio.sleep(config.seconds_after_halt)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             ended = time.perf_counter()
             cpu_after = process_cpu_seconds(server_pid)
             own_cpu_seconds = time.process_time() - own_cpu_before
@@ -457,6 +505,7 @@ async def _simulate(
     if cpu_before is not None and cpu_after is not None:
         cpu_seconds = round(cpu_after - cpu_before, 3)
     span = ended - published_at
+    halted_at = watch.halted_at
     return SimulationReport(
         devices=config.devices,
         heartbeat_seconds=config.heartbeat_seconds,
@@ -479,4 +528,83 @@ async def _simulate(
         server_rss_bytes=process_rss_bytes(server_pid),
         wall_seconds=0.0,
         simulator_cpu_seconds=round(own_cpu_seconds, 3),
+        started=sum(device.started_at is not None for device in devices),
+        started_after_halt=(
+            0
+            if halted_at is None
+            else sum(
+                device.started_at is not None and device.started_at > halted_at
+                for device in devices
+            )
+        ),
+        halt_reason=watch.halt_reason,
+        seconds_to_halt=None if halted_at is None else round(halted_at - published_at, 3),
+        in_flight_at_halt=(
+            0 if halted_at is None else sum(_in_flight(device, halted_at) for device in devices)
+        ),
+        seconds_first_failure_to_halt=_seconds_to(halted_at, fleet.failure_signals[:1]),
+        seconds_last_failure_to_halt=_seconds_to(
+            halted_at, [sent for sent in fleet.failure_signals if sent <= (halted_at or 0)][-1:]
+        ),
     )
+
+
+def _in_flight(device: SimulatedDevice, moment: float) -> bool:
+    """Whether ``device`` had started the update and not finished it at ``moment``."""
+    if device.started_at is None or device.started_at > moment:
+        return False
+    finished = device.completed_at if device.completed_at is not None else device.failed_at
+    return finished is None or finished > moment
+
+
+def _seconds_to(halted_at: float | None, signals: list[float]) -> float | None:
+    """Seconds from the one failure signal in ``signals`` to the halt; None without either."""
+    if halted_at is None or not signals:
+        return None
+    return round(halted_at - signals[0], 3)
+
+
+async def _finished_or_halted(fleet: SimulatedFleet, watch: RolloutWatch) -> None:
+    """Return once every device finished (completed or failed) or the rollout halted."""
+    waits = [
+        asyncio.create_task(fleet.all_completed.wait()),
+        asyncio.create_task(watch.halted.wait()),
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+class RolloutWatch:
+    """Reads the published update's rollout every :data:`ROLLOUT_POLL_SECONDS` through the admin API.
+
+    Uses its own HTTP connection, so it does not queue behind the devices'
+    requests. ``halted_at`` is the ``time.perf_counter`` second of the first
+    answer that said ``halted``.
+    """
+
+    def __init__(self) -> None:
+        self.state: str | None = None
+        self.halt_reason: str | None = None
+        self.halted_at: float | None = None
+        self.halted = asyncio.Event()
+
+    async def follow(self, url: str, api_key: str) -> None:
+        """Poll until cancelled or the rollout halted; a failed read is retried at the next poll."""
+        timeout = aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT_SECONDS)
+        path = f"{url}{API_PREFIX}/updates/{UPDATE_VERSION}"
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                with suppress(*HTTP_ERRORS, ValueError):
+                    async with session.get(path, headers={"X-API-Key": api_key}) as response:
+                        answer = await response.json() if response.status == 200 else {}
+                    rollout = answer.get("rollout") or {}
+                    self.state = rollout.get("state", self.state)
+                    if self.state == "halted":
+                        self.halted_at = time.perf_counter()
+                        self.halt_reason = rollout.get("halt_reason")
+                        self.halted.set()
+                        return
+                await asyncio.sleep(ROLLOUT_POLL_SECONDS)

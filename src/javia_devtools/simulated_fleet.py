@@ -15,7 +15,10 @@ benchmarks (issue 13): some or all installs report ``failed`` after
 starts crashing ``crash_after_seconds`` later. Every heartbeat carries
 ``application`` like the agent's (:class:`javia_core.models.ApplicationHealth`):
 after such a crash its ``restarts`` counts one per ``crash_after_seconds``
-and ``last_exit_status`` is -11 (SIGSEGV).
+and ``last_exit_status`` is -11 (SIGSEGV). The fleet notes when the first
+failure signal left (a ``failed`` report, or a heartbeat reporting a crash)
+and when each device started the update, so a rollout benchmark can tell the
+devices exposed before and after a halt.
 """
 
 from __future__ import annotations
@@ -120,14 +123,17 @@ class FleetHttp:
 
 @dataclass
 class SimulatedDevice:
-    """One simulated device: its credentials, the version it runs, and when it completed or failed."""
+    """One simulated device: its credentials, the version it runs, and when it started,
+    completed or failed the update (``time.perf_counter`` seconds)."""
 
     uuid: str
     headers: dict[str, str]
     version: str = BASE_VERSION
     seen: bool = False
+    started_at: float | None = None
     completed_at: float | None = None
     failed_at: float | None = None
+    crash_reported: bool = False
 
 
 @dataclass
@@ -161,6 +167,10 @@ class SimulatedFleet:
         self.rng = rng
         self.tally = Tally()
         self.published_at: float | None = None
+        #: When each failure signal was sent (``time.perf_counter`` seconds, in
+        #: order): a ``failed`` report, or a device's first heartbeat reporting
+        #: its application crashed.
+        self.failure_signals: list[float] = []
         self.all_seen = asyncio.Event()
         #: Set once every device reported ``completed`` or ``failed``.
         self.all_completed = asyncio.Event()
@@ -204,6 +214,10 @@ class SimulatedFleet:
 
     async def _heartbeat(self, device: SimulatedDevice, interval: float) -> float:
         started = time.perf_counter()
+        application = self.behaviour.application(device.completed_at, started)
+        if application["restarts"] and not device.crash_reported:
+            device.crash_reported = True
+            self.failure_signals.append(started)
         body = json.loads(
             await self._call(
                 "heartbeat",
@@ -214,9 +228,7 @@ class SimulatedFleet:
                     "current_version": device.version,
                     "status": "online",
                     "metadata": {},
-                    "application": self.behaviour.application(
-                        device.completed_at, time.perf_counter()
-                    ),
+                    "application": application,
                 },
             )
         )
@@ -246,6 +258,8 @@ class SimulatedFleet:
         from javia_core.manifest import verify_manifest
 
         update_id = int(directive["update_id"])
+        if device.started_at is None:
+            device.started_at = time.perf_counter()
         await self._report(device, update_id, "downloading")
         manifest_bytes = await self._call("manifest", "GET", directive["manifest_url"], device)
         signature_bytes = await self._call("signature", "GET", directive["signature_url"], device)
@@ -281,6 +295,7 @@ class SimulatedFleet:
             raise RequestFailed
         await self._report(device, update_id, "installing")
         if self.behaviour.install_fails(self.rng):
+            self.failure_signals.append(time.perf_counter())
             await self._report(device, update_id, "failed", "simulated failure")
             if device.failed_at is None:
                 device.failed_at = time.perf_counter()

@@ -45,6 +45,25 @@ class SimulationReport:
         simulator_cpu_seconds: CPU this simulator process used over the same
             time as ``server_cpu_seconds`` (the two share the machine's cores).
         wall_seconds: the whole run, server start included.
+        started: devices that started the update (reported ``downloading``):
+            the devices exposed to the release.
+        server_started: the server's count of rows past ``pending`` (started).
+        started_after_halt: devices that started after the rollout was seen
+            ``halted`` (a halt lets installs in flight finish; it offers
+            nothing new, so this should be devices already offered).
+        rollout_state: the rollout's state at the end (docs/rollouts.md).
+        halt_reason: why it halted, None if it did not.
+        first_phase_devices: devices the server placed in the first phase.
+        seconds_to_halt: from the publish answer until the rollout was seen
+            ``halted`` (read every 0.5 s through the admin API); None if not.
+        seconds_first_failure_to_halt: from the first failure signal sent (a
+            ``failed`` report or a heartbeat reporting a crash) until the
+            rollout was seen ``halted``; None if either did not happen.
+        seconds_last_failure_to_halt: from the last failure signal sent before
+            the halt was seen (the one that crossed the threshold, or a later
+            one) until then; None as above.
+        in_flight_at_halt: devices that had started and not finished when the
+            halt was seen.
     """
 
     devices: int
@@ -64,6 +83,16 @@ class SimulationReport:
     wall_seconds: float
     simulator_cpu_seconds: float | None = None
     failed: int = 0
+    started: int = 0
+    server_started: int = 0
+    started_after_halt: int = 0
+    rollout_state: str | None = None
+    halt_reason: str | None = None
+    first_phase_devices: int | None = None
+    seconds_to_halt: float | None = None
+    seconds_first_failure_to_halt: float | None = None
+    seconds_last_failure_to_halt: float | None = None
+    in_flight_at_halt: int = 0
 
     @property
     def error_count(self) -> int:

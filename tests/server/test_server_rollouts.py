@@ -285,6 +285,39 @@ def test_a_completed_device_gone_silent_within_the_soak_is_a_regression(fleet: F
     assert len(regressed) == 1 and regressed[0].startswith("silent for 3 min")
 
 
+def test_the_view_counts_phases_with_canaries_and_compares_exposed_with_the_previous_release(
+    fleet: Fleet,
+) -> None:
+    fleet.register(4)
+    first = fleet.publish("v1.1.0", phase_soak_seconds=0)
+    fleet.beat_all()
+    outcomes = [UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.COMPLETED]
+    for device, outcome in zip(fleet.devices, outcomes + [UpdateStatus.COMPLETED], strict=True):
+        fleet.report(device, first, outcome)
+    canary = fleet.devices[3]
+    fleet.service.change_device_tags(
+        canary.device_uuid, DeviceTagsChange(add=["canary"]), now=fleet.clock.now
+    )
+    second = fleet.publish("v1.2.0", phases=(1, 100), phase_soak_seconds=3600, halt_min_devices=100)
+    fleet.beat_all()
+    fleet.report(canary, second, UpdateStatus.COMPLETED)
+    fleet.clock.advance(seconds=3 * 60 + 1)  # the first device falls silent: > 3 intervals of 60 s
+    for device in fleet.devices[1:]:
+        fleet.beat(device)
+
+    view = fleet.rollout(second)
+    in_first_phase = sum(
+        phase_of(d.device_uuid, "v1.2.0", (1, 100)) == 0 for d in fleet.devices[:3]
+    )
+    expected_first = {"completed": 1} | ({"pending": in_first_phase} if in_first_phase else {})
+    assert view.phase_counts[0] == expected_first
+    assert sum(view.phase_counts[1].values()) == 3 - in_first_phase
+    exposed, previous = view.health.exposed, view.health.previous
+    assert (exposed.devices, exposed.finished, exposed.failed, exposed.silent) == (1, 1, 0, 0)
+    assert (previous.devices, previous.finished, previous.failed) == (3, 3, 1)
+    assert previous.failure_rate == 33.33 and previous.silent == 1
+
+
 def test_the_last_finished_device_completes_the_rollout(fleet: Fleet) -> None:
     fleet.register(2)
     update_id = fleet.publish()

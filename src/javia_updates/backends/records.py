@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from javia_core.models import DeviceStatus, RolloutState, UpdateStatus, UpdateType
 from javia_core.rollouts.targeting import is_targeted
@@ -32,7 +32,9 @@ __all__ = [
     "Page",
     "PublishTarget",
     "RolloutDeviceRow",
+    "RolloutMember",
     "RolloutRecord",
+    "StatusGroup",
     "TransitionResult",
     "UpdateRecord",
 ]
@@ -342,6 +344,43 @@ class RolloutDeviceRow:
     regressed_at: datetime | None
     last_seen: datetime | None
     tags: tuple[str, ...] = ()
+
+
+class RolloutMember(NamedTuple):
+    """One targeted device's row of a rollout, as the phase counts and the phase gate read it.
+
+    Lean on purpose (a tuple, the uuid as stored text, no last contact, no tag
+    list): it is read for every row of a rollout on each evaluation and view.
+
+    Attributes:
+        device_uuid: the device's uuid as stored (canonical text).
+        canary: the device carries the ``canary`` tag (phase 0).
+        status: the row's status.
+        regressed: a post-install regression is recorded on the row.
+        completed_at: when the row finished (UTC), None before.
+        window_end: the end of the row's maintenance window (UTC), None if it has none.
+    """
+
+    device_uuid: str
+    canary: bool
+    status: UpdateStatus
+    regressed: bool
+    completed_at: datetime | None
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusGroup:
+    """Rows of a rollout counted by status, recorded regression and silence (one aggregate row).
+
+    ``silent``: the device's last heartbeat is older than the cut-off asked for,
+    or it has none.
+    """
+
+    status: UpdateStatus
+    regressed: bool
+    silent: bool
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ from javia_updates.backends.records import (
     Page,
     PublishTarget,
     RolloutDeviceRow,
+    RolloutMember,
     RolloutRecord,
+    StatusGroup,
     TransitionResult,
     UpdateRecord,
 )
@@ -339,8 +341,34 @@ class Store(Protocol):
             one (another operator or replica changed it first: re-read, re-apply).
         """
 
-    def rollout_devices(self, update_id: int) -> list[RolloutDeviceRow]:
-        """Every device row of ``update_id`` with the device's ``last_seen`` (the evaluation's input)."""
+    def rollout_devices(
+        self, update_id: int, *, silent_before: datetime | None = None
+    ) -> list[RolloutDeviceRow]:
+        """Device rows of ``update_id`` with the device's ``last_seen`` and tags.
+
+        ``silent_before`` None: every row. Otherwise only the rows that may
+        have fallen silent after installing: ``completed``, no regression
+        recorded, completed and last heard from before ``silent_before`` (the
+        candidates :func:`~javia_core.rollouts.post_install_regression` decides on).
+        """
+
+    def rollout_members(self, update_id: int) -> list[RolloutMember]:
+        """Every device row of ``update_id``, lean (phase counts and the phase gate); one query."""
+
+    def rollout_status_groups(
+        self, update_id: int, *, silent_before: datetime
+    ) -> list[StatusGroup]:
+        """``update_id``'s rows counted by status, regression and silence (one aggregate query).
+
+        Silent: the device's ``last_seen`` is None or before ``silent_before``.
+        """
+
+    def previous_status_groups(self, update_id: int, previous_id: int) -> list[StatusGroup]:
+        """Rows of ``previous_id`` of the devices still ``pending`` in ``update_id``, counted.
+
+        One aggregate query; ``silent`` is always False here (the devices'
+        silence is counted on ``update_id``'s pending rows).
+        """
 
     def regression_count(self, update_id: int) -> int:
         """How many completed rows of ``update_id`` have a post-install regression (one aggregate)."""

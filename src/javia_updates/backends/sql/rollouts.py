@@ -13,18 +13,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import String, and_, cast, func, or_, select
 from sqlalchemy.engine import Connection
 
 from javia_core.models import RolloutState, UpdateStatus
-from javia_core.rollouts import Rollout
+from javia_core.rollouts import CANARY_TAG, Rollout
 from javia_updates.backends.records import (
     AuditEntry,
     NewRollout,
     RolloutDeviceRow,
+    RolloutMember,
     RolloutRecord,
+    StatusGroup,
 )
 from javia_updates.backends.sql.common import SQLStoreBase
+from javia_updates.backends.sql.engine import load_stored_json
 
 __all__ = ["RolloutStore"]
 
@@ -151,27 +154,37 @@ class RolloutStore(SQLStoreBase):
             row = connection.execute(select(r).where(r.c.update_id == update_id)).one()
         return self._rollout_from_row(row)
 
-    def rollout_devices(self, update_id: int) -> list[RolloutDeviceRow]:
-        """Every device row of ``update_id`` with the device's ``last_seen`` and tags."""
+    def rollout_devices(
+        self, update_id: int, *, silent_before: datetime | None = None
+    ) -> list[RolloutDeviceRow]:
+        """Device rows of ``update_id`` with ``last_seen`` and tags (all, or the silence candidates)."""
         du, d = self.tables.device_updates, self.tables.devices
+        query = (
+            select(
+                du.c.id,
+                du.c.device_id,
+                d.c.device_uuid,
+                du.c.status,
+                du.c.window_end,
+                du.c.started_at,
+                du.c.completed_at,
+                du.c.regressed_at,
+                d.c.last_seen,
+                d.c.tags,
+            )
+            .select_from(du.join(d, du.c.device_id == d.c.id))
+            .where(du.c.update_id == update_id)
+            .order_by(du.c.id)
+        )
+        if silent_before is not None:
+            query = query.where(
+                du.c.status == UpdateStatus.COMPLETED.value,
+                du.c.regressed_at.is_(None),
+                du.c.completed_at < silent_before,
+                or_(d.c.last_seen.is_(None), d.c.last_seen < silent_before),
+            )
         with self._read() as connection:
-            rows = connection.execute(
-                select(
-                    du.c.id,
-                    du.c.device_id,
-                    d.c.device_uuid,
-                    du.c.status,
-                    du.c.window_end,
-                    du.c.started_at,
-                    du.c.completed_at,
-                    du.c.regressed_at,
-                    d.c.last_seen,
-                    d.c.tags,
-                )
-                .select_from(du.join(d, du.c.device_id == d.c.id))
-                .where(du.c.update_id == update_id)
-                .order_by(du.c.id)
-            ).all()
+            rows = connection.execute(query).all()
         return [
             RolloutDeviceRow(
                 device_update_id=row.id,
@@ -186,6 +199,84 @@ class RolloutStore(SQLStoreBase):
                 tags=tuple(row.tags or ()),
             )
             for row in rows
+        ]
+
+    def rollout_members(self, update_id: int) -> list[RolloutMember]:
+        """Every row of ``update_id``, lean: tags read as text and parsed only if they may hold
+        ``canary`` (tags are ``[a-z0-9._-]``, so the quoted name appears only as that tag)."""
+        du, d = self.tables.device_updates, self.tables.devices
+        with self._read() as connection:
+            rows = connection.execute(
+                select(
+                    d.c.device_uuid,
+                    cast(d.c.tags, String),
+                    du.c.status,
+                    du.c.regressed_at.is_not(None),
+                    du.c.completed_at,
+                    du.c.window_end,
+                )
+                .select_from(du.join(d, du.c.device_id == d.c.id))
+                .where(du.c.update_id == update_id)
+            ).all()
+            marker = f'"{CANARY_TAG}"'
+            statuses = {status.value: status for status in UpdateStatus}
+            return [
+                RolloutMember(
+                    device_uuid,
+                    tags is not None
+                    and marker in tags
+                    and CANARY_TAG in (load_stored_json(tags) or ()),
+                    statuses[status],
+                    bool(regressed),
+                    completed_at,
+                    window_end,
+                )
+                for device_uuid, tags, status, regressed, completed_at, window_end in rows
+            ]
+
+    def rollout_status_groups(
+        self, update_id: int, *, silent_before: datetime
+    ) -> list[StatusGroup]:
+        """``update_id``'s rows by status, regression and silence; one aggregate query."""
+        du, d = self.tables.device_updates, self.tables.devices
+        rows_of_update = (
+            select(
+                du.c.status,
+                du.c.regressed_at.is_not(None).label("regressed"),
+                or_(d.c.last_seen.is_(None), d.c.last_seen < silent_before).label("silent"),
+            )
+            .select_from(du.join(d, du.c.device_id == d.c.id))
+            .where(du.c.update_id == update_id)
+            .subquery()
+        )
+        columns = (rows_of_update.c.status, rows_of_update.c.regressed, rows_of_update.c.silent)
+        with self._read() as connection:
+            rows = connection.execute(select(*columns, func.count()).group_by(*columns)).all()
+        return [
+            StatusGroup(UpdateStatus(status), bool(was_regressed), bool(was_silent), count)
+            for status, was_regressed, was_silent, count in rows
+        ]
+
+    def previous_status_groups(self, update_id: int, previous_id: int) -> list[StatusGroup]:
+        """``previous_id``'s rows of the devices pending in ``update_id``; one aggregate query."""
+        du = self.tables.device_updates
+        waiting = du.alias("waiting")
+        previous_rows = (
+            select(du.c.status, du.c.regressed_at.is_not(None).label("regressed"))
+            .select_from(du.join(waiting, waiting.c.device_id == du.c.device_id))
+            .where(
+                du.c.update_id == previous_id,
+                waiting.c.update_id == update_id,
+                waiting.c.status == UpdateStatus.PENDING.value,
+            )
+            .subquery()
+        )
+        columns = (previous_rows.c.status, previous_rows.c.regressed)
+        with self._read() as connection:
+            rows = connection.execute(select(*columns, func.count()).group_by(*columns)).all()
+        return [
+            StatusGroup(UpdateStatus(status), bool(was_regressed), False, count)
+            for status, was_regressed, count in rows
         ]
 
     def regression_count(self, update_id: int) -> int:
