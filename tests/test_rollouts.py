@@ -429,3 +429,21 @@ def test_last_phase_completes_when_every_device_finished() -> None:
 def test_gate_refuses_a_phase_the_policy_does_not_have() -> None:
     with pytest.raises(RolloutError, match="outside the policy's 4 phases"):
         phase_gate(PHASED, phase=4, tally=Tally(targeted=1), first_completed_at=None, now=NOW)
+
+
+def test_waiting_reason_says_why_a_device_is_held_back_or_none_when_it_may_start() -> None:
+    from javia_core.rollouts import waiting_reason
+
+    active = Rollout(S.ACTIVE, phase=0, phase_count=3)
+    assert waiting_reason(active, 0) is None
+    assert waiting_reason(active, 1) == "phase 2 of 3, opens after phase 1 soaks"
+    assert waiting_reason(active, 2, phase_approval=True) == (
+        "phase 3 of 3, opens after phase 2 is approved"
+    )
+    awaiting = Rollout(S.AWAITING_APPROVAL, phase_count=3, uses_approval=True)
+    assert waiting_reason(awaiting, 0) == "waits for approval"
+    assert waiting_reason(Rollout(S.PAUSED, phase_count=3), 0) == "paused"
+    halted = Rollout(S.HALTED, halt_reason="3 of 5 failed")
+    assert waiting_reason(halted, 0) == "halted: never installs"
+    assert waiting_reason(Rollout(S.CANCELLED), 0) == "cancelled"
+    assert waiting_reason(Rollout(S.COMPLETED, phase=0, phase_count=3), 2) is None

@@ -104,3 +104,20 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
         unknown = javia("updates", "resume", "v7.7.7", *common)
         assert "v7.7.7" in one_red_line(unknown)
     assert "Traceback" not in log.read_text()  # the periodic evaluation included
+
+
+def test_publish_dry_run_plans_with_the_rollout_options(tmp_path: Path) -> None:
+    app_dir = tmp_path / "pi_client"
+    shutil.copytree(example_app_dir(), app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    with server_process(tmp_path, API_KEY) as (url, _):
+        with AdminClient(url, API_KEY) as client:
+            client.register_device(device_name="kitchen")
+        result = javia(
+            "publish", str(app_dir), "--version", "v9.0.0", "--type", "instant", "--dry-run",
+            "--require-approval", "--phases", "1,100", "--json", "--server", url,
+            "--api-key", API_KEY,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (plan,) = json.loads(result.stdout)
+    assert plan["phase"] in (0, 1)
+    assert plan["reason"].startswith("waits for approval, then ")

@@ -63,6 +63,7 @@ from javia_core.rollouts.states import (
     apply_event,
     device_may_start,
     rollout_at_publish,
+    waiting_reason,
 )
 
 __all__ = [
@@ -95,4 +96,5 @@ __all__ = [
     "phase_gate",
     "phase_of",
     "post_install_regression",
+    "waiting_reason",
 ]

@@ -255,6 +255,7 @@ def publish(
                 version=str(new_version),
                 targets=targets or None,
                 tags=tags or None,
+                rollout=rollout,
             )
         if as_json:
             print_json(plans)

@@ -244,10 +244,11 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
 
 @router.post("/plan", response_model=PlanList)
 def plan_new_update(body: PlanRequest, service: Service, now: Now, _: Admin) -> PlanList:
-    """Dry run of a publish: who would install when, and why."""
+    """Dry run of a publish: who would install when, and why (with the publish form's policy)."""
+    policy = _parse_policy(body.policy_fields())
     return PlanList(
         items=service.plan_new_update(
-            body.update_type, body.version, body.targets, now=now, tags=body.tags
+            body.update_type, body.version, body.targets, now=now, tags=body.tags, policy=policy
         )
     )
 
