@@ -42,11 +42,25 @@ def one_red_line(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (["--phases", "10,5,100"], "invalid --phases: phases must increase: 5 follows 10"),
-        (["--phases", "1,abc,100"], "invalid --phases: invalid phase 'abc'"),
-        (["--phase-soak", "30"], "invalid --phase-soak: invalid duration '30'"),
-        (["--halt-failure-rate", "0"], "halt failure rate must be a percentage above 0"),
-        (["--halt-min-devices", "0"], "halt minimum must be a whole number of devices"),
+        (["--phases", "10,5,100"], "--phases: phases must increase: 5 follows 10"),
+        (["--phases", "1,abc,100"], "--phases: invalid phase 'abc'"),
+        (
+            ["--phases", "1,10"],
+            "--phases: the last phase must be 100 (cumulative percentages such as 1,10,50,100), "
+            "got 10",
+        ),
+        (["--phase-soak", "30"], "--phase-soak: invalid duration '30'"),
+        (["--phase-soak", "99d"], "--phase-soak: phase soak '99d' is too long: at most 30d"),
+        (
+            ["--halt-failure-rate", "0"],
+            "--halt-failure-rate: halt failure rate must be a percentage above 0 and at most 100",
+        ),
+        (["--halt-failure-rate", "abc"], "--halt-failure-rate: 'abc' is not a percentage"),
+        (["--halt-min-devices", "x"], "--halt-min-devices: 'x' is not a whole number of devices"),
+        (
+            ["--halt-min-devices", "99999999999999999999999"],
+            "--halt-min-devices: halt minimum must be a whole number of devices from 1 to 1000000",
+        ),
     ],
 )
 def test_publish_refuses_bad_rollout_options_before_building(
@@ -59,6 +73,7 @@ def test_publish_refuses_bad_rollout_options_before_building(
         "--server", "http://127.0.0.1:9", "--api-key", API_KEY,
     )  # fmt: skip
     assert expected in one_red_line(result)
+    assert result.returncode == 1  # the house rule, not the usage error's 2
     assert (app_dir / "VERSION").read_text().strip() != "v9.0.0"
 
 

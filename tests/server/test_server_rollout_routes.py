@@ -12,11 +12,18 @@ import pytest
     [
         ("phases", "10,5,100", "phases: phases must increase: 5 follows 10"),
         ("phases", "1,50", "phases: the last phase must be 100"),
-        ("phase_soak_seconds", "99999999", "phase soak must be 0 to 2592000 seconds"),
+        ("phase_soak_seconds", "99999999", "phase_soak_seconds: phase soak '99999999' is too long"),
+        ("phase_soak_seconds", "31d", "phase soak '31d' is too long: at most 30d"),
         ("phase_soak_seconds", "soon", "phase_soak_seconds: invalid duration 'soon'"),
         ("halt_failure_rate", "0", "halt failure rate must be a percentage above 0"),
         ("halt_failure_rate", "ten", "halt_failure_rate: 'ten' is not a percentage"),
-        ("halt_min_devices", "0", "halt minimum must be a whole number of devices, at least 1"),
+        ("halt_min_devices", "0", "halt_min_devices: halt minimum must be a whole number"),
+        (
+            "halt_min_devices",
+            "99999999999999999999999",
+            "halt_min_devices: halt minimum must be a whole number of devices from 1 to 1000000",
+        ),
+        ("halt_failure_rate", "nan", "halt_failure_rate: halt failure rate must be a percentage"),
         ("require_approval", "maybe", "require_approval: 'maybe' is not a boolean"),
     ],
 )

@@ -24,7 +24,9 @@ from javia_core.models import (
 from javia_core.rollouts import (
     RolloutError,
     RolloutPolicy,
-    parse_duration,
+    parse_halt_failure_rate,
+    parse_halt_min_devices,
+    parse_phase_soak,
     parse_phases,
 )
 from javia_updates.backends.base import UpdateRecord
@@ -115,9 +117,9 @@ def _parse_policy(fields: Mapping[str, str]) -> RolloutPolicy:
     values: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
         "phases": parse_phases,
-        "phase_soak_seconds": lambda text: int(text) if text.isdigit() else parse_duration(text),
-        "halt_failure_rate": lambda text: _number(text, float, "a percentage, e.g. 10"),
-        "halt_min_devices": lambda text: _number(text, int, "a whole number of devices, e.g. 5"),
+        "phase_soak_seconds": lambda text: parse_phase_soak(text, bare_seconds=True),
+        "halt_failure_rate": parse_halt_failure_rate,
+        "halt_min_devices": parse_halt_min_devices,
         "require_approval": _boolean,
         "phase_approval": _boolean,
     }
@@ -133,13 +135,6 @@ def _parse_policy(fields: Mapping[str, str]) -> RolloutPolicy:
         return RolloutPolicy(**values)
     except RolloutError as error:
         raise InvalidRequestError(str(error)) from None
-
-
-def _number(text: str, kind: Callable[[str], Any], form: str) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise RolloutError(f"{text[:20]!r} is not {form}") from None
 
 
 def _boolean(text: str) -> bool:
