@@ -132,6 +132,9 @@ def revert_update(
                 # one phase: the affected devices all need it
                 published = _upload(built, kind, devices, {}, server, api_key, quiet=as_json)
             except JaviaError as error:
+                if isinstance(error, ApiError) and error.status_code == 409:
+                    # Another revert may have won the race: say so rather than "publish higher".
+                    client.revert_source(str(bad_version))  # its 409 names the winner
                 if isinstance(error, ApiError) and error.status_code < 500:
                     raise  # refused: nothing was published
                 fail(

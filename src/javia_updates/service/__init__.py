@@ -738,6 +738,7 @@ class UpdateService:
         Raises:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
             ConflictError: no device runs or installs the update, or none of
-                them completed an earlier release that was not halted or cancelled.
+                them completed an earlier release that was not halted or cancelled,
+                or a newer release already reaches all of them (reverted before).
         """
         return self._revert_sources.revert_source(reference)
