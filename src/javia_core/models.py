@@ -396,6 +396,7 @@ class DeviceOut(BaseModel):
 
 #: A device tag (``kitchen``, ``canary``, ``beta-2``): lower case, digits, ``.``, ``_``, ``-``.
 TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+_MAX_TAG_LENGTH = 32
 #: At most this many tags per device, and per publish.
 MAX_TAGS = 32
 
@@ -406,8 +407,14 @@ def check_tag(value: object) -> str:
     Raises:
         ValueError: not a string of 1-32 characters ``[a-z0-9][a-z0-9._-]*``.
     """
+    text = value if isinstance(value, str) else repr(value)
+    start = text[:_MAX_TAG_LENGTH]
+    if isinstance(value, str) and len(text) > _MAX_TAG_LENGTH and TAG_PATTERN.fullmatch(start):
+        raise ValueError(
+            f"tag {start!r}... is too long ({len(text)} characters, at most {_MAX_TAG_LENGTH})"
+        )
     if not isinstance(value, str) or TAG_PATTERN.fullmatch(value) is None:
-        shown = repr(value)[:40]
+        shown = repr(text if len(text) <= 40 else text[:37] + "...")
         raise ValueError(
             f"tag {shown} is not valid: 1-32 characters, lower-case letters, digits, '.', '_' "
             "or '-', starting with a letter or digit (e.g. kitchen, beta-2)"

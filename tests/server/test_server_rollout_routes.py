@@ -116,3 +116,15 @@ def test_a_failure_reported_over_http_halts_and_the_next_device_gets_no_offer(
     assert rollout["state"] == "halted"
     assert rollout["halt_reason"] == "1 of 1 finished devices failed (100%) >= 50%: 1 failed"
     assert heartbeat(second, second_headers) is None
+
+
+def test_a_command_with_an_empty_body_has_no_reason(
+    client: Any, admin: dict[str, str], publish: Any, device: dict[str, Any]
+) -> None:
+    publish()
+    response = client.post("/api/v1/updates/v1.1.0/pause", headers=admin)  # no body at all
+    assert response.status_code == 200, response.text
+    assert response.json()["rollout"]["state"] == "paused"
+    audit = client.get("/api/v1/audit/", headers=admin).json()["items"]
+    pause = next(line for line in audit if line["action"] == "rollout.pause")
+    assert pause["details"]["reason"] is None

@@ -261,6 +261,8 @@ def parse_tags(values: list[str] | None, option: str = "--tag") -> list[str]:
     from javia_core.models import check_tags
 
     items = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    if any(not value.strip() for value in values or []):
+        items.append("")  # --add "": a tag that is not valid, not "nothing to change"
     try:
         return check_tags(items)
     except ValueError as error:

@@ -258,18 +258,20 @@ def get_update(reference: Reference, service: Service, now: Now, _: Admin) -> Up
 def rollout_command(
     reference: Reference,
     command: Annotated[RolloutCommandName, Path(description="what to do with the rollout")],
-    body: RolloutCommand,
     service: Service,
     now: Now,
     _: Admin,
+    body: RolloutCommand | None = None,
 ) -> UpdateOut:
     """Pause, resume, cancel, approve or advance the update's rollout (docs/rollouts.md).
 
     Idempotent: a command already in effect is 200 and changes nothing. An
     illegal move (pausing a completed rollout, approving one that needs no
-    approval) is 409 with one line saying what and why. Audited with the reason.
+    approval) is 409 with one line saying what and why. Audited with the reason;
+    an empty body means no reason.
     """
-    return service.rollout_command(reference, command.value, reason=body.reason, now=now)
+    reason = None if body is None else body.reason
+    return service.rollout_command(reference, command.value, reason=reason, now=now)
 
 
 @router.get("/{reference}/devices", response_model=DeviceUpdatePage)
