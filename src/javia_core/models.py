@@ -679,6 +679,9 @@ class RolloutOut(BaseModel):
         halt_reason: why it halted, if it did.
         target_tags: tags the publish targeted (a device with any of them), or None.
         phase_counts: per phase, devices per status (``{"completed": 3, ...}``).
+        phase_regressions: per phase, completed devices with a post-install
+            regression recorded (counted under ``completed`` in ``phase_counts``;
+            failures for the halt rule).
         health: the exposed cohort against the devices on the previous version.
     """
 
@@ -695,6 +698,7 @@ class RolloutOut(BaseModel):
     halt_reason: str | None = None
     target_tags: list[str] | None = None
     phase_counts: list[dict[str, int]] = Field(default_factory=list)
+    phase_regressions: list[int] = Field(default_factory=list)
     health: RolloutHealth = Field(default_factory=RolloutHealth)
 
 
@@ -768,6 +772,10 @@ class DeviceUpdateOut(BaseModel):
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    regressed_at: datetime | None = Field(
+        default=None, description="a completed row: when a post-install regression was recorded"
+    )
+    regression_reason: str | None = Field(default=None, description="why it regressed")
 
 
 class PlanEntry(BaseModel):

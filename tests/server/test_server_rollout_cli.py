@@ -77,7 +77,10 @@ def test_publish_refuses_bad_rollout_options_before_building(
     assert (app_dir / "VERSION").read_text().strip() != "v9.0.0"
 
 
-def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package: Any) -> None:
+def test_pause_approve_and_refusals_through_the_cli(
+    tmp_path: Path, make_package: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
     package = make_package("v1.1.0", "scheduled")
     paths = {}
     for name, data in (
@@ -99,6 +102,11 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
         assert published.rollout is not None
         assert published.rollout.state.value == "awaiting_approval"
         common = ("--server", url, "--api-key", API_KEY)
+        listed = javia("updates", "list", *common)
+        assert "awaiting_approval" in listed.stdout, listed.stdout + listed.stderr
+        shown = javia("updates", "show", "v1.1.0", *common).stdout
+        assert "rollout: awaiting_approval: awaiting approval: nothing offered" in shown
+        assert "soak 10m," in shown and " open" not in shown.split("\n")[3]
 
         refused = javia("updates", "pause", "v1.1.0", *common)
         assert one_red_line(refused).endswith(

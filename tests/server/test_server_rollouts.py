@@ -231,6 +231,9 @@ def test_a_crashing_application_after_install_is_a_regression_that_halts(fleet: 
     assert view.state is RolloutState.HALTED
     assert "regressed after install" in view.halt_reason
     assert view.health.exposed.regressions == 1
+    assert sum(view.phase_regressions) == 1  # updates show: a failure in its phase's bar
+    (row,) = fleet.service.update_devices(update_id, status=UpdateStatus.COMPLETED).items
+    assert row.regressed_at is not None and row.regression_reason
     assert fleet.beat(healthy) is None
 
 

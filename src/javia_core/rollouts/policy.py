@@ -30,6 +30,7 @@ __all__ = [
     "check_halt_min_devices",
     "check_phase_soak",
     "check_phases",
+    "format_duration",
     "parse_approval_required",
     "parse_duration",
     "parse_halt_failure_rate",
@@ -100,6 +101,27 @@ def parse_duration(text: str) -> int:
             "or 1h30m"
         )
     return sum(int(v) * unit for v, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if v)
+
+
+def format_duration(seconds: int) -> str:
+    """``seconds`` as :func:`parse_duration` reads it: ``1h``, ``30m``, ``1h30m``, ``0``.
+
+    Args:
+        seconds: whole seconds, >= 0.
+
+    Raises:
+        ValueError: ``seconds`` is negative.
+    """
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {seconds}")
+    if seconds == 0:
+        return "0"
+    parts = []
+    for unit, name in zip(_DURATION_UNITS, "dhms", strict=True):
+        count, seconds = divmod(seconds, unit)
+        if count:
+            parts.append(f"{count}{name}")
+    return "".join(parts)
 
 
 def parse_phases(text: str) -> tuple[int, ...]:

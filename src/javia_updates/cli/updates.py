@@ -69,13 +69,15 @@ def list_updates(
         print_json(updates)
         return
     table = SafeTable(title=f"{len(updates)} update(s)", title_justify="left")
-    for column in ("id", "version", "type", "published (UTC)", "size", "devices", "description"):
+    columns = ("id", "version", "type", "rollout", "published (UTC)", "size", "devices")
+    for column in (*columns, "description"):
         table.add_column(column)
     for update in updates:
         table.add_row(
             str(update.id),
             update.version,
             update.update_type.value,
+            "—" if update.rollout is None else update.rollout.state.value,
             str(wire_time(update.created_at))[:19],
             _human_size(update.size),
             _counts(update),
@@ -123,9 +125,13 @@ def progress_table(rows: list[DeviceUpdateOut], title: str = "devices") -> Table
     style = {"completed": "green", "failed": "red", "rolled_back": "red", "pending": "dim"}
     for row in rows:
         status = row.status.value
+        shown = status
+        if row.regressed_at is not None:
+            status = "failed"  # its style: a regression counts as a failure
+            shown += f", regressed: {row.regression_reason or 'after install'}"
         table.add_row(
             row.device_name or str(row.device_uuid),
-            cell(status, style.get(status, "yellow")),
+            cell(shown, style.get(status, "yellow")),
             (wire_time(row.scheduled_for) or "—")[:19],
             (wire_time(row.started_at) or "—")[11:19],
             (wire_time(row.completed_at) or "—")[11:19],

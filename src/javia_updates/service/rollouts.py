@@ -468,9 +468,13 @@ class Rollouts:
             return None
         rows = self.store.rollout_devices(update.id)
         phase_counts: list[dict[str, int]] = [{} for _ in record.phases]
+        phase_regressions = [0 for _ in record.phases]
         for row in rows:
-            counts = phase_counts[self._phase(update, record, row)]
+            phase = self._phase(update, record, row)
+            counts = phase_counts[phase]
             counts[row.status.value] = counts.get(row.status.value, 0) + 1
+            if row.status is UpdateStatus.COMPLETED and row.regressed_at is not None:
+                phase_regressions[phase] += 1
         exposed = [row for row in rows if row.status in _STARTED]
         waiting = {row.device_id for row in rows if row.status is UpdateStatus.PENDING}
         previous_id = self.store.previous_update_id(update.id)
@@ -496,6 +500,7 @@ class Rollouts:
             halt_reason=record.halt_reason,
             target_tags=None if update.target_tags is None else list(update.target_tags),
             phase_counts=phase_counts,
+            phase_regressions=phase_regressions,
             health=RolloutHealth(
                 exposed=self._cohort(len(exposed), exposed, [r.last_seen for r in exposed], now),
                 previous=self._cohort(
