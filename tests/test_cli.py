@@ -213,3 +213,13 @@ def test_devices_tag_with_an_empty_tag_says_the_tag_is_invalid() -> None:
         "--server", "http://127.0.0.1:9", "--api-key", "k",
     )  # fmt: skip
     assert_one_clean_error(result, "invalid --add: tag '' is not valid")
+
+
+@pytest.mark.parametrize("reason", ["two\nlines", "tab\there", "x" * 501])
+def test_a_rollout_command_reason_must_be_one_short_line(reason: str) -> None:
+    result = javia(
+        "updates", "pause", "v1.2.0", "--reason", reason,
+        "--server", "http://127.0.0.1:9", "--api-key", "k",
+    )  # fmt: skip
+    assert_one_clean_error(result, "--reason")
+    assert result.returncode == 1

@@ -238,6 +238,7 @@ def test_revert_without_yes_and_without_a_terminal_publishes_nothing(bad_release
         (("1.2.0",), "vX.Y.Z"),
         (("v1.2.0", "--type", "weekly"), "weekly"),
         (("v1.2.0", "--key", "/nonexistent/key.pem"), "not found"),
+        (("v1.2.0", "--reason", "two\nlines"), "--reason contains the control character U+000A"),
     ],
 )
 def test_revert_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str):

@@ -710,6 +710,11 @@ class RolloutCommand(_Model):
 
     reason: str | None = Field(default=None, max_length=500)
 
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return check_no_control_characters(value, "reason", multiline=False)
+
 
 class DeviceTagsChange(_Model):
     """Body of ``POST /api/v1/devices/{uuid}/tags``: tags to add and to remove."""

@@ -128,3 +128,15 @@ def test_a_command_with_an_empty_body_has_no_reason(
     audit = client.get("/api/v1/audit/", headers=admin).json()["items"]
     pause = next(line for line in audit if line["action"] == "rollout.pause")
     assert pause["details"]["reason"] is None
+
+
+@pytest.mark.parametrize("reason", ["two\nlines", "bell\x07", "escape \x1b[2J"])
+def test_a_reason_must_be_one_line_of_printable_text(
+    client: Any, admin: dict[str, str], publish: Any, reason: str
+) -> None:
+    publish()
+    response = client.post("/api/v1/updates/v1.1.0/pause", json={"reason": reason}, headers=admin)
+    assert response.status_code == 422
+    assert "reason contains the control character" in response.json()["detail"]
+    audit = client.get("/api/v1/audit/", headers=admin).json()["items"]
+    assert not [line for line in audit if line["action"] == "rollout.pause"]

@@ -16,6 +16,7 @@ from javia_updates.cli.common import (
     ServerOption,
     admin_client,
     cell,
+    check_reason,
     console,
     friendly_errors,
     markup_safe,
@@ -231,6 +232,7 @@ def _rollout_command(action: str) -> None:
         api_key: str | None = ApiKeyOption,
         as_json: bool = JsonOption,
     ) -> None:
+        check_reason(reason)
         with friendly_errors(), admin_client(server, api_key) as client:
             info = client.rollout_command(update, action, reason)
         if as_json:
