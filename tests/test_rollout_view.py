@@ -144,3 +144,24 @@ def test_format_duration_reads_back_as_the_same_seconds():
         assert parse_duration(format_duration(seconds)) == seconds
 
     round_trip()
+
+
+def test_the_show_header_ends_with_the_description_or_with_the_key():
+    from javia_core.models import UpdateOut, UpdateType
+    from javia_updates.cli.updates import update_header
+
+    info = UpdateOut(
+        id=4,
+        version="v1.2.1",
+        created_at=datetime(2027, 6, 10, 12, 0, tzinfo=UTC),
+        update_type=UpdateType.URGENT,
+        description="",
+        package_url="/api/v1/updates/4/package",
+        requires_system_packages=False,
+        system_packages=[],
+        size=226,
+        key_id="5ed855d39742dd4d",
+    )
+    assert render(update_header(info)).strip() == "v1.2.1 (urgent), update 4, key 5ed855d39742dd4d"
+    described = info.model_copy(update={"description": "fixes [bold]"})
+    assert render(update_header(described)).strip().endswith("key 5ed855d39742dd4d: fixes [bold]")

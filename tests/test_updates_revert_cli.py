@@ -246,8 +246,25 @@ def test_revert_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...]
     assert_one_clean_error(result, needle)
 
 
-def test_a_second_revert_is_refused_and_publishes_nothing(bad_release: RevertFleet):
-    assert revert_bad_release(bad_release).returncode == 0
+def revert_in_process(fleet: RevertFleet, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``javia updates revert v1.2.0 --yes`` in this process (no terminal), as the operator sees it."""
+    from typer.testing import CliRunner
+
+    from javia_cli.main import app
+
+    monkeypatch.setenv("JAVIA_SERVER_URL", fleet.url)
+    monkeypatch.setenv("JAVIA_API_KEY", API_KEY)
+    return CliRunner().invoke(
+        app, ["updates", "revert", "v1.2.0", "--key", str(fleet.keys.private_path), "--yes"]
+    )
+
+
+def test_a_second_revert_is_refused_and_publishes_nothing(
+    bad_release: RevertFleet, monkeypatch: pytest.MonkeyPatch
+):
+    first = revert_in_process(bad_release, monkeypatch)
+    assert first.exit_code == 0, first.output
+    assert "\n\n" not in first.output  # no blank line left by the upload's progress bar
 
     again = revert_bad_release(bad_release)
 
@@ -260,10 +277,6 @@ def test_a_second_revert_is_refused_and_publishes_nothing(bad_release: RevertFle
 def test_the_loser_of_two_reverts_racing_is_told_which_version_won(
     bad_release: RevertFleet, monkeypatch: pytest.MonkeyPatch
 ):
-    from typer.testing import CliRunner
-
-    from javia_cli.main import app
-
     fleet = bad_release
     real = AdminClient.download_package
 
@@ -274,13 +287,10 @@ def test_the_loser_of_two_reverts_racing_is_told_which_version_won(
         return real(client, *args, **kwargs)
 
     monkeypatch.setattr(AdminClient, "download_package", download_package)
-    monkeypatch.setenv("JAVIA_SERVER_URL", fleet.url)
-    monkeypatch.setenv("JAVIA_API_KEY", API_KEY)
-    result = CliRunner().invoke(
-        app, ["updates", "revert", "v1.2.0", "--key", str(fleet.keys.private_path), "--yes"]
-    )
+    result = revert_in_process(fleet, monkeypatch)
 
     assert result.exit_code == 1, result.output
     assert "v1.2.0 was already reverted/superseded by v1.2.1" in result.output
     assert "publish a higher version" not in result.output
+    assert "\n\n" not in result.output
     assert [u.version for u in fleet.client.list_updates(limit=1)] == ["v1.2.1"]

@@ -429,7 +429,10 @@ def _upload(
     quiet: bool,
     tags: list[str] | None = None,
 ) -> UpdateOut:
-    """Upload the package, with a progress bar unless ``quiet`` (JSON output)."""
+    """Upload the package, with a progress bar on a terminal unless ``quiet`` (JSON output).
+
+    Without a terminal the bar would leave only a blank line behind.
+    """
     with admin_client(server, api_key) as client:
 
         def send(progress: ProgressCallback | None = None) -> UpdateOut:
@@ -444,7 +447,7 @@ def _upload(
                 rollout=rollout,
             )
 
-        if quiet:
+        if quiet or not console.is_terminal:
             return send()
         with Progress(
             "[progress.description]{task.description}",

@@ -87,6 +87,15 @@ def list_updates(
     console.print(table)
 
 
+def update_header(info: UpdateOut) -> str:
+    """The first line of ``updates show`` (rich markup): version, type, id, key, description if any."""
+    header = (
+        f"[bold]{markup_safe(info.version)}[/bold] ({markup_safe(info.update_type.value)}), "
+        f"update {markup_safe(info.id)}, key {markup_safe(info.key_id)}"
+    )
+    return header + (f": {markup_safe(info.description)}" if info.description else "")
+
+
 @app.command("show")
 def show_update(
     update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
@@ -101,12 +110,7 @@ def show_update(
     if as_json:
         print_json({"update": info, "devices": rows})
         return
-    console.print(
-        f"[bold]{markup_safe(info.version)}[/bold] ({markup_safe(info.update_type.value)}), "
-        f"update {markup_safe(info.id)}, key {markup_safe(info.key_id)}: "
-        f"{markup_safe(info.description)}",
-        highlight=False,
-    )
+    console.print(update_header(info), highlight=False)
     if info.system_packages:
         packages = ", ".join(info.system_packages)
         console.print("system packages: " + markup_safe(packages), highlight=False)
