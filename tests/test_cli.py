@@ -192,3 +192,34 @@ def test_generate_refuses_to_overwrite_and_names_force(tmp_path: Path):
     assert javia("keys", "generate", "--output", str(tmp_path)).returncode == 0
     result = javia("keys", "generate", "--output", str(tmp_path))
     assert_one_clean_error(result, "--force")
+
+
+def test_an_empty_or_too_long_tag_is_named_and_measured() -> None:
+    from javia_core.models import check_tag
+
+    with pytest.raises(ValueError, match=r"tag '' is not valid"):
+        check_tag("")
+    with pytest.raises(ValueError, match=r"is too long \(40 characters, at most 32\)"):
+        check_tag("k" * 40)
+    with pytest.raises(ValueError, match=r"tag 'Kitchen' is not valid"):
+        check_tag("Kitchen")
+    with pytest.raises(ValueError, match=r"tag 'K{37}\.\.\.' is not valid"):
+        check_tag("K" * 50)
+
+
+def test_devices_tag_with_an_empty_tag_says_the_tag_is_invalid() -> None:
+    result = javia(
+        "devices", "tag", "3f2b8c1e-5d4a-4e2f-9a7b-1c2d3e4f5a6b", "--add", "",
+        "--server", "http://127.0.0.1:9", "--api-key", "k",
+    )  # fmt: skip
+    assert_one_clean_error(result, "invalid --add: tag '' is not valid")
+
+
+@pytest.mark.parametrize("reason", ["two\nlines", "tab\there", "x" * 501])
+def test_a_rollout_command_reason_must_be_one_short_line(reason: str) -> None:
+    result = javia(
+        "updates", "pause", "v1.2.0", "--reason", reason,
+        "--server", "http://127.0.0.1:9", "--api-key", "k",
+    )  # fmt: skip
+    assert_one_clean_error(result, "--reason")
+    assert result.returncode == 1

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from rich.console import Console
 
-from javia_core.models import Cohort, PlanEntry, RolloutHealth, RolloutOut, RolloutState
+from javia_core.models import (
+    Cohort,
+    DeviceUpdateOut,
+    PlanEntry,
+    RolloutHealth,
+    RolloutOut,
+    RolloutState,
+    UpdateStatus,
+)
 from javia_updates.cli.rollout_view import BAR_WIDTH, PhaseProgress, phase_bar, rollout_view
-from javia_updates.cli.updates import plan_table
+from javia_updates.cli.updates import plan_table, progress_table
 
 
 def render(renderable: object, width: int = 140) -> str:
@@ -79,3 +88,80 @@ def test_plan_shows_each_devices_phase_when_phased():
 
     assert "phase" in phased.splitlines()[2] and "│ 2 " in phased
     assert "phase" not in plain.splitlines()[2]
+
+
+def test_regressions_count_as_failures_in_the_bar_and_the_device_row():
+    regressed = HALTED.model_copy(update={"phase_regressions": [2, 0, 0, 0]})
+    phase_one = next(
+        line for line in render(rollout_view(regressed)).splitlines() if line.startswith("│ 1 of 4")
+    )
+    assert "█" * 20 + "▓" * 10 + " " in phase_one  # 4 completed and stayed, 2 regressed
+    assert PhaseProgress({"completed": 6}, regressions=2).failed == 2
+
+    now = datetime(2027, 6, 10, 12, 0, tzinfo=UTC)
+    row = DeviceUpdateOut(
+        device_uuid=uuid.UUID(int=1),
+        device_name="kitchen",
+        update_id=3,
+        version="v1.5.0",
+        status=UpdateStatus.COMPLETED,
+        scheduled_for=now,
+        started_at=now,
+        completed_at=now,
+        error_message=None,
+        created_at=now,
+        updated_at=now,
+        regressed_at=now,
+        regression_reason="application exited with status 1",
+    )
+    assert "completed, regressed: application exited with status 1" in render(
+        progress_table([row]), width=200
+    )
+
+
+def test_an_awaiting_rollout_offers_nothing_and_the_soak_reads_as_a_duration():
+    awaiting = HALTED.model_copy(
+        update={"state": RolloutState.AWAITING_APPROVAL, "phase": 0, "halt_reason": None}
+    )
+    summary = render(rollout_view(awaiting)).splitlines()[0]
+    assert summary.startswith("rollout: awaiting_approval: awaiting approval: nothing offered;")
+    assert "open" not in summary
+    assert "soak 2h," in summary
+
+
+def test_format_duration_reads_back_as_the_same_seconds():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from javia_core.rollouts import format_duration, parse_duration
+
+    assert [format_duration(s) for s in (0, 90, 1800, 3600, 5400, 86400)] == [
+        "0", "1m30s", "30m", "1h", "1h30m", "1d",
+    ]  # fmt: skip
+
+    @given(st.integers(0, 10**9))
+    def round_trip(seconds: int) -> None:
+        assert parse_duration(format_duration(seconds)) == seconds
+
+    round_trip()
+
+
+def test_the_show_header_ends_with_the_description_or_with_the_key():
+    from javia_core.models import UpdateOut, UpdateType
+    from javia_updates.cli.updates import update_header
+
+    info = UpdateOut(
+        id=4,
+        version="v1.2.1",
+        created_at=datetime(2027, 6, 10, 12, 0, tzinfo=UTC),
+        update_type=UpdateType.URGENT,
+        description="",
+        package_url="/api/v1/updates/4/package",
+        requires_system_packages=False,
+        system_packages=[],
+        size=226,
+        key_id="5ed855d39742dd4d",
+    )
+    assert render(update_header(info)).strip() == "v1.2.1 (urgent), update 4, key 5ed855d39742dd4d"
+    described = info.model_copy(update={"description": "fixes [bold]"})
+    assert render(update_header(described)).strip().endswith("key 5ed855d39742dd4d: fixes [bold]")

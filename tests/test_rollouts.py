@@ -83,7 +83,10 @@ def test_phases_parse_from_the_cli_form() -> None:
     [
         ("1,10,10,100", "must increase: 10 follows 10"),
         ("50,10,100", "must increase: 10 follows 50"),
-        ("1,10,50", "last phase must be 100, got 50"),
+        (
+            "1,10,50",
+            r"last phase must be 100 \(cumulative percentages such as 1,10,50,100\), got 50",
+        ),
         ("0,100", "outside 1-100"),
         ("1,10,150", "outside 1-100"),
         ("", "no phases"),
@@ -110,6 +113,7 @@ def test_bad_phases_are_one_clear_line(text: str, says: str) -> None:
         ({"halt_failure_rate": 100.5}, "halt failure rate"),
         ({"halt_min_devices": 0}, "halt minimum"),
         ({"halt_min_devices": True}, "halt minimum"),
+        ({"halt_min_devices": 1_000_001}, "halt minimum .* from 1 to 1000000"),
     ],
 )
 def test_a_policy_out_of_range_cannot_exist(fields: dict[str, object], says: str) -> None:
@@ -447,3 +451,47 @@ def test_last_phase_completes_when_every_device_finished() -> None:
 def test_gate_refuses_a_phase_the_policy_does_not_have() -> None:
     with pytest.raises(RolloutError, match="outside the policy's 4 phases"):
         phase_gate(PHASED, phase=4, tally=Tally(targeted=1), first_completed_at=None, now=NOW)
+
+
+def test_waiting_reason_says_why_a_device_is_held_back_or_none_when_it_may_start() -> None:
+    from javia_core.rollouts import waiting_reason
+
+    active = Rollout(S.ACTIVE, phase=0, phase_count=3)
+    assert waiting_reason(active, 0) is None
+    assert waiting_reason(active, 1) == "phase 2 of 3, opens after phase 1 soaks"
+    assert waiting_reason(active, 2, phase_approval=True) == (
+        "phase 3 of 3, opens after phase 2 is approved"
+    )
+    awaiting = Rollout(S.AWAITING_APPROVAL, phase_count=3, uses_approval=True)
+    assert waiting_reason(awaiting, 0) == "waits for approval"
+    assert waiting_reason(Rollout(S.PAUSED, phase_count=3), 0) == "paused"
+    halted = Rollout(S.HALTED, halt_reason="3 of 5 failed")
+    assert waiting_reason(halted, 0) == "halted: never installs"
+    assert waiting_reason(Rollout(S.CANCELLED), 0) == "cancelled"
+    assert waiting_reason(Rollout(S.COMPLETED, phase=0, phase_count=3), 2) is None
+
+
+def test_the_policy_parsers_echo_what_the_operator_typed() -> None:
+    from javia_core.rollouts import (
+        parse_halt_failure_rate,
+        parse_halt_min_devices,
+        parse_phase_soak,
+    )
+
+    with pytest.raises(RolloutError, match=r"phase soak '99d' is too long: at most 30d"):
+        parse_phase_soak("99d")
+    assert parse_phase_soak("30d") == 30 * 86400
+    assert parse_phase_soak("90", bare_seconds=True) == 90
+    with pytest.raises(RolloutError, match="invalid duration '90'"):
+        parse_phase_soak("90")
+    with pytest.raises(RolloutError, match="'abc' is not a percentage"):
+        parse_halt_failure_rate("abc")
+    for rate in ("nan", "inf", "0", "100.5"):
+        with pytest.raises(RolloutError, match="above 0 and at most 100"):
+            parse_halt_failure_rate(rate)
+    assert parse_halt_failure_rate(" 12.5 ") == 12.5
+    with pytest.raises(RolloutError, match="'x' is not a whole number of devices"):
+        parse_halt_min_devices("x")
+    with pytest.raises(RolloutError, match=r"from 1 to 1000000, e.g. 5; got '9999999999999999999"):
+        parse_halt_min_devices("9" * 400)
+    assert parse_halt_min_devices("1000000") == 1_000_000

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -237,8 +238,59 @@ def test_revert_without_yes_and_without_a_terminal_publishes_nothing(bad_release
         (("1.2.0",), "vX.Y.Z"),
         (("v1.2.0", "--type", "weekly"), "weekly"),
         (("v1.2.0", "--key", "/nonexistent/key.pem"), "not found"),
+        (("v1.2.0", "--reason", "two\nlines"), "--reason contains the control character U+000A"),
     ],
 )
 def test_revert_bad_arguments_are_one_line(tmp_path: Path, args: tuple[str, ...], needle: str):
     result = javia("updates", "revert", *args, url="http://127.0.0.1:9")
     assert_one_clean_error(result, needle)
+
+
+def revert_in_process(fleet: RevertFleet, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``javia updates revert v1.2.0 --yes`` in this process (no terminal), as the operator sees it."""
+    from typer.testing import CliRunner
+
+    from javia_cli.main import app
+
+    monkeypatch.setenv("JAVIA_SERVER_URL", fleet.url)
+    monkeypatch.setenv("JAVIA_API_KEY", API_KEY)
+    return CliRunner().invoke(
+        app, ["updates", "revert", "v1.2.0", "--key", str(fleet.keys.private_path), "--yes"]
+    )
+
+
+def test_a_second_revert_is_refused_and_publishes_nothing(
+    bad_release: RevertFleet, monkeypatch: pytest.MonkeyPatch
+):
+    first = revert_in_process(bad_release, monkeypatch)
+    assert first.exit_code == 0, first.output
+    assert "\n\n" not in first.output  # no blank line left by the upload's progress bar
+
+    again = revert_bad_release(bad_release)
+
+    assert_one_clean_error(
+        again, "v1.2.0 was already reverted/superseded by v1.2.1 (published ", "updates show v1.2.1"
+    )
+    assert [u.version for u in bad_release.client.list_updates(limit=1)] == ["v1.2.1"]
+
+
+def test_the_loser_of_two_reverts_racing_is_told_which_version_won(
+    bad_release: RevertFleet, monkeypatch: pytest.MonkeyPatch
+):
+    fleet = bad_release
+    real = AdminClient.download_package
+
+    def download_package(client: AdminClient, *args: Any, **kwargs: Any) -> Any:
+        if "v1.2.1" not in fleet.ids:  # the winner publishes while the loser builds
+            targets = [fleet.devices[name] for name in "abc"]
+            fleet.publish("v1.2.1", release_files("v1.1.0"), targets=targets)
+        return real(client, *args, **kwargs)
+
+    monkeypatch.setattr(AdminClient, "download_package", download_package)
+    result = revert_in_process(fleet, monkeypatch)
+
+    assert result.exit_code == 1, result.output
+    assert "v1.2.0 was already reverted/superseded by v1.2.1" in result.output
+    assert "publish a higher version" not in result.output
+    assert "\n\n" not in result.output
+    assert [u.version for u in fleet.client.list_updates(limit=1)] == ["v1.2.1"]

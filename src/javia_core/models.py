@@ -396,6 +396,7 @@ class DeviceOut(BaseModel):
 
 #: A device tag (``kitchen``, ``canary``, ``beta-2``): lower case, digits, ``.``, ``_``, ``-``.
 TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+_MAX_TAG_LENGTH = 32
 #: At most this many tags per device, and per publish.
 MAX_TAGS = 32
 
@@ -406,8 +407,14 @@ def check_tag(value: object) -> str:
     Raises:
         ValueError: not a string of 1-32 characters ``[a-z0-9][a-z0-9._-]*``.
     """
+    text = value if isinstance(value, str) else repr(value)
+    start = text[:_MAX_TAG_LENGTH]
+    if isinstance(value, str) and len(text) > _MAX_TAG_LENGTH and TAG_PATTERN.fullmatch(start):
+        raise ValueError(
+            f"tag {start!r}... is too long ({len(text)} characters, at most {_MAX_TAG_LENGTH})"
+        )
     if not isinstance(value, str) or TAG_PATTERN.fullmatch(value) is None:
-        shown = repr(value)[:40]
+        shown = repr(text if len(text) <= 40 else text[:37] + "...")
         raise ValueError(
             f"tag {shown} is not valid: 1-32 characters, lower-case letters, digits, '.', '_' "
             "or '-', starting with a letter or digit (e.g. kitchen, beta-2)"
@@ -672,6 +679,9 @@ class RolloutOut(BaseModel):
         halt_reason: why it halted, if it did.
         target_tags: tags the publish targeted (a device with any of them), or None.
         phase_counts: per phase, devices per status (``{"completed": 3, ...}``).
+        phase_regressions: per phase, completed devices with a post-install
+            regression recorded (counted under ``completed`` in ``phase_counts``;
+            failures for the halt rule).
         health: the exposed cohort against the devices on the previous version.
     """
 
@@ -688,6 +698,7 @@ class RolloutOut(BaseModel):
     halt_reason: str | None = None
     target_tags: list[str] | None = None
     phase_counts: list[dict[str, int]] = Field(default_factory=list)
+    phase_regressions: list[int] = Field(default_factory=list)
     health: RolloutHealth = Field(default_factory=RolloutHealth)
 
 
@@ -698,6 +709,11 @@ class RolloutCommand(_Model):
     """
 
     reason: str | None = Field(default=None, max_length=500)
+
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return check_no_control_characters(value, "reason", multiline=False)
 
 
 class DeviceTagsChange(_Model):
@@ -761,6 +777,10 @@ class DeviceUpdateOut(BaseModel):
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    regressed_at: datetime | None = Field(
+        default=None, description="a completed row: when a post-install regression was recorded"
+    )
+    regression_reason: str | None = Field(default=None, description="why it regressed")
 
 
 class PlanEntry(BaseModel):

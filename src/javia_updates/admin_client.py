@@ -368,9 +368,18 @@ class AdminClient:
         version: str,
         targets: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
+        rollout: Mapping[str, str] | None = None,
     ) -> list[PlanEntry]:
-        """``POST /api/v1/updates/plan``: the dry run of a publish."""
-        payload: dict[str, Any] = {"update_type": update_type, "version": version}
+        """``POST /api/v1/updates/plan``: the dry run of a publish.
+
+        ``rollout``: the policy fields as the publish form carries them
+        (``{"phases": "1,100", "require_approval": "true"}``).
+        """
+        payload: dict[str, Any] = {
+            "update_type": update_type,
+            "version": version,
+            **(rollout or {}),
+        }
         if targets:
             payload["targets"] = list(targets)
         if tags:

@@ -16,6 +16,7 @@ from javia_updates.service.revert import (
     affected_devices,
     choose_healthy_release,
     previous_release,
+    superseding_release,
 )
 from revert_helpers import HttpFleet
 
@@ -153,3 +154,12 @@ def test_revert_source_without_an_earlier_healthy_release_is_409_in_one_line(
 def test_revert_source_needs_the_admin_key(client, publish):
     publish("v1.1.0", "instant")
     assert client.get("/api/v1/updates/v1.1.0/revert-source").status_code == 401
+
+
+def test_a_newer_release_reaching_every_affected_device_supersedes_the_bad_one():
+    V121 = Release(Version(1, 2, 1), 4)
+    V130 = Release(Version(1, 3, 0), 5)
+    assert superseding_release([A, B], [(V121, {A, B, C})]) == V121
+    assert superseding_release([A, B], [(V121, {A}), (V130, {B})]) == V130
+    assert superseding_release([A, B], [(V121, {A})]) is None  # B still needs a revert
+    assert superseding_release([], [(V121, {A})]) is None

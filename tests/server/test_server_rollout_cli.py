@@ -42,11 +42,25 @@ def one_red_line(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (["--phases", "10,5,100"], "invalid --phases: phases must increase: 5 follows 10"),
-        (["--phases", "1,abc,100"], "invalid --phases: invalid phase 'abc'"),
-        (["--phase-soak", "30"], "invalid --phase-soak: invalid duration '30'"),
-        (["--halt-failure-rate", "0"], "halt failure rate must be a percentage above 0"),
-        (["--halt-min-devices", "0"], "halt minimum must be a whole number of devices"),
+        (["--phases", "10,5,100"], "--phases: phases must increase: 5 follows 10"),
+        (["--phases", "1,abc,100"], "--phases: invalid phase 'abc'"),
+        (
+            ["--phases", "1,10"],
+            "--phases: the last phase must be 100 (cumulative percentages such as 1,10,50,100), "
+            "got 10",
+        ),
+        (["--phase-soak", "30"], "--phase-soak: invalid duration '30'"),
+        (["--phase-soak", "99d"], "--phase-soak: phase soak '99d' is too long: at most 30d"),
+        (
+            ["--halt-failure-rate", "0"],
+            "--halt-failure-rate: halt failure rate must be a percentage above 0 and at most 100",
+        ),
+        (["--halt-failure-rate", "abc"], "--halt-failure-rate: 'abc' is not a percentage"),
+        (["--halt-min-devices", "x"], "--halt-min-devices: 'x' is not a whole number of devices"),
+        (
+            ["--halt-min-devices", "99999999999999999999999"],
+            "--halt-min-devices: halt minimum must be a whole number of devices from 1 to 1000000",
+        ),
     ],
 )
 def test_publish_refuses_bad_rollout_options_before_building(
@@ -59,10 +73,14 @@ def test_publish_refuses_bad_rollout_options_before_building(
         "--server", "http://127.0.0.1:9", "--api-key", API_KEY,
     )  # fmt: skip
     assert expected in one_red_line(result)
+    assert result.returncode == 1  # the house rule, not the usage error's 2
     assert (app_dir / "VERSION").read_text().strip() != "v9.0.0"
 
 
-def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package: Any) -> None:
+def test_pause_approve_and_refusals_through_the_cli(
+    tmp_path: Path, make_package: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
     package = make_package("v1.1.0", "scheduled")
     paths = {}
     for name, data in (
@@ -84,6 +102,11 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
         assert published.rollout is not None
         assert published.rollout.state.value == "awaiting_approval"
         common = ("--server", url, "--api-key", API_KEY)
+        listed = javia("updates", "list", *common)
+        assert "awaiting_approval" in listed.stdout, listed.stdout + listed.stderr
+        shown = javia("updates", "show", "v1.1.0", *common).stdout
+        assert "rollout: awaiting_approval: awaiting approval: nothing offered" in shown
+        assert "soak 10m," in shown and " open" not in shown.split("\n")[3]
 
         refused = javia("updates", "pause", "v1.1.0", *common)
         assert one_red_line(refused).endswith(
@@ -104,3 +127,20 @@ def test_pause_approve_and_refusals_through_the_cli(tmp_path: Path, make_package
         unknown = javia("updates", "resume", "v7.7.7", *common)
         assert "v7.7.7" in one_red_line(unknown)
     assert "Traceback" not in log.read_text()  # the periodic evaluation included
+
+
+def test_publish_dry_run_plans_with_the_rollout_options(tmp_path: Path) -> None:
+    app_dir = tmp_path / "pi_client"
+    shutil.copytree(example_app_dir(), app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    with server_process(tmp_path, API_KEY) as (url, _):
+        with AdminClient(url, API_KEY) as client:
+            client.register_device(device_name="kitchen")
+        result = javia(
+            "publish", str(app_dir), "--version", "v9.0.0", "--type", "instant", "--dry-run",
+            "--require-approval", "--phases", "1,100", "--json", "--server", url,
+            "--api-key", API_KEY,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (plan,) = json.loads(result.stdout)
+    assert plan["phase"] in (0, 1)
+    assert plan["reason"].startswith("waits for approval, then ")

@@ -12,11 +12,18 @@ import pytest
     [
         ("phases", "10,5,100", "phases: phases must increase: 5 follows 10"),
         ("phases", "1,50", "phases: the last phase must be 100"),
-        ("phase_soak_seconds", "99999999", "phase soak must be 0 to 2592000 seconds"),
+        ("phase_soak_seconds", "99999999", "phase_soak_seconds: phase soak '99999999' is too long"),
+        ("phase_soak_seconds", "31d", "phase soak '31d' is too long: at most 30d"),
         ("phase_soak_seconds", "soon", "phase_soak_seconds: invalid duration 'soon'"),
         ("halt_failure_rate", "0", "halt failure rate must be a percentage above 0"),
         ("halt_failure_rate", "ten", "halt_failure_rate: 'ten' is not a percentage"),
-        ("halt_min_devices", "0", "halt minimum must be a whole number of devices, at least 1"),
+        ("halt_min_devices", "0", "halt_min_devices: halt minimum must be a whole number"),
+        (
+            "halt_min_devices",
+            "99999999999999999999999",
+            "halt_min_devices: halt minimum must be a whole number of devices from 1 to 1000000",
+        ),
+        ("halt_failure_rate", "nan", "halt_failure_rate: halt failure rate must be a percentage"),
         ("require_approval", "maybe", "require_approval: 'maybe' is not a boolean"),
     ],
 )
@@ -109,3 +116,27 @@ def test_a_failure_reported_over_http_halts_and_the_next_device_gets_no_offer(
     assert rollout["state"] == "halted"
     assert rollout["halt_reason"] == "1 of 1 finished devices failed (100%) >= 50%: 1 failed"
     assert heartbeat(second, second_headers) is None
+
+
+def test_a_command_with_an_empty_body_has_no_reason(
+    client: Any, admin: dict[str, str], publish: Any, device: dict[str, Any]
+) -> None:
+    publish()
+    response = client.post("/api/v1/updates/v1.1.0/pause", headers=admin)  # no body at all
+    assert response.status_code == 200, response.text
+    assert response.json()["rollout"]["state"] == "paused"
+    audit = client.get("/api/v1/audit/", headers=admin).json()["items"]
+    pause = next(line for line in audit if line["action"] == "rollout.pause")
+    assert pause["details"]["reason"] is None
+
+
+@pytest.mark.parametrize("reason", ["two\nlines", "bell\x07", "escape \x1b[2J"])
+def test_a_reason_must_be_one_line_of_printable_text(
+    client: Any, admin: dict[str, str], publish: Any, reason: str
+) -> None:
+    publish()
+    response = client.post("/api/v1/updates/v1.1.0/pause", json={"reason": reason}, headers=admin)
+    assert response.status_code == 422
+    assert "reason contains the control character" in response.json()["detail"]
+    audit = client.get("/api/v1/audit/", headers=admin).json()["items"]
+    assert not [line for line in audit if line["action"] == "rollout.pause"]

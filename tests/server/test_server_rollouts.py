@@ -144,7 +144,7 @@ def test_the_published_plan_shows_each_devices_phase_as_the_offer_gate_sees_it(
     assert plan[canary.device_uuid].phase == 0
     later = [entry for entry in plan.values() if entry.phase == 1]
     assert later and all(
-        entry.reason.startswith("phase 2 of 2 (not open yet); ") for entry in later
+        entry.reason.startswith("phase 2 of 2, opens after phase 1 soaks") for entry in later
     )
     assert all(
         entry.phase == phase_of(uid, "v1.1.0", (20, 100), canary=uid == canary.device_uuid)
@@ -263,6 +263,9 @@ def test_a_crashing_application_after_install_is_a_regression_that_halts(fleet: 
     assert view.state is RolloutState.HALTED
     assert "regressed after install" in view.halt_reason
     assert view.health.exposed.regressions == 1
+    assert sum(view.phase_regressions) == 1  # updates show: a failure in its phase's bar
+    (row,) = fleet.service.update_devices(update_id, status=UpdateStatus.COMPLETED).items
+    assert row.regressed_at is not None and row.regression_reason
     assert fleet.beat(healthy) is None
 
 

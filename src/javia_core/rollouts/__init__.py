@@ -49,12 +49,17 @@ from javia_core.rollouts.policy import (
     DEFAULT_HALT_MIN_DEVICES,
     DEFAULT_PHASE_SOAK_SECONDS,
     DEFAULT_PHASES,
+    MAX_HALT_MIN_DEVICES,
     MAX_PHASE_SOAK_SECONDS,
     RolloutError,
     RolloutPolicy,
     RolloutStateError,
+    format_duration,
     parse_approval_required,
     parse_duration,
+    parse_halt_failure_rate,
+    parse_halt_min_devices,
+    parse_phase_soak,
     parse_phases,
 )
 from javia_core.rollouts.states import (
@@ -67,6 +72,7 @@ from javia_core.rollouts.states import (
     apply_event,
     device_may_start,
     rollout_at_publish,
+    waiting_reason,
 )
 
 __all__ = [
@@ -76,6 +82,7 @@ __all__ = [
     "DEFAULT_HALT_MIN_DEVICES",
     "DEFAULT_PHASES",
     "DEFAULT_PHASE_SOAK_SECONDS",
+    "MAX_HALT_MIN_DEVICES",
     "MAX_PHASE_SOAK_SECONDS",
     "SILENT_HEARTBEAT_INTERVALS",
     "TRANSITIONS",
@@ -93,12 +100,17 @@ __all__ = [
     "apply_event",
     "device_may_start",
     "failure_rate_lower_bound",
+    "format_duration",
     "halt_decision",
     "rollout_at_publish",
     "parse_approval_required",
     "parse_duration",
+    "parse_halt_failure_rate",
+    "parse_halt_min_devices",
+    "parse_phase_soak",
     "parse_phases",
     "phase_gate",
     "phase_of",
     "post_install_regression",
+    "waiting_reason",
 ]

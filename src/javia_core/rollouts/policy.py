@@ -20,14 +20,22 @@ __all__ = [
     "DEFAULT_HALT_MIN_DEVICES",
     "DEFAULT_PHASES",
     "DEFAULT_PHASE_SOAK_SECONDS",
+    "MAX_HALT_MIN_DEVICES",
     "MAX_PHASE_SOAK_SECONDS",
     "RolloutError",
     "RolloutPolicy",
     "RolloutStateError",
     "check_aware",
+    "check_halt_failure_rate",
+    "check_halt_min_devices",
+    "check_phase_soak",
     "check_phases",
+    "format_duration",
     "parse_approval_required",
     "parse_duration",
+    "parse_halt_failure_rate",
+    "parse_halt_min_devices",
+    "parse_phase_soak",
     "parse_phases",
 ]
 
@@ -42,6 +50,11 @@ MAX_PHASE_SOAK_SECONDS = 30 * 86400
 DEFAULT_HALT_FAILURE_RATE = 10.0
 #: ... once at least this many devices have finished.
 DEFAULT_HALT_MIN_DEVICES = 5
+#: The highest halt minimum accepted. A minimum above the fleet's size means the
+#: rollout can never halt, so nothing is lost by refusing it; a million is far
+#: above any fleet one server serves and fits the 32-bit integer column that
+#: stores it on PostgreSQL and SQLite alike (a 23-digit number overflowed SQLite).
+MAX_HALT_MIN_DEVICES = 1_000_000
 
 
 class RolloutError(JaviaError, ValueError):
@@ -90,6 +103,27 @@ def parse_duration(text: str) -> int:
     return sum(int(v) * unit for v, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if v)
 
 
+def format_duration(seconds: int) -> str:
+    """``seconds`` as :func:`parse_duration` reads it: ``1h``, ``30m``, ``1h30m``, ``0``.
+
+    Args:
+        seconds: whole seconds, >= 0.
+
+    Raises:
+        ValueError: ``seconds`` is negative.
+    """
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {seconds}")
+    if seconds == 0:
+        return "0"
+    parts = []
+    for unit, name in zip(_DURATION_UNITS, "dhms", strict=True):
+        count, seconds = divmod(seconds, unit)
+        if count:
+            parts.append(f"{count}{name}")
+    return "".join(parts)
+
+
 def parse_phases(text: str) -> tuple[int, ...]:
     """The cumulative phase percentages in ``1,10,50,100``, validated.
 
@@ -115,6 +149,105 @@ def parse_phases(text: str) -> tuple[int, ...]:
 _PHASES_FORM = "expected increasing whole percentages from 1 to 100 ending at 100, e.g. 1,10,50,100"
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for a one-line message, cut to 24 characters."""
+    return repr(text if len(text) <= 24 else text[:21] + "...")
+
+
+def parse_phase_soak(text: str, *, bare_seconds: bool = False) -> int:
+    """The soak in ``--phase-soak 2h`` (or the form's ``phase_soak_seconds``), checked.
+
+    Args:
+        text: a duration (:func:`parse_duration`).
+        bare_seconds: a bare whole number is seconds (the API's field); the
+            CLI refuses one (``30`` could mean minutes).
+
+    Returns:
+        Seconds, 0 to :data:`MAX_PHASE_SOAK_SECONDS`.
+
+    Raises:
+        RolloutError: not a duration, or longer than 30 days (the message
+            echoes ``text``, not the seconds).
+    """
+    cleaned = text.strip()
+    if bare_seconds and cleaned.isascii() and cleaned.isdigit():
+        seconds = int(cleaned)
+    else:
+        seconds = parse_duration(text)
+    return check_phase_soak(seconds, shown=_shown(cleaned))
+
+
+def parse_halt_failure_rate(text: str) -> float:
+    """The percentage in ``--halt-failure-rate 10``, checked (:func:`check_halt_failure_rate`).
+
+    Raises:
+        RolloutError: not a number, or not above 0 and at most 100.
+    """
+    try:
+        rate = float(text.strip())
+    except ValueError:
+        raise RolloutError(f"{_shown(text)} is not a percentage: {_RATE_FORM}") from None
+    return check_halt_failure_rate(rate, shown=_shown(text.strip()))
+
+
+def parse_halt_min_devices(text: str) -> int:
+    """The device count in ``--halt-min-devices 5``, checked (:func:`check_halt_min_devices`).
+
+    Raises:
+        RolloutError: not a whole number, or outside 1 to :data:`MAX_HALT_MIN_DEVICES`.
+    """
+    cleaned = text.strip()
+    if not cleaned.isascii() or not cleaned.isdigit():
+        raise RolloutError(f"{_shown(text)} is not a whole number of devices: {_MIN_DEVICES_FORM}")
+    return check_halt_min_devices(int(cleaned), shown=_shown(cleaned))
+
+
+_RATE_FORM = "expected a percentage above 0 and at most 100, e.g. 10"
+_MIN_DEVICES_FORM = f"expected a whole number from 1 to {MAX_HALT_MIN_DEVICES}, e.g. 5"
+
+
+def check_phase_soak(seconds: int, *, shown: str | None = None) -> int:
+    """Return ``seconds`` if it is a soak from 0 to 30 days, else raise RolloutError.
+
+    ``shown``: the value as the operator typed it (``'99d'``), for the message.
+    """
+    valid_type = isinstance(seconds, int) and not isinstance(seconds, bool)
+    if valid_type and 0 <= seconds <= MAX_PHASE_SOAK_SECONDS:
+        return seconds
+    shown = shown or repr(seconds)
+    if valid_type and seconds > MAX_PHASE_SOAK_SECONDS:
+        raise RolloutError(
+            f"phase soak {shown} is too long: at most 30d ({MAX_PHASE_SOAK_SECONDS} seconds)"
+        )
+    raise RolloutError(
+        f"phase soak must be 0 to {MAX_PHASE_SOAK_SECONDS} seconds (30 days), e.g. 30m or 2h; "
+        f"got {shown}"
+    )
+
+
+def check_halt_failure_rate(rate: float, *, shown: str | None = None) -> float:
+    """Return ``rate`` if it is a percentage above 0 and at most 100, else raise RolloutError."""
+    if not isinstance(rate, bool) and isinstance(rate, int | float) and 0 < rate <= 100:
+        return rate
+    raise RolloutError(
+        f"halt failure rate must be a percentage above 0 and at most 100, e.g. 10; got {shown or repr(rate)}"
+    )
+
+
+def check_halt_min_devices(count: int, *, shown: str | None = None) -> int:
+    """Return ``count`` if it is 1 to :data:`MAX_HALT_MIN_DEVICES` devices, else raise RolloutError."""
+    if (
+        not isinstance(count, bool)
+        and isinstance(count, int)
+        and 1 <= count <= MAX_HALT_MIN_DEVICES
+    ):
+        return count
+    raise RolloutError(
+        f"halt minimum must be a whole number of devices from 1 to {MAX_HALT_MIN_DEVICES}, "
+        f"e.g. 5; got {shown or _shown(repr(count))}"
+    )
+
+
 def check_phases(phases: tuple[int, ...]) -> tuple[int, ...]:
     """Return ``phases`` if they are valid cumulative percentages, else raise RolloutError.
 
@@ -133,7 +266,10 @@ def check_phases(phases: tuple[int, ...]) -> tuple[int, ...]:
                 f"phases must increase: {after} follows {before} in {shown}: {_PHASES_FORM}"
             )
     if phases[-1] != 100:
-        raise RolloutError(f"the last phase must be 100, got {phases[-1]} in {shown}")
+        raise RolloutError(
+            f"the last phase must be 100 (cumulative percentages such as 1,10,50,100), "
+            f"got {phases[-1]}"
+        )
     return phases
 
 
@@ -182,7 +318,8 @@ class RolloutPolicy:
             0 to 30 days, in seconds.
         halt_failure_rate: halt at this failure percentage or more, above 0 and
             at most 100.
-        halt_min_devices: ... once at least this many devices finished, >= 1.
+        halt_min_devices: ... once at least this many devices finished, 1 to
+            :data:`MAX_HALT_MIN_DEVICES`.
         phase_approval: each next phase waits for the operator's approval
             instead of the soak.
         require_approval: the rollout offers nothing until the operator approves it.
@@ -200,28 +337,9 @@ class RolloutPolicy:
 
     def __post_init__(self) -> None:
         check_phases(tuple(self.phases))
-        soak = self.phase_soak_seconds
-        if (
-            isinstance(soak, bool)
-            or not isinstance(soak, int)
-            or not 0 <= soak <= MAX_PHASE_SOAK_SECONDS
-        ):
-            raise RolloutError(
-                f"phase soak must be 0 to {MAX_PHASE_SOAK_SECONDS} seconds (30 days), "
-                f"e.g. 30m or 2h; got {soak!r}"
-            )
-        rate = self.halt_failure_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 100:
-            raise RolloutError(
-                f"halt failure rate must be a percentage above 0 and at most 100, e.g. 10; "
-                f"got {rate!r}"
-            )
-        minimum = self.halt_min_devices
-        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-            raise RolloutError(
-                f"halt minimum must be a whole number of devices, at least 1, e.g. 5; "
-                f"got {minimum!r}"
-            )
+        check_phase_soak(self.phase_soak_seconds)
+        check_halt_failure_rate(self.halt_failure_rate)
+        check_halt_min_devices(self.halt_min_devices)
 
 
 def check_aware(name: str, value: datetime | None) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "device_may_start",
     "markdown_table",
     "rollout_at_publish",
+    "waiting_reason",
 ]
 
 
@@ -286,6 +287,42 @@ def device_may_start(state: RolloutState, device_phase: int, open_phase: int) ->
     if state is RolloutState.COMPLETED:
         return True
     return state is RolloutState.ACTIVE and device_phase <= open_phase
+
+
+def waiting_reason(
+    rollout: Rollout, device_phase: int, *, phase_approval: bool = False
+) -> str | None:
+    """Why a device that has not started does not get the update now, or None if it may start.
+
+    The plan's words for :func:`device_may_start` (docs/rollouts.md, states and
+    phases): ``waits for approval``, ``phase 2 of 2, opens after phase 1
+    soaks`` (``... is approved`` with ``phase_approval``), ``paused``,
+    ``halted: never installs``, ``cancelled``.
+
+    Args:
+        rollout: the rollout as stored, or as a publish would create it
+            (:func:`rollout_at_publish`).
+        device_phase: the device's phase index (:func:`phase_of`).
+        phase_approval: the policy's ``phase_approval``: the next phase opens
+            when the operator approves it rather than after the soak.
+
+    Returns:
+        One line, or None when an active rollout's open phases hold the device
+        or the rollout has completed.
+    """
+    state = rollout.state
+    if state is RolloutState.AWAITING_APPROVAL:
+        return "waits for approval"
+    if state is RolloutState.PAUSED:
+        return "paused"
+    if state is RolloutState.HALTED:
+        return "halted: never installs"
+    if state is RolloutState.CANCELLED:
+        return "cancelled"
+    if device_may_start(state, device_phase, rollout.phase):
+        return None
+    gate = "is approved" if phase_approval else "soaks"
+    return f"phase {device_phase + 1} of {rollout.phase_count}, opens after phase {device_phase} {gate}"
 
 
 def rollout_at_publish(

@@ -280,6 +280,8 @@ class DeviceUpdateRecord:
     updated_at: datetime
     #: When a post-install regression was recorded on this completed row (revision 0003).
     regressed_at: datetime | None = None
+    #: Why (``application exited with status 1``), recorded with ``regressed_at``.
+    regression_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,29 @@ ApiKeyOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
 
+#: The longest ``--reason`` the server keeps (``RolloutCommand.reason``), characters.
+MAX_REASON_CHARACTERS = 500
+
+
+def check_reason(reason: str | None) -> str | None:
+    """``--reason`` if it is one line of at most 500 printable characters, else one red line.
+
+    Checked before any request (the server refuses the same with a 422): a
+    newline or a control character would break the audit log's one line.
+    """
+    from javia_core.models import check_no_control_characters
+
+    if reason is None:
+        return None
+    try:
+        check_no_control_characters(reason, "--reason", multiline=False)
+    except ValueError as error:
+        fail(str(error))
+    if len(reason) > MAX_REASON_CHARACTERS:
+        fail(f"--reason is {len(reason)} characters: at most {MAX_REASON_CHARACTERS} (one line)")
+    return reason
+
+
 def parse_tags(values: list[str] | None, option: str = "--tag") -> list[str]:
     """Tags given to ``option`` (repeatable, each may be comma-separated), checked locally.
 
@@ -261,6 +284,8 @@ def parse_tags(values: list[str] | None, option: str = "--tag") -> list[str]:
     from javia_core.models import check_tags
 
     items = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    if any(not value.strip() for value in values or []):
+        items.append("")  # --add "": a tag that is not valid, not "nothing to change"
     try:
         return check_tags(items)
     except ValueError as error:

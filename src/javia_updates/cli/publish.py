@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,10 +182,10 @@ def publish(
     phase_soak: str | None = typer.Option(
         None, "--phase-soak", help="How long a phase stays healthy before the next opens (1h)."
     ),
-    halt_failure_rate: float | None = typer.Option(
+    halt_failure_rate: str | None = typer.Option(
         None, "--halt-failure-rate", help="Halt at this failure percentage or more (10)."
     ),
-    halt_min_devices: int | None = typer.Option(
+    halt_min_devices: str | None = typer.Option(
         None, "--halt-min-devices", help="... once this many devices finished (5)."
     ),
     require_approval: bool = typer.Option(
@@ -255,6 +255,7 @@ def publish(
                 version=str(new_version),
                 targets=targets or None,
                 tags=tags or None,
+                rollout=rollout,
             )
         if as_json:
             print_json(plans)
@@ -345,40 +346,44 @@ def rollout_form(
     *,
     phases: str | None,
     phase_soak: str | None,
-    halt_failure_rate: float | None,
-    halt_min_devices: int | None,
+    halt_failure_rate: str | None,
+    halt_min_devices: str | None,
     require_approval: bool,
     phase_approval: bool,
 ) -> dict[str, str]:
     """The rollout options checked with the server's own rules, as publish form fields.
 
     Checked before anything is built or uploaded: a bad value is one red line
-    naming the option and the expected form, and nothing is published.
+    naming the option and the expected form (``--phases: the last phase must
+    be 100 ...``), and nothing is published.
     """
-    from javia_core.rollouts import RolloutError, RolloutPolicy, parse_duration, parse_phases
+    from javia_core.rollouts import (
+        RolloutError,
+        RolloutPolicy,
+        parse_halt_failure_rate,
+        parse_halt_min_devices,
+        parse_phase_soak,
+        parse_phases,
+    )
 
     values: dict[str, object] = {
         "require_approval": require_approval,
         "phase_approval": phase_approval,
     }
-    for option, text, name, parse in (
+    parsers: tuple[tuple[str, str | None, str, Callable[[str], object]], ...] = (
         ("--phases", phases, "phases", parse_phases),
-        ("--phase-soak", phase_soak, "phase_soak_seconds", parse_duration),
-    ):
+        ("--phase-soak", phase_soak, "phase_soak_seconds", parse_phase_soak),
+        ("--halt-failure-rate", halt_failure_rate, "halt_failure_rate", parse_halt_failure_rate),
+        ("--halt-min-devices", halt_min_devices, "halt_min_devices", parse_halt_min_devices),
+    )
+    for option, text, name, parse in parsers:
         if text is None:
             continue
         try:
             values[name] = parse(text)
         except RolloutError as error:
-            fail(f"invalid {option}: {error}")
-    if halt_failure_rate is not None:
-        values["halt_failure_rate"] = halt_failure_rate
-    if halt_min_devices is not None:
-        values["halt_min_devices"] = halt_min_devices
-    try:
-        policy = RolloutPolicy(**values)  # type: ignore[arg-type]
-    except RolloutError as error:
-        fail(str(error))
+            fail(f"{option}: {error}")
+    policy = RolloutPolicy(**values)  # type: ignore[arg-type]  # each field checked above
     return {
         "phases": ",".join(str(percent) for percent in policy.phases),
         "phase_soak_seconds": str(policy.phase_soak_seconds),
@@ -424,7 +429,10 @@ def _upload(
     quiet: bool,
     tags: list[str] | None = None,
 ) -> UpdateOut:
-    """Upload the package, with a progress bar unless ``quiet`` (JSON output)."""
+    """Upload the package, with a progress bar on a terminal unless ``quiet`` (JSON output).
+
+    Without a terminal the bar would leave only a blank line behind.
+    """
     with admin_client(server, api_key) as client:
 
         def send(progress: ProgressCallback | None = None) -> UpdateOut:
@@ -439,7 +447,7 @@ def _upload(
                 rollout=rollout,
             )
 
-        if quiet:
+        if quiet or not console.is_terminal:
             return send()
         with Progress(
             "[progress.description]{task.description}",

@@ -34,6 +34,7 @@ from javia_updates.cli.common import (
     OperatorSettings,
     ServerOption,
     admin_client,
+    check_reason,
     console,
     error_console,
     fail,
@@ -69,8 +70,7 @@ def revert_update(
     with friendly_errors():
         bad_version = Version.parse(version)
         kind = UpdateType.parse(update_type)
-    if reason is not None and ("\n" in reason or len(reason) > 500):
-        fail("--reason must be one line of at most 500 characters")
+    check_reason(reason)
     key_path = key or OperatorSettings().signing_key
     if not key_path.exists():
         fail(
@@ -132,6 +132,9 @@ def revert_update(
                 # one phase: the affected devices all need it
                 published = _upload(built, kind, devices, {}, server, api_key, quiet=as_json)
             except JaviaError as error:
+                if isinstance(error, ApiError) and error.status_code == 409:
+                    # Another revert may have won the race: say so rather than "publish higher".
+                    client.revert_source(str(bad_version))  # its 409 names the winner
                 if isinstance(error, ApiError) and error.status_code < 500:
                     raise  # refused: nothing was published
                 fail(

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from javia_core.models import Cohort, RolloutOut, RolloutState
+from javia_core.rollouts import format_duration
 from javia_updates.cli.common import SafeTable, cell, wire_time
 
 __all__ = ["BAR_WIDTH", "PhaseProgress", "phase_bar", "rollout_view"]
@@ -34,12 +35,14 @@ _FAILED = ("failed", "rolled_back")
 
 
 class PhaseProgress:
-    """One phase's devices by outcome, from one entry of ``RolloutOut.phase_counts``:: ``completed``, ``failed`` (failed or rolled back),
-    ``in_flight`` (downloading or installing) and ``devices`` (every row of the phase)."""
+    """One phase's devices by outcome, from one entry of ``RolloutOut.phase_counts``:: ``completed``,
+    ``failed`` (failed, rolled back, or completed and then regressed: ``regressions``, from
+    ``RolloutOut.phase_regressions``), ``in_flight`` (downloading or installing) and
+    ``devices`` (every row of the phase)."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
-        self.completed = counts.get("completed", 0)
-        self.failed = sum(counts.get(status, 0) for status in _FAILED)
+    def __init__(self, counts: dict[str, int], regressions: int = 0) -> None:
+        self.completed = counts.get("completed", 0) - regressions
+        self.failed = sum(counts.get(status, 0) for status in _FAILED) + regressions
         self.in_flight = sum(counts.get(status, 0) for status in _IN_FLIGHT)
         self.devices = sum(counts.values())
 
@@ -91,7 +94,8 @@ def _phases_table(rollout: RolloutOut) -> Table:
     count = len(rollout.phases)
     for index, share in enumerate(rollout.phases):
         counts = rollout.phase_counts[index] if index < len(rollout.phase_counts) else {}
-        progress = PhaseProgress(counts)
+        regressed = rollout.phase_regressions
+        progress = PhaseProgress(counts, regressed[index] if index < len(regressed) else 0)
         table.add_row(
             f"{index + 1} of {count}",
             f"{share}%",
@@ -140,7 +144,9 @@ def _summary(rollout: RolloutOut) -> Text:
     count = len(rollout.phases)
     line = Text("rollout: ")
     line.append(rollout.state.value, style=STATE_STYLE.get(rollout.state, ""))
-    if count:
+    if rollout.state is RolloutState.AWAITING_APPROVAL:
+        line.append(": awaiting approval: nothing offered")
+    elif count:
         line.append(
             f", phase {rollout.phase + 1} of {count} ({rollout.phases[rollout.phase]}%) open"
             if 0 <= rollout.phase < count
@@ -150,7 +156,7 @@ def _summary(rollout: RolloutOut) -> Text:
     if opened:
         line.append(f" since {opened[:19]} UTC")
     line.append(
-        f"; soak {rollout.phase_soak_seconds} s, halts at {rollout.halt_failure_rate:g}% "
+        f"; soak {format_duration(rollout.phase_soak_seconds)}, halts at {rollout.halt_failure_rate:g}% "
         f"once {rollout.halt_min_devices} device(s) finished"
     )
     if rollout.target_tags:

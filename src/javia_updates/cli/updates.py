@@ -16,6 +16,7 @@ from javia_updates.cli.common import (
     ServerOption,
     admin_client,
     cell,
+    check_reason,
     console,
     friendly_errors,
     markup_safe,
@@ -69,19 +70,30 @@ def list_updates(
         print_json(updates)
         return
     table = SafeTable(title=f"{len(updates)} update(s)", title_justify="left")
-    for column in ("id", "version", "type", "published (UTC)", "size", "devices", "description"):
+    columns = ("id", "version", "type", "rollout", "published (UTC)", "size", "devices")
+    for column in (*columns, "description"):
         table.add_column(column)
     for update in updates:
         table.add_row(
             str(update.id),
             update.version,
             update.update_type.value,
+            "—" if update.rollout is None else update.rollout.state.value,
             str(wire_time(update.created_at))[:19],
             _human_size(update.size),
             _counts(update),
             update.description or "",
         )
     console.print(table)
+
+
+def update_header(info: UpdateOut) -> str:
+    """The first line of ``updates show`` (rich markup): version, type, id, key, description if any."""
+    header = (
+        f"[bold]{markup_safe(info.version)}[/bold] ({markup_safe(info.update_type.value)}), "
+        f"update {markup_safe(info.id)}, key {markup_safe(info.key_id)}"
+    )
+    return header + (f": {markup_safe(info.description)}" if info.description else "")
 
 
 @app.command("show")
@@ -98,12 +110,7 @@ def show_update(
     if as_json:
         print_json({"update": info, "devices": rows})
         return
-    console.print(
-        f"[bold]{markup_safe(info.version)}[/bold] ({markup_safe(info.update_type.value)}), "
-        f"update {markup_safe(info.id)}, key {markup_safe(info.key_id)}: "
-        f"{markup_safe(info.description)}",
-        highlight=False,
-    )
+    console.print(update_header(info), highlight=False)
     if info.system_packages:
         packages = ", ".join(info.system_packages)
         console.print("system packages: " + markup_safe(packages), highlight=False)
@@ -123,9 +130,13 @@ def progress_table(rows: list[DeviceUpdateOut], title: str = "devices") -> Table
     style = {"completed": "green", "failed": "red", "rolled_back": "red", "pending": "dim"}
     for row in rows:
         status = row.status.value
+        shown = status
+        if row.regressed_at is not None:
+            status = "failed"  # its style: a regression counts as a failure
+            shown += f", regressed: {row.regression_reason or 'after install'}"
         table.add_row(
             row.device_name or str(row.device_uuid),
-            cell(status, style.get(status, "yellow")),
+            cell(shown, style.get(status, "yellow")),
             (wire_time(row.scheduled_for) or "—")[:19],
             (wire_time(row.started_at) or "—")[11:19],
             (wire_time(row.completed_at) or "—")[11:19],
@@ -225,6 +236,7 @@ def _rollout_command(action: str) -> None:
         api_key: str | None = ApiKeyOption,
         as_json: bool = JsonOption,
     ) -> None:
+        check_reason(reason)
         with friendly_errors(), admin_client(server, api_key) as client:
             info = client.rollout_command(update, action, reason)
         if as_json:

@@ -21,6 +21,7 @@ from javia_core.models import (
     check_tags,
 )
 from javia_core.versioning import Version
+from javia_updates.server.uploads import ROLLOUT_FIELD_PARTS
 
 __all__ = [
     "AuditOut",
@@ -100,11 +101,27 @@ class PlanRequest(BaseModel):
     version: str = Field(description="vX.Y.Z")
     targets: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
     tags: list[str] | None = Field(default=None, description="a device with any of them")
+    phases: str | None = Field(default=None, description="as the publish form, e.g. 1,10,50,100")
+    phase_soak_seconds: int | str | None = Field(
+        default=None, description="seconds, or a duration such as 30m or 2h"
+    )
+    halt_failure_rate: float | str | None = None
+    halt_min_devices: int | str | None = None
+    require_approval: bool | None = None
+    phase_approval: bool | None = None
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else check_tags(value)
+
+    def policy_fields(self) -> dict[str, str]:
+        """The rollout policy fields given, as the publish form carries them (text)."""
+        given = self.model_dump(include=set(ROLLOUT_FIELD_PARTS), exclude_none=True)
+        return {
+            name: str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in given.items()
+        }
 
     @field_validator("version")
     @classmethod

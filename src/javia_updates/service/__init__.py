@@ -701,11 +701,15 @@ class UpdateService:
         *,
         now: datetime,
         tags: Sequence[str] | None = None,
+        policy: RolloutPolicy | None = None,
     ) -> list[PlanEntry]:
         """Dry run: who would install ``version`` when, if published now.
 
         With ``targets`` or ``tags`` every device is listed, each saying why
-        it is in or out ("tagged kitchen; ...", "not tagged kitchen").
+        it is in or out ("tagged kitchen; ...", "not tagged kitchen"). Each
+        targeted device has its phase under ``policy`` (the default: one phase)
+        and says why the rollout would hold it back ("waits for approval",
+        "phase 2 of 2, opens after phase 1 soaks"; docs/rollouts.md).
 
         Raises:
             VersionError: ``version`` is not ``vX.Y.Z``.
@@ -714,7 +718,9 @@ class UpdateService:
             NotFoundError: a target is not registered.
             InvalidRequestError: a tag is malformed or no device carries it.
         """
-        return self._planning.plan_new_update(update_type, version, targets, now=now, tags=tags)
+        return self._planning.plan_new_update(
+            update_type, version, targets, now=now, tags=tags, policy=policy
+        )
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
         """Who installs a published update when, from its rows (and the rules for devices without one).
@@ -732,6 +738,7 @@ class UpdateService:
         Raises:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
             ConflictError: no device runs or installs the update, or none of
-                them completed an earlier release that was not halted or cancelled.
+                them completed an earlier release that was not halted or cancelled,
+                or a newer release already reaches all of them (reverted before).
         """
         return self._revert_sources.revert_source(reference)

@@ -15,18 +15,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from javia_core import scheduling
 from javia_core.models import PlanEntry, RolloutState, UpdateStatus, UpdateType
-from javia_core.rollouts import CANARY_TAG, phase_of
+from javia_core.rollouts import (
+    CANARY_TAG,
+    RolloutPolicy,
+    phase_of,
+    rollout_at_publish,
+    waiting_reason,
+)
 from javia_core.rollouts.targeting import targeting_reason
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceRecord
-from javia_updates.backends.records import RolloutRecord
 from javia_updates.service import views
 from javia_updates.service.publishing import known_target_tags, refuse_unpublishable
 from javia_updates.service.records import FleetRecords
+from javia_updates.service.rollouts import rollout_of
 from javia_updates.service.updates import Updates
 from javia_updates.settings import ServerSettings
 
@@ -56,29 +63,35 @@ class Planning:
         *,
         now: datetime,
         tags: Sequence[str] | None = None,
+        policy: RolloutPolicy | None = None,
     ) -> list[PlanEntry]:
         """See :meth:`javia_updates.service.UpdateService.plan_new_update`."""
         parsed = Version.parse(version)
         refuse_unpublishable(self.store, str(parsed), parsed)
         target_tags = known_target_tags(self.store, tags)
+        policy = policy or RolloutPolicy()
+        start = rollout_at_publish(policy, update_type, self.settings.approval_required_types)
         self.records.flush()
         unique = None if targets is None else tuple(dict.fromkeys(targets))
         devices = self.store.devices_for_targets(unique, target_tags)  # unknown uuids: NotFound
-        if unique is None and target_tags is None:
-            return [
-                views.plan_entry(plan)
-                for plan in self._rollout(update_type, str(parsed), devices, now)
-            ]
-        devices = self.store.devices_for_targets(None)
+        everyone = unique is None and target_tags is None
+        if not everyone:
+            devices = self.store.devices_for_targets(None)
         entries = []
         for device, plan in zip(
             devices, self._rollout(update_type, str(parsed), devices, now), strict=True
         ):
             targeted, why = targeting_reason(unique, target_tags, device.device_uuid, device.tags)
-            if targeted:
-                entries.append(views.plan_entry(plan, reason=f"{why}; {plan.reason}"))
-            else:
+            if not targeted:
                 entries.append(_left_out(plan, why))
+                continue
+            phase = phase_of(
+                device.device_uuid, str(parsed), policy.phases, canary=CANARY_TAG in device.tags
+            )
+            wait = waiting_reason(start, phase, phase_approval=policy.phase_approval)
+            prefix = "" if everyone else f"{why}; "
+            shown = phase if len(policy.phases) > 1 else None
+            entries.append(_gated(plan, shown, wait, start.state, prefix, plan.reason))
         return entries
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
@@ -90,12 +103,12 @@ class Planning:
         rows = {
             row.device_id: row for row in self.store.list_device_updates(update_id=update.id).items
         }
+        record = self.store.get_rollout(update.id)
+        rollout = None if record is None else rollout_of(record)
         by_uuid = {
             plan.device_uuid: plan
             for plan in self._rollout(update.update_type, update.version, devices, now)
         }
-        rollout = self.store.get_rollout(update.id)
-        phased = rollout is not None and len(rollout.phases) > 1
         entries: list[PlanEntry] = []
         for device in devices:
             plan = by_uuid[device.device_uuid]
@@ -107,24 +120,21 @@ class Planning:
                 entries.append(_left_out(plan, why))
                 continue
             prefix = "" if everyone else f"{why}; "
-            phase = None
-            if rollout is not None and phased:
-                phase = phase_of(
-                    device.device_uuid,
-                    update.version,
-                    rollout.phases,
-                    canary=CANARY_TAG in device.tags,
+            phase = wait = None
+            if record is not None and rollout is not None:
+                canary = CANARY_TAG in device.tags
+                phase = self.records.catalog.phase(
+                    update.id, device.device_uuid, record, canary=canary
                 )
-                prefix += _phase_note(
-                    rollout, phase, pending=row is None or row.status is UpdateStatus.PENDING
-                )
+                wait = waiting_reason(rollout, phase, phase_approval=record.phase_approval)
+                if len(record.phases) == 1:
+                    phase = None  # one phase: every device is in it, nothing to show
+            state = None if rollout is None else rollout.state
             if row is None:
                 reason = plan.reason
                 if plan.gets_row:
                     reason = f"no row yet: gets it at its next heartbeat; {reason}"
-                entries.append(
-                    views.plan_entry(plan, gets_row=False, reason=prefix + reason, phase=phase)
-                )
+                entries.append(_gated(plan, phase, wait, state, prefix, reason, gets_row=False))
                 continue
             if row.status is UpdateStatus.PENDING:
                 current = scheduling.current_install_plan(
@@ -141,18 +151,22 @@ class Planning:
                 at: datetime | None = current.install_at
                 reason = current.reason
             else:
+                wait = None  # started or finished: the rollout no longer holds it back
                 at = row.completed_at or row.started_at
                 reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
             local = None if at is None else at.astimezone(ZoneInfo(device.timezone))
             entries.append(
-                views.plan_entry(
+                _gated(
                     plan,
+                    phase,
+                    wait,
+                    state,
+                    prefix,
+                    reason,
                     gets_row=True,
                     status=row.status,
                     install_at_utc=at,
                     install_at_local=local,
-                    reason=prefix + reason,
-                    phase=phase,
                 )
             )
         return entries
@@ -181,14 +195,30 @@ class Planning:
         )
 
 
-def _phase_note(rollout: RolloutRecord, phase: int, *, pending: bool) -> str:
-    """``"phase 2 of 3; "``, with ``" (not open yet)"`` for a pending device of a closed phase."""
-    closed = pending and rollout.state is not RolloutState.COMPLETED and phase > rollout.phase_index
-    return f"phase {phase + 1} of {len(rollout.phases)}{' (not open yet)' if closed else ''}; "
-
-
 def _left_out(plan: scheduling.DevicePlan, why: str) -> PlanEntry:
     """The plan line of a device the update does not target: no row, no time, ``why``."""
     return views.plan_entry(
         plan, gets_row=False, install_at_utc=None, install_at_local=None, reason=why
     )
+
+
+def _gated(
+    plan: scheduling.DevicePlan,
+    phase: int | None,
+    wait: str | None,
+    state: RolloutState | None,
+    prefix: str,
+    reason: str,
+    **changes: Any,
+) -> PlanEntry:
+    """The plan line of a targeted device, held back by its rollout when ``wait`` says why.
+
+    A held device has no install time yet; a halted or cancelled rollout's
+    reason replaces the schedule's (it never installs), any other wait comes
+    first: ``waits for approval, then online: installs at its next check``.
+    """
+    if wait is not None:
+        changes.update(install_at_utc=None, install_at_local=None)
+        final = state in (RolloutState.HALTED, RolloutState.CANCELLED)
+        reason = wait if final else f"{wait}, then {reason}"
+    return views.plan_entry(plan, phase=phase, reason=prefix + reason, **changes)

@@ -23,7 +23,13 @@ that healthy release's content as a new, higher version. The rule, pure in
   still targeted.
 
 No affected device, or no affected device with a previous release: a
-:class:`~javia_core.errors.ConflictError` (API 409) with one line.
+:class:`~javia_core.errors.ConflictError` (API 409) with one line. So is a
+bad release whose affected devices all already have a **newer release** on
+its way or installed (a row ``pending``, in flight or ``completed`` of a higher
+version whose rollout is neither halted nor cancelled,
+:func:`superseding_release`): a revert that already happened, or a fix
+published since. Running ``revert`` twice, or two operators at once, then
+publishes one new version, not two.
 """
 
 from __future__ import annotations
@@ -48,10 +54,20 @@ __all__ = [
     "affected_devices",
     "choose_healthy_release",
     "previous_release",
+    "superseding_release",
 ]
 
 #: Row statuses of the bad update that make a device affected although it does not run it yet.
 IN_FLIGHT = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
+#: Row statuses of a newer update that mean the device has it on its way or installed.
+ON_ITS_WAY = frozenset(
+    {
+        UpdateStatus.PENDING,
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.INSTALLING,
+        UpdateStatus.COMPLETED,
+    }
+)
 #: Rollout states whose release is never chosen as the healthy one.
 WITHDRAWN_STATES = frozenset({RolloutState.HALTED, RolloutState.CANCELLED})
 
@@ -137,6 +153,34 @@ def choose_healthy_release(
     return max(votes, key=lambda release: (votes[release], release))
 
 
+def superseding_release(
+    affected: Collection[uuid.UUID], newer: Iterable[tuple[Release, Collection[uuid.UUID]]]
+) -> Release | None:
+    """The newer release that already replaces the bad one on every affected device, if any.
+
+    Args:
+        affected: the devices a revert would target (:func:`affected_devices`).
+        newer: each release above the bad one whose rollout is neither halted
+            nor cancelled, with the devices that have it on its way or
+            installed (rows :data:`ON_ITS_WAY`).
+
+    Returns:
+        None when some affected device has no such release (a revert still
+        helps it) or nothing is affected; else the highest release that covers
+        an affected device (a revert done before, or a fix published since).
+    """
+    covered: set[uuid.UUID] = set()
+    covering: list[Release] = []
+    for release, devices in newer:
+        held = set(devices) & set(affected)
+        if held:
+            covered |= held
+            covering.append(release)
+    if not affected or not set(affected) <= covered:
+        return None
+    return max(covering)
+
+
 class RevertSources:
     """The store reads behind :func:`choose_healthy_release`.
 
@@ -158,7 +202,13 @@ class RevertSources:
         running = self._devices_running(bad.version)
         bad_rows = self.store.list_device_updates(update_id=bad.id).items
         affected = affected_devices(running, ((row.device_uuid, row.status) for row in bad_rows))
-        earlier = self._earlier_updates(bad_version)
+        updates = self._updates()
+        earlier = [u for u in updates if Version.parse(u.version) < bad_version]
+        self._refuse_superseded(
+            bad,
+            affected,
+            [u for u in updates if u.id != bad.id and Version.parse(u.version) > bad_version],
+        )
         completed: dict[uuid.UUID, list[Release]] = {device: [] for device in affected}
         for update in earlier:
             release = Release(Version.parse(update.version), update.id)
@@ -186,15 +236,34 @@ class RevertSources:
             if len(page.items) < _PAGE:
                 return devices
 
-    def _earlier_updates(self, bad_version: Version) -> list[UpdateRecord]:
-        earlier: list[UpdateRecord] = []
-        offset = 0
+    def _updates(self) -> list[UpdateRecord]:
+        updates: list[UpdateRecord] = []
         while True:
-            page = self.store.list_updates(limit=_PAGE, offset=offset)
-            earlier.extend(u for u in page.items if Version.parse(u.version) < bad_version)
-            offset += len(page.items)
+            page = self.store.list_updates(limit=_PAGE, offset=len(updates))
+            updates.extend(page.items)
             if len(page.items) < _PAGE:
-                return earlier
+                return updates
+
+    def _refuse_superseded(
+        self, bad: UpdateRecord, affected: Collection[uuid.UUID], newer: Sequence[UpdateRecord]
+    ) -> None:
+        """ConflictError when a newer release already reaches every affected device."""
+        withdrawn = self._withdrawn([update.id for update in newer])
+        candidates = []
+        for update in newer:
+            if update.id in withdrawn:
+                continue
+            rows = self.store.list_device_updates(update_id=update.id).items
+            devices = {row.device_uuid for row in rows if row.status in ON_ITS_WAY}
+            candidates.append((Release(Version.parse(update.version), update.id), devices))
+        found = superseding_release(affected, candidates)
+        if found is None:
+            return
+        published = next(u for u in newer if u.id == found.update_id).created_at
+        raise ConflictError(
+            f"{bad.version} was already reverted/superseded by {found.version} (published "
+            f"{published:%Y-%m-%d %H:%M} UTC): follow it with javia updates show {found.version}"
+        )
 
     def _withdrawn(self, update_ids: Sequence[int]) -> set[int]:
         if not update_ids:

@@ -509,9 +509,13 @@ class Rollouts:
         if record is None:
             return None
         phase_counts: list[dict[str, int]] = [{} for _ in record.phases]
+        phase_regressions = [0 for _ in record.phases]
         for member in self.store.rollout_members(update.id):
-            counts = phase_counts[self._phase(update, record, member)]
+            phase = self._phase(update, record, member)
+            counts = phase_counts[phase]
             counts[member.status.value] = counts.get(member.status.value, 0) + 1
+            if member.status is UpdateStatus.COMPLETED and member.regressed:
+                phase_regressions[phase] += 1
         groups = self.store.rollout_status_groups(
             update.id, silent_before=now - self._silence_limit()
         )
@@ -537,6 +541,7 @@ class Rollouts:
             halt_reason=record.halt_reason,
             target_tags=None if update.target_tags is None else list(update.target_tags),
             phase_counts=phase_counts,
+            phase_regressions=phase_regressions,
             health=RolloutHealth(
                 exposed=_cohort(exposed, exposed), previous=_cohort(waiting, previous)
             ),

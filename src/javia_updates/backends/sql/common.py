@@ -264,4 +264,5 @@ class SQLStoreBase:
             created_at=row.created_at,
             updated_at=row.updated_at,
             regressed_at=row.regressed_at,
+            regression_reason=row.regression_reason,
         )

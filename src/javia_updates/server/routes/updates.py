@@ -24,7 +24,9 @@ from javia_core.models import (
 from javia_core.rollouts import (
     RolloutError,
     RolloutPolicy,
-    parse_duration,
+    parse_halt_failure_rate,
+    parse_halt_min_devices,
+    parse_phase_soak,
     parse_phases,
 )
 from javia_updates.backends.base import UpdateRecord
@@ -115,9 +117,9 @@ def _parse_policy(fields: Mapping[str, str]) -> RolloutPolicy:
     values: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
         "phases": parse_phases,
-        "phase_soak_seconds": lambda text: int(text) if text.isdigit() else parse_duration(text),
-        "halt_failure_rate": lambda text: _number(text, float, "a percentage, e.g. 10"),
-        "halt_min_devices": lambda text: _number(text, int, "a whole number of devices, e.g. 5"),
+        "phase_soak_seconds": lambda text: parse_phase_soak(text, bare_seconds=True),
+        "halt_failure_rate": parse_halt_failure_rate,
+        "halt_min_devices": parse_halt_min_devices,
         "require_approval": _boolean,
         "phase_approval": _boolean,
     }
@@ -133,13 +135,6 @@ def _parse_policy(fields: Mapping[str, str]) -> RolloutPolicy:
         return RolloutPolicy(**values)
     except RolloutError as error:
         raise InvalidRequestError(str(error)) from None
-
-
-def _number(text: str, kind: Callable[[str], Any], form: str) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise RolloutError(f"{text[:20]!r} is not {form}") from None
 
 
 def _boolean(text: str) -> bool:
@@ -244,10 +239,11 @@ async def publish_update(request: Request, service: Service, now: Now, _: Admin)
 
 @router.post("/plan", response_model=PlanList)
 def plan_new_update(body: PlanRequest, service: Service, now: Now, _: Admin) -> PlanList:
-    """Dry run of a publish: who would install when, and why."""
+    """Dry run of a publish: who would install when, and why (with the publish form's policy)."""
+    policy = _parse_policy(body.policy_fields())
     return PlanList(
         items=service.plan_new_update(
-            body.update_type, body.version, body.targets, now=now, tags=body.tags
+            body.update_type, body.version, body.targets, now=now, tags=body.tags, policy=policy
         )
     )
 
@@ -262,18 +258,20 @@ def get_update(reference: Reference, service: Service, now: Now, _: Admin) -> Up
 def rollout_command(
     reference: Reference,
     command: Annotated[RolloutCommandName, Path(description="what to do with the rollout")],
-    body: RolloutCommand,
     service: Service,
     now: Now,
     _: Admin,
+    body: RolloutCommand | None = None,
 ) -> UpdateOut:
     """Pause, resume, cancel, approve or advance the update's rollout (docs/rollouts.md).
 
     Idempotent: a command already in effect is 200 and changes nothing. An
     illegal move (pausing a completed rollout, approving one that needs no
-    approval) is 409 with one line saying what and why. Audited with the reason.
+    approval) is 409 with one line saying what and why. Audited with the reason;
+    an empty body means no reason.
     """
-    return service.rollout_command(reference, command.value, reason=body.reason, now=now)
+    reason = None if body is None else body.reason
+    return service.rollout_command(reference, command.value, reason=reason, now=now)
 
 
 @router.get("/{reference}/devices", response_model=DeviceUpdatePage)
