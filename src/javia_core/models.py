@@ -110,7 +110,12 @@ class UpdateStatus(StrEnum):
 
     Moves only forward: pending → downloading → installing → completed | failed |
     rolled_back; a pending row may also become superseded or cancelled
-    (DESIGN.md section 5).
+    (DESIGN.md section 5). Two waiting statuses a device reports on the way
+    (revision 0005): ``staged`` (downloaded, verified and prepared ahead of
+    the window; only stop, switch, start and health remain) and ``retrying``
+    (a transient fault, retried with backoff until the deadline; the reason in
+    ``error_message``). A staged or retrying row may still be superseded or
+    cancelled: nothing of it was installed.
     """
 
     PENDING = "pending"
@@ -121,6 +126,8 @@ class UpdateStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
     SUPERSEDED = "superseded"
     CANCELLED = "cancelled"
+    STAGED = "staged"
+    RETRYING = "retrying"
 
 
 FINAL_STATUSES = frozenset(
@@ -136,6 +143,8 @@ FINAL_STATUSES = frozenset(
 DEVICE_REPORTABLE_STATUSES = frozenset(
     {
         UpdateStatus.DOWNLOADING,
+        UpdateStatus.STAGED,
+        UpdateStatus.RETRYING,
         UpdateStatus.INSTALLING,
         UpdateStatus.COMPLETED,
         UpdateStatus.FAILED,

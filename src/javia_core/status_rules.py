@@ -21,17 +21,22 @@ _S = UpdateStatus
 #: Legal transitions of a ``device_updates`` row: target status → statuses it
 #: may come from (DESIGN.md section 5). Progress moves only forward; a step the
 #: agent did not report (its ``downloading`` report was lost, say) may be
-#: skipped. Final statuses (completed, failed, rolled_back, superseded,
+#: skipped. ``retrying`` is the one way back: a transient fault (revision
+#: 0005) lets the device try again, downloading or installing anew; staged and
+#: retrying rows were never installed, so they may still be superseded or
+#: cancelled. Final statuses (completed, failed, rolled_back, superseded,
 #: cancelled) have no way out, so a failed version is never offered again.
 ALLOWED_PREVIOUS: Mapping[UpdateStatus, frozenset[UpdateStatus]] = {
     _S.PENDING: frozenset(),
-    _S.DOWNLOADING: frozenset({_S.PENDING}),
-    _S.INSTALLING: frozenset({_S.PENDING, _S.DOWNLOADING}),
-    _S.COMPLETED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
-    _S.FAILED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.INSTALLING}),
-    _S.ROLLED_BACK: frozenset({_S.DOWNLOADING, _S.INSTALLING}),
-    _S.SUPERSEDED: frozenset({_S.PENDING}),
-    _S.CANCELLED: frozenset({_S.PENDING}),
+    _S.DOWNLOADING: frozenset({_S.PENDING, _S.RETRYING}),
+    _S.STAGED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.RETRYING}),
+    _S.RETRYING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.STAGED, _S.INSTALLING}),
+    _S.INSTALLING: frozenset({_S.PENDING, _S.DOWNLOADING, _S.STAGED, _S.RETRYING}),
+    _S.COMPLETED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.STAGED, _S.RETRYING, _S.INSTALLING}),
+    _S.FAILED: frozenset({_S.PENDING, _S.DOWNLOADING, _S.STAGED, _S.RETRYING, _S.INSTALLING}),
+    _S.ROLLED_BACK: frozenset({_S.DOWNLOADING, _S.STAGED, _S.RETRYING, _S.INSTALLING}),
+    _S.SUPERSEDED: frozenset({_S.PENDING, _S.STAGED, _S.RETRYING}),
+    _S.CANCELLED: frozenset({_S.PENDING, _S.STAGED, _S.RETRYING}),
 }
 
 #: Statuses of a row the device is working on right now.
