@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from javia_core.errors import BackendError
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
+from javia_updates.dashboard import install_dashboard
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
@@ -58,7 +59,8 @@ def create_app(
         The FastAPI app; OpenAPI docs at ``/docs``.
 
     Raises:
-        SettingsError: no admin API key is configured.
+        SettingsError: no admin API key is configured, or the dashboard's session
+            secret cannot be kept in ``data_dir``.
         BackendError: the backend is unknown or its storage cannot be prepared.
         SigningKeyError: ``trusted_keys_dir`` is set but cannot be read.
     """
@@ -112,6 +114,7 @@ def create_app(
     install_error_handlers(app)
     for module in (health, devices, updates, audit, enrollment):
         app.include_router(module.router, prefix=API_PREFIX)
+    install_dashboard(app, service, api_key=api_key, data_dir=settings.data_dir, clock=now_of)
     app.add_middleware(
         RequestBodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
