@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from fastapi.testclient import TestClient
 from security_helpers import ADMIN, World, bearer, build_world, make_package
+from starlette.routing import Mount
 
 from javia_updates.server import auth
 
@@ -39,6 +41,8 @@ class Row:
     statuses: tuple[int, int, int, int, int, int, int]
     path: Callable[[World], str]
     request: Callable[[World], dict[str, Any]] = field(default=lambda world: {})
+    #: Whether a refusal is ``{"detail": ...}`` JSON (the dashboard's login form answers HTML).
+    json_errors: bool = True
 
     def expected(self) -> dict[str, int]:
         return dict(zip(CREDENTIALS, self.statuses, strict=True))
@@ -49,6 +53,8 @@ PUBLIC = (200,) * 7
 ADMIN_ONLY = (401, 401, 403, 403, 403, 403, 200)
 ADMIN_OR_A = (401, 401, 200, 403, 401, 401, 200)
 A_ONLY = (401, 403, 200, 403, 401, 401, 403)
+#: The dashboard's data and actions open only to its session cookie (docs/dashboard.md).
+SESSION_ONLY = (401,) * 7
 
 
 def a(suffix: str = "") -> Callable[[World], str]:
@@ -135,6 +141,29 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/enrollment-tokens/{token_id}/revoke"): Row(
         ADMIN_ONLY, lambda world: f"/api/v1/enrollment-tokens/{world.enrollment_id}/revoke"
     ),
+    # the dashboard: its page, form and files are public; no API credential opens the rest
+    ("GET", "/dashboard/"): Row(PUBLIC, fixed("/dashboard/")),
+    ("GET", "/dashboard/login"): Row(PUBLIC, fixed("/dashboard/login")),
+    ("GET", "/dashboard/static/{path}"): Row(PUBLIC, fixed("/dashboard/static/app.js")),
+    ("HEAD", "/dashboard/static/{path}"): Row(PUBLIC, fixed("/dashboard/static/app.js")),
+    ("POST", "/dashboard/login"): Row(
+        SESSION_ONLY,
+        fixed("/dashboard/login"),
+        lambda world: {"data": {"api_key": "not-the-key"}},
+        json_errors=False,
+    ),
+    ("POST", "/dashboard/logout"): Row(SESSION_ONLY, fixed("/dashboard/logout")),
+    ("GET", "/dashboard/api/session"): Row(SESSION_ONLY, fixed("/dashboard/api/session")),
+    ("GET", "/dashboard/api/overview"): Row(SESSION_ONLY, fixed("/dashboard/api/overview")),
+    ("GET", "/dashboard/api/updates/{reference}"): Row(
+        SESSION_ONLY, lambda world: f"/dashboard/api/updates/{world.update_id}"
+    ),
+    ("GET", "/dashboard/api/devices/{device_uuid}"): Row(
+        SESSION_ONLY, lambda world: f"/dashboard/api/devices/{world.device_a}"
+    ),
+    ("POST", "/dashboard/api/updates/{reference}/{command}"): Row(
+        SESSION_ONLY, lambda world: f"/dashboard/api/updates/{world.update_id}/pause"
+    ),
 }
 
 
@@ -146,6 +175,15 @@ def iter_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
     fails the test rather than being skipped silently.
     """
     for route in app.routes:
+        if isinstance(route, Mount):
+            if isinstance(route.app, FastAPI):
+                for method, path in iter_routes(route.app):
+                    yield method, route.path + path
+            elif isinstance(route.app, StaticFiles):
+                yield from (("GET", f"{route.path}/{{path}}"), ("HEAD", f"{route.path}/{{path}}"))
+            else:
+                raise AssertionError(f"cannot enumerate mount {route!r}: extend iter_routes")
+            continue
         contexts = getattr(route, "effective_route_contexts", None)
         if contexts is not None:
             for context in contexts():
@@ -179,7 +217,7 @@ def test_authorization_matrix(route: tuple[str, str], client: TestClient) -> Non
         response = client.request(method, row.path(world), headers=headers, **row.request(world))
         if response.status_code != expected:
             mismatches.append(f"{credential}: {response.status_code} (expected {expected})")
-        elif response.status_code >= 400:
+        elif response.status_code >= 400 and row.json_errors:
             body = response.json()
             assert isinstance(body.get("detail"), str) and body["detail"], (credential, body)
     assert not mismatches, f"{method} {row.path(world)}: " + "; ".join(mismatches)
