@@ -91,7 +91,7 @@ def run(
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("uvicorn.error").info(
-        "javia server %s at http://%s:%d (API /api/v1, docs /docs, data %s)",
+        "javia server %s at http://%s:%d (API /api/v1, docs /docs, dashboard /dashboard/, data %s)",
         app.version,
         shown,
         port,
