@@ -45,6 +45,8 @@ BENCHMARKS = [
     # 10,000 devices: about 4 min here (docs/benchmarks.md, "Rollouts").
     ("fleet", "bench_fleet.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 540),
     ("downtime", "bench_downtime.py", [], 180),
+    # Issue 15: the dashboard's polled pages over 2,000 devices (about 1 min).
+    ("dashboard", "bench_dashboard.py", ["--devices", "2000"], 240),
     # Issue 13: a bad release among 10,000 devices halts; a good one does not.
     # About 6 min here: two 10,000-device runs and 20 runs of 100 devices.
     ("rollouts", "bench_rollouts.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 720),

@@ -11,14 +11,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from javia_core.models import DeviceStatus, RolloutOut, UpdateStatus
+from javia_core.models import DeviceStatus, RolloutOut, RolloutState, UpdateStatus
 from javia_core.rollouts import TRANSITIONS, Effect, RolloutEvent
+from javia_updates.backends.base import RolloutRecord
 from javia_updates.service import UpdateService
+from javia_updates.service.views import update_out
 
 __all__ = [
     "DASHBOARD_COMMANDS",
+    "actions_for",
     "device_detail",
     "fleet_overview",
+    "recent_updates",
     "rollout_actions",
     "rollout_detail",
 ]
@@ -49,15 +53,60 @@ def rollout_actions(rollout: RolloutOut | None) -> list[str]:
     """
     if rollout is None:
         return []
+    return actions_for(rollout.state, awaiting_phase_approval=rollout.awaiting_phase_approval)
+
+
+def actions_for(state: RolloutState, *, awaiting_phase_approval: bool) -> list[str]:
+    """:func:`rollout_actions` from a rollout's state and whether its open phase waits."""
     offered = []
     for command in DASHBOARD_COMMANDS:
-        move = TRANSITIONS[(rollout.state, command)]
+        move = TRANSITIONS[(state, command)]
         if move.effect in (Effect.REFUSE, Effect.STAY):
             continue
-        if move.effect is Effect.APPROVE_PHASE and not rollout.awaiting_phase_approval:
+        if move.effect is Effect.APPROVE_PHASE and not awaiting_phase_approval:
             continue
         offered.append(command.value)
     return offered
+
+
+def _rollout_summary(record: RolloutRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "state": record.state.value,
+        "phase": record.phase_index,
+        "phases": list(record.phases),
+        "awaiting_phase_approval": record.awaiting_phase_approval,
+        "halt_reason": record.halt_reason,
+    }
+
+
+def recent_updates(service: UpdateService, *, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The ``limit`` newest updates with per-status counts, rollout state and phase, and actions;
+    and how many updates there are.
+
+    Three queries whatever the fleet's size (the updates, one grouped count of
+    their rows, their rollouts): the overview is polled, so it leaves out the
+    per-phase counts and cohort health of :meth:`UpdateService.get_update`,
+    which read one row per device (the rollout page shows them for one update).
+    """
+    store = service.store
+    page = store.list_updates(limit=limit, offset=0)
+    ids = [update.id for update in page.items]
+    counts = store.status_counts(ids)
+    rollouts = store.list_rollouts(ids)
+    items = []
+    for update in page.items:
+        body = update_out(update, counts.get(update.id, {})).model_dump(mode="json")
+        record = rollouts.get(update.id)
+        body["rollout"] = _rollout_summary(record)
+        body["actions"] = (
+            []
+            if record is None
+            else actions_for(record.state, awaiting_phase_approval=record.awaiting_phase_approval)
+        )
+        items.append(body)
+    return items, page.total
 
 
 def _update_json(service: UpdateService, reference: str | int, now: datetime) -> dict[str, Any]:
@@ -76,9 +125,10 @@ def fleet_overview(
 ) -> dict[str, Any]:
     """The fleet page: counts by derived status, devices per recent version, devices, rollouts.
 
-    Counts are one counting query each (``limit=1``), so the page stays cheap
-    on a large fleet; ``versions`` counts the devices on each of the
-    :data:`OVERVIEW_UPDATES` newest published versions, the rest as ``other``.
+    Counts are one counting query each (``limit=1``), the updates come from
+    :func:`recent_updates`, so the page stays cheap on a large fleet;
+    ``versions`` counts the devices on each of the :data:`OVERVIEW_UPDATES`
+    newest published versions, the rest as ``other``.
 
     Raises:
         InvalidRequestError: ``tag`` is not a valid tag.
@@ -87,19 +137,14 @@ def fleet_overview(
     counts = {"total": total}
     for each in DeviceStatus:
         counts[each.value] = service.list_devices(now=now, status=each, limit=1).total
-    updates = service.list_updates(limit=OVERVIEW_UPDATES, now=now)
+    updates, updates_total = recent_updates(service, limit=OVERVIEW_UPDATES)
     versions: list[dict[str, Any]] = []
     counted = 0
-    for update in updates.items:
-        on_version = service.list_devices(now=now, version=update.version, limit=1).total
-        versions.append({"version": update.version, "devices": on_version})
+    for update in updates:
+        on_version = service.list_devices(now=now, version=update["version"], limit=1).total
+        versions.append({"version": update["version"], "devices": on_version})
         counted += on_version
     devices = service.list_devices(now=now, status=status, tag=tag, limit=OVERVIEW_DEVICES)
-    rollouts = []
-    for update in updates.items:
-        body = update.model_dump(mode="json")
-        body["actions"] = rollout_actions(update.rollout)
-        rollouts.append(body)
     return {
         "server_time": now.isoformat(),
         "counts": counts,
@@ -109,8 +154,8 @@ def fleet_overview(
             "items": [device.model_dump(mode="json") for device in devices.items],
             "total": devices.total,
         },
-        "updates": rollouts,
-        "updates_total": updates.total,
+        "updates": updates,
+        "updates_total": updates_total,
     }
 
 

@@ -3,8 +3,8 @@
 // Every value from the server is put on the page as text (textContent or a
 // text node), never as HTML: device names, versions, tags, error messages and
 // failure output come from devices and must not run. The page polls the JSON
-// endpoints every POLL_MS while it is visible; state-changing requests carry
-// the session's CSRF token in X-CSRF-Token.
+// endpoints every POLL_MS (longer after a slow answer) while it is visible;
+// state-changing requests carry the session's CSRF token in X-CSRF-Token.
 "use strict";
 
 (function () {
@@ -398,8 +398,13 @@
     clearTimeout(timer);
     const view = current;
     const mine = ++generation;
+    const sent = performance.now();
+    let delay = POLL_MS;
     try {
       const data = await request(view.url());
+      // A slow answer (a large fleet, a busy server) spaces the polls out: at most
+      // a tenth of the time is spent waiting for this page's data.
+      delay = Math.max(POLL_MS, 10 * (performance.now() - sent));
       if (mine !== generation || view !== current) return; // a newer view or request answered
       view.show(data);
       setLive(`live · updated ${new Date().toLocaleTimeString()}`, true);
@@ -412,7 +417,7 @@
       }
       setLive(`not updated: ${error.message}`, false);
     }
-    if (mine === generation && !document.hidden) timer = setTimeout(refresh, POLL_MS);
+    if (mine === generation && !document.hidden) timer = setTimeout(refresh, delay);
   }
 
   async function start() {
