@@ -83,6 +83,13 @@ def test_the_json_endpoints_take_the_session_and_never_the_admin_key(
     assert overview["counts"] == {"total": 1, "online": 1, "offline": 0, "updating": 0}
     assert [u["version"] for u in overview["updates"]] == [published]
     assert overview["updates"][0]["actions"] == ["pause", "cancel"]
+    assert overview["updates"][0]["rollout"]["state"] == "active"
+    assert overview["updates"][0]["status_counts"] == {"pending": 1}
+    # The device still runs v1.0.0, which was never published here.
+    assert (overview["versions"], overview["other_versions"]) == (
+        [{"version": published, "devices": 0}],
+        1,
+    )
     # ... and the session opens nothing of the API.
     assert client.get("/api/v1/devices/").status_code == 401
 
