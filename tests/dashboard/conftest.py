@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import pytest
@@ -26,17 +26,11 @@ from dashboard_helpers import (
     HOSTILE_NAME,
     SCREENSHOTS_VARIABLE,
     DashboardFleet,
+    report_unavailable,
 )
 
 from javia_devtools.server_process import SERVER_MODULE_COMMAND, ServerProcess
 from shared_helpers import bearer, build_package
-
-
-def report_unavailable(reason: str) -> NoReturn:
-    """Skip the requesting test, or fail it in CI (``CI=true``), like ``tests/postgres.py``."""
-    if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-        pytest.fail(f"dashboard browser tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(f"dashboard browser tests skipped: {reason}")
 
 
 @pytest.fixture(scope="session")

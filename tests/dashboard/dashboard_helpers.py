@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -48,3 +52,16 @@ class DashboardFleet:
         response.raise_for_status()
         state: str = response.json()["rollout"]["state"]
         return state
+
+
+def report_unavailable(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """Skip the requesting test, or fail it in CI (``CI=true``), like ``tests/postgres.py``.
+
+    Raises:
+        pytest.fail.Exception: ``CI`` is ``true``/``1``/``yes`` (any case).
+        pytest.skip.Exception: otherwise.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
+        pytest.fail(f"dashboard browser tests cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(f"dashboard browser tests skipped: {reason}")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dashboard_helpers import report_unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,3 +85,10 @@ def test_a_damaged_secret_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / SECRET_FILE_NAME).write_text("not hex\n")
     with pytest.raises(ValueError, match="does not hold a hex secret: delete it"):
         load_or_create_secret(tmp_path)
+
+
+def test_without_chromium_the_browser_tests_skip_but_fail_in_ci() -> None:
+    with pytest.raises(pytest.skip.Exception, match="dashboard browser tests skipped: no chromium"):
+        report_unavailable("no chromium", {})
+    with pytest.raises(pytest.fail.Exception, match="cannot run in CI: no chromium"):
+        report_unavailable("no chromium", {"CI": "True"})
