@@ -135,6 +135,15 @@ class DeviceStore(SQLStoreBase):
             ).scalar_one_or_none()
         return held is not None
 
+    def confirm_device(self, device_id: int, token_hash: str) -> tuple[int, int] | None:
+        """The device's rows mark if it still holds the token, else None: one indexed query."""
+        with self._read() as connection:
+            row = connection.execute(
+                self._hot_statements()["confirm_device"],
+                {"device_id": device_id, "token_hash": token_hash},
+            ).one_or_none()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def _has_tag(self, tag: str) -> Any:
         """The condition "the device carries ``tag``" (JSONB containment, or SQLite's json_each)."""
         d = self.tables.devices
