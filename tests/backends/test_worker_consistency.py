@@ -10,14 +10,17 @@ sum of the device's row revisions) can make B see what A wrote.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from javia_core.models import DeviceStatus
+from javia_updates.backends.records import HeartbeatWrite
 from javia_updates.server import create_app
 from shared_helpers import Clock, bearer
 
@@ -109,3 +112,24 @@ def test_a_token_revoked_through_worker_a_is_refused_by_worker_b_at_once(two_wor
     assert a.post(f"/api/v1/devices/{uid}/revoke", headers=ADMIN).status_code == 200
     answer = b.post(f"/api/v1/devices/{uid}/heartbeat", json={}, headers=bearer(token))
     assert answer.status_code == 401
+
+
+def test_a_later_heartbeat_flushed_first_by_one_worker_is_not_undone_by_another(two_workers):
+    """Each worker flushes its own batch of soft state; the order of flushes is not the heartbeats'."""
+    a, b = two_workers
+    uid, _token = _registered(a)
+    store = a.app.state.service.store
+    device = store.get_device(uuid.UUID(uid))
+    earlier = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+    later = earlier + timedelta(seconds=30)
+    online = DeviceStatus.ONLINE
+    b.app.state.service.store.record_heartbeats(  # worker B flushes the later heartbeat first
+        [HeartbeatWrite(device.id, later, "v1.1.0", online, {"beat": 2})]
+    )
+    store.record_heartbeats([HeartbeatWrite(device.id, earlier, "v1.0.0", online, {"beat": 1})])
+    stored = store.get_device(uuid.UUID(uid))
+    assert (stored.last_seen, stored.current_version, stored.metadata) == (
+        later,
+        "v1.1.0",
+        {"beat": 2},
+    )

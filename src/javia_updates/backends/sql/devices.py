@@ -376,6 +376,10 @@ class DeviceStore(SQLStoreBase):
 
         ``current_version`` is kept where the row changed after the heartbeat
         (``updated_at`` later than its ``now``: a completed update raised it).
+        A heartbeat older than the device's stored ``last_seen`` is skipped:
+        server processes flush their batches independently, so a device's
+        later heartbeat, answered by another worker or replica, may be
+        written first.
 
         One bad write never costs the others theirs: if the batch fails for
         any reason other than the database being unreachable or busy, it is
@@ -423,7 +427,11 @@ class DeviceStore(SQLStoreBase):
         at = bindparam("heartbeat_at", type_=UTCDateTime())
         statement = (
             d.update()
-            .where(d.c.id == bindparam("device_id"))
+            # A heartbeat older than the stored one is not written: another
+            # worker or replica may flush a later heartbeat of the device first.
+            .where(
+                d.c.id == bindparam("device_id"), or_(d.c.last_seen.is_(None), d.c.last_seen <= at)
+            )
             .values(
                 last_seen=at,
                 status=bindparam("reported_status", type_=String()),
