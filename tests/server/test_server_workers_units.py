@@ -1,7 +1,11 @@
-"""The pieces of ``javia server --workers`` that need no server: settings, flags, cache, lock."""
+"""The pieces of ``javia server --workers`` that need no server: settings, flags, cache, lock,
+the simulator's reading of a server's processes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +16,13 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from javia_cli.main import app as javia_app
+from javia_devtools.simulation_report import (
+    process_cpu_seconds,
+    process_rss_bytes,
+    process_tree,
+    process_tree_cpu_seconds,
+    process_tree_rss_bytes,
+)
 from javia_updates.backends.cache import DeviceCache
 from javia_updates.backends.sql.write_lock import SQLiteWriteLock
 from javia_updates.server.__main__ import main as server_module_main
@@ -82,3 +93,16 @@ def test_the_sqlite_writer_lock_holds_across_open_files(tmp_path: Path) -> None:
     second.close()
     with SQLiteWriteLock(None):  # an in-memory database: a thread lock only
         pass
+
+
+def test_the_simulator_counts_the_cpu_of_a_server_and_its_workers() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in process_tree(os.getpid())
+        own = process_cpu_seconds(os.getpid())
+        total = process_tree_cpu_seconds(os.getpid())
+        assert own is not None and total is not None and total >= own
+        assert (process_tree_rss_bytes(os.getpid()) or 0) > (process_rss_bytes(os.getpid()) or 0)
+    finally:
+        child.kill()
+        child.wait()
