@@ -10,10 +10,13 @@ request is the next device's heartbeat, with its own token), against:
   devices, so every answer carries an install directive.
 
 Target (issue 7): javia ≥ 0.5 × the reference, p99 < 50 ms (measured at that
-target rate, with devices pausing between heartbeats). Load comes from
+target rate, with devices pausing between heartbeats). With the device cache
+off (every heartbeat reads the database, as with a 5-minute heartbeat) the
+server runs once as one process and once with ``--workers N`` (issue 14:
+target ≥ 0.5 × the reference). Load comes from
 ``wrk`` (Debian package ``wrk``), or the httpx fallback if it is missing.
 
-Run alone: ``python bench/bench_heartbeat.py [--runs 3] [--seconds 10]``.
+Run alone: ``python bench/bench_heartbeat.py [--runs 3] [--seconds 10] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 from benchlib import BenchResult, Row, summarize
 from javia_devtools.demo import example_app_dir
+from javia_updates.settings import available_cores
 
 DEVICES = 200
 CONNECTIONS = 200
@@ -89,13 +93,14 @@ def _values(runs: list[benchlib.LoadResult]) -> dict:
     }
 
 
-def cold_runs(root: Path, runs: int, seconds: float) -> list[benchlib.LoadResult]:
+def cold_runs(root: Path, runs: int, seconds: float, workers: int = 1) -> list[benchlib.LoadResult]:
     """Saturated runs against a server with its device caches off (JAVIA_DEVICE_CACHE_SECONDS=0).
 
     With a 5-minute heartbeat a device is rarely still in the cache (30 s) when it
-    comes back, so this is the rate that sizes a real fleet.
+    comes back, so this is the rate that sizes a real fleet. ``workers``: the
+    server's processes (``javia server --workers``).
     """
-    env = {**SERVER_ENV, "JAVIA_DEVICE_CACHE_SECONDS": "0"}
+    env = {**SERVER_ENV, "JAVIA_DEVICE_CACHE_SECONDS": "0", "JAVIA_WORKERS": str(workers)}
     with benchlib.javia_server(root, env=env) as fleet:
         requests = registered_and_warm(fleet.url, fleet.api_key)
         return [load(fleet.url, requests, seconds) for _ in range(runs)]
@@ -103,7 +108,16 @@ def cold_runs(root: Path, runs: int, seconds: float) -> list[benchlib.LoadResult
 
 def main() -> None:
     """Measure, print the table, write JSON if asked."""
-    args = benchlib.main_arguments(__doc__.splitlines()[0])
+
+    def extra(parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=max(2, available_cores()),
+            help="server processes of the cold run with workers (1: skip it)",
+        )
+
+    args = benchlib.main_arguments(__doc__.splitlines()[0], extra)
     started = time.perf_counter()
     result = BenchResult(
         name="heartbeat",
@@ -154,6 +168,11 @@ def main() -> None:
         finally:
             benchlib.stop_process(reference)
         cold = cold_runs(root / "cold", args.runs, args.seconds)
+        cold_workers = (
+            cold_runs(root / "cold-workers", args.runs, args.seconds, args.workers)
+            if args.workers > 1
+            else []
+        )
 
     generator = saturated["reference"][0].generator
     reference_rps = summarize([run.requests_per_second for run in saturated["reference"]])
@@ -211,6 +230,22 @@ def main() -> None:
             values={"saturated": _values(cold)},
         )
     )
+    if cold_workers:
+        rps = summarize([run.requests_per_second for run in cold_workers])
+        errors = sum(run.errors for run in cold_workers)
+        ratio = rps.median / reference_rps.median
+        result.rows.append(
+            Row(
+                f"javia heartbeats/s, caches off, {args.workers} workers "
+                "(javia server --workers; the reference is one process)",
+                rps.show(0, "/s") + (f"; {errors} errors" if errors else ""),
+                reference=reference_rps.show(0, "/s"),
+                ratio=f"{ratio:.2f} ×",
+                target="≥ 0.5 × reference",
+                met=ratio >= 0.5 and errors == 0,
+                values={"saturated": _values(cold_workers), "workers": args.workers},
+            )
+        )
     result.notes.append(
         f"load generator: {generator}, {CONNECTIONS} connections (one device after the other, each "
         f"with its own token); throughput: saturated closed loop, {args.seconds:g} s per run; "

@@ -345,9 +345,26 @@ def javia_server(
     fleet.generate_key()
     try:
         fleet.start_server(extra_env=env, timeout=60)
+        wait_for_workers(root / "server.log", int((env or {}).get("JAVIA_WORKERS", "1")))
         yield fleet
     finally:
         fleet.stop()
+
+
+def wait_for_workers(log: Path, workers: int, timeout: float = 180.0) -> None:
+    """Wait until every one of ``workers`` server processes has started (its log line).
+
+    The health check answers as soon as the first worker serves; on a busy
+    machine the others may take many seconds more, and a measurement taken
+    meanwhile would be of fewer workers.
+    """
+    if workers <= 1:
+        return
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("Application startup complete") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} server workers did not all start within {timeout} s")
+        time.sleep(0.2)
 
 
 def start_process(

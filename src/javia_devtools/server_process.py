@@ -78,7 +78,8 @@ class ServerProcess:
         log_path: where stdout and stderr go (appended; default
             ``<data_dir>/../server.log``).
         port: TCP port on 127.0.0.1 (default: a free one).
-        env: more environment variables for the server (``JAVIA_*`` settings).
+        env: more environment variables for the server (``JAVIA_*`` settings);
+            ``JAVIA_WORKERS`` is 1 unless given here (``javia server --workers``).
         command: argv that starts the server, before ``--host``, ``--port``
             and ``--data-dir`` (default ``javia server``).
         config_path: the settings file it reads (default: one that does not
@@ -111,6 +112,7 @@ class ServerProcess:
         env["JAVIA_API_KEY"] = self.api_key
         config = self.config_path or self.data_dir.parent / "no-server-config.toml"
         env["JAVIA_CONFIG"] = str(config)
+        env["JAVIA_WORKERS"] = "1"  # one process unless ``env`` asks for workers
         env.update(self.env)
         return env
 

@@ -70,6 +70,8 @@ from javia_devtools.simulation_report import (
     percentiles,
     process_cpu_seconds,
     process_rss_bytes,
+    process_tree_cpu_seconds,
+    process_tree_rss_bytes,
 )
 
 __all__ = [
@@ -143,6 +145,9 @@ class SimulationConfig:
             finish; a device offered the update after the halt would show),
             then the run ends. None: 1.1 heartbeat intervals + 2 s, so every
             device heartbeats at least once after the halt.
+        server_workers: the server's worker processes (``javia server
+            --workers``, 1 to 256); its CPU and memory are then the sum over
+            the supervisor and its workers.
     """
 
     devices: int
@@ -159,6 +164,7 @@ class SimulationConfig:
     crash_after_seconds: float | None = None
     rollout: Mapping[str, str] | None = None
     after_halt_seconds: float | None = None
+    server_workers: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.devices <= MAX_DEVICES:
@@ -172,6 +178,10 @@ class SimulationConfig:
             raise SimulationError(
                 f"heartbeat_seconds is {self.heartbeat_seconds}: expected a number of seconds "
                 f"above 0 and at most {MAX_HEARTBEAT_SECONDS}"
+            )
+        if not 1 <= self.server_workers <= 256:
+            raise SimulationError(
+                f"server_workers is {self.server_workers}: expected 1 to 256 server processes"
             )
         if self.connections < 1 or self.register_concurrency < 1:
             raise SimulationError("connections and register_concurrency must be at least 1")
@@ -364,6 +374,7 @@ def run_simulation(
     with _terminate_as_interrupt(), _scratch(config.work_dir) as root:
         fleet = LocalFleet(root / "fleet", heartbeat_seconds=config.heartbeat_seconds)
         extra_env = {"JAVIA_DATABASE_URL": config.database_url} if config.database_url else {}
+        extra_env["JAVIA_WORKERS"] = str(config.server_workers)
         try:
             try:
                 say(f"starting javia server on {fleet.url}")
@@ -453,7 +464,7 @@ async def _simulate(
                 ) from None
 
             say(f"publishing instant update {UPDATE_VERSION}")
-            cpu_before = process_cpu_seconds(server_pid)
+            cpu_before = process_tree_cpu_seconds(server_pid)
             own_cpu_before = time.process_time()
             started = time.perf_counter()
 
@@ -490,7 +501,7 @@ async def _simulate(
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
             ended = time.perf_counter()
-            cpu_after = process_cpu_seconds(server_pid)
+            cpu_after = process_tree_cpu_seconds(server_pid)
             own_cpu_seconds = time.process_time() - own_cpu_before
         finally:
             for task in tasks:
@@ -525,7 +536,7 @@ async def _simulate(
         server_cpu_percent=(
             round(100 * cpu_seconds / span, 1) if cpu_seconds is not None and span > 0 else None
         ),
-        server_rss_bytes=process_rss_bytes(server_pid),
+        server_rss_bytes=process_tree_rss_bytes(server_pid),
         wall_seconds=0.0,
         simulator_cpu_seconds=round(own_cpu_seconds, 3),
         started=sum(device.started_at is not None for device in devices),

@@ -147,6 +147,51 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux ``/proc``; empty without it)."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
+                children.extend(int(child) for child in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a server's worker processes), from ``/proc``."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(_children(current))
+    return found
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its live descendants (``javia server --workers``); None: gone.
+
+    Workers that died and were replaced during the run are not counted.
+    """
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(process_cpu_seconds(child) or 0.0 for child in process_tree(pid)[1:])
+
+
+def process_tree_rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` and its live descendants, in bytes (shared pages counted twice)."""
+    own = process_rss_bytes(pid)
+    if own is None:
+        return None
+    return own + sum(process_rss_bytes(child) or 0 for child in process_tree(pid)[1:])
+
+
 def process_rss_bytes(pid: int) -> int | None:
     """Resident set size of process ``pid`` in bytes (``VmRSS``), or None without ``/proc``."""
     try:

@@ -34,6 +34,7 @@ __all__ = [
     "MIN_API_KEY_LENGTH",
     "ServerSettings",
     "SettingsError",
+    "available_cores",
     "config_path",
     "load_server_settings",
 ]
@@ -47,6 +48,14 @@ MIN_API_KEY_LENGTH = 16
 
 class SettingsError(JaviaError):
     """The server's settings are incomplete or inconsistent (e.g. no admin API key)."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
 
 
 def config_path() -> Path:
@@ -111,6 +120,11 @@ class ServerSettings(EnvOverTomlSettings):
         rollout_evaluation_seconds: how often the server evaluates running
             rollouts for soaks, silent devices and phase gates, in seconds
             (status reports and regressions evaluate at once as well).
+        workers: server processes (``javia server --workers``, ``JAVIA_WORKERS``)
+            sharing the listening socket, 1 to 256; None: one per CPU core this
+            process may run on (:meth:`resolved_workers`). Each keeps its own
+            caches; docs/architecture.md ("Processes") says what stays
+            consistent across them.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -132,6 +146,7 @@ class ServerSettings(EnvOverTomlSettings):
     trusted_keys_dir: Path | None = None
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
+    workers: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("approval_required")
     @classmethod
@@ -157,6 +172,10 @@ class ServerSettings(EnvOverTomlSettings):
     def toml_config_path(cls) -> Path:
         """The server's settings file, :func:`config_path`."""
         return config_path()
+
+    def resolved_workers(self) -> int:
+        """Server processes to run: :attr:`workers`, or the CPU cores this process may use."""
+        return self.workers if self.workers is not None else available_cores()
 
     def resolved_database_url(self) -> str:
         """The database URL: ``database_url``, or the SQLite file in ``data_dir``."""

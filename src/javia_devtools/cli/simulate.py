@@ -53,6 +53,13 @@ def simulate(
         "--crash-after-seconds",
         help="The app crashes this many seconds after a completed install (heartbeats report restarts).",
     ),
+    server_workers: int = typer.Option(
+        1,
+        "--server-workers",
+        min=1,
+        max=256,
+        help="The server's worker processes (javia server --workers).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Simulate N devices over real HTTP: heartbeat, install an instant update, report.
@@ -78,6 +85,7 @@ def simulate(
             payload_bytes=payload_bytes,
             timeout_seconds=timeout_seconds,
             database_url=database_url,
+            server_workers=server_workers,
             work_dir=work_dir,
             fail_rate=fail_rate,
             fail_all=fail_all,

@@ -9,14 +9,18 @@ Consistency: every write this server process makes through
 :class:`~javia_updates.service.UpdateService` updates or drops the affected
 entries at once (a token rotated or revoked, a status report, a publish, a
 reconciliation), so one server never answers from stale data. Writes made
-elsewhere — another server replica on the same PostgreSQL database, or a
-script on the database — are seen after at most ``ttl_seconds`` (the
+elsewhere — another worker process of ``javia server --workers``, another
+server replica on the same PostgreSQL database, or a script on the
+database — are seen after at most ``ttl_seconds`` (the
 ``device_cache_seconds`` setting; 0 turns the device cache off); the ids
-of the published updates are checked at least every second. Device tokens
-are the exception: on a database other replicas write too, the service
-confirms a cached device's token with the database at every request
-(:meth:`~javia_updates.service.UpdateService.authenticate_device`), so a
-revocation or rotation made through any replica holds at once everywhere.
+of the published updates are checked at least every second. Two things are
+the exception: on a database other processes write too, the service
+confirms a cached device with the database at every request
+(:meth:`~javia_updates.backends.store.Store.confirm_device`, one indexed
+query): its token, so a revocation or rotation made through any process
+holds at once everywhere, and the count and sum of its update rows'
+revisions, so rows another process changed (a status report, a cancel) are
+reloaded before they are used (:meth:`DeviceCache.confirm_rows`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ class _Entry:
     # Changes whenever the rows are dropped, so rows read before a write
     # cannot be stored after it (see DeviceCache.rows_epoch).
     epoch: int = 0
+    # The database's (rows, revisions) of the device when last confirmed
+    # (DeviceCache.confirm_rows); None: never confirmed.
+    rows_mark: tuple[int, int] | None = None
 
 
 class DeviceCache:
@@ -167,6 +174,21 @@ class DeviceCache:
             if entry is not None and entry.epoch == epoch:
                 entry.rows = rows
                 entry.rows_generation = generation
+
+    def confirm_rows(self, device_id: int, mark: tuple[int, int]) -> None:
+        """The database says the device's rows stand at ``mark`` (``Store.confirm_device``).
+
+        If the cached rows were confirmed under another mark (another process
+        wrote them since, or this one did), they are dropped, and rows read
+        before this call can no longer be stored; rows read after it are at
+        least as new as ``mark``.
+        """
+        with self._lock:
+            entry = self._by_id.get(device_id)
+            if entry is not None and entry.rows_mark != mark:
+                entry.rows = None
+                entry.epoch = next(_epochs)
+                entry.rows_mark = mark
 
     def raise_version(self, device_id: int, version: str, now: datetime) -> None:
         """A completed update raised the device's version (the store's rule, :func:`raises_version`)."""

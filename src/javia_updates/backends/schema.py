@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -236,6 +237,16 @@ def build_tables(schema: str | None = None) -> Tables:
         # the status stays completed, docs/rollouts.md).
         Column("regressed_at", UTCDateTime(), nullable=True),
         Column("regression_reason", Text(), nullable=True),
+        # Raised by every UPDATE of the row (revision 0009): other server
+        # processes compare a device's count and sum of these with what they
+        # cached (docs/architecture.md, "Processes").
+        Column(
+            "row_revision",
+            Integer(),
+            nullable=False,
+            server_default=text("1"),
+            onupdate=literal_column("row_revision") + 1,
+        ),
         UniqueConstraint("device_id", "update_id"),
         CheckConstraint(_in("status", UpdateStatus), name="status"),
         CheckConstraint(_in("install_type", UpdateType), name="install_type"),

@@ -112,6 +112,20 @@ class Store(Protocol):
         primary-key lookup, one boolean back.
         """
 
+    def confirm_device(self, device_id: int, token_hash: str) -> tuple[int, int] | None:
+        """Whether device ``device_id`` still holds the token, and where its update rows stand.
+
+        Returns:
+            None once the token was revoked or rotated (by any server);
+            otherwise ``(rows, revisions)``: how many ``device_updates`` rows the
+            device has and the sum of their ``row_revision`` (1 at creation,
+            raised by every update of the row). Any write to the device's rows,
+            through any server process, changes the pair, so a process that
+            cached the rows under another pair reloads them. One indexed
+            query, made by the heartbeat path of a shared database
+            (``exclusive`` False) instead of :meth:`token_is_current`.
+        """
+
     def replace_device_token(
         self,
         device_uuid: uuid.UUID,

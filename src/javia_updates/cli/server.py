@@ -15,6 +15,13 @@ def serve(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Database and packages (default ./javia-data, or JAVIA_DATA_DIR)."
     ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=256,
+        help="Server processes sharing the port (default: one per CPU core, or JAVIA_WORKERS).",
+    ),
 ) -> None:
     """Run the update server. The admin key comes from JAVIA_API_KEY or the settings file."""
     try:
@@ -25,6 +32,8 @@ def serve(
             f"the server needs the server extra: pip install 'javia[server]' ({error.name} missing)"
         )
     with friendly_errors():
-        overrides = {"data_dir": data_dir} if data_dir is not None else {}
+        overrides: dict[str, object] = {"data_dir": data_dir} if data_dir is not None else {}
+        if workers is not None:
+            overrides["workers"] = workers
         settings = load_server_settings(**overrides)
         run(settings, host=host, port=port)

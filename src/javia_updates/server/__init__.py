@@ -70,8 +70,11 @@ def run(
 ) -> None:
     """Serve the API with uvicorn until interrupted.
 
-    Builds the app first (so a missing API key or an unusable database stops
-    the start with one clear error), then logs one line with the URL.
+    ``settings.workers`` (default: one per CPU core, :meth:`ServerSettings.resolved_workers`)
+    processes serve; with more than one, :func:`javia_updates.server.workers.run_workers`
+    supervises them. Builds the app (or, with workers, prepares the backend)
+    first, so a missing API key or an unusable database stops the start with
+    one clear error, then logs one line with the URL.
 
     Args:
         settings: server settings.
@@ -81,20 +84,31 @@ def run(
 
     Raises:
         SettingsError: no admin API key is configured, or the port is in use.
-        BackendError: storage cannot be opened or migrated.
+        BackendError: storage cannot be opened or migrated, or a worker failed to start.
     """
     import uvicorn
 
     check_port_free(host, port)
+    workers = settings.resolved_workers()
+    shown = f"[{host}]" if ":" in host else host
+    line = "javia server %s at http://%s:%d (API /api/v1, docs /docs, dashboard /dashboard/, data %s, %d worker%s)"
+    arguments = (shown, port, settings.data_dir.absolute(), workers, "" if workers == 1 else "s")
+    if workers > 1:
+        from javia_updates import __version__
+        from javia_updates.server.workers import run_workers
+
+        settings.require_api_key()
+        run_workers(
+            settings,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            banner=line % (__version__, *arguments),
+        )
+        return
     app = create_app(settings)
     warn_if_signatures_unchecked(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
-    shown = f"[{host}]" if ":" in host else host
-    logging.getLogger("uvicorn.error").info(
-        "javia server %s at http://%s:%d (API /api/v1, docs /docs, dashboard /dashboard/, data %s)",
-        app.version,
-        shown,
-        port,
-        settings.data_dir.absolute(),
-    )
+    logging.getLogger("uvicorn.error").info(line, app.version, *arguments)
     uvicorn.Server(config).run()

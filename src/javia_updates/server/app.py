@@ -46,6 +46,8 @@ def create_app(
     *,
     clock: Callable[[], datetime] | None = None,
     backend: Backend | None = None,
+    prepare: bool = True,
+    shared_database: bool = False,
 ) -> FastAPI:
     """Build the server application.
 
@@ -53,7 +55,14 @@ def create_app(
         settings: server settings; ``api_key`` must be set.
         clock: returns the current aware UTC time; tests inject a fixed one.
         backend: an already built backend (default: the one named in settings);
-            it is prepared (directories, migrations) here either way.
+            it is prepared (directories, migrations) here unless ``prepare`` is
+            False.
+        prepare: False when the caller prepared the backend already (the
+            supervisor of ``--workers``, :mod:`javia_updates.server.workers`).
+        shared_database: other processes of this server (its workers) write
+            the same database: every cached device is confirmed with it at
+            each request, as on a database shared by replicas
+            (``store.exclusive`` False, docs/architecture.md "Processes").
 
     Returns:
         The FastAPI app; OpenAPI docs at ``/docs``.
@@ -66,7 +75,10 @@ def create_app(
     """
     api_key = settings.require_api_key()
     backend = backend if backend is not None else create_backend(settings)
-    backend.prepare()
+    if prepare:
+        backend.prepare()
+    if shared_database:
+        backend.store.exclusive = False
     service = UpdateService(backend, settings)
 
     now_of = clock or utc_now

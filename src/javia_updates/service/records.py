@@ -109,21 +109,23 @@ class FleetRecords:
     def device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device whose token hashes to ``token_hash``: from the cache when possible.
 
-        On a database that other replicas write too (``store.exclusive``
-        False), a cached device is confirmed with one primary-key query
-        (:meth:`~javia_updates.backends.base.Store.token_is_current`).
+        On a database that other processes write too (``store.exclusive``
+        False: replicas, or workers of one server), a cached device is
+        confirmed with one indexed query
+        (:meth:`~javia_updates.backends.base.Store.confirm_device`): its
+        token, and whether its cached update rows are still the database's.
 
         Raises:
             BackendError: the database cannot be read.
         """
         device = self.cache.device(token_hash)
-        if (
-            device is not None
-            and not self.store.exclusive
-            and not self.store.token_is_current(device.id, token_hash)
-        ):
-            self.cache.forget(device.id)
-            device = None
+        if device is not None and not self.store.exclusive:
+            mark = self.store.confirm_device(device.id, token_hash)
+            if mark is None:
+                self.cache.forget(device.id)
+                device = None
+            else:
+                self.cache.confirm_rows(device.id, mark)
         if device is None:
             device = self.store.find_device_by_token_hash(token_hash)
             if device is not None:

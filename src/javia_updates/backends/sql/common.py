@@ -17,7 +17,6 @@ aggregates (:mod:`~javia_updates.backends.sql.devices`,
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -38,6 +37,7 @@ from javia_updates.backends.records import (
 )
 from javia_updates.backends.schema import Tables, UTCDateTime, build_tables, default_schema
 from javia_updates.backends.sql.engine import is_sqlite, short_message
+from javia_updates.backends.sql.write_lock import SQLiteWriteLock, sqlite_file
 from javia_updates.backends.sql.writer import Writer, writer_for
 
 __all__ = ["SQLStoreBase", "Statements"]
@@ -112,11 +112,12 @@ class SQLStoreBase:
             self.tables, self._device_columns(), self._device_update_select()
         )
         self._hot: dict[str, Any] | None = None
-        # SQLite has one writer at a time. Threads of this process queue here
-        # instead of in SQLite's busy handler, which sleeps up to 100 ms per
-        # retry even when the lock is free again after a millisecond.
-        self._write_lock: threading.Lock | nullcontext[None] = (
-            threading.Lock() if is_sqlite(engine) else nullcontext()
+        # SQLite has one writer at a time. Threads of this process, and other
+        # processes on the same file (server workers), queue here instead of
+        # in SQLite's busy handler, which sleeps up to 100 ms per retry even
+        # when the lock is free again after a millisecond (write_lock module).
+        self._write_lock: SQLiteWriteLock | nullcontext[None] = (
+            SQLiteWriteLock(sqlite_file(engine)) if is_sqlite(engine) else nullcontext()
         )
         # The shared writes' path, chosen once: group commit on SQLite, one
         # transaction per unit of work on PostgreSQL (see the writer module).
@@ -126,6 +127,8 @@ class SQLStoreBase:
         """Commit what the writer holds, stop its thread, close every pooled connection."""
         self._writer.close()
         self.engine.dispose()
+        if isinstance(self._write_lock, SQLiteWriteLock):
+            self._write_lock.close()
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -221,6 +224,15 @@ class SQLStoreBase:
                 "token_is_current": select(literal(1)).where(
                     d.c.id == bindparam("device_id"), d.c.token_hash == bindparam("token_hash")
                 ),
+                # The token check of a cached device, with the count and sum of
+                # its rows' revisions (schema, revision 0009): no row back when
+                # the token is no longer the device's.
+                "confirm_device": select(
+                    func.count(du.c.id), func.coalesce(func.sum(du.c.row_revision), 0)
+                )
+                .select_from(d.outerjoin(du, du.c.device_id == d.c.id))
+                .where(d.c.id == bindparam("device_id"), d.c.token_hash == bindparam("token_hash"))
+                .group_by(d.c.id),
                 "rows_of_device": self._device_update_select()
                 .where(du.c.device_id == bindparam("device_id"))
                 .order_by(*self._version_order(), du.c.device_id),

@@ -135,6 +135,15 @@ class DeviceStore(SQLStoreBase):
             ).scalar_one_or_none()
         return held is not None
 
+    def confirm_device(self, device_id: int, token_hash: str) -> tuple[int, int] | None:
+        """The device's rows mark if it still holds the token, else None: one indexed query."""
+        with self._read() as connection:
+            row = connection.execute(
+                self._hot_statements()["confirm_device"],
+                {"device_id": device_id, "token_hash": token_hash},
+            ).one_or_none()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def _has_tag(self, tag: str) -> Any:
         """The condition "the device carries ``tag``" (JSONB containment, or SQLite's json_each)."""
         d = self.tables.devices
@@ -367,6 +376,10 @@ class DeviceStore(SQLStoreBase):
 
         ``current_version`` is kept where the row changed after the heartbeat
         (``updated_at`` later than its ``now``: a completed update raised it).
+        A heartbeat older than the device's stored ``last_seen`` is skipped:
+        server processes flush their batches independently, so a device's
+        later heartbeat, answered by another worker or replica, may be
+        written first.
 
         One bad write never costs the others theirs: if the batch fails for
         any reason other than the database being unreachable or busy, it is
@@ -414,7 +427,11 @@ class DeviceStore(SQLStoreBase):
         at = bindparam("heartbeat_at", type_=UTCDateTime())
         statement = (
             d.update()
-            .where(d.c.id == bindparam("device_id"))
+            # A heartbeat older than the stored one is not written: another
+            # worker or replica may flush a later heartbeat of the device first.
+            .where(
+                d.c.id == bindparam("device_id"), or_(d.c.last_seen.is_(None), d.c.last_seen <= at)
+            )
             .values(
                 last_seen=at,
                 status=bindparam("reported_status", type_=String()),
