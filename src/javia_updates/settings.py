@@ -111,6 +111,10 @@ class ServerSettings(EnvOverTomlSettings):
         rollout_evaluation_seconds: how often the server evaluates running
             rollouts for soaks, silent devices and phase gates, in seconds
             (status reports and regressions evaluate at once as well).
+        metrics_token: a read-only bearer token for ``GET /metrics``
+            (``JAVIA_METRICS_TOKEN``; the admin key works too), so a Prometheus
+            server need not hold the admin key (docs/metrics.md). None: only
+            the admin key reads metrics.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -132,6 +136,7 @@ class ServerSettings(EnvOverTomlSettings):
     trusted_keys_dir: Path | None = None
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
+    metrics_token: SecretStr | None = None
 
     @field_validator("approval_required")
     @classmethod

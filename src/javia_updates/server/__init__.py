@@ -9,6 +9,7 @@ import errno
 import logging
 import socket
 
+from javia_updates.metrics import prepare_metrics_directory
 from javia_updates.server.app import create_app
 from javia_updates.settings import ServerSettings, SettingsError
 
@@ -86,6 +87,9 @@ def run(
     import uvicorn
 
     check_port_free(host, port)
+    # Before the app (and any worker) creates a metric: counts from every
+    # worker process add up in this server start's own directory.
+    prepare_metrics_directory()
     app = create_app(settings)
     warn_if_signatures_unchecked(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)

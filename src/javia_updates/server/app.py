@@ -26,6 +26,8 @@ from javia_updates.backends import Backend, create_backend
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
+from javia_updates.server.metrics import RequestMetrics
+from javia_updates.server.metrics import router as metrics_router
 from javia_updates.server.routes import audit, devices, enrollment, health, updates
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
@@ -125,4 +127,6 @@ def create_app(
         clock=app.state.clock,
         max_body_bytes=settings.max_request_body_bytes,
     )
+    app.include_router(metrics_router)  # GET /metrics, outside the API prefix (docs/metrics.md)
+    app.add_middleware(RequestMetrics)  # outermost: times the fast path's heartbeats too
     return app

@@ -1,0 +1,77 @@
+"""A real server process and a few devices over HTTP, for the metrics and webhook tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.shared_helpers import bearer, build_package
+
+from javia_devtools.server_process import ServerProcess
+
+API_KEY = "observability-admin-key-0123456789"
+
+
+def server_for(tmp_path: Path, **env: str) -> ServerProcess:
+    """A ``javia server`` (not started: ``with`` starts it) with its data in ``tmp_path`` and ``env``."""
+    server = ServerProcess(
+        tmp_path / "data",
+        API_KEY,
+        log_path=tmp_path / "server.log",
+        config_path=tmp_path / "absent.toml",
+        env=env,
+    )
+    return server
+
+
+class Operator:
+    """The admin's HTTP calls against one server."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=10)
+
+    def register(self, name: str) -> tuple[str, str]:
+        """Register a device: ``(uuid, token)``."""
+        body = self.http.post("/api/v1/devices/register", json={"device_name": name}).json()
+        return body["device_uuid"], body["device_token"]
+
+    def publish(
+        self, signing_key: Ed25519PrivateKey, version: str, update_type: str = "instant"
+    ) -> dict[str, Any]:
+        """Publish a small signed package to every device; the update's JSON."""
+        package = build_package(version, update_type, signing_key=signing_key)
+        response = self.http.post("/api/v1/updates/", files=package.files())
+        assert response.status_code == 201, response.text
+        answer: dict[str, Any] = response.json()
+        answer["payload_size"] = len(package.payload)
+        return answer
+
+
+class Device:
+    """One registered device's HTTP calls."""
+
+    def __init__(self, url: str, uuid: str, token: str) -> None:
+        self.uuid = uuid
+        self.http = httpx.Client(base_url=url, headers=bearer(token), timeout=10)
+
+    def heartbeat(self, version: str | None = None) -> dict[str, Any]:
+        response = self.http.post(
+            f"/api/v1/devices/{self.uuid}/heartbeat", json={"current_version": version}
+        )
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def report(self, update_id: int, status: str, error: str | None = None) -> None:
+        response = self.http.post(
+            f"/api/v1/devices/{self.uuid}/updates/{update_id}/status",
+            json={"status": status, "error_message": error},
+        )
+        assert response.status_code == 200, response.text
+
+    def download(self, update_id: int) -> bytes:
+        response = self.http.get(f"/api/v1/updates/{update_id}/download")
+        assert response.status_code == 200, response.text
+        return response.content

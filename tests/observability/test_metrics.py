@@ -1,0 +1,87 @@
+"""``GET /metrics`` of a real server process, parsed with Prometheus's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
+from tests.observability.helpers import API_KEY, Device, Operator, server_for
+
+METRICS_TOKEN = "read-only-metrics-token-0123456789"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition: ``(name, labels) -> value``."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(parsed: dict, name: str, **labels: str) -> float:
+    return parsed.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_count_heartbeats_reports_downloads_and_the_fleet(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    server = server_for(
+        tmp_path, JAVIA_METRICS_TOKEN=METRICS_TOKEN, JAVIA_HEARTBEAT_FLUSH_SECONDS="0"
+    )
+    with server:
+        operator = Operator(server.url)
+        kitchen, hall, attic = (
+            Device(server.url, *operator.register(name)) for name in ("kitchen", "hall", "attic")
+        )
+        kitchen.heartbeat("v1.0.0")
+        hall.heartbeat("v1.0.0")
+        update = operator.publish(signing_key, "v1.1.0")
+        kitchen.heartbeat("v1.0.0")
+        assert len(kitchen.download(update["id"])) == update["payload_size"]
+        kitchen.report(update["id"], "downloading")
+        kitchen.report(update["id"], "failed", "health check failed")
+
+        scraped = httpx.get(
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        parsed = samples(scraped.text)
+
+        assert value(parsed, "javia_heartbeats_received_total") == 3
+        assert value(parsed, "javia_status_reports_received_total", status="failed") == 1
+        assert value(parsed, "javia_status_reports_received_total", status="downloading") == 1
+        assert value(parsed, "javia_download_bytes_total") == update["payload_size"]
+        assert value(parsed, "javia_devices", status="online", version="v1.0.0") == 2
+        assert value(parsed, "javia_devices", status="offline", version="none") == 1
+        assert value(parsed, "javia_update_devices", version="v1.1.0", status="failed") == 1
+        assert value(parsed, "javia_update_devices", version="v1.1.0", status="pending") == 1
+        assert value(parsed, "javia_rollout_state", version="v1.1.0", state="active") == 1
+        assert value(parsed, "javia_db_write_batch_units_count") >= 2  # the two reports
+        heartbeat_route = "/api/v1/devices/{device_uuid}/heartbeat"
+        assert (
+            value(
+                parsed,
+                "javia_http_request_duration_seconds_count",
+                method="POST",
+                route=heartbeat_route,
+                status_class="2xx",
+            )
+            == 3
+        )
+        routes = {dict(labels).get("route") for _name, labels in parsed} - {None}
+        assert not any(device.uuid in route for route in routes for device in (kitchen, hall))
+        assert attic.uuid not in scraped.text
+
+
+def test_metrics_need_the_admin_key_or_the_metrics_token(tmp_path: Path) -> None:
+    with server_for(tmp_path, JAVIA_METRICS_TOKEN=METRICS_TOKEN) as server:
+        url = f"{server.url}/metrics"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert httpx.get(url, headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
+        assert httpx.get(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 401
+        assert httpx.get(url, headers={"X-API-Key": API_KEY}).status_code == 200
