@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +79,63 @@ class Device:
         response = self.http.get(f"/api/v1/updates/{update_id}/download")
         assert response.status_code == 200, response.text
         return response.content
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 in a thread: records every request, answers as told.
+
+    ``statuses`` are the answers to the first requests in order (then 200);
+    with ``stall_first`` the first request waits until :meth:`release`.
+    """
+
+    def __init__(self, statuses: Sequence[int] = (), *, stall_first: bool = False) -> None:
+        self.requests: list[tuple[dict[str, str], bytes, float]] = []
+        self.statuses = list(statuses)
+        self.stall = threading.Event() if stall_first else None
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.arrived:
+                    receiver.requests.append((dict(self.headers), body, time.monotonic()))
+                    first = len(receiver.requests) == 1
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    receiver.arrived.notify_all()
+                if first and receiver.stall is not None:
+                    receiver.stall.wait(30)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/javia"
+
+    def wait_for(
+        self, count: int, timeout: float = 20
+    ) -> list[tuple[dict[str, str], bytes, float]]:
+        """The requests once at least ``count`` arrived (AssertionError after ``timeout`` s)."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(f"{len(self.requests)} webhook request(s), expected {count}")
+            return list(self.requests)
+
+    def release(self) -> None:
+        if self.stall is not None:
+            self.stall.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()

@@ -28,7 +28,8 @@ from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
 from javia_updates.server.metrics import RequestMetrics
 from javia_updates.server.metrics import router as metrics_router
-from javia_updates.server.routes import audit, devices, enrollment, health, updates
+from javia_updates.server.routes import audit, devices, enrollment, health, updates, webhooks
+from javia_updates.server.webhooks import webhook_deliverer
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
@@ -82,16 +83,20 @@ def create_app(
             except Exception:  # the task must outlive one bad evaluation
                 logger.exception("evaluating rollouts failed (the next run retries)")
 
+    deliverer = webhook_deliverer(service, settings, now_of)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         evaluation = asyncio.create_task(evaluate_rollouts())
+        delivery = asyncio.create_task(deliverer.run_forever())
         try:
             yield
         finally:
-            evaluation.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evaluation
+            for task in (evaluation, delivery):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 service.close()  # the last batch of heartbeat soft state
             except BackendError as error:
@@ -108,11 +113,12 @@ def create_app(
     app.state.service = service
     app.state.clock = now_of
     app.state.api_key = api_key
+    app.state.webhooks = deliverer.store
     app.state.heartbeat_limiter = HeartbeatRateLimiter(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
     install_error_handlers(app)
-    for module in (health, devices, updates, audit, enrollment):
+    for module in (health, devices, updates, audit, enrollment, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(
         RequestBodyLimitMiddleware,
