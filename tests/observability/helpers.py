@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ def server_for(tmp_path: Path, **env: str) -> ServerProcess:
         env=env,
     )
     return server
+
+
+#: Seconds a server may take to start: generous, the test machine is shared.
+START_SECONDS = 120.0
+
+
+@contextmanager
+def running(tmp_path: Path, **env: str) -> Iterator[ServerProcess]:
+    """:func:`server_for`, started (waiting up to :data:`START_SECONDS`), stopped afterwards."""
+    server = server_for(tmp_path, **env)
+    server.start(timeout=START_SECONDS)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Operator:
@@ -123,7 +139,7 @@ class Receiver:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/javia"
 
     def wait_for(
-        self, count: int, timeout: float = 20
+        self, count: int, timeout: float = 60
     ) -> list[tuple[dict[str, str], bytes, float]]:
         """The requests once at least ``count`` arrived (AssertionError after ``timeout`` s)."""
         with self.arrived:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
-from tests.observability.helpers import API_KEY, Device, Operator, server_for
+from tests.observability.helpers import API_KEY, Device, Operator, running
 
 METRICS_TOKEN = "read-only-metrics-token-0123456789"
 
@@ -28,10 +30,9 @@ def value(parsed: dict, name: str, **labels: str) -> float:
 def test_metrics_count_heartbeats_reports_downloads_and_the_fleet(
     tmp_path: Path, signing_key: Ed25519PrivateKey
 ) -> None:
-    server = server_for(
+    with running(
         tmp_path, JAVIA_METRICS_TOKEN=METRICS_TOKEN, JAVIA_HEARTBEAT_FLUSH_SECONDS="0"
-    )
-    with server:
+    ) as server:
         operator = Operator(server.url)
         kitchen, hall, attic = (
             Device(server.url, *operator.register(name)) for name in ("kitchen", "hall", "attic")
@@ -78,10 +79,44 @@ def test_metrics_count_heartbeats_reports_downloads_and_the_fleet(
 
 
 def test_metrics_need_the_admin_key_or_the_metrics_token(tmp_path: Path) -> None:
-    with server_for(tmp_path, JAVIA_METRICS_TOKEN=METRICS_TOKEN) as server:
+    with running(tmp_path, JAVIA_METRICS_TOKEN=METRICS_TOKEN) as server:
         url = f"{server.url}/metrics"
         assert httpx.get(url).status_code == 401
         assert httpx.get(url, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
         assert httpx.get(url, headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
         assert httpx.get(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 401
         assert httpx.get(url, headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+WORKER = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from javia_updates import metrics
+for _ in range(int(sys.argv[2])):
+    metrics.count_heartbeat()
+metrics.observe_write_batch(3)
+"""
+
+SCRAPE = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+sys.stdout.write(generate_latest(registry).decode())
+"""
+
+
+def test_counters_of_several_worker_processes_add_up(tmp_path: Path) -> None:
+    """What ``javia server --workers N`` relies on: each process counts, a scrape sums them."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    for count in (3, 4):
+        subprocess.run([sys.executable, "-c", WORKER, str(directory), str(count)], check=True)
+    scraped = subprocess.run(
+        [sys.executable, "-c", SCRAPE, str(directory)], check=True, capture_output=True, text=True
+    ).stdout
+    parsed = samples(scraped)
+    assert value(parsed, "javia_heartbeats_received_total") == 7
+    assert value(parsed, "javia_db_write_batch_units_count") == 2

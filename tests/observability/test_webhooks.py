@@ -11,7 +11,14 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.observability.helpers import API_KEY, Device, Operator, Receiver, server_for
+from tests.observability.helpers import (
+    API_KEY,
+    START_SECONDS,
+    Device,
+    Operator,
+    Receiver,
+    running,
+)
 
 from javia_devtools.server_process import ServerProcess, javia_command
 from javia_updates.webhooks.events import verify_signature
@@ -60,7 +67,7 @@ def test_signed_events_reach_a_receiver_and_the_cli_shows_them(
 ) -> None:
     receiver = Receiver()
     try:
-        with server_for(tmp_path, **FAST) as server:
+        with running(tmp_path, **FAST) as server:
             added = javia(
                 server,
                 tmp_path,
@@ -151,7 +158,7 @@ def test_a_failing_receiver_gets_retries_with_backoff_then_a_give_up(tmp_path: P
     flaky, broken = Receiver([500, 500]), Receiver([500] * 10)
     timing = {"JAVIA_WEBHOOK_RETRY_SECONDS": "0.3", "JAVIA_WEBHOOK_GIVE_UP_SECONDS": "1.5"}
     try:
-        with server_for(tmp_path, **FAST, **timing) as server:
+        with running(tmp_path, **FAST, **timing) as server:
             for receiver in (flaky, broken):
                 hook = add_webhook(server, receiver.url, "device.registered")
             Operator(server.url).register("kitchen")
@@ -182,8 +189,7 @@ def test_a_failing_receiver_gets_retries_with_backoff_then_a_give_up(tmp_path: P
 def test_killing_the_server_mid_delivery_loses_no_event(tmp_path: Path) -> None:
     receiver = Receiver(stall_first=True)
     try:
-        server = server_for(tmp_path, **FAST, JAVIA_WEBHOOK_TIMEOUT_SECONDS="1")
-        with server:
+        with running(tmp_path, **FAST, JAVIA_WEBHOOK_TIMEOUT_SECONDS="1") as server:
             add_webhook(server, receiver.url, "device.registered")
             uuid, _token = Operator(server.url).register("kitchen")
             receiver.wait_for(1)  # the server is waiting for this receiver's answer
@@ -191,7 +197,7 @@ def test_killing_the_server_mid_delivery_loses_no_event(tmp_path: Path) -> None:
             server.process.kill()  # SIGKILL: no shutdown, the lease stays in the database
             server.process.wait()
             receiver.release()
-            server.start()
+            server.start(timeout=START_SECONDS)
             requests = receiver.wait_for(2)
             first, again = events_of(requests[:2])
             assert first == again and again["data"]["device_uuid"] == uuid

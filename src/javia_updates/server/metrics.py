@@ -54,6 +54,9 @@ __all__ = [
 #: Route templates the middleware counts specially.
 HEARTBEAT_ROUTE = f"{API_PREFIX}/devices/{{device_uuid}}/heartbeat"
 DOWNLOAD_ROUTE = f"{API_PREFIX}/updates/{{reference}}/download"
+#: The newest updates whose rollouts are shown (older ones are history: their rows
+#: would make every scrape read a row per device per release ever published).
+UPDATES_SHOWN = 20
 #: The route label of a request no route matched (404s of scanners, typos).
 UNMATCHED_ROUTE = "unmatched"
 
@@ -115,6 +118,8 @@ class _ProcessRecorders:
 class FleetCollector:
     """The fleet at scrape time, from three aggregate queries (names: docs/metrics.md).
 
+    Rollout gauges cover the :data:`UPDATES_SHOWN` (20) newest updates.
+
     Args:
         service: the server's service (its store must be the SQL store;
             another store yields no fleet metrics).
@@ -164,15 +169,16 @@ class FleetCollector:
                     derived, d.c.current_version
                 )
             ).all()
-            progress = connection.execute(
-                select(du.c.update_id, du.c.status, func.count()).group_by(
-                    du.c.update_id, du.c.status
-                )
-            ).all()
             releases = connection.execute(
-                select(u.c.id, u.c.version, r.c.state, r.c.phase_index).select_from(
-                    u.outerjoin(r, r.c.update_id == u.c.id)
-                )
+                select(u.c.id, u.c.version, r.c.state, r.c.phase_index)
+                .select_from(u.outerjoin(r, r.c.update_id == u.c.id))
+                .order_by(u.c.id.desc())
+                .limit(UPDATES_SHOWN)
+            ).all()
+            progress = connection.execute(
+                select(du.c.update_id, du.c.status, func.count())
+                .where(du.c.update_id.in_([release.id for release in releases]))
+                .group_by(du.c.update_id, du.c.status)
             ).all()
         for derived_status, version, count in fleet:
             devices.add_metric([derived_status, version or "none"], count)
