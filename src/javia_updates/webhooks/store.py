@@ -109,13 +109,18 @@ class WebhookStore:
 
         Due: pending, ``next_attempt_at <= now``, no lease or an expired one.
         Each row is taken by a conditional ``UPDATE`` (the same conditions):
-        a row another process took in between is skipped.
+        a row another process took in between is skipped. When nothing is
+        due (the usual case) only a read looks, so an idle poll never takes
+        the database's write lock.
         """
         w, e, d = self.tables.webhooks, self.tables.events, self.tables.deliveries
         lease_until = now + timedelta(seconds=lease_seconds)
         free = or_(d.c.lease_until.is_(None), d.c.lease_until <= now)
         due = and_(d.c.state == "pending", d.c.next_attempt_at <= now, free)
         claims: list[Claim] = []
+        with self.store._read() as connection:  # the usual answer, without the write lock
+            if connection.execute(select(d.c.id).where(due).limit(1)).first() is None:
+                return claims
         with self.store._write() as connection:
             rows = connection.execute(
                 select(
