@@ -53,6 +53,8 @@ BENCHMARKS = [
     # Issue 12: heartbeats and the idle agent beside the previous main (a git worktree).
     # About 3 min on a quiet machine, 9 min when the machine is shared.
     ("baseline", "bench_baseline.py", [], 900),
+    # Issue 15: one /metrics scrape at 100,000 devices (building the database takes longest).
+    ("metrics", "bench_metrics.py", ["--devices", "100000", "--runs", "5"], 600),
 ]
 
 SUMMARY_HEADER = (

@@ -31,7 +31,7 @@ def _full_app() -> typer.Typer:
     """The root app with every command group (imported on first use, see :func:`run`)."""
     from javia_agent.cli import app as agent_app
     from javia_devtools.cli import demo, simulate
-    from javia_updates.cli import db, devices, keys, publish, server, updates
+    from javia_updates.cli import db, devices, keys, publish, server, updates, webhooks
 
     _app.command("publish")(publish.publish)
     _app.add_typer(devices.app, name="devices")
@@ -39,6 +39,7 @@ def _full_app() -> typer.Typer:
     _app.add_typer(keys.app, name="keys")
     _app.command("server")(server.serve)
     _app.add_typer(db.app, name="db")
+    _app.add_typer(webhooks.app, name="webhooks")
     _app.command("demo")(demo.demo)
     _app.command("simulate")(simulate.simulate)
     _app.add_typer(agent_app, name="agent", help="Run and inspect the agent on a device.")

@@ -31,6 +31,7 @@ from javia_core.models import (
     RevertSource,
     UpdateOut,
 )
+from javia_updates.webhooks.models import DeliveryOut, TestEventOut, WebhookCreated, WebhookOut
 
 __all__ = ["AdminClient", "ApiError", "ServerUnreachableError", "UnexpectedAnswerError"]
 
@@ -266,6 +267,31 @@ class AdminClient:
         return self._one(
             EnrollmentTokenOut, "POST", f"/api/v1/enrollment-tokens/{_segment(token_id)}/revoke"
         )
+
+    # Webhooks (docs/webhooks.md) -----------------------------------------
+    def add_webhook(self, url: str, events: list[str]) -> WebhookCreated:
+        """``POST /api/v1/webhooks/``: the new webhook with its secret (shown once)."""
+        body = {"url": url, "events": events}
+        return self._one(WebhookCreated, "POST", "/api/v1/webhooks/", json=body)
+
+    def list_webhooks(self) -> list[WebhookOut]:
+        """``GET /api/v1/webhooks/``: webhooks with deliveries by state."""
+        return self._items(WebhookOut, "GET", "/api/v1/webhooks/")
+
+    def remove_webhook(self, webhook_id: int) -> None:
+        """``DELETE /api/v1/webhooks/{id}``."""
+        self._request("DELETE", f"/api/v1/webhooks/{_segment(webhook_id)}")
+
+    def test_webhook(self, webhook_id: int) -> TestEventOut:
+        """``POST /api/v1/webhooks/{id}/test``: queue a test event."""
+        return self._one(TestEventOut, "POST", f"/api/v1/webhooks/{_segment(webhook_id)}/test")
+
+    def webhook_deliveries(self, webhook_id: int | None, *, limit: int = 50) -> list[DeliveryOut]:
+        """``GET /api/v1/webhooks/deliveries``: newest first, with attempts."""
+        params: dict[str, int] = {"limit": limit}
+        if webhook_id is not None:
+            params["webhook_id"] = webhook_id
+        return self._items(DeliveryOut, "GET", "/api/v1/webhooks/deliveries", params=params)
 
     # Updates -------------------------------------------------------------
     def list_updates(self, *, limit: int = 1000, offset: int = 0) -> list[UpdateOut]:

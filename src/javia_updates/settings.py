@@ -125,6 +125,20 @@ class ServerSettings(EnvOverTomlSettings):
             process may run on (:meth:`resolved_workers`). Each keeps its own
             caches; docs/architecture.md ("Processes") says what stays
             consistent across them.
+        metrics_token: a read-only bearer token for ``GET /metrics``
+            (``JAVIA_METRICS_TOKEN``; the admin key works too), so a Prometheus
+            server need not hold the admin key (docs/metrics.md). None: only
+            the admin key reads metrics.
+        webhook_timeout_seconds: one delivery attempt's whole deadline
+            (connect, send, answer), in seconds; a delivery is leased to one
+            process for twice this and a second (docs/webhooks.md).
+        webhook_retry_seconds: the wait before the first retry, in seconds;
+            it doubles with every failed attempt up to
+            ``webhook_retry_max_seconds``.
+        webhook_give_up_seconds: a delivery not delivered this long after its
+            event is given up (``failed``), in seconds (one day).
+        webhook_poll_seconds: how often the delivery task looks for due
+            deliveries when it found none, in seconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -147,6 +161,12 @@ class ServerSettings(EnvOverTomlSettings):
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
     workers: int | None = Field(default=None, ge=1, le=256)
+    metrics_token: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    webhook_retry_seconds: float = Field(default=10, gt=0, le=86_400)
+    webhook_retry_max_seconds: float = Field(default=3600, gt=0, le=86_400)
+    webhook_give_up_seconds: float = Field(default=86_400, gt=0, le=30 * 86_400)
+    webhook_poll_seconds: float = Field(default=1, gt=0, le=60)
 
     @field_validator("approval_required")
     @classmethod

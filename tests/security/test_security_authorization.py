@@ -164,6 +164,22 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/dashboard/api/updates/{reference}/{command}"): Row(
         SESSION_ONLY, lambda world: f"/dashboard/api/updates/{world.update_id}/pause"
     ),
+    # metrics: the admin key or the metrics token (none configured here), never a device's
+    ("GET", "/metrics"): Row((401,) * 6 + (200,), fixed("/metrics")),
+    # webhooks (the matrix's world has none: the admin passes and is told so, 404)
+    ("POST", "/api/v1/webhooks/"): Row(
+        (401, 401, 403, 403, 403, 403, 201),
+        fixed("/api/v1/webhooks/"),
+        lambda world: {"json": {"url": "https://example.com/hook", "events": ["device.failed"]}},
+    ),
+    ("GET", "/api/v1/webhooks/"): Row(ADMIN_ONLY, fixed("/api/v1/webhooks/")),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): Row(
+        (401, 401, 403, 403, 403, 403, 404), fixed("/api/v1/webhooks/99")
+    ),
+    ("POST", "/api/v1/webhooks/{webhook_id}/test"): Row(
+        (401, 401, 403, 403, 403, 403, 404), fixed("/api/v1/webhooks/99/test")
+    ),
+    ("GET", "/api/v1/webhooks/deliveries"): Row(ADMIN_ONLY, fixed("/api/v1/webhooks/deliveries")),
 }
 
 

@@ -38,6 +38,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
+from javia_updates.metrics import observe_write_batch
+
 __all__ = ["DEFAULT_MAX_BATCH", "GroupCommit"]
 
 T = TypeVar("T")
@@ -197,6 +199,7 @@ class GroupCommit:
         else:
             self.commits += 1
             self.units += len(batch)
+            observe_write_batch(len(batch))
         for queued in batch:
             try:
                 queued.tell()

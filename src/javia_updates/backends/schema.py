@@ -44,6 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 from javia_core.models import DeviceStatus, RolloutState, UpdateStatus, UpdateType
+from javia_updates.webhooks.schema import WebhookTables, define_webhook_tables
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -132,6 +133,7 @@ class Tables:
     audit_log: Table
     enrollment_tokens: Table
     rollouts: Table
+    webhooks: WebhookTables
 
 
 def build_tables(schema: str | None = None) -> Tables:
@@ -314,6 +316,16 @@ def build_tables(schema: str | None = None) -> Tables:
         CheckConstraint(_in("state", RolloutState), name="state"),
     )
 
+    # Webhook subscriptions, events and their outbox (revision 0007, docs/webhooks.md).
+    webhooks = define_webhook_tables(metadata, prefix, id_type(), UTCDateTime())
+
     return Tables(
-        metadata, devices, updates, device_updates, audit_log, enrollment_tokens, rollouts
+        metadata,
+        devices,
+        updates,
+        device_updates,
+        audit_log,
+        enrollment_tokens,
+        rollouts,
+        webhooks,
     )

@@ -9,6 +9,7 @@ import errno
 import logging
 import socket
 
+from javia_updates.metrics import prepare_metrics_directory
 from javia_updates.server.app import create_app
 from javia_updates.settings import ServerSettings, SettingsError
 
@@ -89,6 +90,9 @@ def run(
     import uvicorn
 
     check_port_free(host, port)
+    # Before the app (and any worker) creates a metric: counts from every
+    # worker process add up in this server start's own directory.
+    prepare_metrics_directory()
     workers = settings.resolved_workers()
     shown = f"[{host}]" if ":" in host else host
     line = "javia server %s at http://%s:%d (API /api/v1, docs /docs, dashboard /dashboard/, data %s, %d worker%s)"

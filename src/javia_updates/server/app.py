@@ -27,7 +27,10 @@ from javia_updates.dashboard import install_dashboard
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
-from javia_updates.server.routes import audit, devices, enrollment, health, updates
+from javia_updates.server.metrics import RequestMetrics
+from javia_updates.server.metrics import router as metrics_router
+from javia_updates.server.routes import audit, devices, enrollment, health, updates, webhooks
+from javia_updates.server.webhooks import webhook_deliverer
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
@@ -94,16 +97,20 @@ def create_app(
             except Exception:  # the task must outlive one bad evaluation
                 logger.exception("evaluating rollouts failed (the next run retries)")
 
+    deliverer = webhook_deliverer(service, settings, now_of)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         evaluation = asyncio.create_task(evaluate_rollouts())
+        delivery = asyncio.create_task(deliverer.run_forever())
         try:
             yield
         finally:
-            evaluation.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evaluation
+            for task in (evaluation, delivery):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 service.close()  # the last batch of heartbeat soft state
             except BackendError as error:
@@ -120,11 +127,12 @@ def create_app(
     app.state.service = service
     app.state.clock = now_of
     app.state.api_key = api_key
+    app.state.webhooks = deliverer.store
     app.state.heartbeat_limiter = HeartbeatRateLimiter(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
     install_error_handlers(app)
-    for module in (health, devices, updates, audit, enrollment):
+    for module in (health, devices, updates, audit, enrollment, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     install_dashboard(app, service, api_key=api_key, data_dir=settings.data_dir, clock=now_of)
     app.add_middleware(
@@ -140,4 +148,6 @@ def create_app(
         clock=app.state.clock,
         max_body_bytes=settings.max_request_body_bytes,
     )
+    app.include_router(metrics_router)  # GET /metrics, outside the API prefix (docs/metrics.md)
+    app.add_middleware(RequestMetrics)  # outermost: times the fast path's heartbeats too
     return app

@@ -39,6 +39,7 @@ from javia_updates.backends.schema import Tables, UTCDateTime, build_tables, def
 from javia_updates.backends.sql.engine import is_sqlite, short_message
 from javia_updates.backends.sql.write_lock import SQLiteWriteLock, sqlite_file
 from javia_updates.backends.sql.writer import Writer, writer_for
+from javia_updates.webhooks.outbox import enqueue as enqueue_webhook_event
 
 __all__ = ["SQLStoreBase", "Statements"]
 
@@ -159,6 +160,8 @@ class SQLStoreBase:
             self._statements.audit_insert,
             {"at": now, "actor": entry.actor, "action": entry.action, "details": entry.details},
         )
+        # The change's webhook event, if it is one, commits with it (docs/webhooks.md).
+        enqueue_webhook_event(connection, self.tables, entry, now)
 
     # ------------------------------------------------------------------ devices
     def _device_from_row(self, row: Any) -> DeviceRecord:

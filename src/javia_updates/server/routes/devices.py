@@ -24,6 +24,7 @@ from javia_core.models import (
     UpdateStatus,
 )
 from javia_updates.backends.base import DeviceRecord
+from javia_updates.metrics import count_status_report
 from javia_updates.server.auth import (
     Caller,
     Registrar,
@@ -203,4 +204,6 @@ async def report_status(
     share one commit, see :mod:`javia_updates.backends.group_commit`).
     """
     ensure_same_device(device, device_uuid)
-    return await service.report_status_async(device, update_id, body, now=now)
+    result = await service.report_status_async(device, update_id, body, now=now)
+    count_status_report(body.status.value)
+    return result
