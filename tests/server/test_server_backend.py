@@ -286,15 +286,19 @@ def test_transition_table_has_no_way_out_of_a_final_status():
     for target, previous in ALLOWED_PREVIOUS.items():
         assert not previous & FINAL_STATUSES, target
         assert target not in previous
-    assert ALLOWED_PREVIOUS[UpdateStatus.SUPERSEDED] == {UpdateStatus.PENDING}
-    assert ALLOWED_PREVIOUS[UpdateStatus.CANCELLED] == {UpdateStatus.PENDING}
+    # Only rows nothing of which was installed may be superseded or cancelled.
+    never_installed = {UpdateStatus.PENDING, UpdateStatus.STAGED, UpdateStatus.RETRYING}
+    assert ALLOWED_PREVIOUS[UpdateStatus.SUPERSEDED] == never_installed
+    assert ALLOWED_PREVIOUS[UpdateStatus.CANCELLED] == never_installed
 
 
 _RANK = {
     UpdateStatus.PENDING: 0,
+    UpdateStatus.RETRYING: 0,  # waits to try again, like pending
     UpdateStatus.DOWNLOADING: 1,
-    UpdateStatus.INSTALLING: 2,
-    **{status: 3 for status in FINAL_STATUSES},
+    UpdateStatus.STAGED: 2,
+    UpdateStatus.INSTALLING: 3,
+    **{status: 4 for status in FINAL_STATUSES},
 }
 
 
@@ -323,7 +327,10 @@ def test_any_report_sequence_only_moves_forward(shared_store, reports):
         result = shared_store.transition(row.id, wanted, now=NOW, audit=AUDIT)
         assert result.changed == (status in ALLOWED_PREVIOUS[wanted])
         if result.changed:
-            assert _RANK[wanted] > _RANK[status]
+            # forward, or back to retrying after a transient fault (never out of a final status)
+            assert _RANK[wanted] > _RANK[status] or (
+                wanted is UpdateStatus.RETRYING and status not in FINAL_STATUSES
+            )
             status = wanted
         assert result.record.status is status
 
