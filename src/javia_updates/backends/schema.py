@@ -131,6 +131,7 @@ class Tables:
     audit_log: Table
     enrollment_tokens: Table
     rollouts: Table
+    wakeups: Table
 
 
 def build_tables(schema: str | None = None) -> Tables:
@@ -303,6 +304,20 @@ def build_tables(schema: str | None = None) -> Tables:
         CheckConstraint(_in("state", RolloutState), name="state"),
     )
 
+    # Wake-ups between the server processes on one SQLite file (revision 0008,
+    # docs/architecture.md "Wake-ups"): each process reads the rows newer than the
+    # last it saw; rows older than a minute are deleted. Unused on PostgreSQL
+    # (LISTEN/NOTIFY). Ids are never reused, so no process skips a row.
+    wakeups = Table(
+        "wakeups",
+        metadata,
+        Column("id", id_type(), primary_key=True, autoincrement=True),
+        Column("origin", String(32), nullable=False),
+        Column("payload", Text(), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
+    )
+
     return Tables(
-        metadata, devices, updates, device_updates, audit_log, enrollment_tokens, rollouts
+        metadata, devices, updates, device_updates, audit_log, enrollment_tokens, rollouts, wakeups
     )

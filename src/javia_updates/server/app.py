@@ -6,7 +6,8 @@ Request bodies are capped (413) and heartbeats rate-limited per device (429),
 see :mod:`javia_updates.server.limits`. Ordinary heartbeats are answered by
 :mod:`javia_updates.server.fast_path` before FastAPI; heartbeat soft state is
 written in batches (:mod:`javia_updates.backends.soft_state`), flushed at
-shutdown.
+shutdown. Held wake-up requests (:mod:`javia_updates.server.wakeup`) receive
+the notices of the wake-up bus from start-up and are answered at shutdown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
 from javia_updates.server.routes import audit, devices, enrollment, health, updates
+from javia_updates.server.wakeup import WakeupHub
+from javia_updates.server.wakeup import router as wakeup_router
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
@@ -68,6 +71,11 @@ def create_app(
     service = UpdateService(backend, settings)
 
     now_of = clock or utc_now
+    wakeups = WakeupHub(
+        hold_seconds=settings.wakeup_hold_seconds,
+        admissions_per_second=settings.wakeup_admissions_per_second,
+        reconnect_seconds=settings.wakeup_reconnect_seconds,
+    )
 
     async def evaluate_rollouts() -> None:
         """Every ``rollout_evaluation_seconds``: soaks, silent devices, phase gates (docs/rollouts.md)."""
@@ -83,10 +91,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        wakeups.attach(asyncio.get_running_loop())
+        wakeups.chain_sigterm()  # held requests end at once on a graceful stop
+        service.wakeups.bus.start(wakeups.deliver)
         evaluation = asyncio.create_task(evaluate_rollouts())
         try:
             yield
         finally:
+            wakeups.close_all()
+            service.wakeups.bus.close()
             evaluation.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await evaluation
@@ -106,12 +119,14 @@ def create_app(
     app.state.service = service
     app.state.clock = now_of
     app.state.api_key = api_key
+    app.state.wakeups = wakeups
     app.state.heartbeat_limiter = HeartbeatRateLimiter(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
     install_error_handlers(app)
     for module in (health, devices, updates, audit, enrollment):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(wakeup_router, prefix=API_PREFIX)
     app.add_middleware(
         RequestBodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
