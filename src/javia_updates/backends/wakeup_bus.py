@@ -340,8 +340,8 @@ class PostgresWakeupBus:
 
     def _listen(self, stop: threading.Event, missed: bool) -> None:
         pooled = self.engine.raw_connection()
-        pooled.detach()  # a connection of its own, never handed back to the pool
         connection: Any = pooled.driver_connection
+        pooled.detach()  # a connection of its own, never handed back to the pool
         try:
             connection.autocommit = True
             connection.execute(f'LISTEN "{self.channel}"')
