@@ -113,7 +113,8 @@ class ServerSettings(EnvOverTomlSettings):
             (status reports and regressions evaluate at once as well).
         wakeup_hold_seconds: the longest a device's wake-up request is held
             before it is answered ``idle``, in seconds (docs/agent.md, "The
-            wake-up channel"); keep it under the idle timeout of any proxy in front.
+            wake-up channel"); keep it under the idle timeout of any proxy in front
+            (and above a few seconds: every answer costs a reconnect).
         wakeup_admissions_per_second: new held wake-up requests admitted per
             second by each server process (503 with ``Retry-After`` beyond), so
             a fleet reconnecting after a restart comes back over seconds; 0: no limit.
@@ -140,7 +141,7 @@ class ServerSettings(EnvOverTomlSettings):
     trusted_keys_dir: Path | None = None
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
-    wakeup_hold_seconds: float = Field(default=90, ge=5, le=600)
+    wakeup_hold_seconds: float = Field(default=90, gt=0, le=600)
     wakeup_admissions_per_second: float = Field(default=500, ge=0, le=1_000_000)
     wakeup_reconnect_seconds: float = Field(default=1, ge=0, le=3600)
 
