@@ -141,7 +141,7 @@ class ServerSettings(EnvOverTomlSettings):
     trusted_keys_dir: Path | None = None
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
-    wakeup_hold_seconds: float = Field(default=90, gt=0, le=600)
+    wakeup_hold_seconds: float = Field(default=50, gt=0, le=600)
     wakeup_admissions_per_second: float = Field(default=500, ge=0, le=1_000_000)
     wakeup_reconnect_seconds: float = Field(default=1, ge=0, le=3600)
 

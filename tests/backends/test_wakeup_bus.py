@@ -180,3 +180,10 @@ def test_a_publish_through_one_server_wakes_the_device_held_by_the_other(
         assert answer.reason in (WakeupReason.UPDATE, WakeupReason.ROLLOUT) and answer.heartbeat
         assert arrived < 2.0
         assert http_a.get("/api/v1/wakeups", headers=ADMIN).json()["notices"] >= 1
+        # The woken device heartbeats to A at once: A's catalog already holds B's update.
+        beat = http_a.post(
+            f"/api/v1/devices/{uid}/heartbeat",
+            json={"current_version": "v1.0.0"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert beat.json()["update"]["version"] == "v1.1.0"

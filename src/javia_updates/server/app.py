@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from javia_core.errors import BackendError
+from javia_core.wakeup import WakeupReason
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
+from javia_updates.backends.wakeup_bus import WakeupNotice
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
@@ -88,12 +90,19 @@ def create_app(
             except Exception:  # the task must outlive one bad evaluation
                 logger.exception("evaluating rollouts failed (the next run retries)")
 
+    def on_wakeup(notice: WakeupNotice) -> None:
+        """A notice from any process: this process's catalog sees the change first, so the
+        devices it wakes (behind a balancer, on any replica) find it at their heartbeat."""
+        if notice.reason in (WakeupReason.UPDATE, WakeupReason.ROLLOUT):
+            service.records.rollout_changed(rows=notice.reason is WakeupReason.ROLLOUT)
+        wakeups.deliver(notice)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         wakeups.attach(asyncio.get_running_loop())
         wakeups.chain_sigterm()  # held requests end at once on a graceful stop
-        service.wakeups.bus.start(wakeups.deliver)
+        service.wakeups.bus.start(on_wakeup)
         evaluation = asyncio.create_task(evaluate_rollouts())
         try:
             yield
