@@ -24,7 +24,9 @@ in :mod:`javia_agent.faults`, the heartbeat's inventory in
 sleep is interruptible: SIGTERM or SIGINT lets the current step finish safely
 (a download pauses for a later resume) and the loop exits with status 0.
 Network errors back off with jitter (at least the server's ``Retry-After``)
-and never end the loop. Under systemd (``Type=notify``) the agent reports
+and never end the loop. A wake-up (:mod:`javia_agent.wakeup`, a held request
+beside the heartbeat) ends the sleep early: the agent heartbeats at once.
+Under systemd (``Type=notify``) the agent reports
 readiness, its status and watchdog pings (:mod:`javia_agent.systemd`).
 """
 
@@ -62,6 +64,7 @@ from javia_agent.services import CommandService, SystemdService, application_env
 from javia_agent.state import PRE_SWITCH_STATES
 from javia_agent.systemd import SystemdNotifier
 from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
+from javia_agent.wakeup import WakeupChannel
 from javia_core.errors import JaviaError
 from javia_core.models import (
     ApplicationHealth,
@@ -181,6 +184,11 @@ class Agent:
         )
         self._application = application or (lambda: None)
         self._stop = threading.Event()
+        self._woken = threading.Event()  # the wait between cycles is interrupted (wake or stop)
+        self._wake_lock = threading.Lock()
+        self._wake_at: float | None = None  # monotonic time of the heartbeat a wake-up asked for
+        #: The wake-up channel (:mod:`javia_agent.wakeup`), started by :meth:`run_forever`; None: off.
+        self.wakeup_channel: WakeupChannel | None = None
         self._server_time: datetime | None = None
         self._server_time_at: float | None = None  # monotonic reading when it arrived
         self.interval_seconds = config.heartbeat_interval_seconds
@@ -278,6 +286,8 @@ class Agent:
             application=monitor.health,
         )
         agent.instance_lock = instance_lock  # held (open) for the agent's lifetime
+        if config.wakeup:
+            agent.wakeup_channel = WakeupChannel.from_config(config, agent.wake, agent._stop)
         return agent
 
     # -- control ------------------------------------------------------------------
@@ -290,6 +300,27 @@ class Agent:
     def stop(self) -> None:
         """Ask the loop to exit after the current step."""
         self._stop.set()
+        self._woken.set()
+
+    def wake(self, after_seconds: float = 0.0) -> None:
+        """Heartbeat ``after_seconds`` from now, before the interval ends (the wake-up channel; any thread).
+
+        The earliest of several requests wins; a heartbeat that starts after
+        the due time serves it.
+        """
+        due = self.clock.monotonic() + max(0.0, after_seconds)
+        with self._wake_lock:
+            if self._wake_at is None or due < self._wake_at:
+                self._wake_at = due
+        self._woken.set()
+
+    def _take_due_wake(self) -> bool:
+        """Whether a wake-up is due now; if so it is taken (the coming heartbeat serves it)."""
+        with self._wake_lock:
+            if self._wake_at is None or self._wake_at > self.clock.monotonic():
+                return False
+            self._wake_at = None
+            return True
 
     def server_now(self) -> datetime | None:
         """The server's clock now: last ``server_time`` + monotonic seconds since it arrived."""
@@ -540,17 +571,24 @@ class Agent:
     # -- the loop -------------------------------------------------------------------
 
     def _wait(self, seconds: float) -> None:
-        """Sleep ``seconds`` (monotonic), polling the activity file, until stopped."""
+        """Sleep ``seconds`` (monotonic), polling the activity file, until stopped or woken."""
         deadline = self.clock.monotonic() + seconds
         poll = self.config.activity_poll_seconds
         if self.notifier.ping_interval_seconds is not None:
             poll = min(poll, self.notifier.ping_interval_seconds)
         while not self._stop.is_set():
             self.notifier.watchdog()
-            remaining = deadline - self.clock.monotonic()
+            self._woken.clear()  # before reading the due time: a later wake() sets it again
+            if self._take_due_wake():
+                return
+            now = self.clock.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return
-            self._stop.wait(min(remaining, poll))
+            wake_at = self._wake_at
+            if wake_at is not None:
+                remaining = min(remaining, max(0.0, wake_at - now))
+            self._woken.wait(min(remaining, poll))
             self.idle.poll()
 
     def _install_signal_handlers(self) -> None:
@@ -588,7 +626,10 @@ class Agent:
         # it after those (a full collection takes ~10 ms). Every cycle then hands
         # the heap's free pages back to the kernel before sleeping (~0.1 ms).
         collect_garbage = True
+        if self.wakeup_channel is not None:
+            self.wakeup_channel.start()
         while not self._stop.is_set():
+            self._take_due_wake()  # this heartbeat serves a wake-up already due
             try:
                 result = self.run_once()
             except AgentError as error:

@@ -9,7 +9,7 @@ layers in three modules, like python-tuf's ``ngclient``:
 - :mod:`javia_agent.payload_download`: the payload's resumable, size-bounded,
   rate-limited streaming download;
 - this module: the device API's calls (register, heartbeat, update check,
-  status report, manifest, signature, payload), each a typed request and a
+  status report, wake-up, manifest, signature, payload), each a typed request and a
   typed answer. :meth:`DeviceClient._parse` is the one place a server answer
   becomes typed values (docs/security.md).
 
@@ -47,6 +47,7 @@ from javia_core.models import (
     StatusReportResult,
     UpdateCheckResponse,
 )
+from javia_core.wakeup import WakeupAnswer
 
 __all__ = ["API_PREFIX", "DeviceClient"]
 
@@ -283,6 +284,23 @@ class DeviceClient:
             json=report.model_dump(mode="json", exclude_none=True),
         )
         return self._parse(response, StatusReportResult, what)
+
+    def wait_for_wakeup(self, wait_seconds: int) -> WakeupAnswer:
+        """``GET /api/v1/devices/{uuid}/wakeup?wait=N``: held until something concerns the device.
+
+        The server answers at the latest after ``wait_seconds`` (or its own
+        shorter hold); this client's ``request_deadline_seconds`` must exceed
+        that (:class:`javia_agent.wakeup.WakeupChannel` builds such a client).
+
+        Raises:
+            ServerError: an error status (503 carries ``retry_after_seconds``)
+                or an answer outside :class:`~javia_core.wakeup.WakeupAnswer`'s rules.
+            AuthenticationError, NetworkError: as for every call.
+        """
+        response = self.session.request(
+            "GET", self._device_path(f"/wakeup?wait={int(wait_seconds)}"), "wake-up"
+        )
+        return self._parse(response, WakeupAnswer, "wake-up")
 
     # -- downloads ----------------------------------------------------------------
 

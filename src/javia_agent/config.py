@@ -152,6 +152,14 @@ class AgentConfig(BaseModel):
         default=None, description="default <state_dir>/activity/activity.json"
     )
     activity_poll_seconds: float = Field(default=15.0, gt=0)
+    wakeup: bool = Field(
+        default=True,
+        description="hold the wake-up channel beside the heartbeat (docs/agent.md); "
+        "false: heartbeats only",
+    )
+    wakeup_wait_seconds: int = Field(
+        default=90, ge=5, le=600, description="longest hold asked of the server per wake-up request"
+    )
     timezone: str = "UTC"
     window_start: time | None = Field(
         default=None,

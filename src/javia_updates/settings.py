@@ -139,6 +139,15 @@ class ServerSettings(EnvOverTomlSettings):
             event is given up (``failed``), in seconds (one day).
         webhook_poll_seconds: how often the delivery task looks for due
             deliveries when it found none, in seconds.
+        wakeup_hold_seconds: the longest a device's wake-up request is held
+            before it is answered ``idle``, in seconds (docs/agent.md, "The
+            wake-up channel"); keep it under the idle timeout of any proxy in front
+            (and above a few seconds: every answer costs a reconnect).
+        wakeup_admissions_per_second: new held wake-up requests admitted per
+            second by each server process (503 with ``Retry-After`` beyond), so
+            a fleet reconnecting after a restart comes back over seconds; 0: no limit.
+        wakeup_reconnect_seconds: the reconnect delay the server suggests after
+            each answer, in seconds (the agent adds jitter).
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -167,6 +176,9 @@ class ServerSettings(EnvOverTomlSettings):
     webhook_retry_max_seconds: float = Field(default=3600, gt=0, le=86_400)
     webhook_give_up_seconds: float = Field(default=86_400, gt=0, le=30 * 86_400)
     webhook_poll_seconds: float = Field(default=1, gt=0, le=60)
+    wakeup_hold_seconds: float = Field(default=50, gt=0, le=600)
+    wakeup_admissions_per_second: float = Field(default=500, ge=0, le=1_000_000)
+    wakeup_reconnect_seconds: float = Field(default=1, ge=0, le=3600)
 
     @field_validator("approval_required")
     @classmethod

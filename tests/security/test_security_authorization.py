@@ -102,6 +102,8 @@ MATRIX: dict[tuple[str, str], Row] = {
         A_ONLY, a("/heartbeat"), lambda world: {"json": {"current_version": "v1.0.0"}}
     ),
     ("GET", "/api/v1/devices/{device_uuid}/updates/check"): Row(ADMIN_OR_A, a("/updates/check")),
+    ("GET", "/api/v1/devices/{device_uuid}/wakeup"): Row(A_ONLY, a("/wakeup")),
+    ("GET", "/api/v1/wakeups"): Row(ADMIN_ONLY, fixed("/api/v1/wakeups")),
     ("POST", "/api/v1/devices/{device_uuid}/updates/{update_id}/status"): Row(
         A_ONLY,
         lambda world: f"/api/v1/devices/{world.device_a}/updates/{world.update_id}/status",
@@ -212,6 +214,12 @@ def iter_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
             raise AssertionError(f"cannot enumerate route {route!r}: extend iter_routes")
         for method in sorted(methods):
             yield method, path
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """The app; a held wake-up request is answered idle after 50 ms instead of 90 s."""
+    return make_client(wakeup_hold_seconds=0.05)
 
 
 def test_every_route_of_the_app_has_a_matrix_row(client: TestClient) -> None:

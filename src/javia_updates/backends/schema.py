@@ -134,6 +134,7 @@ class Tables:
     enrollment_tokens: Table
     rollouts: Table
     webhooks: WebhookTables
+    wakeups: Table
 
 
 def build_tables(schema: str | None = None) -> Tables:
@@ -319,6 +320,20 @@ def build_tables(schema: str | None = None) -> Tables:
     # Webhook subscriptions, events and their outbox (revision 0007, docs/webhooks.md).
     webhooks = define_webhook_tables(metadata, prefix, id_type(), UTCDateTime())
 
+    # Wake-ups between the server processes on one SQLite file (revision 0008,
+    # docs/architecture.md "Wake-ups"): each process reads the rows newer than the
+    # last it saw; rows older than a minute are deleted. Unused on PostgreSQL
+    # (LISTEN/NOTIFY). Ids are never reused, so no process skips a row.
+    wakeups = Table(
+        "wakeups",
+        metadata,
+        Column("id", id_type(), primary_key=True, autoincrement=True),
+        Column("origin", String(32), nullable=False),
+        Column("payload", Text(), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
+    )
+
     return Tables(
         metadata,
         devices,
@@ -328,4 +343,5 @@ def build_tables(schema: str | None = None) -> Tables:
         enrollment_tokens,
         rollouts,
         webhooks,
+        wakeups,
     )

@@ -6,7 +6,8 @@ Request bodies are capped (413) and heartbeats rate-limited per device (429),
 see :mod:`javia_updates.server.limits`. Ordinary heartbeats are answered by
 :mod:`javia_updates.server.fast_path` before FastAPI; heartbeat soft state is
 written in batches (:mod:`javia_updates.backends.soft_state`), flushed at
-shutdown.
+shutdown. Held wake-up requests (:mod:`javia_updates.server.wakeup`) receive
+the notices of the wake-up bus from start-up and are answered at shutdown.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 
 from javia_core.errors import BackendError
+from javia_core.wakeup import WakeupReason
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
+from javia_updates.backends.wakeup_bus import WakeupNotice
 from javia_updates.dashboard import install_dashboard
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
@@ -30,6 +33,8 @@ from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMi
 from javia_updates.server.metrics import RequestMetrics
 from javia_updates.server.metrics import router as metrics_router
 from javia_updates.server.routes import audit, devices, enrollment, health, updates, webhooks
+from javia_updates.server.wakeup import WakeupHub
+from javia_updates.server.wakeup import router as wakeup_router
 from javia_updates.server.webhooks import webhook_deliverer
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
@@ -85,6 +90,11 @@ def create_app(
     service = UpdateService(backend, settings)
 
     now_of = clock or utc_now
+    wakeups = WakeupHub(
+        hold_seconds=settings.wakeup_hold_seconds,
+        admissions_per_second=settings.wakeup_admissions_per_second,
+        reconnect_seconds=settings.wakeup_reconnect_seconds,
+    )
 
     async def evaluate_rollouts() -> None:
         """Every ``rollout_evaluation_seconds``: soaks, silent devices, phase gates (docs/rollouts.md)."""
@@ -99,14 +109,26 @@ def create_app(
 
     deliverer = webhook_deliverer(service, settings, now_of)
 
+    def on_wakeup(notice: WakeupNotice) -> None:
+        """A notice from any process: this process's catalog sees the change first, so the
+        devices it wakes (behind a balancer, on any replica) find it at their heartbeat."""
+        if notice.reason in (WakeupReason.UPDATE, WakeupReason.ROLLOUT):
+            service.records.rollout_changed(rows=notice.reason is WakeupReason.ROLLOUT)
+        wakeups.deliver(notice)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        wakeups.attach(asyncio.get_running_loop())
+        wakeups.chain_sigterm()  # held requests end at once on a graceful stop
+        service.wakeups.bus.start(on_wakeup)
         evaluation = asyncio.create_task(evaluate_rollouts())
         delivery = asyncio.create_task(deliverer.run_forever())
         try:
             yield
         finally:
+            wakeups.close_all()
+            service.wakeups.bus.close()
             for task in (evaluation, delivery):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +150,7 @@ def create_app(
     app.state.clock = now_of
     app.state.api_key = api_key
     app.state.webhooks = deliverer.store
+    app.state.wakeups = wakeups
     app.state.heartbeat_limiter = HeartbeatRateLimiter(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
@@ -135,6 +158,7 @@ def create_app(
     for module in (health, devices, updates, audit, enrollment, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     install_dashboard(app, service, api_key=api_key, data_dir=settings.data_dir, clock=now_of)
+    app.include_router(wakeup_router, prefix=API_PREFIX)
     app.add_middleware(
         RequestBodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,

@@ -95,6 +95,7 @@ from javia_updates.backends.base import (
     Page,
     UpdateRecord,
 )
+from javia_updates.backends.wakeup_bus import wakeup_bus_for
 from javia_updates.service.common import (
     API_PREFIX,
     DOCUMENT_CACHE_SIZE,
@@ -122,6 +123,7 @@ from javia_updates.service.tokens import (
 )
 from javia_updates.service.updates import Updates
 from javia_updates.service.views import derive_status
+from javia_updates.service.wakeups import DeviceWakeups
 from javia_updates.settings import ServerSettings
 
 __all__ = [
@@ -187,7 +189,9 @@ class UpdateService:
         self.catalog = self.records.catalog
         self.soft_state = self.records.soft_state
         self._devices = Devices(self.records, settings)
-        self._rollouts = Rollouts(self.records, settings)
+        #: Wakes devices' held wake-up requests on every server process (docs/agent.md).
+        self.wakeups = DeviceWakeups(wakeup_bus_for(self.store))
+        self._rollouts = Rollouts(self.records, settings, wakeups=self.wakeups)
         self._heartbeats = Heartbeats(self.records, settings, regressed=self._evaluate_rollout)
         self._reports = StatusReports(self.records, finished=self._evaluate_rollout)
         self._updates = Updates(self.records, self.blobs, self._rollouts)
@@ -319,7 +323,9 @@ class UpdateService:
         Raises:
             NotFoundError: the device is not registered.
         """
-        return self._devices.revoke_device_token(device_uuid, now=now, actor=actor)
+        revoked = self._devices.revoke_device_token(device_uuid, now=now, actor=actor)
+        self.wakeups.token_changed(device_uuid)
+        return revoked
 
     def rotate_device_token(
         self, device_uuid: uuid.UUID, *, now: datetime, actor: str = "admin"
@@ -331,7 +337,9 @@ class UpdateService:
         Raises:
             NotFoundError: the device is not registered.
         """
-        return self._devices.rotate_device_token(device_uuid, now=now, actor=actor)
+        rotated = self._devices.rotate_device_token(device_uuid, now=now, actor=actor)
+        self.wakeups.token_changed(device_uuid)
+        return rotated
 
     def create_enrollment_token(
         self,
@@ -683,7 +691,7 @@ class UpdateService:
             BackendError: the blob store or the database is unreachable or
                 failed; API 503.
         """
-        return self._publishing.publish_update(
+        published = self._publishing.publish_update(
             upload,
             now=now,
             targets=targets,
@@ -692,6 +700,8 @@ class UpdateService:
             tags=tags,
             policy=policy,
         )
+        self.wakeups.published(published.update_type, targets)
+        return published
 
     def plan_new_update(
         self,

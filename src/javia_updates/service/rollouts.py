@@ -59,6 +59,7 @@ from javia_updates.backends.base import (
 )
 from javia_updates.backends.cache import PHASE_MEMO_SIZE
 from javia_updates.service.records import FleetRecords
+from javia_updates.service.wakeups import DeviceWakeups
 from javia_updates.settings import ServerSettings
 
 __all__ = ["COMMANDS", "Rollouts", "new_rollout", "policy_of", "rollout_of"]
@@ -172,6 +173,7 @@ class Rollouts:
         records: the store with its caches (the catalog holds the rollouts the
             offer gate reads; every change here refreshes it at once).
         settings: the heartbeat interval (silence) and ``approval_required``.
+        wakeups: where every committed change wakes the devices (docs/agent.md).
     """
 
     def __init__(
@@ -180,8 +182,10 @@ class Rollouts:
         settings: ServerSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wakeups: DeviceWakeups | None = None,
     ) -> None:
         self.records = records
+        self.wakeups = wakeups or DeviceWakeups()
         self.store = records.store
         self.settings = settings
         self._clock = clock
@@ -223,6 +227,7 @@ class Rollouts:
             if stored is not None:
                 # A cancel rewrote rows: cached rows are dropped too.
                 self.records.rollout_changed(rows=stored.state is RolloutState.CANCELLED)
+                self.wakeups.rollout_changed(update.update_type, stored.state)
                 return stored
         raise ConflictError(
             f"{update.version}: the rollout kept changing under this command; try again"
