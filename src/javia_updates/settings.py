@@ -111,6 +111,12 @@ class ServerSettings(EnvOverTomlSettings):
         rollout_evaluation_seconds: how often the server evaluates running
             rollouts for soaks, silent devices and phase gates, in seconds
             (status reports and regressions evaluate at once as well).
+        max_concurrent_downloads: package downloads (archive, per-file objects,
+            patches) one server process streams at once; one more is answered
+            503 with ``Retry-After``. 0 turns the cap off. Each process
+            (replica) admits its own number.
+        download_busy_retry_seconds: the ``Retry-After`` of such a 503, in
+            seconds (devices add jitter).
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -132,6 +138,8 @@ class ServerSettings(EnvOverTomlSettings):
     trusted_keys_dir: Path | None = None
     approval_required: str = ""
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
+    max_concurrent_downloads: int = Field(default=200, ge=0, le=1_000_000)
+    download_busy_retry_seconds: int = Field(default=15, ge=1, le=3600)
 
     @field_validator("approval_required")
     @classmethod

@@ -23,10 +23,11 @@ from fastapi import FastAPI
 from javia_core.errors import BackendError
 from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
+from javia_updates.server.download_slots import DownloadCounters, DownloadSlotsMiddleware
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
-from javia_updates.server.routes import audit, devices, enrollment, health, updates
+from javia_updates.server.routes import audit, devices, enrollment, health, objects, updates
 from javia_updates.service import API_PREFIX, UpdateService
 from javia_updates.settings import ServerSettings
 
@@ -110,13 +111,21 @@ def create_app(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
     install_error_handlers(app)
-    for module in (health, devices, updates, audit, enrollment):
+    app.state.download_counters = DownloadCounters()
+    for module in (health, devices, updates, objects, audit, enrollment):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(
         RequestBodyLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
         upload_paths=(f"{API_PREFIX}/updates/", f"{API_PREFIX}/updates"),
+    )
+    app.add_middleware(
+        DownloadSlotsMiddleware,
+        limit=settings.max_concurrent_downloads,
+        retry_after_seconds=settings.download_busy_retry_seconds,
+        api_prefix=API_PREFIX,
+        counters=app.state.download_counters,
     )
     app.add_middleware(  # added last: runs first, before the body limit and routing
         HeartbeatFastPath,

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from javia_core import scheduling
-from javia_core.errors import ConflictError, NotFoundError, PackageError
+from javia_core.errors import BackendError, ConflictError, NotFoundError, PackageError
 from javia_core.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -38,6 +38,7 @@ from javia_updates.backends.base import (
     PublishTarget,
     Store,
 )
+from javia_updates.delta_objects import store_delta_objects
 from javia_updates.package_archive import sha256_of
 from javia_updates.service import views
 from javia_updates.service.common import (
@@ -222,6 +223,9 @@ class Publishing:
             try:
                 self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
                 self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
+                store_delta_objects(
+                    self.blobs, key, payload_path, manifest, self._earlier_manifests(manifest)
+                )
                 self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
             except BaseException:
                 self._discard_objects(manifest.version, key)
@@ -286,6 +290,28 @@ class Publishing:
         out = views.update_out(update, counts)
         out.rollout = self.rollouts.view(update, now)
         return out
+
+    def _earlier_manifests(self, manifest: Manifest) -> list[Manifest]:
+        """Manifests of the same application's releases below ``manifest``, highest first.
+
+        The patch bases of :func:`~javia_updates.delta_objects.store_delta_objects`
+        (at most :data:`~javia_core.deltas.PATCH_BASE_RELEASES`).
+        """
+        from javia_core.deltas import PATCH_BASE_RELEASES
+
+        version = manifest.parsed_version
+        earlier: list[Manifest] = []
+        for update in self.store.list_updates(limit=50, offset=0).items:
+            if len(earlier) >= PATCH_BASE_RELEASES:
+                break
+            if update.app != manifest.app or Version.parse(update.version) >= version:
+                continue
+            try:
+                documents = self.store.get_package_documents(update.id)
+                earlier.append(Manifest.from_bytes(documents[0]))
+            except (BackendError, ValueError):
+                continue
+        return earlier
 
     def _discard_unless_used(self, version: str, key: str) -> None:
         """After a failed database write: delete this publish's objects unless it was recorded.
