@@ -45,6 +45,8 @@ BENCHMARKS = [
     # 10,000 devices: about 4 min here (docs/benchmarks.md, "Rollouts").
     ("fleet", "bench_fleet.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 540),
     ("downtime", "bench_downtime.py", [], 180),
+    # Issue 14: bytes for a change (50 MiB, 500 files) and the bandwidth cap; about 5 min here.
+    ("deltas", "bench_deltas.py", ["--files", "500", "--mib", "50"], 900),
     # Issue 13: a bad release among 10,000 devices halts; a good one does not.
     # About 6 min here: two 10,000-device runs and 20 runs of 100 devices.
     ("rollouts", "bench_rollouts.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 720),

@@ -283,6 +283,11 @@ def _assemble(
     parts.mkdir(mode=0o700, exist_ok=True)
     sink = StagingSink(partial)
     sizes = {patch.base + patch.target: patch.size for patch in index.patches}
+    object_sizes = {  # the plan lists the manifest's files in order, as the index does
+        step.entry.sha256: size
+        for step, size in zip(plan.steps, index.object_sizes, strict=True)
+        if size is not None
+    }
     for step in plan.steps:
         entry = step.entry
         if keepalive is not None:
@@ -292,8 +297,8 @@ def _assemble(
                 _write_checked(sink, entry, _chunks(source), "the installed copy")
             continue
         if step.source is FileSource.OBJECT:
-            target, name, announced = object_path(entry.sha256), entry.sha256, index.objects
-            size = announced[entry.sha256]
+            target, name = object_path(entry.sha256), entry.sha256
+            size = object_sizes[entry.sha256]
             base_bytes = None
         else:
             assert step.base is not None

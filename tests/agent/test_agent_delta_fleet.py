@@ -159,7 +159,7 @@ def test_a_pruned_base_falls_back_to_the_archive(
 
 
 def _server_object(fleet: CrashFleet, sha256: str) -> Path:
-    return fleet.root / "server" / "packages" / "objects" / sha256
+    return fleet.root / "server" / "packages" / "objects" / sha256 / "object.zst"
 
 
 def test_a_forged_object_is_refused_and_the_running_release_stays_untouched(
@@ -246,3 +246,26 @@ def test_the_download_rate_limit_holds(delta_fleet: CrashFleet, device: FleetDev
     # 100 KB of incompressible data at 64 KiB/s, after a first burst of 16 KiB:
     # at least (100,000 - 16,384) / 65,536 s = 1.28 s (unlimited: a few milliseconds).
     assert elapsed >= (_DATA_BYTES // 4 - 16_384) / 65_536
+
+
+def test_a_package_without_a_delta_index_is_downloaded_whole(
+    delta_fleet: CrashFleet, device: FleetDevice
+) -> None:
+    # As a package published before per-file objects existed.
+    new = delta_fleet.package("v37.0.0", extra_files=_files(1))
+    update_id = delta_fleet.publish_to(device, new)
+    indexes = list(
+        (delta_fleet.root / "server" / "packages" / "v37.0.0").glob("*/delta-index.json")
+    )
+    assert len(indexes) == 1
+    indexes[0].unlink()
+    before = _stats(delta_fleet)
+    delta_fleet.start_agent_with(device)
+    wait_for(
+        lambda: (row := delta_fleet.row(device, update_id)) and row.status == "completed",
+        60,
+        "v37.0.0 to complete",
+    )
+    after = _stats(delta_fleet)
+    assert _sent(before, after, "archive") == new.manifest.archive.size
+    assert after["requests"].get("objects", 0) == before["requests"].get("objects", 0)

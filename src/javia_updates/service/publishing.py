@@ -38,7 +38,7 @@ from javia_updates.backends.base import (
     PublishTarget,
     Store,
 )
-from javia_updates.delta_objects import store_delta_objects
+from javia_updates.delta_objects import DeltaObjects, store_delta_objects
 from javia_updates.package_archive import sha256_of
 from javia_updates.service import views
 from javia_updates.service.common import (
@@ -220,14 +220,16 @@ class Publishing:
                 f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
                 f"-{secrets.token_hex(4)}"
             )
+            delta = DeltaObjects()  # per-file objects for delta downloads (docs/architecture.md)
             try:
                 self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
                 self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
-                store_delta_objects(
+                delta = store_delta_objects(
                     self.blobs, key, payload_path, manifest, self._earlier_manifests(manifest)
                 )
                 self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
             except BaseException:
+                delta.discard(self.blobs)
                 self._discard_objects(manifest.version, key)
                 raise
             new_update = NewUpdate(
@@ -280,7 +282,8 @@ class Publishing:
                     ),
                 )
             except BaseException:
-                self._discard_unless_used(manifest.version, key)
+                if self._discard_unless_used(manifest.version, key):
+                    delta.discard(self.blobs)
                 raise
         finally:
             payload_path.unlink(missing_ok=True)
@@ -313,13 +316,14 @@ class Publishing:
                 continue
         return earlier
 
-    def _discard_unless_used(self, version: str, key: str) -> None:
+    def _discard_unless_used(self, version: str, key: str) -> bool:
         """After a failed database write: delete this publish's objects unless it was recorded.
 
         The write may have committed although it reported a failure (a
         connection lost during COMMIT); then the row names ``key`` and the
         objects stay. When the database cannot tell, they stay too, with a log
         line: an update without its objects would be worse than a leftover.
+        Returns whether they were deleted.
         """
         try:
             recorded = self.store.get_update_by_version(version).package_url == key
@@ -335,9 +339,10 @@ class Publishing:
                 key,
                 version,
             )
-            return
+            return False
         if not recorded:
             self._discard_objects(version, key)
+        return not recorded
 
     def _discard_objects(self, version: str, key: str) -> None:
         """Delete the objects a failed publish stored under ``key``; log (never raise) if that fails.

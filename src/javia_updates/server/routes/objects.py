@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from javia_core.deltas import DELTA_INDEX_NAME
-from javia_updates.delta_objects import OBJECTS_KEY, patches_key
+from javia_updates.delta_objects import OBJECT_NAME, PATCH_NAME, object_key, patch_key
 from javia_updates.server.auth import (
     Caller,
     get_service,
@@ -75,13 +75,13 @@ async def _stream(service: UpdateService, key: str, name: str) -> Response:
 @router.get("/objects/{sha256}", response_class=StreamingResponse)
 async def get_object(sha256: Sha256, service: Service, _: AnyCaller) -> Response:
     """One file as a zstd frame; 404 when the server holds no such object."""
-    return await _stream(service, OBJECTS_KEY, sha256)
+    return await _stream(service, object_key(sha256), OBJECT_NAME)
 
 
 @router.get("/patches/{base}/{target}", response_class=StreamingResponse)
 async def get_patch(base: Sha256, target: Sha256, service: Service, _: AnyCaller) -> Response:
     """``target`` as a zstd frame against the file ``base`` (``--patch-from``); 404 if absent."""
-    return await _stream(service, patches_key(base), target)
+    return await _stream(service, patch_key(base, target), PATCH_NAME)
 
 
 @router.get("/downloads/stats")
