@@ -383,6 +383,7 @@ class DeviceClient:
             should_stop=should_stop,
             progress=progress,
             bandwidth=self.bandwidth,
+            what="object download" if "/objects/" in target else "patch download",
         )
 
     def download_payload(

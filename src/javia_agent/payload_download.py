@@ -52,11 +52,13 @@ def download_payload(
     should_stop: Callable[[], bool] | None,
     progress: Callable[[int, int], None] | None,
     bandwidth: TokenBucket | None,
+    what: str = "payload download",
 ) -> Path:
     """Stream ``target`` (a checked path) to ``dest`` via ``dest.partial``, never past ``expected_size`` bytes.
 
     ``bandwidth`` caps the speed (``None``: no cap); one bucket serves every
-    request of a download, objects and patches included. The
+    request of a download, objects and patches included. ``what`` names the
+    download in messages. The
     rest — arguments, retries, return value and errors — is
     :meth:`javia_agent.client.DeviceClient.download_payload`'s.
     """
@@ -82,7 +84,15 @@ def download_payload(
         before = offset
         try:
             restart = _stream_payload(
-                session, target, partial, offset, expected_size, should_stop, progress, bandwidth
+                session,
+                target,
+                partial,
+                offset,
+                expected_size,
+                should_stop,
+                progress,
+                bandwidth,
+                what,
             )
         except (NetworkError, ServerError, DownloadError) as error:
             if error.status_code == 401 and not reloaded and session.reload_token():
@@ -103,7 +113,7 @@ def download_payload(
             on_wait = None
             if progress is not None:
                 on_wait = functools.partial(progress, offset, expected_size)
-            session.wait_to_retry(delay, should_stop, on_wait, "payload download")
+            session.wait_to_retry(delay, should_stop, on_wait, what)
             continue
         if restart is None:
             os.replace(partial, dest)
@@ -111,7 +121,7 @@ def download_payload(
         restarts += 1
         if restarts > _MAX_RESTARTS:
             raise ConfusedServerError(
-                "payload download: the server's range answers made no sense; try again later"
+                f"{what}: the server's range answers made no sense; try again later"
             )
         offset = restart
 
@@ -125,9 +135,9 @@ def _stream_payload(
     should_stop: Callable[[], bool] | None,
     progress: Callable[[int, int], None] | None,
     limiter: TokenBucket | None,
+    what: str,
 ) -> int | None:
     """One GET into ``partial`` from ``offset``. Returns None when complete, else the offset to retry from."""
-    what = "payload download"
     headers = {**session.auth(), "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"

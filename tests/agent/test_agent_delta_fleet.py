@@ -13,6 +13,9 @@ per kind) say what crossed the wire:
 - a download rate limit holds the agent near its cap.
 
 This module starts its own server (a download cap of 1, ``Retry-After: 1``).
+Each test runs a real agent and application on a provisioned device (a few
+seconds each on a quiet machine); the 503 test publishes 8 MB, enough to
+keep loopback buffers from absorbing the download that holds the only slot.
 """
 
 from __future__ import annotations
