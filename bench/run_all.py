@@ -47,6 +47,8 @@ BENCHMARKS = [
     ("downtime", "bench_downtime.py", [], 180),
     # Issue 15: the dashboard's polled pages over 2,000 devices (about 1 min).
     ("dashboard", "bench_dashboard.py", ["--devices", "2000"], 240),
+    # Issue 14: bytes for a change (50 MiB, 500 files) and the bandwidth cap; about 5 min here.
+    ("deltas", "bench_deltas.py", ["--files", "500", "--mib", "50"], 900),
     # Issue 13: a bad release among 10,000 devices halts; a good one does not.
     # About 6 min here: two 10,000-device runs and 20 runs of 100 devices.
     ("rollouts", "bench_rollouts.py", ["--devices", "10000", "--heartbeat-seconds", "30"], 720),

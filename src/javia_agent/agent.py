@@ -240,7 +240,7 @@ class Agent:
                 base_delay_seconds=config.download_retry_base_seconds,
                 max_delay_seconds=config.download_retry_max_seconds,
             ),
-            download_rate_limit=config.download_rate_limit_bytes_per_second,
+            download_rate_limit=config.download_rate_limit_bytes,
             # A token rotated on the server and written to the file is picked up
             # at the next 401, without a restart.
             token_source=lambda: read_token(config.token_file),

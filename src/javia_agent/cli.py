@@ -204,6 +204,12 @@ def register(
         "<state-dir>/activity/ and read the configuration.",
         show_default="javia-app",
     ),
+    download_rate_limit: str | None = typer.Option(
+        None,
+        "--download-rate-limit",
+        help="Cap on the download speed per second, e.g. 512KiB or 2MB "
+        "(units B, kB, KiB, MB, MiB; default: no cap).",
+    ),
     tag: list[str] | None = typer.Option(
         None,
         "--tag",
@@ -241,6 +247,13 @@ def register(
         except ValueError as error:
             raise ConfigError(f"--timezone: {error}") from None
     tags = _checked_tags(tag or [])
+    if download_rate_limit is not None:
+        from javia_agent.bandwidth import parse_rate
+
+        try:
+            parse_rate(download_rate_limit)
+        except ValueError as error:
+            raise ConfigError(f"--download-rate-limit: {error}") from None
     overrides: dict[str, Any] = {"server_url": server}
     for key, value in {
         "device_name": name,
@@ -258,6 +271,7 @@ def register(
         "ca_bundle": ca_bundle,
         "window_start": window_start,
         "window_seconds": window_seconds,
+        "download_rate_limit": download_rate_limit,
     }.items():
         if value is not None:
             overrides[key] = value

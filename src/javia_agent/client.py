@@ -29,12 +29,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from javia_agent import payload_download
+from javia_agent.bandwidth import TokenBucket
 from javia_agent.config import check_server_url
 from javia_agent.errors import AgentError, DownloadError, ServerError
 from javia_agent.transport import DEFAULT_REQUEST_DEADLINE_SECONDS, HttpSession, RetryPolicy
@@ -48,6 +49,9 @@ from javia_core.models import (
     UpdateCheckResponse,
 )
 from javia_core.wakeup import WakeupAnswer
+
+if TYPE_CHECKING:
+    from javia_core.deltas import DeltaIndex
 
 __all__ = ["API_PREFIX", "DeviceClient"]
 
@@ -122,6 +126,12 @@ class DeviceClient:
         if not request_deadline_seconds > 0:
             raise ValueError("request_deadline_seconds must be a positive number of seconds")
         self.download_rate_limit = download_rate_limit
+        #: One token bucket for every download of this client (archive, objects, patches).
+        self.bandwidth = (
+            TokenBucket(download_rate_limit, monotonic=monotonic, sleep=sleep)
+            if download_rate_limit is not None
+            else None
+        )
         self.base_url = check_server_url(server_url, allow_insecure_http=allow_insecure_http)
         self.device_uuid = uuid.UUID(str(device_uuid)) if device_uuid is not None else None
         #: The HTTP session every call goes through (token, limits, retries).
@@ -332,6 +342,68 @@ class DeviceClient:
             self._resolve(url), MAX_SIGNATURE_BYTES, "signature download", should_stop
         )
 
+    def delta_index(
+        self, update_id: int, *, should_stop: Callable[[], bool] | None = None
+    ) -> DeltaIndex | None:
+        """``GET /api/v1/updates/{id}/delta-index``: what the server holds per file, or ``None``.
+
+        ``None`` when the server has no index for the update (404: published
+        before per-file objects, or a server without them); the index is
+        parsed here (:meth:`_parse`) and only steers what is fetched.
+
+        Raises:
+            ServerError: another error status, or an index out of its rules;
+                DownloadTooLargeError, AuthenticationError, NetworkError as
+                for every download.
+        """
+        from javia_core.deltas import MAX_DELTA_INDEX_BYTES, DeltaIndex
+
+        if type(update_id) is not int or update_id < 1:
+            raise ValueError(f"invalid update id {update_id!r}")
+        try:
+            body = self.session.download_small(
+                f"/api/v1/updates/{update_id}/delta-index",
+                MAX_DELTA_INDEX_BYTES,
+                "delta index download",
+                should_stop,
+            )
+        except ServerError as error:
+            if error.status_code == 404:
+                return None
+            raise
+        return self._parse(httpx.Response(200, content=body), DeltaIndex, "delta index")
+
+    def download_delta_part(
+        self,
+        target: str,
+        dest: Path,
+        announced_size: int,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Stream one object or patch (``target`` from :func:`javia_core.deltas.object_path`
+        or :func:`~javia_core.deltas.patch_path`) to ``dest``, exactly ``announced_size`` bytes.
+
+        The same resumable, rate-limited, size-capped download as
+        :meth:`download_payload` (retries, ``Retry-After`` with jitter); the
+        caller checks the content against the signed manifest.
+
+        Raises:
+            As :meth:`download_payload`.
+        """
+        return payload_download.download_payload(
+            self.session,
+            self._resolve(target),
+            dest,
+            announced_size,
+            resume=True,
+            should_stop=should_stop,
+            progress=progress,
+            bandwidth=self.bandwidth,
+            what="object download" if "/objects/" in target else "patch download",
+        )
+
     def download_payload(
         self,
         url: str,
@@ -390,5 +462,5 @@ class DeviceClient:
             resume=resume,
             should_stop=should_stop,
             progress=progress,
-            rate_limit=self.download_rate_limit,
+            bandwidth=self.bandwidth,
         )

@@ -118,8 +118,16 @@ class AgentConfig(BaseModel):
     keep_releases: int = Field(
         default=1, ge=0, description="previous releases kept besides current"
     )
+    download_rate_limit: str | None = Field(
+        default=None,
+        description="cap on the download speed, e.g. 512KiB (units B, kB, KiB, MB, MiB; per "
+        "second); unset: no cap",
+    )
     download_rate_limit_bytes_per_second: float | None = Field(
-        default=None, gt=0, description="cap on the payload download speed; unset: no cap"
+        default=None,
+        gt=0,
+        description="the same cap as a number of bytes per second (older name; "
+        "download_rate_limit wins)",
     )
     download_retry_attempts: int = Field(
         default=6, ge=1, description="failed download attempts in a row without progress"
@@ -206,6 +214,27 @@ class AgentConfig(BaseModel):
         # ``javia agent register`` checks new names strictly (validate_timezone).
         load_timezone(value)
         return value
+
+    @field_validator("download_rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> str | None:
+        from javia_agent.bandwidth import RATE_FORM, parse_rate
+
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expected {RATE_FORM}")
+        parse_rate(value)
+        return str(value).strip()
+
+    @property
+    def download_rate_limit_bytes(self) -> float | None:
+        """The download cap in bytes per second (``download_rate_limit`` first), or ``None``."""
+        from javia_agent.bandwidth import parse_rate
+
+        if self.download_rate_limit is not None:
+            return parse_rate(self.download_rate_limit)
+        return self.download_rate_limit_bytes_per_second
 
     @field_validator("start_command", "health_command", "setup_command", "apt_command", "pip_args")
     @classmethod

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from javia_agent.bandwidth import TokenBucket
 from javia_agent.errors import (
     DownloadCancelledError,
     DownloadError,
@@ -50,11 +51,14 @@ def download_payload(
     resume: bool,
     should_stop: Callable[[], bool] | None,
     progress: Callable[[int, int], None] | None,
-    rate_limit: float | None,
+    bandwidth: TokenBucket | None,
+    what: str = "payload download",
 ) -> Path:
     """Stream ``target`` (a checked path) to ``dest`` via ``dest.partial``, never past ``expected_size`` bytes.
 
-    ``rate_limit`` caps the speed in bytes per second (``None``: no cap). The
+    ``bandwidth`` caps the speed (``None``: no cap); one bucket serves every
+    request of a download, objects and patches included. ``what`` names the
+    download in messages. The
     rest — arguments, retries, return value and errors — is
     :meth:`javia_agent.client.DeviceClient.download_payload`'s.
     """
@@ -80,7 +84,15 @@ def download_payload(
         before = offset
         try:
             restart = _stream_payload(
-                session, target, partial, offset, expected_size, should_stop, progress, rate_limit
+                session,
+                target,
+                partial,
+                offset,
+                expected_size,
+                should_stop,
+                progress,
+                bandwidth,
+                what,
             )
         except (NetworkError, ServerError, DownloadError) as error:
             if error.status_code == 401 and not reloaded and session.reload_token():
@@ -101,7 +113,7 @@ def download_payload(
             on_wait = None
             if progress is not None:
                 on_wait = functools.partial(progress, offset, expected_size)
-            session.wait_to_retry(delay, should_stop, on_wait, "payload download")
+            session.wait_to_retry(delay, should_stop, on_wait, what)
             continue
         if restart is None:
             os.replace(partial, dest)
@@ -109,7 +121,7 @@ def download_payload(
         restarts += 1
         if restarts > _MAX_RESTARTS:
             raise ConfusedServerError(
-                "payload download: the server's range answers made no sense; try again later"
+                f"{what}: the server's range answers made no sense; try again later"
             )
         offset = restart
 
@@ -122,15 +134,14 @@ def _stream_payload(
     expected_size: int,
     should_stop: Callable[[], bool] | None,
     progress: Callable[[int, int], None] | None,
-    rate_limit: float | None,
+    limiter: TokenBucket | None,
+    what: str,
 ) -> int | None:
     """One GET into ``partial`` from ``offset``. Returns None when complete, else the offset to retry from."""
-    what = "payload download"
     headers = {**session.auth(), "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     received = offset
-    limiter = _RateLimiter(rate_limit, session.monotonic, session.sleep) if rate_limit else None
     try:
         with session.http.stream("GET", target, headers=headers) as response:
             session.note_local_address(response)
@@ -187,7 +198,7 @@ def _stream_payload(
                                 f"{what} stopped at {received} of {expected_size} bytes; will resume"
                             )
                         if limiter is not None:
-                            limiter.consumed(len(chunk))
+                            limiter.take(len(chunk))
                 finally:
                     if not handle.closed:
                         handle.flush()
@@ -248,24 +259,3 @@ def _check_content_range(header: str, offset: int, expected_size: int) -> int | 
         logger.warning("server resumed at byte %d instead of %d; starting over", first, offset)
         return 0
     return None
-
-
-class _RateLimiter:
-    """Keeps a stream at or under ``rate`` bytes per second by sleeping after chunks."""
-
-    def __init__(
-        self, rate: float, monotonic: Callable[[], float], sleep: Callable[[float], None]
-    ) -> None:
-        self.rate = float(rate)
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._started = monotonic()
-        self._bytes = 0
-        # About eight chunks a second: smooth, and should_stop is polled often.
-        self.chunk_bytes = max(1024, min(64 * 1024, int(self.rate / 8)))
-
-    def consumed(self, count: int) -> None:
-        self._bytes += count
-        ahead = self._bytes / self.rate - (self._monotonic() - self._started)
-        if ahead > 0:
-            self._sleep(ahead)

@@ -73,6 +73,8 @@ MAX_ANSWER_BYTES = 1024 * 1024
 #: Longest wait a server may impose (``Retry-After``, on any route), in seconds;
 #: a longer one is cut to this, so one answer cannot silence the device for good.
 MAX_SERVER_DELAY_SECONDS = 3600.0
+#: Share of a ``Retry-After`` added at random to it before asking again.
+RETRY_AFTER_JITTER = 0.25
 #: Default time limit, in seconds, for one small request from sending it to the
 #: last byte of the answer (``request_deadline_seconds`` in the agent config).
 DEFAULT_REQUEST_DEADLINE_SECONDS = 60.0
@@ -456,14 +458,20 @@ class HttpSession:
     # -- retries --------------------------------------------------------------------
 
     def retry_delay(self, error: AgentError, streak: int) -> float:
-        """Seconds to wait before the next attempt; re-raises ``error`` if the server asks too much."""
+        """Seconds to wait before the next attempt; re-raises ``error`` if the server asks too much.
+
+        A ``Retry-After`` is waited out plus up to :data:`RETRY_AFTER_JITTER`
+        of it again (random), so devices refused together (503 from a server
+        at its download cap) do not come back in the same second.
+        """
         policy = self.retry
         delay = policy.backoff_seconds(streak, self.rng)
         asked = error.retry_after_seconds
         if asked is not None:
             if asked > policy.max_retry_after_seconds:
                 raise error
-            delay = max(delay, asked)
+            jittered = asked * (1 + self.rng.uniform(0, RETRY_AFTER_JITTER))
+            delay = max(delay, min(jittered, policy.max_retry_after_seconds))
         return delay
 
     def wait_to_retry(

@@ -148,6 +148,13 @@ class ServerSettings(EnvOverTomlSettings):
             a fleet reconnecting after a restart comes back over seconds; 0: no limit.
         wakeup_reconnect_seconds: the reconnect delay the server suggests after
             each answer, in seconds (the agent adds jitter).
+        max_concurrent_downloads: package downloads (archive, per-file objects,
+            patches) the server streams at once; one more is answered 503
+            with ``Retry-After``. 0 turns the cap off. With ``--workers N``
+            each worker admits ``ceil(cap / N)``; each replica behind a
+            balancer admits its own number (docs/backends.md).
+        download_busy_retry_seconds: the ``Retry-After`` of such a 503, in
+            seconds (devices add jitter).
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -179,6 +186,8 @@ class ServerSettings(EnvOverTomlSettings):
     wakeup_hold_seconds: float = Field(default=50, gt=0, le=600)
     wakeup_admissions_per_second: float = Field(default=500, ge=0, le=1_000_000)
     wakeup_reconnect_seconds: float = Field(default=1, ge=0, le=3600)
+    max_concurrent_downloads: int = Field(default=200, ge=0, le=1_000_000)
+    download_busy_retry_seconds: int = Field(default=15, ge=1, le=3600)
 
     @field_validator("approval_required")
     @classmethod

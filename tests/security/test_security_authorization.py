@@ -69,6 +69,15 @@ def fixed(path: str) -> Callable[[World], str]:
     return lambda world: path
 
 
+ANY_DEVICE = (401, 401, 200, 200, 401, 401, 200)
+
+
+def first_object(world: World) -> str:
+    """The object route of the published package's first file (content-addressed)."""
+    manifest = world.client.get(f"/api/v1/updates/{world.update_id}/manifest", headers=ADMIN)
+    return f"/api/v1/objects/{manifest.json()['files'][0]['sha256']}"
+
+
 def publish_request(world: World) -> dict[str, Any]:
     return {"files": make_package("v1.2.0").files()}
 
@@ -132,6 +141,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/updates/{reference}/manifest"): Row(ADMIN_OR_A, update("/manifest")),
     ("GET", "/api/v1/updates/{reference}/signature"): Row(ADMIN_OR_A, update("/signature")),
     ("GET", "/api/v1/updates/{reference}/download"): Row(ADMIN_OR_A, update("/download")),
+    # delta downloads: the index as the package; objects and patches for any device
+    ("GET", "/api/v1/updates/{reference}/delta-index"): Row(ADMIN_OR_A, update("/delta-index")),
+    ("GET", "/api/v1/objects/{sha256}"): Row(ANY_DEVICE, first_object),
+    ("GET", "/api/v1/patches/{base}/{target}"): Row(
+        (401, 401, 404, 404, 401, 401, 404), lambda world: f"/api/v1/patches/{'a' * 64}/{'b' * 64}"
+    ),
+    ("GET", "/api/v1/downloads/stats"): Row(ADMIN_ONLY, fixed("/api/v1/downloads/stats")),
     # audit and enrollment tokens
     ("GET", "/api/v1/audit"): Row(ADMIN_ONLY, fixed("/api/v1/audit")),
     ("POST", "/api/v1/enrollment-tokens/"): Row(

@@ -66,11 +66,11 @@ def _apply_keyring_changes(installer: Installer, record: UpdateRecord) -> None:
     keyring_dir = installer.keyring_dir
     if keyring_dir is None:
         return
+    from javia_agent.delta_download import read_metadata
     from javia_agent.keyring import apply_package_keyring_changes
-    from javia_core.package_reader import read_package_dir
 
-    try:
-        manifest_bytes, signature_bytes, _ = read_package_dir(installer.package_dir(record))
+    try:  # the archive may be absent: a delta download keeps the metadata only
+        manifest_bytes, signature_bytes = read_metadata(installer.package_dir(record))
         update = apply_package_keyring_changes(keyring_dir, manifest_bytes, signature_bytes)
     except (JaviaError, OSError) as error:
         logger.error("keyring changes of %s not applied: %s", record.version, error)

@@ -103,6 +103,8 @@ def _download(installer: Installer, run: Run, package_dir: Path) -> None:
             if candidate.exists():
                 have = max(have, min(candidate.stat().st_size, size))
         check_disk_space(installer, verified.manifest, download_bytes=size - have)
+        if not have and _fetch_delta(installer, run, verified.manifest, package_dir):
+            return
         client.download_payload(
             directive.download_url,
             payload,
@@ -134,6 +136,45 @@ def _download(installer: Installer, run: Run, package_dir: Path) -> None:
             logger.warning("download of %s paused: %s", directive.version, error)
             raise RetryLater(str(error), error.retry_after_seconds) from None
         raise
+
+
+def _fetch_delta(installer: Installer, run: Run, manifest: Manifest, package_dir: Path) -> bool:
+    """Try the delta download (:mod:`javia_agent.delta_download`); False: download the archive.
+
+    Files are reused from every installed release but the one being
+    installed, the running release first, then the others highest first.
+    """
+    from javia_agent import delta_download
+    from javia_core.versioning import Version
+
+    directive, client = run.directive, installer.client
+    if directive is None or client is None:  # pragma: no cover - guarded by _download
+        return False
+    releases_dir = installer.paths.releases_dir
+    current = installer.current_release()
+    found: list[tuple[bool, Version, Path]] = []
+    try:
+        children = list(releases_dir.iterdir())
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            version = Version.parse(child.name)
+        except ValueError:
+            continue
+        if child.name != manifest.version and child.is_dir() and not child.is_symlink():
+            found.append((child.name == current, version, child))
+    releases = [path for _current, _version, path in sorted(found, reverse=True)]
+    plan = delta_download.fetch_delta(
+        client,
+        manifest,
+        directive.update_id,
+        package_dir,
+        releases,
+        should_stop=installer.should_stop,
+        keepalive=installer.keepalive,
+    )
+    return plan is not None
 
 
 def _ping(installer: Installer) -> None:

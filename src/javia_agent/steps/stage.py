@@ -38,15 +38,14 @@ def run(installer: Installer, run: Run) -> Event:
     """Report ``installing`` and stage the verified payload; see the module docstring."""
 
     def body() -> None:
-        from javia_agent import verification
+        from javia_agent import delta_download, verification
         from javia_core.manifest import PAYLOAD_NAME
-        from javia_core.package_reader import read_package_dir
 
         record = run.record
         package_dir = installer.package_dir(record)
         installer.report(record.update_id, UpdateStatus.INSTALLING, None)
         if run.manifest is None:  # resumed at staging: re-establish trust from disk
-            manifest_bytes, signature_bytes, _ = read_package_dir(package_dir)
+            manifest_bytes, signature_bytes = delta_download.read_metadata(package_dir)
             run.manifest = verification.verify_metadata(
                 manifest_bytes,
                 signature_bytes,
@@ -61,8 +60,8 @@ def run(installer: Installer, run: Run) -> Event:
 
 
 def _stage(installer: Installer, manifest: Manifest, payload: Path) -> None:
-    """Extract into ``releases/<version>`` and run the setup steps; remove it on failure."""
-    from javia_agent import verification
+    """Extract (or copy a delta tree) into ``releases/<version>``, run the setup steps; remove it on failure."""
+    from javia_agent import delta_download, verification
 
     paths = installer.paths
     release = paths.release_dir(manifest.parsed_version)
@@ -72,7 +71,11 @@ def _stage(installer: Installer, manifest: Manifest, payload: Path) -> None:
             raise InstallError(f"{manifest.version} is the running release")
         releases_module._remove_tree(release)  # left over from an interrupted staging
     with installer.keepalive_during():
-        verification.extract_payload(payload, manifest, release)
+        tree = delta_download.assembled_tree(payload.parent)
+        if tree is not None:  # a delta download: copy the checked tree, hashing it again
+            delta_download.install_tree(tree, manifest, release)
+        else:
+            verification.extract_payload(payload, manifest, release)
     installer.checkpoint("staging.extracted")
     try:
         if installer.python_envs is not None:

@@ -27,12 +27,21 @@ from javia_updates import __version__
 from javia_updates.backends import Backend, create_backend
 from javia_updates.backends.wakeup_bus import WakeupNotice
 from javia_updates.dashboard import install_dashboard
+from javia_updates.server.download_slots import DownloadCounters, DownloadSlotsMiddleware
 from javia_updates.server.errors import install_error_handlers
 from javia_updates.server.fast_path import HeartbeatFastPath
 from javia_updates.server.limits import HeartbeatRateLimiter, RequestBodyLimitMiddleware
 from javia_updates.server.metrics import RequestMetrics
 from javia_updates.server.metrics import router as metrics_router
-from javia_updates.server.routes import audit, devices, enrollment, health, updates, webhooks
+from javia_updates.server.routes import (
+    audit,
+    devices,
+    enrollment,
+    health,
+    objects,
+    updates,
+    webhooks,
+)
 from javia_updates.server.wakeup import WakeupHub
 from javia_updates.server.wakeup import router as wakeup_router
 from javia_updates.server.webhooks import webhook_deliverer
@@ -155,7 +164,8 @@ def create_app(
         burst=settings.heartbeat_burst, interval_seconds=settings.heartbeat_interval_seconds
     )
     install_error_handlers(app)
-    for module in (health, devices, updates, audit, enrollment, webhooks):
+    app.state.download_counters = DownloadCounters()
+    for module in (health, devices, updates, objects, audit, enrollment, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     install_dashboard(app, service, api_key=api_key, data_dir=settings.data_dir, clock=now_of)
     app.include_router(wakeup_router, prefix=API_PREFIX)
@@ -164,6 +174,13 @@ def create_app(
         max_bytes=settings.max_request_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
         upload_paths=(f"{API_PREFIX}/updates/", f"{API_PREFIX}/updates"),
+    )
+    app.add_middleware(
+        DownloadSlotsMiddleware,
+        limit=settings.max_concurrent_downloads,
+        retry_after_seconds=settings.download_busy_retry_seconds,
+        api_prefix=API_PREFIX,
+        counters=app.state.download_counters,
     )
     app.add_middleware(  # added last: runs first, before the body limit and routing
         HeartbeatFastPath,

@@ -72,6 +72,7 @@ def worker_app(settings: ServerSettings, supervisor_pid: int) -> FastAPI:
     """Build one worker's application (the factory each worker process calls).
 
     The supervisor prepared the backend already: no migrations here. The
+    download cap is shared out between the workers (:func:`_share_of`). The
     store is marked as shared (``exclusive`` False) even on SQLite, so every
     cached device is confirmed with the database at each request.
 
@@ -81,7 +82,19 @@ def worker_app(settings: ServerSettings, supervisor_pid: int) -> FastAPI:
             is no longer its parent.
     """
     _die_with(supervisor_pid)
-    return create_app(settings, prepare=False, shared_database=True)
+    return create_app(_share_of(settings), prepare=False, shared_database=True)
+
+
+def _share_of(settings: ServerSettings) -> ServerSettings:
+    """One worker's share of the server-wide download cap.
+
+    ``max_concurrent_downloads`` is the server's number (docs/backends.md):
+    each of N workers admits ``ceil(cap / N)`` downloads at once (0: no cap).
+    """
+    cap, workers = settings.max_concurrent_downloads, settings.resolved_workers()
+    if cap <= 0 or workers <= 1:
+        return settings
+    return settings.model_copy(update={"max_concurrent_downloads": -(-cap // workers)})
 
 
 def run_workers(

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from javia_core import scheduling
-from javia_core.errors import ConflictError, NotFoundError, PackageError
+from javia_core.errors import BackendError, ConflictError, NotFoundError, PackageError
 from javia_core.manifest import (
     MANIFEST_NAME,
     PAYLOAD_NAME,
@@ -38,6 +38,7 @@ from javia_updates.backends.base import (
     PublishTarget,
     Store,
 )
+from javia_updates.delta_objects import DeltaObjects, store_delta_objects
 from javia_updates.package_archive import sha256_of
 from javia_updates.service import views
 from javia_updates.service.common import (
@@ -219,11 +220,16 @@ class Publishing:
                 f"{manifest.version}/{hashlib.sha256(upload.manifest_bytes).hexdigest()[:16]}"
                 f"-{secrets.token_hex(4)}"
             )
+            delta = DeltaObjects()  # per-file objects for delta downloads (docs/architecture.md)
             try:
                 self.blobs.put_bytes(key, MANIFEST_NAME, upload.manifest_bytes)
                 self.blobs.put_bytes(key, SIGNATURE_NAME, upload.signature_bytes)
+                delta = store_delta_objects(
+                    self.blobs, key, payload_path, manifest, self._earlier_manifests(manifest)
+                )
                 self.blobs.put_file(key, PAYLOAD_NAME, payload_path)
             except BaseException:
+                delta.discard(self.blobs)
                 self._discard_objects(manifest.version, key)
                 raise
             new_update = NewUpdate(
@@ -276,7 +282,8 @@ class Publishing:
                     ),
                 )
             except BaseException:
-                self._discard_unless_used(manifest.version, key)
+                if self._discard_unless_used(manifest.version, key):
+                    delta.discard(self.blobs)
                 raise
         finally:
             payload_path.unlink(missing_ok=True)
@@ -287,13 +294,36 @@ class Publishing:
         out.rollout = self.rollouts.view(update, now)
         return out
 
-    def _discard_unless_used(self, version: str, key: str) -> None:
+    def _earlier_manifests(self, manifest: Manifest) -> list[Manifest]:
+        """Manifests of the same application's releases below ``manifest``, highest first.
+
+        The patch bases of :func:`~javia_updates.delta_objects.store_delta_objects`
+        (at most :data:`~javia_core.deltas.PATCH_BASE_RELEASES`).
+        """
+        from javia_core.deltas import PATCH_BASE_RELEASES
+
+        version = manifest.parsed_version
+        earlier: list[Manifest] = []
+        for update in self.store.list_updates(limit=50, offset=0).items:
+            if len(earlier) >= PATCH_BASE_RELEASES:
+                break
+            if update.app != manifest.app or Version.parse(update.version) >= version:
+                continue
+            try:
+                documents = self.store.get_package_documents(update.id)
+                earlier.append(Manifest.from_bytes(documents[0]))
+            except (BackendError, ValueError):
+                continue
+        return earlier
+
+    def _discard_unless_used(self, version: str, key: str) -> bool:
         """After a failed database write: delete this publish's objects unless it was recorded.
 
         The write may have committed although it reported a failure (a
         connection lost during COMMIT); then the row names ``key`` and the
         objects stay. When the database cannot tell, they stay too, with a log
         line: an update without its objects would be worse than a leftover.
+        Returns whether they were deleted.
         """
         try:
             recorded = self.store.get_update_by_version(version).package_url == key
@@ -309,9 +339,10 @@ class Publishing:
                 key,
                 version,
             )
-            return
+            return False
         if not recorded:
             self._discard_objects(version, key)
+        return not recorded
 
     def _discard_objects(self, version: str, key: str) -> None:
         """Delete the objects a failed publish stored under ``key``; log (never raise) if that fails.
