@@ -125,6 +125,11 @@ class ServerSettings(EnvOverTomlSettings):
             process may run on (:meth:`resolved_workers`). Each keeps its own
             caches; docs/architecture.md ("Processes") says what stays
             consistent across them.
+        dashboard_secret: the secret signing dashboard sessions
+            (``JAVIA_DASHBOARD_SECRET``), the same on every replica. None:
+            with the ``local`` backend a random one kept in the data
+            directory (``dashboard-session.key``); with ``supabase`` the
+            admin key alone signs them (docs/dashboard.md).
         metrics_token: a read-only bearer token for ``GET /metrics``
             (``JAVIA_METRICS_TOKEN``; the admin key works too), so a Prometheus
             server need not hold the admin key (docs/metrics.md). None: only
@@ -178,6 +183,7 @@ class ServerSettings(EnvOverTomlSettings):
     rollout_evaluation_seconds: float = Field(default=5, gt=0, le=3600)
     workers: int | None = Field(default=None, ge=1, le=256)
     metrics_token: SecretStr | None = None
+    dashboard_secret: SecretStr | None = None
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=120)
     webhook_retry_seconds: float = Field(default=10, gt=0, le=86_400)
     webhook_retry_max_seconds: float = Field(default=3600, gt=0, le=86_400)

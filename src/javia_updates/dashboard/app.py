@@ -18,6 +18,7 @@ in ``X-CSRF-Token`` (403 otherwise).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import pathlib
 import uuid
@@ -313,19 +314,30 @@ def install_dashboard(
     api_key: str,
     data_dir: pathlib.Path,
     clock: Callable[[], datetime],
+    configured_secret: str | None = None,
+    keep_on_disk: bool = True,
 ) -> None:
     """Mount the dashboard at :data:`DASHBOARD_PATH` on the server ``app``.
 
-    The session secret is read from (or created in) ``data_dir``
-    (:func:`~javia_updates.dashboard.sessions.load_or_create_secret`).
+    The session secret: ``configured_secret`` (the ``dashboard_secret``
+    setting, the same on every replica) if given; else, with ``keep_on_disk``
+    (the ``local`` backend), read from (or created in) ``data_dir``
+    (:func:`~javia_updates.dashboard.sessions.load_or_create_secret`); else
+    (replicas without a disk of their own, ``supabase``) derived from the
+    admin key alone, so every replica agrees (docs/dashboard.md).
 
     Raises:
         SettingsError: the data directory cannot hold the secret, or its file is damaged.
     """
-    try:
-        secret = load_or_create_secret(data_dir.expanduser())
-    except (OSError, ValueError) as error:
-        raise SettingsError(f"dashboard sessions: {error}") from None
+    if configured_secret:
+        secret = hashlib.sha256(b"javia dashboard secret\0" + configured_secret.encode()).digest()
+    elif keep_on_disk:
+        try:
+            secret = load_or_create_secret(data_dir.expanduser())
+        except (OSError, ValueError) as error:
+            raise SettingsError(f"dashboard sessions: {error}") from None
+    else:
+        secret = hashlib.sha256(b"javia dashboard secret\0").digest()
     app.mount(
         DASHBOARD_PATH,
         create_dashboard(service, api_key=api_key, secret=secret, clock=clock),

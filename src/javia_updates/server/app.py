@@ -167,7 +167,17 @@ def create_app(
     app.state.download_counters = DownloadCounters()
     for module in (health, devices, updates, objects, audit, enrollment, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
-    install_dashboard(app, service, api_key=api_key, data_dir=settings.data_dir, clock=now_of)
+    install_dashboard(
+        app,
+        service,
+        api_key=api_key,
+        data_dir=settings.data_dir,
+        clock=now_of,
+        configured_secret=(
+            settings.dashboard_secret.get_secret_value() if settings.dashboard_secret else None
+        ),
+        keep_on_disk=settings.backend == "local",
+    )
     app.include_router(wakeup_router, prefix=API_PREFIX)
     app.add_middleware(
         RequestBodyLimitMiddleware,
