@@ -203,9 +203,8 @@ def publish(
     from javia_updates.packaging import build_package, collect_files, read_app_version
 
     if not app_dir.is_dir():
-        fail(
-            f"application directory {app_dir} does not exist (expected a folder with a VERSION file)"
-        )
+        problem = "is not a directory" if app_dir.exists() else "does not exist"
+        fail(f"application directory {app_dir} {problem} (expected a folder with a VERSION file)")
     if dry_run and output is not None:
         fail("--dry-run publishes nothing and writes nothing: drop --output, or drop --dry-run")
     with friendly_errors():
