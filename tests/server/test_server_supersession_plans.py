@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 from javia_core.models import UpdateStatus, UpdateType
-from javia_core.rollouts import RolloutPolicy
+from javia_core.rollouts import RolloutPolicy, phase_of
+from javia_updates.backends.base import AuditEntry
 
 TYPES = [UpdateType.SCHEDULED, UpdateType.URGENT, UpdateType.INSTANT]
 
@@ -96,3 +97,27 @@ def test_a_row_left_pending_by_a_gated_publish_is_planned_as_its_heartbeat_will_
 
     directive = beat(device).update
     assert (str(directive.version), directive.install_at) == ("v1.2.0", release.install_at_utc)
+
+
+def test_a_phased_publish_supersedes_only_where_the_device_may_start(
+    service, clock, register, beat, make_package
+) -> None:
+    canary, _ = register(name="canary")
+    other, _ = register(name="other")
+    service.store.change_device_tags(
+        canary.device_uuid, add=["canary"], remove=[], now=clock.now, audit=AuditEntry("t", "tag")
+    )
+    for device in (canary, other):
+        beat(device)
+    fix = _publish(service, clock, make_package, "v1.1.0", UpdateType.INSTANT)
+    _publish(
+        service, clock, make_package, "v1.2.0", UpdateType.SCHEDULED,
+        policy=RolloutPolicy(phases=(1, 100)),
+    )  # fmt: skip
+
+    # The canary is in the open first phase: superseded at publish.
+    assert _row(service, canary, fix.id).status is UpdateStatus.SUPERSEDED
+    # The other device waits for the second phase (unless its hash put it in the first).
+    waits = phase_of(other.device_uuid, "v1.2.0", (1, 100)) > 0
+    expected = UpdateStatus.PENDING if waits else UpdateStatus.SUPERSEDED
+    assert _row(service, other, fix.id).status is expected

@@ -138,6 +138,17 @@ def known_target_tags(store: Store, tags: Sequence[str] | None) -> tuple[str, ..
     return tuple(checked)
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A targeted device with open rows, as supersession reads it (no full device record)."""
+
+    id: int
+    device_uuid: uuid.UUID
+    timezone: str
+    current_version: str | None
+    tags: tuple[str, ...]
+
+
 class Publishing:
     """The publish use case.
 
@@ -218,7 +229,9 @@ class Publishing:
                 manifest.update_type,
                 self.settings.approval_required_types,
             )
-            rows, superseded = self._supersede_at_publish(manifest.version, rows, rollout, now)
+            rows, superseded = self._supersede_at_publish(
+                manifest.version, rows, devices, rollout, now
+            )
 
             # A key of this publish alone (manifest digest + random suffix): a
             # failed publish deletes its objects and can never touch those of an
@@ -293,7 +306,12 @@ class Publishing:
         return out
 
     def _supersede_at_publish(
-        self, version: str, rows: list[NewDeviceUpdate], rollout: NewRollout, now: datetime
+        self,
+        version: str,
+        rows: list[NewDeviceUpdate],
+        targets: Sequence[PublishTarget],
+        rollout: NewRollout,
+        now: datetime,
     ) -> tuple[list[NewDeviceUpdate], list[SupersededRow]]:
         """The heartbeat's supersession, applied at publish (DESIGN.md section 4).
 
@@ -312,10 +330,17 @@ class Publishing:
         open_rows = supersession.open_rows(self.records, {row.device_id for row in rows})
         if not open_rows.by_device:
             return rows, []
+        canaries = {device.id for device in self.store.devices_for_targets(None, [CANARY_TAG])}
         devices = {
-            device.id: device
-            for device in self.store.devices_for_targets(None)
-            if device.id in open_rows.by_device
+            target.id: _Target(
+                target.id,
+                uuid.UUID(target.device_uuid),
+                target.timezone,
+                target.current_version,
+                (CANARY_TAG,) if target.id in canaries else (),
+            )
+            for target in targets
+            if target.id in open_rows.by_device
         }
         created: list[NewDeviceUpdate] = []
         superseded: list[SupersededRow] = []

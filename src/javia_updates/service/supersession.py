@@ -10,23 +10,54 @@ rows (pending, or in flight), which of them the heartbeat would weigh (the
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from javia_core import scheduling
 from javia_core.models import UpdateStatus, UpdateType
+from javia_core.rollouts import CANARY_TAG
 from javia_core.status_rules import IN_FLIGHT_STATUSES
 from javia_core.versioning import Version
-from javia_updates.backends.base import DeviceRecord, DeviceUpdateRecord
+from javia_updates.backends.base import DeviceUpdateRecord
 from javia_updates.service.common import version_or_none
 from javia_updates.service.records import FleetRecords
 from javia_updates.settings import ServerSettings
 
-__all__ = ["ImaginedRow", "OpenRows", "open_rows", "winner_plan", "with_supersession"]
+__all__ = ["Device", "ImaginedRow", "OpenRows", "open_rows", "winner_plan", "with_supersession"]
 
 Row = TypeVar("Row", bound=scheduling.SupersessionCandidate)
+
+
+class Device(Protocol):
+    """What supersession reads of a device (a :class:`DeviceRecord` has it all)."""
+
+    @property
+    def id(self) -> int:
+        """The device's row id."""
+        ...
+
+    @property
+    def device_uuid(self) -> uuid.UUID:
+        """Its uuid (its phase in a rollout, its slot in the window)."""
+        ...
+
+    @property
+    def timezone(self) -> str:
+        """Its IANA timezone."""
+        ...
+
+    @property
+    def current_version(self) -> str | None:
+        """The version it last reported."""
+        ...
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Its operator tags (``canary`` goes first in a rollout)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +87,7 @@ class OpenRows:
 
     by_device: dict[int, list[DeviceUpdateRecord]]
 
-    def live(self, records: FleetRecords, device: DeviceRecord) -> list[DeviceUpdateRecord] | None:
+    def live(self, records: FleetRecords, device: Device) -> list[DeviceUpdateRecord] | None:
         """The rows the device's next heartbeat weighs for supersession; None while one is in flight.
 
         As the heartbeat: a row in flight finishes first (nothing is
@@ -75,7 +106,9 @@ class OpenRows:
             for row in rows
             if row.status is UpdateStatus.PENDING
             and (running is None or Version.parse(row.version) > running)
-            and records.may_start(device, row.update_id)
+            and records.catalog.may_start(
+                row.update_id, device.device_uuid, canary=CANARY_TAG in device.tags
+            )
         ]
 
 
@@ -101,7 +134,7 @@ def open_rows(records: FleetRecords, device_ids: set[int] | None = None) -> Open
 def winner_plan(
     outcome: scheduling.Supersession[Row],
     settings: ServerSettings,
-    device: DeviceRecord,
+    device: Device,
     *,
     now: datetime,
 ) -> scheduling.InstallPlan:
