@@ -422,7 +422,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
     token = _config_file.set(path if path.exists() else None)
     try:
         settings = _settings_class()(**overrides)
-        return AgentConfig.model_validate(dict(settings))
+        config = AgentConfig.model_validate(dict(settings))
+        return _absolute_paths(config, path, overrides)
     except ValidationError as error:
         raise ConfigError(
             f"invalid agent configuration ({_sources(path)}): {_describe(error)}"
@@ -435,6 +436,38 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
         raise ConfigError(f"configuration {path} is not valid TOML: {error}") from None
     finally:
         _config_file.reset(token)
+
+
+#: The settings that name a file or directory: stored and used as absolute paths.
+PATH_SETTINGS = (
+    "token_file",
+    "install_root",
+    "state_dir",
+    "keyring_dir",
+    "ca_bundle",
+    "dpkg_lock_file",
+    "activity_file",
+)
+
+
+def _absolute_paths(config: AgentConfig, path: Path, overrides: dict[str, Any]) -> AgentConfig:
+    """``config`` with every relative path made absolute, so it means the same from any directory.
+
+    A relative path typed now (a keyword argument such as ``javia agent
+    register --state-dir state``, or a ``JAVIA_AGENT_*`` variable) is
+    relative to the current directory; one read from the TOML file (written
+    by an older ``register`` that stored paths as typed) is relative to the
+    file's directory. ``..`` is folded; symbolic links are kept as they are.
+    """
+    changes: dict[str, Path] = {}
+    for name in PATH_SETTINGS:
+        value = getattr(config, name)
+        if value is None or value.is_absolute():
+            continue
+        typed_now = name in overrides or f"JAVIA_AGENT_{name.upper()}" in os.environ
+        base = Path.cwd() if typed_now else path.absolute().parent
+        changes[name] = Path(os.path.normpath(base / value.expanduser()))
+    return config.model_copy(update=changes) if changes else config
 
 
 def _describe(error: ValidationError) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Any
 
 import typer
 
@@ -22,7 +23,6 @@ _app = typer.Typer(
     help="Over-the-air updates for a fleet of Raspberry Pi voice assistants.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 
@@ -44,6 +44,21 @@ def _full_app() -> typer.Typer:
     _app.command("simulate")(simulate.simulate)
     _app.add_typer(agent_app, name="agent", help="Run and inspect the agent on a device.")
     return _app
+
+
+def command() -> Any:
+    """The complete ``javia`` command as it runs: built from :func:`_full_app`, help polished."""
+    from javia_cli.help_text import polish
+
+    return polish(typer.main.get_command(_full_app()))
+
+
+def agent_command() -> Any:
+    """``javia agent`` alone (no operator groups imported), help polished."""
+    from javia_agent.cli import app as agent_app
+    from javia_cli.help_text import polish
+
+    return polish(typer.main.get_command(agent_app))
 
 
 def __getattr__(name: str) -> typer.Typer:
@@ -72,11 +87,9 @@ def run() -> None:
     """
     try:
         if sys.argv[1:2] == ["agent"]:
-            from javia_agent.cli import app as agent_app
-
-            agent_app(args=sys.argv[2:], prog_name="javia agent")
+            agent_command()(args=sys.argv[2:], prog_name="javia agent")
         else:
-            _full_app()()
+            command()(prog_name="javia")
     except JaviaError as error:  # pragma: no cover - commands catch their own
         from javia_updates.cli.common import fail
 

@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from javia_core.errors import ScheduleError, VersionError
@@ -91,6 +92,8 @@ __all__ = [
     "InstallDecision",
     "InstallPlan",
     "ScheduleError",
+    "Supersession",
+    "SupersessionCandidate",
     "current_install_plan",
     "current_window",
     "bound_by_signed_type",
@@ -105,6 +108,7 @@ __all__ = [
     "plan_in_own_window",
     "plan_install",
     "plan_rollout",
+    "supersede",
     "window_offset_seconds",
     "window_start_on",
 ]
@@ -188,6 +192,91 @@ def most_urgent(types: Iterable[UpdateType | str]) -> UpdateType:
     if not parsed:
         raise ScheduleError("most_urgent needs at least one update type, got none")
     return max(parsed, key=_URGENCY.__getitem__)
+
+
+class SupersessionCandidate(Protocol):
+    """What :func:`supersede` reads of a pending row (a stored row, or one a plan imagines)."""
+
+    @property
+    def version(self) -> str:
+        """The row's update version, ``vX.Y.Z``."""
+        ...
+
+    @property
+    def install_type(self) -> UpdateType:
+        """The row's timing: its update's type, or one inherited by an earlier supersession."""
+        ...
+
+    @property
+    def scheduled_for(self) -> datetime:
+        """When the row may install (aware UTC)."""
+        ...
+
+    @property
+    def window_end(self) -> datetime | None:
+        """The end of its maintenance window (aware UTC), None for instant."""
+        ...
+
+
+Row = TypeVar("Row", bound=SupersessionCandidate)
+
+
+@dataclass(frozen=True, slots=True)
+class Supersession(Generic[Row]):
+    """The outcome of :func:`supersede` over one device's pending rows.
+
+    Attributes:
+        winner: the row the device installs: the highest version.
+        timing: the update type it installs with: the most urgent among all rows.
+        donor: the row whose stored timing ``winner`` takes: ``winner`` itself
+            when its own type is the most urgent, else the earliest-scheduled
+            row of type ``timing``.
+        superseded: every other row, which becomes ``superseded``.
+    """
+
+    winner: Row
+    timing: UpdateType
+    donor: Row
+    superseded: tuple[Row, ...]
+
+    @property
+    def inherited(self) -> bool:
+        """Whether the winner installs with another row's (more urgent) timing."""
+        return self.donor is not self.winner
+
+
+def supersede(rows: Sequence[Row]) -> Supersession[Row]:
+    """Which of one device's pending rows it installs, and with which timing (DESIGN.md section 4).
+
+    "A device installs the highest pending version; older pending rows become
+    superseded. The install timing is the most urgent type among the rows it
+    supersedes (instant > urgent > scheduled), since packages are cumulative."
+    The heartbeat applies this to a device's rows that may start; the plans
+    (``javia updates plan``, ``javia publish --dry-run``) and the publish
+    (which supersedes at once) apply the same function, so what a plan says
+    is what the heartbeat does.
+
+    Args:
+        rows: the device's pending rows that may start (at least one; versions
+            distinct, as one device has one row per update).
+
+    Returns:
+        The winner, its timing type, the row lending that timing, and the
+        superseded rows (input order).
+
+    Raises:
+        ScheduleError: ``rows`` is empty; VersionError: a malformed version.
+    """
+    if not rows:
+        raise ScheduleError("supersede needs at least one pending row, got none")
+    winner = max(rows, key=lambda row: Version.parse(row.version))
+    timing = most_urgent(row.install_type for row in rows)
+    donor = winner
+    if timing is not winner.install_type:
+        donor = min(
+            (row for row in rows if row.install_type is timing), key=lambda row: row.scheduled_for
+        )
+    return Supersession(winner, timing, donor, tuple(row for row in rows if row is not winner))
 
 
 def describe_duration(seconds: float) -> str:

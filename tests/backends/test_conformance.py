@@ -266,6 +266,25 @@ def test_the_highest_pending_version_wins_with_the_most_urgent_timing(
     )
 
 
+def test_a_publish_supersedes_pending_rows_in_its_own_write(service, backend, make_package):
+    device, _ = register(service, timezone="Europe/Berlin")
+    beat(service, device)
+    urgent = service.publish_update(make_package("v1.1.0", "urgent").upload(), now=NOW)
+    scheduled = service.publish_update(make_package("v1.2.0", "scheduled").upload(), now=NOW)
+
+    # No heartbeat since: the publish itself moved the older row.
+    older = backend.store.get_device_update(device.id, urgent.id)
+    assert (older.status, older.completed_at) == (UpdateStatus.SUPERSEDED, NOW)
+    assert older.error_message == "superseded by v1.2.0"
+    newer = backend.store.get_device_update(device.id, scheduled.id)
+    assert (newer.install_type, newer.scheduled_for) == (UpdateType.URGENT, older.scheduled_for)
+    logged = [entry for entry in backend.store.list_audit(limit=10, offset=0).items]
+    assert any(
+        entry.action == "device_update.superseded" and entry.details.get("rows") == 1
+        for entry in logged
+    )
+
+
 def test_a_device_that_already_runs_a_version_has_its_pending_row_superseded(
     service, backend, make_package
 ):

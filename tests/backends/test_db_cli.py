@@ -106,3 +106,23 @@ def test_every_db_command_setting_and_backend_is_documented():
     options = set(re.findall(r"--[a-z][a-z-]+", javia("db", "migrate-data", "--help").stdout))
     undocumented = {option for option in options if option not in docs} - {"--help"}
     assert undocumented == set()
+
+
+def test_upgrade_says_whether_it_created_migrated_or_found_the_database_current(tmp_path):
+    from javia_updates.backends.migrations import upgrade
+
+    data_dir = tmp_path / "new"
+    created = javia("db", "upgrade", "--data-dir", str(data_dir))
+    assert created.exit_code == 0, created.output
+    assert "created the database" in created.output
+    assert head_revision() in created.output
+
+    again = javia("db", "upgrade", "--data-dir", str(data_dir))
+    assert again.exit_code == 0, again.output
+    assert "up to date" in again.output
+
+    older = tmp_path / "older.db"
+    upgrade(f"sqlite:///{older}", revision="0001")
+    migrated = javia("db", "upgrade", "--database-url", f"sqlite:///{older}")
+    assert migrated.exit_code == 0, migrated.output
+    assert f"from revision 0001 to {head_revision()}" in migrated.output

@@ -42,8 +42,14 @@ def test_a_scheduled_release_superseding_a_pending_instant_fix_installs_at_once(
         assert final_rows(fleet, fix.id)[kitchen.device_uuid].status == "pending"
         release = fleet.publish(app_dir, "v1.2.0", "scheduled", "feature release")
         (row,) = final_rows(fleet, release.id).values()
-        assert row.scheduled_for > datetime.now(UTC) + timedelta(hours=19), (
-            "the scheduled release's own slot is the far window"
+        # Superseded at publish, in the same write (not at the next heartbeat): the
+        # release takes the fix's instant timing at once, not its own far window.
+        assert row.scheduled_for is not None
+        assert row.scheduled_for < datetime.now(UTC), "the fix's instant timing, not the far window"
+        superseded = final_rows(fleet, fix.id)[kitchen.device_uuid]
+        assert (superseded.status, superseded.error_message) == (
+            "superseded",
+            "superseded by v1.2.0",
         )
 
         fleet.start_agent(kitchen)

@@ -35,6 +35,7 @@ from javia_updates.backends.records import (
     RolloutMember,
     RolloutRecord,
     StatusGroup,
+    SupersededRow,
     TransitionResult,
     UpdateRecord,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "RolloutRecord",
     "StatusGroup",
     "Store",
+    "SupersededRow",
     "TransitionResult",
     "UpdateRecord",
     "backend_names",

@@ -137,7 +137,7 @@ def _narrow(descriptor: int) -> None:
         os.fchmod(descriptor, stat.S_IMODE(info.st_mode) & SQLITE_FILE_MODE)
 
 
-def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
+def upgrade_serialized(database_url: str, *, schema: str | None = None) -> str | None:
     """Apply every pending migration; on PostgreSQL one process at a time.
 
     On PostgreSQL the migrations run while this process holds the session
@@ -153,19 +153,25 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
         schema: schema for javia's tables; None: the dialect's default
             (``javia`` on PostgreSQL).
 
+    Returns:
+        The revision the database was at before (read under the lock on
+        PostgreSQL), None for an empty (or new) database: what ``javia db
+        upgrade`` reports.
+
     Raises:
         BackendError: the database cannot be reached, the lock was not had in
             time, or a migration failed; the message names the database
             without its password.
     """
-    from javia_updates.backends.migrations import upgrade
+    from javia_updates.backends.migrations import current_revision, upgrade
 
     restrict_sqlite_file(database_url)
     engine = make_engine(database_url)
     try:
         if engine.dialect.name != "postgresql":
+            before = current_revision(database_url, schema=schema)
             upgrade(database_url, schema=schema)
-            return
+            return before
         try:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as error:
@@ -175,7 +181,9 @@ def upgrade_serialized(database_url: str, *, schema: str | None = None) -> None:
         with connection:
             _lock(connection, database_url)
             try:
+                before = current_revision(database_url, schema=schema)
                 upgrade(database_url, schema=schema)
+                return before
             finally:
                 # If unlocking fails, closing the session releases the lock as well.
                 with contextlib.suppress(SQLAlchemyError):

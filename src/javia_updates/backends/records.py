@@ -35,6 +35,7 @@ __all__ = [
     "RolloutMember",
     "RolloutRecord",
     "StatusGroup",
+    "SupersededRow",
     "TransitionResult",
     "UpdateRecord",
 ]
@@ -255,6 +256,19 @@ class NewDeviceUpdate:
     install_type: UpdateType
     scheduled_for: datetime
     window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SupersededRow:
+    """A pending row a publish supersedes in its own transaction (DESIGN.md section 4).
+
+    Attributes:
+        device_update_id: the row's id.
+        reason: its ``error_message``, e.g. ``superseded by v7.0.0``.
+    """
+
+    device_update_id: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

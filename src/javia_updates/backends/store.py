@@ -46,6 +46,7 @@ from javia_updates.backends.records import (
     RolloutMember,
     RolloutRecord,
     StatusGroup,
+    SupersededRow,
     TransitionResult,
     UpdateRecord,
 )
@@ -274,11 +275,16 @@ class Store(Protocol):
         now: datetime,
         audit: AuditEntry,
         rollout: NewRollout | None = None,
+        superseded: Sequence[SupersededRow] = (),
     ) -> UpdateRecord:
         """Publish ``update`` with its rollout, its pending device rows and ``audit``, in ONE transaction.
 
         ``rollout`` None stores no rollout row: the update then behaves as an
         active rollout of one phase (as updates published before rollouts).
+        ``superseded``: older rows the new ones supersede, moved to
+        ``superseded`` (with ``completed_at`` and the reason as
+        ``error_message``) in the same transaction, each only if still
+        ``pending``; one audit line ``device_update.superseded`` names how many.
 
         Raises:
             ConflictError: the version is already published; the message names

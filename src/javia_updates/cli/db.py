@@ -79,14 +79,25 @@ def upgrade(
         ),
     ] = None,
 ) -> None:
-    """Apply every pending migration to the configured database (safe to repeat)."""
+    """Apply every pending migration to the configured database (safe to repeat).
+
+    Says what it did: created a new database, migrated an older one (from
+    which revision to which), or found it up to date.
+    """
     _server_modules()
     with friendly_errors():
         from javia_updates.backends.database import upgrade_serialized
+        from javia_updates.backends.migrations import head_revision
 
         url = _configured_database_url(_settings(data_dir), database_url)
-        upgrade_serialized(url)
-    console.print("database is up to date")
+        before = upgrade_serialized(url)
+        head = head_revision()
+    if before is None:
+        console.print(f"created the database and migrated it to revision {head}", highlight=False)
+    elif before == head:
+        console.print(f"database is up to date (revision {head})", highlight=False)
+    else:
+        console.print(f"migrated the database from revision {before} to {head}", highlight=False)
 
 
 @app.command("sql")

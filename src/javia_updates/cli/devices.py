@@ -35,7 +35,7 @@ from javia_updates.cli.common import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from javia_core.models import EnrollmentTokenOut
+    from javia_core.models import DeviceOut, EnrollmentTokenOut
     from javia_updates.admin_client import AdminClient
 
 M = TypeVar("M", bound="BaseModel")
@@ -49,25 +49,55 @@ enrollment_app = typer.Typer(
 )
 app.add_typer(enrollment_app, name="enrollment-token")
 
-STATUS_STYLE = {"online": "green", "offline": "red", "updating": "yellow"}
+STATUS_STYLE = {"online": "green", "offline": "red", "updating": "yellow", "revoked": "red"}
+REVOKED = "revoked"
+
+
+def shown_status(device: DeviceOut) -> str:
+    """The status an operator sees: ``revoked`` for a device whose token is revoked.
+
+    A revoked device cannot heartbeat, so the status it last reported
+    (``online``, ``updating``) says nothing any more; until its token is
+    rotated it is shown as revoked, whatever the server derived.
+    """
+    return REVOKED if device.token_revoked_at is not None else device.status.value
 
 
 @app.command("list")
 def list_devices(
-    status: str | None = typer.Option(None, "--status", help="online, offline or updating."),
+    status: str | None = typer.Option(
+        None, "--status", help="online, offline, updating or revoked."
+    ),
+    revoked: bool | None = typer.Option(
+        None,
+        "--revoked/--no-revoked",
+        help="Only devices whose token is revoked, or only those whose token is not.",
+        show_default=False,
+    ),
     tag: str | None = typer.Option(None, "--tag", help="Only devices carrying this tag."),
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One line per device: name, version, status, last heartbeat, timezone, tags."""
+    """One line per device: name, version, status, revoked, last heartbeat, timezone, tags.
+
+    A device whose token is revoked shows the status revoked.
+    """
     if tag is not None:
         wanted = parse_tags([tag])
         if len(wanted) != 1:
             fail(f"--tag takes one tag, e.g. --tag kitchen (got {tag[:60]!r})")
         tag = wanted[0]
+    if status == REVOKED:
+        if revoked is False:
+            fail("--status revoked and --no-revoked exclude each other: drop one")
+        status, revoked = None, True
     with friendly_errors(), admin_client(server, api_key) as client:
         devices = client.list_devices(status=status, tag=tag)
+    if status is not None:  # the server's status; a revoked device is shown revoked instead
+        devices = [device for device in devices if device.token_revoked_at is None]
+    if revoked is not None:
+        devices = [device for device in devices if (device.token_revoked_at is not None) == revoked]
     if as_json:
         print_json(devices)
         return
@@ -77,6 +107,7 @@ def list_devices(
         "uuid",
         "version",
         "status",
+        "revoked",
         "last seen",
         "timezone",
         "model",
@@ -88,7 +119,8 @@ def list_devices(
             device.device_name or "—",
             str(device.device_uuid),
             device.current_version or "—",
-            cell(device.status.value, STATUS_STYLE.get(device.status.value, "")),
+            cell(shown_status(device), STATUS_STYLE.get(shown_status(device), "")),
+            ago(device.token_revoked_at) if device.token_revoked_at else "—",
             ago(device.last_seen),
             device.timezone or "UTC",
             str(device.metadata.get("hardware_model") or "—"),
@@ -118,7 +150,7 @@ def show_device(
         ("device name", device.device_name),
         ("device uuid", str(device.device_uuid)),
         ("current version", device.current_version),
-        ("status", device.status.value),
+        ("status", shown_status(device)),
         ("timezone", device.timezone),
         ("tags", ", ".join(device.tags)),
     ):

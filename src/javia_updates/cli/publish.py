@@ -4,7 +4,10 @@ Scripted::
 
     javia publish ./pi_client --version v1.2.3 --description "Bug fixes" --type scheduled
 
-In a terminal with no options it asks its questions (questionary). ``--output DIR``
+In a terminal without ``--version`` or ``--type`` it asks the questions whose
+answer no option gave (questionary), suggesting versions above both the local
+``VERSION`` and the server's newest, and refusing a version that is not above
+them at the prompt. ``--output DIR``
 writes the signed package directory instead of uploading it; ``--dry-run``
 shows who would install when, without publishing.
 """
@@ -82,40 +85,107 @@ def _parse_system_packages(value: str | None) -> list[str]:
     return names
 
 
-def _wizard(app_dir: Path, current: Version | None) -> dict[str, str]:
-    """Ask the publish questions in a terminal; returns the chosen values."""
+#: Seconds the wizard waits for the server's newest version before it goes on without it.
+WIZARD_SERVER_TIMEOUT_SECONDS = 3.0
+
+
+def _published_highest(server: str | None, api_key: str | None) -> Version | None:
+    """The highest published version, or None when the server cannot say quickly.
+
+    The wizard's suggestions and its check at the prompt use it; an
+    unreachable server, no admin key or a slow answer (over
+    :data:`WIZARD_SERVER_TIMEOUT_SECONDS`) only means the wizard knows less
+    (the upload checks again before anything is built).
+    """
+    from javia_updates.admin_client import AdminClient
+
+    settings = OperatorSettings()
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key:
+        return None
+    try:
+        with AdminClient(
+            server or settings.server_url, key, timeout=WIZARD_SERVER_TIMEOUT_SECONDS
+        ) as client:
+            newest = client.list_updates(limit=1)
+        return Version.parse(newest[0].version) if newest else None
+    except Exception:  # noqa: BLE001 - any failure: the wizard goes on without the server
+        return None
+
+
+def _too_low(candidate: Version, current: Version | None, published: Version | None) -> str | None:
+    """Why ``candidate`` cannot be published, or None: versions only go up (DESIGN.md section 2)."""
+    if published is not None and candidate <= published:
+        return f"{candidate} is not above {published}, already published: choose a higher version"
+    if current is not None and candidate < current:
+        return f"{candidate} is older than VERSION ({current}): choose a higher version"
+    return None
+
+
+def _wizard(
+    current: Version | None,
+    published: Version | None,
+    given: dict[str, str | None],
+) -> dict[str, str | None]:
+    """Ask, in a terminal, the publish questions whose answer is not ``given`` yet.
+
+    Suggested versions go up from the higher of the local ``VERSION`` and
+    the server's newest (``published``); a typed version is refused at the
+    prompt when it is not above them.
+
+    Args:
+        current: the application directory's ``VERSION``.
+        published: the highest published version, None if unknown.
+        given: ``version``, ``description``, ``update_type``, ``system_packages``
+            from the command line (None: ask).
+
+    Returns:
+        ``given`` with every missing value answered.
+    """
     import questionary
 
-    base = current or Version(0, 0, 0)
-    choices = [
-        questionary.Choice(f"{base.bump('patch')}  patch: fixes only", str(base.bump("patch"))),
-        questionary.Choice(f"{base.bump('minor')}  minor: new features", str(base.bump("minor"))),
-        questionary.Choice(
-            f"{base.bump('major')}  major: breaking changes", str(base.bump("major"))
-        ),
-        questionary.Choice("other…", "other"),
-    ]
-    shown = f" (VERSION says {current})" if current else ""
-    version = questionary.select(f"Version to publish{shown}", choices=choices).unsafe_ask()
-    if version == "other":
-        version = questionary.text(
-            "Version (vX.Y.Z)",
-            validate=lambda text: Version.is_valid(text) or "expected vX.Y.Z, e.g. v1.2.3",
+    answers = dict(given)
+    if answers["version"] is None:
+        base = max((v for v in (current, published) if v is not None), default=Version(0, 0, 0))
+        choices = [
+            questionary.Choice(f"{base.bump('patch')}  patch: fixes only", str(base.bump("patch"))),
+            questionary.Choice(
+                f"{base.bump('minor')}  minor: new features", str(base.bump("minor"))
+            ),
+            questionary.Choice(
+                f"{base.bump('major')}  major: breaking changes", str(base.bump("major"))
+            ),
+            questionary.Choice("other…", "other"),
+        ]
+        known = [f"VERSION says {current}"] if current else []
+        known += [f"{published} is published"] if published else []
+        shown = f" ({'; '.join(known)})" if known else ""
+        version = questionary.select(f"Version to publish{shown}", choices=choices).unsafe_ask()
+        if version == "other":
+
+            def acceptable(text: str) -> bool | str:
+                if not Version.is_valid(text):
+                    return "expected vX.Y.Z, e.g. v1.2.3"
+                return _too_low(Version.parse(text), current, published) or True
+
+            version = questionary.text("Version (vX.Y.Z)", validate=acceptable).unsafe_ask()
+        answers["version"] = version
+    if answers["description"] is None:
+        answers["description"] = questionary.text(
+            "Description (what changes for users)"
         ).unsafe_ask()
-    description = questionary.text("Description (what changes for users)").unsafe_ask()
-    update_type = questionary.select(
-        "Update type",
-        choices=[questionary.Choice(f"{t.value:<9} {TYPE_HELP[t]}", t.value) for t in UpdateType],
-    ).unsafe_ask()
-    packages = questionary.text(
-        "System packages to apt-install (comma-separated, empty for none)"
-    ).unsafe_ask()
-    return {
-        "version": version,
-        "description": description,
-        "update_type": update_type,
-        "system_packages": packages,
-    }
+    if answers["update_type"] is None:
+        answers["update_type"] = questionary.select(
+            "Update type",
+            choices=[
+                questionary.Choice(f"{t.value:<9} {TYPE_HELP[t]}", t.value) for t in UpdateType
+            ],
+        ).unsafe_ask()
+    if answers["system_packages"] is None:
+        answers["system_packages"] = questionary.text(
+            "System packages to apt-install (comma-separated, empty for none)"
+        ).unsafe_ask()
+    return answers
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
@@ -203,9 +273,8 @@ def publish(
     from javia_updates.packaging import build_package, collect_files, read_app_version
 
     if not app_dir.is_dir():
-        fail(
-            f"application directory {app_dir} does not exist (expected a folder with a VERSION file)"
-        )
+        problem = "is not a directory" if app_dir.exists() else "does not exist"
+        fail(f"application directory {app_dir} {problem} (expected a folder with a VERSION file)")
     if dry_run and output is not None:
         fail("--dry-run publishes nothing and writes nothing: drop --output, or drop --dry-run")
     with friendly_errors():
@@ -219,8 +288,23 @@ def publish(
             fail(f"{app_dir} holds nothing but VERSION: refusing to publish an empty application")
 
     asked = False
-    if version is None and update_type is None and _interactive():
-        answers = _wizard(app_dir, current)
+    if (version is None or update_type is None) and _interactive():
+        # Ask only what is missing; a given version is checked before any question.
+        published = None if output is not None else _published_highest(server, api_key)
+        if version is not None and Version.is_valid(version):
+            refused = _too_low(Version.parse(version), current, published)
+            if refused is not None:
+                fail(refused)
+        answers = _wizard(
+            current,
+            published,
+            {
+                "version": version,
+                "description": description,
+                "update_type": update_type,
+                "system_packages": system_packages,
+            },
+        )
         version, description = answers["version"], answers["description"]
         update_type, system_packages = answers["update_type"], answers["system_packages"]
         asked = True

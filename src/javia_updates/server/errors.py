@@ -3,7 +3,8 @@
 One table maps javia's error classes to status codes (the first class in an
 error's MRO that is listed wins); request validation errors become 422 with
 one readable line; an unexpected exception is a bug and becomes a logged 500
-that reveals nothing.
+that reveals nothing. A client that goes away in the middle of its request
+body (Ctrl-C during a publish) is one warning line, not a traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from javia_core.errors import (
     BackendError,
@@ -153,6 +155,19 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=getattr(error, "headers", None),
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # Ctrl-C during an upload: nothing to answer, nothing was kept (the
+        # upload discards its temporary file); one line, no traceback.
+        client = request.client.host if request.client else "unknown client"
+        logger.warning(
+            "%s %s: %s disconnected before the request body was complete; nothing was stored",
+            request.method,
+            request.url.path,
+            client,
+        )
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

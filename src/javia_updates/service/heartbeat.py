@@ -42,6 +42,7 @@ from javia_updates.service.common import (
     version_or_none,
 )
 from javia_updates.service.records import FleetRecords
+from javia_updates.service.supersession import winner_plan
 from javia_updates.settings import ServerSettings
 
 __all__ = ["Heartbeats", "urgency_evidence"]
@@ -220,25 +221,10 @@ class Heartbeats:
             return None
 
         # 4. Supersession: the highest version, with the most urgent timing.
-        winner = max(live, key=lambda row: Version.parse(row.version))
-        kind = scheduling.most_urgent(row.install_type for row in live)
-        donor = winner
-        if kind is not winner.install_type:
-            donor = min(
-                (row for row in live if row.install_type is kind), key=lambda row: row.scheduled_for
-            )
+        outcome = scheduling.supersede(live)
+        winner, kind = outcome.winner, outcome.timing
         # 5. Re-plan a closed window (and adopt the donor's timing).
-        plan = scheduling.current_install_plan(
-            kind,
-            donor.scheduled_for,
-            donor.window_end,
-            now=now,
-            timezone=device.timezone,
-            device_uuid=device.device_uuid,
-            window_start=self.settings.window_start,
-            window_seconds=self.settings.window_seconds,
-            idle_seconds=self.settings.urgent_idle_seconds,
-        )
+        plan = winner_plan(outcome, self.settings, device, now=now)
         timing = (kind, plan.install_at, plan.window_end)
         if timing != (winner.install_type, winner.scheduled_for, winner.window_end):
             still_pending = self.records.reschedule_row(
@@ -252,9 +238,8 @@ class Heartbeats:
             winner = self.store.get_device_update(device.id, winner.update_id)
             if not still_pending and winner.status not in IN_FLIGHT_STATUSES:
                 return None
-        for row in live:
-            if row.id != winner.id:
-                self._supersede(row, device, f"superseded by {winner.version}", now)
+        for row in outcome.superseded:
+            self._supersede(row, device, f"superseded by {winner.version}", now)
         return self._directive(winner, rows, running)
 
     def _new_row(

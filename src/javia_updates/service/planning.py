@@ -29,8 +29,8 @@ from javia_core.rollouts import (
 )
 from javia_core.rollouts.targeting import targeting_reason
 from javia_core.versioning import Version
-from javia_updates.backends.base import DeviceRecord
-from javia_updates.service import views
+from javia_updates.backends.base import DeviceRecord, DeviceUpdateRecord
+from javia_updates.service import supersession, views
 from javia_updates.service.publishing import known_target_tags, refuse_unpublishable
 from javia_updates.service.records import FleetRecords
 from javia_updates.service.rollouts import rollout_of
@@ -78,6 +78,7 @@ class Planning:
         if not everyone:
             devices = self.store.devices_for_targets(None)
         entries = []
+        open_rows = supersession.open_rows(self.records)
         for device, plan in zip(
             devices, self._rollout(update_type, str(parsed), devices, now), strict=True
         ):
@@ -91,8 +92,45 @@ class Planning:
             wait = waiting_reason(start, phase, phase_approval=policy.phase_approval)
             prefix = "" if everyone else f"{why}; "
             shown = phase if len(policy.phases) > 1 else None
-            entries.append(_gated(plan, shown, wait, start.state, prefix, plan.reason))
+            changes: dict[str, Any] = {}
+            reason = plan.reason
+            if wait is None and plan.gets_row and plan.install_at_utc is not None:
+                # The new row supersedes the device's pending ones at once (the
+                # publish writes it), taking the most urgent timing among them.
+                candidate = supersession.ImaginedRow(
+                    str(parsed), update_type, plan.install_at_utc, None
+                )
+                changes, reason = self._superseding(device, candidate, open_rows, now, reason)
+            entries.append(_gated(plan, shown, wait, start.state, prefix, reason, **changes))
         return entries
+
+    def _superseding(
+        self,
+        device: DeviceRecord,
+        candidate: supersession.ImaginedRow,
+        open_rows: supersession.OpenRows,
+        now: datetime,
+        reason: str,
+    ) -> tuple[dict[str, Any], str]:
+        """A new update's plan line for ``device`` once its pending rows are weighed with it.
+
+        Returns the plan changes (another install time when it inherits a
+        more urgent timing) and the reason, naming what it supersedes.
+        """
+        live = open_rows.live(self.records, device)
+        if not live:
+            return {}, reason
+        rows: list[scheduling.SupersessionCandidate] = [*live, candidate]
+        outcome = scheduling.supersede(rows)
+        if not outcome.inherited:
+            return {}, supersession.with_supersession(outcome, reason)
+        inherited = supersession.winner_plan(outcome, self.settings, device, now=now)
+        at = inherited.install_at
+        changes = {
+            "install_at_utc": at,
+            "install_at_local": at.astimezone(ZoneInfo(device.timezone)),
+        }
+        return changes, supersession.with_supersession(outcome, inherited.reason)
 
     def plan_published(self, reference: str | int, *, now: datetime) -> list[PlanEntry]:
         """See :meth:`javia_updates.service.UpdateService.plan_published`."""
@@ -109,6 +147,7 @@ class Planning:
             plan.device_uuid: plan
             for plan in self._rollout(update.update_type, update.version, devices, now)
         }
+        open_rows = supersession.open_rows(self.records)
         entries: list[PlanEntry] = []
         for device in devices:
             plan = by_uuid[device.device_uuid]
@@ -136,20 +175,21 @@ class Planning:
                     reason = f"no row yet: gets it at its next heartbeat; {reason}"
                 entries.append(_gated(plan, phase, wait, state, prefix, reason, gets_row=False))
                 continue
+            gets_row = True
             if row.status is UpdateStatus.PENDING:
-                current = scheduling.current_install_plan(
-                    row.install_type,
-                    row.scheduled_for,
-                    row.window_end,
-                    now=now,
-                    timezone=device.timezone,
-                    device_uuid=device.device_uuid,
-                    window_start=self.settings.window_start,
-                    window_seconds=self.settings.window_seconds,
-                    idle_seconds=self.settings.urgent_idle_seconds,
-                )
-                at: datetime | None = current.install_at
-                reason = current.reason
+                outcome = self._pending_outcome(device, row, open_rows)
+                if outcome.winner.id != row.id:  # superseded at the device's next heartbeat
+                    gets_row, wait, at = False, None, None
+                    reason = (
+                        f"pending, superseded by {outcome.winner.version} at its next heartbeat"
+                    )
+                else:
+                    current = supersession.winner_plan(outcome, self.settings, device, now=now)
+                    at = current.install_at
+                    reason = supersession.with_supersession(outcome, current.reason)
+            elif row.status in (UpdateStatus.SUPERSEDED, UpdateStatus.CANCELLED):
+                gets_row, wait, at = False, None, None  # it never installs this one
+                reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
             else:
                 wait = None  # started or finished: the rollout no longer holds it back
                 at = row.completed_at or row.started_at
@@ -163,13 +203,29 @@ class Planning:
                     state,
                     prefix,
                     reason,
-                    gets_row=True,
+                    gets_row=gets_row,
                     status=row.status,
                     install_at_utc=at,
                     install_at_local=local,
                 )
             )
         return entries
+
+    def _pending_outcome(
+        self,
+        device: DeviceRecord,
+        row: DeviceUpdateRecord,
+        open_rows: supersession.OpenRows,
+    ) -> scheduling.Supersession[DeviceUpdateRecord]:
+        """What the device's next heartbeat does with its pending ``row`` (the heartbeat's rule).
+
+        The row alone when nothing competes with it (a row in flight, or no
+        other live row); else :func:`scheduling.supersede` over the live rows.
+        """
+        live = open_rows.live(self.records, device)
+        if not live or all(other.id != row.id for other in live):
+            return scheduling.supersede([row])
+        return scheduling.supersede(live)
 
     def _rollout(
         self, update_type: UpdateType, version: str, devices: Sequence[DeviceRecord], now: datetime

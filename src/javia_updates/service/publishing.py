@@ -28,19 +28,21 @@ from javia_core.manifest import (
     verify_manifest,
 )
 from javia_core.models import UpdateOut, UpdateType, check_no_control_characters, check_tags
-from javia_core.rollouts import RolloutPolicy
+from javia_core.rollouts import CANARY_TAG, RolloutPolicy, device_may_start, phase_of
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     AuditEntry,
     BlobStore,
     NewDeviceUpdate,
+    NewRollout,
     NewUpdate,
     PublishTarget,
     Store,
+    SupersededRow,
 )
 from javia_updates.delta_objects import DeltaObjects, store_delta_objects
 from javia_updates.package_archive import sha256_of
-from javia_updates.service import views
+from javia_updates.service import supersession, views
 from javia_updates.service.common import (
     InvalidRequestError,
     check_version_range,
@@ -137,6 +139,17 @@ def known_target_tags(store: Store, tags: Sequence[str] | None) -> tuple[str, ..
     return tuple(checked)
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A targeted device with open rows, as supersession reads it (no full device record)."""
+
+    id: int
+    device_uuid: uuid.UUID
+    timezone: str
+    current_version: str | None
+    tags: tuple[str, ...]
+
+
 class Publishing:
     """The publish use case.
 
@@ -212,6 +225,14 @@ class Publishing:
                 unique_targets, tags=target_tags, seen_since=seen_since
             )
             rows = self._rows_for_publish(manifest.update_type, version, devices, now)
+            rollout = new_rollout(
+                policy or RolloutPolicy(),
+                manifest.update_type,
+                self.settings.approval_required_types,
+            )
+            rows, superseded = self._supersede_at_publish(
+                manifest.version, rows, devices, rollout, now
+            )
 
             # A key of this publish alone (manifest digest + random suffix): a
             # failed publish deletes its objects and can never touch those of an
@@ -249,16 +270,12 @@ class Publishing:
                 target_tags=target_tags,
             )
             try:
-                rollout = new_rollout(
-                    policy or RolloutPolicy(),
-                    manifest.update_type,
-                    self.settings.approval_required_types,
-                )
                 update = self.store.create_update(
                     new_update,
                     rows,
                     now=now,
                     rollout=rollout,
+                    superseded=superseded,
                     audit=AuditEntry(
                         actor,
                         "update.publish",
@@ -266,6 +283,7 @@ class Publishing:
                             "version": manifest.version,
                             "update_type": manifest.update_type.value,
                             "devices": len(rows),
+                            "superseded": len(superseded),
                             "rollout": {
                                 "state": rollout.state.value,
                                 "phases": list(rollout.phases),
@@ -315,6 +333,73 @@ class Publishing:
             except (BackendError, ValueError):
                 continue
         return earlier
+
+    def _supersede_at_publish(
+        self,
+        version: str,
+        rows: list[NewDeviceUpdate],
+        targets: Sequence[PublishTarget],
+        rollout: NewRollout,
+        now: datetime,
+    ) -> tuple[list[NewDeviceUpdate], list[SupersededRow]]:
+        """The heartbeat's supersession, applied at publish (DESIGN.md section 4).
+
+        A device whose new row may start at once (the new rollout's gate in
+        its first phase) has its live pending rows superseded by it in the
+        publish's own transaction, and the new row takes the most urgent
+        timing among them (:func:`javia_core.scheduling.supersede`, the
+        heartbeat's rule): an operator reading ``updates show`` or ``plan``
+        right after publishing sees what the devices will do. Devices whose
+        new row waits (approval, a later phase) keep their rows until their
+        heartbeat, which applies the same rule.
+
+        Returns:
+            The rows to create (timings adopted) and the rows to supersede.
+        """
+        open_rows = supersession.open_rows(self.records, {row.device_id for row in rows})
+        if not open_rows.by_device:
+            return rows, []
+        canaries = {device.id for device in self.store.devices_for_targets(None, [CANARY_TAG])}
+        devices = {
+            target.id: _Target(
+                target.id,
+                uuid.UUID(target.device_uuid),
+                target.timezone,
+                target.current_version,
+                (CANARY_TAG,) if target.id in canaries else (),
+            )
+            for target in targets
+            if target.id in open_rows.by_device
+        }
+        created: list[NewDeviceUpdate] = []
+        superseded: list[SupersededRow] = []
+        for row in rows:
+            device = devices.get(row.device_id)
+            if device is None:
+                created.append(row)
+                continue
+            canary = CANARY_TAG in device.tags
+            phase = phase_of(device.device_uuid, version, rollout.phases, canary=canary)
+            live = open_rows.live(self.records, device)
+            if not live or not device_may_start(rollout.state, phase, 0):
+                created.append(row)
+                continue
+            candidate = supersession.ImaginedRow(
+                version, row.install_type, row.scheduled_for, row.window_end
+            )
+            weighed: list[scheduling.SupersessionCandidate] = [*live, candidate]
+            outcome = scheduling.supersede(weighed)
+            if outcome.winner is not candidate:  # a higher version meanwhile: the heartbeat decides
+                created.append(row)
+                continue
+            if outcome.inherited:
+                plan = supersession.winner_plan(outcome, self.settings, device, now=now)
+                row = NewDeviceUpdate(
+                    row.device_id, outcome.timing, plan.install_at, plan.window_end
+                )
+            created.append(row)
+            superseded.extend(SupersededRow(old.id, f"superseded by {version}") for old in live)
+        return created, superseded
 
     def _discard_unless_used(self, version: str, key: str) -> bool:
         """After a failed database write: delete this publish's objects unless it was recorded.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from javia_core.errors import BackendError, ConflictError, NotFoundError
@@ -18,8 +18,10 @@ from javia_updates.backends.records import (
     NewRollout,
     NewUpdate,
     Page,
+    SupersededRow,
     UpdateRecord,
 )
+from javia_updates.backends.schema import UTCDateTime
 from javia_updates.backends.sql.batch import insert_many, inserted_id
 from javia_updates.backends.sql.engine import (
     short_message,
@@ -64,8 +66,12 @@ class UpdateStore(RolloutStore):
         now: datetime,
         audit: AuditEntry,
         rollout: NewRollout | None = None,
+        superseded: Sequence[SupersededRow] = (),
     ) -> UpdateRecord:
         """Insert the update, its rollout, all its device rows (one executemany) and the audit line, atomically.
+
+        The rows it ``superseded`` move from ``pending`` to ``superseded`` in
+        the same transaction (one executemany; a row no longer pending is left).
 
         Raises:
             ConflictError: the version is already published.
@@ -135,6 +141,8 @@ class UpdateStore(RolloutStore):
                     ),
                     now,
                 )
+                if superseded:
+                    self._supersede_rows(connection, superseded, update.version, now)
                 stored = connection.execute(
                     select(*self._update_columns()).where(u.c.id == update_id)
                 ).one()
@@ -152,6 +160,36 @@ class UpdateStore(RolloutStore):
                 "publish a higher version"
             ) from None
         return self._update_from_row(stored)
+
+    def _supersede_rows(
+        self, connection: Any, rows: Sequence[SupersededRow], version: str, now: datetime
+    ) -> None:
+        """Move ``rows`` from pending to superseded (one executemany) with one audit line."""
+        du = self.tables.device_updates
+        moved_at = bindparam("moved_at", type_=UTCDateTime())
+        statement = (
+            du.update()
+            .where(du.c.id == bindparam("row_id"), du.c.status == UpdateStatus.PENDING.value)
+            .values(
+                status=UpdateStatus.SUPERSEDED.value,
+                updated_at=moved_at,
+                started_at=func.coalesce(du.c.started_at, moved_at),
+                completed_at=moved_at,
+                error_message=bindparam("reason"),
+            )
+        )
+        connection.execute(
+            statement,
+            [
+                {"row_id": row.device_update_id, "moved_at": now, "reason": row.reason}
+                for row in rows
+            ],
+        )
+        self._audit(
+            connection,
+            AuditEntry("server", "device_update.superseded", {"by": version, "rows": len(rows)}),
+            now,
+        )
 
     def get_update(self, update_id: int) -> UpdateRecord:
         """The update, or NotFoundError."""
