@@ -101,6 +101,8 @@ class FakeInstaller:
 
     running: str | None = "v1.0.0"
     installs: list[InstallDirective] = field(default_factory=list)
+    #: What the agent staged ahead of its install time (:meth:`Installer.prepare`).
+    staged: list[InstallDirective] = field(default_factory=list)
     result: InstallResult = InstallResult.COMPLETED
     retry_after: float | None = None
     service: FakeService = field(default_factory=FakeService)
@@ -118,6 +120,13 @@ class FakeInstaller:
 
     def signed_update_type(self, directive: InstallDirective) -> UpdateType:
         return self.signed_type
+
+    def is_staged(self, directive: InstallDirective) -> bool:
+        return any(staged.update_id == directive.update_id for staged in self.staged)
+
+    def prepare(self, directive: InstallDirective) -> InstallOutcome:
+        self.staged.append(directive)
+        return InstallOutcome(InstallResult.STAGED, str(directive.version))
 
     def install(self, directive: InstallDirective) -> InstallOutcome:
         self.installs.append(directive)
