@@ -120,7 +120,8 @@ class AgentConfig(BaseModel):
         default=DEFAULT_STAGING_LEAD_SECONDS,
         ge=0,
         le=MAX_STAGING_LEAD_SECONDS,
-        description="stage scheduled and urgent updates this long before install_at; 0: at install",
+        description="stage scheduled updates this long before install_at (urgent: at once); "
+        "0: at install time",
     )
     keep_releases: int = Field(
         default=1, ge=0, description="previous releases kept besides current"

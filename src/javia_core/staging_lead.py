@@ -8,8 +8,9 @@ only stop → switch → start → health (and apt's own install, the setup
 command) is left for the window. An instant update installs at once and is
 never staged ahead.
 
-The rule (:func:`decide_staging`): stage ahead when the type is scheduled or
-urgent, the lead is above 0, and ``now >= install_at - lead``. The lead is
+The rule (:func:`decide_staging`): with a lead above 0, a scheduled update is
+staged from ``install_at - lead`` on; an urgent one at once, since its idle
+moment may come at any time before its deadline. The lead is
 real elapsed seconds on the server's clock (aware UTC instants), so a DST
 change between staging and the window never shortens or stretches it;
 ``install_at`` is already the window's start as the device plans it (the
@@ -38,7 +39,6 @@ __all__ = [
     "StagingDecision",
     "check_staging_lead",
     "decide_staging",
-    "staging_starts_at",
 ]
 
 #: Default lead: stage 6 h before ``install_at`` (agent setting ``staging_lead_seconds``).
@@ -55,8 +55,9 @@ class StagingDecision:
 
     Attributes:
         stage_now: download, verify and stage it now (without installing).
-        starts_at: the instant (aware UTC) from which it is staged ahead;
-            ``None`` when it never is (instant update, lead 0).
+        starts_at: the instant (aware UTC) from which it is staged ahead
+            (``install_at - lead`` for a scheduled update, ``now`` for an
+            urgent one); ``None`` when it never is (instant update, lead 0).
         reason: one line for the log.
     """
 
@@ -84,23 +85,6 @@ def check_staging_lead(seconds: float) -> float:
     return float(seconds)
 
 
-def staging_starts_at(
-    update_type: UpdateType, install_at: datetime, lead_seconds: float
-) -> datetime | None:
-    """The instant an update is staged ahead from: ``install_at - lead`` (aware UTC), or ``None``.
-
-    ``None`` for an instant update or a lead of 0 (staged at install time).
-
-    Raises:
-        ScheduleError: a naive ``install_at`` or a lead out of range.
-    """
-    install_at = check_aware("install_at", install_at)
-    lead = check_staging_lead(lead_seconds)
-    if lead == 0 or UpdateType(update_type) not in STAGED_AHEAD_TYPES:
-        return None
-    return install_at.astimezone(UTC) - timedelta(seconds=lead)
-
-
 def decide_staging(
     update_type: UpdateType, *, now: datetime, install_at: datetime, lead_seconds: float
 ) -> StagingDecision:
@@ -113,8 +97,8 @@ def decide_staging(
         update_type: the offer's type as the device follows it (bounded by
             its signed type, :mod:`javia_agent.offers`).
         now: the server's clock as the agent knows it (aware).
-        install_at: the offer's install time (aware): the window's start, or
-            an urgent update's deadline.
+        install_at: the offer's install time (aware): the device's slot in
+            the window (an urgent update's deadline, which does not matter).
         lead_seconds: the agent's ``staging_lead_seconds`` (0 to 7 days).
 
     Returns:
@@ -123,15 +107,18 @@ def decide_staging(
     Raises:
         ScheduleError: a naive datetime or a lead out of range.
     """
-    now = check_aware("now", now)
-    starts = staging_starts_at(update_type, install_at, lead_seconds)
-    if starts is None:
-        why = (
-            "staging lead is 0: staged at install time"
-            if UpdateType(update_type) in STAGED_AHEAD_TYPES
-            else f"{UpdateType(update_type)} updates are never staged ahead"
-        )
-        return StagingDecision(False, None, why)
+    now = check_aware("now", now).astimezone(UTC)
+    install_at = check_aware("install_at", install_at).astimezone(UTC)
+    lead = check_staging_lead(lead_seconds)
+    kind = UpdateType(update_type)
+    if kind not in STAGED_AHEAD_TYPES:
+        return StagingDecision(False, None, f"{kind} updates are never staged ahead")
+    if lead == 0:
+        return StagingDecision(False, None, "staging lead is 0: staged at install time")
+    if kind is UpdateType.URGENT:
+        # Its idle moment may come at any time before the deadline: staged at once.
+        return StagingDecision(True, now, "staging ahead of the idle moment")
+    starts = install_at - timedelta(seconds=lead)
     if now >= starts:
         return StagingDecision(
             True, starts, f"staging ahead (lead {describe_duration(lead_seconds)})"
