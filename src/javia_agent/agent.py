@@ -61,7 +61,8 @@ from javia_agent.memory import release_memory
 from javia_agent.offers import OfferTiming
 from javia_agent.outbox import Outbox
 from javia_agent.services import CommandService, SystemdService, application_environment
-from javia_agent.state import PRE_SWITCH_STATES
+from javia_agent.staging_ahead import prepare_if_due
+from javia_agent.state import PRE_SWITCH_STATES, UpdateState
 from javia_agent.systemd import SystemdNotifier
 from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
 from javia_agent.wakeup import WakeupChannel
@@ -377,7 +378,12 @@ class Agent:
             metadata = {**metadata, "attention": state.attention}
         request = HeartbeatRequest(
             current_version=self.installer.current_release(),
-            status=DeviceStatus.UPDATING if state.update is not None else DeviceStatus.ONLINE,
+            # Staged ahead of the window, the device still just runs its release.
+            status=(
+                DeviceStatus.UPDATING
+                if state.update is not None and state.update.state != UpdateState.STAGED
+                else DeviceStatus.ONLINE
+            ),
             metadata=metadata,
             application=self._application(),
         )
@@ -480,9 +486,19 @@ class Agent:
         )
         delivered = 0
         outcome: InstallOutcome | None = None
+        wake_at = decision.wake_at
         if decision.install_now and not self.stopping:
             self.notifier.status(f"installing {directive.version} (update {directive.update_id})")
             outcome = self.installer.install(directive)
+        elif not self.stopping:  # ahead of its install time: staged once its lead begins
+            outcome, stage_at = prepare_if_due(
+                self.installer,
+                directive,
+                now=server_now,
+                lead_seconds=self.config.staging_lead_seconds,
+            )
+            wake_at = min(filter(None, (wake_at, stage_at)), default=None)
+        if outcome is not None:
             logger.info(
                 "update %s: %s%s",
                 outcome.version,
@@ -505,8 +521,8 @@ class Agent:
                 sleep = min(sleep, self._backoff(1))
                 if outcome.retry_after_seconds is not None:  # the server asked for a pause
                     sleep = max(sleep, min(MAX_SERVER_DELAY_SECONDS, outcome.retry_after_seconds))
-        elif decision.wake_at is not None:
-            until = (decision.wake_at - server_now).total_seconds()
+        if wake_at is not None and (outcome is None or outcome.result == InstallResult.STAGED):
+            until = (wake_at - server_now).total_seconds()
             sleep = min(sleep, max(MIN_SLEEP_SECONDS, until))
         return decision, outcome, sleep, delivered
 

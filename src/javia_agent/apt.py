@@ -29,6 +29,7 @@ from javia_core.errors import ManifestError
 
 __all__ = [
     "DPKG_FRONTEND_LOCK",
+    "apt_download_argv",
     "apt_install_argv",
     "apt_lock_failure",
     "lock_holder",
@@ -75,6 +76,20 @@ def apt_install_argv(apt_command: Sequence[str], packages: Sequence[str]) -> lis
     if prefix[-1] != "--":
         prefix.append("--")
     return [*prefix, *packages]
+
+
+def apt_download_argv(apt_command: Sequence[str], packages: Sequence[str]) -> list[str]:
+    """:func:`apt_install_argv` with ``--download-only`` before ``--``: fetch, install nothing.
+
+    The packages land in apt's cache (``/var/cache/apt/archives``); the real
+    install later finds them there (staging ahead of the window).
+
+    Raises:
+        InstallError: as :func:`apt_install_argv`.
+    """
+    argv = apt_install_argv(apt_command, packages)
+    split = argv.index("--")
+    return [*argv[:split], "--download-only", *argv[split:]]
 
 
 def apt_lock_failure(output: str) -> bool:

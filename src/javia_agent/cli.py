@@ -127,6 +127,17 @@ def _argv(text: str | None, what: str) -> list[str] | None:
     return parts
 
 
+def _staging_lead(text: str) -> float:
+    """``--staging-lead``: a duration (``6h``, ``90m``, ``0``) within 0 to 7 days, in seconds."""
+    from javia_core.rollouts.policy import parse_duration
+    from javia_core.staging_lead import check_staging_lead
+
+    try:
+        return check_staging_lead(parse_duration(text[:40]))
+    except ValueError as error:  # RolloutError, ScheduleError
+        raise ConfigError(f"--staging-lead: {error}") from None
+
+
 @app.command()
 @_friendly
 def register(
@@ -210,6 +221,12 @@ def register(
         help="Cap on the download speed per second, e.g. 512KiB or 2MB "
         "(units B, kB, KiB, MB, MiB; default: no cap).",
     ),
+    staging_lead: str | None = typer.Option(
+        None,
+        "--staging-lead",
+        help="Stage scheduled and urgent updates this long before their install time, "
+        "e.g. 6h, 90m, 1d (0: at install time; default 6h).",
+    ),
     tag: list[str] | None = typer.Option(
         None,
         "--tag",
@@ -255,6 +272,8 @@ def register(
         except ValueError as error:
             raise ConfigError(f"--download-rate-limit: {error}") from None
     overrides: dict[str, Any] = {"server_url": server}
+    if staging_lead is not None:
+        overrides["staging_lead_seconds"] = _staging_lead(staging_lead)
     for key, value in {
         "device_name": name,
         "timezone": timezone,

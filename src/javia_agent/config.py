@@ -49,6 +49,7 @@ from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
 from javia_core.models import load_timezone
 from javia_core.scheduling import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
+from javia_core.staging_lead import DEFAULT_STAGING_LEAD_SECONDS, MAX_STAGING_LEAD_SECONDS
 from javia_core.versioning import Version
 
 __all__ = [
@@ -114,6 +115,13 @@ class AgentConfig(BaseModel):
     apt_command: list[str] = Field(
         default_factory=lambda: ["apt-get", "install", "--yes", "--no-install-recommends", "--"],
         description="argv prefix installing the manifest's signed system_packages",
+    )
+    staging_lead_seconds: float = Field(
+        default=DEFAULT_STAGING_LEAD_SECONDS,
+        ge=0,
+        le=MAX_STAGING_LEAD_SECONDS,
+        description="stage scheduled updates this long before install_at (urgent: at once); "
+        "0: at install time",
     )
     keep_releases: int = Field(
         default=1, ge=0, description="previous releases kept besides current"

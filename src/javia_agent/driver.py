@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING
 from javia_agent.errors import CrashLoopError
 from javia_agent.flow import FLOW, Edge, Event, Row
 from javia_agent.state import PRE_SWITCH_STATES, RECOVERY, Recovery, UpdateSource, UpdateState
-from javia_agent.steps import commit, download, health, report, rollback, stage, switch, verify
+from javia_agent.steps import (
+    commit,
+    download,
+    health,
+    report,
+    rollback,
+    stage,
+    staged,
+    switch,
+    verify,
+)
 from javia_agent.steps.common import Run, clip
 from javia_core.errors import JaviaError
 from javia_core.models import UpdateStatus
@@ -50,6 +60,7 @@ STEPS: Mapping[UpdateState, Step] = MappingProxyType(
         _S.DOWNLOADING: download.run,
         _S.VERIFYING: verify.run,
         _S.STAGING: stage.run,
+        _S.STAGED: staged.run,
         _S.SWITCHING: switch.run,
         _S.HEALTH_CHECK: health.run,
         _S.COMMITTING: commit.run,
@@ -93,6 +104,8 @@ def _follow(
             run.reason,
             retry_after_seconds=run.retry_after_seconds,
         )
+    if row.edge == Edge.HOLD:
+        return InstallOutcome(InstallResult.STAGED, run.record.version, run.reason)
     if row.edge == Edge.AGAIN:
         return None
     try:
@@ -204,6 +217,11 @@ def _probe_staging(installer: Installer, run: Run) -> Event | None:
     return event
 
 
+def _probe_staged(installer: Installer, run: Run) -> Event | None:
+    """KEEP_STAGED: keep the staged release; it is checked against the manifest before use."""
+    return _pre_switch_probe(installer, run, "the staged release")
+
+
 def _start_again(installer: Installer, run: Run) -> bool:
     """Start the new release again (a no-op if it runs; needed after a reboot in command mode)."""
     try:
@@ -240,6 +258,7 @@ RECOVERY_PROBES: dict[Recovery, Probe] = {
     Recovery.RESUME_DOWNLOAD: _probe_download,
     Recovery.REVERIFY: _probe_verification,
     Recovery.RESTAGE: _probe_staging,
+    Recovery.KEEP_STAGED: _probe_staged,
     Recovery.CHECK_CURRENT: _probe_switch,
     Recovery.RECHECK_HEALTH: _probe_health_check,
     Recovery.COMMIT: _probe_restarted,

@@ -41,6 +41,8 @@ class Event(StrEnum):
     SERVER_FAULT = "server_fault"  # the server's bytes did not verify: drop them, retry later
     LOOP_DETECTED = "loop_detected"  # saving the next state tripped the save cap
     RESTARTED = "restarted"  # the agent started and found the update in this state
+    HOLD = "hold"  # staged ahead of the window: the install time has not come
+    STALE = "stale"  # a staged release no longer matches its signed manifest
 
 
 class Edge(StrEnum):
@@ -48,6 +50,7 @@ class Edge(StrEnum):
 
     ENTER = "enter"  # save the next state (with the reason, if any)
     WAIT = "wait"  # save nothing, stop: the server's next install directive resumes it
+    HOLD = "hold"  # save nothing, stop: staged; the directive at install time goes on
     AGAIN = "again"  # save nothing, run the same state's step again (it is already saved)
     FAIL = "fail"  # remove the new release and download; save REPORTING failed, marked failed
     FAIL_UNMARKED = "fail_unmarked"  # the same, but the version may be offered again
@@ -88,7 +91,14 @@ _ROWS: dict[UpdateState, dict[Event, Row]] = {
     _S.DOWNLOADING: _pre_switch(_S.DOWNLOADING, _S.VERIFYING, Edge.FAIL_UNMARKED),
     _S.VERIFYING: _pre_switch(_S.VERIFYING, _S.STAGING, Edge.FAIL_UNMARKED),
     # The payload verified at VERIFYING: a loop while staging marks the version failed.
-    _S.STAGING: _pre_switch(_S.STAGING, _S.SWITCHING, Edge.FAIL),
+    _S.STAGING: _pre_switch(_S.STAGING, _S.STAGED, Edge.FAIL),
+    # Staged (ahead of the window, or just now): apt's install and the setup
+    # command, then the switch. A release changed on disk is made again.
+    _S.STAGED: {
+        **_pre_switch(_S.STAGED, _S.SWITCHING, Edge.FAIL),
+        _E.HOLD: Row(Edge.HOLD, _S.STAGED),
+        _E.STALE: Row(Edge.ENTER, _S.VERIFYING),
+    },
     # From the switch on, every failure converges on a good release: roll back.
     _S.SWITCHING: {
         _E.SUCCESS: Row(Edge.ENTER, _S.HEALTH_CHECK),

@@ -119,6 +119,7 @@ class InstallResult(StrEnum):
     FAILED = "failed"  # refused before the switch; the old release kept running
     ROLLED_BACK = "rolled_back"  # the new release was unhealthy; the old one runs again
     RETRY_LATER = "retry_later"  # network trouble or shutdown; state kept to resume
+    STAGED = "staged"  # staged ahead of its install time; the old release still runs
     SKIPPED = "skipped"  # this version failed before: never installed again
     ALREADY_RUNNING = (
         "already_running"  # the offered version is the running one; reported completed
@@ -358,12 +359,45 @@ class Installer:
         remove_interrupted_writes(paths.outbox_dir)
         protect_environment_file(paths.app_env_file)
 
-    def install(self, directive: InstallDirective) -> InstallOutcome:
+    def prepare(self, directive: InstallDirective) -> InstallOutcome:
+        """Download, verify and stage ``directive``'s update ahead of its install time.
+
+        The same steps as :meth:`install` up to :attr:`UpdateState.STAGED`,
+        where it holds: the release is unpacked and its Python environment
+        built, its system packages only downloaded (``apt-get install
+        --download-only``); the running release is untouched. A later
+        :meth:`install` of the same update goes on from there (stop, switch,
+        start, health). An update already staged is left as it is.
+
+        Returns:
+            :attr:`InstallResult.STAGED` once held; otherwise as :meth:`install`
+            (a failure, a retry later, a server fault).
+
+        Raises:
+            StateError, RuntimeError: as :meth:`install`.
+        """
+        if self.is_staged(directive):
+            return InstallOutcome(InstallResult.STAGED, str(directive.version), "staged already")
+        return self.install(directive, prepare_only=True)
+
+    def is_staged(self, directive: InstallDirective) -> bool:
+        """Whether ``directive``'s update is saved staged (read-only; the release is checked at use)."""
+        record = self.store.load().update
+        return (
+            record is not None
+            and record.state == UpdateState.STAGED
+            and record.source == UpdateSource.SERVER
+            and record.update_id == directive.update_id
+            and record.version == str(directive.version)
+        )
+
+    def install(self, directive: InstallDirective, *, prepare_only: bool = False) -> InstallOutcome:
         """Install the update a server directive names (or resume it).
 
         Args:
             directive: the pending update from the heartbeat answer; its
                 ``version`` must be the signed manifest's.
+            prepare_only: stop once staged (:meth:`prepare`).
 
         Returns:
             The outcome; reports are queued through ``reporter`` on the way
@@ -396,7 +430,7 @@ class Installer:
                 logger.error("update %s (%s): %s", version, directive.update_id, reason)
                 self.report(directive.update_id, UpdateStatus.FAILED, reason)
                 return InstallOutcome(InstallResult.FAILED, version, reason)
-            run = Run(state=state, directive=directive)
+            run = Run(state=state, directive=directive, prepare_only=prepare_only)
             record = state.update
             resume = (
                 record is not None

@@ -67,7 +67,10 @@ class UpdateState(StrEnum):
     IDLE = "idle"  # no update in progress
     DOWNLOADING = "downloading"  # fetching manifest, signature, payload (resumable)
     VERIFYING = "verifying"  # payload size and SHA-256 against the signed manifest
-    STAGING = "staging"  # extracting into releases/<version>, running setup
+    STAGING = "staging"  # extracting into releases/<version>, building its Python environment
+    #: Staged: the release is complete on disk; apt's install, the setup command,
+    #: then the switch remain (held here, ahead of the window, until install time).
+    STAGED = "staged"
     SWITCHING = "switching"  # stop service, point `current` at the new release, start
     HEALTH_CHECK = "health_check"  # the new release must stay up for health_seconds
     COMMITTING = "committing"  # new release is good: record it, prune old releases
@@ -89,6 +92,7 @@ class Recovery(StrEnum):
     RESUME_DOWNLOAD = "resume_download"  # keep the .partial; resume when next told to install
     REVERIFY = "reverify"  # verify the downloaded payload again when next told to install
     RESTAGE = "restage"  # remove the half-written staging dir; stage again when next told
+    KEEP_STAGED = "keep_staged"  # keep the staged release; checked against the manifest before use
     CHECK_CURRENT = "check_current"  # `current` → new: health check; else redo the switch
     RECHECK_HEALTH = "recheck_health"  # `current` → new: health check again; else roll back
     COMMIT = "commit"  # redo the (idempotent) commit, then report completed
@@ -104,7 +108,9 @@ TRANSITIONS: Mapping[UpdateState, frozenset[UpdateState]] = MappingProxyType(
         _S.IDLE: frozenset({_S.DOWNLOADING, _S.VERIFYING}),
         _S.DOWNLOADING: frozenset({_S.VERIFYING, _S.REPORTING, _S.IDLE}),
         _S.VERIFYING: frozenset({_S.STAGING, _S.REPORTING, _S.IDLE}),
-        _S.STAGING: frozenset({_S.SWITCHING, _S.REPORTING, _S.IDLE}),
+        _S.STAGING: frozenset({_S.STAGED, _S.REPORTING, _S.IDLE}),
+        # A staged release that no longer matches its signed manifest is made again.
+        _S.STAGED: frozenset({_S.SWITCHING, _S.VERIFYING, _S.REPORTING, _S.IDLE}),
         _S.SWITCHING: frozenset({_S.HEALTH_CHECK, _S.ROLLING_BACK}),
         _S.HEALTH_CHECK: frozenset({_S.COMMITTING, _S.ROLLING_BACK}),
         # A commit the loop breaker stops (it kept crashing the agent) is rolled back.
@@ -121,6 +127,7 @@ RECOVERY: Mapping[UpdateState, Recovery] = MappingProxyType(
         _S.DOWNLOADING: Recovery.RESUME_DOWNLOAD,
         _S.VERIFYING: Recovery.REVERIFY,
         _S.STAGING: Recovery.RESTAGE,
+        _S.STAGED: Recovery.KEEP_STAGED,
         _S.SWITCHING: Recovery.CHECK_CURRENT,
         _S.HEALTH_CHECK: Recovery.RECHECK_HEALTH,
         _S.COMMITTING: Recovery.COMMIT,
@@ -130,7 +137,7 @@ RECOVERY: Mapping[UpdateState, Recovery] = MappingProxyType(
 )
 
 #: States in which the running release is untouched: abandoning the update is safe.
-PRE_SWITCH_STATES = frozenset({_S.DOWNLOADING, _S.VERIFYING, _S.STAGING})
+PRE_SWITCH_STATES = frozenset({_S.DOWNLOADING, _S.VERIFYING, _S.STAGING, _S.STAGED})
 #: States after the service was stopped: recovery must converge on a good release.
 POST_SWITCH_STATES = frozenset({_S.SWITCHING, _S.HEALTH_CHECK, _S.COMMITTING, _S.ROLLING_BACK})
 # Steps that move an update forward; the loop breaker stops these first.

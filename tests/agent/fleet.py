@@ -141,10 +141,15 @@ class CrashFleet(LocalFleet):
             self.devices.remove(device)
 
     def package(
-        self, version: str, *, fail: bool = False, extra_files: dict[str, bytes] | None = None
+        self,
+        version: str,
+        *,
+        fail: bool = False,
+        extra_files: dict[str, bytes] | None = None,
+        update_type: UpdateType = UpdateType.INSTANT,
     ) -> BuiltPackage:
         """The example application as a signed package (built once per arguments)."""
-        key = (version, fail, tuple(sorted((extra_files or {}).items())))
+        key = (version, fail, tuple(sorted((extra_files or {}).items())), update_type)
         if key in self.packages:
             return self.packages[key]
         name = f"{version}-{len(self.packages)}"
@@ -161,7 +166,7 @@ class CrashFleet(LocalFleet):
             source,
             self.root / "packages" / name,
             version=Version.parse(version),
-            update_type=UpdateType.INSTANT,
+            update_type=update_type,
             description=f"crash test release {version}",
             system_packages=(),
             private_key=load_private_key(self.private_key_path),

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from javia_agent.apt import apt_install_argv, apt_lock_failure, lock_holder, wait_for_dpkg_lock
+from javia_agent.apt import (
+    apt_download_argv,
+    apt_install_argv,
+    apt_lock_failure,
+    lock_holder,
+    wait_for_dpkg_lock,
+)
 from javia_agent.client import DeviceClient
 from javia_agent.errors import InstallError, PackageManagerLockError
 from javia_agent.installer import InstallResult
@@ -220,7 +226,9 @@ def test_a_lock_held_past_the_limit_pauses_the_update_while_the_old_release_runs
         assert f"pid {holder.pid}" in (paused.reason or "")
         assert apt.calls == []
         assert device.current() == "v1.0.0" and device.wait_for_app("v1.0.0")["pid"] == old_pid
-        assert StateStore(device.paths.state_file).load().state == UpdateState.STAGING
+        # Paused staged: the release stays unpacked for the next try.
+        assert StateStore(device.paths.state_file).load().state == UpdateState.STAGED
+        assert (device.paths.releases_dir / "v1.1.0").is_dir()
 
         holder.stop()
         resumed = installer.install(directive)
@@ -230,3 +238,49 @@ def test_a_lock_held_past_the_limit_pauses_the_update_while_the_old_release_runs
 
 
 _UUID = "00000000-0000-0000-0000-0000000000a7"
+
+
+def test_staged_ahead_apt_only_downloads_and_installs_at_install_time(
+    device: Device, signer: Signer, make_package: PackageFactory, file_server: FileServer
+) -> None:
+    """Ahead of the window apt fetches into its cache (--download-only); the install comes later."""
+    assert make_installer(device, signer).install_from_directory(
+        make_package("v1.0.0").directory
+    ).result == (InstallResult.COMPLETED)
+    directive = InstallDirective.model_validate(
+        serve_package(file_server, 32, make_package("v1.1.0", system_packages=("sox",)))
+    )
+    apt = AptRecorder()
+    with DeviceClient(file_server.url, device_uuid=_UUID, token="t") as client:
+        installer = make_installer(device, signer, client=client, runner=apt)
+        staged = installer.prepare(directive)
+        assert staged.result == InstallResult.STAGED, staged
+        assert [argv for argv, _ in apt.calls] == [
+            [
+                "apt-get",
+                "install",
+                "--yes",
+                "--no-install-recommends",
+                "--download-only",
+                "--",
+                "sox",
+            ]
+        ]
+        assert device.current() == "v1.0.0"
+        installed = installer.install(directive)
+    assert installed.result == InstallResult.COMPLETED, installed
+    assert [argv for argv, _ in apt.calls][1:] == [
+        ["apt-get", "install", "--yes", "--no-install-recommends", "--", "sox"]
+    ]
+
+
+def test_the_download_only_command_line_keeps_the_double_dash_last() -> None:
+    assert apt_download_argv(["apt", "install", "-y"], ["sox", "libfoo=1.0"]) == [
+        "apt",
+        "install",
+        "-y",
+        "--download-only",
+        "--",
+        "sox",
+        "libfoo=1.0",
+    ]

@@ -435,6 +435,9 @@ def test_a_pinned_maintenance_window_round_trips_through_the_configuration(
         (["--window-start", "02:00", "--window-seconds", "0"], "window_seconds"),
         (["--window-start", "02:00", "--window-seconds", "86401"], "window_seconds"),
         (["--window-seconds", "3600"], "only together with window_start"),
+        (["--staging-lead", "8d"], "--staging-lead: staging lead must be 0 to 604800 seconds"),
+        (["--staging-lead", "soon"], "--staging-lead: invalid duration 'soon'"),
+        (["--staging-lead", "-1h"], "--staging-lead: invalid duration"),
     ],
 )
 def test_register_refuses_a_pinned_window_that_is_not_one_before_contacting_the_server(
@@ -458,3 +461,11 @@ def test_register_refuses_a_pinned_window_that_is_not_one_before_contacting_the_
     assert result.exit_code == 1, result.output
     assert named in result.output, result.output
     assert not (tmp_path / "a.toml").exists() and not (tmp_path / "token").exists()
+
+
+def test_the_staging_lead_is_a_duration_in_seconds() -> None:
+    from javia_agent.cli import _staging_lead
+
+    assert _staging_lead("90m") == 5400.0
+    assert _staging_lead("1d") == 86400.0
+    assert _staging_lead("0") == 0.0  # staged at install time

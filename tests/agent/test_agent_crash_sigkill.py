@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from javia_agent.state import UpdateState
+from javia_core.models import UpdateType
 from javia_devtools.demo import FleetDevice
 from javia_updates.packaging import BuiltPackage
 
@@ -37,6 +38,7 @@ from .fleet import (
     FINAL,
     CrashFleet,
     app_alive,
+    assert_complete_tree,
     assert_converged,
     current_version,
     pause_env,
@@ -78,6 +80,7 @@ CASES = [
     ("verifying", UpdateState.VERIFYING, False, "completed"),
     ("staging", UpdateState.STAGING, False, "completed"),
     ("staging.extracted", UpdateState.STAGING, False, "completed"),
+    ("staged", UpdateState.STAGED, False, "completed"),
     ("switching", UpdateState.SWITCHING, False, "completed"),
     ("switching.stopped", UpdateState.SWITCHING, False, "completed"),
     ("switching.linked", UpdateState.SWITCHING, False, "completed"),
@@ -161,13 +164,79 @@ def test_sigkill_during_the_download_resumes_from_the_partial_file(
     assert int(resumed.group(1)) == kept and int(resumed.group(2)) == size
 
 
+def test_sigkill_while_staged_ahead_keeps_the_release_and_a_cancel_drops_it(
+    fleet: CrashFleet, device: FleetDevice
+) -> None:
+    """A scheduled update staged hours before its window survives SIGKILL untouched.
+
+    The agent stages it at once (a 7-day lead), holds it in ``staged`` and is
+    killed there: the old release still runs, the staged one is complete; the
+    restarted agent keeps it (no second download). When the operator cancels
+    the rollout the staged release is deleted and never installed.
+    """
+    new = fleet.package(next_version(), update_type=UpdateType.SCHEDULED)
+    version = new.manifest.version
+    with fleet.client() as admin:
+        update_id = int(
+            admin.publish(
+                manifest_path=new.manifest_path,
+                signature_path=new.signature_path,
+                payload_path=new.payload_path,
+                update_type="scheduled",
+                targets=[device.device_uuid],
+            ).id
+        )
+    fleet.agent_overrides[device.name] = {"JAVIA_AGENT_STAGING_LEAD_SECONDS": "604800"}
+    try:
+        fleet.start_agent_with(device)  # it starts v1.0.0, then stages the update
+        old_pid = wait_for(lambda: (s := device.app_status()) and s["pid"], 30, "v1.0.0 to run")
+        wait_for(
+            lambda: (r := fleet.row(device, update_id)) and r.status == "staged",
+            60,
+            "the update to be staged on the server",
+        )
+        assert saved_state(device).state == UpdateState.STAGED
+        fleet.kill_agent(device)
+
+        release = device.install_root / "releases" / version
+        assert current_version(device) == "v1.0.0" and app_alive(device)
+        assert device.app_status()["pid"] == old_pid
+        assert_complete_tree(release, new.manifest)
+
+        fleet.start_agent_with(device)
+        # Two heartbeats later it still rests staged, staged only once.
+        beat_file = device.state_dir / "heartbeat.json"
+        for _ in range(2):
+            seen = beat_file.stat().st_mtime_ns if beat_file.exists() else 0
+            wait_for(
+                lambda seen=seen: beat_file.exists() and beat_file.stat().st_mtime_ns != seen,
+                30,
+                "a heartbeat after the restart",
+            )
+        assert saved_state(device).state == UpdateState.STAGED
+        assert (
+            device.agent_log.read_text(errors="replace").count(f"installing update {version}") == 1
+        )
+        assert device.app_status()["pid"] == old_pid
+
+        with fleet.client() as admin:
+            admin.rollout_command(str(update_id), "cancel", "changed our mind")
+        wait_for(lambda: not release.exists(), 30, "the staged release to be deleted")
+        wait_for(lambda: saved_state(device).update is None, 30, "the agent to go idle")
+    finally:
+        fleet.agent_overrides.pop(device.name, None)
+    assert fleet.row(device, update_id).status == "cancelled"
+    assert current_version(device) == "v1.0.0" and device.app_status()["pid"] == old_pid
+    assert starts_of(device, version) == 0
+
+
 def test_a_crash_loop_in_the_health_check_is_broken_by_the_save_cap(
     fleet: CrashFleet, device: FleetDevice
 ) -> None:
     """Every start dies in the health check: after the cap the agent rolls back for good."""
     new = fleet.package(next_version())
     update_id = fleet.publish_to(device, new)
-    fleet.agent_overrides[device.name] = {"JAVIA_AGENT_MAX_STATE_SAVES": "5"}
+    fleet.agent_overrides[device.name] = {"JAVIA_AGENT_MAX_STATE_SAVES": "6"}
     marker = device.state_dir / "paused-at-health_check"
 
     def paused_or_finished() -> bool:

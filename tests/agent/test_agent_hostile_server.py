@@ -38,7 +38,7 @@ from javia_agent.config import AgentConfig, AgentPaths
 from javia_agent.errors import AgentError
 from javia_agent.installer import Installer, InstallResult
 from javia_agent.outbox import Outbox
-from javia_agent.state import StateStore
+from javia_agent.state import StateStore, UpdateState
 from javia_agent.transport import RetryPolicy
 from javia_core.models import InstallDirective, UpdateStatus, UpdateType
 from javia_core.scheduling import bound_by_signed_type, plan_install, window_offset_seconds
@@ -782,7 +782,8 @@ def test_a_chosen_window_at_any_hour_is_followed_without_a_pin_and_ignored_with_
     server_now = [EVENING]
     pinned_api = _scheduled_offer(scheduled_package, start, end, server_now)
     world = World.create(tmp_path / "pinned")
-    agent = _agent(world, pinned_api, signer, settings=PIN)
+    # Without staging ahead (lead 0): nothing at all is fetched before its own window.
+    agent = _agent(world, pinned_api, signer, settings={**PIN, "staging_lead_seconds": 0})
     waiting = agent.run_once()
     assert waiting.decision is not None and not waiting.decision.install_now
     assert waiting.outcome is None and not _fetched(pinned_api)
@@ -797,6 +798,41 @@ def test_a_chosen_window_at_any_hour_is_followed_without_a_pin_and_ignored_with_
     installing = agent.run_once()
     assert installing.decision is not None and installing.decision.install_now
     assert _fetched(pinned_api) and installing.outcome is not None
+
+
+def test_a_pinned_device_stages_hours_before_its_own_window_and_only_switches_in_it(
+    tmp_path: Path, signer: Signer, scheduled_package: BuiltPackage
+) -> None:
+    """Staged at 22:36 (the default 6 h lead), installed at its own slot with no download."""
+    server_now = [EVENING]
+    start, end = EVENING - timedelta(minutes=1), EVENING + timedelta(hours=3)
+    api = _scheduled_offer(scheduled_package, start, end, server_now)
+    world = World.create(tmp_path)
+    agent = _agent(world, api, signer, settings=PIN)
+
+    ahead = agent.run_once()
+
+    assert ahead.decision is not None and not ahead.decision.install_now
+    assert ahead.outcome is not None and ahead.outcome.result == InstallResult.STAGED
+    assert agent.installer.load_state().state == UpdateState.STAGED
+    assert (world.paths.releases_dir / "v1.1.0").is_dir()
+    assert agent.installer.current_release() == "v1.0.0"
+    downloads = [url for url in api.requests if url.path == "/api/v1/updates/9/download"]
+    assert len(downloads) == 1
+
+    assert ahead.decision.wake_at is not None
+    server_now[0] = ahead.decision.wake_at + timedelta(seconds=5)
+    steps: list[str] = []
+    agent.installer.checkpoint = steps.append
+    installed = agent.run_once()
+
+    # In the window: on from staged to the switch; nothing downloaded, verified or unpacked.
+    # (This harness runs no application, so its health check fails and it rolls back.)
+    assert installed.outcome is not None
+    assert installed.outcome.result in (InstallResult.COMPLETED, InstallResult.ROLLED_BACK)
+    assert steps[:3] == ["staged", "switching", "switching.stopped"], steps
+    assert not {"downloading", "verifying", "staging", "staging.extracted"} & set(steps)
+    assert [url for url in api.requests if url.path == "/api/v1/updates/9/download"] == downloads
 
 
 def test_an_honest_servers_own_window_works_without_a_pin(

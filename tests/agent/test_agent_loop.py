@@ -101,6 +101,8 @@ class FakeInstaller:
 
     running: str | None = "v1.0.0"
     installs: list[InstallDirective] = field(default_factory=list)
+    #: What the agent staged ahead of its install time (:meth:`Installer.prepare`).
+    staged: list[InstallDirective] = field(default_factory=list)
     result: InstallResult = InstallResult.COMPLETED
     retry_after: float | None = None
     service: FakeService = field(default_factory=FakeService)
@@ -118,6 +120,13 @@ class FakeInstaller:
 
     def signed_update_type(self, directive: InstallDirective) -> UpdateType:
         return self.signed_type
+
+    def is_staged(self, directive: InstallDirective) -> bool:
+        return any(staged.update_id == directive.update_id for staged in self.staged)
+
+    def prepare(self, directive: InstallDirective) -> InstallOutcome:
+        self.staged.append(directive)
+        return InstallOutcome(InstallResult.STAGED, str(directive.version))
 
     def install(self, directive: InstallDirective) -> InstallOutcome:
         self.installs.append(directive)
@@ -478,3 +487,51 @@ def test_a_recovered_update_without_a_reason_logs_no_none(
         h.agent.start()
     assert "recovered update v6.0.0: completed" in caplog.text
     assert "None" not in caplog.text
+
+
+# -- staging ahead of the install time (docs/agent.md, "Staged ahead of the window") --
+
+
+def _scheduled_in(seconds: float) -> dict[str, Any]:
+    install_at = SERVER_TIME + timedelta(seconds=seconds)
+    return _directive(
+        "scheduled", install_at, window_end=(install_at + timedelta(hours=3)).isoformat()
+    )
+
+
+def test_a_scheduled_update_inside_its_lead_is_staged_once_not_installed(tmp_path: Path) -> None:
+    h = _harness(tmp_path, FakeApi(directive=_scheduled_in(5 * 3600)))  # default lead: 6 h
+    result = h.agent.run_once()
+
+    assert result.outcome is not None and result.outcome.result == InstallResult.STAGED
+    assert [str(d.version) for d in h.installer.staged] == ["v1.1.0"] and h.installer.installs == []
+    assert result.sleep_seconds == pytest.approx(300.0)  # the heartbeat comes before the window
+    h.agent.run_once()
+    assert len(h.installer.staged) == 1, "staged once, not at every heartbeat"
+
+
+def test_before_its_lead_the_agent_wakes_when_the_lead_begins(tmp_path: Path) -> None:
+    h = _harness(tmp_path, FakeApi(directive=_scheduled_in(3600 + 100)), staging_lead_seconds=3600)
+    result = h.agent.run_once()
+
+    assert h.installer.staged == [] and result.outcome is None
+    assert result.sleep_seconds == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("directive", "lead"),
+    [(_scheduled_in(60), 0), (_directive("instant"), 21600)],
+    ids=["lead 0", "instant"],
+)
+def test_a_zero_lead_or_an_instant_update_is_never_staged_ahead(
+    tmp_path: Path, directive: dict[str, Any], lead: int
+) -> None:
+    h = _harness(tmp_path, FakeApi(directive=directive), staging_lead_seconds=lead)
+    h.agent.run_once()
+    assert h.installer.staged == []
+
+
+def test_a_nonsense_staging_lead_is_refused_by_the_configuration() -> None:
+    for lead in (-1, 8 * 86400, float("nan")):
+        with pytest.raises(ValueError, match="staging_lead_seconds"):
+            AgentConfig(staging_lead_seconds=lead)

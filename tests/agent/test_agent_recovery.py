@@ -343,11 +343,11 @@ def test_a_commit_that_keeps_crashing_is_rolled_back_by_the_save_cap(
 
     monkeypatch.setattr(Releases, "prune", crash)
     with pytest.raises(Crash):
-        make_installer(running_v1, signer, client=client, max_state_saves=6).install(directive)
+        make_installer(running_v1, signer, client=client, max_state_saves=7).install(directive)
     outcome = None
     for _ in range(10):  # every start dies in the commit again, until the cap trips
         try:
-            outcome = make_installer(running_v1, signer, client=client, max_state_saves=6).recover()
+            outcome = make_installer(running_v1, signer, client=client, max_state_saves=7).recover()
             break
         except Crash:
             continue

@@ -80,6 +80,9 @@ def test_transitions_outside_the_table_are_refused(tmp_path: Path) -> None:
         store.save(_with(state, UpdateState.COMMITTING))
     state = store.save(_with(state, UpdateState.VERIFYING))
     state = store.save(_with(state, UpdateState.STAGING))
+    with pytest.raises(RuntimeError, match="staging -> switching"):  # only a staged release
+        store.save(_with(state, UpdateState.SWITCHING))
+    state = store.save(_with(state, UpdateState.STAGED))
     state = store.save(_with(state, UpdateState.SWITCHING))
     with pytest.raises(
         RuntimeError

@@ -98,10 +98,21 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
     for row in rows.values():
         slot = _utc(row.scheduled_for)
         assert opens <= slot < opens + timedelta(seconds=WINDOW_SECONDS * 2 / 3 + 1), row
-    # Before the window nothing moves: the rows stay pending and the apps keep running.
+    # Before the window the update is prepared (the default 6 h lead): downloaded,
+    # verified and unpacked next to the running release, reported staged; the
+    # applications keep running their old release.
+    wait_for(
+        lambda: all(r.status == "staged" for r in final_rows(fleet, update.id).values()),
+        15,
+        "both devices to stage the update ahead of the window",
+    )
     time.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds() - 2))
-    assert all(r.status == "pending" for r in final_rows(fleet, update.id).values())
+    assert all(r.status == "staged" for r in final_rows(fleet, update.id).values())
     assert {d.name: d.app_status()["pid"] for d in devices} == pids
+    for device in devices:
+        assert (device.install_root / "releases" / "v1.1.0" / "VERSION").is_file()
+        assert (device.install_root / "current").resolve().name == "v1.0.0"
+    staged_at = datetime.now(UTC)
 
     done = wait_for(
         lambda: (
@@ -114,15 +125,22 @@ def test_scheduled_update_waits_for_each_devices_slot_in_the_window(
     )
     for device in devices:
         row = done[device.device_uuid]
-        started = _utc(row.started_at)
-        assert started >= _utc(row.scheduled_for) - timedelta(seconds=1), (
+        # The new release started (the switch) in the slot; the download ran ahead of
+        # the window (the row's started_at is the download's start).
+        switched = datetime.fromisoformat(device.app_status()["started_at"])
+        assert switched >= _utc(row.scheduled_for) - timedelta(seconds=1), (
             "installed before its slot"
         )
-        assert started < opens + timedelta(seconds=WINDOW_SECONDS), (
+        assert switched < opens + timedelta(seconds=WINDOW_SECONDS), (
             "installed after the window closed"
         )
+        assert _utc(row.started_at) < staged_at, "downloaded in the window, not ahead of it"
         assert device.app_status()["version"] == "v1.1.0"
         assert device.app_status()["pid"] != pids[device.name]
+        # In the window the agent went on from the staged release: no second download.
+        log = device.agent_log.read_text(encoding="utf-8", errors="replace")
+        assert "resuming update v1.1.0" in log and "at staged" in log, log[-3000:]
+        assert log.count("installing update v1.1.0") == 1, "staged once, never from scratch"
 
 
 def test_urgent_update_waits_for_idle_then_installs_before_the_window(
@@ -156,21 +174,22 @@ def test_urgent_update_waits_for_idle_then_installs_before_the_window(
             "deadline is the window"
         )
         time.sleep(6)
-        assert final_rows(fleet, update.id)[busy.device_uuid].status == "pending"
+        # Prepared while the assistant is in use; installed only at the idle moment.
+        assert final_rows(fleet, update.id)[busy.device_uuid].status == "staged"
         assert busy.app_status()["pid"] == pid
+        assert (busy.install_root / "releases" / "v1.1.0").is_dir()
     finally:
         talking.clear()
         speaker.join()
     last_activity = datetime.now(UTC)
 
-    done = wait_for(
+    wait_for(
         lambda: (r := final_rows(fleet, update.id)[busy.device_uuid]).status == "completed" and r,
         30,
         "the urgent update to install once idle",
     )
-    assert _utc(done.started_at) >= last_activity + timedelta(seconds=2.5), (
-        "did not wait for 3 s of idle"
-    )
+    switched = datetime.fromisoformat(busy.app_status()["started_at"])
+    assert switched >= last_activity + timedelta(seconds=2.5), "did not wait for 3 s of idle"
     assert busy.app_status()["version"] == "v1.1.0"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ from javia_agent.errors import (
     PackageManagerLockError,
 )
 from javia_agent.flow import Event
+from javia_agent.services import application_environment
 from javia_agent.state import AgentState, UpdateRecord, UpdateSource
 from javia_core.errors import JaviaError
 from javia_core.models import InstallDirective
@@ -40,6 +41,7 @@ __all__ = [
     "pre_switch",
     "reason_of",
     "run_command",
+    "run_in_release",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,10 @@ class Run:
         reason: why the last step failed (the next row's reason).
         retry_after_seconds: the server's ``Retry-After`` for a retry later.
         outcome: how the update ended, set by the edge that ended it.
+        prepare_only: stage ahead of the install time and stop there
+            (:meth:`~javia_agent.installer.Installer.prepare`).
+        staged_here: the release was staged by this drive (not found staged
+            on disk, which is checked against the manifest before use).
     """
 
     state: AgentState
@@ -86,6 +92,8 @@ class Run:
     reason: str | None = None
     retry_after_seconds: float | None = None
     outcome: InstallOutcome | None = None
+    prepare_only: bool = False
+    staged_here: bool = False
 
     @property
     def record(self) -> UpdateRecord:
@@ -163,6 +171,24 @@ def run_command(
             f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}"
         )
     return result
+
+
+def run_in_release(
+    installer: Installer, argv: Sequence[str], *, what: str, release: Path, timeout: float
+) -> None:
+    """Run an operator's command (setup, health) in ``release`` with the application's environment.
+
+    Raises:
+        InstallError: as :func:`run_command` (it failed, timed out, could not start).
+    """
+    run_command(
+        installer,
+        list(argv),
+        what=what,
+        cwd=release,
+        env=application_environment(release, installer.paths.activity_file, installer.app_env),
+        timeout=timeout,
+    )
 
 
 def clip(text: str | None) -> str | None:

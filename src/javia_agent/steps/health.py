@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 from javia_agent.errors import InstallError
 from javia_agent.flow import Event
-from javia_agent.services import application_environment
-from javia_agent.steps.common import Run, reason_of, run_command
+from javia_agent.steps.common import Run, reason_of, run_in_release
 from javia_core.errors import JaviaError
 
 if TYPE_CHECKING:
@@ -54,14 +53,11 @@ def _problem(installer: Installer, version: str) -> str | None:
     if installer.health_command:
         release = installer.releases.directory(version)
         try:
-            run_command(
+            run_in_release(
                 installer,
-                list(installer.health_command),
+                installer.health_command,
                 what="the health command",
-                cwd=release,
-                env=application_environment(
-                    release, installer.paths.activity_file, installer.app_env
-                ),
+                release=release,
                 timeout=installer.health_command_timeout_seconds,
             )
         except InstallError as error:

@@ -486,7 +486,7 @@ class Store(Protocol):
         window_end: datetime | None,
         now: datetime,
     ) -> bool:
-        """Change the timing of a row that is still pending; False if it no longer is."""
+        """Change the timing of a row still pending or staged; False if it no longer is."""
 
     # audit -------------------------------------------------------------------
     def list_audit(self, *, limit: int, offset: int) -> Page[AuditRecord]:

@@ -32,6 +32,7 @@ app.command("revert")(revert_update)
 STATUS_ORDER = (
     "pending",
     "downloading",
+    "staged",
     "installing",
     "completed",
     "failed",

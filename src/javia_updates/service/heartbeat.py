@@ -47,6 +47,9 @@ from javia_updates.settings import ServerSettings
 
 __all__ = ["Heartbeats", "urgency_evidence"]
 
+#: Rows the device has not begun installing: offered while their rollout lets them start.
+_WAITING = frozenset({UpdateStatus.PENDING, UpdateStatus.STAGED})
+
 
 class Heartbeats:
     """The heartbeat and update-check use cases.
@@ -198,9 +201,11 @@ class Heartbeats:
             rows = load()
 
         # 2. Pending rows for versions the device already runs are done with.
+        # A staged row (downloaded and prepared ahead of its window) is still
+        # waiting like a pending one: offered on, superseded or re-planned alike.
         live: list[DeviceUpdateRecord] = []
         for row in rows:
-            if row.status is not UpdateStatus.PENDING:
+            if row.status not in _WAITING:
                 continue
             if running is not None and Version.parse(row.version) <= running:
                 self._supersede(row, device, f"device already runs {running}", now)

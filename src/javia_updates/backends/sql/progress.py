@@ -243,12 +243,13 @@ class ProgressStore(SQLStoreBase):
         window_end: datetime | None,
         now: datetime,
     ) -> bool:
-        """Retime a row only while it is pending (conditional UPDATE)."""
+        """Retime a row only while it is pending or staged (conditional UPDATE)."""
         du = self.tables.device_updates
+        waiting = (UpdateStatus.PENDING.value, UpdateStatus.STAGED.value)
         with self._write() as connection:
             result = connection.execute(
                 du.update()
-                .where(du.c.id == device_update_id, du.c.status == UpdateStatus.PENDING.value)
+                .where(du.c.id == device_update_id, du.c.status.in_(waiting))
                 .values(
                     install_type=install_type.value,
                     scheduled_for=scheduled_for,

@@ -141,7 +141,11 @@ class RolloutStore(SQLStoreBase):
             if rollout.state is RolloutState.CANCELLED:
                 connection.execute(
                     du.update()
-                    .where(du.c.update_id == update_id, du.c.status == UpdateStatus.PENDING.value)
+                    .where(
+                        du.c.update_id == update_id,
+                        # Staged rows were never installed: cancelled like pending ones.
+                        du.c.status.in_((UpdateStatus.PENDING.value, UpdateStatus.STAGED.value)),
+                    )
                     .values(
                         status=UpdateStatus.CANCELLED.value,
                         error_message="the rollout was cancelled",
