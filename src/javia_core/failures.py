@@ -34,6 +34,8 @@ from javia_core.input_rules import check_text
 __all__ = [
     "FailureClass",
     "FailureDetails",
+    "FailureGroup",
+    "FailureGroupsOut",
     "MAX_FAILURE_COMPRESSED_BYTES",
     "MAX_FAILURE_JSON_BYTES",
     "MAX_OUTPUT_TAIL_CHARS",
@@ -408,3 +410,41 @@ def cause_of(
     if last:
         cause = f"{cause} | {last}" if cause else last
     return failure_class or "unknown", cause
+
+
+# -- grouped failures (GET /api/v1/updates/{update}/failures) -----------------------
+
+
+class FailureGroup(BaseModel):
+    """One cause among an update's failures, with how many devices it hit.
+
+    Attributes:
+        failure_class: the class (``unknown``: reports without a failure object).
+        cause: the normalised reason and last output line (:func:`cause_of`).
+        count: devices whose failure has this cause.
+        statuses: how many of them ended ``failed`` and ``rolled_back``.
+        example_device_uuid, example_device_name: one device with this cause
+            (the latest to report it).
+        example: that device's failure (None: it sent only ``error_message``).
+        example_reason: its reason (the failure's, else the row's message).
+        last_reported_at: when the latest of them reported it (UTC).
+    """
+
+    failure_class: str
+    cause: str
+    count: int
+    statuses: dict[str, int]
+    example_device_uuid: str
+    example_device_name: str | None
+    example_reason: str | None
+    example: FailureDetails | None
+    last_reported_at: str
+
+
+class FailureGroupsOut(BaseModel):
+    """An update's failed and rolled back devices, grouped by cause (most devices first)."""
+
+    update_id: int
+    version: str
+    total: int = Field(description="failed and rolled back devices")
+    groups: list[FailureGroup]

@@ -236,6 +236,9 @@ def build_tables(schema: str | None = None) -> Tables:
         # the status stays completed, docs/rollouts.md).
         Column("regressed_at", UTCDateTime(), nullable=True),
         Column("regression_reason", Text(), nullable=True),
+        # Why it failed, as the device reported it (revision 0006): a
+        # javia_core.failures.FailureDetails as JSON, or NULL.
+        Column("failure", json_type(), nullable=True),
         UniqueConstraint("device_id", "update_id"),
         CheckConstraint(_in("status", UpdateStatus), name="status"),
         CheckConstraint(_in("install_type", UpdateType), name="install_type"),
