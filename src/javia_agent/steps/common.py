@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from javia_agent.errors import (
+    CommandFailedError,
     ConfigError,
     DiskSpaceError,
     DownloadError,
     InstallError,
     PackageManagerLockError,
+    command_output,
 )
+from javia_agent.failure_details import FailureEvidence, evidence_of_error
 from javia_agent.flow import Event
+from javia_agent.retry_policy import transient_reason
 from javia_agent.state import AgentState, UpdateRecord, UpdateSource
 from javia_core.errors import JaviaError
 from javia_core.models import InstallDirective
@@ -76,6 +80,8 @@ class Run:
             version failed (DESIGN.md section 10).
         reason: why the last step failed (the next row's reason).
         retry_after_seconds: the server's ``Retry-After`` for a retry later.
+        wait_seconds: a transient fault's backoff: the next try is due then.
+        evidence: what the failing step saw (the failure report's details).
         outcome: how the update ended, set by the edge that ended it.
     """
 
@@ -85,6 +91,8 @@ class Run:
     package_verified: bool = False
     reason: str | None = None
     retry_after_seconds: float | None = None
+    wait_seconds: float | None = None
+    evidence: FailureEvidence | None = None
     outcome: InstallOutcome | None = None
 
     @property
@@ -100,7 +108,10 @@ def pre_switch(installer: Installer, run: Run, body: Callable[[], None]) -> Even
     The keyring is checked first (an empty keyring is the device's
     configuration at fault). Then: :class:`RetryLater` and a busy dpkg lock
     → ``RETRY_LATER``; :class:`Abandon` → ``ABANDON``; the device's
-    configuration or disk, or a payload that never came → ``GIVE_UP``; any
+    configuration or disk, or a payload that never came → ``GIVE_UP``; a
+    transient fault of a server update (:func:`javia_agent.retry_policy.transient_reason`:
+    an index or mirror down, a full disk) → ``RETRY_LATER`` with ``retrying``
+    reported, or ``GIVE_UP`` at its deadline (:mod:`javia_agent.steps.retrying`); any
     other error → ``SERVER_FAULT`` while a server update's payload has not
     verified (junk must never mark the real version failed), else ``FAILURE``.
     """
@@ -122,11 +133,16 @@ def pre_switch(installer: Installer, run: Run, body: Callable[[], None]) -> Even
     except Abandon as error:
         run.reason = str(error)
         return Event.ABANDON
-    except (ConfigError, DiskSpaceError, DownloadGaveUp) as error:
-        run.reason = reason_of(error)
-        return Event.GIVE_UP
     except (JaviaError, OSError, subprocess.SubprocessError) as error:
         run.reason = reason_of(error)
+        run.evidence = evidence_of_error(error, str(run.record.state))
+        transient = transient_reason(error)
+        if transient is not None and run.record.source == UpdateSource.SERVER:
+            from javia_agent.steps.retrying import retry_or_give_up
+
+            return retry_or_give_up(installer, run, transient[1])
+        if isinstance(error, (ConfigError, DiskSpaceError, DownloadGaveUp)):
+            return Event.GIVE_UP
         if not run.package_verified and run.record.source == UpdateSource.SERVER:
             return Event.SERVER_FAULT
         return Event.FAILURE if run.package_verified else Event.GIVE_UP
@@ -142,11 +158,15 @@ def run_command(
     env: Mapping[str, str],
     timeout: float,
     check: bool = True,
+    kind: str = "setup",
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` with the installer's runner, pinging the watchdog meanwhile.
 
     Raises:
-        InstallError: it timed out, could not start, or (``check``) failed.
+        CommandFailedError: it timed out or (``check``) failed; ``kind`` names
+            the command (``setup``, ``health``, ``apt``), with its exit status
+            and the end of its output.
+        InstallError: it could not start.
     """
     full_env = {**os.environ, **env}
     try:
@@ -154,13 +174,20 @@ def run_command(
             result = installer.runner(
                 argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
             )
-    except subprocess.TimeoutExpired:
-        raise InstallError(f"{what} ({argv[0]}) did not finish within {timeout:.0f} s") from None
+    except subprocess.TimeoutExpired as expired:
+        raise CommandFailedError(
+            f"{what} ({argv[0]}) did not finish within {timeout:.0f} s",
+            kind=kind,
+            output=command_output(expired.stdout, expired.stderr),
+        ) from None
     except OSError as error:
         raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
     if check and result.returncode != 0:
-        raise InstallError(
-            f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}"
+        raise CommandFailedError(
+            f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}",
+            kind=kind,
+            exit_code=result.returncode,
+            output=command_output(result.stdout, result.stderr),
         )
     return result
 

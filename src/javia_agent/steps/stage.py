@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from javia_agent import releases as releases_module
 from javia_agent.apt import apt_install_argv, apt_lock_failure, wait_for_dpkg_lock
-from javia_agent.errors import InstallError, PackageManagerLockError
+from javia_agent.errors import (
+    CommandFailedError,
+    InstallError,
+    PackageManagerLockError,
+    command_output,
+)
 from javia_agent.flow import Event
 from javia_agent.services import application_environment
 from javia_agent.steps.common import Run, pre_switch, run_command, tail
@@ -128,9 +133,12 @@ def _install_system_packages(installer: Installer, manifest: Manifest, release: 
             "utf-8", "replace"
         )
         if not apt_lock_failure(output):
-            raise InstallError(
+            raise CommandFailedError(
                 f"installing system packages ({argv[0]}) exited with status "
-                f"{result.returncode}: {tail(result)}"
+                f"{result.returncode}: {tail(result)}",
+                kind="apt",
+                exit_code=result.returncode,
+                output=command_output(result.stdout, result.stderr),
             )
         if clock.monotonic() >= deadline:
             raise PackageManagerLockError(
