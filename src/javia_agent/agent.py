@@ -67,6 +67,7 @@ from javia_agent.systemd import SystemdNotifier
 from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
 from javia_agent.wakeup import WakeupChannel
 from javia_core.errors import JaviaError
+from javia_core.failures import FailureDetails
 from javia_core.models import (
     ApplicationHealth,
     DeviceStatus,
@@ -255,10 +256,15 @@ class Agent:
         agent: Agent
         service = build_service(config)
 
-        def report(update_id: int, status: UpdateStatus, message: str | None) -> None:
+        def report(
+            update_id: int,
+            status: UpdateStatus,
+            message: str | None,
+            failure: FailureDetails | None = None,
+        ) -> None:
             outbox.enqueue(
                 update_id,
-                StatusReport.from_device(status, message, clock.wall()),
+                StatusReport.from_device(status, message, clock.wall(), failure),
             )
             outbox.flush(client.report_status)
 
@@ -517,6 +523,9 @@ class Agent:
             ):
                 self.faults.clear()
                 sleep = AFTER_INSTALL_SECONDS
+            elif outcome.result == InstallResult.RETRY_LATER and outcome.wait_seconds is not None:
+                # A transient fault: the next try is due after its backoff.
+                sleep = min(sleep, max(MIN_SLEEP_SECONDS, outcome.wait_seconds))
             elif outcome.result == InstallResult.RETRY_LATER:
                 sleep = min(sleep, self._backoff(1))
                 if outcome.retry_after_seconds is not None:  # the server asked for a pause

@@ -164,6 +164,19 @@ class AgentConfig(BaseModel):
         default=300.0, ge=0, description="wait this long for another package manager"
     )
     max_state_saves: int = Field(default=30, ge=5, description="loop breaker: saves per update")
+    retry_deadline_seconds: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        le=30 * 86_400,
+        description="transient faults (index, mirror, disk) are retried this long after the "
+        "first one, unless the offer's maintenance window ends it (scheduled updates)",
+    )
+    retry_base_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="first delay after a transient fault"
+    )
+    retry_max_seconds: float = Field(
+        default=1800.0, gt=0, le=86_400, description="longest delay between two tries"
+    )
     activity_file: Path | None = Field(
         default=None, description="default <state_dir>/activity/activity.json"
     )

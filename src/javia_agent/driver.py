@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from javia_agent import failure_details
 from javia_agent.errors import CrashLoopError
 from javia_agent.flow import FLOW, Edge, Event, Row
 from javia_agent.state import PRE_SWITCH_STATES, RECOVERY, Recovery, UpdateSource, UpdateState
@@ -103,6 +104,7 @@ def _follow(
             run.record.version,
             run.reason,
             retry_after_seconds=run.retry_after_seconds,
+            wait_seconds=run.wait_seconds,
         )
     if row.edge == Edge.HOLD:
         return InstallOutcome(InstallResult.STAGED, run.record.version, run.reason)
@@ -129,7 +131,8 @@ def _take(installer: Installer, run: Run, row: Row) -> None:
         if row.next == _S.ROLLING_BACK:
             why = rollback.reason(run)
             logger.warning("rolling back %s: %s", run.record.version, why)
-            installer.save(run, row.next, error=clip(why))
+            failure = failure_details.build(installer, run, why).model_dump(mode="json")
+            installer.save(run, row.next, error=clip(why), failure=failure)
         else:
             installer.save(run, row.next)
     elif edge in (Edge.FAIL, Edge.FAIL_UNMARKED):

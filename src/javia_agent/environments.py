@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from javia_agent._fs import atomic_write, fsync_directory, remove_tree
-from javia_agent.errors import InstallError
+from javia_agent.errors import CommandFailedError, InstallError, command_output
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -256,6 +256,7 @@ class PythonEnvironments:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
         env.pop("VIRTUAL_ENV", None)
         env.update(extra_env or {})
+        kind = "pip" if "pip" in argv else "venv"
         try:
             with self.keepalive():
                 result = self.runner(
@@ -266,14 +267,21 @@ class PythonEnvironments:
                     timeout=self.timeout_seconds,
                     check=False,
                 )
-        except subprocess.TimeoutExpired:
-            raise InstallError(
-                f"{what} did not finish within {self.timeout_seconds:.0f} s"
+        except subprocess.TimeoutExpired as expired:
+            raise CommandFailedError(
+                f"{what} did not finish within {self.timeout_seconds:.0f} s",
+                kind=kind,
+                output=command_output(expired.stdout, expired.stderr),
             ) from None
         except OSError as error:
             raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
         if result.returncode != 0:
-            raise InstallError(f"{what} failed with status {result.returncode}: {_tail(result)}")
+            raise CommandFailedError(
+                f"{what} failed with status {result.returncode}: {_tail(result)}",
+                kind=kind,
+                exit_code=result.returncode,
+                output=command_output(result.stdout, result.stderr),
+            )
 
     # -- housekeeping ------------------------------------------------------------------
 

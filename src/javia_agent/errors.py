@@ -18,6 +18,7 @@ from javia_core.errors import JaviaError
 __all__ = [
     "AgentError",
     "AuthenticationError",
+    "CommandFailedError",
     "ConfigError",
     "CrashLoopError",
     "DiskSpaceError",
@@ -30,6 +31,7 @@ __all__ = [
     "ServerError",
     "ServiceError",
     "StateError",
+    "command_output",
 ]
 
 
@@ -90,6 +92,44 @@ class ServiceError(AgentError):
 
 class InstallError(AgentError):
     """A staging step failed: installing signed system packages or the setup command."""
+
+
+class CommandFailedError(InstallError):
+    """A command of the install (pip, apt, the setup or health command) failed.
+
+    Attributes:
+        kind: which command: ``venv``, ``pip``, ``apt``, ``setup``, ``health``.
+        exit_code: its exit status (negative: minus the signal), None if it
+            did not finish (timeout) or could not run.
+        output: the end of its output (stderr, then stdout), at most 64 KiB.
+    """
+
+    def __init__(
+        self, message: str, *, kind: str, exit_code: int | None = None, output: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code
+        self.output = output
+
+
+def command_output(
+    stdout: bytes | str | None, stderr: bytes | str | None, limit: int = 64 * 1024
+) -> str:
+    """The end of a command's output: stdout then stderr, decoded, at most ``limit`` characters.
+
+    Either stream may be bytes (a finished command) or text (``TimeoutExpired``).
+    """
+    text = _decoded(stdout)
+    error_text = _decoded(stderr)
+    joined = f"{text.rstrip()}\n{error_text}" if text and error_text else text or error_text
+    return joined[-limit:]
+
+
+def _decoded(stream: bytes | str | None) -> str:
+    if isinstance(stream, bytes):
+        return stream.decode("utf-8", "replace")
+    return stream or ""
 
 
 class DiskSpaceError(InstallError):

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +52,7 @@ from javia_agent.errors import CrashLoopError, StateError
 from javia_agent.flow import Event
 from javia_agent.pause import PAUSE_AT_ENV, no_checkpoint, pause_hook_from_environment
 from javia_agent.releases import Releases
+from javia_agent.retry_policy import RetrySchedule
 from javia_agent.services import AppService, protect_environment_file
 from javia_agent.state import (
     PRE_SWITCH_STATES,
@@ -64,6 +66,7 @@ from javia_agent.steps import download, report
 from javia_agent.steps.common import Run, clip
 from javia_agent.steps.download import MAX_STALLED_DOWNLOADS
 from javia_core.errors import JaviaError
+from javia_core.failures import FailureDetails
 from javia_core.models import InstallDirective, UpdateStatus, UpdateType
 from javia_core.versioning import Version
 
@@ -88,7 +91,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Sends (or queues) one status report: (update id, status, error message or None).
-Reporter = Callable[[int, UpdateStatus, "str | None"], None]
+#: Queues a status report: (update id, status, message), with ``failure=`` a
+#: :class:`~javia_core.failures.FailureDetails` when the report carries one.
+Reporter = Callable[..., None]
 Keyring = Mapping[str, "Ed25519PublicKey"]
 
 
@@ -142,12 +147,15 @@ class InstallOutcome:
         reason: why it failed, was rolled back or paused.
         retry_after_seconds: for :attr:`InstallResult.RETRY_LATER`, how long
             the server asked the device to wait (its ``Retry-After``), if it did.
+        wait_seconds: for :attr:`InstallResult.RETRY_LATER` after a transient
+            fault: seconds until the next try is due (its backoff).
     """
 
     result: InstallResult
     version: str
     reason: str | None = None
     retry_after_seconds: float | None = None
+    wait_seconds: float | None = None
 
 
 @dataclass
@@ -181,6 +189,8 @@ class Installer:
         app_env: extra environment for the application and those commands.
         keep_releases: previous releases kept besides the current one.
         max_state_saves: the crash-loop breaker (see :class:`StateStore`).
+        retry_schedule: backoff and deadline of transient faults
+            (:mod:`javia_agent.retry_policy`).
         disk_reserve_bytes: free bytes that must remain on each file system
             after the download and the unpacked release.
         free_bytes: free bytes on the file system holding a path (injectable).
@@ -213,6 +223,7 @@ class Installer:
     app_env: Mapping[str, str] = field(default_factory=dict)
     keep_releases: int = 1
     max_state_saves: int = 30
+    retry_schedule: RetrySchedule = field(default_factory=RetrySchedule)
     disk_reserve_bytes: int = 0
     free_bytes: Callable[[Path], int] = download.available_bytes
     should_stop: Callable[[], bool] = field(default=lambda: False)
@@ -273,6 +284,11 @@ class Installer:
             app_env=dict(config.app_env),
             keep_releases=config.keep_releases,
             max_state_saves=config.max_state_saves,
+            retry_schedule=RetrySchedule(
+                deadline_seconds=config.retry_deadline_seconds,
+                base_seconds=config.retry_base_seconds,
+                max_seconds=config.retry_max_seconds,
+            ),
             disk_reserve_bytes=config.disk_reserve_bytes,
             should_stop=should_stop or (lambda: False),
             keepalive=keepalive or _nothing,
@@ -442,6 +458,11 @@ class Installer:
             if record is not None and not resume:
                 report.abandon(self, run, f"superseded by update {directive.update_id} ({version})")
             if resume and record is not None:
+                wait = _retry_wait(record, self.clock.wall())
+                if wait is not None:  # a transient fault's backoff is not over
+                    return InstallOutcome(
+                        InstallResult.RETRY_LATER, version, record.error, wait_seconds=wait
+                    )
                 try:
                     self.save(run, record.state, attempts=record.attempts + 1)
                 except CrashLoopError as error:
@@ -596,13 +617,32 @@ class Installer:
             raise StateError(f"update {record.version} from the server has no update id")
         return self.paths.download_dir(record.update_id)
 
-    def report(self, update_id: int | None, status: UpdateStatus, message: str | None) -> None:
-        """Queue a status report (server updates only); a queueing error is logged."""
+    def report(
+        self,
+        update_id: int | None,
+        status: UpdateStatus,
+        message: str | None,
+        *,
+        failure: FailureDetails | None = None,
+    ) -> None:
+        """Queue a status report (server updates only); a queueing error is logged.
+
+        ``failure`` (with ``failed`` or ``rolled_back``) is passed to the
+        reporter as its ``failure`` keyword, only when there is one.
+        """
         if update_id is None or self.reporter is None:
             return
+        extra = {} if failure is None else {"failure": failure}
         try:
-            self.reporter(update_id, status, clip(message) if message else None)
+            self.reporter(update_id, status, clip(message) if message else None, **extra)
         except (OSError, JaviaError) as error:
             logger.error(
                 "could not queue the %s report for update %s: %s", status, update_id, error
             )
+
+
+def _retry_wait(record: UpdateRecord, now: datetime) -> float | None:
+    """Seconds until ``record``'s next try after a transient fault, or None if it is due."""
+    if record.retry_at is None or now >= record.retry_at:
+        return None
+    return (record.retry_at - now).total_seconds()

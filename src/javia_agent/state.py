@@ -28,6 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -168,6 +169,13 @@ class UpdateRecord(BaseModel):
         error: the reason for a failure or rollback.
         final_status: the status to report from :attr:`UpdateState.REPORTING`.
         started_at: device wall clock at the first save; informative only.
+        transient_failures: transient faults so far (an index, mirror or disk;
+            :mod:`javia_agent.retry_policy`); each one restarts the loop
+            breaker's count, the deadline bounds them instead.
+        retrying_since, retry_deadline, retry_at: the first transient fault,
+            when retrying ends, when the next try is due (device wall clock, UTC).
+        failure: the structured failure to report with the final status
+            (:class:`javia_core.failures.FailureDetails` as JSON).
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -185,6 +193,11 @@ class UpdateRecord(BaseModel):
     error: str | None = None
     final_status: UpdateStatus | None = None
     started_at: datetime | None = None
+    transient_failures: int = 0
+    retrying_since: datetime | None = None
+    retry_deadline: datetime | None = None
+    retry_at: datetime | None = None
+    failure: dict[str, Any] | None = None
 
     @field_validator("version", "previous_version")
     @classmethod
@@ -333,6 +346,8 @@ class StateStore:
             record = state.update
             before = previous.update
             saves = before.saves if before is not None and record.same_update(before) else 0
+            if before is not None and record.transient_failures > before.transient_failures:
+                saves = 0  # a deliberate, deadline-bound retry, not a crash loop
             saves += 1
             limit = self.max_saves if new_state in _FORWARD_STATES else 2 * self.max_saves
             if new_state != UpdateState.REPORTING and saves > limit:

@@ -27,11 +27,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
 
 from javia_core.errors import ScheduleError
+from javia_core.failures import FailureClass, FailureDetails
 from javia_core.input_rules import (
     TIMEZONE_EXAMPLE,
     check_display_text,
@@ -52,6 +54,8 @@ __all__ = [
     "EnrollmentTokenCreated",
     "EnrollmentTokenOut",
     "ErrorBody",
+    "FailureClass",
+    "FailureDetails",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "ApiPath",
@@ -580,11 +584,15 @@ class StatusReport(_Model):
 
     ``error_message``: at most 4000 characters of valid Unicode without NUL
     (tab, newline and other characters pass: terminals escape them when shown).
+    ``failure``: why the update failed, with ``failed`` or ``rolled_back``
+    (:class:`~javia_core.failures.FailureDetails`: class, step, exit code or
+    signal, output tails, reason; bounded, secrets redacted on the device).
     """
 
     status: UpdateStatus
     error_message: str | None = Field(default=None, max_length=MAX_ERROR_MESSAGE_CHARS)
     reported_at: datetime | None = Field(default=None, description="device clock, informative")
+    failure: FailureDetails | None = None
 
     @field_validator("status")
     @classmethod
@@ -599,9 +607,23 @@ class StatusReport(_Model):
     def _storable_message(cls, value: str | None) -> str | None:
         return None if value is None else check_text(value, "error_message")
 
+    @field_validator("failure")
+    @classmethod
+    def _failure_with_a_failure(
+        cls, value: FailureDetails | None, info: ValidationInfo
+    ) -> FailureDetails | None:
+        status = info.data.get("status")
+        if value is not None and status not in (UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK):
+            raise ValueError("a failure goes only with status failed or rolled_back")
+        return value
+
     @classmethod
     def from_device(
-        cls, status: UpdateStatus, message: str | None, reported_at: datetime | None = None
+        cls,
+        status: UpdateStatus,
+        message: str | None,
+        reported_at: datetime | None = None,
+        failure: FailureDetails | None = None,
     ) -> StatusReport:
         """The report a device sends, with ``message`` made storable instead of refused.
 
@@ -618,7 +640,7 @@ class StatusReport(_Model):
                 marker = "\n[...]\n"
                 tail = MAX_ERROR_MESSAGE_CHARS - 1000 - len(marker)
                 message = message[:1000] + marker + message[-tail:]
-        return cls(status=status, error_message=message, reported_at=reported_at)
+        return cls(status=status, error_message=message, reported_at=reported_at, failure=failure)
 
 
 class StatusReportResult(BaseModel):
@@ -790,6 +812,9 @@ class DeviceUpdateOut(BaseModel):
         default=None, description="a completed row: when a post-install regression was recorded"
     )
     regression_reason: str | None = Field(default=None, description="why it regressed")
+    failure: FailureDetails | None = Field(
+        default=None, description="failed or rolled back: why, as the device reported it"
+    )
 
 
 class PlanEntry(BaseModel):

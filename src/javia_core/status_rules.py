@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from javia_core.models import UpdateStatus
 from javia_core.versioning import Version
 
-__all__ = ["ALLOWED_PREVIOUS", "IN_FLIGHT_STATUSES", "raises_version"]
+__all__ = ["ALLOWED_PREVIOUS", "IN_FLIGHT_STATUSES", "REASON_REFRESHING", "raises_version"]
 
 _S = UpdateStatus
 #: Legal transitions of a ``device_updates`` row: target status → statuses it
@@ -38,6 +38,11 @@ ALLOWED_PREVIOUS: Mapping[UpdateStatus, frozenset[UpdateStatus]] = {
     _S.SUPERSEDED: frozenset({_S.PENDING, _S.STAGED, _S.RETRYING}),
     _S.CANCELLED: frozenset({_S.PENDING, _S.STAGED, _S.RETRYING}),
 }
+
+#: Statuses whose repeated report with a new reason stores that reason (the
+#: status stays): a device retrying a transient fault says what it waits for
+#: now (the mirror came back, the disk is full instead), docs/agent.md.
+REASON_REFRESHING = frozenset({UpdateStatus.RETRYING})
 
 #: Statuses of a row the device is working on right now.
 IN_FLIGHT_STATUSES = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})

@@ -21,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from javia_core.errors import JaviaError
+from javia_core.failures import FailureGroupsOut
 from javia_core.models import (
     DeviceOut,
     DeviceRegistered,
@@ -311,6 +312,10 @@ class AdminClient:
             f"/api/v1/updates/{_segment(update)}/devices",
             params={"limit": 1000},
         )
+
+    def update_failures(self, update: str | int) -> FailureGroupsOut:
+        """``GET /api/v1/updates/{id}/failures``: failed devices grouped by cause."""
+        return self._one(FailureGroupsOut, "GET", f"/api/v1/updates/{_segment(update)}/failures")
 
     def rollout_command(self, reference: str, action: str, reason: str | None) -> UpdateOut:
         """``POST /api/v1/updates/{reference}/{action}``: pause, resume, cancel, approve or advance.

@@ -85,6 +85,7 @@ class Device:
     service: CommandService
     status_file: Path
     reports: list[tuple[int, UpdateStatus, str | None]] = field(default_factory=list)
+    failures: list[Any] = field(default_factory=list)
 
     def app_status(self) -> dict[str, Any] | None:
         try:
@@ -103,8 +104,12 @@ class Device:
             time.sleep(0.02)
         raise AssertionError(f"app {version} did not come up; status {self.app_status()}")
 
-    def reporter(self, update_id: int, status: UpdateStatus, message: str | None) -> None:
+    def reporter(
+        self, update_id: int, status: UpdateStatus, message: str | None, failure: Any = None
+    ) -> None:
         self.reports.append((update_id, status, message))
+        if failure is not None:
+            self.failures.append(failure)
 
     def statuses(self) -> list[UpdateStatus]:
         return [status for _, status, _ in self.reports]

@@ -111,7 +111,10 @@ def test_a_release_that_exits_1_is_rolled_back_and_never_offered_again(
 def test_too_little_disk_space_is_refused_before_anything_is_switched(
     fleet: CrashFleet, device: FleetDevice
 ) -> None:
-    fleet.agent_overrides[device.name] = {"JAVIA_AGENT_DISK_RESERVE_BYTES": str(10**15)}
+    fleet.agent_overrides[device.name] = {
+        "JAVIA_AGENT_DISK_RESERVE_BYTES": str(10**15),
+        "JAVIA_AGENT_RETRY_DEADLINE_SECONDS": "0",  # a full disk is retried until the deadline
+    }
     old_pid = _start_running_v1(fleet, device)
     new = fleet.package("v3.0.0")
     update_id = fleet.publish_to(device, new)

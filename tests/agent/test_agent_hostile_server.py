@@ -199,7 +199,7 @@ def _agent(
         service=NoService(),  # type: ignore[arg-type]
         keyring=signer.keyring,
         client=http,
-        reporter=lambda update_id, status, message: None,
+        reporter=lambda update_id, status, message, **_: None,
         health_seconds=0.0,
     )
     monotonic = [100.0]

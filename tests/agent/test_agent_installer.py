@@ -7,6 +7,7 @@ from pathlib import Path
 
 from javia_agent.client import DeviceClient
 from javia_agent.installer import InstallResult
+from javia_agent.retry_policy import RetrySchedule
 from javia_agent.state import StateStore, UpdateState
 from javia_core.models import InstallDirective, UpdateStatus
 from javia_core.versioning import Version
@@ -271,7 +272,12 @@ def test_too_little_disk_space_is_refused_before_the_download_with_the_numbers(
     free = 4096  # less than the reserve alone
     with _client(file_server) as client:
         outcome = make_installer(
-            device, signer, client=client, free_bytes=lambda path: free, disk_reserve_bytes=4096
+            device,
+            signer,
+            client=client,
+            free_bytes=lambda path: free,
+            disk_reserve_bytes=4096,
+            retry_schedule=RetrySchedule(deadline_seconds=0),  # a full disk is retried until then
         ).install(directive)
 
     assert outcome.result == InstallResult.FAILED
@@ -305,6 +311,7 @@ def test_exactly_enough_disk_space_is_enough(
                 client=client,
                 free_bytes=lambda path, free=free: free,
                 disk_reserve_bytes=100,
+                retry_schedule=RetrySchedule(deadline_seconds=0),
             )
             state = installer.store.load()
             installer.store.save(state.model_copy(update={"failed_versions": []}))

@@ -272,10 +272,10 @@ def test_crash_while_reporting_reports_again_on_restart(
         serve_package(file_server, 28, make_package("v1.1.0"))
     )
 
-    def reporter(update_id, status, message):
+    def reporter(update_id, status, message, **extra):
         if status == UpdateStatus.COMPLETED:
             raise Crash("power loss while queueing the report")
-        running_v1.reporter(update_id, status, message)
+        running_v1.reporter(update_id, status, message, **extra)
 
     _crash_then_restart(
         make_installer(running_v1, signer, client=client, reporter=reporter),

@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from javia_agent.errors import (
+    CommandFailedError,
     ConfigError,
     DiskSpaceError,
     DownloadError,
     InstallError,
     PackageManagerLockError,
+    command_output,
 )
+from javia_agent.failure_details import FailureEvidence, evidence_of_error
 from javia_agent.flow import Event
+from javia_agent.retry_policy import transient_reason
 from javia_agent.services import application_environment
 from javia_agent.state import AgentState, UpdateRecord, UpdateSource
 from javia_core.errors import JaviaError
@@ -78,6 +82,8 @@ class Run:
             version failed (DESIGN.md section 10).
         reason: why the last step failed (the next row's reason).
         retry_after_seconds: the server's ``Retry-After`` for a retry later.
+        wait_seconds: a transient fault's backoff: the next try is due then.
+        evidence: what the failing step saw (the failure report's details).
         outcome: how the update ended, set by the edge that ended it.
         prepare_only: stage ahead of the install time and stop there
             (:meth:`~javia_agent.installer.Installer.prepare`).
@@ -91,6 +97,8 @@ class Run:
     package_verified: bool = False
     reason: str | None = None
     retry_after_seconds: float | None = None
+    wait_seconds: float | None = None
+    evidence: FailureEvidence | None = None
     outcome: InstallOutcome | None = None
     prepare_only: bool = False
     staged_here: bool = False
@@ -108,7 +116,10 @@ def pre_switch(installer: Installer, run: Run, body: Callable[[], None]) -> Even
     The keyring is checked first (an empty keyring is the device's
     configuration at fault). Then: :class:`RetryLater` and a busy dpkg lock
     → ``RETRY_LATER``; :class:`Abandon` → ``ABANDON``; the device's
-    configuration or disk, or a payload that never came → ``GIVE_UP``; any
+    configuration or disk, or a payload that never came → ``GIVE_UP``; a
+    transient fault of a server update (:func:`javia_agent.retry_policy.transient_reason`:
+    an index or mirror down, a full disk) → ``RETRY_LATER`` with ``retrying``
+    reported, or ``GIVE_UP`` at its deadline (:mod:`javia_agent.steps.retrying`); any
     other error → ``SERVER_FAULT`` while a server update's payload has not
     verified (junk must never mark the real version failed), else ``FAILURE``.
     """
@@ -130,11 +141,16 @@ def pre_switch(installer: Installer, run: Run, body: Callable[[], None]) -> Even
     except Abandon as error:
         run.reason = str(error)
         return Event.ABANDON
-    except (ConfigError, DiskSpaceError, DownloadGaveUp) as error:
-        run.reason = reason_of(error)
-        return Event.GIVE_UP
     except (JaviaError, OSError, subprocess.SubprocessError) as error:
         run.reason = reason_of(error)
+        run.evidence = evidence_of_error(error, str(run.record.state))
+        transient = transient_reason(error)
+        if transient is not None and run.record.source == UpdateSource.SERVER:
+            from javia_agent.steps.retrying import retry_or_give_up
+
+            return retry_or_give_up(installer, run, transient[1])
+        if isinstance(error, (ConfigError, DiskSpaceError, DownloadGaveUp)):
+            return Event.GIVE_UP
         if not run.package_verified and run.record.source == UpdateSource.SERVER:
             return Event.SERVER_FAULT
         return Event.FAILURE if run.package_verified else Event.GIVE_UP
@@ -150,11 +166,15 @@ def run_command(
     env: Mapping[str, str],
     timeout: float,
     check: bool = True,
+    kind: str = "setup",
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` with the installer's runner, pinging the watchdog meanwhile.
 
     Raises:
-        InstallError: it timed out, could not start, or (``check``) failed.
+        CommandFailedError: it timed out or (``check``) failed; ``kind`` names
+            the command (``setup``, ``health``, ``apt``), with its exit status
+            and the end of its output.
+        InstallError: it could not start.
     """
     full_env = {**os.environ, **env}
     try:
@@ -162,21 +182,36 @@ def run_command(
             result = installer.runner(
                 argv, cwd=cwd, env=full_env, capture_output=True, timeout=timeout, check=False
             )
-    except subprocess.TimeoutExpired:
-        raise InstallError(f"{what} ({argv[0]}) did not finish within {timeout:.0f} s") from None
+    except subprocess.TimeoutExpired as expired:
+        raise CommandFailedError(
+            f"{what} ({argv[0]}) did not finish within {timeout:.0f} s",
+            kind=kind,
+            output=command_output(expired.stdout, expired.stderr),
+        ) from None
     except OSError as error:
         raise InstallError(f"{what} ({argv[0]}) could not run: {error.strerror}") from None
     if check and result.returncode != 0:
-        raise InstallError(
-            f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}"
+        raise CommandFailedError(
+            f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}",
+            kind=kind,
+            exit_code=result.returncode,
+            output=command_output(result.stdout, result.stderr),
         )
     return result
 
 
 def run_in_release(
-    installer: Installer, argv: Sequence[str], *, what: str, release: Path, timeout: float
+    installer: Installer,
+    argv: Sequence[str],
+    *,
+    what: str,
+    release: Path,
+    timeout: float,
+    kind: str = "setup",
 ) -> None:
     """Run an operator's command (setup, health) in ``release`` with the application's environment.
+
+    ``kind`` names the command in a failure report (:func:`run_command`).
 
     Raises:
         InstallError: as :func:`run_command` (it failed, timed out, could not start).
@@ -188,6 +223,7 @@ def run_in_release(
         cwd=release,
         env=application_environment(release, installer.paths.activity_file, installer.app_env),
         timeout=timeout,
+        kind=kind,
     )
 
 

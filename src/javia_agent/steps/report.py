@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from javia_agent import failure_details
 from javia_agent.errors import StateError
 from javia_agent.flow import Event
 from javia_agent.state import PRE_SWITCH_STATES, UpdateSource, UpdateState
@@ -30,7 +31,10 @@ def run(installer: Installer, run: Run) -> Event:
     record = run.record
     status = record.final_status or UpdateStatus.FAILED
     installer.report(
-        record.update_id if record.source == UpdateSource.SERVER else None, status, record.error
+        record.update_id if record.source == UpdateSource.SERVER else None,
+        status,
+        record.error,
+        failure=failure_details.stored(record.failure),
     )
     return Event.SUCCESS
 
@@ -69,8 +73,16 @@ def fail(installer: Installer, run: Run, *, blacklist: bool = True) -> None:
 def finish(
     installer: Installer, run: Run, status: UpdateStatus, reason: str, *, blacklist: bool = True
 ) -> None:
-    """Save REPORTING with the final status (and the version marked failed, if asked)."""
+    """Save REPORTING with the final status (and the version marked failed, if asked).
+
+    A ``failed`` or ``rolled_back`` status carries its structured failure: the
+    one saved when the rollback began, else built now
+    (:func:`javia_agent.failure_details.build`).
+    """
     record = run.record
+    failure = record.failure
+    if status in (UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK) and failure is None:
+        failure = failure_details.build(installer, run, reason).model_dump(mode="json")
     failed = list(run.state.failed_versions)
     if blacklist and record.source == UpdateSource.SERVER and record.version not in failed:
         failed.append(record.version)
@@ -84,6 +96,7 @@ def finish(
                         "state": UpdateState.REPORTING,
                         "final_status": status,
                         "error": clip(reason),
+                        "failure": failure,
                     }
                 ),
             }

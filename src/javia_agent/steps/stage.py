@@ -24,7 +24,12 @@ from javia_agent.apt import (
     apt_lock_failure,
     wait_for_dpkg_lock,
 )
-from javia_agent.errors import InstallError, PackageManagerLockError
+from javia_agent.errors import (
+    CommandFailedError,
+    InstallError,
+    PackageManagerLockError,
+    command_output,
+)
 from javia_agent.flow import Event
 from javia_agent.steps.common import Run, pre_switch, run_command, tail
 from javia_core.models import UpdateStatus
@@ -158,8 +163,11 @@ def install_system_packages(
             "utf-8", "replace"
         )
         if not apt_lock_failure(output):
-            raise InstallError(
-                f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}"
+            raise CommandFailedError(
+                f"{what} ({argv[0]}) exited with status {result.returncode}: {tail(result)}",
+                kind="apt",
+                exit_code=result.returncode,
+                output=command_output(result.stdout, result.stderr),
             )
         if clock.monotonic() >= deadline:
             raise PackageManagerLockError(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from javia_agent.failure_details import FailureEvidence
 from javia_agent.flow import Event
 from javia_agent.steps.common import Run, reason_of
 from javia_core.errors import JaviaError
+from javia_core.failures import FailureClass
 
 if TYPE_CHECKING:
     from javia_agent.installer import Installer
@@ -28,6 +30,7 @@ def run(installer: Installer, run: Run) -> Event:
         _switch(installer, version)
     except (JaviaError, OSError) as error:
         run.reason = f"switching to {version} failed: {reason_of(error)}"
+        run.evidence = FailureEvidence(FailureClass.START, with_application_output=True)
         return Event.FAILURE
     return Event.SUCCESS
 

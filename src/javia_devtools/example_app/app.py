@@ -11,7 +11,9 @@ Set ``JAVIA_EXAMPLE_FAIL=1`` in a release's environment, or ship a file named
 (an unhealthy release, for rollback demonstrations). Ship a file named
 ``CRASH_AFTER`` holding a number of seconds to make it run that long, then exit
 with status 1 (a release that passes the agent's health check and crashes
-later: a post-install regression, docs/rollouts.md).
+later: a post-install regression, docs/rollouts.md). Ship a file named
+``SAY`` to have its text printed at start (what a real application might log:
+the failure-report tests use it to print a secret that must be redacted).
 """
 
 import json
@@ -51,6 +53,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"assistant {version} listening (pid {os.getpid()})", flush=True)
+    say = release / "SAY"
+    if say.exists():
+        print(say.read_text(encoding="utf-8"), flush=True)
     crash_file = release / "CRASH_AFTER"
     crash_at = (
         time.monotonic() + float(crash_file.read_text(encoding="ascii"))

@@ -296,6 +296,9 @@ class DeviceUpdateRecord:
     regressed_at: datetime | None = None
     #: Why (``application exited with status 1``), recorded with ``regressed_at``.
     regression_reason: str | None = None
+    #: Why it failed, as the device reported it (``FailureDetails`` as JSON, revision
+    #: 0006); read only by the operator's queries (``with_failure``), else None.
+    failure: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,6 +250,9 @@ def build_tables(schema: str | None = None) -> Tables:
             server_default=text("1"),
             onupdate=literal_column("row_revision") + 1,
         ),
+        # Why it failed, as the device reported it (revision 0006): a
+        # javia_core.failures.FailureDetails as JSON, or NULL.
+        Column("failure", json_type(), nullable=True),
         UniqueConstraint("device_id", "update_id"),
         CheckConstraint(_in("status", UpdateStatus), name="status"),
         CheckConstraint(_in("install_type", UpdateType), name="install_type"),

@@ -414,12 +414,14 @@ class Store(Protocol):
         status: UpdateStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        with_failure: bool = False,
     ) -> Page[DeviceUpdateRecord]:
         """Rows filtered by update, device and status; highest version first, then device.
 
         ``limit`` None: every match (``total`` is then the number of items).
         Every row of one device (``device_id`` alone) is the heartbeat's
-        question: one statement built once.
+        question: one statement built once. ``with_failure``: each record's
+        ``failure`` is read too (else None: it stays out of the hot paths).
         """
 
     def get_device_update(self, device_id: int, update_id: int) -> DeviceUpdateRecord:
@@ -447,10 +449,15 @@ class Store(Protocol):
         now: datetime,
         error_message: str | None = None,
         audit: AuditEntry,
+        failure: dict[str, Any] | None = None,
     ) -> TransitionResult:
         """Move a row to ``status`` if :data:`ALLOWED_PREVIOUS` allows it; atomic.
 
-        A row already in ``status``, or past it, is left alone (``changed`` False).
+        A row already in ``status``, or past it, is left alone (``changed`` False),
+        except a repeated report in a status of
+        :data:`~javia_core.status_rules.REASON_REFRESHING` (``retrying``) with a
+        new ``error_message``: the reason is stored (``changed`` True). A move
+        with ``failure`` (the device's ``FailureDetails`` as a dict) stores it.
         ``started_at`` is set on the first move off ``pending``, ``completed_at``
         on reaching a final status, and on ``completed`` the device's
         ``current_version`` becomes the update's version if that is newer
@@ -469,6 +476,7 @@ class Store(Protocol):
         now: datetime,
         error_message: str | None = None,
         audit: AuditEntry,
+        failure: dict[str, Any] | None = None,
     ) -> TransitionResult:
         """:meth:`transition` for a coroutine (the status route); raises as :meth:`transition`.
 

@@ -175,6 +175,10 @@ def show_device(
                 row.error_message or "",
             )
         console.print(table)
+        from javia_updates.cli.failures import failures_of
+
+        for view in failures_of(history, by="version"):
+            console.print(view)
 
 
 def _device_uuid(text: str) -> str:

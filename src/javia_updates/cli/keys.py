@@ -9,10 +9,12 @@ import typer
 
 from javia_updates.cli.common import (
     DEFAULT_SIGNING_KEY,
+    JsonOption,
     console,
     fail,
     friendly_errors,
     markup_safe,
+    print_json,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ def generate(
         False, "--passphrase", help="Ask for a passphrase to encrypt the private key."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing key pair."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Generate an Ed25519 key pair; the private key is written with mode 0600.
 
@@ -51,6 +54,15 @@ def generate(
     except SigningKeyError as error:
         hint = " (pass --force to replace it)" if "already exists" in str(error) else ""
         fail(f"{error}{hint}")
+    if as_json:
+        print_json(
+            {
+                "key_id": paths.key_id,
+                "private_key": str(paths.private_path),
+                "public_key": str(paths.public_path),
+            }
+        )
+        return
     console.print(f"key id      [bold]{paths.key_id}[/bold]")
     console.print(
         f"private key {markup_safe(paths.private_path)}  (mode 0600, never leaves this machine)"
@@ -63,6 +75,7 @@ def generate(
 @app.command("show")
 def show(
     path: Path = typer.Argument(..., help="A public (.pub) or private (.pem) key file."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Print the key id of a public or private key file."""
     from javia_core.keys import load_public_key
@@ -74,6 +87,9 @@ def show(
             public = load_public_key(path)
         else:
             public = load_private_key(path).public_key()
+    if as_json:
+        print_json({"key_id": key_id_for(public), "path": str(path)})
+        return
     console.print(key_id_for(public))
 
 

@@ -24,10 +24,12 @@ from javia_updates.cli.common import (
     print_json,
     wire_time,
 )
+from javia_updates.cli.failures import failures_of, show_failures
 from javia_updates.cli.revert import revert_update
 
 app = typer.Typer(help="List, inspect and plan updates.", no_args_is_help=True)
 app.command("revert")(revert_update)
+app.command("failures")(show_failures)
 
 STATUS_ORDER = (
     "pending",
@@ -37,6 +39,8 @@ STATUS_ORDER = (
     "completed",
     "failed",
     "rolled_back",
+    "retrying",
+    "staged",
     "superseded",
     "cancelled",
 )
@@ -121,6 +125,8 @@ def show_update(
 
         console.print(rollout_view(info.rollout))
     console.print(progress_table(rows))
+    for view in failures_of(rows, by="device"):
+        console.print(view)
 
 
 def progress_table(rows: list[DeviceUpdateOut], title: str = "devices") -> Table:

@@ -67,6 +67,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from javia_core.failures import FailureGroupsOut
 from javia_core.models import (
     DeviceOut,
     DeviceRegistered,
@@ -601,6 +602,16 @@ class UpdateService:
             NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
         """
         return self._updates.update_devices(reference, status=status, limit=limit, offset=offset)
+
+    def update_failures(self, reference: str | int) -> FailureGroupsOut:
+        """The update's failed and rolled back devices grouped by cause (issue 15).
+
+        Raises:
+            NotFoundError, VersionError, InvalidRequestError: see :meth:`resolve_update`.
+        """
+        from javia_updates.service.failures import failure_groups
+
+        return failure_groups(self.store, self.resolve_update(reference))
 
     def device_may_read(self, device: DeviceRecord, update_id: int) -> bool:
         """Whether ``device`` has a row for ``update_id`` (and so may fetch its package)."""

@@ -253,6 +253,6 @@ class Devices:
         """See :meth:`javia_updates.service.UpdateService.device_history`."""
         device = self.store.get_device(device_uuid)
         page = self.store.list_device_updates(
-            device_id=device.id, status=status, limit=limit, offset=offset
+            device_id=device.id, status=status, limit=limit, offset=offset, with_failure=True
         )
         return Page([views.device_update_out(row) for row in page.items], page.total)

@@ -212,8 +212,22 @@ class Heartbeats:
             else:
                 live.append(row)
 
-        # 3. A row in flight finishes first; it stays the directive.
+        # 3. A row in flight finishes first; it stays the directive. So does a
+        # row the device is retrying after a transient fault (docs/agent.md),
+        # unless a newer version waits: that one supersedes it (nothing of
+        # the retrying one was installed).
         in_flight = [row for row in rows if row.status in IN_FLIGHT_STATUSES]
+        retrying = [row for row in rows if row.status is UpdateStatus.RETRYING]
+        if not in_flight and retrying:
+            retried = max(retrying, key=lambda row: Version.parse(row.version))
+            newer = [
+                row for row in live if Version.parse(row.version) > Version.parse(retried.version)
+            ]
+            if newer and any(self.records.may_start(device, row.update_id) for row in newer):
+                latest = max(newer, key=lambda row: Version.parse(row.version))
+                self._supersede(retried, device, f"superseded by {latest.version}", now)
+            else:
+                in_flight = [retried]
         if in_flight:
             return self._directive(
                 max(in_flight, key=lambda row: Version.parse(row.version)), rows, running

@@ -102,9 +102,20 @@ class StatusReports:
                 "version": row.version,
                 "to": report.status.value,
                 "error_message": report.error_message,
+                **(
+                    {"failure_class": report.failure.failure_class.value}
+                    if report.failure is not None
+                    else {}
+                ),
             },
         )
-        return {"now": now, "error_message": report.error_message, "audit": audit}
+        failure = None if report.failure is None else report.failure.model_dump(mode="json")
+        return {
+            "now": now,
+            "error_message": report.error_message,
+            "audit": audit,
+            "failure": failure,
+        }
 
     def _status_reported(
         self, device: DeviceRecord, update_id: int, result: TransitionResult

@@ -95,7 +95,7 @@ class Updates:
         """See :meth:`javia_updates.service.UpdateService.update_devices`."""
         update = self.resolve_update(reference)
         page = self.store.list_device_updates(
-            update_id=update.id, status=status, limit=limit, offset=offset
+            update_id=update.id, status=status, limit=limit, offset=offset, with_failure=True
         )
         return Page([views.device_update_out(row) for row in page.items], page.total)
 

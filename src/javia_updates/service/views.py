@@ -6,6 +6,7 @@ they carry, a device's ``offline`` status (:func:`derive_status`). No I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -119,8 +120,13 @@ def update_out(update: UpdateRecord, counts: dict[str, int]) -> UpdateOut:
 
 
 def device_update_out(row: DeviceUpdateRecord) -> DeviceUpdateOut:
-    """One device's progress row on one update."""
-    return DeviceUpdateOut.model_validate(row, from_attributes=True)
+    """One device's progress row on one update (with its failure, if it was read)."""
+    from javia_updates.service.failures import stored_failure
+
+    out = DeviceUpdateOut.model_validate(replace(row, failure=None), from_attributes=True)
+    if row.failure is not None:
+        out.failure = stored_failure(row.failure)
+    return out
 
 
 def enrollment_out(record: EnrollmentTokenRecord, now: datetime) -> EnrollmentTokenOut:

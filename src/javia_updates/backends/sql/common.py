@@ -61,15 +61,18 @@ class Statements:
         self.device_update_for_update = device_update_select.where(
             du.c.id == bindparam("row_id")
         ).with_for_update(of=du)
-        self._transitions: dict[tuple[UpdateStatus, bool], Any] = {}
+        self._transitions: dict[tuple[UpdateStatus, bool, bool], Any] = {}
 
-    def transition(self, status: UpdateStatus, *, with_error: bool) -> Any:
+    def transition(
+        self, status: UpdateStatus, *, with_error: bool, with_failure: bool = False
+    ) -> Any:
         """The conditional ``UPDATE ... RETURNING`` moving a row to ``status``.
 
-        Parameters: ``row_id``, ``moved_at`` (aware UTC) and, ``with_error``,
-        ``error_text``. Returns ``started_at``, ``completed_at``, ``error_message``.
+        Parameters: ``row_id``, ``moved_at`` (aware UTC), with ``with_error``
+        ``error_text`` and with ``with_failure`` ``failure_json`` (a dict).
+        Returns ``started_at``, ``completed_at``, ``error_message``.
         """
-        key = (status, with_error)
+        key = (status, with_error, with_failure)
         statement = self._transitions.get(key)
         if statement is None:
             du = self._tables.device_updates
@@ -81,6 +84,8 @@ class Statements:
                 values["completed_at"] = moved_at
             if with_error:
                 values["error_message"] = bindparam("error_text")
+            if with_failure:
+                values["failure"] = bindparam("failure_json", type_=du.c.failure.type)
             allowed = [previous.value for previous in ALLOWED_PREVIOUS[status]]
             statement = (
                 du.update()
@@ -247,10 +252,16 @@ class SQLStoreBase:
         return [u.c.version_major.desc(), u.c.version_minor.desc(), u.c.version_patch.desc()]
 
     # ------------------------------------------------------------------ device updates
-    def _device_update_select(self) -> Any:
+    def _device_update_select(self, *, with_failure: bool = False) -> Any:
+        """Rows with their device's and update's names; ``failure`` only ``with_failure``.
+
+        The failure JSON (up to 192 KiB a row) stays out of the heartbeat's and
+        the reports' reads: only the operator's queries ask for it.
+        """
         du, d, u = self.tables.device_updates, self.tables.devices, self.tables.updates
+        columns = [c for c in du.c if with_failure or c.name != "failure"]
         return select(
-            du,
+            *columns,
             d.c.device_uuid,
             d.c.device_name,
             u.c.version,
@@ -280,4 +291,5 @@ class SQLStoreBase:
             updated_at=row.updated_at,
             regressed_at=row.regressed_at,
             regression_reason=row.regression_reason,
+            failure=row._mapping.get("failure"),
         )

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from javia_core.errors import BackendError, NotFoundError
 from javia_core.models import UpdateStatus, UpdateType
-from javia_core.status_rules import ALLOWED_PREVIOUS, raises_version
+from javia_core.status_rules import ALLOWED_PREVIOUS, REASON_REFRESHING, raises_version
 from javia_updates.backends.records import (
     AuditEntry,
     DeviceUpdateRecord,
@@ -46,10 +46,18 @@ class ProgressStore(SQLStoreBase):
         status: UpdateStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        with_failure: bool = False,
     ) -> Page[DeviceUpdateRecord]:
-        """Rows by update/device/status, highest version first, then by device."""
+        """Rows by update/device/status, highest version first, then by device.
+
+        ``with_failure``: read each row's ``failure`` too (the operator's views).
+        """
         du = self.tables.device_updates
-        if device_id is not None and (update_id, status, limit, offset) == (None, None, None, 0):
+        if (
+            device_id is not None
+            and (update_id, status, limit, offset) == (None, None, None, 0)
+            and not with_failure
+        ):
             # The heartbeat's question: every row of one device.
             with self._read() as connection:
                 rows = connection.execute(
@@ -64,7 +72,7 @@ class ProgressStore(SQLStoreBase):
         if status is not None:
             conditions.append(du.c.status == status.value)
         query = (
-            self._device_update_select()
+            self._device_update_select(with_failure=with_failure)
             .where(*conditions)
             .order_by(*self._version_order(), du.c.device_id)
             .offset(offset)
@@ -146,9 +154,10 @@ class ProgressStore(SQLStoreBase):
         now: datetime,
         error_message: str | None = None,
         audit: AuditEntry,
+        failure: dict[str, Any] | None = None,
     ) -> TransitionResult:
         """One conditional UPDATE; see :meth:`Store.transition` and :meth:`_transition_work`."""
-        work = self._transition_work(device_update_id, status, now, error_message, audit)
+        work = self._transition_work(device_update_id, status, now, error_message, audit, failure)
         try:
             return self._writer.run(work)
         except IntegrityError as error:  # pragma: no cover - no constraint can fail here
@@ -162,9 +171,10 @@ class ProgressStore(SQLStoreBase):
         now: datetime,
         error_message: str | None = None,
         audit: AuditEntry,
+        failure: dict[str, Any] | None = None,
     ) -> TransitionResult:
         """:meth:`transition` for a coroutine (the status route): no thread is held while it waits."""
-        work = self._transition_work(device_update_id, status, now, error_message, audit)
+        work = self._transition_work(device_update_id, status, now, error_message, audit, failure)
         try:
             return await self._writer.run_async(work)
         except IntegrityError as error:  # pragma: no cover - no constraint can fail here
@@ -177,17 +187,27 @@ class ProgressStore(SQLStoreBase):
         now: datetime,
         error_message: str | None,
         audit: AuditEntry,
+        failure: dict[str, Any] | None = None,
     ) -> Callable[[Connection], TransitionResult]:
         """The transition as a unit of work for one write transaction.
 
         Three statements on the path of a report that moves the row: the row
         (locked on PostgreSQL with ``FOR UPDATE``, so the audit's ``from`` is
         exact), the conditional ``UPDATE ... RETURNING`` and the audit line,
-        plus the device's version on ``completed``.
+        plus the device's version on ``completed``. A repeated report in a
+        status of :data:`~javia_core.status_rules.REASON_REFRESHING` with a new
+        ``error_message`` stores that reason (``changed`` True, status kept).
         """
         allowed = {previous.value for previous in ALLOWED_PREVIOUS[status]}
-        parameters = {"row_id": device_update_id, "moved_at": now, "error_text": error_message}
-        move_statement = self._statements.transition(status, with_error=error_message is not None)
+        parameters: dict[str, Any] = {
+            "row_id": device_update_id,
+            "moved_at": now,
+            "error_text": error_message,
+            "failure_json": failure,
+        }
+        move_statement = self._statements.transition(
+            status, with_error=error_message is not None, with_failure=failure is not None
+        )
 
         def move(connection: Connection) -> TransitionResult:
             row = connection.execute(
@@ -196,6 +216,23 @@ class ProgressStore(SQLStoreBase):
             if row is None:
                 raise NotFoundError(f"device update row {device_update_id} does not exist")
             before = self._device_update_from_row(row)
+            if (
+                before.status is status
+                and status in REASON_REFRESHING
+                and error_message is not None
+                and error_message != before.error_message
+            ):
+                du = self.tables.device_updates
+                connection.execute(
+                    du.update()
+                    .where(du.c.id == device_update_id, du.c.status == status.value)
+                    .values(error_message=error_message, updated_at=now)
+                )
+                details = {**audit.details, "from": before.status.value}
+                self._audit(connection, AuditEntry(audit.actor, audit.action, details), now)
+                return TransitionResult(
+                    replace(before, error_message=error_message, updated_at=now), True
+                )
             if before.status.value not in allowed:
                 return TransitionResult(before, False)
             moved = connection.execute(move_statement, parameters).one_or_none()
@@ -210,6 +247,7 @@ class ProgressStore(SQLStoreBase):
                 completed_at=moved.completed_at,
                 error_message=moved.error_message,
                 updated_at=now,
+                failure=failure,
             )
             details = {**audit.details, "from": before.status.value}
             self._audit(connection, AuditEntry(audit.actor, audit.action, details), now)

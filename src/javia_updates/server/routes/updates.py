@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from javia_core.failures import FailureGroupsOut
 from javia_core.manifest import PAYLOAD_NAME
 from javia_core.models import (
     RevertSource,
@@ -286,6 +287,17 @@ def update_devices(
     """Per-device progress of one update."""
     page = service.update_devices(reference, status=status_filter, limit=limit, offset=offset)
     return DeviceUpdatePage(items=page.items, total=page.total, limit=limit, offset=offset)
+
+
+@router.get("/{reference}/failures", response_model=FailureGroupsOut)
+def update_failures(reference: Reference, service: Service, _: Admin) -> FailureGroupsOut:
+    """The update's failed and rolled back devices grouped by cause, most devices first.
+
+    A cause is the failure's class with its reason and last output line
+    normalised (numbers, versions, addresses, hashes: docs/cli.md,
+    ``javia updates failures``); each group has a count and an example device.
+    """
+    return service.update_failures(reference)
 
 
 @router.get("/{reference}/plan", response_model=PlanList)
