@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from javia_core.models import RolloutState, UpdateStatus
 from javia_core.rollouts import CANARY_TAG, Rollout
+from javia_core.status_rules import ALLOWED_PREVIOUS
 from javia_updates.backends.records import (
     AuditEntry,
     NewRollout,
@@ -143,8 +144,11 @@ class RolloutStore(SQLStoreBase):
                     du.update()
                     .where(
                         du.c.update_id == update_id,
-                        # Staged rows were never installed: cancelled like pending ones.
-                        du.c.status.in_((UpdateStatus.PENDING.value, UpdateStatus.STAGED.value)),
+                        # Rows nothing of which was installed (pending, staged,
+                        # retrying): the statuses a cancel may come from.
+                        du.c.status.in_(
+                            sorted(s.value for s in ALLOWED_PREVIOUS[UpdateStatus.CANCELLED])
+                        ),
                     )
                     .values(
                         status=UpdateStatus.CANCELLED.value,
