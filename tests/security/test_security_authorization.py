@@ -131,6 +131,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/updates/{reference}"): Row(ADMIN_ONLY, update()),
     ("GET", "/api/v1/updates/{reference}/devices"): Row(ADMIN_ONLY, update("/devices")),
     ("GET", "/api/v1/updates/{reference}/plan"): Row(ADMIN_ONLY, update("/plan")),
+    ("GET", "/api/v1/updates/{reference}/failures"): Row(ADMIN_ONLY, update("/failures")),
     # The matrix's update runs on no device: the admin passes and is told so (409).
     ("GET", "/api/v1/updates/{reference}/revert-source"): Row(
         (401, 401, 403, 403, 403, 403, 409), update("/revert-source")
