@@ -133,7 +133,6 @@ class AgentConfig(BaseModel):
     )
     download_rate_limit_bytes_per_second: float | None = Field(
         default=None,
-        gt=0,
         description="the same cap as a number of bytes per second (older name; "
         "download_rate_limit wins)",
     )
@@ -247,6 +246,16 @@ class AgentConfig(BaseModel):
             raise ValueError(f"expected {RATE_FORM}")
         parse_rate(value)
         return str(value).strip()
+
+    @field_validator("download_rate_limit_bytes_per_second", mode="before")
+    @classmethod
+    def _rate_bytes_per_second(cls, value: object) -> float | None:
+        # The older numeric form gets the same rule as ``download_rate_limit``:
+        # ``inf``, ``1e99`` or ``0.001`` would crash or stall the token bucket.
+        from javia_agent.bandwidth import parse_rate
+
+        text = cls._rate(value)
+        return None if text is None else parse_rate(text)
 
     @property
     def download_rate_limit_bytes(self) -> float | None:

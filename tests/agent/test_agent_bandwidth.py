@@ -52,6 +52,29 @@ def test_agent_toml_takes_the_rate_and_refuses_nonsense_naming_the_setting(tmp_p
         load_config(config)
 
 
+@pytest.mark.parametrize("value", ["inf", "1e99", "0.001", "0", "-5", "nan"])
+def test_the_older_numeric_setting_is_refused_like_the_written_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # Infinity once reached the token bucket and crashed the agent mid-download.
+    monkeypatch.setenv("JAVIA_AGENT_DOWNLOAD_RATE_LIMIT_BYTES_PER_SECOND", value)
+    with pytest.raises(
+        ConfigError,
+        match=r"download_rate_limit_bytes_per_second: invalid download rate limit .*"
+        r"expected a positive rate",
+    ):
+        load_config(tmp_path / "agent.toml")
+
+
+def test_the_older_numeric_setting_still_caps_the_download(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("download_rate_limit_bytes_per_second = 65536.0\n")
+    assert load_config(config).download_rate_limit_bytes == 65536
+    config.write_text("download_rate_limit_bytes_per_second = inf\n")
+    with pytest.raises(ConfigError, match="expected a positive rate"):
+        load_config(config)
+
+
 def test_register_with_a_nonsense_rate_is_one_red_line_before_the_server(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
