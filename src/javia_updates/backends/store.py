@@ -200,6 +200,9 @@ class Store(Protocol):
     ) -> list[PublishTarget]:
         """:meth:`devices_for_targets`, reduced to what a publish needs, in registration order.
 
+        A device whose token is revoked is left out: it can never fetch the
+        update, so a row for it would stay pending and count in the rollout.
+
         Args:
             targets: device uuids, or None.
             tags: a device carrying any of them is targeted too, or None;

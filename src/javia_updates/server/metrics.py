@@ -57,6 +57,8 @@ DOWNLOAD_ROUTE = f"{API_PREFIX}/updates/{{reference}}/download"
 #: The newest updates whose rollouts are shown (older ones are history: their rows
 #: would make every scrape read a row per device per release ever published).
 UPDATES_SHOWN = 20
+#: ``javia_devices``'s status for a device whose token is revoked (``javia devices list`` says so).
+REVOKED_STATUS = "revoked"
 #: The route label of a request no route matched (404s of scanners, typos).
 UNMATCHED_ROUTE = "unmatched"
 
@@ -136,8 +138,9 @@ class FleetCollector:
             return
         devices = GaugeMetricFamily(
             "javia_devices",
-            "Registered devices by derived status (offline after 3 silent heartbeat intervals) "
-            "and running version ('none' before the first report).",
+            "Registered devices by derived status (offline after 3 silent heartbeat intervals, "
+            "revoked once the token is revoked) and running version ('none' before the first "
+            "report).",
             labels=["status", "version"],
         )
         rows = GaugeMetricFamily(
@@ -159,6 +162,8 @@ class FleetCollector:
         tables = store.tables
         d, du, u, r = tables.devices, tables.device_updates, tables.updates, tables.rollouts
         derived = case(
+            # As ``javia devices list`` shows it: a revoked token wins over the last report.
+            (d.c.token_revoked_at.is_not(None), literal(REVOKED_STATUS)),
             (d.c.last_seen.is_(None), literal(DeviceStatus.OFFLINE.value)),
             (d.c.last_seen < cutoff, literal(DeviceStatus.OFFLINE.value)),
             else_=d.c.status,

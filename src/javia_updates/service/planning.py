@@ -39,6 +39,9 @@ from javia_updates.settings import ServerSettings
 
 __all__ = ["Planning"]
 
+#: Why a targeted device whose token is revoked gets no row (the publish leaves it out too).
+REVOKED_LEFT_OUT = "token revoked: the device cannot fetch updates"
+
 
 class Planning:
     """The plan use cases.
@@ -85,6 +88,9 @@ class Planning:
             targeted, why = targeting_reason(unique, target_tags, device.device_uuid, device.tags)
             if not targeted:
                 entries.append(_left_out(plan, why))
+                continue
+            if device.token_revoked_at is not None:
+                entries.append(_left_out(plan, REVOKED_LEFT_OUT))
                 continue
             phase = phase_of(
                 device.device_uuid, str(parsed), policy.phases, canary=CANARY_TAG in device.tags

@@ -319,6 +319,7 @@ class DeviceStore(SQLStoreBase):
         """What a publish needs of the targeted devices: five columns, ``seen`` computed in SQL.
 
         Targeted: listed in ``targets`` or carrying one of ``tags``; both None: every device.
+        A device whose token is revoked is left out (it can never fetch the update).
 
         Raises:
             NotFoundError: some targets are not registered devices (all are listed).
@@ -329,12 +330,20 @@ class DeviceStore(SQLStoreBase):
             if seen_since is None
             else (d.c.last_seen >= literal(seen_since, UTCDateTime()))
         )
-        columns = [d.c.id, d.c.device_uuid, d.c.timezone, d.c.current_version, seen.label("seen")]
+        columns = [
+            d.c.id,
+            d.c.device_uuid,
+            d.c.timezone,
+            d.c.current_version,
+            seen.label("seen"),
+            d.c.token_revoked_at,
+        ]
         with self._read() as connection:
             rows = self._targeted_rows(connection, columns, targets, tags)
         return [
             PublishTarget(device_id, device_uuid, timezone, version, bool(seen))
-            for device_id, device_uuid, timezone, version, seen in rows
+            for device_id, device_uuid, timezone, version, seen, revoked_at in rows
+            if revoked_at is None
         ]
 
     def record_heartbeat(
