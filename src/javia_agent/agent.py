@@ -48,7 +48,12 @@ from javia_agent.app_health import ApplicationMonitor
 from javia_agent.client import DeviceClient
 from javia_agent.clock import Clock
 from javia_agent.config import AgentConfig, read_token
-from javia_agent.errors import AgentError, ConfigError, DownloadTooLargeError
+from javia_agent.errors import (
+    AgentError,
+    AuthenticationError,
+    ConfigError,
+    DownloadTooLargeError,
+)
 from javia_agent.faults import ServerFaults
 from javia_agent.installer import (
     Installer,
@@ -64,6 +69,7 @@ from javia_agent.services import CommandService, SystemdService, application_env
 from javia_agent.staging_ahead import prepare_if_due
 from javia_agent.state import PRE_SWITCH_STATES, UpdateState
 from javia_agent.systemd import SystemdNotifier
+from javia_agent.token_refusal import TokenRefusalLog, token_refused_message
 from javia_agent.transport import MAX_SERVER_DELAY_SECONDS, RetryPolicy
 from javia_agent.wakeup import WakeupChannel
 from javia_core.errors import JaviaError
@@ -195,6 +201,7 @@ class Agent:
         self._server_time_at: float | None = None  # monotonic reading when it arrived
         self.interval_seconds = config.heartbeat_interval_seconds
         self._failures = 0
+        self._token_refusals = TokenRefusalLog()
         self.notifier = notifier or SystemdNotifier(None)
         #: What an offer allows: its signed type, urgency evidence, the pinned window.
         self.offers = OfferTiming(config)
@@ -657,6 +664,15 @@ class Agent:
             self._take_due_wake()  # this heartbeat serves a wake-up already due
             try:
                 result = self.run_once()
+            except AuthenticationError as error:
+                self._failures += 1
+                delay = self._backoff(self._failures, error.retry_after_seconds)
+                message = token_refused_message(
+                    error, self.config.device_uuid, self.config.token_file
+                )
+                level = logging.ERROR if self._token_refusals.is_news(message) else logging.DEBUG
+                logger.log(level, "%s (retry in %.0f s)", message, delay)
+                self.notifier.status("device token refused: revoked or rotated on the server")
             except AgentError as error:
                 self._failures += 1
                 delay = self._backoff(self._failures, error.retry_after_seconds)
@@ -673,6 +689,7 @@ class Agent:
                 self.notifier.status("internal error; see the journal")
             else:
                 self._failures = 0
+                self._token_refusals.reset()
                 delay = result.sleep_seconds
                 collect_garbage = collect_garbage or result.outcome is not None
             release_memory(collect_garbage=collect_garbage)

@@ -224,8 +224,8 @@ def register(
     staging_lead: str | None = typer.Option(
         None,
         "--staging-lead",
-        help="Stage scheduled and urgent updates this long before their install time, "
-        "e.g. 6h, 90m, 1d (0: at install time; default 6h).",
+        help="Stage scheduled updates this long before their install time, urgent ones at "
+        "once, e.g. 6h, 90m, 1d (0: both at install time; default 6h).",
     ),
     tag: list[str] | None = typer.Option(
         None,

@@ -427,6 +427,17 @@ def test_a_pinned_maintenance_window_round_trips_through_the_configuration(
     assert load_config(tmp_path / "none.toml").pinned_window == (dt_time(23, 30), 10_800)
 
 
+def test_the_staging_lead_help_says_urgent_updates_stage_at_once() -> None:
+    # docs/agent.md, "Staging": the lead applies to scheduled updates only.
+    import typer.main
+
+    register = typer.main.get_command(app).commands["register"]  # type: ignore[attr-defined]
+    (option,) = [param for param in register.params if "--staging-lead" in param.opts]
+    assert "Stage scheduled updates this long" in option.help
+    assert "urgent ones at once" in option.help
+    assert "scheduled and urgent" not in option.help
+
+
 @pytest.mark.parametrize(
     ("arguments", "named"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -535,3 +536,34 @@ def test_a_nonsense_staging_lead_is_refused_by_the_configuration() -> None:
     for lead in (-1, 8 * 86400, float("nan")):
         with pytest.raises(ValueError, match="staging_lead_seconds"):
             AgentConfig(staging_lead_seconds=lead)
+
+
+def test_a_refused_token_says_revoked_or_rotated_and_what_to_do_once_not_every_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = _harness(tmp_path, FakeApi())
+    refused = {"detail": "invalid device token: expected 'Authorization: Bearer <token>'"}
+    h.agent.client = DeviceClient(
+        "https://updates.example.org",
+        device_uuid=UUID,
+        token="t",
+        transport=httpx.MockTransport(lambda request: httpx.Response(401, json=refused)),
+    )
+    waits: list[float] = []
+
+    def fake_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 4:
+            h.agent.stop()
+
+    h.agent._wait = fake_wait  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="javia_agent"):
+        assert h.agent.run_forever() == 0
+    refusals = [record for record in caplog.records if "invalid device token" in record.message]
+    assert len(refusals) == 1, [record.message for record in refusals]
+    (line,) = refusals
+    assert line.levelno == logging.ERROR
+    assert "revoked or rotated on the server" in line.message
+    assert f"javia devices rotate-token {UUID}" in line.message
+    assert "javia agent register" in line.message
+    assert all(0 < wait <= 300 for wait in waits)  # still retrying, backed off
