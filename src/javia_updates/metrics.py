@@ -118,7 +118,7 @@ class Recorders:
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
         self.heartbeats = Counter(
             "javia_heartbeats_received",
-            "Heartbeats answered (every status code but 429 refusals and 401s).",
+            "Heartbeats answered with 2xx (refused ones count only in the latency histogram).",
             registry=self.registry,
         )
         self.status_reports = Counter(
@@ -154,7 +154,7 @@ def recorders() -> Recorders:
 
 
 def count_heartbeat() -> None:
-    """One heartbeat answered."""
+    """One heartbeat answered with 2xx."""
     recorders().heartbeats.inc()
 
 

@@ -139,6 +139,16 @@ def test_a_state_change_without_the_csrf_token_is_refused_and_logging_out_ends_t
     assert page.evaluate('async () => (await fetch("api/overview")).status') == 401
 
 
+def test_a_malformed_address_shows_not_found_without_a_script_error(page: Any) -> None:
+    log_in(page)
+    page.wait_for_selector("#count-total .number")
+    page.goto("/dashboard/#/device/%E0")
+    assert page.locator("#view h1").inner_text() == "Not found"
+    page.click("text=← Fleet")
+    page.wait_for_selector("#count-total .number")
+    assert page.errors == []
+
+
 def test_a_structured_failure_is_shown_field_by_field_as_text(
     page: Any, dashboard_fleet: DashboardFleet
 ) -> None:

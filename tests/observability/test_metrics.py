@@ -118,3 +118,14 @@ def test_counters_of_several_worker_processes_add_up(tmp_path: Path) -> None:
     parsed = samples(scraped)
     assert value(parsed, "javia_heartbeats_received_total") == 7
     assert value(parsed, "javia_db_write_batch_units_count") == 2
+
+
+def test_the_heartbeat_counter_says_what_it_counts_as_the_docs_do() -> None:
+    from javia_updates.metrics import Recorders
+
+    help_text = Recorders().heartbeats._documentation
+    docs = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    row = next(line for line in docs.splitlines() if "`javia_heartbeats_received_total`" in line)
+    # The middleware counts a heartbeat only when it was answered with 2xx.
+    assert "2xx" in help_text and "2xx" in row
+    assert "every status code" not in help_text

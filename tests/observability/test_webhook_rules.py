@@ -91,7 +91,15 @@ def test_a_signature_verifies_only_the_exact_body_with_the_secret(body: bytes, s
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/", "file:///etc/passwd", "https://", "example.com/hook", "http://a b/"],
+    [
+        "ftp://example.com/",
+        "file:///etc/passwd",
+        "https://",
+        "example.com/hook",
+        "http://a b/",
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:0/",
+    ],
 )
 def test_webhook_urls_are_http_or_https_with_a_host(url: str) -> None:
     with pytest.raises(ValueError):
@@ -101,3 +109,10 @@ def test_webhook_urls_are_http_or_https_with_a_host(url: str) -> None:
 def test_urls_are_shown_without_credentials_or_query() -> None:
     shown = display_url("https://user:hunter2@hooks.example.com:8443/javia?token=abc")
     assert shown == "https://hooks.example.com:8443/javia?…"
+
+
+def test_the_url_shown_is_the_url_called_minus_credentials_and_query() -> None:
+    assert display_url("http://[::1]:18766/x") == "http://[::1]:18766/x"
+    shown = display_url("http://127.0.0.1:8080/a%0d%0ab%20c?q=1")
+    assert shown == "http://127.0.0.1:8080/a%0d%0ab%20c?…"
+    assert all(char.isprintable() for char in shown)

@@ -96,7 +96,23 @@ def test_signed_events_reach_a_receiver_and_the_cli_shows_them(
             update = operator.publish(signing_key, "v1.1.0")
             device.heartbeat("v1.0.0")
             device.report(update["id"], "downloading")
-            device.report(update["id"], "failed", "app.py exited 1 during the health check")
+            failure = {
+                "failure_class": "crash_after_start",
+                "step": "health_check",
+                "reason": "app.py exited 1 during its 30 s health check",
+                "exit_code": 1,
+                "output_tail": "x" * 5000 + "\nRuntimeError: no microphone",
+                "output_source": "journal",
+            }
+            answer = device.http.post(
+                f"/api/v1/devices/{device.uuid}/updates/{update['id']}/status",
+                json={
+                    "status": "failed",
+                    "error_message": "app.py exited 1 during the health check",
+                    "failure": failure,
+                },
+            )
+            assert answer.status_code == 200, answer.text
 
             requests = receiver.wait_for(4)
             for headers, body, _at in requests:
@@ -115,6 +131,12 @@ def test_signed_events_reach_a_receiver_and_the_cli_shows_them(
             assert failed["device_uuid"] == device.uuid
             assert failed["version"] == "v1.1.0"
             assert failed["error_message"] == "app.py exited 1 during the health check"
+            carried = failed["failure"]
+            assert carried["failure_class"] == "crash_after_start"
+            assert (carried["step"], carried["exit_code"]) == ("health_check", 1)
+            assert carried["reason"] == failure["reason"]
+            assert len(carried["output_tail"]) == 2000
+            assert carried["output_tail"].endswith("\nRuntimeError: no microphone")
             assert by_type["rollout.completed"]["data"]["version"] == "v1.1.0"
             assert not verify_signature(
                 "whsec_wrong", header=headers["X-Javia-Signature"], body=body
@@ -129,6 +151,8 @@ def test_signed_events_reach_a_receiver_and_the_cli_shows_them(
             rows = json.loads(shown.stdout)
             assert len(rows) == 5 and {row["state"] for row in rows} == {"delivered"}
             assert all(row["attempt_log"][0]["status_code"] == 200 for row in rows)
+            unknown = javia(server, tmp_path, "webhooks", "deliveries", "--webhook", "999")
+            assert unknown.returncode == 1 and "no webhook 999" in unknown.stderr + unknown.stdout
             listed = javia(server, tmp_path, "webhooks", "list")
             assert "/hooks/javia" in listed.stdout and secret not in listed.stdout
             hostile = httpx.post(

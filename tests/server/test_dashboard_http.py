@@ -122,6 +122,64 @@ def test_a_state_change_needs_the_sessions_csrf_token(
     assert "approve refused" in refused.json()["detail"]
 
 
+def test_a_cross_site_state_change_is_refused_even_with_the_token(
+    client: TestClient, published: str, api_key: str, admin: dict[str, str]
+) -> None:
+    log_in(client, api_key)
+    path = f"/dashboard/api/updates/{published}/pause"
+    token = csrf(client)
+    for cross_site in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "http://testserver:8080"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example", "Sec-Fetch-Site": "same-origin"},
+    ):
+        answer = client.post(path, json={}, headers={**token, **cross_site})
+        assert answer.status_code == 403, cross_site
+        assert "another site" in answer.json()["detail"]
+    assert (
+        client.get(f"/api/v1/updates/{published}", headers=admin).json()["rollout"]["state"]
+        == "active"
+    )
+    refused = client.post(
+        "/dashboard/login",
+        data={"api_key": api_key},
+        headers={"Origin": "http://evil.example"},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    # A browser's own login form under Referrer-Policy: no-referrer sends Origin: null.
+    own_form = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    again = client.post(
+        "/dashboard/login", data={"api_key": api_key}, headers=own_form, follow_redirects=False
+    )
+    assert again.status_code == 303
+    token = csrf(client)
+    same_origin = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    paused = client.post(path, json={}, headers={**token, **same_origin})
+    assert paused.status_code == 200, paused.text
+    resumed = client.post(
+        f"/dashboard/api/updates/{published}/resume",
+        json={},
+        headers={**token, "Sec-Fetch-Site": "none"},
+    )
+    assert resumed.status_code == 200, resumed.text
+
+
+def test_an_api_key_on_a_dashboard_post_is_told_to_log_in(
+    client: TestClient, published: str, api_key: str, admin: dict[str, str]
+) -> None:
+    answer = client.post(f"/dashboard/api/updates/{published}/pause", json={}, headers=admin)
+    assert answer.status_code == 401
+    assert "log in" in answer.json()["detail"] and "CSRF" not in answer.json()["detail"]
+    # With a session cookie but the admin key instead of the token: say what the key opens.
+    log_in(client, api_key)
+    answer = client.post(f"/dashboard/api/updates/{published}/pause", json={}, headers=admin)
+    assert answer.status_code == 403 and "/api/v1" in answer.json()["detail"]
+
+
 def test_logout_needs_the_token_and_deletes_the_cookie(client: TestClient, api_key: str) -> None:
     log_in(client, api_key)
     assert client.post("/dashboard/logout").status_code == 403

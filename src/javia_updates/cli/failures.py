@@ -31,7 +31,9 @@ from javia_updates.cli.common import (
 __all__ = ["failure_view", "failures_of", "show_failures"]
 
 #: Output lines shown per tail (``--json`` has them all).
-SHOWN_LINES = 15
+SHOWN_LINES = 20
+#: Output characters shown per tail: a few very long lines stay a screenful.
+SHOWN_CHARS = 2000
 
 
 def _signal_name(number: int) -> str:
@@ -41,9 +43,41 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _tail(text: str, lines: int = SHOWN_LINES) -> Text:
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
-    return Text("\n".join(visible(line) for line in kept), style="dim")
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def tail_excerpt(
+    text: str, *, lines: int = SHOWN_LINES, chars: int = SHOWN_CHARS
+) -> tuple[list[str], int, bool]:
+    """The end of an output tail as tables print it.
+
+    Returns the last non-blank lines within ``lines`` lines and ``chars``
+    characters (the oldest kept line cut from its start, marked ``…``), how
+    many non-blank lines were left out, and whether a kept line was cut.
+    """
+    every = [line for line in text.splitlines() if line.strip()]
+    kept: list[str] = []
+    budget = chars
+    cut = False
+    for line in reversed(every[-lines:]):
+        if budget <= 0:
+            break
+        if len(line) > budget:
+            line, cut = "…" + line[-budget:], True
+        kept.append(line)
+        budget -= len(line)
+    kept.reverse()
+    return kept, len(every) - len(kept), cut
+
+
+def _tail(text: str) -> Text:
+    kept, hidden, cut = tail_excerpt(text)
+    shown = Text("\n".join(visible(line) for line in kept), style="dim")
+    if hidden or cut:
+        more = f"… {_plural(hidden, 'more line')}" if hidden else "… a line was cut"
+        shown.append(f"\n{more}: --json for all", style="yellow")
+    return shown
 
 
 def failure_view(title: str, failure: FailureDetails) -> Group:
@@ -76,6 +110,11 @@ def failures_of(rows: list[DeviceUpdateOut], *, by: str) -> list[Group]:
         name = row.device_name or str(row.device_uuid) if by == "device" else row.version
         views.append(failure_view(f"why {name} {row.status.value}", row.failure))
     return views
+
+
+def example_title(name: str, count: int) -> str:
+    """The heading of a cause's example failure: ``example: kitchen (3 devices)``."""
+    return f"example: {name} ({_plural(count, 'device')})"
 
 
 def groups_table(grouped: FailureGroupsOut) -> SafeTable:
@@ -116,4 +155,6 @@ def show_failures(
     for group in grouped.groups:
         if group.example is not None:
             name = group.example_device_name or group.example_device_uuid
-            console.print(failure_view(f"example: {name} ({group.count} devices)", group.example))
+            console.print(
+                failure_view(f"example: {name} ({_plural(group.count, 'device')})", group.example)
+            )

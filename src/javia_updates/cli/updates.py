@@ -40,7 +40,6 @@ STATUS_ORDER = (
     "failed",
     "rolled_back",
     "retrying",
-    "staged",
     "superseded",
     "cancelled",
 )

@@ -13,7 +13,8 @@ the session cookie, CSRF and live updates.
 
 The JSON endpoints accept only the session cookie (the API at ``/api/v1``
 keeps the admin key); every POST but login must carry the session's CSRF token
-in ``X-CSRF-Token`` (403 otherwise).
+in ``X-CSRF-Token`` (403 otherwise), and every POST, login too, must come from
+the dashboard's own origin (:func:`same_origin`; 403 otherwise).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import hashlib
 import hmac
 import pathlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import (
     APIRouter,
@@ -61,6 +63,8 @@ __all__ = [
 DASHBOARD_PATH = "/dashboard"
 #: The session cookie (HttpOnly, SameSite=Strict, Secure over https, Path=/dashboard).
 COOKIE_NAME = "javia_dashboard_session"
+#: The admin key's header on the API (``/api/v1``); the dashboard never takes it.
+API_KEY_HEADER = "X-API-Key"
 #: The header carrying the session's CSRF token on state-changing requests.
 CSRF_HEADER = "X-CSRF-Token"
 #: Only the dashboard's own files run or style the page; no inline script or style.
@@ -143,13 +147,54 @@ def current_session(request: Request) -> Session:
     return session
 
 
-def checked_session(request: Request) -> Session:
-    """The request's valid session carrying its CSRF token in ``X-CSRF-Token``, else 401/403."""
-    session = current_session(request)
-    if not _signer(request).csrf_matches(session, request.headers.get(CSRF_HEADER)):
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether a state-changing request comes from the dashboard's own pages (docs/dashboard.md).
+
+    ``headers`` are the request's (names lower-case). A present
+    ``Sec-Fetch-Site`` must be ``same-origin`` or ``none`` (typed or
+    bookmarked). A present ``Origin`` must name the request's own ``Host``
+    (host and port; the scheme is left out so a TLS-terminating proxy that
+    passes ``Host`` on still matches), except ``null``: the page's
+    ``Referrer-Policy: no-referrer`` makes a browser send ``Origin: null``
+    with its own login form, so ``null`` (like no ``Origin``: curl, scripts)
+    leaves the decision to ``Sec-Fetch-Site``, the cookie and the token.
+    """
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = headers.get("origin")
+    if origin is None or origin == "null":
+        return True
+    parts = urlsplit(origin)
+    host = headers.get("host", "").lower()
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host
+
+
+def _refuse_cross_site(request: Request) -> None:
+    if not same_origin(request.headers):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            f"missing or wrong {CSRF_HEADER}: reload the dashboard and try again",
+            "refused: this request comes from another site (its Origin or Sec-Fetch-Site "
+            "is not this dashboard's); use the dashboard's own page",
+        )
+
+
+def checked_session(request: Request) -> Session:
+    """The request's valid session carrying its CSRF token in ``X-CSRF-Token``, else 401/403.
+
+    Also 403 for a request from another site (:func:`same_origin`), token or not.
+    """
+    _refuse_cross_site(request)
+    session = current_session(request)
+    if not _signer(request).csrf_matches(session, request.headers.get(CSRF_HEADER)):
+        hint = (
+            " (the admin key opens /api/v1, not the dashboard)"
+            if API_KEY_HEADER in request.headers
+            else ""
+        )
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"missing or wrong {CSRF_HEADER}: reload the dashboard and try again{hint}",
         )
     return session
 
@@ -193,7 +238,11 @@ def login_form(request: Request, now: Now) -> Response:
 
 @router.post("/login")
 async def login(request: Request, now: Now) -> Response:
-    """Exchange the admin key (form field ``api_key``) for a session cookie; 401 if wrong."""
+    """Exchange the admin key (form field ``api_key``) for a session cookie; 401 if wrong.
+
+    403 when posted from another site (:func:`same_origin`): no login CSRF.
+    """
+    _refuse_cross_site(request)
     form = await request.form(max_files=0, max_fields=4)
     presented = form.get("api_key")
     api_key: str = request.app.state.api_key

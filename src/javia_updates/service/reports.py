@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from javia_core.failures import FailureDetails
 from javia_core.models import RolloutState, StatusReport, StatusReportResult, UpdateStatus
 from javia_updates.backends.base import (
     AuditEntry,
@@ -23,11 +24,32 @@ from javia_updates.backends.base import (
 )
 from javia_updates.service.records import FleetRecords
 
-__all__ = ["FINISHED", "StatusReports"]
+__all__ = ["AUDITED_TAIL_CHARS", "FINISHED", "StatusReports", "audited_failure"]
+
+#: Characters of each output tail the audit line (and so the ``device.failed``
+#: / ``device.rolled_back`` webhook event) carries: the last ones. The whole
+#: failure stays on the device's row (``javia devices show --json``).
+AUDITED_TAIL_CHARS = 2000
 
 #: A report moving a row here finishes it: its rollout is evaluated at once.
 FINISHED = frozenset({UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK})
 _SETTLED = frozenset({RolloutState.HALTED, RolloutState.CANCELLED})
+
+
+def audited_failure(failure: FailureDetails) -> dict[str, Any]:
+    """``failure`` as the audit line and its webhook event carry it (docs/webhooks.md).
+
+    Every field of :class:`~javia_core.failures.FailureDetails` as JSON, with
+    ``output_tail`` and ``health_output_tail`` cut to their last
+    :data:`AUDITED_TAIL_CHARS` characters, so one event stays a few kB while a
+    stored failure may be 64 KiB compressed.
+    """
+    carried = failure.model_dump(mode="json")
+    for name in ("output_tail", "health_output_tail"):
+        tail = carried.get(name)
+        if isinstance(tail, str) and len(tail) > AUDITED_TAIL_CHARS:
+            carried[name] = tail[-AUDITED_TAIL_CHARS:]
+    return carried
 
 
 class StatusReports:
@@ -103,7 +125,10 @@ class StatusReports:
                 "to": report.status.value,
                 "error_message": report.error_message,
                 **(
-                    {"failure_class": report.failure.failure_class.value}
+                    {
+                        "failure_class": report.failure.failure_class.value,
+                        "failure": audited_failure(report.failure),
+                    }
                     if report.failure is not None
                     else {}
                 ),

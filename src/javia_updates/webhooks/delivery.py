@@ -86,14 +86,20 @@ def next_state(
 
 
 def display_url(url: str) -> str:
-    """``url`` without user info, query or fragment: what logs and tables show."""
+    """``url`` without user info, query or fragment: what logs and tables show.
+
+    The host and path are shown as they are sent (IPv6 hosts in brackets,
+    the path still percent-encoded), so the text is the URL that is called
+    and never holds a control character.
+    """
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return "(invalid URL)"
-    port = f":{parsed.port}" if parsed.port is not None else ""
+    netloc = parsed.netloc.decode("ascii", errors="replace")
+    path = parsed.raw_path.decode("ascii", errors="replace").partition("?")[0]
     query = "?…" if parsed.query else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}{query}"
+    return f"{parsed.scheme}://{netloc}{path}{query}"
 
 
 def _printable(text: str) -> str:

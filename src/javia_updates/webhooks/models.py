@@ -26,6 +26,8 @@ MAX_URL_CHARS = 2000
 def check_webhook_url(url: str) -> str:
     """``url`` if it is an absolute ``http``/``https`` URL with a host, else ValueError (one line).
 
+    A port, when given, is 1-65535.
+
     Operator input: no whitespace or control characters, at most
     :data:`MAX_URL_CHARS` characters. User info (``user:pass@``) is allowed
     but never shown (tables and logs show :func:`~.delivery.display_url`).
@@ -45,6 +47,11 @@ def check_webhook_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(
             "expected an http:// or https:// URL with a host, e.g. https://example.com/hook"
+        )
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(
+            f"not a URL (invalid port {parsed.port}: expected 1-65535): "
+            "expected e.g. https://example.com/hooks/javia"
         )
     return url
 

@@ -212,8 +212,17 @@ class WebhookStore:
 
     # ------------------------------------------------------------------ views
     def deliveries(self, *, webhook_id: int | None, limit: int) -> list[DeliveryRecord]:
-        """The newest ``limit`` deliveries (of one webhook, or all), newest first, with attempts."""
-        e, d, a = self.tables.events, self.tables.deliveries, self.tables.attempts
+        """The newest ``limit`` deliveries (of one webhook, or all), newest first, with attempts.
+
+        Raises:
+            NotFoundError: ``webhook_id`` names no webhook.
+        """
+        e, d, a, w = (
+            self.tables.events,
+            self.tables.deliveries,
+            self.tables.attempts,
+            self.tables.webhooks,
+        )
         query = (
             select(d, e.c.event_id, e.c.type)
             .select_from(d.join(e, d.c.event_row_id == e.c.id))
@@ -223,6 +232,11 @@ class WebhookStore:
         if webhook_id is not None:
             query = query.where(d.c.webhook_id == webhook_id)
         with self.store._read() as connection:
+            if (
+                webhook_id is not None
+                and connection.execute(select(w.c.id).where(w.c.id == webhook_id)).first() is None
+            ):
+                raise NotFoundError(f"no webhook {webhook_id}: see javia webhooks list")
             rows = connection.execute(query).all()
             ids = [row.id for row in rows]
             attempts = (

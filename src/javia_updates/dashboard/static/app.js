@@ -379,10 +379,24 @@
 
   // ------------------------------------------------------------ routing and polling
 
+  function notFound(main, message) {
+    fill(main, el("h1", {}, "Not found"),
+      el("p", { class: "error" }, message), el("p", {}, el("a", { href: "#/" }, "← Fleet")));
+  }
+
   function route() {
     const main = document.getElementById("view");
     const hash = window.location.hash.replace(/^#/, "");
-    const parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
+    let parts;
+    try {
+      parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
+    } catch (_) { // a malformed escape such as %E0: no page of the dashboard
+      current = null;
+      generation++;
+      clearTimeout(timer);
+      notFound(main, "This address is not a page of the dashboard.");
+      return;
+    }
     if (parts[0] === "rollout" && parts[1]) current = rolloutView(main, parts[1]);
     else if (parts[0] === "device" && parts[1]) current = deviceView(main, parts[1]);
     else current = fleetView(main);
@@ -397,6 +411,7 @@
   async function refresh() {
     clearTimeout(timer);
     const view = current;
+    if (view === null) return; // a not-found address: nothing to poll
     const mine = ++generation;
     const sent = performance.now();
     let delay = POLL_MS;
@@ -411,10 +426,7 @@
     } catch (error) {
       if (error instanceof LoggedOut) return toLogin();
       if (mine !== generation) return;
-      if (error.status === 404) {
-        fill(document.getElementById("view"), el("h1", {}, "Not found"),
-          el("p", { class: "error" }, error.message), el("p", {}, el("a", { href: "#/" }, "← Fleet")));
-      }
+      if (error.status === 404) notFound(document.getElementById("view"), error.message);
       setLive(`not updated: ${error.message}`, false);
     }
     if (mine === generation && !document.hidden) timer = setTimeout(refresh, delay);
