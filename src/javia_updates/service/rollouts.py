@@ -314,7 +314,9 @@ class Rollouts:
 
         The halt is decided on aggregate counts; only the silence candidates
         (completed rows not heard from for three heartbeat intervals) and, for
-        the phase gate, one lean row per device (status, phase) are read.
+        the gate of a phase before the last, one lean row per device (status,
+        phase) are read; the last phase holds every row and its gate needs
+        only the whole tally.
 
         Returns:
             The rollout after evaluation; None if the update has none.
@@ -325,7 +327,8 @@ class Rollouts:
         self._evaluated_at[update.id] = self._clock()
         policy = policy_of(record)
         self._record_silences(update, record, now)
-        reason = halt_decision(policy, self._whole_tally(update))
+        whole = self._whole_tally(update)
+        reason = halt_decision(policy, whole)
         if reason is not None:
             return self._automatic(update, RolloutEvent.HALT, now, reason=reason)
         members: list[RolloutMember] | None = None
@@ -333,31 +336,45 @@ class Rollouts:
             if record.state is not RolloutState.ACTIVE:
                 break
             k = record.phase_index
-            if members is None:
-                members = self.store.rollout_members(update.id)
-            in_phase = (
-                members
-                if k == len(record.phases) - 1
-                else [member for member in members if self._phase(update, record, member) == k]
+            windows_from = (
+                record.phase_opened_at if update.update_type is UpdateType.SCHEDULED else None
             )
-            completions = [
-                member.completed_at
-                for member in in_phase
-                if member.status is UpdateStatus.COMPLETED and member.completed_at is not None
-            ]
-            window_closed_at = None
-            if update.update_type is UpdateType.SCHEDULED and record.phase_opened_at is not None:
-                ends = [
-                    member.window_end
-                    for member in in_phase
-                    if member.window_end is not None and member.window_end >= record.phase_opened_at
+            first_completed_at = window_closed_at = None
+            if k == len(record.phases) - 1:
+                # The last phase holds every row and its gate asks only whether
+                # all finished: the whole tally, no row per device (a one-phase
+                # rollout of 10,000 devices is evaluated after finishing reports).
+                tally = whole
+            else:
+                if members is None:
+                    members = self.store.rollout_members(update.id)
+                in_phase = [
+                    member for member in members if self._phase(update, record, member) == k
                 ]
-                window_closed_at = max(ends, default=None)
+                tally = _tally(in_phase)
+                first_completed_at = min(
+                    (
+                        member.completed_at
+                        for member in in_phase
+                        if member.status is UpdateStatus.COMPLETED
+                        and member.completed_at is not None
+                    ),
+                    default=None,
+                )
+                if windows_from is not None:
+                    window_closed_at = max(
+                        (
+                            member.window_end
+                            for member in in_phase
+                            if member.window_end is not None and member.window_end >= windows_from
+                        ),
+                        default=None,
+                    )
             decision = phase_gate(
                 policy,
                 phase=k,
-                tally=_tally(in_phase),
-                first_completed_at=min(completions, default=None),
+                tally=tally,
+                first_completed_at=first_completed_at,
                 now=now,
                 window_closed_at=window_closed_at,
             )
@@ -507,20 +524,25 @@ class Rollouts:
     def view(self, update: UpdateRecord, now: datetime) -> RolloutOut | None:
         """The rollout as ``updates show`` presents it: state, counts per phase, cohort health.
 
-        Three aggregate queries and one lean row per device (its phase), so it
-        stays cheap for a fleet of tens of thousands polled every second.
+        Aggregate queries only for a one-phase rollout; with phases, one lean
+        row per device too (its phase), so it stays cheap for a fleet of tens
+        of thousands polled every second.
         """
         record = self.store.get_rollout(update.id)
         if record is None:
             return None
         phase_counts: list[dict[str, int]] = [{} for _ in record.phases]
         phase_regressions = [0 for _ in record.phases]
-        for member in self.store.rollout_members(update.id):
-            phase = self._phase(update, record, member)
-            counts = phase_counts[phase]
-            counts[member.status.value] = counts.get(member.status.value, 0) + 1
-            if member.status is UpdateStatus.COMPLETED and member.regressed:
-                phase_regressions[phase] += 1
+        if len(record.phases) == 1:  # one phase: every row is in it, two aggregates say it all
+            phase_counts[0] = self.store.status_counts([update.id])[update.id]
+            phase_regressions[0] = self.store.regression_count(update.id)
+        else:
+            for member in self.store.rollout_members(update.id):
+                phase = self._phase(update, record, member)
+                counts = phase_counts[phase]
+                counts[member.status.value] = counts.get(member.status.value, 0) + 1
+                if member.status is UpdateStatus.COMPLETED and member.regressed:
+                    phase_regressions[phase] += 1
         groups = self.store.rollout_status_groups(
             update.id, silent_before=now - self._silence_limit()
         )
