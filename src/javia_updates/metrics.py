@@ -139,6 +139,20 @@ class Recorders:
             "Payload bytes sent to devices and operators (package downloads).",
             registry=self.registry,
         )
+        self.write_lock_wait_seconds = Histogram(
+            "javia_db_write_lock_wait_seconds",
+            "Time a write transaction waited for SQLite's one writer (threads and worker "
+            "processes), in seconds; always 0 on PostgreSQL.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.write_transaction_seconds = Histogram(
+            "javia_db_write_transaction_seconds",
+            "Time from a write transaction's start to its commit (what holds SQLite's writer), "
+            "in seconds.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.write_batches = Histogram(
             "javia_db_write_batch_units",
             "Units of work per group-commit transaction (its _count is the commits).",
@@ -178,3 +192,10 @@ def count_download_bytes(size: int) -> None:
 def observe_write_batch(units: int) -> None:
     """One group-commit transaction of ``units`` units of work committed."""
     recorders().write_batches.observe(units)
+
+
+def observe_write_transaction(lock_wait_seconds: float, transaction_seconds: float) -> None:
+    """One write transaction: how long it waited for the writer lock, then how long it ran."""
+    found = recorders()
+    found.write_lock_wait_seconds.observe(lock_wait_seconds)
+    found.write_transaction_seconds.observe(transaction_seconds)

@@ -17,6 +17,7 @@ aggregates (:mod:`~javia_updates.backends.sql.devices`,
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -39,6 +40,7 @@ from javia_updates.backends.schema import Tables, UTCDateTime, build_tables, def
 from javia_updates.backends.sql.engine import is_sqlite, short_message
 from javia_updates.backends.sql.write_lock import SQLiteWriteLock, sqlite_file
 from javia_updates.backends.sql.writer import Writer, writer_for
+from javia_updates.metrics import observe_write_transaction
 from javia_updates.webhooks.outbox import enqueue as enqueue_webhook_event
 
 __all__ = ["SQLStoreBase", "Statements"]
@@ -149,10 +151,13 @@ class SQLStoreBase:
     def _write(self) -> Iterator[Connection]:
         """One write transaction; IntegrityError passes through for the caller to map."""
         try:
+            asked = time.perf_counter()
             with self._write_lock, self.engine.connect() as connection:
+                started = time.perf_counter()
                 connection.execution_options(javia_write=True)
                 with connection.begin():
                     yield connection
+                observe_write_transaction(started - asked, time.perf_counter() - started)
         except IntegrityError:
             raise
         except SQLAlchemyError as error:
