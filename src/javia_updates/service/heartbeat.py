@@ -30,7 +30,7 @@ from javia_core.models import (
 )
 from javia_core.rollouts import post_install_regression
 from javia_core.rollouts.statuses import HELD_BY_PAUSE
-from javia_core.status_rules import IN_FLIGHT_STATUSES
+from javia_core.status_rules import IN_FLIGHT_STATUSES, WAITING_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     AuditEntry,
@@ -51,7 +51,7 @@ from javia_updates.settings import ServerSettings
 __all__ = ["Heartbeats", "urgency_evidence"]
 
 #: Rows the device has not begun installing: offered while their rollout lets them start.
-_WAITING = frozenset({UpdateStatus.PENDING, UpdateStatus.STAGED})
+_WAITING = WAITING_STATUSES
 
 
 class Heartbeats:
