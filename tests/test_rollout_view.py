@@ -165,3 +165,15 @@ def test_the_show_header_ends_with_the_description_or_with_the_key():
     assert render(update_header(info)).strip() == "v1.2.1 (urgent), update 4, key 5ed855d39742dd4d"
     described = info.model_copy(update={"description": "fixes [bold]"})
     assert render(update_header(described)).strip().endswith("key 5ed855d39742dd4d: fixes [bold]")
+
+
+def test_staged_and_retrying_devices_are_in_flight_in_the_bar_and_the_phase_row():
+    counts = {"completed": 2, "staged": 4, "retrying": 1, "downloading": 1, "pending": 2}
+    progress = PhaseProgress(counts)
+    assert (progress.in_flight, progress.devices) == (6, 10)
+    assert phase_bar(progress).plain == "█" * 6 + "▒" * 18 + "░" * 6
+    waiting = HALTED.model_copy(update={"phase_counts": [counts, {}, {}, {}]})
+    phase_one = next(
+        line for line in render(rollout_view(waiting)).splitlines() if line.startswith("│ 1 of 4")
+    )
+    assert "6 (4 staged, 1 retrying)" in phase_one

@@ -66,7 +66,7 @@ from javia_agent.memory import release_memory
 from javia_agent.offers import OfferTiming
 from javia_agent.outbox import Outbox
 from javia_agent.services import CommandService, SystemdService, application_environment
-from javia_agent.staging_ahead import prepare_if_due
+from javia_agent.staging_ahead import held_by_pause, prepare_if_due
 from javia_agent.state import PRE_SWITCH_STATES, UpdateState
 from javia_agent.systemd import SystemdNotifier
 from javia_agent.token_refusal import TokenRefusalLog, token_refused_message
@@ -412,9 +412,20 @@ class Agent:
         decision: InstallDecision | None = None
         outcome: InstallOutcome | None = None
         sleep = self._jittered(self.interval_seconds)
-        if directive is None:
+        if directive is None and held_by_pause(state.update, response.held):
+            # Its rollout is paused: keep the staged release (or the download), install nothing.
+            logger.info(
+                "heartbeat ok: update %s is held (its rollout is paused); keeping it, "
+                "installing nothing (next in %.0f s)",
+                response.held.version if response.held else "",
+                sleep,
+            )
+            self.notifier.status(
+                f"running {request.current_version or 'nothing'}; update held while paused"
+            )
+        elif directive is None:
             if state.update is not None and state.update.state in PRE_SWITCH_STATES:
-                # The server withdrew it (superseded, cancelled): free the disk.
+                # The server withdrew it (superseded, cancelled, halted): free the disk.
                 self.installer.abandon_pending(
                     f"the server no longer offers update {state.update.update_id}"
                 )

@@ -5,6 +5,11 @@ install yet. The rule is :func:`javia_core.staging_lead.decide_staging`
 (pure): from ``install_at - staging_lead_seconds`` on, the update is
 downloaded, verified and staged (:meth:`Installer.prepare`) so that only
 stop → switch → start → health is left for the window or the idle moment.
+
+While the update's rollout is paused the server sends no directive but names
+the update ``held`` (:class:`~javia_core.models.HeldUpdate`): the agent keeps
+the staged release (or the download it retries) and installs nothing of it
+(:func:`held_by_pause`); a resume offers it again and it goes on from there.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from javia_core.models import InstallDirective
+from javia_agent.state import PRE_SWITCH_STATES, UpdateRecord, UpdateSource
+from javia_core.models import HeldUpdate, InstallDirective
 from javia_core.staging_lead import decide_staging
 
 if TYPE_CHECKING:
     from javia_agent.installer import Installer, InstallOutcome
 
-__all__ = ["prepare_if_due"]
+__all__ = ["held_by_pause", "prepare_if_due"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +63,25 @@ def prepare_if_due(
         return None, None
     logger.info("update %s (%s): %s", directive.version, directive.update_id, staging.reason)
     return installer.prepare(directive), None
+
+
+def held_by_pause(update: UpdateRecord | None, held: HeldUpdate | None) -> bool:
+    """Whether the heartbeat's ``held`` names the update the device holds before its switch.
+
+    Then its rollout is paused (docs/rollouts.md, "Device statuses"): the
+    staged release or the download stays, nothing is installed. Any other
+    answer without a directive (no ``held``, or ``held`` naming another
+    update or version) withdraws the update and the agent deletes its work.
+
+    Args:
+        update: the saved update, if any.
+        held: the heartbeat answer's ``held`` (validated by the client).
+    """
+    return (
+        update is not None
+        and held is not None
+        and update.source == UpdateSource.SERVER
+        and update.state in PRE_SWITCH_STATES
+        and update.update_id == held.update_id
+        and update.version == str(held.version)
+    )

@@ -58,6 +58,7 @@ __all__ = [
     "FailureDetails",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "HeldUpdate",
     "ApiPath",
     "InstallDirective",
     "PlanEntry",
@@ -549,12 +550,30 @@ class InstallDirective(BaseModel):
     urgency_from: UrgencyEvidence | None = None
 
 
+class HeldUpdate(BaseModel):
+    """An update the device took whose rollout is paused (docs/rollouts.md, "Device statuses").
+
+    Sent instead of a directive while the device's row is ``staged`` or
+    ``retrying`` and its rollout is paused: the device keeps what it prepared
+    (the staged release, the download) and installs nothing of it until the
+    rollout resumes and the update is offered again. Without it, no directive
+    means the update was withdrawn and the device deletes its work.
+    Validated like a directive: ``update_id`` 1 to :data:`MAX_ID`,
+    ``version`` a :class:`Version` (``vX.Y.Z`` on the wire).
+    """
+
+    update_id: ServerId
+    version: WireVersion
+
+
 class HeartbeatResponse(BaseModel):
     """Answer to a heartbeat: the server's clock, the poll interval, any update.
 
     ``heartbeat_interval_seconds`` is a finite number of seconds above 0 and
     at most :data:`MAX_HEARTBEAT_INTERVAL_SECONDS`; ``server_time`` aware and
-    in range.
+    in range. ``held``: an update the device took whose rollout is paused
+    (:class:`HeldUpdate`), only when ``update`` is None; an agent that does
+    not know the field drops the held work as a withdrawn update.
     """
 
     server_time: ServerTime
@@ -562,6 +581,7 @@ class HeartbeatResponse(BaseModel):
         gt=0, le=MAX_HEARTBEAT_INTERVAL_SECONDS, allow_inf_nan=False, strict=True
     )
     update: InstallDirective | None = None
+    held: HeldUpdate | None = None
 
 
 class UpdateCheckResponse(BaseModel):

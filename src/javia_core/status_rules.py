@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from javia_core.models import UpdateStatus
 from javia_core.versioning import Version
 
-__all__ = ["ALLOWED_PREVIOUS", "IN_FLIGHT_STATUSES", "REASON_REFRESHING", "raises_version"]
+__all__ = [
+    "ALLOWED_PREVIOUS",
+    "IN_FLIGHT_STATUSES",
+    "REASON_REFRESHING",
+    "WAITING_STATUSES",
+    "raises_version",
+]
 
 _S = UpdateStatus
 #: Legal transitions of a ``device_updates`` row: target status → statuses it
@@ -46,6 +52,11 @@ REASON_REFRESHING = frozenset({UpdateStatus.RETRYING})
 
 #: Statuses of a row the device is working on right now.
 IN_FLIGHT_STATUSES = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
+
+#: Statuses of a row waiting for its install time: offered while its rollout lets it
+#: start, superseded by a higher version, re-planned when its window passed. A
+#: ``staged`` row (prepared ahead of its window) waits like a ``pending`` one.
+WAITING_STATUSES = frozenset({UpdateStatus.PENDING, UpdateStatus.STAGED})
 
 
 def raises_version(running: str | None, installed: str) -> bool:

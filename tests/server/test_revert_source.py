@@ -19,6 +19,7 @@ from javia_updates.service.revert import (
     superseding_release,
 )
 from revert_helpers import HttpFleet
+from shared_helpers import bearer
 
 V100 = Release(Version(1, 0, 0), 1)
 V110 = Release(Version(1, 1, 0), 2)
@@ -163,3 +164,50 @@ def test_a_newer_release_reaching_every_affected_device_supersedes_the_bad_one()
     assert superseding_release([A, B], [(V121, {A}), (V130, {B})]) == V130
     assert superseding_release([A, B], [(V121, {A})]) is None  # B still needs a revert
     assert superseding_release([], [(V121, {A})]) is None
+
+
+def test_a_newer_release_staged_or_retried_on_every_affected_device_is_a_revert_already_done(
+    client, admin, publish
+):
+    """Staged ahead of its window or retried after a transient fault, v1.2.1 is on its way."""
+    fleet = HttpFleet(client, admin)
+    staged, retrying = fleet.register("a", "v1.0.0"), fleet.register("b", "v1.0.0")
+    for version in ("v1.1.0", "v1.2.0"):
+        update_id = publish(version, "instant")[0].json()["id"]
+        for device in (staged, retrying):
+            fleet.install(device, update_id, version)
+    fix = publish("v1.2.1", "scheduled")[0].json()["id"]
+    fleet.report(staged, fix, "downloading", "staged")
+    fleet.report(retrying, fix, "downloading", "retrying")
+
+    response = client.get("/api/v1/updates/v1.2.0/revert-source", headers=fleet.admin)
+
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"].startswith("v1.2.0 was already reverted/superseded by v1.2.1")
+
+
+def test_devices_with_the_bad_release_staged_or_retried_are_stopped_by_the_cancel_not_targeted(
+    client, admin, publish
+):
+    fleet = HttpFleet(client, admin)
+    running, staged, retrying = (fleet.register(name, "v1.0.0") for name in ("a", "b", "c"))
+    v110 = publish("v1.1.0", "instant")[0].json()["id"]
+    for device in (running, staged, retrying):
+        fleet.install(device, v110, "v1.1.0")
+    bad = publish("v1.2.0", "scheduled")[0].json()["id"]
+    fleet.install(running, bad, "v1.2.0")
+    fleet.report(staged, bad, "downloading", "staged")
+    fleet.report(retrying, bad, "downloading", "retrying")
+
+    source = client.get("/api/v1/updates/v1.2.0/revert-source", headers=fleet.admin).json()
+    assert source["devices"] == [running]
+    cancelled = client.post("/api/v1/updates/v1.2.0/cancel", json={}, headers=fleet.admin)
+    assert cancelled.status_code == 200, cancelled.text
+
+    for device in (staged, retrying):
+        answer = client.post(
+            f"/api/v1/devices/{device}/heartbeat",
+            json={"current_version": "v1.1.0"},
+            headers=bearer(fleet.tokens[device]),
+        ).json()
+        assert answer["update"] is None and answer["held"] is None  # the agent deletes its work

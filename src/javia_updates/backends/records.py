@@ -260,7 +260,7 @@ class NewDeviceUpdate:
 
 @dataclass(frozen=True, slots=True)
 class SupersededRow:
-    """A pending row a publish supersedes in its own transaction (DESIGN.md section 4).
+    """A waiting row (pending or staged) a publish supersedes in its own transaction (DESIGN.md section 4).
 
     Attributes:
         device_update_id: the row's id.

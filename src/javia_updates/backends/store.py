@@ -287,7 +287,9 @@ class Store(Protocol):
         ``superseded``: older rows the new ones supersede, moved to
         ``superseded`` (with ``completed_at`` and the reason as
         ``error_message``) in the same transaction, each only if still
-        ``pending``; one audit line ``device_update.superseded`` names how many.
+        waiting (``pending``, or ``staged`` ahead of its window:
+        :data:`~javia_core.status_rules.WAITING_STATUSES`); one audit line
+        ``device_update.superseded`` names how many.
 
         Raises:
             ConflictError: the version is already published; the message names

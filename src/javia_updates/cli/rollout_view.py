@@ -14,6 +14,7 @@ from rich.text import Text
 
 from javia_core.models import Cohort, RolloutOut, RolloutState
 from javia_core.rollouts import format_duration
+from javia_core.rollouts.statuses import FINISHED, TOOK_OFFER
 from javia_updates.cli.common import SafeTable, cell, wire_time
 
 __all__ = ["BAR_WIDTH", "PhaseProgress", "phase_bar", "rollout_view"]
@@ -30,21 +31,35 @@ STATE_STYLE = {
     RolloutState.COMPLETED: "green",
 }
 
-_IN_FLIGHT = ("downloading", "installing")
+#: Took the offer, not finished: downloading, staged (waits for its window), retrying, installing.
+_IN_FLIGHT = tuple(sorted(status.value for status in TOOK_OFFER - FINISHED))
 _FAILED = ("failed", "rolled_back")
 
 
 class PhaseProgress:
     """One phase's devices by outcome, from one entry of ``RolloutOut.phase_counts``:: ``completed``,
     ``failed`` (failed, rolled back, or completed and then regressed: ``regressions``, from
-    ``RolloutOut.phase_regressions``), ``in_flight`` (downloading or installing) and
-    ``devices`` (every row of the phase)."""
+    ``RolloutOut.phase_regressions``), ``in_flight`` (took the update, not finished:
+    downloading, ``staged`` ahead of the window, ``retrying`` a transient fault,
+    installing; ``staged`` and ``retrying`` also apart) and ``devices`` (every row of
+    the phase)."""
 
     def __init__(self, counts: dict[str, int], regressions: int = 0) -> None:
         self.completed = counts.get("completed", 0) - regressions
         self.failed = sum(counts.get(status, 0) for status in _FAILED) + regressions
         self.in_flight = sum(counts.get(status, 0) for status in _IN_FLIGHT)
+        self.staged = counts.get("staged", 0)
+        self.retrying = counts.get("retrying", 0)
         self.devices = sum(counts.values())
+
+    def in_flight_text(self) -> str:
+        """``5``, or ``5 (2 staged, 1 retrying)`` when some wait for their window or retry."""
+        apart = [
+            f"{count} {name}"
+            for count, name in ((self.staged, "staged"), (self.retrying, "retrying"))
+            if count
+        ]
+        return f"{self.in_flight} ({', '.join(apart)})" if apart else str(self.in_flight)
 
 
 def phase_bar(progress: PhaseProgress, width: int = BAR_WIDTH) -> Text:
@@ -102,7 +117,7 @@ def _phases_table(rollout: RolloutOut) -> Table:
             phase_bar(progress),
             cell(progress.completed, "green"),
             cell(progress.failed, "red" if progress.failed else ""),
-            str(progress.in_flight),
+            cell(progress.in_flight_text(), "yellow" if progress.retrying else ""),
             str(progress.devices),
             _phase_state(rollout, index),
         )

@@ -37,15 +37,22 @@ The rules (DESIGN.md section 4), where they are applied:
      newer than what it runs has no row for it (registered after the publish,
      or offline during an instant publish), the row is created now with that
      update's rule;
-  2. pending rows for versions the device already runs become ``superseded``;
+  2. waiting rows (``pending``, or ``staged`` ahead of the window) for
+     versions the device already runs become ``superseded``;
   3. if a row is ``downloading`` or ``installing``, that one is the directive
-     and nothing else changes until it finishes;
-  4. *supersession*: the highest pending version wins; it takes the most
-     urgent timing among the pending rows (instant > urgent > scheduled,
+     and nothing else changes until it finishes; so is a ``retrying`` row
+     while its rollout lets the device start, unless a higher waiting version
+     may start (that one supersedes it);
+  4. *supersession*: the highest waiting version wins; it takes the most
+     urgent timing among the waiting rows (instant > urgent > scheduled,
      :func:`javia_core.scheduling.most_urgent`), then the others become
      ``superseded``;
   5. a scheduled/urgent row whose window has closed is re-planned for the next
      window (:func:`javia_core.scheduling.current_install_plan`).
+
+  No directive, but a ``staged`` or ``retrying`` row of a paused rollout: the
+  answer names it ``held`` (the device keeps its work and installs nothing,
+  docs/rollouts.md, "Device statuses").
 
   A ``failed`` or ``rolled_back`` row is final: that version is never offered
   to that device again, a newer one is.

@@ -20,14 +20,17 @@ from javia_core.input_rules import check_json, sanitize_json
 from javia_core.models import (
     HeartbeatRequest,
     HeartbeatResponse,
+    HeldUpdate,
     InstallDirective,
+    RolloutState,
     UpdateCheckResponse,
     UpdateStatus,
     UpdateType,
     UrgencyEvidence,
 )
 from javia_core.rollouts import post_install_regression
-from javia_core.status_rules import IN_FLIGHT_STATUSES
+from javia_core.rollouts.statuses import HELD_BY_PAUSE
+from javia_core.status_rules import IN_FLIGHT_STATUSES, WAITING_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
     AuditEntry,
@@ -48,7 +51,7 @@ from javia_updates.settings import ServerSettings
 __all__ = ["Heartbeats", "urgency_evidence"]
 
 #: Rows the device has not begun installing: offered while their rollout lets them start.
-_WAITING = frozenset({UpdateStatus.PENDING, UpdateStatus.STAGED})
+_WAITING = WAITING_STATUSES
 
 
 class Heartbeats:
@@ -109,7 +112,31 @@ class Heartbeats:
             server_time=now,
             heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
             update=directive,
+            held=None if directive is not None else self.held_for(current),
         )
+
+    def held_for(self, device: DeviceRecord) -> HeldUpdate | None:
+        """The update ``device`` took whose rollout is paused, when it has no directive.
+
+        A ``staged`` or ``retrying`` row (:data:`~javia_core.rollouts.statuses.HELD_BY_PAUSE`)
+        of a paused rollout, for a version above the one the device runs; the
+        highest such. The device keeps its work on it and installs nothing
+        until the rollout resumes (docs/rollouts.md, "Device statuses"). No I/O:
+        the device's cached rows and the cached rollouts.
+        """
+        running = version_or_none(device.current_version)
+        held = [
+            row
+            for row in self.records.device_rows(device)
+            if row.status in HELD_BY_PAUSE
+            and (running is None or Version.parse(row.version) > running)
+            and (rollout := self.records.catalog.rollout(row.update_id)) is not None
+            and rollout.state is RolloutState.PAUSED
+        ]
+        if not held:
+            return None
+        row = max(held, key=lambda row: Version.parse(row.version))
+        return HeldUpdate(update_id=row.update_id, version=Version.parse(row.version))
 
     def _application_trouble(
         self, device: DeviceRecord, request: HeartbeatRequest, now: datetime
@@ -213,9 +240,9 @@ class Heartbeats:
                 live.append(row)
 
         # 3. A row in flight finishes first; it stays the directive. So does a
-        # row the device is retrying after a transient fault (docs/agent.md),
-        # unless a newer version waits: that one supersedes it (nothing of
-        # the retrying one was installed).
+        # row the device is retrying after a transient fault (docs/agent.md)
+        # while its rollout lets it start, unless a newer version waits: that
+        # one supersedes it (nothing of the retrying one was installed).
         in_flight = [row for row in rows if row.status in IN_FLIGHT_STATUSES]
         retrying = [row for row in rows if row.status is UpdateStatus.RETRYING]
         if not in_flight and retrying:
@@ -226,8 +253,11 @@ class Heartbeats:
             if newer and any(self.records.may_start(device, row.update_id) for row in newer):
                 latest = max(newer, key=lambda row: Version.parse(row.version))
                 self._supersede(retried, device, f"superseded by {latest.version}", now)
-            else:
+            elif self.records.may_start(device, retried.update_id):
                 in_flight = [retried]
+            # Otherwise its rollout holds it like a staged row: paused, the
+            # device keeps its work (held_for); halted or cancelled, it never
+            # installs (docs/rollouts.md, "Device statuses").
         if in_flight:
             return self._directive(
                 max(in_flight, key=lambda row: Version.parse(row.version)), rows, running

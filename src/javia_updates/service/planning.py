@@ -27,7 +27,9 @@ from javia_core.rollouts import (
     rollout_at_publish,
     waiting_reason,
 )
+from javia_core.rollouts.statuses import HELD_BY_PAUSE
 from javia_core.rollouts.targeting import targeting_reason
+from javia_core.status_rules import WAITING_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceRecord, DeviceUpdateRecord
 from javia_updates.service import supersession, views
@@ -182,22 +184,26 @@ class Planning:
                 entries.append(_gated(plan, phase, wait, state, prefix, reason, gets_row=False))
                 continue
             gets_row = True
-            if row.status is UpdateStatus.PENDING:
+            if row.status in WAITING_STATUSES:  # pending, or staged ahead of its window
                 outcome = self._pending_outcome(device, row, open_rows)
                 if outcome.winner.id != row.id:  # superseded at the device's next heartbeat
                     gets_row, wait, at = False, None, None
                     reason = (
-                        f"pending, superseded by {outcome.winner.version} at its next heartbeat"
+                        f"{row.status.value}, superseded by {outcome.winner.version} "
+                        "at its next heartbeat"
                     )
                 else:
                     current = supersession.winner_plan(outcome, self.settings, device, now=now)
                     at = current.install_at
                     reason = supersession.with_supersession(outcome, current.reason)
+                    if row.status is UpdateStatus.STAGED:
+                        reason = f"staged: {reason}"
             elif row.status in (UpdateStatus.SUPERSEDED, UpdateStatus.CANCELLED):
                 gets_row, wait, at = False, None, None  # it never installs this one
                 reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
             else:
-                wait = None  # started or finished: the rollout no longer holds it back
+                if row.status not in HELD_BY_PAUSE:
+                    wait = None  # installing or finished: the rollout no longer holds it back
                 at = row.completed_at or row.started_at
                 reason = row.status.value + (f": {row.error_message}" if row.error_message else "")
             local = None if at is None else at.astimezone(ZoneInfo(device.timezone))

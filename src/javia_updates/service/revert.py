@@ -8,8 +8,11 @@ that healthy release's content as a new, higher version. The rule, pure in
 
 * **affected devices**: devices that report the bad version as their current
   one, plus devices whose row for it is in flight (``downloading`` or
-  ``installing``: they are about to run it). Devices that have not started
-  (``pending``) are not affected: cancelling the bad rollout stops them.
+  ``installing``: they are about to run it). Devices that have not installed
+  it (``pending``, or ``staged`` ahead of the window, or ``retrying`` a
+  transient fault) are not affected: cancelling the bad rollout ends their
+  rows, and the device deletes what it prepared (docs/rollouts.md, "Device
+  statuses").
 * a device's **previous release**: the highest published version below the bad
   one that the device *completed* (a ``completed`` row with no post-install
   regression recorded) and whose rollout was not withdrawn (``halted`` or
@@ -25,7 +28,7 @@ that healthy release's content as a new, higher version. The rule, pure in
 No affected device, or no affected device with a previous release: a
 :class:`~javia_core.errors.ConflictError` (API 409) with one line. So is a
 bad release whose affected devices all already have a **newer release** on
-its way or installed (a row ``pending``, in flight or ``completed`` of a higher
+its way or installed (a row ``pending``, in flight, ``staged``, ``retrying`` or ``completed`` of a higher
 version whose rollout is neither halted nor cancelled,
 :func:`superseding_release`): a revert that already happened, or a fix
 published since. Running ``revert`` twice, or two operators at once, then
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 
 from javia_core.errors import ConflictError
 from javia_core.models import RevertSource, RolloutState, UpdateStatus
+from javia_core.status_rules import IN_FLIGHT_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceQuery, UpdateRecord
 from javia_updates.service.records import FleetRecords
@@ -57,13 +61,20 @@ __all__ = [
     "superseding_release",
 ]
 
-#: Row statuses of the bad update that make a device affected although it does not run it yet.
-IN_FLIGHT = frozenset({UpdateStatus.DOWNLOADING, UpdateStatus.INSTALLING})
-#: Row statuses of a newer update that mean the device has it on its way or installed.
+#: Row statuses of the bad update that make a device affected although it does not run it
+#: yet: the rows the revert's cancel cannot end. ``pending``, ``staged`` and ``retrying``
+#: rows are not here: the cancel ends them before anything is installed
+#: (:data:`~javia_core.rollouts.statuses.STOPPED_BY_CANCEL`), and the device deletes
+#: a staged release at its next heartbeat.
+IN_FLIGHT = IN_FLIGHT_STATUSES
+#: Row statuses of a newer update that mean the device has it on its way or installed
+#: (a release staged ahead of its window, or retried after a transient fault, included).
 ON_ITS_WAY = frozenset(
     {
         UpdateStatus.PENDING,
         UpdateStatus.DOWNLOADING,
+        UpdateStatus.STAGED,
+        UpdateStatus.RETRYING,
         UpdateStatus.INSTALLING,
         UpdateStatus.COMPLETED,
     }

@@ -49,6 +49,7 @@ from javia_core.rollouts import (
     post_install_regression,
     rollout_at_publish,
 )
+from javia_core.rollouts.statuses import FINISHED, NOT_TARGETED, TOOK_OFFER
 from javia_updates.backends.base import (
     AuditEntry,
     NewRollout,
@@ -79,17 +80,10 @@ COMMANDS: dict[str, RolloutEvent] = {
 FULL_EVALUATION_SECONDS = 1.0
 #: A conditional write lost this many times in a row is reported as a conflict.
 MAX_RACE_RETRIES = 8
-_FINISHED = frozenset({UpdateStatus.COMPLETED, UpdateStatus.FAILED, UpdateStatus.ROLLED_BACK})
-_NOT_TARGETED = frozenset({UpdateStatus.SUPERSEDED, UpdateStatus.CANCELLED})
-_STARTED = frozenset(
-    {
-        UpdateStatus.DOWNLOADING,
-        UpdateStatus.INSTALLING,
-        UpdateStatus.COMPLETED,
-        UpdateStatus.FAILED,
-        UpdateStatus.ROLLED_BACK,
-    }
-)
+_FINISHED = FINISHED
+_NOT_TARGETED = NOT_TARGETED
+#: The exposed cohort: every device that took the offer, staged and retrying ones included.
+_STARTED = TOOK_OFFER
 #: States in which evaluation has nothing to decide.
 _SETTLED = frozenset({RolloutState.AWAITING_APPROVAL, RolloutState.HALTED, RolloutState.CANCELLED})
 

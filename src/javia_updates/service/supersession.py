@@ -4,8 +4,8 @@ The rule itself is :func:`javia_core.scheduling.supersede` (DESIGN.md
 section 4), the one the heartbeat applies
 (:meth:`javia_updates.service.heartbeat.Heartbeats.directive_for`). This
 module gathers what it needs for many devices at once: each device's open
-rows (pending, or in flight), which of them the heartbeat would weigh (the
-*live* ones), and the plan the winner then carries. No writes.
+rows (pending, staged, retrying, or in flight), which of them the heartbeat
+would weigh (the *live* ones), and the plan the winner then carries. No writes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from javia_core import scheduling
 from javia_core.models import UpdateStatus, UpdateType
 from javia_core.rollouts import CANARY_TAG
-from javia_core.status_rules import IN_FLIGHT_STATUSES
+from javia_core.status_rules import IN_FLIGHT_STATUSES, WAITING_STATUSES
 from javia_core.versioning import Version
 from javia_updates.backends.base import DeviceUpdateRecord
 from javia_updates.service.common import version_or_none
@@ -91,29 +91,44 @@ class OpenRows:
         """The rows the device's next heartbeat weighs for supersession; None while one is in flight.
 
         As the heartbeat: a row in flight finishes first (nothing is
-        superseded meanwhile: None); pending rows for versions the device
-        already runs are set aside (the heartbeat supersedes them for that
-        reason, they lend no timing); a row whose rollout does not let the
-        device start yet neither supersedes nor is superseded (the offer gate,
-        docs/rollouts.md).
+        superseded meanwhile: None), and so does a row the device is
+        ``retrying`` while its rollout lets it start, unless a higher waiting
+        version may start (then the heartbeat supersedes the retrying row);
+        waiting rows (pending, or staged ahead of the window) for versions
+        the device already runs are set aside (the heartbeat supersedes them
+        for that reason, they lend no timing); a row whose rollout does not
+        let the device start yet neither supersedes nor is superseded (the
+        offer gate, docs/rollouts.md).
         """
         rows = self.by_device.get(device.id, [])
         if any(row.status in IN_FLIGHT_STATUSES for row in rows):
             return None
         running = version_or_none(device.current_version)
-        return [
+        canary = CANARY_TAG in device.tags
+
+        def may_start(row: DeviceUpdateRecord) -> bool:
+            return records.catalog.may_start(row.update_id, device.device_uuid, canary=canary)
+
+        live = [
             row
             for row in rows
-            if row.status is UpdateStatus.PENDING
+            if row.status in WAITING_STATUSES
             and (running is None or Version.parse(row.version) > running)
-            and records.catalog.may_start(
-                row.update_id, device.device_uuid, canary=CANARY_TAG in device.tags
-            )
+            and may_start(row)
         ]
+        retrying = [row for row in rows if row.status is UpdateStatus.RETRYING]
+        if retrying:
+            retried = max(retrying, key=lambda row: Version.parse(row.version))
+            newer = [
+                row for row in live if Version.parse(row.version) > Version.parse(retried.version)
+            ]
+            if not newer and may_start(retried):
+                return None
+        return live
 
 
 def open_rows(records: FleetRecords, device_ids: set[int] | None = None) -> OpenRows:
-    """Every open row (pending, downloading, installing), grouped by device.
+    """Every open row (pending, staged, retrying, downloading, installing), grouped by device.
 
     Also brings the update catalog's rollouts up to date, so that
     :meth:`OpenRows.live` gates rows by the rollouts as they are now.
@@ -124,7 +139,7 @@ def open_rows(records: FleetRecords, device_ids: set[int] | None = None) -> Open
     """
     records.catalog.current_generation()
     by_device: dict[int, list[DeviceUpdateRecord]] = defaultdict(list)
-    for status in (UpdateStatus.PENDING, *sorted(IN_FLIGHT_STATUSES)):
+    for status in sorted(WAITING_STATUSES | IN_FLIGHT_STATUSES | {UpdateStatus.RETRYING}):
         for row in records.store.list_device_updates(status=status).items:
             if device_ids is None or row.device_id in device_ids:
                 by_device[row.device_id].append(row)
@@ -164,13 +179,19 @@ def with_supersession(outcome: scheduling.Supersession[Row], reason: str) -> str
 
     ``supersedes pending v6.0.1, takes the instant timing of v6.0.1: instant:
     installs at its next check`` when the timing is inherited;
-    ``<reason>; supersedes pending v6.0.1`` when it is the winner's own;
+    ``<reason>; supersedes pending v6.0.1`` when it is the winner's own
+    (``staged v6.0.1`` for a row staged ahead of its window);
     ``reason`` alone when nothing is superseded.
     """
     if not outcome.superseded:
         return reason
-    versions = ", ".join(row.version for row in outcome.superseded)
-    words = f"supersedes pending {versions}"
+    by_status: dict[str, list[str]] = {}
+    for row in outcome.superseded:
+        status = getattr(row, "status", UpdateStatus.PENDING)  # an imagined row is pending
+        by_status.setdefault(status.value, []).append(row.version)
+    words = "supersedes " + ", ".join(
+        f"{status} {', '.join(versions)}" for status, versions in by_status.items()
+    )
     if outcome.inherited:
         return (
             f"{words}, takes the {outcome.timing.value} timing of {outcome.donor.version}: {reason}"

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from javia_core.errors import BackendError, ConflictError, NotFoundError
 from javia_core.models import UpdateStatus, UpdateType
+from javia_core.status_rules import WAITING_STATUSES
 from javia_updates.backends.records import (
     AuditEntry,
     NewDeviceUpdate,
@@ -70,8 +71,9 @@ class UpdateStore(RolloutStore):
     ) -> UpdateRecord:
         """Insert the update, its rollout, all its device rows (one executemany) and the audit line, atomically.
 
-        The rows it ``superseded`` move from ``pending`` to ``superseded`` in
-        the same transaction (one executemany; a row no longer pending is left).
+        The rows it ``superseded`` move from ``pending`` or ``staged`` to
+        ``superseded`` in the same transaction (one executemany; a row no
+        longer waiting is left).
 
         Raises:
             ConflictError: the version is already published.
@@ -164,12 +166,16 @@ class UpdateStore(RolloutStore):
     def _supersede_rows(
         self, connection: Any, rows: Sequence[SupersededRow], version: str, now: datetime
     ) -> None:
-        """Move ``rows`` from pending to superseded (one executemany) with one audit line."""
+        """Move ``rows`` from pending or staged to superseded (one executemany) with one audit line."""
         du = self.tables.device_updates
         moved_at = bindparam("moved_at", type_=UTCDateTime())
         statement = (
             du.update()
-            .where(du.c.id == bindparam("row_id"), du.c.status == UpdateStatus.PENDING.value)
+            .where(
+                du.c.id == bindparam("row_id"),
+                # OR of literals, not IN: an expanding IN cannot run as executemany.
+                or_(*(du.c.status == status.value for status in sorted(WAITING_STATUSES))),
+            )
             .values(
                 status=UpdateStatus.SUPERSEDED.value,
                 updated_at=moved_at,
