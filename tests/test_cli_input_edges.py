@@ -191,6 +191,24 @@ def test_agent_register_refuses_an_infinite_interval(tmp_path: Path) -> None:
     assert_one_clean_error(result, "heartbeat_interval_seconds", "finite number")
 
 
+@pytest.mark.parametrize(
+    ("command", "options", "needles"),
+    [
+        ("webhooks deliveries", ["--limit", "-3"], ["'--limit'", "greater than or equal to 1"]),
+        ("devices enrollment-token create", ["--uses", "many"], ["'--uses'", "integer"]),
+        ("devices show", [], ["Missing argument 'DEVICE_UUID'"]),
+        ("agent status", ["--colour"], ["No such option: --colour"]),
+    ],
+    ids=["negative-limit", "not-a-number", "missing-argument", "agent-unknown-option"],
+)
+def test_a_usage_error_is_one_line_pointing_at_the_help(
+    command: str, options: list[str], needles: list[str]
+) -> None:
+    result = javia(*command.split(), *options)
+    assert_one_clean_error(result, *needles, f"(see 'javia {command} --help')")
+    assert result.returncode == 2
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_completes_the_values_of_choice_options(tmp_path: Path) -> None:
     # One interpreter start per line (and one to source the hook): a few seconds.
