@@ -14,7 +14,7 @@ import shlex
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import typer
 
@@ -22,6 +22,7 @@ from javia_agent._fs import restrict_umask
 from javia_agent.config import (
     CONFIG_PATH_ENV,
     AgentConfig,
+    ServiceMode,
     check_keyring_dir,
     check_server_url,
     check_writable,
@@ -182,7 +183,14 @@ def register(
         None, "--state-dir", help="State, downloads, outbox, activity."
     ),
     keyring: Path | None = typer.Option(None, "--keyring", help="Directory of trusted *.pub keys."),
-    service_mode: str | None = typer.Option(None, "--service-mode", help="systemd or command."),
+    service_mode: str | None = typer.Option(
+        None,
+        "--service-mode",
+        help="systemd or command.",
+        autocompletion=lambda incomplete: [
+            mode for mode in get_args(ServiceMode) if mode.startswith(incomplete)
+        ],
+    ),
     service_name: str | None = typer.Option(
         None, "--service-name", help="systemd unit of the application."
     ),

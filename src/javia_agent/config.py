@@ -47,6 +47,8 @@ from pydantic import (
 
 from javia_agent._fs import atomic_write
 from javia_agent.errors import ConfigError
+from javia_core.addresses import AddressError
+from javia_core.addresses import check_server_url as check_server_url_form
 from javia_core.models import load_timezone
 from javia_core.scheduling import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from javia_core.staging_lead import DEFAULT_STAGING_LEAD_SECONDS, MAX_STAGING_LEAD_SECONDS
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
     "AgentPaths",
+    "ServiceMode",
     "check_keyring_dir",
     "check_server_url",
     "check_writable",
@@ -67,6 +70,8 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("/etc/javia/agent.toml")
 CONFIG_PATH_ENV = "JAVIA_AGENT_CONFIG"
+#: How the agent runs the application: a systemd unit, or a command it starts itself.
+ServiceMode = Literal["systemd", "command"]
 
 _config_file: ContextVar[Path | None] = ContextVar("javia_agent_config_file", default=None)
 
@@ -88,26 +93,26 @@ class AgentConfig(BaseModel):
     install_root: Path = Path("/opt/javia/app")
     state_dir: Path = Path("/var/lib/javia")
     keyring_dir: Path = Path("/etc/javia/keys")
-    heartbeat_interval_seconds: float = Field(default=300.0, gt=0)
+    heartbeat_interval_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     heartbeat_jitter: float = Field(
         default=0.1, ge=0, le=0.5, description="fraction of the interval"
     )
-    service_mode: Literal["systemd", "command"] = "systemd"
+    service_mode: ServiceMode = "systemd"
     service_name: str = "javia-app.service"
     start_command: list[str] = Field(
         default_factory=list, description="argv; cwd = current release"
     )
     app_env: dict[str, str] = Field(default_factory=dict)
-    stop_timeout_seconds: float = Field(default=10.0, gt=0)
+    stop_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    request_timeout_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     request_deadline_seconds: float = Field(
         default=60.0, gt=0, description="whole small request, answer included"
     )
-    health_seconds: float = Field(default=30.0, ge=0)
+    health_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     health_command: list[str] | None = None
-    health_command_timeout_seconds: float = Field(default=60.0, gt=0)
+    health_command_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     setup_command: list[str] | None = Field(
         default=None,
         description="argv run in a staged release before the switch (e.g. pip install)",
@@ -139,8 +144,8 @@ class AgentConfig(BaseModel):
     download_retry_attempts: int = Field(
         default=6, ge=1, description="failed download attempts in a row without progress"
     )
-    download_retry_base_seconds: float = Field(default=2.0, gt=0)
-    download_retry_max_seconds: float = Field(default=60.0, gt=0)
+    download_retry_base_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    download_retry_max_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     disk_reserve_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=0,
@@ -157,7 +162,7 @@ class AgentConfig(BaseModel):
         default_factory=list,
         description="extra `pip install` arguments, e.g. ['--no-index', '--find-links', DIR]",
     )
-    pip_timeout_seconds: float = Field(default=1800.0, gt=0)
+    pip_timeout_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
     dpkg_lock_file: Path = Path("/var/lib/dpkg/lock-frontend")
     dpkg_lock_timeout_seconds: float = Field(
         default=300.0, ge=0, description="wait this long for another package manager"
@@ -179,7 +184,7 @@ class AgentConfig(BaseModel):
     activity_file: Path | None = Field(
         default=None, description="default <state_dir>/activity/activity.json"
     )
-    activity_poll_seconds: float = Field(default=15.0, gt=0)
+    activity_poll_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
     wakeup: bool = Field(
         default=True,
         description="hold the wake-up channel beside the heartbeat (docs/agent.md); "
@@ -650,17 +655,21 @@ def check_server_url(url: str, *, allow_insecure_http: bool) -> str:
     set, because the device token would otherwise cross the network in clear.
 
     Raises:
-        ConfigError: the URL is not ``http(s)://host[:port][/path]``, or is plain
+        ConfigError: the URL is not ``http(s)://host[:port][/path]``
+            (:func:`javia_core.addresses.check_server_url`), or is plain
             http to another host without ``allow_insecure_http``.
     """
+    try:
+        check_server_url_form(url)
+    except AddressError as error:
+        raise ConfigError(str(error)) from None
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"invalid server URL {url[:200]!r}: expected https://host[:port]")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"invalid server URL {url[:200]!r}: no credentials, query or fragment")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+    host = parts.hostname or ""  # never empty: check_server_url_form refuses a URL without host
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
         raise ConfigError(
-            f"refusing plain http to {parts.hostname}: use https://, or set "
+            f"refusing plain http to {host}: use https://, or set "
             "allow_insecure_http = true for a trusted network"
         )
     return url.rstrip("/")

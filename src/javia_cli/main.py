@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -77,6 +77,45 @@ def _root(
         raise typer.Exit()
 
 
+def _invoke(built: Any, **arguments: Any) -> NoReturn:
+    """Run a built command and exit with its code; a usage error is one red line, exit 2.
+
+    A wrong option or argument (``--limit 0``, ``--port abc``, an unknown
+    option, a missing argument) is one line naming it, what was expected and
+    where the help is, instead of Typer's framed box (DESIGN.md section 1).
+    """
+    try:
+        result = built(standalone_mode=False, **arguments)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except typer.TyperException as error:  # Click's usage errors (Typer carries its own Click)
+        code = getattr(error, "exit_code", 2)
+        if type(error).__name__ != "NoArgsIsHelpError":  # else the help is printed already
+            _error_line(_usage_message(error))
+        sys.exit(code)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_message(error: Exception) -> str:
+    """What was wrong, and where the help is: ``... (see 'javia devices show --help')``."""
+    format_message = getattr(error, "format_message", None)
+    message = format_message() if callable(format_message) else str(error)
+    context = getattr(error, "ctx", None)
+    if context is None:
+        return message
+    return f"{message.rstrip('.')} (see '{context.command_path} --help')"
+
+
+def _error_line(message: str) -> None:
+    """``error: message`` in red on stderr; the message shown as text, never as markup."""
+    from javia_updates.cli.common import error_console, markup_safe
+
+    error_console.print(
+        f"[red]error:[/red] {markup_safe(message)}", highlight=False, soft_wrap=True
+    )
+
+
 def run() -> None:
     """Console-script entry point: no traceback ever reaches the user.
 
@@ -87,13 +126,12 @@ def run() -> None:
     """
     try:
         if sys.argv[1:2] == ["agent"]:
-            agent_command()(args=sys.argv[2:], prog_name="javia agent")
+            _invoke(agent_command(), args=sys.argv[2:], prog_name="javia agent")
         else:
-            command()(prog_name="javia")
+            _invoke(command(), args=sys.argv[1:], prog_name="javia")
     except JaviaError as error:  # pragma: no cover - commands catch their own
-        from javia_updates.cli.common import fail
-
-        fail(str(error))
+        _error_line(str(error))
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from javia_core.errors import ManifestError, SignatureError
+from javia_core.input_rules import check_display_text
 from javia_core.models import UpdateType
 from javia_core.versioning import Version
 
@@ -314,6 +315,44 @@ class KeyringChanges(_Frozen):
         return {key_id_for(key): key for key in keys}
 
 
+#: The longest description a package carries, in characters (DESIGN.md section 3).
+MAX_DESCRIPTION_CHARACTERS = 10_000
+
+
+def check_description_length(description: str) -> str:
+    """``description`` if it has at most :data:`MAX_DESCRIPTION_CHARACTERS` characters.
+
+    Raises:
+        ManifestError: it is longer; the message gives its length and the limit.
+    """
+    if len(description) > MAX_DESCRIPTION_CHARACTERS:
+        raise ManifestError(
+            f"description is {len(description)} characters long: "
+            f"at most {MAX_DESCRIPTION_CHARACTERS} are allowed"
+        )
+    return description
+
+
+def check_description(description: str) -> str:
+    """``description`` if the server accepts it in a published manifest (DESIGN.md section 3).
+
+    At most :data:`MAX_DESCRIPTION_CHARACTERS` characters of display text:
+    tab and newline allowed, no control, invisible or bidirectional
+    characters (:func:`javia_core.input_rules.check_display_text`). The server
+    applies it to every upload; ``javia publish`` (``--dry-run`` too) before
+    anything is built or sent.
+
+    Raises:
+        ManifestError: naming the description, its length or the refused character.
+    """
+    check_description_length(description)
+    try:
+        check_display_text(description, "description", multiline=True)
+    except ValueError as error:
+        raise ManifestError(str(error)) from None
+    return description
+
+
 class Manifest(_Frozen):
     """The signed description of a package (DESIGN.md section 3).
 
@@ -326,7 +365,7 @@ class Manifest(_Frozen):
     version: str
     created_at: datetime
     update_type: UpdateType
-    description: str = Field(default="", max_length=10_000)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARACTERS)
     system_packages: tuple[str, ...] = ()
     files: tuple[FileEntry, ...]
     archive: ArchiveInfo

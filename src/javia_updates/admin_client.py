@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from javia_core.addresses import SERVER_URL_EXAMPLE, check_server_url
 from javia_core.errors import JaviaError
 from javia_core.failures import FailureGroupsOut
 from javia_core.models import (
@@ -122,6 +123,11 @@ class AdminClient:
         api_key: the admin API key (``JAVIA_API_KEY`` on the server).
         timeout: seconds for connect and each read; uploads get no overall limit.
         transport: an ``httpx`` transport, for tests against an in-process app.
+
+    Raises:
+        AddressError: ``server_url`` is not ``http://`` or ``https://`` with a
+            host (:func:`javia_core.addresses.check_server_url`); no request is sent.
+        ServerUnreachableError: ``server_url`` is a URL httpx cannot use.
     """
 
     def __init__(
@@ -132,12 +138,13 @@ class AdminClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.server_url = server_url.rstrip("/")
+        self.server_url = check_server_url(server_url)
         try:
             httpx.URL(self.server_url)
         except httpx.InvalidURL as error:
             raise ServerUnreachableError(
-                f"invalid server URL {server_url!r}: {error}; expected e.g. http://127.0.0.1:8000"
+                f"invalid server URL {server_url[:200]!r}: {error}; "
+                f"expected e.g. {SERVER_URL_EXAMPLE}"
             ) from None
         self._client = httpx.Client(
             base_url=self.server_url,

@@ -49,6 +49,7 @@ from javia_core.manifest import (
     ArchiveInfo,
     KeyringChanges,
     Manifest,
+    check_description_length,
     key_id_for,
     sign_manifest,
     validate_apt_package,
@@ -257,10 +258,7 @@ def build_package(
     packages = tuple(validate_apt_package(spec) for spec in system_packages)
     if now.tzinfo is None or now.utcoffset() is None:
         raise ManifestError("created_at (now) must be an aware datetime, e.g. UTC")
-    if len(description) > 10_000:
-        raise ManifestError(
-            f"description is {len(description)} characters long: at most 10000 are allowed"
-        )
+    check_description_length(description)
     name = app_name if app_name is not None else sanitize_app_name(app_dir.resolve().name)
     if not _APP_NAME_PATTERN.fullmatch(name):
         raise ManifestError(

@@ -42,7 +42,7 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("~/.config/javia/server.toml")
 GIB = 1024**3
 MIB = 1024**2
-#: Shortest admin API key accepted at start-up, in characters.
+#: Shortest admin API key (and metrics token, dashboard secret) accepted at start-up, in characters.
 MIN_API_KEY_LENGTH = 16
 
 
@@ -231,27 +231,41 @@ class ServerSettings(EnvOverTomlSettings):
         return f"sqlite:///{(self.data_dir / 'javia.db').expanduser().absolute()}"
 
     def require_api_key(self) -> str:
-        """The admin API key.
+        """The admin API key, once every secret of the settings is long enough.
+
+        Called at every server start, before anything listens: a short
+        ``metrics_token`` or ``dashboard_secret`` is refused as a short admin
+        key is (blank counts as unset).
 
         Raises:
-            SettingsError: no key is configured, or it is shorter than
-                :data:`MIN_API_KEY_LENGTH` (16) characters; the message says
-                how to generate one.
+            SettingsError: no key is configured, or it, or a ``metrics_token``
+                or ``dashboard_secret`` that is set, is shorter than
+                :data:`MIN_API_KEY_LENGTH` (16) characters; the message names
+                the setting and says how to generate one.
         """
         key = self.api_key.get_secret_value() if self.api_key is not None else ""
-        if len(key.strip()) < MIN_API_KEY_LENGTH:
-            raise SettingsError(
-                (
-                    "no admin API key configured"
-                    if not key.strip()
-                    else f"the admin API key is {len(key.strip())} characters: at least "
-                    f"{MIN_API_KEY_LENGTH} are required"
+        if not key.strip():
+            raise SettingsError("no admin API key configured" + _how_to_set("api_key"))
+        for name, label, secret in (
+            ("api_key", "the admin API key", self.api_key),
+            ("metrics_token", "the metrics token", self.metrics_token),
+            ("dashboard_secret", "the dashboard secret", self.dashboard_secret),
+        ):
+            length = len(secret.get_secret_value().strip()) if secret is not None else 0
+            if 0 < length < MIN_API_KEY_LENGTH:
+                raise SettingsError(
+                    f"{label} is {length} characters: at least {MIN_API_KEY_LENGTH} are required"
+                    + _how_to_set(name)
                 )
-                + ": set JAVIA_API_KEY (or api_key in "
-                f"{config_path()}) to a long random secret, e.g. the output of "
-                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
         return key
+
+
+def _how_to_set(name: str) -> str:
+    """``: set JAVIA_NAME (or name in the settings file) to a long random secret, e.g. ...``."""
+    return (
+        f": set JAVIA_{name.upper()} (or {name} in {config_path()}) to a long random secret, "
+        "e.g. the output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+    )
 
 
 #: The expected form of settings whose pydantic message alone would not say it.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,7 +176,11 @@ def friendly_errors() -> Iterator[None]:
 
 
 def admin_client(server_url: str | None, api_key: str | None) -> AdminClient:
-    """An :class:`AdminClient` from flags over settings; exits with a clear line if no key."""
+    """An :class:`AdminClient` from flags over settings; exits with a clear line if no key.
+
+    A server URL that is not ``http(s)://host`` raises ``AddressError`` (a
+    ``JaviaError``) before any request: call it inside :func:`friendly_errors`.
+    """
     from javia_updates.admin_client import AdminClient
 
     settings = OperatorSettings()
@@ -245,7 +249,58 @@ def ago(value: str | datetime | None, now: datetime | None = None) -> str:
     return f"{seconds} s ago"
 
 
-ServerOption = typer.Option(None, "--server", envvar="JAVIA_SERVER_URL", help="Server base URL.")
+def _checked_server_url(context: typer.Context, value: str | None) -> str | None:
+    """``--server`` checked before any request (:func:`javia_core.addresses.check_server_url`)."""
+    from javia_core.addresses import check_server_url
+
+    if value is None or context.resilient_parsing:  # shell completion: no message
+        return value
+    with friendly_errors():
+        return check_server_url(value)
+
+
+def _checked_device_uuid(context: typer.Context, value: str) -> str:
+    """A device uuid argument by the server's rule (:func:`javia_core.addresses.parse_device_uuid`)."""
+    from javia_core.addresses import parse_device_uuid
+
+    if context.resilient_parsing:
+        return value
+    with friendly_errors():
+        return str(parse_device_uuid(value))
+
+
+def _checked_update_reference(context: typer.Context, value: str) -> str:
+    """An update id or version argument by the server's rule (:func:`javia_core.addresses.parse_update_reference`)."""
+    from javia_core.addresses import parse_update_reference
+
+    if context.resilient_parsing:
+        return value
+    with friendly_errors():
+        return str(parse_update_reference(value))
+
+
+def choices(*values: str) -> Callable[[str], list[str]]:
+    """Shell completion for an option taking one of ``values``: those starting with what is typed."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [value for value in values if value.startswith(incomplete)]
+
+    return complete
+
+
+ServerOption = typer.Option(
+    None,
+    "--server",
+    envvar="JAVIA_SERVER_URL",
+    help="Server base URL.",
+    callback=_checked_server_url,
+)
+#: A device uuid argument, refused before any request unless it is a uuid.
+DeviceUuidArgument = typer.Argument(..., help="The device's uuid.", callback=_checked_device_uuid)
+#: An update id or version argument, refused before any request unless it is one.
+UpdateArgument = typer.Argument(
+    ..., help="Update id or version (vX.Y.Z).", callback=_checked_update_reference
+)
 ApiKeyOption = typer.Option(
     None, "--api-key", envvar="JAVIA_API_KEY", help="Admin API key.", show_default=False
 )

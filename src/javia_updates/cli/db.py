@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from javia_updates.cli.common import (
+    choices,
     console,
     error_console,
     fail,
@@ -31,6 +32,7 @@ app = typer.Typer(help="Database migrations and data moves between backends.", n
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _BACKENDS = ("local", "supabase")
+_DIALECTS = ("postgresql", "sqlite")
 
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Server data directory.", show_default=False)
@@ -111,7 +113,12 @@ def sql(
         ),
     ] = "javia",
     dialect: Annotated[
-        str, typer.Option("--dialect", help="SQL dialect: postgresql or sqlite.")
+        str,
+        typer.Option(
+            "--dialect",
+            help="SQL dialect: postgresql or sqlite.",
+            autocompletion=choices(*_DIALECTS),
+        ),
     ] = "postgresql",
     output: Annotated[
         Path | None,
@@ -127,7 +134,7 @@ def sql(
     upgrade` continues from there. Nothing is connected to.
     """
     _server_modules()
-    if dialect not in ("postgresql", "sqlite"):
+    if dialect not in _DIALECTS:
         fail(f"unknown dialect {dialect!r}: expected postgresql or sqlite")
     if dialect == "postgresql" and not _SCHEMA.fullmatch(schema):
         fail(
@@ -203,7 +210,12 @@ def migrate_data(
         ),
     ] = None,
     from_backend: Annotated[
-        str, typer.Option("--from-backend", help="Where the packages are now: local or supabase.")
+        str,
+        typer.Option(
+            "--from-backend",
+            help="Where the packages are now: local or supabase.",
+            autocompletion=choices(*_BACKENDS),
+        ),
     ] = "local",
     from_data_dir: Annotated[
         Path | None,
@@ -220,6 +232,7 @@ def migrate_data(
             "--to-backend",
             help="Where the packages go: local or supabase (default: JAVIA_BACKEND).",
             show_default=False,
+            autocompletion=choices(*_BACKENDS),
         ),
     ] = None,
     to_data_dir: Annotated[

@@ -8,21 +8,23 @@ devices register themselves (docs/security.md, "Device identity").
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.table import Table
 
+from javia_core.models import DeviceStatus
 from javia_updates.cli.common import (
     ApiKeyOption,
+    DeviceUuidArgument,
     JsonOption,
     SafeTable,
     ServerOption,
     admin_client,
     ago,
     cell,
+    choices,
     console,
     fail,
     friendly_errors,
@@ -51,6 +53,8 @@ app.add_typer(enrollment_app, name="enrollment-token")
 
 STATUS_STYLE = {"online": "green", "offline": "red", "updating": "yellow", "revoked": "red"}
 REVOKED = "revoked"
+#: What ``--status`` takes: the server's device statuses and revoked.
+DEVICE_STATUSES = (*(status.value for status in DeviceStatus), REVOKED)
 
 
 def shown_status(device: DeviceOut) -> str:
@@ -66,7 +70,10 @@ def shown_status(device: DeviceOut) -> str:
 @app.command("list")
 def list_devices(
     status: str | None = typer.Option(
-        None, "--status", help="online, offline, updating or revoked."
+        None,
+        "--status",
+        help="online, offline, updating or revoked.",
+        autocompletion=choices(*DEVICE_STATUSES),
     ),
     revoked: bool | None = typer.Option(
         None,
@@ -88,6 +95,8 @@ def list_devices(
         if len(wanted) != 1:
             fail(f"--tag takes one tag, e.g. --tag kitchen (got {tag[:60]!r})")
         tag = wanted[0]
+    if status is not None and status not in DEVICE_STATUSES:
+        fail(f"--status {status[:60]!r}: expected one of {', '.join(DEVICE_STATUSES)}")
     if status == REVOKED:
         if revoked is False:
             fail("--status revoked and --no-revoked exclude each other: drop one")
@@ -131,7 +140,7 @@ def list_devices(
 
 @app.command("show")
 def show_device(
-    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    device_uuid: str = DeviceUuidArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
@@ -181,13 +190,6 @@ def show_device(
             console.print(view)
 
 
-def _device_uuid(text: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        fail(f"invalid device uuid {text[:60]!r}: expected e.g. {uuid.uuid4()}")
-
-
 def _call_unless_json(
     server: str | None, api_key: str | None, as_json: bool, call: Callable[[AdminClient], M]
 ) -> M | None:
@@ -206,13 +208,13 @@ def _call_unless_json(
 
 @app.command("revoke")
 def revoke(
-    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    device_uuid: str = DeviceUuidArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Revoke a device's token at once: it gets 401 until 'rotate-token' issues a new one."""
-    target = _device_uuid(device_uuid)
+    target = device_uuid
     device = _call_unless_json(
         server, api_key, as_json, lambda client: client.revoke_device_token(target)
     )
@@ -229,7 +231,7 @@ def revoke(
 
 @app.command("tag")
 def tag_device(
-    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    device_uuid: str = DeviceUuidArgument,
     add: list[str] | None = typer.Option(None, "--add", help="Tag to add (repeatable)."),
     remove: list[str] | None = typer.Option(None, "--remove", help="Tag to remove (repeatable)."),
     server: str | None = ServerOption,
@@ -237,7 +239,7 @@ def tag_device(
     as_json: bool = JsonOption,
 ) -> None:
     """Add and remove a device's tags; it joins updates published to a new tag at its next heartbeat."""
-    target = _device_uuid(device_uuid)
+    target = device_uuid
     added, removed = parse_tags(add, "--add"), parse_tags(remove, "--remove")
     if not added and not removed:
         fail("nothing to change: give --add TAG and/or --remove TAG (e.g. --add kitchen)")
@@ -259,13 +261,13 @@ def tag_device(
 
 @app.command("rotate-token")
 def rotate_token(
-    device_uuid: str = typer.Argument(..., help="The device's uuid."),
+    device_uuid: str = DeviceUuidArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Issue a new device token (shown once); the old one stops working at once."""
-    target = _device_uuid(device_uuid)
+    target = device_uuid
     registered = _call_unless_json(
         server, api_key, as_json, lambda client: client.rotate_device_token(target)
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal as signals
 
-import typer
 from rich.console import Group
 from rich.text import Text
 
@@ -20,6 +19,7 @@ from javia_updates.cli.common import (
     JsonOption,
     SafeTable,
     ServerOption,
+    UpdateArgument,
     admin_client,
     cell,
     console,
@@ -137,7 +137,7 @@ def groups_table(grouped: FailureGroupsOut) -> SafeTable:
 
 
 def show_failures(
-    update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
+    update: str = UpdateArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,

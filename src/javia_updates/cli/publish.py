@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,9 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from javia_core.addresses import AddressError, parse_device_uuid
 from javia_core.errors import SigningKeyError
+from javia_core.manifest import check_description
 from javia_core.models import UpdateType
 from javia_core.versioning import Version
 from javia_updates.cli.common import (
@@ -35,6 +36,7 @@ from javia_updates.cli.common import (
     OperatorSettings,
     ServerOption,
     admin_client,
+    choices,
     console,
     fail,
     friendly_errors,
@@ -69,9 +71,9 @@ def _parse_targets(values: list[str] | None) -> list[str]:
             if not part:
                 continue
             try:
-                targets.append(str(uuid.UUID(part)))
-            except ValueError:
-                fail(f"invalid --target {part!r}: expected a device uuid such as {uuid.uuid4()}")
+                targets.append(str(parse_device_uuid(part)))
+            except AddressError as error:
+                fail(f"--target: {error}")
     return targets
 
 
@@ -213,7 +215,10 @@ def publish(
     version: str | None = typer.Option(None, "--version", help="New version, vX.Y.Z."),
     description: str | None = typer.Option(None, "--description", "-m", help="What changes."),
     update_type: str | None = typer.Option(
-        None, "--type", help="scheduled (02:00 window), urgent (after 1 h idle) or instant (now)."
+        None,
+        "--type",
+        help="scheduled (02:00 window), urgent (after 1 h idle) or instant (now).",
+        autocompletion=choices(*UpdateType),
     ),
     system_packages: str | None = typer.Option(
         None, "--system-packages", help="Comma-separated apt packages the release needs."
@@ -321,6 +326,8 @@ def publish(
     targets = _parse_targets(target)
     tags = parse_tags(tag)
     description = description or ""
+    with friendly_errors():
+        check_description(description)  # the server's rule, before a dry run or a build
     rollout = rollout_form(
         phases=phases,
         phase_soak=phase_soak,

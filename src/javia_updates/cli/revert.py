@@ -35,6 +35,7 @@ from javia_updates.cli.common import (
     ServerOption,
     admin_client,
     check_reason,
+    choices,
     console,
     error_console,
     fail,
@@ -54,7 +55,10 @@ def _with_article(kind: UpdateType) -> str:
 def revert_update(
     version: str = typer.Argument(..., help="The bad version, vX.Y.Z."),
     update_type: str = typer.Option(
-        "urgent", "--type", help="How the new version installs: urgent, instant or scheduled."
+        "urgent",
+        "--type",
+        help="How the new version installs: urgent, instant or scheduled.",
+        autocompletion=choices(*UpdateType),
     ),
     reason: str | None = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
     key: Path | None = typer.Option(

@@ -14,6 +14,7 @@ from javia_updates.cli.common import (
     JsonOption,
     SafeTable,
     ServerOption,
+    UpdateArgument,
     admin_client,
     cell,
     check_reason,
@@ -102,7 +103,7 @@ def update_header(info: UpdateOut) -> str:
 
 @app.command("show")
 def show_update(
-    update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
+    update: str = UpdateArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
@@ -196,7 +197,7 @@ def plan_table(plans: list[PlanEntry], title: str) -> Table:
 
 @app.command("plan")
 def plan_update(
-    update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
+    update: str = UpdateArgument,
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,
     as_json: bool = JsonOption,
@@ -236,7 +237,7 @@ def rollout_line(info: UpdateOut) -> str:
 
 def _rollout_command(action: str) -> None:
     def command(
-        update: str = typer.Argument(..., help="Update id or version (vX.Y.Z)."),
+        update: str = UpdateArgument,
         reason: str | None = typer.Option(None, "--reason", help="Why, for the audit log."),
         server: str | None = ServerOption,
         api_key: str | None = ApiKeyOption,

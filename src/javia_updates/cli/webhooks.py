@@ -17,6 +17,7 @@ from javia_updates.cli.common import (
     admin_client,
     ago,
     cell,
+    choices,
     console,
     fail,
     friendly_errors,
@@ -33,13 +34,17 @@ app = typer.Typer(
 )
 
 STATE_STYLE = {"delivered": "green", "pending": "yellow", "failed": "red"}
+_complete_event = choices(*sorted(EVENT_TYPES))
 
 
 @app.command("add")
 def add(
     url: str = typer.Argument(..., help="Receiver URL (http:// or https://)."),
     events: list[str] = typer.Option(
-        [], "--event", help="An event to send (repeat the option); see docs/webhooks.md."
+        [],
+        "--event",
+        help="An event to send (repeat the option); see docs/webhooks.md.",
+        autocompletion=_complete_event,
     ),
     server: str | None = ServerOption,
     api_key: str | None = ApiKeyOption,

@@ -25,9 +25,10 @@ from javia_core.manifest import (
     SIGNATURE_NAME,
     Manifest,
     Signature,
+    check_description,
     verify_manifest,
 )
-from javia_core.models import UpdateOut, UpdateType, check_no_control_characters, check_tags
+from javia_core.models import UpdateOut, UpdateType, check_tags
 from javia_core.rollouts import CANARY_TAG, RolloutPolicy, device_may_start, phase_of
 from javia_core.versioning import Version
 from javia_updates.backends.base import (
@@ -205,10 +206,7 @@ class Publishing:
                     f"{manifest.update_type.value}: omit update_type, or sign a package of type "
                     f"{update_type.value}"
                 )
-            try:
-                check_no_control_characters(manifest.description, "description")
-            except ValueError as error:
-                raise InvalidRequestError(f"manifest {error}") from None
+            check_description(manifest.description)
             self._check_payload(manifest, upload, payload_path)
             if targets is not None and not targets:
                 raise InvalidRequestError(

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from javia_core.addresses import AddressError, parse_update_reference
 from javia_core.errors import NotFoundError
 from javia_core.manifest import PAYLOAD_NAME
 from javia_core.models import DeviceUpdateOut, UpdateOut, UpdateStatus, UpdateType
@@ -43,15 +44,13 @@ class Updates:
         if isinstance(reference, int):
             update_id = reference
         else:
-            text = reference.strip()
-            if text.startswith("v"):
-                return self.store.get_update_by_version(str(Version.parse(text)))
-            if not (text.isascii() and text.isdigit()) or len(text) > 19:
-                raise InvalidRequestError(
-                    f"invalid update reference {text[:40]!r}: expected an update id such as 4 "
-                    "or a version such as v1.2.3"
-                )
-            update_id = int(text)
+            try:
+                parsed = parse_update_reference(reference)
+            except AddressError as error:
+                raise InvalidRequestError(str(error)) from None
+            if isinstance(parsed, Version):
+                return self.store.get_update_by_version(str(parsed))
+            update_id = parsed
         if not 1 <= update_id <= MAX_DATABASE_INTEGER:
             raise NotFoundError(f"update {update_id} does not exist")
         return self.records.update(update_id)
