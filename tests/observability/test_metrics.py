@@ -62,6 +62,11 @@ def test_metrics_count_heartbeats_reports_downloads_and_the_fleet_for_the_token_
         assert value(parsed, "javia_update_devices", version="v1.1.0", status="pending") == 1
         assert value(parsed, "javia_rollout_state", version="v1.1.0", state="active") == 1
         assert value(parsed, "javia_db_write_batch_units_count") >= 2  # the two reports
+        # Every write transaction (the reports' and the registrations') is timed.
+        transactions = value(parsed, "javia_db_write_transaction_seconds_count")
+        assert transactions >= value(parsed, "javia_db_write_batch_units_count")
+        assert value(parsed, "javia_db_write_lock_wait_seconds_count") == transactions
+        assert value(parsed, "javia_db_write_transaction_seconds_sum") > 0
         heartbeat_route = "/api/v1/devices/{device_uuid}/heartbeat"
         assert (
             value(
