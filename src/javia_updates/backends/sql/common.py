@@ -148,15 +148,29 @@ class SQLStoreBase:
             raise BackendError(f"database read failed: {short_message(error)}") from error
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction; IntegrityError passes through for the caller to map."""
+    def _write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """One write transaction; IntegrityError passes through for the caller to map.
+
+        ``durable`` False (soft state only, which a crash may lose by design:
+        ``heartbeat_flush_seconds``): on SQLite the commit skips its ``fsync``
+        (``synchronous = NORMAL`` for this transaction; still atomic, and the
+        next durable commit's ``fsync`` covers it). The connection is back at
+        ``FULL`` before it returns to the pool, or it is discarded.
+        """
+        relaxed = not durable and is_sqlite(self.engine)
         try:
             asked = time.perf_counter()
             with self._write_lock, self.engine.connect() as connection:
                 started = time.perf_counter()
                 connection.execution_options(javia_write=True)
-                with connection.begin():
-                    yield connection
+                if relaxed:
+                    _set_synchronous(connection, "NORMAL")
+                try:
+                    with connection.begin():
+                        yield connection
+                finally:
+                    if relaxed:
+                        _restore_synchronous(connection)
                 observe_write_transaction(started - asked, time.perf_counter() - started)
         except IntegrityError:
             raise
@@ -298,3 +312,23 @@ class SQLStoreBase:
             regression_reason=row.regression_reason,
             failure=row._mapping.get("failure"),
         )
+
+
+def _set_synchronous(connection: Connection, level: str) -> None:
+    """``PRAGMA synchronous`` on a SQLite connection, outside any transaction.
+
+    Sent straight to the driver (no transaction open: the module runs with
+    ``isolation_level = None``), since SQLite ignores the change inside one.
+    """
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA synchronous = {level}")
+
+
+def _restore_synchronous(connection: Connection) -> None:
+    """Back to ``synchronous = FULL`` (durable commits); a connection that cannot be is discarded."""
+    try:
+        _set_synchronous(connection, "FULL")
+    except Exception:
+        connection.invalidate()
+        raise

@@ -405,7 +405,7 @@ class DeviceStore(SQLStoreBase):
         if not writes:
             return
         try:
-            with self._write() as connection:
+            with self._write(durable=False) as connection:
                 self._heartbeat_rows(connection, writes)
             return
         except Exception as error:  # noqa: BLE001 - classified below
@@ -413,7 +413,7 @@ class DeviceStore(SQLStoreBase):
                 raise as_backend_error(error) from error
             failure = error
         try:
-            with self._write() as connection:
+            with self._write(durable=False) as connection:
                 for write in writes:
                     try:
                         with connection.begin_nested():

@@ -2,7 +2,8 @@
 
 On SQLite each connection gets ``journal_mode=WAL`` (readers do not block the
 writer), ``busy_timeout`` (a writer waits up to 5 s for the lock instead of
-failing at once), ``foreign_keys=ON`` and ``synchronous=FULL``. Write
+failing at once), ``foreign_keys=ON`` and ``synchronous=FULL`` (the soft-state batch
+alone commits at NORMAL, see ``SQLStoreBase._write``). Write
 transactions begin with ``BEGIN IMMEDIATE`` (the execution option
 ``javia_write``), which takes the write lock up front: a transaction that
 first reads and then writes can otherwise fail with "database is locked"
