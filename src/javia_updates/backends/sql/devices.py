@@ -36,6 +36,7 @@ from javia_updates.backends.records import (
     AuditEntry,
     DeviceQuery,
     DeviceRecord,
+    DeviceWithRows,
     HeartbeatWrite,
     NewDevice,
     Page,
@@ -125,6 +126,22 @@ class DeviceStore(SQLStoreBase):
                 self._hot_statements()["device_by_token"], {"token_hash": token_hash}
             ).one_or_none()
         return None if row is None else self._device_from_row(row)
+
+    def find_device_with_rows(self, token_hash: str) -> DeviceWithRows | None:
+        """The device holding the token and its rows: two statements built once, one transaction."""
+        statements = self._hot_statements()
+        with self._read() as connection:
+            device = connection.execute(
+                statements["device_by_token"], {"token_hash": token_hash}
+            ).one_or_none()
+            if device is None:
+                return None
+            rows = connection.execute(statements["rows_of_device"], {"device_id": device.id}).all()
+        return DeviceWithRows(
+            self._device_from_row(device),
+            [self._device_update_from_row(row) for row in rows],
+            (len(rows), sum(row.row_revision for row in rows)),
+        )
 
     def token_is_current(self, device_id: int, token_hash: str) -> bool:
         """Whether the device still holds the token: one primary-key lookup, one boolean back."""
