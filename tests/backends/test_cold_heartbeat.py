@@ -66,13 +66,14 @@ def test_one_read_gives_what_the_separate_reads_give(cold_backend, make_package)
     registered = service.register_device(DeviceRegisterRequest(), now=NOW)
     device = service.authenticate_device(registered.device_token)
     assert device is not None
+    store, token_hash = backend.store, hash_token(registered.device_token)
+    assert store.find_device_with_rows(token_hash) == DeviceWithRows(device, [], (0, 0))
     service.publish_update(make_package("v1.1.0", "instant").upload(), now=NOW)
     answer = service.heartbeat(device, RUNNING, now=NOW)
     assert answer.update is not None
     service.report_status(
         device, answer.update.update_id, StatusReport(status=UpdateStatus.DOWNLOADING), now=NOW
     )
-    store, token_hash = backend.store, hash_token(registered.device_token)
 
     found = store.find_device_with_rows(token_hash)
 
