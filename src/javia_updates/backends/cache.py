@@ -41,6 +41,7 @@ from javia_core.versioning import Version
 from javia_updates.backends.base import (
     DeviceRecord,
     DeviceUpdateRecord,
+    DeviceWithRows,
     RolloutRecord,
     UpdateRecord,
 )
@@ -94,6 +95,17 @@ class DeviceCache:
         self._by_token: dict[str, _Entry] = {}
         self._by_id: dict[int, _Entry] = {}
         self._lock = threading.Lock()
+        self._row_changes = 0
+
+    @property
+    def row_changes(self) -> int:
+        """How many times any device's rows were dropped or replaced so far, cached or not.
+
+        Take before reading a device's rows together with the device (no id
+        known yet, so no :meth:`rows_epoch`); rows read under another count
+        may predate a write and are not used (:meth:`put_device_with_rows`).
+        """
+        return self._row_changes
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +145,25 @@ class DeviceCache:
             )
             self._by_token[token_hash] = entry
             self._by_id[device.id] = entry
+
+    def put_device_with_rows(
+        self, token_hash: str, found: DeviceWithRows, generation: int, row_changes: int
+    ) -> None:
+        """Cache ``found.device`` as :meth:`put_device` does, and its rows with it.
+
+        The rows count as read under catalog ``generation`` and confirmed at
+        ``found.rows_mark``; they are kept only if no rows changed since
+        ``row_changes`` (:attr:`row_changes`, taken before the read).
+        """
+        if not self.enabled:
+            return
+        self.put_device(token_hash, found.device)
+        with self._lock:
+            entry = self._by_id.get(found.device.id)
+            if entry is not None and self._row_changes == row_changes:
+                entry.rows = found.rows
+                entry.rows_generation = generation
+                entry.rows_mark = found.rows_mark
 
     def refresh_device(self, device: DeviceRecord) -> None:
         """Replace a cached device's record (its new soft state), keeping token, rows and tags.
@@ -186,6 +217,7 @@ class DeviceCache:
         with self._lock:
             entry = self._by_id.get(device_id)
             if entry is not None and entry.rows_mark != mark:
+                self._row_changes += 1
                 entry.rows = None
                 entry.epoch = next(_epochs)
                 entry.rows_mark = mark
@@ -204,6 +236,7 @@ class DeviceCache:
         :meth:`forget_rows`); a device without cached rows is left alone.
         """
         with self._lock:
+            self._row_changes += 1
             entry = self._by_id.get(row.device_id)
             if entry is None:
                 return
@@ -214,6 +247,7 @@ class DeviceCache:
     def forget_rows(self, device_id: int) -> None:
         """Drop the device's cached rows (they changed)."""
         with self._lock:
+            self._row_changes += 1
             entry = self._by_id.get(device_id)
             if entry is not None:
                 entry.rows = None
@@ -222,6 +256,7 @@ class DeviceCache:
     def forget(self, device_id: int) -> None:
         """Drop everything cached about the device (its token changed, say)."""
         with self._lock:
+            self._row_changes += 1
             entry = self._by_id.get(device_id)
             if entry is not None:
                 self._drop(entry)
@@ -229,6 +264,7 @@ class DeviceCache:
     def clear(self) -> None:
         """Drop everything."""
         with self._lock:
+            self._row_changes += 1
             self._by_token.clear()
             self._by_id.clear()
 

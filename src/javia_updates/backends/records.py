@@ -22,6 +22,7 @@ __all__ = [
     "DeviceQuery",
     "DeviceRecord",
     "DeviceUpdateRecord",
+    "DeviceWithRows",
     "EnrollmentTokenRecord",
     "HeartbeatWrite",
     "NewDevice",
@@ -299,6 +300,20 @@ class DeviceUpdateRecord:
     #: Why it failed, as the device reported it (``FailureDetails`` as JSON, revision
     #: 0006); read only by the operator's queries (``with_failure``), else None.
     failure: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWithRows:
+    """A device and all its update rows, read in one transaction (the heartbeat's first read).
+
+    ``rows``: highest version first, as :meth:`Store.list_device_updates` with
+    ``device_id`` alone gives them. ``rows_mark``: ``(rows, revisions)`` of
+    those very rows, as :meth:`Store.confirm_device` answers it.
+    """
+
+    device: DeviceRecord
+    rows: list[DeviceUpdateRecord]
+    rows_mark: tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from javia_updates.backends.records import (
     DeviceQuery,
     DeviceRecord,
     DeviceUpdateRecord,
+    DeviceWithRows,
     EnrollmentTokenRecord,
     HeartbeatWrite,
     NewDevice,
@@ -104,6 +105,17 @@ class Store(Protocol):
 
     def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device whose token hashes to ``token_hash`` (SHA-256 hex), if any."""
+
+    def find_device_with_rows(self, token_hash: str) -> DeviceWithRows | None:
+        """The device whose token hashes to ``token_hash`` and all its update rows, if any.
+
+        One read transaction (one connection, one ``BEGIN``) instead of
+        :meth:`find_device_by_token_hash` and :meth:`list_device_updates`
+        one after the other: the heartbeat of a device that is not cached
+        (with the device cache off, every heartbeat) needs both. The rows
+        are exactly what :meth:`list_device_updates` with ``device_id``
+        alone answers, with their ``rows_mark`` (:meth:`confirm_device`).
+        """
 
     def token_is_current(self, device_id: int, token_hash: str) -> bool:
         """Whether device ``device_id`` still holds the token hashing to ``token_hash``.

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 
 from javia_core.models import UpdateStatus, UpdateType
@@ -27,6 +28,7 @@ from javia_updates.backends.base import (
     AuditEntry,
     DeviceRecord,
     DeviceUpdateRecord,
+    DeviceWithRows,
     HeartbeatWrite,
     NewDeviceUpdate,
     Store,
@@ -42,6 +44,23 @@ __all__ = ["FleetRecords"]
 
 #: True while the caller answers without database writes (:meth:`FleetRecords.without_writes`).
 _READ_ONLY: ContextVar[bool] = ContextVar("javia_read_only_answer", default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _RowsReadWithDevice:
+    """The rows read in the transaction that authenticated this call's device."""
+
+    found: DeviceWithRows
+    generation: int
+    row_changes: int
+
+
+#: Set by :meth:`FleetRecords.device_by_token_hash` when it read the device from
+#: the store: its rows, for this call's :meth:`FleetRecords.device_rows` (a context
+#: variable, so it holds for this request only, the device cache on or off).
+_ROWS_READ_WITH_DEVICE: ContextVar[_RowsReadWithDevice | None] = ContextVar(
+    "javia_rows_read_with_device", default=None
+)
 
 
 class FleetRecords:
@@ -114,6 +133,11 @@ class FleetRecords:
         confirmed with one indexed query
         (:meth:`~javia_updates.backends.base.Store.confirm_device`): its
         token, and whether its cached update rows are still the database's.
+        A device that is not cached (with the cache off: every device) is
+        read together with its update rows in one transaction
+        (:meth:`~javia_updates.backends.base.Store.find_device_with_rows`);
+        :meth:`device_rows` of the same request uses those rows unless rows
+        changed since or the update catalog moved on.
 
         Raises:
             BackendError: the database cannot be read.
@@ -127,9 +151,17 @@ class FleetRecords:
             else:
                 self.cache.confirm_rows(device.id, mark)
         if device is None:
-            device = self.store.find_device_by_token_hash(token_hash)
-            if device is not None:
-                self.cache.put_device(token_hash, device)
+            # The device and its rows in one read transaction; taken before
+            # it, the catalog's generation and the cache's count of row
+            # changes say later whether the rows may still be used.
+            generation = self.catalog.generation
+            row_changes = self.cache.row_changes
+            found = self.store.find_device_with_rows(token_hash)
+            if found is None:
+                return None
+            device = found.device
+            self.cache.put_device_with_rows(token_hash, found, generation, row_changes)
+            _ROWS_READ_WITH_DEVICE.set(_RowsReadWithDevice(found, generation, row_changes))
         return device
 
     def cached_device(self, token_hash: str) -> DeviceRecord | None:
@@ -152,10 +184,26 @@ class FleetRecords:
         generation = self.catalog.current_generation()
         rows = self.cache.rows(device.id, generation)
         if rows is None:
+            rows = self._rows_read_with(device, generation)
+        if rows is None:
             epoch = self.cache.rows_epoch(device.id)
             rows = self.store.list_device_updates(device_id=device.id).items
             self.cache.put_rows(device.id, generation, rows, epoch)
         return rows
+
+    def _rows_read_with(
+        self, device: DeviceRecord, generation: int
+    ) -> list[DeviceUpdateRecord] | None:
+        """The rows read with ``device`` in this call, if nothing changed rows since (else None)."""
+        read = _ROWS_READ_WITH_DEVICE.get()
+        if (
+            read is None
+            or read.found.device.id != device.id
+            or read.generation != generation
+            or read.row_changes != self.cache.row_changes
+        ):
+            return None
+        return read.found.rows
 
     def device_update(self, device: DeviceRecord, update_id: int) -> DeviceUpdateRecord:
         """The row of ``device`` for ``update_id``: from the cached rows, else the store.

@@ -37,7 +37,7 @@ from javia_updates.backends.records import (
     NewDevice,
 )
 from javia_updates.backends.schema import Tables, UTCDateTime, build_tables, default_schema
-from javia_updates.backends.sql.engine import is_sqlite, short_message
+from javia_updates.backends.sql.engine import ONE_STATEMENT_READ, is_sqlite, short_message
 from javia_updates.backends.sql.write_lock import SQLiteWriteLock, sqlite_file
 from javia_updates.backends.sql.writer import Writer, writer_for
 from javia_updates.metrics import observe_write_transaction
@@ -143,6 +143,20 @@ class SQLStoreBase:
     def _read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as connection, connection.begin():
+                yield connection
+        except SQLAlchemyError as error:
+            raise BackendError(f"database read failed: {short_message(error)}") from error
+
+    @contextmanager
+    def _read_one_statement(self) -> Iterator[Connection]:
+        """A read that runs exactly one statement: no ``BEGIN``/``COMMIT`` on SQLite.
+
+        A single statement reads one snapshot by itself; a read of two
+        statements that must agree uses :meth:`_read`.
+        """
+        try:
+            with self.engine.connect() as connection:
+                connection.execution_options(**{ONE_STATEMENT_READ: True})
                 yield connection
         except SQLAlchemyError as error:
             raise BackendError(f"database read failed: {short_message(error)}") from error

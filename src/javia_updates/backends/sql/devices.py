@@ -36,6 +36,7 @@ from javia_updates.backends.records import (
     AuditEntry,
     DeviceQuery,
     DeviceRecord,
+    DeviceWithRows,
     HeartbeatWrite,
     NewDevice,
     Page,
@@ -55,10 +56,27 @@ __all__ = ["DeviceStore"]
 logger = logging.getLogger(__name__)
 
 _IN_CHUNK = 500  # uuids per IN (...) list
+#: The device's own columns in the statement of find_device_with_rows.
+_DEVICE_PREFIX = "device__"
+
+
+class _Prefixed:
+    """A result row read through the names of its columns that carry ``prefix``."""
+
+    __slots__ = ("_prefix", "_row")
+
+    def __init__(self, row: Any, prefix: str) -> None:
+        self._row = row
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, self._prefix + name)
 
 
 class DeviceStore(SQLStoreBase):
     """The devices aggregate of the SQL store (see :class:`~javia_updates.backends.store.Store`)."""
+
+    _device_with_rows_statement: Any = None
 
     def create_device(self, device: NewDevice, *, now: datetime, audit: AuditEntry) -> DeviceRecord:
         """Insert the device and its audit line in one transaction.
@@ -120,15 +138,54 @@ class DeviceStore(SQLStoreBase):
 
     def find_device_by_token_hash(self, token_hash: str) -> DeviceRecord | None:
         """The device holding the token with this SHA-256 hex, or None."""
-        with self._read() as connection:
+        with self._read_one_statement() as connection:
             row = connection.execute(
                 self._hot_statements()["device_by_token"], {"token_hash": token_hash}
             ).one_or_none()
         return None if row is None else self._device_from_row(row)
 
+    def find_device_with_rows(self, token_hash: str) -> DeviceWithRows | None:
+        """The device holding the token and its rows: one statement built once, no ``BEGIN``.
+
+        The device joined to its rows (one result row per update row, one
+        with empty row columns for a device without rows): one snapshot, so
+        the device and its rows agree, on SQLite without a transaction.
+        """
+        with self._read_one_statement() as connection:
+            result = connection.execute(self._device_with_rows(), {"token_hash": token_hash}).all()
+        if not result:
+            return None
+        rows = [self._device_update_from_row(row) for row in result if row.id is not None]
+        return DeviceWithRows(
+            self._device_from_row(_Prefixed(result[0], _DEVICE_PREFIX)),
+            rows,
+            (len(rows), sum(row.row_revision for row in result if row.id is not None)),
+        )
+
+    def _device_with_rows(self) -> Any:
+        """The statement of :meth:`find_device_with_rows`, built once."""
+        statement = self._device_with_rows_statement
+        if statement is None:
+            d, du, u = self.tables.devices, self.tables.device_updates, self.tables.updates
+            statement = self._device_with_rows_statement = (
+                select(
+                    *self._device_update_select().selected_columns,
+                    *(
+                        column.label(_DEVICE_PREFIX + column.name)
+                        for column in self._device_columns()
+                    ),
+                )
+                .select_from(
+                    d.outerjoin(du, du.c.device_id == d.c.id).outerjoin(u, du.c.update_id == u.c.id)
+                )
+                .where(d.c.token_hash == bindparam("token_hash"))
+                .order_by(*self._version_order(), du.c.id)
+            )
+        return statement
+
     def token_is_current(self, device_id: int, token_hash: str) -> bool:
         """Whether the device still holds the token: one primary-key lookup, one boolean back."""
-        with self._read() as connection:
+        with self._read_one_statement() as connection:
             held = connection.execute(
                 self._hot_statements()["token_is_current"],
                 {"device_id": device_id, "token_hash": token_hash},
@@ -137,7 +194,7 @@ class DeviceStore(SQLStoreBase):
 
     def confirm_device(self, device_id: int, token_hash: str) -> tuple[int, int] | None:
         """The device's rows mark if it still holds the token, else None: one indexed query."""
-        with self._read() as connection:
+        with self._read_one_statement() as connection:
             row = connection.execute(
                 self._hot_statements()["confirm_device"],
                 {"device_id": device_id, "token_hash": token_hash},

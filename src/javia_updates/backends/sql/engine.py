@@ -7,7 +7,9 @@ alone commits at NORMAL, see ``SQLStoreBase._write``). Write
 transactions begin with ``BEGIN IMMEDIATE`` (the execution option
 ``javia_write``), which takes the write lock up front: a transaction that
 first reads and then writes can otherwise fail with "database is locked"
-when another writer committed in between. PostgreSQL connections are
+when another writer committed in between. A read of one statement
+(the execution option :data:`ONE_STATEMENT_READ`, the heartbeat's reads)
+sends no ``BEGIN`` at all: SQLite reads one statement from one snapshot. PostgreSQL connections are
 checked before use (``pool_pre_ping``).
 
 Stored JSON is read with :func:`load_stored_json`, which never raises.
@@ -26,6 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from javia_core.errors import BackendError
 
 __all__ = [
+    "ONE_STATEMENT_READ",
     "SQLITE_BUSY_TIMEOUT_MS",
     "as_backend_error",
     "describe_failure",
@@ -36,6 +39,10 @@ __all__ = [
     "redact_url",
     "short_message",
 ]
+
+#: The execution option of a read transaction that runs one statement: no
+#: ``BEGIN``/``COMMIT`` on SQLite (:func:`make_engine`); ignored on PostgreSQL.
+ONE_STATEMENT_READ = "javia_one_statement_read"
 
 #: How long (milliseconds) a SQLite writer waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -107,8 +114,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("javia_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get("javia_write", False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not options.get(ONE_STATEMENT_READ, False):
+            connection.exec_driver_sql("BEGIN")
+        # A read of one statement needs no BEGIN: SQLite runs a statement
+        # outside a transaction on one snapshot of its own (autocommit).
 
 
 def is_sqlite(engine: Engine) -> bool:
