@@ -41,6 +41,7 @@ from javia_updates.cli.common import (
     fail,
     friendly_errors,
     markup_safe,
+    operator_api_key,
     parse_tags,
     print_json,
 )
@@ -102,7 +103,7 @@ def _published_highest(server: str | None, api_key: str | None) -> Version | Non
     from javia_updates.admin_client import AdminClient
 
     settings = OperatorSettings()
-    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    key = operator_api_key(api_key, settings)
     if not key:
         return None
     try:
