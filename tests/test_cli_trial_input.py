@@ -84,3 +84,23 @@ def test_a_host_name_of_short_labels_is_accepted(labels: list[str]) -> None:
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://[::1]:8000", "https://pi.local."])
 def test_addresses_and_a_fully_qualified_name_stay_accepted(url: str) -> None:
     assert check_server_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--key", "/etc/passwd", "not a PEM file"),
+        ("--add-key", "/etc/passwd", "not a PEM file"),
+        ("--add-key", "./nonexist.pub", "nonexist.pub"),
+        ("--retire-key", "../x", "16 lower-case hex digits"),
+    ],
+)
+def test_a_dry_run_checks_the_keys_a_publish_would(
+    app_dir: Path, option: str, value: str, needle: str
+) -> None:
+    result = javia(
+        "publish", str(app_dir), "--version", "v9.0.0", "--type", "urgent", "--dry-run",
+        option, value, "--server", _nowhere(), "--api-key", "k" * 20,
+    )  # fmt: skip
+    assert_one_clean_error(result, needle)
+    assert "cannot reach" not in result.stderr
