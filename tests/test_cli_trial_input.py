@@ -104,3 +104,11 @@ def test_a_dry_run_checks_the_keys_a_publish_would(
     )  # fmt: skip
     assert_one_clean_error(result, needle)
     assert "cannot reach" not in result.stderr
+
+
+def test_the_agent_refuses_the_same_host_names() -> None:
+    from javia_agent.config import check_server_url as agent_check_server_url
+    from javia_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="host name"):
+        agent_check_server_url(f"https://{'a' * 64}.example", allow_insecure_http=False)
