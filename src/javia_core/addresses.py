@@ -23,6 +23,8 @@ from javia_core.versioning import Version
 
 __all__ = [
     "DEVICE_UUID_EXAMPLE",
+    "MAX_HOST_LABEL_CHARACTERS",
+    "MAX_HOST_NAME_CHARACTERS",
     "MAX_UPDATE_ID_DIGITS",
     "SERVER_URL_EXAMPLE",
     "AddressError",
@@ -39,6 +41,9 @@ SERVER_URL_EXAMPLE = "https://updates.example.org or http://127.0.0.1:8000"
 MAX_UPDATE_ID_DIGITS = 19
 #: Characters of the input quoted in a message; the rest is cut and its length given.
 _SHOWN_CHARACTERS = 60
+#: Longest label of a host name and longest host name, in encoded characters (RFC 1035 2.3.4).
+MAX_HOST_LABEL_CHARACTERS = 63
+MAX_HOST_NAME_CHARACTERS = 253
 
 # The server's own path parameter type: FastAPI validates ``uuid.UUID`` with pydantic.
 _DEVICE_UUID = TypeAdapter(uuid.UUID)
@@ -95,16 +100,39 @@ def parse_update_reference(text: str) -> int | Version:
     return int(reference)
 
 
+def _is_encodable_host(host: str) -> bool:
+    """Whether a network client can encode ``host`` (an IP address, or a DNS name by IDNA).
+
+    A name is dot-separated labels of 1 to 63 characters, at most 253 in all
+    once encoded (RFC 1035 section 2.3.4); one final dot (a fully qualified
+    name) is allowed. An IPv6 address (it holds ``:``) is read by ``urlsplit``.
+    """
+    if ":" in host:
+        return True
+    name = host.removesuffix(".")
+    try:
+        encoded = name if name.isascii() else name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = encoded.split(".")
+    return len(encoded) <= MAX_HOST_NAME_CHARACTERS and all(
+        0 < len(label) <= MAX_HOST_LABEL_CHARACTERS for label in labels
+    )
+
+
 def check_server_url(url: str) -> str:
     """``url`` without a trailing slash if it is ``http://`` or ``https://`` with a host.
 
     Only the form: whether plain http is acceptable is the caller's rule
     (the agent's :func:`javia_agent.config.check_server_url` refuses it to
-    another machine).
+    another machine). The host is an IP address or a name a client can
+    encode: labels of 1 to 63 characters, at most 253 in all (RFC 1035).
 
     Raises:
         AddressError: another scheme (``file://``, ``ftp://``), no host,
-            or a URL that cannot be read (an unclosed ``[``, a port out of range).
+            a host name with an empty or over-long label or over 253
+            characters, or a URL that cannot be read (an unclosed ``[``, a
+            port out of range).
     """
     try:
         parts = urlsplit(url)
@@ -118,5 +146,11 @@ def check_server_url(url: str) -> str:
         raise AddressError(
             "the server URL must be http:// or https:// with a host, got "
             f"{_shown(url)} (e.g. {SERVER_URL_EXAMPLE})"
+        )
+    if not _is_encodable_host(host):
+        raise AddressError(
+            f"invalid server URL {_shown(url)}: the host name must be dot-separated labels of 1 to "
+            f"{MAX_HOST_LABEL_CHARACTERS} characters, at most {MAX_HOST_NAME_CHARACTERS} in all; "
+            f"expected e.g. {SERVER_URL_EXAMPLE}"
         )
     return url.rstrip("/")

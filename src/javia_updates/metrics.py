@@ -25,8 +25,10 @@ import atexit
 import functools
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,9 +81,10 @@ def prepare_metrics_directory() -> Path:
 
     Creates ``javia-metrics-*`` under the system's temporary directory, sets
     ``PROMETHEUS_MULTIPROC_DIR`` to it in this process's environment (which
-    the workers inherit) and removes it when this process exits. Counts of a
-    previous run are never read: every start begins at zero, as a Prometheus
-    counter reset expects.
+    the workers inherit) and removes it when this process exits: normally, by
+    an exception, by SIGINT or by SIGTERM (systemd's stop;
+    :func:`_remove_on_terminate`). Counts of a previous run are never read:
+    every start begins at zero, as a Prometheus counter reset expects.
 
     Returns:
         The directory.
@@ -89,6 +92,7 @@ def prepare_metrics_directory() -> Path:
     directory = Path(tempfile.mkdtemp(prefix="javia-metrics-"))
     os.environ[MULTIPROCESS_ENV] = str(directory)
     atexit.register(shutil.rmtree, directory, True)
+    _remove_on_terminate(directory)
     if "prometheus_client.values" in sys.modules:
         # Imported before the variable was set (an embedding imported it early):
         # choose the per-process file values now, before any value exists.
@@ -96,6 +100,32 @@ def prepare_metrics_directory() -> Path:
 
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return directory
+
+
+def _remove_on_terminate(directory: Path) -> None:
+    """Remove ``directory`` when SIGTERM ends this process, which then still dies by SIGTERM.
+
+    SIGTERM's default action ends the process without ``atexit`` (uvicorn
+    handles it during serving, then raises it again once shut down). The
+    handler removes the directory, restores the default action and raises
+    the signal again, so the exit status stays "killed by SIGTERM". Only in
+    the process that created the directory, and only where SIGTERM has its
+    default action (another handler ends the process its own way and
+    ``atexit`` runs).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers are set from the main thread only
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, frame: object) -> None:
+        if os.getpid() == owner:
+            shutil.rmtree(directory, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def multiprocess_directory() -> Path | None:

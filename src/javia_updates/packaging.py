@@ -81,6 +81,7 @@ __all__ = [
     "build_package",
     "collect_files",
     "find_secret_warnings",
+    "keyring_changes",
     "normalized_mode",
     "read_app_version",
     "sanitize_app_name",
@@ -127,10 +128,27 @@ def sanitize_app_name(name: str) -> str:
     return cleaned or "app"
 
 
-def _keyring_changes(
-    add_keys: Sequence[Path], retire_keys: Sequence[str], signing_key_id: str
+def keyring_changes(
+    add_keys: Sequence[Path], retire_keys: Sequence[str], signing_key_id: str | None
 ) -> KeyringChanges | None:
-    """The manifest's ``keyring`` field from public key files and key ids to retire."""
+    """The manifest's ``keyring`` field from public key files and key ids to retire.
+
+    The one check of ``javia publish --add-key/--retire-key``, with or
+    without ``--dry-run`` (:func:`build_package` calls it).
+
+    Args:
+        add_keys: public key files (``*.pub``) to trust.
+        retire_keys: key ids (16 lower-case hex digits) to stop trusting.
+        signing_key_id: the key signing the package (it cannot be retired);
+            None when it is not known (a dry run with an encrypted key).
+
+    Returns:
+        The changes, or None when there are none.
+
+    Raises:
+        SigningKeyError: a file in ``add_keys`` is missing or not an Ed25519 public key.
+        ManifestError: a key id is malformed, listed twice, or signs the package.
+    """
     if not add_keys and not retire_keys:
         return None
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -266,7 +284,7 @@ def build_package(
             "starting with a letter or digit"
         )
     update_type = UpdateType(update_type)
-    keyring_changes = _keyring_changes(add_keys, retire_keys, key_id_for(private_key.public_key()))
+    changes = keyring_changes(add_keys, retire_keys, key_id_for(private_key.public_key()))
 
     sources = collect_files(app_dir)
     warnings = tuple(find_secret_warnings(sources))
@@ -306,7 +324,7 @@ def build_package(
             files=tuple(entries),
             archive=ArchiveInfo(name=PAYLOAD_NAME, sha256=archive_sha256, size=archive_size),
             unpacked_size=sum(entry.size for entry in entries),
-            keyring=keyring_changes,
+            keyring=changes,
         )
         manifest_bytes = manifest.to_bytes()
         signature_bytes = sign_manifest(manifest_bytes, private_key).to_bytes()

@@ -28,6 +28,7 @@ from javia_core.models import UpdateType
 from javia_core.rollouts import parse_approval_required
 from javia_core.scheduling import MAX_WINDOW_SECONDS
 from javia_core.settings_sources import EnvOverTomlSettings
+from javia_updates.secret_rules import SECRET_FORM, is_secret_form
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -240,8 +241,10 @@ class ServerSettings(EnvOverTomlSettings):
         Raises:
             SettingsError: no key is configured, or it, or a ``metrics_token``
                 or ``dashboard_secret`` that is set, is shorter than
-                :data:`MIN_API_KEY_LENGTH` (16) characters; the message names
-                the setting and says how to generate one.
+                :data:`MIN_API_KEY_LENGTH` (16) characters or not printable
+                ASCII without spaces (:mod:`javia_updates.secret_rules`: no
+                request could match it); the message names the setting, never
+                its value, and says how to generate one.
         """
         key = self.api_key.get_secret_value() if self.api_key is not None else ""
         if not key.strip():
@@ -251,7 +254,10 @@ class ServerSettings(EnvOverTomlSettings):
             ("metrics_token", "the metrics token", self.metrics_token),
             ("dashboard_secret", "the dashboard secret", self.dashboard_secret),
         ):
-            length = len(secret.get_secret_value().strip()) if secret is not None else 0
+            value = secret.get_secret_value() if secret is not None else ""
+            if value.strip() and not is_secret_form(value):
+                raise SettingsError(f"{label} must be {SECRET_FORM}" + _how_to_set(name))
+            length = len(value.strip())
             if 0 < length < MIN_API_KEY_LENGTH:
                 raise SettingsError(
                     f"{label} is {length} characters: at least {MIN_API_KEY_LENGTH} are required"

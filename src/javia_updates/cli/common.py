@@ -185,10 +185,29 @@ def admin_client(server_url: str | None, api_key: str | None) -> AdminClient:
 
     settings = OperatorSettings()
     url = server_url or settings.server_url
-    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    key = operator_api_key(api_key, settings)
     if not key:
         fail("no admin API key: pass --api-key or set JAVIA_API_KEY")
     return AdminClient(url, key)
+
+
+def operator_api_key(api_key: str | None, settings: OperatorSettings) -> str | None:
+    """The admin key from ``--api-key`` over the settings, or None; exits if it cannot be sent.
+
+    The one place the CLI reads the admin key: a key that is not printable
+    ASCII without spaces (:mod:`javia_updates.secret_rules`) is one red line
+    and exit 1 before any request, never a traceback from the header
+    encoder, and the key itself is never shown.
+    """
+    from javia_updates.secret_rules import SECRET_FORM, is_secret_form
+
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if key and not is_secret_form(key):
+        fail(
+            f"the admin key must be {SECRET_FORM}: check --api-key, JAVIA_API_KEY "
+            f"or api_key in {_operator_config_path()}"
+        )
+    return key
 
 
 def as_json_data(value: Any) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +41,7 @@ from javia_updates.cli.common import (
     fail,
     friendly_errors,
     markup_safe,
+    operator_api_key,
     parse_tags,
     print_json,
 )
@@ -102,7 +103,7 @@ def _published_highest(server: str | None, api_key: str | None) -> Version | Non
     from javia_updates.admin_client import AdminClient
 
     settings = OperatorSettings()
-    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    key = operator_api_key(api_key, settings)
     if not key:
         return None
     try:
@@ -190,17 +191,65 @@ def _wizard(
     return answers
 
 
-def _load_key(path: Path) -> Ed25519PrivateKey:
+def _signing_key_path(key: Path | None) -> Path:
+    """``--key`` (or ``JAVIA_SIGNING_KEY``, or the default key); one red line if it does not exist."""
+    key_path = key or OperatorSettings().signing_key
+    if not key_path.exists():
+        fail(
+            f"signing key {key_path} not found: create one with 'javia keys generate' or pass --key"
+        )
+    return key_path
+
+
+def _load_key(path: Path, *, ask: bool = True) -> Ed25519PrivateKey:
+    """The private key in ``path``; asks its passphrase on a terminal if ``ask`` and none is set.
+
+    Raises:
+        SigningKeyError: not an Ed25519 private key, or encrypted and no
+            (or a wrong) passphrase.
+    """
     from javia_updates.keys import load_private_key
 
     passphrase_env = os.environ.get("JAVIA_SIGNING_KEY_PASSPHRASE")
     try:
         return load_private_key(path, passphrase_env.encode() if passphrase_env else None)
     except SigningKeyError as error:
-        if "passphrase" not in str(error).lower() or passphrase_env or not _interactive():
+        if (
+            "passphrase" not in str(error).lower()
+            or passphrase_env
+            or not ask
+            or not _interactive()
+        ):
             raise
     secret = typer.prompt(f"Passphrase for {path}", hide_input=True)
     return load_private_key(path, secret.encode())
+
+
+def _check_signing_inputs(
+    key: Path | None, add_keys: Sequence[Path], retire_keys: Sequence[str]
+) -> None:
+    """Check ``--key``, ``--add-key`` and ``--retire-key`` as a publish would, for a dry run.
+
+    The same checks as a publish (:func:`_signing_key_path`, :func:`_load_key`,
+    :func:`javia_updates.packaging.keyring_changes`), one red line and exit 1
+    on the first problem. A dry run signs nothing, so it asks no passphrase
+    (an encrypted key is taken as a key) and needs no signing key unless
+    ``--key`` (or ``JAVIA_SIGNING_KEY``) names one or the default key exists.
+    """
+    from javia_core.manifest import key_id_for
+    from javia_updates.packaging import keyring_changes
+
+    signing_key_id = None
+    if key is not None or OperatorSettings().signing_key.exists():
+        key_path = _signing_key_path(key)
+        with friendly_errors():
+            try:
+                signing_key_id = key_id_for(_load_key(key_path, ask=False).public_key())
+            except SigningKeyError as error:
+                if "passphrase is needed" not in str(error):
+                    raise
+    with friendly_errors():
+        keyring_changes(add_keys, retire_keys, signing_key_id)
 
 
 def _write_version(app_dir: Path, version: Version) -> None:
@@ -340,6 +389,7 @@ def publish(
     if dry_run:
         from javia_updates.cli.updates import plan_table
 
+        _check_signing_inputs(key, add_key or (), retire_key or ())
         with friendly_errors(), admin_client(server, api_key) as client:
             plans = client.plan_new_update(
                 update_type=kind.value,
@@ -356,12 +406,7 @@ def publish(
             )
         return
 
-    settings = OperatorSettings()
-    key_path = key or settings.signing_key
-    if not key_path.exists():
-        fail(
-            f"signing key {key_path} not found: create one with 'javia keys generate' or pass --key"
-        )
+    key_path = _signing_key_path(key)
 
     if asked:
         console.print(
