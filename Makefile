@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/javia demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q --durations=20
+	$(BIN)/python -m pytest -n 2 -q --durations=20
 
 # What CI runs before the tests (.ci/run); the same checks run at commit time
 # with pre-commit (.pre-commit-config.yaml).

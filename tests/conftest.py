@@ -15,17 +15,6 @@ from postgres import (
     start_cluster,
 )
 
-#: Test files whose tests take tens of seconds each (real agents installing real
-#: releases). They are collected first, so that under ``pytest -n 2 --dist
-#: worksteal`` (``make test``) they start early and the short tests, which an idle
-#: worker can take over, fill the end of the run instead of one long test.
-SLOW_FIRST = ("tests/e2e/",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the :data:`SLOW_FIRST` files first, keeping every other order as collected."""
-    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))
-
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
