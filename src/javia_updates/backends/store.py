@@ -109,9 +109,9 @@ class Store(Protocol):
     def find_device_with_rows(self, token_hash: str) -> DeviceWithRows | None:
         """The device whose token hashes to ``token_hash`` and all its update rows, if any.
 
-        One read transaction (one connection, one ``BEGIN``) instead of
-        :meth:`find_device_by_token_hash` and :meth:`list_device_updates`
-        one after the other: the heartbeat of a device that is not cached
+        One read of one snapshot (on SQL: one statement, no ``BEGIN`` on
+        SQLite) instead of :meth:`find_device_by_token_hash` and
+        :meth:`list_device_updates` one after the other: the heartbeat of a device that is not cached
         (with the device cache off, every heartbeat) needs both. The rows
         are exactly what :meth:`list_device_updates` with ``device_id``
         alone answers, with their ``rows_mark`` (:meth:`confirm_device`).

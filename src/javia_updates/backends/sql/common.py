@@ -43,7 +43,7 @@ from javia_updates.backends.sql.writer import Writer, writer_for
 from javia_updates.metrics import observe_write_transaction
 from javia_updates.webhooks.outbox import enqueue as enqueue_webhook_event
 
-__all__ = ["SQLStoreBase", "Statements"]
+__all__ = ["DEVICE_COLUMN_PREFIX", "SQLStoreBase", "Statements"]
 
 
 class Statements:
@@ -97,6 +97,10 @@ class Statements:
             )
             self._transitions[key] = statement
         return statement
+
+
+#: The prefix of the device's own columns in the hot statement ``device_with_rows``.
+DEVICE_COLUMN_PREFIX = "device__"
 
 
 class SQLStoreBase:
@@ -257,7 +261,7 @@ class SQLStoreBase:
         """Statements of the heartbeat path, built once: building one costs more than running it."""
         statements = self._hot
         if statements is None:
-            d, du = self.tables.devices, self.tables.device_updates
+            d, du, u = self.tables.devices, self.tables.device_updates, self.tables.updates
             statements = self._hot = {
                 "device_by_token": select(*self._device_columns()).where(
                     d.c.token_hash == bindparam("token_hash")
@@ -277,6 +281,21 @@ class SQLStoreBase:
                 "rows_of_device": self._device_update_select()
                 .where(du.c.device_id == bindparam("device_id"))
                 .order_by(*self._version_order(), du.c.device_id),
+                # The device joined to its rows (one result row per update row;
+                # one with empty row columns for a device without rows), the
+                # device's own columns under DEVICE_COLUMN_PREFIX.
+                "device_with_rows": select(
+                    *self._device_update_select().selected_columns,
+                    *(
+                        column.label(DEVICE_COLUMN_PREFIX + column.name)
+                        for column in self._device_columns()
+                    ),
+                )
+                .select_from(
+                    d.outerjoin(du, du.c.device_id == d.c.id).outerjoin(u, du.c.update_id == u.c.id)
+                )
+                .where(d.c.token_hash == bindparam("token_hash"))
+                .order_by(*self._version_order(), du.c.id),
             }
         return statements
 

@@ -44,7 +44,7 @@ from javia_updates.backends.records import (
 )
 from javia_updates.backends.schema import UTCDateTime, json_type
 from javia_updates.backends.sql.batch import execute_converted
-from javia_updates.backends.sql.common import SQLStoreBase
+from javia_updates.backends.sql.common import DEVICE_COLUMN_PREFIX, SQLStoreBase
 from javia_updates.backends.sql.engine import (
     as_backend_error,
     describe_failure,
@@ -56,8 +56,6 @@ __all__ = ["DeviceStore"]
 logger = logging.getLogger(__name__)
 
 _IN_CHUNK = 500  # uuids per IN (...) list
-#: The device's own columns in the statement of find_device_with_rows.
-_DEVICE_PREFIX = "device__"
 
 
 class _Prefixed:
@@ -75,8 +73,6 @@ class _Prefixed:
 
 class DeviceStore(SQLStoreBase):
     """The devices aggregate of the SQL store (see :class:`~javia_updates.backends.store.Store`)."""
-
-    _device_with_rows_statement: Any = None
 
     def create_device(self, device: NewDevice, *, now: datetime, audit: AuditEntry) -> DeviceRecord:
         """Insert the device and its audit line in one transaction.
@@ -152,36 +148,17 @@ class DeviceStore(SQLStoreBase):
         the device and its rows agree, on SQLite without a transaction.
         """
         with self._read_one_statement() as connection:
-            result = connection.execute(self._device_with_rows(), {"token_hash": token_hash}).all()
+            result = connection.execute(
+                self._hot_statements()["device_with_rows"], {"token_hash": token_hash}
+            ).all()
         if not result:
             return None
         rows = [self._device_update_from_row(row) for row in result if row.id is not None]
         return DeviceWithRows(
-            self._device_from_row(_Prefixed(result[0], _DEVICE_PREFIX)),
+            self._device_from_row(_Prefixed(result[0], DEVICE_COLUMN_PREFIX)),
             rows,
             (len(rows), sum(row.row_revision for row in result if row.id is not None)),
         )
-
-    def _device_with_rows(self) -> Any:
-        """The statement of :meth:`find_device_with_rows`, built once."""
-        statement = self._device_with_rows_statement
-        if statement is None:
-            d, du, u = self.tables.devices, self.tables.device_updates, self.tables.updates
-            statement = self._device_with_rows_statement = (
-                select(
-                    *self._device_update_select().selected_columns,
-                    *(
-                        column.label(_DEVICE_PREFIX + column.name)
-                        for column in self._device_columns()
-                    ),
-                )
-                .select_from(
-                    d.outerjoin(du, du.c.device_id == d.c.id).outerjoin(u, du.c.update_id == u.c.id)
-                )
-                .where(d.c.token_hash == bindparam("token_hash"))
-                .order_by(*self._version_order(), du.c.id)
-            )
-        return statement
 
     def token_is_current(self, device_id: int, token_hash: str) -> bool:
         """Whether the device still holds the token: one primary-key lookup, one boolean back."""
