@@ -330,9 +330,6 @@ class Rollouts:
             if record.state is not RolloutState.ACTIVE:
                 break
             k = record.phase_index
-            windows_from = (
-                record.phase_opened_at if update.update_type is UpdateType.SCHEDULED else None
-            )
             first_completed_at = window_closed_at = None
             if k == len(record.phases) - 1:
                 # The last phase holds every row and its gate asks only whether
@@ -355,12 +352,13 @@ class Rollouts:
                     ),
                     default=None,
                 )
-                if windows_from is not None:
+                opened_at = record.phase_opened_at
+                if update.update_type is UpdateType.SCHEDULED and opened_at is not None:
                     window_closed_at = max(
                         (
                             member.window_end
                             for member in in_phase
-                            if member.window_end is not None and member.window_end >= windows_from
+                            if member.window_end is not None and member.window_end >= opened_at
                         ),
                         default=None,
                     )
