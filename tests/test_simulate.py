@@ -403,3 +403,26 @@ def test_after_halt_seconds_must_be_a_number_of_seconds() -> None:
     with pytest.raises(SimulationError, match="after_halt_seconds is -1"):
         SimulationConfig(devices=1, after_halt_seconds=-1)
     assert SimulationConfig(devices=1, heartbeat_seconds=10).seconds_after_halt == 13.0
+
+
+def test_a_busy_server_defers_new_installs_and_every_device_still_completes() -> None:
+    """Install admission (docs/architecture.md): with room for one request at a time in
+    progress, the server defers most starts; the deferred devices come back and finish."""
+    report = run_simulation(
+        SimulationConfig(
+            devices=60,
+            heartbeat_seconds=2.0,
+            connections=32,
+            timeout_seconds=90,
+            seed=3,
+            server_settings={"JAVIA_INSTALL_ADMISSION_REQUESTS": "1"},
+        )
+    )
+    assert report.succeeded, report.errors
+    assert report.installs_deferred is not None and report.installs_deferred > 0
+    assert report.requests["download"] == 60  # a deferral never cut an install midway
+
+
+def test_server_settings_must_be_javia_variables() -> None:
+    with pytest.raises(SimulationError, match="JAVIA_"):
+        SimulationConfig(devices=1, server_settings={"PATH": "/tmp"})

@@ -148,6 +148,9 @@ class SimulationConfig:
         server_workers: the server's worker processes (``javia server
             --workers``, 1 to 256); its CPU and memory are then the sum over
             the supervisor and its workers.
+        server_settings: more settings for the server, as its ``JAVIA_*``
+            environment variables (e.g. ``{"JAVIA_INSTALL_ADMISSION_REQUESTS":
+            "0"}``); names outside ``JAVIA_`` are refused.
     """
 
     devices: int
@@ -165,8 +168,14 @@ class SimulationConfig:
     rollout: Mapping[str, str] | None = None
     after_halt_seconds: float | None = None
     server_workers: int = 1
+    server_settings: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
+        for name in self.server_settings or {}:
+            if not name.startswith("JAVIA_") or not name[6:].replace("_", "").isalnum():
+                raise SimulationError(
+                    f"server setting {name!r}: expected a JAVIA_* environment variable name"
+                )
         if not 1 <= self.devices <= MAX_DEVICES:
             raise SimulationError(
                 f"devices is {self.devices}: expected 1 to {MAX_DEVICES:,} simulated devices"
@@ -375,6 +384,7 @@ def run_simulation(
         fleet = LocalFleet(root / "fleet", heartbeat_seconds=config.heartbeat_seconds)
         extra_env = {"JAVIA_DATABASE_URL": config.database_url} if config.database_url else {}
         extra_env["JAVIA_WORKERS"] = str(config.server_workers)
+        extra_env.update(config.server_settings or {})
         try:
             try:
                 say(f"starting javia server on {fleet.url}")
@@ -393,6 +403,7 @@ def run_simulation(
                     raise SimulationError(
                         f"reading the update's progress failed: {error}"
                     ) from None
+            report.installs_deferred = _installs_deferred(fleet.url, fleet.api_key)
             counts = update.status_counts
             report.server_completed = int(counts.get("completed", 0))
             report.server_started = sum(int(counts.get(name, 0)) for name in _STARTED_STATUSES)
@@ -405,6 +416,22 @@ def run_simulation(
             fleet.stop()
     report.wall_seconds = round(time.perf_counter() - wall_start, 3)
     return report
+
+
+def _installs_deferred(url: str, api_key: str) -> int | None:
+    """``javia_installs_deferred_total`` from the server's ``/metrics`` (all workers); None if unreadable."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"{url}/metrics", headers={"X-API-Key": api_key}, timeout=30)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    for line in answer.text.splitlines():
+        if line.startswith("javia_installs_deferred_total "):
+            return int(float(line.split()[1]))
+    return None
 
 
 async def _simulate(

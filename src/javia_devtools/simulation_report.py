@@ -64,6 +64,10 @@ class SimulationReport:
             one) until then; None as above.
         in_flight_at_halt: devices that had started and not finished when the
             halt was seen.
+        installs_deferred: heartbeat answers the server gave without the
+            directive of an install due now because it was busy (install
+            admission, docs/architecture.md; ``javia_installs_deferred_total``
+            of its ``/metrics`` at the end); None if it could not be read.
     """
 
     devices: int
@@ -93,6 +97,7 @@ class SimulationReport:
     seconds_first_failure_to_halt: float | None = None
     seconds_last_failure_to_halt: float | None = None
     in_flight_at_halt: int = 0
+    installs_deferred: int | None = None
 
     @property
     def error_count(self) -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "Recorders",
     "count_download_bytes",
     "count_heartbeat",
+    "count_install_deferred",
     "count_status_report",
     "multiprocess_directory",
     "observe_request",
@@ -183,6 +184,12 @@ class Recorders:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.installs_deferred = Counter(
+            "javia_installs_deferred",
+            "Heartbeat answers without the directive of an install due now because the "
+            "server process was busy (install_admission_requests).",
+            registry=self.registry,
+        )
         self.write_batches = Histogram(
             "javia_db_write_batch_units",
             "Units of work per group-commit transaction (its _count is the commits).",
@@ -212,6 +219,11 @@ def observe_request(method: str, route: str, status_code: int, seconds: float) -
     recorders().request_seconds.labels(
         method=method, route=route, status_class=f"{status_code // 100}xx"
     ).observe(seconds)
+
+
+def count_install_deferred() -> None:
+    """One directive withheld by install admission (the server process was busy)."""
+    recorders().installs_deferred.inc()
 
 
 def count_download_bytes(size: int) -> None:

@@ -161,6 +161,21 @@ class ServerSettings(EnvOverTomlSettings):
             balancer admits its own number (docs/backends.md).
         download_busy_retry_seconds: the ``Retry-After`` of such a 503, in
             seconds (devices add jitter).
+        install_admission_requests: more requests than this in progress in a
+            server process (not counting package downloads and held wake-up
+            requests) make it *busy*: the pace at which devices may begin
+            installs is halved; a device refused gets no directive in that
+            heartbeat answer and is offered it at a later one
+            (:mod:`javia_updates.service.admission`). Per worker. 0 turns
+            install admission off.
+        access_log: log one line per HTTP request (uvicorn's access log). Off
+            by default: a fleet's heartbeats would be most of the log (10,000
+            devices: 2.9 million lines a day) and writing them cost the
+            server about 6 % of its CPU in the 10,000-device simulation;
+            javia logs state changes, refusals and errors itself.
+        install_admission_loop_lag_seconds: the mean lag of a server
+            process's event loop above which it is *busy* (short of CPU),
+            seconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")
@@ -195,6 +210,9 @@ class ServerSettings(EnvOverTomlSettings):
     wakeup_reconnect_seconds: float = Field(default=1, ge=0, le=3600)
     max_concurrent_downloads: int = Field(default=200, ge=0, le=1_000_000)
     download_busy_retry_seconds: int = Field(default=15, ge=1, le=3600)
+    install_admission_requests: int = Field(default=16, ge=0, le=1_000_000)
+    install_admission_loop_lag_seconds: float = Field(default=0.05, gt=0, le=60)
+    access_log: bool = False
 
     @field_validator("approval_required")
     @classmethod

@@ -113,6 +113,13 @@ def run(
         return
     app = create_app(settings)
     warn_if_signatures_unchecked(settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=settings.access_log,
+        server_header=False,
+    )
     logging.getLogger("uvicorn.error").info(line, app.version, *arguments)
     uvicorn.Server(config).run()

@@ -46,11 +46,15 @@ from javia_updates.server.wakeup import WakeupHub
 from javia_updates.server.wakeup import router as wakeup_router
 from javia_updates.server.webhooks import webhook_deliverer
 from javia_updates.service import API_PREFIX, UpdateService
+from javia_updates.service.admission import InstallAdmission
 from javia_updates.settings import ServerSettings
 
 __all__ = ["create_app", "utc_now"]
 
 logger = logging.getLogger(__name__)
+
+#: How often the event loop's lag is sampled for install admission, seconds.
+LOOP_LAG_PERIOD_SECONDS = 0.05
 
 
 def utc_now() -> datetime:
@@ -118,6 +122,14 @@ def create_app(
 
     deliverer = webhook_deliverer(service, settings, now_of)
 
+    async def watch_loop_lag(admission: InstallAdmission) -> None:
+        """Every 50 ms: how late the event loop woke this task (install admission's signal)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LOOP_LAG_PERIOD_SECONDS)
+            admission.observe_loop_lag(loop.time() - asked - LOOP_LAG_PERIOD_SECONDS)
+
     def on_wakeup(notice: WakeupNotice) -> None:
         """A notice from any process: this process's catalog sees the change first, so the
         devices it wakes (behind a balancer, on any replica) find it at their heartbeat."""
@@ -133,12 +145,15 @@ def create_app(
         service.wakeups.bus.start(on_wakeup)
         evaluation = asyncio.create_task(evaluate_rollouts())
         delivery = asyncio.create_task(deliverer.run_forever())
+        tasks = [evaluation, delivery]
+        if service.install_admission is not None:
+            tasks.append(asyncio.create_task(watch_loop_lag(service.install_admission)))
         try:
             yield
         finally:
             wakeups.close_all()
             service.wakeups.bus.close()
-            for task in (evaluation, delivery):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -200,5 +215,6 @@ def create_app(
         max_body_bytes=settings.max_request_body_bytes,
     )
     app.include_router(metrics_router)  # GET /metrics, outside the API prefix (docs/metrics.md)
-    app.add_middleware(RequestMetrics)  # outermost: times the fast path's heartbeats too
+    # outermost: times the fast path's heartbeats too, and counts them in progress
+    app.add_middleware(RequestMetrics, admission=service.install_admission)
     return app

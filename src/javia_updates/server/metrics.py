@@ -39,7 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from javia_core.models import DeviceStatus
 from javia_updates import metrics
 from javia_updates.backends.sql.common import SQLStoreBase
+from javia_updates.server.download_slots import download_kind
 from javia_updates.service import API_PREFIX, UpdateService
+from javia_updates.service.admission import InstallAdmission
 from javia_updates.service.views import offline_before
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "HEARTBEAT_ROUTE",
     "FleetCollector",
     "RequestMetrics",
+    "counts_for_admission",
     "router",
     "scrape",
 ]
@@ -210,11 +213,21 @@ class RequestMetrics:
     Args:
         app: the application inside.
         clock: a monotonic clock in seconds (injectable).
+        admission: counts every request in progress but package downloads and
+            held wake-up requests (:func:`counts_for_admission`), to admit the
+            start of installs (:mod:`javia_updates.service.admission`).
     """
 
-    def __init__(self, app: ASGIApp, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        admission: InstallAdmission | None = None,
+    ) -> None:
         self.app = app
         self.clock = clock
+        self.admission = admission
         metrics.recorders()  # every metric is in the first scrape, at zero
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -231,9 +244,16 @@ class RequestMetrics:
                 answer["bytes"] += len(message.get("body", b""))
             await send(message)
 
+        admission = self.admission
+        if admission is not None and not counts_for_admission(scope.get("path", "")):
+            admission = None
+        if admission is not None:
+            admission.request_started()
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            if admission is not None:
+                admission.request_finished()
             route = _route_template(scope)
             code: int = answer["status"]
             metrics.observe_request(scope["method"], route, code, self.clock() - started)
@@ -241,6 +261,18 @@ class RequestMetrics:
                 metrics.count_heartbeat()
             elif route == DOWNLOAD_ROUTE and answer["bytes"]:
                 metrics.count_download_bytes(answer["bytes"])
+
+
+def counts_for_admission(path: str) -> bool:
+    """Whether a request to ``path`` counts as work in progress for install admission.
+
+    Everything but package downloads (archive, objects, patches: their time
+    is the transfer's, capped by ``max_concurrent_downloads``) and held
+    wake-up requests (they wait by design).
+    """
+    return download_kind(path, API_PREFIX) is None and not (
+        path.startswith(f"{API_PREFIX}/devices/") and path.endswith("/wakeup")
+    )
 
 
 def _route_template(scope: Scope) -> str:

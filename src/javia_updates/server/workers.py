@@ -137,6 +137,7 @@ def run_workers(
         port=port,
         workers=workers,
         log_level=log_level,
+        access_log=settings.access_log,
         server_header=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )

@@ -48,7 +48,13 @@ The rules (DESIGN.md section 4), where they are applied:
      :func:`javia_core.scheduling.most_urgent`), then the others become
      ``superseded``;
   5. a scheduled/urgent row whose window has closed is re-planned for the next
-     window (:func:`javia_core.scheduling.current_install_plan`).
+     window (:func:`javia_core.scheduling.current_install_plan`);
+  6. *admission*: a ``pending`` winner due now is offered at the pace of
+     install starts the server keeps up with (a token bucket slowed while the
+     process is busy: its event loop late, or more than
+     ``install_admission_requests`` other requests in progress;
+     :mod:`~javia_updates.service.admission`); refused, the answer carries no
+     directive and the row stays ``pending`` for a later heartbeat.
 
   No directive, but a ``staged`` or ``retrying`` row of a paused rollout: the
   answer names it ``held`` (the device keeps its work and installs nothing,
@@ -104,6 +110,7 @@ from javia_updates.backends.base import (
     UpdateRecord,
 )
 from javia_updates.backends.wakeup_bus import wakeup_bus_for
+from javia_updates.service.admission import InstallAdmission
 from javia_updates.service.common import (
     API_PREFIX,
     DOCUMENT_CACHE_SIZE,
@@ -200,7 +207,21 @@ class UpdateService:
         #: Wakes devices' held wake-up requests on every server process (docs/agent.md).
         self.wakeups = DeviceWakeups(wakeup_bus_for(self.store))
         self._rollouts = Rollouts(self.records, settings, wakeups=self.wakeups)
-        self._heartbeats = Heartbeats(self.records, settings, regressed=self._evaluate_rollout)
+        #: Admits the start of installs (None when ``install_admission_requests`` is 0).
+        self.install_admission: InstallAdmission | None = (
+            InstallAdmission(
+                limit=settings.install_admission_requests,
+                max_loop_lag_seconds=settings.install_admission_loop_lag_seconds,
+            )
+            if settings.install_admission_requests > 0
+            else None
+        )
+        self._heartbeats = Heartbeats(
+            self.records,
+            settings,
+            regressed=self._evaluate_rollout,
+            admission=self.install_admission,
+        )
         self._reports = StatusReports(self.records, finished=self._evaluate_rollout)
         self._updates = Updates(self.records, self.blobs, self._rollouts)
         self._publishing = Publishing(self.records, self.blobs, settings, keyring, self._rollouts)

@@ -38,6 +38,8 @@ from javia_updates.backends.base import (
     DeviceUpdateRecord,
     NewDeviceUpdate,
 )
+from javia_updates.metrics import count_install_deferred
+from javia_updates.service.admission import InstallAdmission
 from javia_updates.service.common import (
     API_PREFIX,
     MAX_METADATA_BYTES,
@@ -63,6 +65,8 @@ class Heartbeats:
         regressed: called with the update id after a heartbeat recorded a
             post-install regression on one of its rows (the rollout is then
             evaluated: it may halt).
+        admission: paces the start of installs (:mod:`~javia_updates.service.admission`);
+            None: every due install starts at once.
     """
 
     def __init__(
@@ -71,11 +75,13 @@ class Heartbeats:
         settings: ServerSettings,
         *,
         regressed: Callable[[int, datetime], None] | None = None,
+        admission: InstallAdmission | None = None,
     ) -> None:
         self.records = records
         self.store = records.store
         self.settings = settings
         self.regressed = regressed
+        self.admission = admission
 
     def heartbeat(
         self,
@@ -289,6 +295,17 @@ class Heartbeats:
                 return None
         for row in outcome.superseded:
             self._supersede(row, device, f"superseded by {winner.version}", now)
+        # 6. Admission (module javia_updates.service.admission): an install that
+        # would begin now is offered at the pace the server keeps up with;
+        # refused, the row stays pending and is offered at a later heartbeat.
+        if (
+            self.admission is not None
+            and winner.status is UpdateStatus.PENDING
+            and (winner.scheduled_for is None or winner.scheduled_for <= now)
+            and not self.admission.admit()
+        ):
+            count_install_deferred()
+            return None
         return self._directive(winner, rows, running)
 
     def _new_row(

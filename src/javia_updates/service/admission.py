@@ -1,0 +1,210 @@
+"""Install admission: installs begin at the rate the server keeps up with (issue 14).
+
+An instant update offered to 10,000 devices that heartbeat within the same
+30 seconds asks for 60,000 install requests (status reports, manifest,
+signature, payload) in those 30 seconds; a server that answers a few
+hundred a second then answers every request, heartbeats included, behind a
+queue minutes long. A device that has not *begun* an install loses nothing
+by being told about it a little later, so the server paces the moment
+installs begin, the way TCP paces packets (RFC 5681, section 3.1):
+
+* the **signal** that the server process is busy: its event loop runs late
+  (the lag of a timer on the loop, a moving mean: the process is short of
+  CPU, from its own work or the machine's — the signal of Node's
+  ``toobusy``), or it is working on many requests at once (Little's law:
+  arrival rate × time in the server; package downloads, whose time is the
+  transfer's and which have their own cap, ``max_concurrent_downloads``, and
+  held wake-up requests, which wait by design, are not counted);
+* the **pace**: a token bucket of install starts per second. It starts at
+  ``initial_rate_per_second``, doubles at every half second in which devices
+  were refused and the process was not busy (slow start), is halved at every
+  half second the process is busy and from then on grows by a fixed step
+  only (congestion avoidance: additive increase, multiplicative decrease).
+  After ``calm_seconds`` neither busy nor refusing, it starts over from
+  ``initial_rate_per_second`` (or its current pace, if higher) in slow
+  start. The bucket holds a second's worth, at least ``burst`` starts, so a
+  small fleet (or a test) is never paced;
+* a heartbeat whose directive would make the device **begin** an install now
+  (a ``pending`` row due now) carries it only with a token; otherwise the
+  answer has no directive, the row stays ``pending`` and the device is
+  offered it at its next heartbeat or wake-up
+  (:meth:`~javia_updates.service.heartbeat.Heartbeats.directive_for`). The
+  answer does not ask the device back sooner: in a 10,000-device simulation
+  that hint brought the refused back faster than the pace admitted them,
+  and their heartbeats kept the server busy (docs/benchmarks.md);
+* a device already downloading, installing, staged or retrying keeps its
+  directive: no install is cut in the middle, and the work in progress
+  drains at the server's own pace.
+
+Each server process (``--workers``) paces its own share; the rates add up.
+
+Pure: the caller measures (the request middleware,
+:class:`~javia_updates.server.metrics.RequestMetrics`, counts requests; a
+task on the server's event loop reports its lag); the clock is injected. Thread-safe: heartbeats are answered on the event loop
+and in the thread pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["AdmissionState", "InstallAdmission"]
+
+#: Weight of one new lag sample in the moving mean.
+_LAG_SAMPLE_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class AdmissionState:
+    """A snapshot of :class:`InstallAdmission`, for tests and benchmarks.
+
+    Attributes:
+        rate_per_second: the pace, install starts per second (this process).
+        in_progress: requests in progress in this process now (not counting
+            package downloads and held wake-up requests).
+        loop_lag_seconds: the moving mean of the event loop's lag, seconds.
+        admitted: installs admitted since the process started.
+        refused: directives withheld since the process started.
+    """
+
+    rate_per_second: float
+    in_progress: int
+    loop_lag_seconds: float
+    admitted: int
+    refused: int
+
+
+class InstallAdmission:
+    """Paces the start of installs by how busy the server process is (module docstring).
+
+    Args:
+        limit: other requests in progress in this process at which it counts
+            as busy; at least 1.
+        max_loop_lag_seconds: the event loop's mean lag above which it counts
+            as busy, seconds (> 0).
+        initial_rate_per_second: the first pace, install starts per second.
+        min_rate_per_second: the slowest pace: a busy server still starts
+            some installs, so a rollout never stalls.
+        step_per_second: the additive growth per interval after a halving.
+        burst: the fewest starts the bucket holds.
+        calm_seconds: neither busy nor refusing this long, the pace starts
+            over (slow start), seconds.
+        interval_seconds: how often the pace is adjusted, seconds.
+        clock: a monotonic clock, seconds.
+
+    Raises:
+        ValueError: ``limit`` below 1, or a lag, rate or interval not above 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        max_loop_lag_seconds: float,
+        initial_rate_per_second: float = 20.0,
+        min_rate_per_second: float = 2.0,
+        step_per_second: float = 2.0,
+        burst: int = 10,
+        calm_seconds: float = 30.0,
+        interval_seconds: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if not (max_loop_lag_seconds > 0 and min_rate_per_second > 0 and interval_seconds > 0):
+            raise ValueError(
+                "max_loop_lag_seconds, min_rate_per_second and interval_seconds must be above 0"
+            )
+        self.limit = limit
+        self.max_loop_lag_seconds = max_loop_lag_seconds
+        self.min_rate_per_second = min_rate_per_second
+        self.step_per_second = step_per_second
+        self.burst = max(1, burst)
+        self.initial_rate_per_second = max(min_rate_per_second, initial_rate_per_second)
+        self.calm_seconds = calm_seconds
+        self.interval_seconds = interval_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._in_progress = 0
+        self._loop_lag = 0.0
+        self._rate = self.initial_rate_per_second
+        self._slow_start = True
+        now = clock()
+        self._calm_since = now
+        self._tokens = float(self.burst)
+        self._filled_at = now
+        self._interval_started = now
+        self._busy_in_interval = False
+        self._refused_in_interval = 0
+        self._admitted = 0
+        self._refused = 0
+
+    # ------------------------------------------------------------------ signals
+    def request_started(self) -> None:
+        """One request began (call :meth:`request_finished` when it ends, whatever happens)."""
+        with self._lock:
+            self._in_progress += 1
+
+    def request_finished(self) -> None:
+        """One request counted by :meth:`request_started` ended."""
+        with self._lock:
+            self._in_progress -= 1
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        """How late one timer on the server's event loop fired, seconds (0 or more)."""
+        with self._lock:
+            self._loop_lag += _LAG_SAMPLE_WEIGHT * (max(0.0, seconds) - self._loop_lag)
+            if self._loop_lag > self.max_loop_lag_seconds:
+                self._busy_in_interval = True
+
+    # ------------------------------------------------------------------ decisions
+    def admit(self) -> bool:
+        """Whether one more install may begin now (a token was left); counts the answer."""
+        with self._lock:
+            now = self.clock()
+            if self._in_progress > self.limit:
+                self._busy_in_interval = True
+            self._adjust(now)
+            capacity = max(float(self.burst), self._rate)
+            self._tokens = min(capacity, self._tokens + (now - self._filled_at) * self._rate)
+            self._filled_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                self._admitted += 1
+                return True
+            self._refused += 1
+            self._refused_in_interval += 1
+            return False
+
+    def state(self) -> AdmissionState:
+        """A snapshot (:class:`AdmissionState`)."""
+        with self._lock:
+            return AdmissionState(
+                rate_per_second=self._rate,
+                in_progress=self._in_progress,
+                loop_lag_seconds=self._loop_lag,
+                admitted=self._admitted,
+                refused=self._refused,
+            )
+
+    def _adjust(self, now: float) -> None:
+        """Once per interval: halve the pace if the process was busy, grow it if devices waited."""
+        if now - self._interval_started < self.interval_seconds:
+            return
+        busy = self._busy_in_interval or self._loop_lag > self.max_loop_lag_seconds
+        if busy:
+            self._rate = max(self.min_rate_per_second, self._rate / 2)
+            self._slow_start = False
+        elif self._refused_in_interval:
+            self._rate = self._rate * 2 if self._slow_start else self._rate + self.step_per_second
+        if busy or self._refused_in_interval:
+            self._calm_since = now
+        elif now - self._calm_since >= self.calm_seconds and not self._slow_start:
+            self._rate = max(self._rate, self.initial_rate_per_second)
+            self._slow_start = True
+        self._interval_started = now
+        self._busy_in_interval = False
+        self._refused_in_interval = 0

@@ -1,0 +1,236 @@
+"""Install admission (issue 14): a new install begins only while the server keeps up.
+
+The counter is pure; the service tests check what a device sees (no
+directive while the server is busy, its row still ``pending``, an install
+already begun never cut), and the request middleware counts what
+drives it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from javia_updates.service.admission import InstallAdmission
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission_for_tests(**options: float) -> tuple[InstallAdmission, FakeClock]:
+    clock = FakeClock()
+    settings: dict[str, float] = {"limit": 16, "max_loop_lag_seconds": 0.05, **options}
+    admission = InstallAdmission(clock=clock, **settings)  # type: ignore[arg-type]
+    return admission, clock
+
+
+def asking(admission: InstallAdmission, clock: FakeClock, seconds: float, per_second: int) -> int:
+    """Devices asking evenly, ``per_second`` for ``seconds``: how many were admitted."""
+    admitted = 0
+    asks = round(seconds * per_second)
+    for _ in range(asks):
+        clock.now += 1 / per_second
+        admitted += admission.admit()
+    return admitted
+
+
+def busy(admission: InstallAdmission, requests: int) -> None:
+    for _ in range(requests):
+        admission.request_started()
+
+
+def lagging(admission: InstallAdmission, seconds: float) -> None:
+    for _ in range(10):
+        admission.observe_loop_lag(seconds)
+
+
+def test_a_small_fleet_is_never_paced() -> None:
+    admission, clock = admission_for_tests()
+    assert asking(admission, clock, 0.1, 100) == 10  # the burst: ten at once
+    assert asking(admission, clock, 60, 5) == 300
+
+
+def test_a_crowd_is_admitted_at_a_rate_that_doubles_while_the_server_keeps_up() -> None:
+    admission, clock = admission_for_tests(initial_rate_per_second=20)
+    first = asking(admission, clock, 1.0, 1000)
+    assert first < 60  # the burst and about 20 a second, not the 1,000 asking
+    later = [asking(admission, clock, 0.5, 1000) for _ in range(6)]
+    assert later == sorted(later) and later[-1] > 4 * later[0]  # slow start
+    assert admission.state().refused > 0
+
+
+def test_a_busy_process_halves_the_pace_then_grows_it_by_a_step() -> None:
+    admission, clock = admission_for_tests(initial_rate_per_second=100, step_per_second=2)
+    asking(admission, clock, 1.0, 500)
+    before = admission.state().rate_per_second
+    lagging(admission, 0.2)  # the process is short of CPU: timers fire 200 ms late
+    asking(admission, clock, 0.5, 500)
+    halved = admission.state().rate_per_second
+    assert halved == pytest.approx(before / 2)
+    lagging(admission, 0.001)  # caught up (the mean passes the line on the way down)
+    asking(admission, clock, 0.5, 500)
+    settled = admission.state().rate_per_second
+    assert settled <= halved
+    asking(admission, clock, 2.0, 500)  # four intervals with devices waiting
+    assert admission.state().rate_per_second == pytest.approx(settled + 4 * 2, abs=2.1)
+
+
+def test_many_requests_in_progress_count_as_busy() -> None:
+    admission, clock = admission_for_tests(limit=3, initial_rate_per_second=100)
+    asking(admission, clock, 1.0, 500)
+    before = admission.state().rate_per_second
+    busy(admission, 5)
+    asking(admission, clock, 0.6, 500)
+    assert admission.state().rate_per_second < before
+
+
+def test_a_congested_server_still_starts_installs_at_the_floor_rate() -> None:
+    admission, clock = admission_for_tests(min_rate_per_second=2)
+    lagging(admission, 1.0)
+    asking(admission, clock, 20, 100)  # busy for 20 s: the pace fell to the floor
+    assert admission.state().rate_per_second == pytest.approx(2)
+    assert 15 <= asking(admission, clock, 10, 100) <= 25  # about 2 a second
+
+
+def test_after_a_calm_spell_the_pace_starts_over() -> None:
+    admission, clock = admission_for_tests(initial_rate_per_second=20, calm_seconds=30)
+    lagging(admission, 1.0)
+    asking(admission, clock, 5, 100)
+    assert admission.state().rate_per_second < 20
+    lagging(admission, 0.0)
+    asking(admission, clock, 40, 1)  # forty quiet seconds, one device a second
+    assert admission.state().rate_per_second == pytest.approx(20)
+
+
+def test_installs_wait_while_the_event_loop_runs_late() -> None:
+    admission, clock = admission_for_tests(initial_rate_per_second=50)
+    lagging(admission, 0.002)
+    assert admission.state().loop_lag_seconds < 0.05
+    lagging(admission, 0.2)
+    assert admission.state().loop_lag_seconds > 0.05
+
+
+def test_a_direct_call_with_nothing_in_progress_is_admitted() -> None:
+    assert admission_for_tests()[0].admit()
+
+
+@pytest.mark.parametrize(("limit", "lag"), [(0, 0.05), (-1, 0.05), (1, 0.0), (1, -1.0)])
+def test_nonsense_limits_are_refused(limit: int, lag: float) -> None:
+    with pytest.raises(ValueError, match="at least 1|above 0"):
+        InstallAdmission(limit=limit, max_loop_lag_seconds=lag)
+
+
+# --------------------------------------------------------------------------- what a device sees
+
+
+def service_admission(service):  # type: ignore[no-untyped-def]
+    admission = service.install_admission
+    assert admission is not None  # on by default: install_admission_requests 16
+    return admission
+
+
+def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
+    service, clock, register, beat, make_package
+):  # type: ignore[no-untyped-def]
+    from javia_core.models import StatusReport, UpdateStatus
+
+    admission = service_admission(service)
+    first, _ = register()
+    second, _ = register()
+    beat(first)
+    beat(second)
+    update = service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock.now)
+
+    # The first device begins while the server keeps up.
+    directive = beat(first).update
+    assert directive is not None and directive.update_id == update.id
+    service.report_status(
+        service.find_device(first.device_uuid),
+        update.id,
+        StatusReport(status=UpdateStatus.DOWNLOADING),
+        now=clock.now,
+    )
+    # Then a crowd took every start the pace allows: the second device waits.
+    while admission.admit():
+        pass
+    answer = beat(second)
+    assert answer.update is None
+    assert answer.held is None
+    assert answer.heartbeat_interval_seconds == 300  # asked again at its usual time
+    rows = {row.device_uuid: row.status for row in service.update_devices(update.id).items}
+    assert rows[second.device_uuid] is UpdateStatus.PENDING
+    # The device already downloading keeps its directive: nothing is cut midway.
+    kept = beat(first).update
+    assert kept is not None and kept.update_id == update.id
+    # A moment later the pace has a start for it: it is offered the update.
+    admission.clock = lambda: time.monotonic() + 2.0
+    offered = beat(second).update
+    assert offered is not None and offered.update_id == update.id
+
+
+def test_scheduled_updates_not_yet_due_are_offered_even_while_the_server_is_busy(
+    service, clock, register, beat, make_package
+):  # type: ignore[no-untyped-def]
+    admission = service_admission(service)
+    device, _ = register()
+    beat(device)
+    while admission.admit():
+        pass
+    service.publish_update(make_package("v1.1.0", "scheduled").upload(), now=clock.now)
+    directive = beat(device).update
+    # Its window (2 AM device-local) is hours away: telling the device costs nothing now.
+    assert directive is not None and directive.install_at > clock.now
+
+
+def test_admission_can_be_turned_off(tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
+    from javia_updates.service import UpdateService
+    from javia_updates.settings import ServerSettings
+
+    settings = ServerSettings(
+        api_key="test-admin-key-0123456789",
+        data_dir=tmp_path / "data",
+        install_admission_requests=0,
+    )
+    assert UpdateService(backend, settings).install_admission is None
+
+
+# --------------------------------------------------------------------------- what is counted
+
+
+@pytest.mark.parametrize(
+    ("path", "counted"),
+    [
+        ("/api/v1/devices/0f0e0d0c-0b0a-0908-0706-050403020100/heartbeat", True),
+        ("/api/v1/devices/0f0e0d0c-0b0a-0908-0706-050403020100/updates/3/status", True),
+        ("/api/v1/updates/3/manifest", True),
+        ("/api/v1/updates/3/download", False),
+        ("/api/v1/objects/" + "a" * 64, False),
+        ("/api/v1/patches/" + "a" * 64 + "/" + "b" * 64, False),
+        ("/api/v1/devices/0f0e0d0c-0b0a-0908-0706-050403020100/wakeup", False),
+    ],
+)
+def test_downloads_and_held_wakeups_are_not_counted_as_work(path: str, counted: bool) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from javia_updates.server.metrics import RequestMetrics
+
+    admission = InstallAdmission(limit=4, max_loop_lag_seconds=0.05)
+
+    async def seen(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(admission.state().in_progress))
+
+    inner = Starlette(routes=[Route("/{rest:path}", seen, methods=["GET", "POST"])])
+    with TestClient(RequestMetrics(inner, admission=admission)) as client:
+        during = client.get(path).text
+    assert during == ("1" if counted else "0")
+    assert admission.state().in_progress == 0  # and every request is let go of
