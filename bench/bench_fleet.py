@@ -11,10 +11,13 @@ Expected (issue 7): every device completes, zero errors. Reported: time from
 the publish answer until the last device completed, the server's CPU during
 the rollout, heartbeat latency.
 
-The same simulation runs twice in one go, side by side (issue 14, "Use the
-whole machine"): the server as one process (``--workers 1``), then with
-``--workers N`` (default: the machine's cores); target with workers:
-heartbeat p99 ≤ 1 s. ``--workers 1`` runs the single-process server alone.
+The same simulation runs three times in one go, side by side (issue 14, "Use
+the whole machine"): the server as one process (``--workers 1``), then with
+``--workers N`` (default: the machine's cores), then with N workers and
+install admission off (``install_admission_requests = 0``: every device
+begins at once, the server before install admission) as the reference;
+target with workers: heartbeat p99 ≤ 1 s. ``--workers 1`` runs the
+single-process server alone.
 
 Run alone: ``python bench/bench_fleet.py [--devices 10000] [--heartbeat-seconds 30] [--workers N]``.
 """
@@ -41,8 +44,12 @@ from javia_updates.settings import available_cores
 HEARTBEAT_P99_TARGET_MS = 1000.0
 
 
-def simulate(args, workers: int) -> SimulationReport:  # type: ignore[no-untyped-def]
-    """One simulation against a server of ``workers`` processes."""
+#: The server settings of the reference run: install admission off.
+WITHOUT_ADMISSION = {"JAVIA_INSTALL_ADMISSION_REQUESTS": "0"}
+
+
+def simulate(args, workers: int, settings: dict[str, str] | None = None) -> SimulationReport:  # type: ignore[no-untyped-def]
+    """One simulation against a server of ``workers`` processes (``settings``: its extra ones)."""
     config = SimulationConfig(
         devices=args.devices,
         heartbeat_seconds=args.heartbeat_seconds,
@@ -50,8 +57,9 @@ def simulate(args, workers: int) -> SimulationReport:  # type: ignore[no-untyped
         timeout_seconds=360,
         seed=7,
         server_workers=workers,
+        server_settings=settings,
     )
-    say = f"[{workers} worker{'s' if workers > 1 else ''}]"
+    say = f"[{workers} worker{'s' if workers > 1 else ''}{', no admission' if settings else ''}]"
     try:
         return run_simulation(
             config, progress=lambda line: print(f"  {say} {line}", file=sys.stderr)
@@ -120,6 +128,12 @@ def rows(report: SimulationReport, label: str, args) -> list[Row]:  # type: igno
         )
     )
     found.append(Row(f"publish request{label}", f"{report.publish_seconds:.2f} s"))
+    found.append(
+        Row(
+            f"heartbeat answers that deferred an install (install admission){label}",
+            "unknown" if report.installs_deferred is None else f"{report.installs_deferred:,}",
+        )
+    )
     if report.server_rss_bytes is not None:
         found.append(
             Row(f"server RSS at the end{label}", f"{report.server_rss_bytes / MIB:.0f} MiB")
@@ -181,8 +195,37 @@ def main() -> None:
                     ratio=f"{done / done_single:.2f} ×",
                 )
             )
+        unpaced = simulate(args, args.workers, WITHOUT_ADMISSION)
+        reports.append(unpaced)
+        result.rows.extend(rows(unpaced, f"{label}, install admission off", args))
+        p99_unpaced = unpaced.heartbeat_latency_ms.get("p99", float("nan"))
+        result.rows.append(
+            Row(
+                f"heartbeat round trip p99 with {args.workers} workers: install admission vs none",
+                f"{p99:.1f} ms",
+                reference=f"{p99_unpaced:.1f} ms",
+                ratio=f"{p99 / p99_unpaced:.2f} ×" if p99_unpaced else "",
+            )
+        )
+        done_unpaced = unpaced.seconds_to_all_completed
+        if done is not None and done_unpaced is not None:
+            result.rows.append(
+                Row(
+                    f"publish → all devices completed with {args.workers} workers: "
+                    "install admission vs none",
+                    f"{done:.1f} s",
+                    reference=f"{done_unpaced:.1f} s",
+                    ratio=f"{done / done_unpaced:.2f} ×",
+                )
+            )
     for report, who in zip(
-        reports, ("one server process", f"{args.workers} workers"), strict=False
+        reports,
+        (
+            "one server process",
+            f"{args.workers} workers",
+            f"{args.workers} workers, install admission off",
+        ),
+        strict=False,
     ):
         requests = sum(report.requests.values())
         result.notes.append(
@@ -192,7 +235,7 @@ def main() -> None:
         )
     result.notes.append(
         f"heartbeat interval {args.heartbeat_seconds:g} s (± 10 % jitter), {args.connections} HTTP "
-        f"connections shared by all simulated devices, payload 64 KiB; the two runs one after the "
+        f"connections shared by all simulated devices, payload 64 KiB; the runs one after the "
         "other, each with its own server and database; simulator and server share the machine's "
         "cores (with workers, the server's CPU is the sum over its processes)"
     )

@@ -88,6 +88,7 @@ def replicas(fleet: LocalFleet, new_postgres_url, tmp_path: Path) -> Iterator[li
     replica_env = {
         key: env[key] for key in ("JAVIA_DATABASE_URL", "JAVIA_HEARTBEAT_INTERVAL_SECONDS")
     }
+    replica_env["JAVIA_ACCESS_LOG"] = "true"  # the test reads which replica served what
     started = [
         Replica(
             name,

@@ -8,8 +8,6 @@ drives it.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from javia_updates.service.admission import InstallAdmission
@@ -108,6 +106,45 @@ def test_after_a_calm_spell_the_pace_starts_over() -> None:
     assert admission.state().rate_per_second == pytest.approx(20)
 
 
+def test_refused_devices_wait_in_line_and_are_woken_at_the_pace() -> None:
+    import uuid
+
+    admission, clock = admission_for_tests(initial_rate_per_second=10, min_rate_per_second=10)
+    lagging(admission, 1.0)  # busy: the pace stays at 10 a second
+    devices = [uuid.UUID(int=n + 1) for n in range(40)]
+    admitted = [device for device in devices if admission.admit(device)]
+    assert len(admitted) == 10  # the burst
+    refused = [device for device in devices if device not in admitted]
+    assert admission.state().waiting == 30
+    admission.admit(refused[0])  # asking again keeps its place in line
+    # Half a second at 10 a second: five, first refused first.
+    assert admission.devices_to_wake(0.5) == refused[:5]
+    assert admission.devices_to_wake(0.5) == refused[5:10]
+    clock.now += 1.0  # ten tokens back: the next one asking is admitted and leaves the line
+    assert admission.admit(refused[20])
+    assert admission.state().waiting == 19
+    assert refused[20] not in admission.devices_to_wake(10.0)
+    assert admission.devices_to_wake(0.5) == []
+
+
+def test_a_device_admitted_is_admitted_again_while_it_has_not_reported() -> None:
+    import uuid
+
+    admission, clock = admission_for_tests(burst=1, initial_rate_per_second=1)
+    lagging(admission, 1.0)
+    device, other = uuid.UUID(int=1), uuid.UUID(int=2)
+    assert admission.admit(device)
+    assert not admission.admit(other)  # the one token is gone
+    # The same device asks again (another heartbeat on another worker, an
+    # update check): the offer does not come and go.
+    assert all(admission.admit(device) for _ in range(5))
+    clock.now += 121  # long after: it needs a token again like anyone
+    others = iter(range(100, 10_000))
+    while admission.admit(uuid.UUID(int=next(others))):
+        pass  # the tokens that refilled meanwhile go to other devices
+    assert not admission.admit(device)
+
+
 def test_installs_wait_while_the_event_loop_runs_late() -> None:
     admission, clock = admission_for_tests(initial_rate_per_second=50)
     lagging(admission, 0.002)
@@ -130,8 +167,14 @@ def test_nonsense_limits_are_refused(limit: int, lag: float) -> None:
 
 
 def service_admission(service):  # type: ignore[no-untyped-def]
-    admission = service.install_admission
-    assert admission is not None  # on by default: install_admission_requests 16
+    """The service's install admission (on by default), rebuilt on a clock the test moves."""
+    default = service.install_admission
+    assert default is not None  # install_admission_requests 16 by default
+    clock = FakeClock()
+    admission = InstallAdmission(
+        limit=default.limit, max_loop_lag_seconds=default.max_loop_lag_seconds, clock=clock
+    )
+    service.install_admission = service._heartbeats.admission = admission
     return admission
 
 
@@ -162,6 +205,7 @@ def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
     answer = beat(second)
     assert answer.update is None
     assert answer.held is None
+    assert admission.state().waiting == 1  # in line for a wake-up
     assert answer.heartbeat_interval_seconds == 300  # asked again at its usual time
     rows = {row.device_uuid: row.status for row in service.update_devices(update.id).items}
     assert rows[second.device_uuid] is UpdateStatus.PENDING
@@ -169,7 +213,7 @@ def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
     kept = beat(first).update
     assert kept is not None and kept.update_id == update.id
     # A moment later the pace has a start for it: it is offered the update.
-    admission.clock = lambda: time.monotonic() + 2.0
+    admission.clock.now += 2.0
     offered = beat(second).update
     assert offered is not None and offered.update_id == update.id
 

@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: How often the event loop's lag is sampled for install admission, seconds.
 LOOP_LAG_PERIOD_SECONDS = 0.05
+#: How often devices refused by install admission are woken at its pace, seconds.
+ADMISSION_WAKE_PERIOD_SECONDS = 0.5
 
 
 def utc_now() -> datetime:
@@ -130,6 +132,16 @@ def create_app(
             await asyncio.sleep(LOOP_LAG_PERIOD_SECONDS)
             admission.observe_loop_lag(loop.time() - asked - LOOP_LAG_PERIOD_SECONDS)
 
+    async def wake_waiting_devices(admission: InstallAdmission) -> None:
+        """Twice a second: wake the devices install admission refused, at its pace."""
+        while True:
+            await asyncio.sleep(ADMISSION_WAKE_PERIOD_SECONDS)
+            waiting = admission.devices_to_wake(ADMISSION_WAKE_PERIOD_SECONDS)
+            if waiting:
+                service.wakeups.notify_devices(
+                    WakeupReason.UPDATE, waiting, spread_seconds=ADMISSION_WAKE_PERIOD_SECONDS
+                )
+
     def on_wakeup(notice: WakeupNotice) -> None:
         """A notice from any process: this process's catalog sees the change first, so the
         devices it wakes (behind a balancer, on any replica) find it at their heartbeat."""
@@ -148,6 +160,7 @@ def create_app(
         tasks = [evaluation, delivery]
         if service.install_admission is not None:
             tasks.append(asyncio.create_task(watch_loop_lag(service.install_admission)))
+            tasks.append(asyncio.create_task(wake_waiting_devices(service.install_admission)))
         try:
             yield
         finally:

@@ -26,8 +26,11 @@ installs begin, the way TCP paces packets (RFC 5681, section 3.1):
   small fleet (or a test) is never paced;
 * a heartbeat whose directive would make the device **begin** an install now
   (a ``pending`` row due now) carries it only with a token; otherwise the
-  answer has no directive, the row stays ``pending`` and the device is
-  offered it at its next heartbeat or wake-up
+  answer has no directive, the row stays ``pending`` and the device waits
+  in line (:meth:`InstallAdmission.devices_to_wake`): twice a second the
+  server wakes as many of the waiting devices as the pace admits in that
+  time, first refused first, over the wake-up channel; a device that holds
+  no channel is offered the update at its next heartbeat
   (:meth:`~javia_updates.service.heartbeat.Heartbeats.directive_for`). The
   answer does not ask the device back sooner: in a 10,000-device simulation
   that hint brought the refused back faster than the pace admitted them,
@@ -48,11 +51,18 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AdmissionState", "InstallAdmission"]
+__all__ = ["ADMITTED_MEMORY_SECONDS", "MAX_WAITING_DEVICES", "AdmissionState", "InstallAdmission"]
 
+#: The most refused devices remembered for a wake-up (the oldest are forgotten
+#: beyond it: they are offered the update at their next heartbeat anyway).
+MAX_WAITING_DEVICES = 100_000
+#: A device admitted this recently is admitted again without a token: it asks
+#: again (another heartbeat, an update check) before its first report, seconds.
+ADMITTED_MEMORY_SECONDS = 120.0
 #: Weight of one new lag sample in the moving mean.
 _LAG_SAMPLE_WEIGHT = 0.3
 
@@ -68,6 +78,7 @@ class AdmissionState:
         loop_lag_seconds: the moving mean of the event loop's lag, seconds.
         admitted: installs admitted since the process started.
         refused: directives withheld since the process started.
+        waiting: refused devices waiting in line for a wake-up.
     """
 
     rate_per_second: float
@@ -75,6 +86,7 @@ class AdmissionState:
     loop_lag_seconds: float
     admitted: int
     refused: int
+    waiting: int
 
 
 class InstallAdmission:
@@ -141,6 +153,8 @@ class InstallAdmission:
         self._refused_in_interval = 0
         self._admitted = 0
         self._refused = 0
+        self._waiting: dict[uuid.UUID, None] = {}  # insertion-ordered: first refused first
+        self._admitted_at: dict[uuid.UUID, float] = {}  # insertion-ordered: oldest first
 
     # ------------------------------------------------------------------ signals
     def request_started(self) -> None:
@@ -161,10 +175,22 @@ class InstallAdmission:
                 self._busy_in_interval = True
 
     # ------------------------------------------------------------------ decisions
-    def admit(self) -> bool:
-        """Whether one more install may begin now (a token was left); counts the answer."""
+    def admit(self, device: uuid.UUID | None = None) -> bool:
+        """Whether one more install may begin now (a token was left); counts the answer.
+
+        Args:
+            device: the device asking; refused, it waits in line for a wake-up
+                (:meth:`devices_to_wake`), admitted, it leaves the line. A
+                device admitted within :data:`ADMITTED_MEMORY_SECONDS` is
+                admitted again without a token (it asked again before its
+                first report: the offer must not come and go).
+        """
         with self._lock:
             now = self.clock()
+            if device is not None:
+                self._forget_admitted(now)
+                if device in self._admitted_at:
+                    return True
             if self._in_progress > self.limit:
                 self._busy_in_interval = True
             self._adjust(now)
@@ -174,10 +200,41 @@ class InstallAdmission:
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 self._admitted += 1
+                if device is not None:
+                    self._waiting.pop(device, None)
+                    if len(self._admitted_at) >= MAX_WAITING_DEVICES:
+                        del self._admitted_at[next(iter(self._admitted_at))]
+                    self._admitted_at[device] = now
                 return True
             self._refused += 1
             self._refused_in_interval += 1
+            if device is not None and device not in self._waiting:
+                if len(self._waiting) >= MAX_WAITING_DEVICES:
+                    del self._waiting[next(iter(self._waiting))]
+                self._waiting[device] = None
             return False
+
+    def _forget_admitted(self, now: float) -> None:
+        """Drop the admissions older than :data:`ADMITTED_MEMORY_SECONDS` (oldest first)."""
+        while self._admitted_at:
+            device, at = next(iter(self._admitted_at.items()))
+            if now - at < ADMITTED_MEMORY_SECONDS:
+                return
+            del self._admitted_at[device]
+
+    def devices_to_wake(self, period_seconds: float) -> list[uuid.UUID]:
+        """The waiting devices the pace admits in the next ``period_seconds``, first refused first.
+
+        They leave the line; woken, each heartbeats and is admitted or, if
+        other devices took the starts meanwhile, refused and back in line.
+        At least one device while any waits.
+        """
+        with self._lock:
+            count = min(len(self._waiting), max(1, int(self._rate * period_seconds)))
+            chosen = [device for device, _ in zip(self._waiting, range(count), strict=False)]
+            for device in chosen:
+                del self._waiting[device]
+            return chosen
 
     def state(self) -> AdmissionState:
         """A snapshot (:class:`AdmissionState`)."""
@@ -188,6 +245,7 @@ class InstallAdmission:
                 loop_lag_seconds=self._loop_lag,
                 admitted=self._admitted,
                 refused=self._refused,
+                waiting=len(self._waiting),
             )
 
     def _adjust(self, now: float) -> None:

@@ -302,7 +302,7 @@ class Heartbeats:
             self.admission is not None
             and winner.status is UpdateStatus.PENDING
             and (winner.scheduled_for is None or winner.scheduled_for <= now)
-            and not self.admission.admit()
+            and not self.admission.admit(device.device_uuid)
         ):
             count_install_deferred()
             return None
