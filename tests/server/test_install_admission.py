@@ -166,16 +166,19 @@ def test_nonsense_limits_are_refused(limit: int, lag: float) -> None:
 # --------------------------------------------------------------------------- what a device sees
 
 
-def service_admission(service):  # type: ignore[no-untyped-def]
-    """The service's install admission (on by default), rebuilt on a clock the test moves."""
-    default = service.install_admission
-    assert default is not None  # install_admission_requests 16 by default
-    clock = FakeClock()
-    admission = InstallAdmission(
-        limit=default.limit, max_loop_lag_seconds=default.max_loop_lag_seconds, clock=clock
-    )
-    service.install_admission = service._heartbeats.admission = admission
-    return admission
+class Switchable(InstallAdmission):
+    """Install admission whose verdict the test sets (``refuse``); it records who asked."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=16, max_loop_lag_seconds=0.05, clock=FakeClock())
+        self.refuse = False
+        self.asked: list[object] = []
+
+    def admit(self, device=None):  # type: ignore[no-untyped-def]
+        self.asked.append(device)
+        if self.refuse:
+            return False
+        return super().admit(device)
 
 
 def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
@@ -183,37 +186,41 @@ def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
 ):  # type: ignore[no-untyped-def]
     from javia_core.models import StatusReport, UpdateStatus
 
-    admission = service_admission(service)
+    admission = Switchable()
+    service.install_admission = service._heartbeats.admission = admission
     first, _ = register()
     second, _ = register()
     beat(first)
     beat(second)
+    assert admission.asked == []  # nothing to begin: nobody asks
     update = service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock.now)
 
     # The first device begins while the server keeps up.
     directive = beat(first).update
     assert directive is not None and directive.update_id == update.id
+    assert admission.asked == [first.device_uuid]
     service.report_status(
         service.find_device(first.device_uuid),
         update.id,
         StatusReport(status=UpdateStatus.DOWNLOADING),
         now=clock.now,
     )
-    # Then a crowd took every start the pace allows: the second device waits.
-    while admission.admit():
-        pass
+    # Then the server is busy: the second device is not told yet.
+    admission.refuse = True
     answer = beat(second)
+    assert admission.asked[-1] == second.device_uuid
     assert answer.update is None
     assert answer.held is None
-    assert admission.state().waiting == 1  # in line for a wake-up
     assert answer.heartbeat_interval_seconds == 300  # asked again at its usual time
     rows = {row.device_uuid: row.status for row in service.update_devices(update.id).items}
     assert rows[second.device_uuid] is UpdateStatus.PENDING
-    # The device already downloading keeps its directive: nothing is cut midway.
+    # The device already downloading keeps its directive without asking: nothing is cut midway.
+    asked = len(admission.asked)
     kept = beat(first).update
     assert kept is not None and kept.update_id == update.id
-    # A moment later the pace has a start for it: it is offered the update.
-    admission.clock.now += 2.0
+    assert len(admission.asked) == asked
+    # Once the server keeps up again, the second device is offered the update.
+    admission.refuse = False
     offered = beat(second).update
     assert offered is not None and offered.update_id == update.id
 
@@ -221,15 +228,16 @@ def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
 def test_scheduled_updates_not_yet_due_are_offered_even_while_the_server_is_busy(
     service, clock, register, beat, make_package
 ):  # type: ignore[no-untyped-def]
-    admission = service_admission(service)
+    admission = Switchable()
+    admission.refuse = True
+    service.install_admission = service._heartbeats.admission = admission
     device, _ = register()
     beat(device)
-    while admission.admit():
-        pass
     service.publish_update(make_package("v1.1.0", "scheduled").upload(), now=clock.now)
     directive = beat(device).update
     # Its window (2 AM device-local) is hours away: telling the device costs nothing now.
     assert directive is not None and directive.install_at > clock.now
+    assert admission.asked == []
 
 
 def test_admission_can_be_turned_off(tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
