@@ -53,6 +53,7 @@ class _RowsReadWithDevice:
     found: DeviceWithRows
     generation: int
     row_changes: int
+    records: object  # the FleetRecords that read them: never another service's
 
 
 #: Set by :meth:`FleetRecords.device_by_token_hash` when it read the device from
@@ -161,7 +162,7 @@ class FleetRecords:
                 return None
             device = found.device
             self.cache.put_device_with_rows(token_hash, found, generation, row_changes)
-            _ROWS_READ_WITH_DEVICE.set(_RowsReadWithDevice(found, generation, row_changes))
+            _ROWS_READ_WITH_DEVICE.set(_RowsReadWithDevice(found, generation, row_changes, self))
         return device
 
     def cached_device(self, token_hash: str) -> DeviceRecord | None:
@@ -198,6 +199,7 @@ class FleetRecords:
         read = _ROWS_READ_WITH_DEVICE.get()
         if (
             read is None
+            or read.records is not self
             or read.found.device.id != device.id
             or read.generation != generation
             or read.row_changes != self.cache.row_changes
