@@ -149,8 +149,12 @@ def test_installs_wait_while_the_event_loop_runs_late() -> None:
     admission, clock = admission_for_tests(initial_rate_per_second=50)
     lagging(admission, 0.002)
     assert admission.state().loop_lag_seconds < 0.05
+    calm = asking(admission, clock, 1.0, 1000)
     lagging(admission, 0.2)
     assert admission.state().loop_lag_seconds > 0.05
+    asking(admission, clock, 1.0, 1000)  # two busy intervals: the pace is halved twice
+    late = asking(admission, clock, 1.0, 1000)
+    assert late < calm / 2  # fewer devices begin while the loop runs late
 
 
 def test_a_direct_call_with_nothing_in_progress_is_admitted() -> None:
