@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,3 +52,24 @@ def postgres_url(postgres_cluster: PostgresCluster) -> str:
 def signing_key() -> Ed25519PrivateKey:
     """The operator's package signing key for this test session."""
     return Ed25519PrivateKey.generate()
+
+
+_DASHBOARD_TESTS = Path(__file__).parent / "dashboard"
+
+
+@pytest.fixture(autouse=True)
+def no_event_loop_left_running(request: pytest.FixtureRequest) -> None:
+    """Fail a test that starts while an earlier test left an asyncio loop running in this thread.
+
+    Such a leak makes every later ``asyncio.run`` in the same worker fail, far from
+    its cause and only for some orders of the tests. Playwright's synchronous API
+    keeps its loop running while a browser is open, so the dashboard's tests
+    (module-scoped browser) are the exception.
+    """
+    if _DASHBOARD_TESTS in request.path.parents:
+        return
+    loop = asyncio.events._get_running_loop()
+    assert loop is None, (
+        f"an earlier test in this worker left {loop!r} running in this thread: "
+        "every asyncio.run here would fail"
+    )

@@ -70,7 +70,12 @@ class CrashFleet(LocalFleet):
         return env
 
     def start_agent_with(self, device: FleetDevice, extra: dict[str, str] | None = None) -> None:
-        """Start ``javia agent run`` for ``device`` with ``extra`` environment for this run only."""
+        """Start ``javia agent run`` for ``device`` with ``extra`` environment for this run only.
+
+        An agent of this device still running (say, paused by an earlier start's
+        environment) is stopped first: one agent per device, and none left behind.
+        """
+        self._stop_agent(device)
         log = device.agent_log.open("ab")
         device.agent = subprocess.Popen(
             [*javia_command(), "agent", "run", "--config", str(device.config_path)],
@@ -127,8 +132,8 @@ class CrashFleet(LocalFleet):
         device.agent.send_signal(signal.SIGKILL)
         device.agent.wait(timeout=10)
 
-    def stop_device(self, device: FleetDevice) -> None:
-        """Stop that device's agent (SIGTERM, then SIGKILL) and its application."""
+    def _stop_agent(self, device: FleetDevice) -> None:
+        """Stop that device's agent if it runs: SIGTERM, then SIGKILL after 10 s."""
         if device.agent is not None and device.agent.poll() is None:
             device.agent.send_signal(signal.SIGTERM)
             try:
@@ -136,6 +141,10 @@ class CrashFleet(LocalFleet):
             except subprocess.TimeoutExpired:
                 device.agent.kill()
                 device.agent.wait()
+
+    def stop_device(self, device: FleetDevice) -> None:
+        """Stop that device's agent (SIGTERM, then SIGKILL) and its application."""
+        self._stop_agent(device)
         self._stop_app(device)
         if device in self.devices:
             self.devices.remove(device)

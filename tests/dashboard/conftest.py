@@ -9,6 +9,7 @@ installs it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +34,15 @@ from javia_devtools.server_process import SERVER_MODULE_COMMAND, ServerProcess
 from shared_helpers import bearer, build_package
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium from the system, shared by the browser tests of this session."""
+    """Headless Chromium from the system, shared by the browser tests of one module.
+
+    Module scope, not session: Playwright's synchronous API keeps its event loop
+    marked as running in this thread until it stops, and any later test in the
+    same worker that calls ``asyncio.run`` would fail ("cannot be called from a
+    running event loop"). Checked after it stops.
+    """
     if not CHROMIUM.exists():
         report_unavailable(f"no {CHROMIUM}: install the Debian package 'chromium'")
     try:
@@ -48,6 +55,7 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+    assert asyncio.events._get_running_loop() is None, "Playwright left its event loop running"
 
 
 def _report(
