@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.fleet import wait_for
 from javia_devtools.server_process import ServerProcess
+from javia_updates.backends.cache import CATALOG_MAX_AGE_SECONDS
 from shared_helpers import bearer, build_package
 
 from .conftest import API_KEY, DATABASE_KINDS
@@ -133,6 +134,15 @@ def test_a_failed_report_is_never_followed_by_the_same_offer(
     assert published.status_code == 201, published.text
     update_id = published.json()["id"]
     uid, token = register(server)
+    # The worker that did not publish learns of the update within its catalog's
+    # age (1 s) or the cross-process notice: a heartbeat landing there first may
+    # not be offered it yet.
+    wait_for(
+        lambda: heartbeat(server, uid, token).json()["update"] is not None,
+        10,
+        "the new update to be offered by the worker that answers",
+    )
+    time.sleep(CATALOG_MAX_AGE_SECONDS)  # both workers' catalogs hold it now
     for _ in range(TRIES):  # both workers cache the device and its pending row
         update = heartbeat(server, uid, token).json()["update"]
         assert update is not None and update["version"] == version

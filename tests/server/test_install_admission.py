@@ -1,8 +1,10 @@
 """Install admission (issue 14): a new install begins only while the server keeps up.
 
-The pace is pure and tested on a fake clock; the request middleware's
-count is tested here; what a fleet sees (deferred starts, every device
-completing, no install cut midway) is tested with a real server in
+The pace is pure and tested on a fake clock; the service tests check what a
+device sees (no directive while the server is busy, its row still
+``pending``, an install already begun never cut); the request middleware's
+count that drives the pace is tested here too. What a fleet sees (deferred
+starts, every device completing) is tested with a real server in
 tests/test_simulate.py.
 """
 
@@ -185,6 +187,50 @@ class Switchable(InstallAdmission):
         return super().admit(device)
 
 
+def test_a_refused_device_gets_no_directive_and_its_row_stays_pending(
+    service, clock, register, beat, make_package
+):  # type: ignore[no-untyped-def]
+    from javia_core.models import StatusReport, UpdateStatus
+
+    admission = Switchable()
+    service.install_admission = service._heartbeats.admission = admission
+    first, _ = register()
+    second, _ = register()
+    beat(first)
+    beat(second)
+    assert admission.asked == []  # nothing to begin: nobody asks
+    update = service.publish_update(make_package("v1.1.0", "instant").upload(), now=clock.now)
+
+    # The first device begins while the server keeps up.
+    directive = beat(first).update
+    assert directive is not None and directive.update_id == update.id
+    assert admission.asked == [first.device_uuid]
+    service.report_status(
+        service.find_device(first.device_uuid),
+        update.id,
+        StatusReport(status=UpdateStatus.DOWNLOADING),
+        now=clock.now,
+    )
+    # Then the server is busy: the second device is not told yet.
+    admission.refuse = True
+    answer = beat(second)
+    assert admission.asked[-1] == second.device_uuid
+    assert answer.update is None
+    assert answer.held is None
+    assert answer.heartbeat_interval_seconds == 300  # asked again at its usual time
+    rows = {row.device_uuid: row.status for row in service.update_devices(update.id).items}
+    assert rows[second.device_uuid] is UpdateStatus.PENDING
+    # The device already downloading keeps its directive without asking: nothing is cut midway.
+    asked = len(admission.asked)
+    kept = beat(first).update
+    assert kept is not None and kept.update_id == update.id
+    assert len(admission.asked) == asked
+    # Once the server keeps up again, the second device is offered the update.
+    admission.refuse = False
+    offered = beat(second).update
+    assert offered is not None and offered.update_id == update.id
+
+
 def test_scheduled_updates_not_yet_due_are_offered_even_while_the_server_is_busy(
     service, clock, register, beat, make_package
 ):  # type: ignore[no-untyped-def]
@@ -197,6 +243,7 @@ def test_scheduled_updates_not_yet_due_are_offered_even_while_the_server_is_busy
     directive = beat(device).update
     # Its window (2 AM device-local) is hours away: telling the device costs nothing now.
     assert directive is not None and directive.install_at > clock.now
+    assert admission.asked == []
 
 
 def test_admission_can_be_turned_off(tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
