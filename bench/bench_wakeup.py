@@ -97,6 +97,7 @@ class Fleet:
         self.directed: list[float] = []
         self.refused = 0
         self.deferred = 0
+        self.heartbeat_errors = 0
         self.admitted_at: list[float] = []
         self.stop = asyncio.Event()
 
@@ -122,18 +123,30 @@ class Fleet:
                 if not woken:  # the first wake-up counts for the reach
                     woken = True
                     self.woken.append(time.monotonic())
-                async with session.post(
-                    f"/api/v1/devices/{uid}/heartbeat",
-                    headers=headers,
-                    json={"current_version": BASE_VERSION},
-                ) as beat:
-                    update = (await beat.json()).get("update")
+                update = await self._heartbeat(session, uid, headers, rng)
                 if update is not None:
                     self.directed.append(time.monotonic())
                     return
                 # No directive (install admission deferred it): hold the
                 # channel again, as the agent does, until woken once more.
                 self.deferred += 1
+
+    async def _heartbeat(
+        self, session: aiohttp.ClientSession, uid: str, headers: dict[str, str], rng: random.Random
+    ) -> Any:
+        """One heartbeat, tried again after 1-2 s while it fails (as the agent does)."""
+        while True:
+            try:
+                async with session.post(
+                    f"/api/v1/devices/{uid}/heartbeat",
+                    headers=headers,
+                    json={"current_version": BASE_VERSION},
+                ) as beat:
+                    beat.raise_for_status()
+                    return (await beat.json()).get("update")
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                self.heartbeat_errors += 1
+                await asyncio.sleep(rng.uniform(1, 2))
 
 
 def _percentile_seconds(
@@ -249,6 +262,7 @@ async def _measure(
         "admitted_seconds": admitted_seconds,
         "refused": fleet.refused,
         "deferred": fleet.deferred,
+        "heartbeat_errors": fleet.heartbeat_errors,
         "publish_seconds": publish_seconds,
         "woken_95": _percentile_seconds(fleet.woken, published_at, 0.95, total),
         "woken_100": _percentile_seconds(fleet.woken, published_at, 1.0, total),
@@ -320,6 +334,13 @@ def main() -> None:
             "woken heartbeats answered without the update (install admission deferred it; "
             "the device is woken again at the server's pace)",
             f"{numbers['deferred']:,}",
+        )
+    )
+    result.rows.append(
+        Row(
+            "woken heartbeats that failed (connection reset, timeout, error status) and were "
+            "sent again 1-2 s later",
+            f"{numbers['heartbeat_errors']:,}",
         )
     )
     per_connection = (numbers["rss_after"] - numbers["rss_before"]) / max(1, numbers["held"])

@@ -129,6 +129,35 @@ def test_refused_devices_wait_in_line_and_are_woken_at_the_pace() -> None:
     assert admission.devices_to_wake(0.5) == []
 
 
+def test_a_line_woken_at_the_pace_grows_the_pace_back_after_a_burst() -> None:
+    import uuid
+
+    # A burst of 500 woken devices made the process busy: the pace fell to the floor.
+    admission, clock = admission_for_tests(min_rate_per_second=2, step_per_second=2)
+    lagging(admission, 1.0)
+    devices = [uuid.UUID(int=n + 1) for n in range(500)]
+    for _ in range(10):
+        clock.now += 0.5
+        for device in devices:
+            admission.admit(device)
+    assert admission.state().rate_per_second == pytest.approx(2)
+    lagging(admission, 0.0)  # the burst is over: the process keeps up again
+    # Twice a second the line is woken at the pace; each woken device asks once and,
+    # the pace being what admits it, is not refused. The line alone must grow the pace.
+    seconds = 0.0
+    while admission.state().waiting and seconds < 120:
+        woken = admission.devices_to_wake(0.5)
+        clock.now += 0.5
+        seconds += 0.5
+        for device in woken:
+            admission.admit(device)
+    assert admission.state().waiting == 0
+    # Growing by 2 a second every half second, the line of 480 empties in 16 s; when
+    # only refusals grew the pace, the woken (admitted at the pace) barely moved it: 51.5 s.
+    assert seconds < 25, seconds
+    assert admission.state().rate_per_second > 40
+
+
 def test_a_device_admitted_is_admitted_again_while_it_has_not_reported() -> None:
     import uuid
 

@@ -253,12 +253,16 @@ class InstallAdmission:
         if now - self._interval_started < self.interval_seconds:
             return
         busy = self._busy_in_interval or self._loop_lag > self.max_loop_lag_seconds
+        # Demand: devices were refused, or refused ones still wait in line. The
+        # woken are admitted at the pace and so are not refused again: without
+        # the line, a pace halved during a burst would never grow back.
+        demand = self._refused_in_interval > 0 or bool(self._waiting)
         if busy:
             self._rate = max(self.min_rate_per_second, self._rate / 2)
             self._slow_start = False
-        elif self._refused_in_interval:
+        elif demand:
             self._rate = self._rate * 2 if self._slow_start else self._rate + self.step_per_second
-        if busy or self._refused_in_interval:
+        if busy or demand:
             self._calm_since = now
         elif now - self._calm_since >= self.calm_seconds and not self._slow_start:
             self._rate = max(self._rate, self.initial_rate_per_second)
