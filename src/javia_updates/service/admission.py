@@ -17,10 +17,11 @@ installs begin, the way TCP paces packets (RFC 5681, section 3.1):
   held wake-up requests, which wait by design, are not counted);
 * the **pace**: a token bucket of install starts per second. It starts at
   ``initial_rate_per_second``, doubles at every half second in which devices
-  were refused and the process was not busy (slow start), is halved at every
-  half second the process is busy and from then on grows by a fixed step
-  only (congestion avoidance: additive increase, multiplicative decrease).
-  After ``calm_seconds`` neither busy nor refusing, it starts over from
+  were refused or refused devices still wait in line, and the process was
+  not busy (slow start), is halved at every half second the process is busy
+  and from then on grows by a fixed step only (congestion avoidance:
+  additive increase, multiplicative decrease). After ``calm_seconds``
+  neither busy nor with devices refused or waiting, it starts over from
   ``initial_rate_per_second`` (or its current pace, if higher) in slow
   start. The bucket holds a second's worth, at least ``burst`` starts, so a
   small fleet (or a test) is never paced;
@@ -102,7 +103,7 @@ class InstallAdmission:
             some installs, so a rollout never stalls.
         step_per_second: the additive growth per interval after a halving.
         burst: the fewest starts the bucket holds.
-        calm_seconds: neither busy nor refusing this long, the pace starts
+        calm_seconds: neither busy nor with devices waiting this long, the pace starts
             over (slow start), seconds.
         interval_seconds: how often the pace is adjusted, seconds.
         clock: a monotonic clock, seconds.
