@@ -168,14 +168,14 @@ class ServerSettings(EnvOverTomlSettings):
             heartbeat answer and is offered it at a later one
             (:mod:`javia_updates.service.admission`). Per worker. 0 turns
             install admission off.
+        install_admission_loop_lag_seconds: the mean lag of a server
+            process's event loop above which it is *busy* (short of CPU),
+            seconds.
         access_log: log one line per HTTP request (uvicorn's access log). Off
             by default: a fleet's heartbeats would be most of the log (10,000
             devices: 2.9 million lines a day) and writing them cost the
             server about 6 % of its CPU in the 10,000-device simulation;
             javia logs state changes, refusals and errors itself.
-        install_admission_loop_lag_seconds: the mean lag of a server
-            process's event loop above which it is *busy* (short of CPU),
-            seconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="JAVIA_", extra="ignore")

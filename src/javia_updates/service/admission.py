@@ -58,8 +58,9 @@ from dataclasses import dataclass
 
 __all__ = ["ADMITTED_MEMORY_SECONDS", "MAX_WAITING_DEVICES", "AdmissionState", "InstallAdmission"]
 
-#: The most refused devices remembered for a wake-up (the oldest are forgotten
-#: beyond it: they are offered the update at their next heartbeat anyway).
+#: The most devices remembered in line for a wake-up, and the most remembered as
+#: admitted (the oldest are forgotten beyond it: a forgotten waiting device is
+#: offered the update at its next heartbeat anyway).
 MAX_WAITING_DEVICES = 100_000
 #: A device admitted this recently is admitted again without a token: it asks
 #: again (another heartbeat, an update check) before its first report, seconds.

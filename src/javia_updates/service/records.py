@@ -53,7 +53,7 @@ class _RowsReadWithDevice:
     found: DeviceWithRows
     generation: int
     row_changes: int
-    records: object  # the FleetRecords that read them: never another service's
+    records: FleetRecords  # the records that read them: never another service's
 
 
 #: Set by :meth:`FleetRecords.device_by_token_hash` when it read the device from
